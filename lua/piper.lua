@@ -1,0 +1,89 @@
+---@meta
+-- LuaCATS definitions of the Piper API for lua-language-server.
+-- Write them into a project with `piper meta` and add that directory to
+-- `workspace.library` in .luarc.json.
+
+---@class piper.Step
+---@field __piper_step string the step's name
+
+---@class piper.Pipeline
+---@field __piper_pipeline string the pipeline's name
+
+---@class piper.Trigger
+---@field __piper_trigger "pipeline"
+---@field pipeline string
+---@field env? table<string, string>
+
+---A shell command (run with `/bin/sh -ec`), a list of commands run in order
+---(strings are shell commands, tables are argv lists run without a shell),
+---or a Lua function called at build time with a `ctx`.
+---@alias piper.Run string|(string|string[])[]|fun(ctx: piper.Ctx): boolean?
+
+---@class piper.StepSpec
+---@field run? piper.Run what the step does; a step without `run` only groups its deps
+---@field argv? string[] a program and its arguments, run without a shell (instead of `run`)
+---@field deps? (piper.Step|string)[]|piper.Step|string steps that must succeed first
+---@field env? table<string, string|number|boolean> variables for this step
+---@field dir? string working directory, relative to the project root
+---@field timeout? string|number e.g. "90s", "10m", "1h30m", or seconds
+---@field retries? integer how many times to run again after a failure (default 0)
+---@field allow_failure? boolean a failure does not fail the build
+---@field when? boolean|fun(): boolean run only if true (a function is called just before)
+---@field desc? string shown by `piper list`
+
+---@class piper.PipelineSpec
+---@field [integer] piper.Step|piper.Pipeline|string steps (their deps come along) and included pipelines
+---@field desc? string shown by `piper list`
+---@field env? table<string, string|number|boolean> variables for its steps
+---@field on_success? piper.Trigger|string|(piper.Trigger|string)[] pipelines to run after it succeeds
+---@field on_failure? piper.Trigger|string|(piper.Trigger|string)[] pipelines to run after it fails
+---@field always? piper.Trigger|string|(piper.Trigger|string)[] pipelines to run after it, either way
+
+---What a Lua function step receives.
+---@class piper.Ctx
+---@field step string the step's name
+---@field dir string its working directory (absolute)
+---@field env table<string, string> its full environment
+local Ctx = {}
+
+---Runs a shell command as part of the step, its output in the step's log.
+---Raises an error if it fails, unless `{ check = false }`.
+---@param cmd string
+---@param opts? { check?: boolean }
+---@return integer|nil code the exit code
+function Ctx.sh(cmd, opts) end
+
+---Runs a program with arguments, without a shell; like `ctx.sh` otherwise.
+---@param argv string[]
+---@param opts? { check?: boolean }
+---@return integer|nil code
+function Ctx.exec(argv, opts) end
+
+---Writes its arguments (tab-separated, newline-terminated) to the step's log.
+---@param ... any
+function Ctx.print(...) end
+
+---Defines a step: `step "name" { run = ... }`.
+---@param name string
+---@return fun(spec: piper.StepSpec): piper.Step
+function step(name) end
+
+---Defines a pipeline: `pipeline "name" { step1, step2, on_success = ... }`.
+---@param name string
+---@return fun(spec: piper.PipelineSpec): piper.Pipeline
+function pipeline(name) end
+
+---@class piper
+local piper = {}
+
+---Same as the global `step`.
+---@param name string
+---@return fun(spec: piper.StepSpec): piper.Step
+function piper.step(name) end
+
+---Same as the global `pipeline`.
+---@param name string
+---@return fun(spec: piper.PipelineSpec): piper.Pipeline
+function piper.pipeline(name) end
+
+return piper

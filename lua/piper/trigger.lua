@@ -1,0 +1,13 @@
+---@meta piper.trigger
+
+---@class piper.trigger
+local trigger = {}
+
+---Chains a pipeline: it runs after the pipeline that names it in
+---`on_success`, `on_failure` or `always`.
+---@param name string
+---@param opts? { env?: table<string, string|number|boolean> }
+---@return piper.Trigger
+function trigger.pipeline(name, opts) end
+
+return trigger

@@ -1,0 +1,278 @@
+//! Carries out one `piper` command line: finds the project, loads the graph,
+//! and hands work to the executor with the right host for its events.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{CommandFactory, Parser};
+use indexmap::IndexMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, ColorChoice, Command, ExecArgs, GraphArgs, GraphFormat, ListArgs};
+use crate::error::{EXIT_INTERNAL, Error, Result};
+use crate::executor::{self, Options};
+use crate::graph::Graph;
+use crate::project::{CONFIG_FILE, Project};
+use crate::render::{self, JsonLines, Render, Terminal};
+use crate::{event, export};
+
+/// The starter config written by `piper init`.
+const INIT_TEMPLATE: &str = include_str!("../examples/hello/piper.lua");
+
+/// Entry point of the `piper` binary; returns the process exit status.
+pub fn main() -> i32 {
+    // Shell completion requests (COMPLETE=bash piper ...) are answered here.
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{} {e}", error_label());
+            e.exit_code()
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("PIPER_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn error_label() -> String {
+    if color_enabled(ColorChoice::Auto, std::io::stderr().is_terminal()) {
+        "\x1b[1;31merror:\x1b[0m".into()
+    } else {
+        "error:".into()
+    }
+}
+
+fn color_enabled(choice: ColorChoice, is_tty: bool) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => is_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+    }
+}
+
+fn start_dir(cli: &Cli) -> Result<PathBuf> {
+    let cwd =
+        std::env::current_dir().map_err(|e| Error::io("cannot read the current directory", e))?;
+    Ok(match &cli.directory {
+        Some(dir) => cwd.join(dir),
+        None => cwd,
+    })
+}
+
+fn load(cli: &Cli) -> Result<Graph> {
+    let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
+    Graph::load(&project)
+}
+
+pub fn run(cli: Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Exec(args) => exec(&cli, args),
+        Command::List(args) => list(&cli, args),
+        Command::Graph(args) => graph(&cli, args),
+        Command::Completions { shell } => completions(shell.name()),
+        Command::Init => init(&start_dir(&cli)?),
+        Command::Meta { dir } => meta(&start_dir(&cli)?.join(dir)),
+    }
+}
+
+fn parse_env_overrides(values: &[String]) -> Result<IndexMap<String, String>> {
+    values
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(Error::BadEnvOverride { value: kv.clone() }),
+        })
+        .collect()
+}
+
+fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
+    let env_overrides = parse_env_overrides(&args.env)?;
+    let graph = Arc::new(load(cli)?);
+    // Fail on unknown targets before starting anything.
+    graph.plan(&args.targets)?;
+    let mut options = Options {
+        keep_going: args.keep_going,
+        dry_run: args.dry_run,
+        env_overrides,
+        ..Options::default()
+    };
+    if let Some(jobs) = args.jobs {
+        options.jobs = jobs as usize;
+    }
+    let renderer: Box<dyn Render> = if args.json {
+        Box::new(JsonLines::new(std::io::BufWriter::new(std::io::stdout())))
+    } else {
+        let stderr_tty = std::io::stderr().is_terminal();
+        let color = color_enabled(cli.color, std::io::stdout().is_terminal());
+        Box::new(Terminal::new(
+            std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+            std::io::stderr(),
+            args.output,
+            color,
+            stderr_tty && std::env::var_os("TERM").is_none_or(|t| t != "dumb"),
+        ))
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the async runtime", e))?;
+    runtime.block_on(async move {
+        let (tx, rx) = event::channel();
+        let host = tokio::spawn(render::drive(rx, renderer));
+        let interrupt = CancellationToken::new();
+        tokio::spawn(forward_signals(interrupt.clone()));
+        let outcome = executor::run(graph, &args.targets, &options, &tx, &interrupt).await;
+        drop(tx);
+        let _ = host.await;
+        Ok(outcome?.exit_code)
+    })
+}
+
+/// Ctrl-C and SIGTERM cancel the build; the executor ends every process
+/// group and waits for it before piper exits with 130.
+async fn forward_signals(interrupt: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    interrupt.cancel();
+}
+
+fn list(cli: &Cli, args: &ListArgs) -> Result<i32> {
+    let graph = load(cli)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        #[derive(serde::Serialize)]
+        struct Listing {
+            pipelines: Vec<export::PipelineInfo>,
+            steps: Vec<export::StepInfo>,
+        }
+        let listing = Listing {
+            pipelines: graph
+                .pipelines
+                .keys()
+                .filter_map(|n| export::pipeline_info(&graph, n))
+                .collect(),
+            steps: (0..graph.steps.len())
+                .map(|i| export::step_info(&graph, i))
+                .collect(),
+        };
+        let text = serde_json::to_string_pretty(&listing).unwrap_or_default();
+        let _ = writeln!(out, "{text}");
+        return Ok(0);
+    }
+    let width = graph
+        .pipelines
+        .keys()
+        .map(|n| n.chars().count())
+        .chain(graph.steps.iter().map(|s| s.name.chars().count()))
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(out, "Pipelines:");
+    if graph.pipelines.is_empty() {
+        let _ = writeln!(out, "    (none)");
+    }
+    for p in graph.pipelines.values() {
+        let steps: Vec<&str> = p
+            .steps
+            .iter()
+            .map(|&s| graph.steps[s].name.as_str())
+            .collect();
+        let detail = match &p.desc {
+            Some(desc) => format!("{desc} [{}]", steps.join(", ")),
+            None => format!("[{}]", steps.join(", ")),
+        };
+        let _ = writeln!(out, "    {:<width$}  {detail}", p.name);
+    }
+    let _ = writeln!(out, "Steps:");
+    for (i, s) in graph.steps.iter().enumerate() {
+        let detail = s
+            .desc
+            .clone()
+            .unwrap_or_else(|| export::step_info(&graph, i).run.join(" && "));
+        let _ = writeln!(out, "    {:<width$}  {detail}", s.name);
+    }
+    Ok(0)
+}
+
+fn graph(cli: &Cli, args: &GraphArgs) -> Result<i32> {
+    let graph = load(cli)?;
+    let plan = graph.plan(std::slice::from_ref(&args.target))?;
+    let text = match args.format {
+        GraphFormat::Dot => export::dot(&graph, &plan),
+        GraphFormat::Mermaid => export::mermaid(&graph, &plan),
+        GraphFormat::Json => export::json(&graph, &plan),
+    };
+    print!("{text}");
+    Ok(0)
+}
+
+fn completions(shell: &str) -> Result<i32> {
+    // The registration script calls back into this binary with COMPLETE set,
+    // which `CompleteEnv` answers with names from the current piper.lua.
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("cannot locate the piper binary", e))?;
+    // SAFETY: single-threaded at this point; nothing else reads the env.
+    unsafe { std::env::set_var("COMPLETE", shell) };
+    let done = clap_complete::CompleteEnv::with_factory(Cli::command)
+        .try_complete([exe.into_os_string()], None)
+        .map_err(|e| {
+            Error::io(
+                "cannot write the completion script",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+    Ok(if done { 0 } else { EXIT_INTERNAL })
+}
+
+fn init(dir: &Path) -> Result<i32> {
+    let path = dir.join(CONFIG_FILE);
+    if path.exists() {
+        return Err(Error::InitExists { path });
+    }
+    std::fs::write(&path, INIT_TEMPLATE)
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    eprintln!(
+        "created {}; try `piper list` and `piper exec hello`",
+        path.display()
+    );
+    eprintln!("for editor completion of the piper API, run `piper meta`");
+    Ok(0)
+}
+
+fn meta(dir: &Path) -> Result<i32> {
+    for (name, text) in crate::lua::stdlib::META {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+        }
+        crate::fsutil::write_atomic(&path, text.as_bytes())
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    }
+    eprintln!("wrote the piper API definitions to {}", dir.display());
+    eprintln!("point lua-language-server at it, e.g. in .luarc.json:");
+    eprintln!(
+        "  {{ \"workspace.library\": [\"{}\"], \"diagnostics.globals\": [\"step\", \"pipeline\"] }}",
+        dir.display()
+    );
+    Ok(0)
+}

@@ -1,0 +1,181 @@
+//! The command line, defined once: this drives parsing, `--help`, shell
+//! completions (static and the dynamic pipeline/step names) and the CLI
+//! reference in docs/reference/cli.md (checked by a test).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::{ArgValueCandidates, CompletionCandidate};
+
+use crate::render::OutputMode;
+
+const ABOUT: &str = "Piper: pipelines as Lua code, run in parallel";
+
+const LONG_ABOUT: &str = "\
+Piper runs the pipelines defined in piper.lua at the root of your project.
+Steps run your own tools (shell commands, programs, or Lua functions) in
+parallel, in dependency order, each in its own process group.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  piper exec ci              run the `ci` pipeline
+  piper exec test -j1        run the step `test` and its dependencies, one at a time
+  piper exec ci --json       one JSON event per line
+  piper list                 pipelines and steps
+  piper graph ci --format dot | dot -Tsvg > ci.svg
+
+Exit status: 0 success; the failing step's exit code; 124 a step timed out;
+2 a configuration or usage error; 130 interrupted.";
+
+#[derive(Debug, Parser)]
+#[command(name = "piper", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Use this config file instead of searching for piper.lua
+    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Run as if started in DIR (piper.lua is searched from there upwards)
+    #[arg(short = 'C', long = "directory", global = true, value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+
+    /// When to use colours [NO_COLOR in the environment means never]
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run pipelines or steps (with their dependencies)
+    #[command(visible_alias = "run")]
+    Exec(ExecArgs),
+    /// List pipelines and steps
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Print the step graph of a pipeline as DOT, Mermaid or JSON
+    Graph(GraphArgs),
+    /// Print a shell completion script (completes pipeline and step names too)
+    Completions {
+        /// Shell to complete for
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Create a starter piper.lua in the current directory
+    Init,
+    /// Write the LuaCATS definitions of the piper API for lua-language-server
+    Meta {
+        /// Where to write them
+        #[arg(default_value = ".piper/lua")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+}
+
+impl Shell {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shell::Bash => "bash",
+            Shell::Zsh => "zsh",
+            Shell::Fish => "fish",
+            Shell::Elvish => "elvish",
+            Shell::Powershell => "powershell",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Pipelines or steps to run; a name that is both means the pipeline
+    #[arg(required = true, value_name = "PIPELINE|STEP", add = ArgValueCandidates::new(target_candidates))]
+    pub targets: Vec<String>,
+
+    /// Run at most N steps at once [default: number of CPUs]
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+
+    /// After a failure, keep running steps that do not depend on it
+    #[arg(short = 'k', long)]
+    pub keep_going: bool,
+
+    /// Show what would run, in order, without running anything
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+
+    /// Print one JSON event per line instead of text
+    #[arg(long, conflicts_with = "output")]
+    pub json: bool,
+
+    /// How to show step output
+    #[arg(long, value_enum, default_value_t = OutputMode::Prefixed, value_name = "MODE")]
+    pub output: OutputMode,
+
+    /// Set a variable for every step, overriding piper.lua (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// Pipeline (or step) whose graph to print
+    #[arg(value_name = "PIPELINE", add = ArgValueCandidates::new(target_candidates))]
+    pub target: String,
+
+    /// Output format
+    #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+    pub format: GraphFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+    Json,
+}
+
+/// Dynamic completion: pipeline and step names from the piper.lua governing
+/// the current directory. Silent (no candidates) if it does not evaluate.
+fn target_candidates() -> Vec<CompletionCandidate> {
+    let Ok(cwd) = std::env::current_dir() else {
+        return Vec::new();
+    };
+    let Ok(project) = crate::project::Project::locate(&cwd, None) else {
+        return Vec::new();
+    };
+    let Ok(graph) = crate::graph::Graph::load(&project) else {
+        return Vec::new();
+    };
+    let pipelines = graph.pipelines.values().map(|p| {
+        CompletionCandidate::new(&p.name).help(Some(
+            p.desc.clone().unwrap_or_else(|| "pipeline".into()).into(),
+        ))
+    });
+    let steps = graph.steps.iter().map(|s| {
+        CompletionCandidate::new(&s.name)
+            .help(Some(s.desc.clone().unwrap_or_else(|| "step".into()).into()))
+    });
+    pipelines.chain(steps).collect()
+}

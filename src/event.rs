@@ -1,0 +1,158 @@
+//! The typed event stream: the only thing the executor says about a build.
+//! The terminal renderer, `--json` and every later host (watch, piperd, the
+//! web UI) consume exactly these events; none has a side channel.
+//!
+//! `--json` writes one event per line, serialized as below; the format is
+//! documented in `docs/reference/events.md`.
+
+use serde::{Serialize, Serializer};
+use tokio::sync::mpsc;
+
+use crate::spec::TriggerOn;
+
+/// Events travel through a bounded channel: a slow consumer slows the
+/// producers down instead of buffering unbounded output in memory.
+pub type EventSender = mpsc::Sender<Event>;
+pub type EventReceiver = mpsc::Receiver<Event>;
+
+pub fn channel() -> (EventSender, EventReceiver) {
+    mpsc::channel(1024)
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    BuildStarted {
+        build: u32,
+        /// The targets as asked for, e.g. "ci".
+        name: String,
+        targets: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        triggered_by: Option<TriggeredBy>,
+        /// Every step of the build, in order of definition.
+        steps: Vec<PlannedStepInfo>,
+        dry_run: bool,
+    },
+    /// All dependencies are done; the step waits for a free job slot.
+    StepQueued { build: u32, step: String },
+    StepStarted {
+        build: u32,
+        step: String,
+        attempt: u32,
+    },
+    /// A command of the step is about to run (shown as `$ cmd`).
+    StepCommand {
+        build: u32,
+        step: String,
+        command: String,
+    },
+    /// Output of the step's processes (stdout and stderr share one pipe, so
+    /// their order is kept). `data` is UTF-8 (invalid bytes replaced) in JSON.
+    StepOutput {
+        build: u32,
+        step: String,
+        #[serde(serialize_with = "lossy_utf8")]
+        data: Vec<u8>,
+    },
+    /// An attempt failed and the step will run again.
+    StepRetrying {
+        build: u32,
+        step: String,
+        attempt: u32,
+        reason: String,
+    },
+    StepFinished {
+        build: u32,
+        step: String,
+        status: StepStatus,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        duration_ms: u64,
+        attempts: u32,
+        /// Why it failed or was skipped, in words.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    BuildFinished {
+        build: u32,
+        name: String,
+        status: BuildStatus,
+        duration_ms: u64,
+        /// What `piper` would exit with if this were the last build.
+        exit_code: i32,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStepInfo {
+    pub name: String,
+    pub deps: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TriggeredBy {
+    pub build: u32,
+    pub pipeline: String,
+    pub on: TriggerOn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Success,
+    Failed,
+    /// Failed, but the step has `allow_failure = true`: the build goes on.
+    AllowedFailure,
+    TimedOut,
+    /// Its `when` condition was false.
+    Skipped,
+    /// Not run because a dependency failed.
+    Blocked,
+    /// Stopped, or never started, because the build was interrupted or
+    /// another step failed (fail-fast).
+    Canceled,
+    /// `--dry-run`: would have run.
+    DryRun,
+}
+
+impl StepStatus {
+    /// Whether dependents may run after a step ended like this.
+    pub fn satisfies_dependents(self) -> bool {
+        matches!(
+            self,
+            StepStatus::Success
+                | StepStatus::AllowedFailure
+                | StepStatus::Skipped
+                | StepStatus::DryRun
+        )
+    }
+
+    pub fn is_failure(self) -> bool {
+        matches!(self, StepStatus::Failed | StepStatus::TimedOut)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            StepStatus::Success => "ok",
+            StepStatus::Failed => "failed",
+            StepStatus::AllowedFailure => "failed (allowed)",
+            StepStatus::TimedOut => "timed out",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Blocked => "blocked",
+            StepStatus::Canceled => "canceled",
+            StepStatus::DryRun => "dry run",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildStatus {
+    Success,
+    Failed,
+    Canceled,
+}
+
+fn lossy_utf8<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(data))
+}

@@ -1,0 +1,627 @@
+//! The executor: runs a [`Plan`] with up to `jobs` steps at a time, in
+//! dependency order, and says everything it does as [`Event`]s. It is the
+//! one engine behind `piper exec`, `--json`, watch and piperd; hosts differ
+//! only in what they do with the events.
+//!
+//! Scheduling: a step is *queued* when all its dependencies are done and
+//! *started* when a job slot is free; among queued steps the one defined
+//! first starts first. A failure stops new starts and cancels running steps
+//! (fail-fast) unless `keep_going`, which lets independent branches finish.
+//! When a build ends, the target pipelines' triggers start chained builds.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use indexmap::IndexMap;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{EXIT_INTERRUPTED, EXIT_TIMEOUT, Result};
+use crate::event::{BuildStatus, Event, EventSender, PlannedStepInfo, StepStatus, TriggeredBy};
+use crate::graph::{Graph, Plan};
+use crate::lua_step::{LuaOutcome, LuaStep};
+use crate::process::{self, Exit, OutputSink};
+use crate::spec::{Condition, Run, TriggerOn};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Steps running at once (at least 1).
+    pub jobs: usize,
+    pub keep_going: bool,
+    pub dry_run: bool,
+    /// `--env K=V`: override every other source.
+    pub env_overrides: IndexMap<String, String>,
+    /// SIGTERM to SIGKILL.
+    pub kill_grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            keep_going: false,
+            dry_run: false,
+            env_overrides: IndexMap::new(),
+            kill_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a whole `piper exec` ended: the requested build and any chained ones.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub builds: Vec<BuildOutcome>,
+    /// 0, the exit code of the first failing step, 124 for a timeout, 1 for
+    /// a failure without a code, 130 when interrupted.
+    pub exit_code: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    pub build: u32,
+    pub name: String,
+    pub status: BuildStatus,
+    pub exit_code: i32,
+}
+
+/// Plans `targets`, runs them, then the pipelines their triggers chain.
+/// `interrupt` cancels everything (Ctrl-C); steps' process groups are ended
+/// and waited for before this returns.
+pub async fn run(
+    graph: Arc<Graph>,
+    targets: &[String],
+    options: &Options,
+    events: &EventSender,
+    interrupt: &CancellationToken,
+) -> Result<RunOutcome> {
+    let first = graph.plan(targets)?;
+    process::become_subreaper();
+    let mut queue: VecDeque<(Plan, Option<TriggeredBy>)> = VecDeque::from([(first, None)]);
+    let mut builds = Vec::new();
+    let mut next_id = 1;
+    while let Some((plan, triggered_by)) = queue.pop_front() {
+        let outcome = run_build(
+            graph.clone(),
+            &plan,
+            next_id,
+            triggered_by,
+            options,
+            events,
+            interrupt,
+        )
+        .await;
+        next_id += 1;
+        if outcome.status != BuildStatus::Canceled {
+            for trigger in &plan.triggers {
+                let fires = match trigger.on {
+                    TriggerOn::Success => outcome.status == BuildStatus::Success,
+                    TriggerOn::Failure => outcome.status == BuildStatus::Failed,
+                    TriggerOn::Always => true,
+                };
+                if fires {
+                    let chained = graph
+                        .plan_with_env(std::slice::from_ref(&trigger.pipeline), &trigger.env)?;
+                    let by = TriggeredBy {
+                        build: outcome.build,
+                        pipeline: plan.name.clone(),
+                        on: trigger.on,
+                    };
+                    queue.push_back((chained, Some(by)));
+                }
+            }
+        }
+        builds.push(outcome);
+    }
+    let exit_code = if interrupt.is_cancelled() {
+        EXIT_INTERRUPTED
+    } else {
+        builds
+            .iter()
+            .map(|b| b.exit_code)
+            .find(|&c| c != 0)
+            .unwrap_or(0)
+    };
+    Ok(RunOutcome { builds, exit_code })
+}
+
+/// What one finished step attempt sequence reports back to the scheduler.
+struct StepResult {
+    index: usize,
+    status: StepStatus,
+    exit_code: Option<i32>,
+}
+
+async fn run_build(
+    graph: Arc<Graph>,
+    plan: &Plan,
+    build: u32,
+    triggered_by: Option<TriggeredBy>,
+    options: &Options,
+    events: &EventSender,
+    interrupt: &CancellationToken,
+) -> BuildOutcome {
+    let started = Instant::now();
+    let steps = &plan.steps;
+    let name_of = |i: usize| graph.steps[steps[i].step].name.clone();
+    let _ = events
+        .send(Event::BuildStarted {
+            build,
+            name: plan.name.clone(),
+            targets: plan.targets.clone(),
+            triggered_by,
+            steps: (0..steps.len())
+                .map(|i| PlannedStepInfo {
+                    name: name_of(i),
+                    deps: steps[i].deps.iter().map(|&d| name_of(d)).collect(),
+                })
+                .collect(),
+            dry_run: options.dry_run,
+        })
+        .await;
+
+    // Dependents and remaining-dependency counts, by plan index.
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    let mut waiting_on: Vec<usize> = steps.iter().map(|s| s.deps.len()).collect();
+    for (i, s) in steps.iter().enumerate() {
+        for &d in &s.deps {
+            dependents[d].push(i);
+        }
+    }
+    let mut status: Vec<Option<StepStatus>> = vec![None; steps.len()];
+    let mut ready: BTreeSet<usize> = BTreeSet::new();
+    for i in (0..steps.len()).filter(|&i| waiting_on[i] == 0) {
+        ready.insert(i);
+        let _ = events
+            .send(Event::StepQueued {
+                build,
+                step: name_of(i),
+            })
+            .await;
+    }
+
+    let build_cancel = interrupt.child_token();
+    let mut running: JoinSet<StepResult> = JoinSet::new();
+    let mut stop = false;
+    let mut first_failure: Option<(StepStatus, Option<i32>)> = None;
+    let jobs = options.jobs.max(1);
+
+    loop {
+        while !stop && running.len() < jobs {
+            let Some(i) = ready.pop_first() else { break };
+            let step = &graph.steps[steps[i].step];
+            match evaluate_condition(step.when.as_ref()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let message = Some("its `when` condition is false".to_string());
+                    finish_without_running(events, build, &step.name, StepStatus::Skipped, message)
+                        .await;
+                    status[i] = Some(StepStatus::Skipped);
+                    release(
+                        i,
+                        &dependents,
+                        &mut waiting_on,
+                        &mut ready,
+                        events,
+                        build,
+                        &name_of,
+                    )
+                    .await;
+                    continue;
+                }
+                Err(message) => {
+                    finish_without_running(
+                        events,
+                        build,
+                        &step.name,
+                        StepStatus::Failed,
+                        Some(message),
+                    )
+                    .await;
+                    status[i] = Some(StepStatus::Failed);
+                    first_failure.get_or_insert((StepStatus::Failed, None));
+                    if !options.keep_going {
+                        stop = true;
+                        build_cancel.cancel();
+                    }
+                    continue;
+                }
+            }
+            let job = StepJob {
+                graph: graph.clone(),
+                index: i,
+                step: steps[i].step,
+                env: step_env(&graph, plan, i, options, build),
+                events: events.clone(),
+                build,
+                cancel: build_cancel.child_token(),
+                grace: options.kill_grace,
+                dry_run: options.dry_run,
+            };
+            running.spawn(job.run());
+        }
+        if running.is_empty() {
+            break;
+        }
+        let joined = tokio::select! {
+            joined = running.join_next() => joined,
+            _ = interrupt.cancelled(), if !stop => {
+                stop = true;
+                build_cancel.cancel();
+                continue;
+            }
+        };
+        let Some(joined) = joined else { break };
+        let result = match joined {
+            Ok(result) => result,
+            Err(e) => {
+                // A panicking step task is a Piper bug; fail the build, loudly.
+                tracing::error!("step task failed: {e}");
+                stop = true;
+                build_cancel.cancel();
+                first_failure.get_or_insert((StepStatus::Failed, None));
+                continue;
+            }
+        };
+        status[result.index] = Some(result.status);
+        if result.status.satisfies_dependents() {
+            release(
+                result.index,
+                &dependents,
+                &mut waiting_on,
+                &mut ready,
+                events,
+                build,
+                &name_of,
+            )
+            .await;
+        } else if result.status.is_failure() {
+            first_failure.get_or_insert((result.status, result.exit_code));
+            if !options.keep_going {
+                stop = true;
+                build_cancel.cancel();
+            }
+        }
+    }
+
+    // Steps that never ran: blocked by a failed dependency, or canceled.
+    for i in 0..steps.len() {
+        if status[i].is_some() {
+            continue;
+        }
+        let blocked_by = steps[i]
+            .deps
+            .iter()
+            .find(|&&d| matches!(status[d], Some(s) if !s.satisfies_dependents()));
+        let (st, message) = match blocked_by {
+            Some(&d) => (
+                StepStatus::Blocked,
+                format!("dependency `{}` did not succeed", name_of(d)),
+            ),
+            None => (
+                StepStatus::Canceled,
+                "not started: the build stopped".to_string(),
+            ),
+        };
+        status[i] = Some(st);
+        finish_without_running(events, build, &name_of(i), st, Some(message)).await;
+    }
+
+    let (build_status, exit_code) = if interrupt.is_cancelled() {
+        (BuildStatus::Canceled, EXIT_INTERRUPTED)
+    } else if let Some((st, code)) = first_failure {
+        let code = match (st, code) {
+            (StepStatus::TimedOut, _) => EXIT_TIMEOUT,
+            (_, Some(c)) if c != 0 => c,
+            _ => 1,
+        };
+        (BuildStatus::Failed, code)
+    } else {
+        (BuildStatus::Success, 0)
+    };
+    let _ = events
+        .send(Event::BuildFinished {
+            build,
+            name: plan.name.clone(),
+            status: build_status,
+            duration_ms: started.elapsed().as_millis() as u64,
+            exit_code,
+        })
+        .await;
+    BuildOutcome {
+        build,
+        name: plan.name.clone(),
+        status: build_status,
+        exit_code,
+    }
+}
+
+/// Marks `i` done for its dependents and queues those now ready.
+async fn release(
+    i: usize,
+    dependents: &[Vec<usize>],
+    waiting_on: &mut [usize],
+    ready: &mut BTreeSet<usize>,
+    events: &EventSender,
+    build: u32,
+    name_of: &impl Fn(usize) -> String,
+) {
+    for &d in &dependents[i] {
+        waiting_on[d] -= 1;
+        if waiting_on[d] == 0 {
+            ready.insert(d);
+            let _ = events
+                .send(Event::StepQueued {
+                    build,
+                    step: name_of(d),
+                })
+                .await;
+        }
+    }
+}
+
+async fn finish_without_running(
+    events: &EventSender,
+    build: u32,
+    step: &str,
+    status: StepStatus,
+    message: Option<String>,
+) {
+    let _ = events
+        .send(Event::StepFinished {
+            build,
+            step: step.to_string(),
+            status,
+            exit_code: None,
+            duration_ms: 0,
+            attempts: 0,
+            message,
+        })
+        .await;
+}
+
+fn evaluate_condition(when: Option<&Condition>) -> std::result::Result<bool, String> {
+    match when {
+        None => Ok(true),
+        Some(Condition::Static(b)) => Ok(*b),
+        Some(Condition::Lua(f)) => match f.call::<mlua::Value>(()) {
+            Ok(v) => Ok(!matches!(v, mlua::Value::Nil | mlua::Value::Boolean(false))),
+            Err(e) => Err(format!(
+                "its `when` condition raised an error: {}",
+                crate::lua::error_message(&e)
+            )),
+        },
+    }
+}
+
+/// The variables a step's processes get on top of Piper's own environment,
+/// lowest precedence first: `env.set`, pipeline, step, `--env`, PIPER_*.
+fn step_env(
+    graph: &Graph,
+    plan: &Plan,
+    i: usize,
+    options: &Options,
+    build: u32,
+) -> Vec<(String, String)> {
+    let step = &graph.steps[plan.steps[i].step];
+    let mut env: IndexMap<String, String> = graph.env.clone();
+    env.extend(
+        plan.steps[i]
+            .pipeline_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(
+        options
+            .env_overrides
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    env.insert("PIPER".into(), "1".into());
+    env.insert("PIPER_STEP".into(), step.name.clone());
+    env.insert("PIPER_BUILD".into(), build.to_string());
+    env.insert(
+        "PIPER_ROOT".into(),
+        graph.root.to_string_lossy().into_owned(),
+    );
+    env.into_iter().collect()
+}
+
+/// Everything one step needs to run on its own task.
+struct StepJob {
+    graph: Arc<Graph>,
+    index: usize,
+    step: usize,
+    env: Vec<(String, String)>,
+    events: EventSender,
+    build: u32,
+    cancel: CancellationToken,
+    grace: Duration,
+    dry_run: bool,
+}
+
+/// How one attempt ended.
+struct Attempt {
+    status: StepStatus,
+    exit_code: Option<i32>,
+    message: Option<String>,
+}
+
+impl StepJob {
+    async fn run(self) -> StepResult {
+        let step = &self.graph.steps[self.step];
+        let out = OutputSink {
+            events: self.events.clone(),
+            build: self.build,
+            step: step.name.clone(),
+        };
+        let started = Instant::now();
+        let max_attempts = step.retries + 1;
+        let mut attempt_no = 0;
+        let last = loop {
+            attempt_no += 1;
+            let _ = self
+                .events
+                .send(Event::StepStarted {
+                    build: self.build,
+                    step: step.name.clone(),
+                    attempt: attempt_no,
+                })
+                .await;
+            let attempt = self.attempt(&out).await;
+            let retry = attempt.status.is_failure()
+                && attempt_no < max_attempts
+                && !self.cancel.is_cancelled();
+            if !retry {
+                break attempt;
+            }
+            let reason = attempt.message.clone().unwrap_or_else(|| "failed".into());
+            let _ = self
+                .events
+                .send(Event::StepRetrying {
+                    build: self.build,
+                    step: step.name.clone(),
+                    attempt: attempt_no,
+                    reason,
+                })
+                .await;
+        };
+        let status = if last.status.is_failure() && step.allow_failure {
+            StepStatus::AllowedFailure
+        } else {
+            last.status
+        };
+        let _ = self
+            .events
+            .send(Event::StepFinished {
+                build: self.build,
+                step: step.name.clone(),
+                status,
+                exit_code: last.exit_code,
+                duration_ms: started.elapsed().as_millis() as u64,
+                attempts: attempt_no,
+                message: last.message,
+            })
+            .await;
+        StepResult {
+            index: self.index,
+            status,
+            exit_code: last.exit_code,
+        }
+    }
+
+    async fn attempt(&self, out: &OutputSink) -> Attempt {
+        let step = &self.graph.steps[self.step];
+        let token = self.cancel.child_token();
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let timer = step.timeout.map(|limit| {
+            let token = token.clone();
+            let timed_out = timed_out.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                timed_out.store(true, Ordering::SeqCst);
+                token.cancel();
+            })
+        });
+        let mut attempt = match &step.run {
+            Run::Commands(commands) => {
+                let mut result = Attempt {
+                    status: StepStatus::Success,
+                    exit_code: Some(0),
+                    message: None,
+                };
+                if commands.is_empty() {
+                    result.exit_code = None;
+                }
+                for command in commands {
+                    out.command(command.to_string()).await;
+                    if self.dry_run {
+                        continue;
+                    }
+                    let exit =
+                        process::run(command, &step.dir, &self.env, out, &token, self.grace).await;
+                    if exit.success() {
+                        continue;
+                    }
+                    if let Exit::NotFound(_) | Exit::SpawnFailed(_) = &exit {
+                        out.write(format!("piper: {}\n", exit.describe()).into_bytes())
+                            .await;
+                    }
+                    let status = if exit == Exit::Canceled {
+                        StepStatus::Canceled
+                    } else {
+                        StepStatus::Failed
+                    };
+                    result = Attempt {
+                        status,
+                        exit_code: exit.code(),
+                        message: Some(format!("`{command}` {}", exit.describe())),
+                    };
+                    break;
+                }
+                result
+            }
+            Run::Lua(function) if self.dry_run => {
+                let _ = function;
+                out.command("<lua function>".into()).await;
+                Attempt {
+                    status: StepStatus::DryRun,
+                    exit_code: None,
+                    message: None,
+                }
+            }
+            Run::Lua(function) => {
+                let lua_step = LuaStep {
+                    function: function.clone(),
+                    dir: step.dir.clone(),
+                    env: self.env.clone(),
+                    out: out.clone(),
+                    cancel: token.clone(),
+                    grace: self.grace,
+                };
+                match lua_step.run(&self.graph.lua, &step.name).await {
+                    LuaOutcome::Success => Attempt {
+                        status: StepStatus::Success,
+                        exit_code: None,
+                        message: None,
+                    },
+                    LuaOutcome::Failed { message, exit_code } => {
+                        let status = if token.is_cancelled() {
+                            StepStatus::Canceled
+                        } else {
+                            StepStatus::Failed
+                        };
+                        Attempt {
+                            status,
+                            exit_code,
+                            message: Some(message),
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(timer) = timer {
+            timer.abort();
+        }
+        if self.dry_run && attempt.status == StepStatus::Success {
+            attempt.status = StepStatus::DryRun;
+            attempt.exit_code = None;
+        }
+        if timed_out.load(Ordering::SeqCst) && attempt.status != StepStatus::Success {
+            let limit = step
+                .timeout
+                .map(crate::duration::format)
+                .unwrap_or_default();
+            attempt = Attempt {
+                status: StepStatus::TimedOut,
+                exit_code: None,
+                message: Some(format!("timed out after {limit}")),
+            };
+        }
+        attempt
+    }
+}

@@ -1,0 +1,467 @@
+//! What will run: the validated step graph. Built from a [`RawSpec`] by
+//! resolving every name (with "did you mean" on a miss), rejecting
+//! duplicates and cycles, and turning relative directories into absolute
+//! ones. A [`Plan`] is the part of the graph one `piper exec` runs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use mlua::Lua;
+
+use crate::error::{Error, Result};
+use crate::location::Location;
+use crate::project::Project;
+use crate::spec::{Condition, Member, RawSpec, Run, TriggerOn};
+use crate::suggest;
+
+pub struct Graph {
+    pub root: PathBuf,
+    /// Steps in order of definition.
+    pub steps: Vec<Step>,
+    index: HashMap<String, usize>,
+    pub pipelines: IndexMap<String, Pipeline>,
+    /// Variables for every step (`env.set`).
+    pub env: IndexMap<String, String>,
+    /// The config and every project Lua file it required.
+    pub files: Vec<PathBuf>,
+    /// Keeps Lua-function steps and `when` conditions callable.
+    pub lua: Lua,
+}
+
+pub struct Step {
+    pub name: String,
+    pub location: Location,
+    pub desc: Option<String>,
+    pub run: Run,
+    /// Indices into `Graph::steps`.
+    pub deps: Vec<usize>,
+    pub env: IndexMap<String, String>,
+    /// Absolute working directory.
+    pub dir: PathBuf,
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    pub allow_failure: bool,
+    pub when: Option<Condition>,
+}
+
+pub struct Pipeline {
+    pub name: String,
+    pub location: Location,
+    pub desc: Option<String>,
+    /// Member steps (includes flattened), in listed order, without duplicates.
+    pub steps: Vec<usize>,
+    pub env: IndexMap<String, String>,
+    pub triggers: Vec<Trigger>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub on: TriggerOn,
+    pub pipeline: String,
+    pub env: IndexMap<String, String>,
+}
+
+/// The steps one build runs: the targets and everything they depend on.
+pub struct Plan {
+    /// What was asked for, e.g. `ci` or `lint test`.
+    pub name: String,
+    pub targets: Vec<String>,
+    pub steps: Vec<PlannedStep>,
+    /// Triggers of the target pipelines, evaluated when the build ends.
+    pub triggers: Vec<Trigger>,
+}
+
+pub struct PlannedStep {
+    /// Index into `Graph::steps`.
+    pub step: usize,
+    /// Indices into `Plan::steps`.
+    pub deps: Vec<usize>,
+    /// Variables of the target pipeline(s) the step runs for.
+    pub pipeline_env: IndexMap<String, String>,
+}
+
+impl Graph {
+    pub fn load(project: &Project) -> Result<Graph> {
+        let (lua, spec) = crate::lua::evaluate(project)?;
+        let mut graph = Graph::validate(project, spec, lua)?;
+        graph.files.insert(0, project.config.clone());
+        Ok(graph)
+    }
+
+    pub fn validate(project: &Project, mut spec: RawSpec, lua: Lua) -> Result<Graph> {
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (i, step) in spec.steps.iter().enumerate() {
+            if let Some(&first) = index.get(&step.name) {
+                return Err(Error::Duplicate {
+                    kind: "step",
+                    name: step.name.clone(),
+                    first: spec.steps[first].location.clone(),
+                    second: step.location.clone(),
+                });
+            }
+            index.insert(step.name.clone(), i);
+        }
+        let step_names: Vec<String> = spec.steps.iter().map(|s| s.name.clone()).collect();
+
+        let mut steps = Vec::with_capacity(spec.steps.len());
+        for raw in std::mem::take(&mut spec.steps) {
+            let mut deps = Vec::with_capacity(raw.deps.len());
+            for dep in &raw.deps {
+                let Some(&d) = index.get(dep) else {
+                    return Err(Error::UnknownDependency {
+                        suggestion: suggest::closest(dep, step_names.iter().map(String::as_str)),
+                        location: raw.location,
+                        step: raw.name,
+                        dependency: dep.clone(),
+                    });
+                };
+                if !deps.contains(&d) {
+                    deps.push(d);
+                }
+            }
+            let dir = match &raw.dir {
+                Some(dir) => project.root.join(dir),
+                None => project.root.clone(),
+            };
+            steps.push(Step {
+                name: raw.name,
+                location: raw.location,
+                desc: raw.desc,
+                run: raw.run,
+                deps,
+                env: raw.env,
+                dir,
+                timeout: raw.timeout,
+                retries: raw.retries,
+                allow_failure: raw.allow_failure,
+                when: raw.when,
+            });
+        }
+        check_step_cycles(&steps)?;
+
+        // Pipelines: first their names (members may include later ones).
+        let mut pipeline_index: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in spec.pipelines.iter().enumerate() {
+            if let Some(&first) = pipeline_index.get(p.name.as_str()) {
+                return Err(Error::Duplicate {
+                    kind: "pipeline",
+                    name: p.name.clone(),
+                    first: spec.pipelines[first].location.clone(),
+                    second: p.location.clone(),
+                });
+            }
+            pipeline_index.insert(&p.name, i);
+        }
+        let pipeline_names: Vec<&str> = spec.pipelines.iter().map(|p| p.name.as_str()).collect();
+        for p in &spec.pipelines {
+            for t in &p.triggers {
+                if !pipeline_index.contains_key(t.pipeline.as_str()) {
+                    return Err(Error::UnknownTriggerTarget {
+                        location: t.location.clone(),
+                        pipeline: p.name.clone(),
+                        target: t.pipeline.clone(),
+                        suggestion: suggest::closest(&t.pipeline, pipeline_names.iter().copied()),
+                    });
+                }
+            }
+        }
+
+        let mut pipelines = IndexMap::new();
+        for p in &spec.pipelines {
+            let mut members = Vec::new();
+            let mut seen = HashSet::new();
+            let mut stack = vec![p.name.as_str()];
+            collect_members(
+                p,
+                &spec,
+                &pipeline_index,
+                &index,
+                &step_names,
+                &mut stack,
+                &mut members,
+                &mut seen,
+            )?;
+            let triggers = p
+                .triggers
+                .iter()
+                .map(|t| Trigger {
+                    on: t.on,
+                    pipeline: t.pipeline.clone(),
+                    env: t.env.clone(),
+                })
+                .collect();
+            pipelines.insert(
+                p.name.clone(),
+                Pipeline {
+                    name: p.name.clone(),
+                    location: p.location.clone(),
+                    desc: p.desc.clone(),
+                    steps: members,
+                    env: p.env.clone(),
+                    triggers,
+                },
+            );
+        }
+        check_trigger_cycles(&pipelines)?;
+
+        Ok(Graph {
+            root: project.root.clone(),
+            steps,
+            index,
+            pipelines,
+            env: spec.env,
+            files: spec.files.iter().map(|f| project.root.join(f)).collect(),
+            lua,
+        })
+    }
+
+    pub fn step(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    pub fn pipeline_names(&self) -> Vec<String> {
+        self.pipelines.keys().cloned().collect()
+    }
+
+    pub fn step_names(&self) -> Vec<String> {
+        self.steps.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// The plan for `piper exec TARGET...`: each target is a pipeline (its
+    /// name wins) or a step; dependencies are pulled in.
+    pub fn plan(&self, targets: &[String]) -> Result<Plan> {
+        self.plan_with_env(targets, &IndexMap::new())
+    }
+
+    /// As [`Graph::plan`], with extra variables for every step (a trigger's).
+    pub fn plan_with_env(
+        &self,
+        targets: &[String],
+        extra_env: &IndexMap<String, String>,
+    ) -> Result<Plan> {
+        let mut included = vec![false; self.steps.len()];
+        let mut pipeline_env: Vec<IndexMap<String, String>> =
+            vec![IndexMap::new(); self.steps.len()];
+        let mut triggers = Vec::new();
+        for target in targets {
+            let (roots, env) = if let Some(p) = self.pipelines.get(target) {
+                triggers.extend(p.triggers.iter().cloned());
+                (p.steps.clone(), Some(&p.env))
+            } else if let Some(s) = self.step(target) {
+                (vec![s], None)
+            } else {
+                let candidates = self
+                    .pipelines
+                    .keys()
+                    .map(String::as_str)
+                    .chain(self.steps.iter().map(|s| s.name.as_str()));
+                return Err(Error::UnknownTarget {
+                    name: target.clone(),
+                    suggestion: suggest::closest(target, candidates),
+                    pipelines: self.pipeline_names(),
+                    steps: self.step_names(),
+                });
+            };
+            let mut closure = Vec::new();
+            self.closure(&roots, &mut closure);
+            for s in closure {
+                included[s] = true;
+                if let Some(env) = env {
+                    pipeline_env[s].extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+        }
+        let mut position = vec![usize::MAX; self.steps.len()];
+        let mut steps = Vec::new();
+        for (i, _) in included.iter().enumerate().filter(|(_, inc)| **inc) {
+            position[i] = steps.len();
+            let mut env = std::mem::take(&mut pipeline_env[i]);
+            env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            steps.push(PlannedStep {
+                step: i,
+                deps: Vec::new(),
+                pipeline_env: env,
+            });
+        }
+        for planned in &mut steps {
+            planned.deps = self.steps[planned.step]
+                .deps
+                .iter()
+                .map(|&d| position[d])
+                .collect();
+        }
+        Ok(Plan {
+            name: targets.join(" "),
+            targets: targets.to_vec(),
+            steps,
+            triggers,
+        })
+    }
+
+    /// `roots` and all their transitive dependencies.
+    fn closure(&self, roots: &[usize], out: &mut Vec<usize>) {
+        let mut seen = vec![false; self.steps.len()];
+        let mut stack: Vec<usize> = roots.to_vec();
+        while let Some(s) = stack.pop() {
+            if std::mem::replace(&mut seen[s], true) {
+                continue;
+            }
+            out.push(s);
+            stack.extend(self.steps[s].deps.iter().copied());
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn collect_members<'a>(
+    p: &'a crate::spec::RawPipeline,
+    spec: &'a RawSpec,
+    pipeline_index: &HashMap<&str, usize>,
+    step_index: &HashMap<String, usize>,
+    step_names: &[String],
+    stack: &mut Vec<&'a str>,
+    members: &mut Vec<usize>,
+    seen: &mut HashSet<usize>,
+) -> Result<()> {
+    for member in &p.members {
+        let include = match member {
+            Member::Step(name) => step_index.get(name).map(|&s| (Some(s), None)),
+            Member::Pipeline(name) => pipeline_index.get(name.as_str()).map(|&i| (None, Some(i))),
+            Member::Name(name) => step_index
+                .get(name)
+                .map(|&s| (Some(s), None))
+                .or_else(|| pipeline_index.get(name.as_str()).map(|&i| (None, Some(i)))),
+        };
+        match include {
+            Some((Some(step), _)) => {
+                if seen.insert(step) {
+                    members.push(step);
+                }
+            }
+            Some((None, Some(i))) => {
+                let included = &spec.pipelines[i];
+                if stack.contains(&included.name.as_str()) {
+                    let mut path: Vec<String> = stack.iter().map(|s| s.to_string()).collect();
+                    path.push(included.name.clone());
+                    return Err(Error::Spec {
+                        location: p.location.clone(),
+                        message: format!(
+                            "pipelines include each other in a loop: {}",
+                            path.join(" -> ")
+                        ),
+                    });
+                }
+                stack.push(&included.name);
+                collect_members(
+                    included,
+                    spec,
+                    pipeline_index,
+                    step_index,
+                    step_names,
+                    stack,
+                    members,
+                    seen,
+                )?;
+                stack.pop();
+            }
+            _ => {
+                let name = match member {
+                    Member::Step(n) | Member::Pipeline(n) | Member::Name(n) => n,
+                };
+                let candidates = step_names
+                    .iter()
+                    .map(String::as_str)
+                    .chain(spec.pipelines.iter().map(|p| p.name.as_str()));
+                return Err(Error::UnknownPipelineMember {
+                    location: p.location.clone(),
+                    pipeline: p.name.clone(),
+                    member: name.clone(),
+                    suggestion: suggest::closest(name, candidates),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Depth-first search; reports the first cycle found as a path of names.
+fn check_step_cycles(steps: &[Step]) -> Result<()> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    let mut marks = vec![Mark::New; steps.len()];
+    for start in 0..steps.len() {
+        if marks[start] != Mark::New {
+            continue;
+        }
+        // Iterative DFS: (node, next dep to visit); `path` mirrors the stack.
+        let mut stack = vec![(start, 0usize)];
+        marks[start] = Mark::Active;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            if let Some(&dep) = steps[node].deps.get(*next) {
+                *next += 1;
+                match marks[dep] {
+                    Mark::New => {
+                        marks[dep] = Mark::Active;
+                        stack.push((dep, 0));
+                    }
+                    Mark::Active => {
+                        let from = stack.iter().position(|&(n, _)| n == dep).unwrap_or(0);
+                        let mut path: Vec<String> = stack[from..]
+                            .iter()
+                            .map(|&(n, _)| steps[n].name.clone())
+                            .collect();
+                        path.push(steps[dep].name.clone());
+                        return Err(Error::Cycle {
+                            location: steps[dep].location.clone(),
+                            path,
+                        });
+                    }
+                    Mark::Done => {}
+                }
+            } else {
+                marks[node] = Mark::Done;
+                stack.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_trigger_cycles(pipelines: &IndexMap<String, Pipeline>) -> Result<()> {
+    fn visit<'a>(
+        name: &'a str,
+        pipelines: &'a IndexMap<String, Pipeline>,
+        path: &mut Vec<&'a str>,
+        done: &mut HashSet<&'a str>,
+    ) -> Result<()> {
+        if done.contains(name) {
+            return Ok(());
+        }
+        if let Some(from) = path.iter().position(|p| *p == name) {
+            let mut cycle: Vec<String> = path[from..].iter().map(|s| s.to_string()).collect();
+            cycle.push(name.to_string());
+            return Err(Error::TriggerCycle {
+                location: pipelines[name].location.clone(),
+                path: cycle,
+            });
+        }
+        path.push(name);
+        for t in &pipelines[name].triggers {
+            visit(&t.pipeline, pipelines, path, done)?;
+        }
+        path.pop();
+        done.insert(name);
+        Ok(())
+    }
+    let mut done = HashSet::new();
+    for name in pipelines.keys() {
+        visit(name, pipelines, &mut Vec::new(), &mut done)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! The Lua side of Piper: one function builds a Lua state with the native
+//! primitives and the embedded `piper.*` modules, another evaluates a
+//! project's `piper.lua` in it and reads back what it defined as a
+//! [`RawSpec`](crate::spec::RawSpec).
+//!
+//! The state outlives evaluation: steps whose `run` is a Lua function are
+//! called in it at build time (see `executor.rs`).
+
+mod native_env;
+mod native_fs;
+mod native_process;
+pub mod stdlib;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mlua::{Lua, Table};
+
+use crate::error::{Error, Result};
+use crate::project::Project;
+use crate::spec::RawSpec;
+
+pub use native_fs::glob;
+
+/// A new Lua 5.4 state for the project at `root`: standard libraries, the
+/// `piper._native` primitives, the `piper.*` modules in `package.preload`,
+/// and the boot chunk (globals `step`/`pipeline`, the project searcher).
+pub fn new_state(root: PathBuf) -> mlua::Result<Lua> {
+    let lua = Lua::new();
+    let root = Arc::new(root);
+    let native = lua.create_table()?;
+    native_process::register(&lua, &native, root.clone())?;
+    native_fs::register(&lua, &native, root.clone())?;
+    native_env::register(&lua, &native)?;
+    native_env::register_where(&lua, &native)?;
+    native.set("root", root.to_string_lossy().as_ref())?;
+
+    let package: Table = lua.globals().get("package")?;
+    let loaded: Table = package.get("loaded")?;
+    loaded.set("piper._native", native)?;
+    let preload: Table = package.get("preload")?;
+    for (module, chunk_name, source) in stdlib::MODULES {
+        let loader = lua.load(*source).set_name(*chunk_name).into_function()?;
+        preload.set(*module, loader)?;
+    }
+    let (boot_name, boot) = stdlib::BOOT;
+    lua.load(boot).set_name(boot_name).exec()?;
+    Ok(lua)
+}
+
+/// Evaluates the project's config and returns the Lua state with what it
+/// defined. Errors carry the `file:line` Lua reported.
+pub fn evaluate(project: &Project) -> Result<(Lua, RawSpec)> {
+    let source = std::fs::read(&project.config)
+        .map_err(|e| Error::io(format!("cannot read {}", project.config.display()), e))?;
+    let lua = new_state(project.root.clone()).map_err(|e| Error::Lua {
+        message: format!("internal: {e}"),
+    })?;
+    lua.load(source)
+        .set_name(format!("@{}", project.config_display_name()))
+        .exec()
+        .map_err(|e| Error::Lua {
+            message: error_message(&e),
+        })?;
+    let spec = RawSpec::from_lua(&lua)?;
+    Ok((lua, spec))
+}
+
+/// A Lua error as a person should read it: the message with its
+/// `file:line`, and the traceback when the error came from deeper code.
+pub fn error_message(error: &mlua::Error) -> String {
+    match error {
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        mlua::Error::RuntimeError(message) => message.clone(),
+        mlua::Error::CallbackError { traceback, cause } => {
+            let inner = error_message(cause);
+            if inner.contains("stack traceback:") {
+                inner
+            } else {
+                format!("{inner}\n{traceback}")
+            }
+        }
+        mlua::Error::WithContext { context, cause } => {
+            format!("{context}: {}", error_message(cause))
+        }
+        other => other.to_string(),
+    }
+}

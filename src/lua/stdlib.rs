@@ -1,0 +1,59 @@
+//! The `piper.*` Lua modules, embedded in the binary. Each is registered in
+//! `package.preload` under a chunk name that shows its real path in
+//! tracebacks (`stdlib/piper/shell.lua:12: ...`).
+
+/// (module name, chunk name, source)
+pub const MODULES: &[(&str, &str, &str)] = &[
+    (
+        "piper._registry",
+        "@stdlib/piper/_registry.lua",
+        include_str!("../../stdlib/piper/_registry.lua"),
+    ),
+    (
+        "piper",
+        "@stdlib/piper/init.lua",
+        include_str!("../../stdlib/piper/init.lua"),
+    ),
+    (
+        "piper.env",
+        "@stdlib/piper/env.lua",
+        include_str!("../../stdlib/piper/env.lua"),
+    ),
+    (
+        "piper.trigger",
+        "@stdlib/piper/trigger.lua",
+        include_str!("../../stdlib/piper/trigger.lua"),
+    ),
+    (
+        "piper.fs",
+        "@stdlib/piper/fs.lua",
+        include_str!("../../stdlib/piper/fs.lua"),
+    ),
+    (
+        "piper.shell",
+        "@stdlib/piper/shell.lua",
+        include_str!("../../stdlib/piper/shell.lua"),
+    ),
+    (
+        "piper.git",
+        "@stdlib/piper/git.lua",
+        include_str!("../../stdlib/piper/git.lua"),
+    ),
+];
+
+/// Runs before the user's config: globals and the project module searcher.
+pub const BOOT: (&str, &str) = ("@stdlib/boot.lua", include_str!("../../stdlib/boot.lua"));
+
+/// The `---@meta` definitions of `lua/`, for `piper meta` to write out where
+/// lua-language-server can find them.
+pub const META: &[(&str, &str)] = &[
+    ("piper.lua", include_str!("../../lua/piper.lua")),
+    ("piper/env.lua", include_str!("../../lua/piper/env.lua")),
+    (
+        "piper/trigger.lua",
+        include_str!("../../lua/piper/trigger.lua"),
+    ),
+    ("piper/fs.lua", include_str!("../../lua/piper/fs.lua")),
+    ("piper/shell.lua", include_str!("../../lua/piper/shell.lua")),
+    ("piper/git.lua", include_str!("../../lua/piper/git.lua")),
+];

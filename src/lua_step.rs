@@ -1,0 +1,177 @@
+//! Steps whose `run` is a Lua function: the function is called at build time
+//! with a `ctx` whose `sh`/`exec` go through the same supervised runner as
+//! command steps (`process.rs`), and whose `print` writes to the step's
+//! output. See `lua/piper.lua` for the `ctx` API.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mlua::{Function, Lua, Table, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::process::{self, Exit, OutputSink};
+use crate::spec::Command;
+
+pub struct LuaStep {
+    pub function: Function,
+    pub dir: PathBuf,
+    /// Variables added to the inherited environment.
+    pub env: Vec<(String, String)>,
+    pub out: OutputSink,
+    pub cancel: CancellationToken,
+    pub grace: Duration,
+}
+
+pub enum LuaOutcome {
+    Success,
+    /// The function raised an error; `exit_code` is set when it came from a
+    /// failing `ctx.sh`.
+    Failed {
+        message: String,
+        exit_code: Option<i32>,
+    },
+}
+
+impl LuaStep {
+    pub async fn run(self, lua: &Lua, step: &str) -> LuaOutcome {
+        let last_exit: Arc<Mutex<Option<i32>>> = Arc::default();
+        let ctx = match self.context(lua, step, last_exit.clone()) {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                return LuaOutcome::Failed {
+                    message: crate::lua::error_message(&e),
+                    exit_code: None,
+                };
+            }
+        };
+        // Wrap in xpcall-less traceback: mlua attaches one to callback errors.
+        match self.function.call_async::<Value>(ctx).await {
+            Ok(Value::Boolean(false)) => LuaOutcome::Failed {
+                message: "the function returned false".into(),
+                exit_code: None,
+            },
+            Ok(_) => LuaOutcome::Success,
+            Err(e) => {
+                let message = crate::lua::error_message(&e);
+                let exit_code = *last_exit.lock().unwrap();
+                self.out.write(format!("{message}\n").into_bytes()).await;
+                LuaOutcome::Failed {
+                    message: first_line(&message),
+                    exit_code,
+                }
+            }
+        }
+    }
+
+    fn context(
+        &self,
+        lua: &Lua,
+        step: &str,
+        last_exit: Arc<Mutex<Option<i32>>>,
+    ) -> mlua::Result<Table> {
+        let ctx = lua.create_table()?;
+        ctx.set("step", step)?;
+        ctx.set("dir", self.dir.to_string_lossy().as_ref())?;
+        let env = lua.create_table()?;
+        for (k, v) in std::env::vars() {
+            env.set(k, v)?;
+        }
+        for (k, v) in &self.env {
+            env.set(k.as_str(), v.as_str())?;
+        }
+        ctx.set("env", env)?;
+
+        let out = self.out.clone();
+        ctx.set(
+            "print",
+            lua.create_async_function(move |_, args: mlua::Variadic<Value>| {
+                let out = out.clone();
+                let text = args
+                    .iter()
+                    .map(|v| {
+                        v.to_string()
+                            .unwrap_or_else(|_| format!("<{}>", v.type_name()))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\t");
+                async move {
+                    out.write(format!("{text}\n").into_bytes()).await;
+                    Ok(())
+                }
+            })?,
+        )?;
+
+        for (name, shell) in [("sh", true), ("exec", false)] {
+            let out = self.out.clone();
+            let dir = self.dir.clone();
+            let env = self.env.clone();
+            let cancel = self.cancel.clone();
+            let grace = self.grace;
+            let last_exit = last_exit.clone();
+            let function =
+                lua.create_async_function(move |_, (cmd, opts): (Value, Option<Table>)| {
+                    let out = out.clone();
+                    let dir = dir.clone();
+                    let env = env.clone();
+                    let cancel = cancel.clone();
+                    let last_exit = last_exit.clone();
+                    async move {
+                        let command = match (shell, cmd) {
+                            (true, Value::String(s)) => Command::Shell(s.to_string_lossy()),
+                            (false, Value::Table(t)) => Command::Argv(
+                                t.sequence_values::<String>().collect::<mlua::Result<_>>()?,
+                            ),
+                            (true, other) => {
+                                return Err(mlua::Error::runtime(format!(
+                                    "ctx.sh: expected a command string, got {}",
+                                    other.type_name()
+                                )));
+                            }
+                            (false, other) => {
+                                return Err(mlua::Error::runtime(format!(
+                                    "ctx.exec: expected an argv table, got {}",
+                                    other.type_name()
+                                )));
+                            }
+                        };
+                        if let Command::Argv(argv) = &command
+                            && argv.is_empty()
+                        {
+                            return Err(mlua::Error::runtime("ctx.exec: the argv table is empty"));
+                        }
+                        let check = match &opts {
+                            Some(o) => o.get::<Option<bool>>("check")?.unwrap_or(true),
+                            None => true,
+                        };
+                        out.command(command.to_string()).await;
+                        let exit = process::run(&command, &dir, &env, &out, &cancel, grace).await;
+                        if exit == Exit::Canceled {
+                            return Err(mlua::Error::runtime("canceled"));
+                        }
+                        if let Exit::NotFound(program) = &exit {
+                            out.write(
+                                format!("piper: command not found: {program}\n").into_bytes(),
+                            )
+                            .await;
+                        }
+                        let code = exit.code();
+                        if check && !exit.success() {
+                            *last_exit.lock().unwrap() = code;
+                            return Err(mlua::Error::runtime(format!(
+                                "`{command}` {}",
+                                exit.describe()
+                            )));
+                        }
+                        Ok(code)
+                    }
+                })?;
+            ctx.set(name, function)?;
+        }
+        Ok(ctx)
+    }
+}
+
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or("").to_string()
+}

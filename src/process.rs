@@ -1,0 +1,265 @@
+//! Runs one command of a step under supervision, streaming its output as
+//! events. See docs/architecture.md, "Process supervision".
+//!
+//! Every command gets its own process group. When it is cancelled (timeout,
+//! Ctrl-C, fail-fast) the *group* gets SIGTERM, then SIGKILL after a grace
+//! period — and when its main process exits on its own, whatever it left in
+//! its group (`server &`) is ended the same way. Piper waits until the group
+//! is really empty before reporting the command finished, so nothing a step
+//! started outlives it. Piper makes itself a child subreaper so orphaned
+//! grandchildren are re-parented to it and can be reaped (and counted gone)
+//! even where PID 1 does not reap.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::process::Child;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{Event, EventSender};
+use crate::spec::Command;
+
+/// Where a step's output goes: the event stream, tagged with the step.
+#[derive(Clone)]
+pub struct OutputSink {
+    pub events: EventSender,
+    pub build: u32,
+    pub step: String,
+}
+
+impl OutputSink {
+    pub async fn write(&self, data: Vec<u8>) {
+        let event = Event::StepOutput {
+            build: self.build,
+            step: self.step.clone(),
+            data,
+        };
+        // A closed channel means the host is gone; the build is ending anyway.
+        let _ = self.events.send(event).await;
+    }
+
+    pub async fn command(&self, command: String) {
+        let event = Event::StepCommand {
+            build: self.build,
+            step: self.step.clone(),
+            command,
+        };
+        let _ = self.events.send(event).await;
+    }
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// The program does not exist (recorded as exit code 127, as shells do).
+    NotFound(String),
+    /// It could not be started for another reason.
+    SpawnFailed(String),
+    /// Cancelled by its token; the group is gone.
+    Canceled,
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        *self == Exit::Code(0)
+    }
+
+    /// The exit code to record: the process's, 128+N for a signal, 127 for
+    /// a missing program.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            Exit::Code(c) => Some(*c),
+            Exit::Signal(s) => Some(128 + s),
+            Exit::NotFound(_) => Some(127),
+            Exit::SpawnFailed(_) | Exit::Canceled => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Exit::Code(c) => format!("exited with code {c}"),
+            Exit::Signal(s) => format!("killed by signal {s}"),
+            Exit::NotFound(program) => format!("command not found: {program}"),
+            Exit::SpawnFailed(why) => why.clone(),
+            Exit::Canceled => "canceled".into(),
+        }
+    }
+}
+
+/// Makes this process a child subreaper (Linux), once. Orphans of steps are
+/// then re-parented to Piper, which reaps them in [`end_group`].
+pub fn become_subreaper() {
+    #[cfg(target_os = "linux")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag
+            // and touches no memory of ours.
+            unsafe {
+                libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+            }
+        });
+    }
+}
+
+/// Runs `command` in `dir` with `env` added to the inherited environment.
+pub async fn run(
+    command: &Command,
+    dir: &Path,
+    env: &[(String, String)],
+    out: &OutputSink,
+    cancel: &CancellationToken,
+    grace: Duration,
+) -> Exit {
+    if !dir.is_dir() {
+        return Exit::SpawnFailed(format!(
+            "working directory {} does not exist",
+            dir.display()
+        ));
+    }
+    let (program, mut cmd) = match command {
+        Command::Shell(script) => {
+            let mut c = tokio::process::Command::new("/bin/sh");
+            // -e: a multi-line script stops at its first failing line.
+            c.arg("-ec").arg(script);
+            ("/bin/sh".to_string(), c)
+        }
+        Command::Argv(argv) => {
+            let mut c = tokio::process::Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            (argv[0].clone(), c)
+        }
+    };
+    // One pipe for stdout and stderr keeps their relative order, as a
+    // terminal shows it.
+    let (reader, writer) = match std::io::pipe() {
+        Ok(pair) => pair,
+        Err(e) => return Exit::SpawnFailed(format!("cannot create a pipe: {e}")),
+    };
+    let writer2 = match writer.try_clone() {
+        Ok(w) => w,
+        Err(e) => return Exit::SpawnFailed(format!("cannot create a pipe: {e}")),
+    };
+    cmd.current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2)
+        .process_group(0)
+        .kill_on_drop(false);
+    let spawned = cmd.spawn();
+    // Close our copies of the write end, or the reader never sees EOF.
+    drop(cmd);
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Exit::NotFound(program),
+        Err(e) => return Exit::SpawnFailed(format!("cannot start {program}: {e}")),
+    };
+    let Some(pgid) = child.id().map(|id| id as i32) else {
+        return Exit::SpawnFailed(format!("{program} exited before it could be supervised"));
+    };
+
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into());
+    let pump = tokio::spawn(pump_output(reader, out.clone()));
+
+    let exit = tokio::select! {
+        status = child.wait() => match status {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => Exit::Code(c),
+                (None, Some(sig)) => Exit::Signal(sig),
+                _ => Exit::SpawnFailed("unknown exit status".into()),
+            },
+            Err(e) => Exit::SpawnFailed(format!("cannot wait for {program}: {e}")),
+        },
+        _ = cancel.cancelled() => {
+            terminate_leader(pgid, &mut child, grace).await;
+            Exit::Canceled
+        }
+    };
+    end_group(pgid, grace).await;
+    // The group is gone, so the pipe has no writers left unless a process
+    // escaped into its own session; do not wait for those forever.
+    let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
+    exit
+}
+
+async fn pump_output(reader: std::io::Result<tokio::net::unix::pipe::Receiver>, out: OutputSink) {
+    let Ok(mut reader) = reader else { return };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => out.write(buf[..n].to_vec()).await,
+        }
+    }
+}
+
+fn signal_group(pgid: i32, signal: i32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory
+    // is shared.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+/// Whether any process (zombies included) is left in the group.
+fn group_exists(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    let r = unsafe { libc::kill(-pgid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Reaps group members that were re-parented to us and have exited.
+fn reap_group(pgid: i32) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only to `status`.
+        let r = unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) };
+        if r <= 0 {
+            return;
+        }
+    }
+}
+
+/// SIGTERM the group, wait up to `grace` for the main process, then SIGKILL.
+async fn terminate_leader(pgid: i32, child: &mut Child, grace: Duration) {
+    signal_group(pgid, libc::SIGTERM);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        signal_group(pgid, libc::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+/// Ends whatever is left of the group after its main process was reaped,
+/// and returns only once the group is empty (or, after SIGKILL, 5 s passed:
+/// a process stuck in uninterruptible sleep cannot be waited for forever).
+async fn end_group(pgid: i32, grace: Duration) {
+    reap_group(pgid);
+    if !group_exists(pgid) {
+        return;
+    }
+    signal_group(pgid, libc::SIGTERM);
+    let started = Instant::now();
+    let mut killed = false;
+    loop {
+        reap_group(pgid);
+        if !group_exists(pgid) {
+            return;
+        }
+        let waited = started.elapsed();
+        if !killed && waited >= grace {
+            signal_group(pgid, libc::SIGKILL);
+            killed = true;
+        }
+        if killed && waited >= grace + Duration::from_secs(5) {
+            tracing::warn!(pgid, "process group still has members after SIGKILL");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

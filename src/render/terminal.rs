@@ -1,0 +1,443 @@
+//! The terminal host: step output on stdout, each line prefixed with its
+//! step (or grouped per step when it ends); a live status line of running
+//! steps and the end-of-build summary on stderr.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use super::Render;
+use crate::duration;
+use crate::event::{BuildStatus, Event, StepStatus};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputMode {
+    /// Every line as it comes, prefixed with its step's name.
+    Prefixed,
+    /// Each step's output in one block when the step ends.
+    Grouped,
+}
+
+/// Lines of a failed step shown again in the summary.
+const TAIL_LINES: usize = 15;
+/// Above this many steps the summary lists only the ones that did not succeed.
+const FULL_SUMMARY_MAX: usize = 30;
+const PREFIX_WIDTH_MAX: usize = 24;
+const PALETTE: &[&str] = &["36", "35", "33", "32", "34", "96", "95", "93", "92", "94"];
+
+struct StepView {
+    color: &'static str,
+    /// Bytes after the last newline, waiting for the rest of their line.
+    partial: Vec<u8>,
+    /// Grouped mode: everything so far.
+    grouped: Vec<u8>,
+    tail: VecDeque<String>,
+    started: Option<Instant>,
+}
+
+struct Row {
+    step: String,
+    status: StepStatus,
+    exit_code: Option<i32>,
+    duration_ms: u64,
+    message: Option<String>,
+}
+
+pub struct Terminal<O: Write + Send, E: Write + Send> {
+    out: O,
+    err: E,
+    mode: OutputMode,
+    color: bool,
+    status_line: bool,
+    status_shown: bool,
+    width: usize,
+    steps: HashMap<String, StepView>,
+    order: Vec<String>,
+    rows: Vec<Row>,
+    build_started: Instant,
+    spinner: usize,
+}
+
+impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
+    /// `color`: ANSI colours; `status_line`: stderr is a terminal that can
+    /// show a redrawn line of running steps.
+    pub fn new(out: O, err: E, mode: OutputMode, color: bool, status_line: bool) -> Self {
+        Terminal {
+            out,
+            err,
+            mode,
+            color,
+            status_line,
+            status_shown: false,
+            width: 0,
+            steps: HashMap::new(),
+            order: Vec::new(),
+            rows: Vec::new(),
+            build_started: Instant::now(),
+            spinner: 0,
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn prefix(&self, step: &str) -> String {
+        let color = self.steps.get(step).map(|s| s.color).unwrap_or("0");
+        let mut name: String = step.chars().take(PREFIX_WIDTH_MAX).collect();
+        if step.chars().count() > PREFIX_WIDTH_MAX {
+            name.pop();
+            name.push('…');
+        }
+        let padded = format!("{name:<width$}", width = self.width);
+        format!("{} {} ", self.paint(color, &padded), self.paint("2", "|"))
+    }
+
+    fn clear_status(&mut self) {
+        if self.status_shown {
+            let _ = self.err.write_all(b"\r\x1b[2K");
+            self.status_shown = false;
+        }
+    }
+
+    fn write_line(&mut self, step: &str, line: &[u8]) {
+        let prefix = self.prefix(step);
+        let _ = self.out.write_all(prefix.as_bytes());
+        let _ = self.out.write_all(line);
+        let _ = self.out.write_all(b"\n");
+    }
+
+    fn remember(&mut self, step: &str, line: &[u8]) {
+        if let Some(view) = self.steps.get_mut(step) {
+            if view.tail.len() == TAIL_LINES {
+                view.tail.pop_front();
+            }
+            view.tail
+                .push_back(String::from_utf8_lossy(line).into_owned());
+        }
+    }
+
+    fn output(&mut self, step: &str, data: &[u8]) {
+        let Some(view) = self.steps.get_mut(step) else {
+            return;
+        };
+        if self.mode == OutputMode::Grouped {
+            view.grouped.extend_from_slice(data);
+        }
+        let mut pending = std::mem::take(&mut view.partial);
+        pending.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(nl) = pending[start..].iter().position(|&b| b == b'\n') {
+            let line = &pending[start..start + nl];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if self.mode == OutputMode::Prefixed {
+                self.clear_status();
+                self.write_line(step, line);
+            }
+            self.remember(step, line);
+            start += nl + 1;
+        }
+        pending.drain(..start);
+        if let Some(view) = self.steps.get_mut(step) {
+            view.partial = pending;
+        }
+    }
+
+    /// A step ended: print what is left of its output.
+    fn flush_step(&mut self, step: &str) {
+        let Some(view) = self.steps.get_mut(step) else {
+            return;
+        };
+        let partial = std::mem::take(&mut view.partial);
+        let grouped = std::mem::take(&mut view.grouped);
+        if !partial.is_empty() {
+            self.remember(step, &partial);
+        }
+        match self.mode {
+            OutputMode::Prefixed if !partial.is_empty() => {
+                self.clear_status();
+                self.write_line(step, &partial);
+            }
+            OutputMode::Grouped if !grouped.is_empty() => {
+                self.clear_status();
+                let body = grouped.strip_suffix(b"\n").unwrap_or(&grouped);
+                for line in body.split(|&b| b == b'\n') {
+                    self.write_line(step, line.strip_suffix(b"\r").unwrap_or(line));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn status_text(&self, status: StepStatus) -> String {
+        let code = match status {
+            StepStatus::Success | StepStatus::DryRun => "32",
+            StepStatus::Failed | StepStatus::TimedOut => "31",
+            StepStatus::AllowedFailure | StepStatus::Skipped => "33",
+            StepStatus::Blocked | StepStatus::Canceled => "2",
+        };
+        self.paint(code, status.label())
+    }
+
+    fn summary(&mut self, name: &str, status: BuildStatus, duration_ms: u64) {
+        self.clear_status();
+        let headline = match status {
+            BuildStatus::Success => self.paint("1;32", &format!("{name} succeeded")),
+            BuildStatus::Failed => self.paint("1;31", &format!("{name} failed")),
+            BuildStatus::Canceled => self.paint("1;33", &format!("{name} interrupted")),
+        };
+        let took = duration::format(Duration::from_millis(duration_ms));
+        let mut text = String::new();
+        let rows = std::mem::take(&mut self.rows);
+        let shown: Vec<&Row> = if rows.len() <= FULL_SUMMARY_MAX {
+            rows.iter().collect()
+        } else {
+            rows.iter()
+                .filter(|r| r.status != StepStatus::Success)
+                .collect()
+        };
+        let width = shown
+            .iter()
+            .map(|r| r.step.chars().count())
+            .max()
+            .unwrap_or(0);
+        for row in &shown {
+            let label = format!("{:<16}", row.status.label());
+            let painted = self
+                .status_text(row.status)
+                .replace(row.status.label(), &label);
+            let mut line = format!("  {:<width$}  {painted}", row.step);
+            if row.duration_ms > 0 || row.status == StepStatus::Success {
+                line.push_str(&format!(
+                    " {:>7}",
+                    duration::format(Duration::from_millis(row.duration_ms))
+                ));
+            }
+            if let Some(code) = row.exit_code.filter(|&c| c != 0) {
+                line.push_str(&format!("  exit {code}"));
+            }
+            text.push_str(line.trim_end());
+            text.push('\n');
+        }
+        if rows.len() > shown.len() {
+            let ok = rows.len() - shown.len();
+            text.push_str(&format!("  … and {ok} more steps ok\n"));
+        }
+        let _ = writeln!(self.err, "{headline} in {took} ({} steps)", rows.len());
+        let _ = self.err.write_all(text.as_bytes());
+        let failed = rows.iter().find(|r| r.status.is_failure());
+        if let Some(row) = failed {
+            let reason = row
+                .message
+                .clone()
+                .unwrap_or_else(|| row.status.label().to_string());
+            let _ = writeln!(
+                self.err,
+                "{} {}: {reason}",
+                self.paint("1;31", "first failure:"),
+                row.step
+            );
+            if let Some(view) = self.steps.get(&row.step)
+                && !view.tail.is_empty()
+            {
+                let _ = writeln!(self.err, "  last lines of {}:", row.step);
+                for line in &view.tail {
+                    let _ = writeln!(self.err, "  {} {line}", self.paint("2", "│"));
+                }
+            }
+        }
+    }
+
+    fn draw_status(&mut self) {
+        if !self.status_line {
+            return;
+        }
+        let running: Vec<(&String, Instant)> = self
+            .order
+            .iter()
+            .filter_map(|name| {
+                self.steps
+                    .get(name)
+                    .and_then(|v| v.started)
+                    .map(|t| (name, t))
+            })
+            .collect();
+        if running.is_empty() {
+            self.clear_status();
+            return;
+        }
+        const FRAMES: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
+        self.spinner = (self.spinner + 1) % FRAMES.len();
+        let names: Vec<String> = running
+            .iter()
+            .take(4)
+            .map(|(n, t)| format!("{n} {}", duration::format(t.elapsed())))
+            .collect();
+        let more = if running.len() > 4 {
+            format!(" +{}", running.len() - 4)
+        } else {
+            String::new()
+        };
+        let done = self.rows.len();
+        let total = self.order.len();
+        let line = format!(
+            "{} {}/{} done · running: {}{more} · {}",
+            FRAMES[self.spinner],
+            done,
+            total,
+            names.join(", "),
+            duration::format(self.build_started.elapsed())
+        );
+        let line: String = line
+            .chars()
+            .take(terminal_width().saturating_sub(1))
+            .collect();
+        let _ = write!(self.err, "\r\x1b[2K{}", self.paint("2", &line));
+        self.status_shown = true;
+    }
+}
+
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0 {
+            return ws.ws_col as usize;
+        }
+    }
+    100
+}
+
+impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
+    fn event(&mut self, event: &Event) {
+        match event {
+            Event::BuildStarted {
+                build,
+                name,
+                steps,
+                triggered_by,
+                ..
+            } => {
+                self.steps.clear();
+                self.order.clear();
+                self.rows.clear();
+                self.build_started = Instant::now();
+                self.width = steps
+                    .iter()
+                    .map(|s| s.name.chars().count())
+                    .max()
+                    .unwrap_or(0)
+                    .min(PREFIX_WIDTH_MAX);
+                for (i, s) in steps.iter().enumerate() {
+                    self.order.push(s.name.clone());
+                    self.steps.insert(
+                        s.name.clone(),
+                        StepView {
+                            color: PALETTE[i % PALETTE.len()],
+                            partial: Vec::new(),
+                            grouped: Vec::new(),
+                            tail: VecDeque::new(),
+                            started: None,
+                        },
+                    );
+                }
+                if let Some(by) = triggered_by {
+                    self.clear_status();
+                    let on = match by.on {
+                        crate::spec::TriggerOn::Success => "succeeded",
+                        crate::spec::TriggerOn::Failure => "failed",
+                        crate::spec::TriggerOn::Always => "finished",
+                    };
+                    let text = format!("▶ {name} (build {build}): {} {on}, chaining", by.pipeline);
+                    let _ = writeln!(self.err, "\n{}", self.paint("1", &text));
+                }
+            }
+            Event::StepQueued { .. } => {}
+            Event::StepStarted { step, .. } => {
+                if let Some(v) = self.steps.get_mut(step) {
+                    v.started = Some(Instant::now());
+                }
+            }
+            Event::StepCommand { step, command, .. } => {
+                let line = format!("$ {command}");
+                if self.mode == OutputMode::Prefixed {
+                    self.clear_status();
+                    let painted = self.paint("2", &line);
+                    self.write_line(step, painted.as_bytes());
+                } else if let Some(v) = self.steps.get_mut(step) {
+                    v.grouped.extend_from_slice(line.as_bytes());
+                    v.grouped.push(b'\n');
+                }
+            }
+            Event::StepOutput { step, data, .. } => self.output(step, data),
+            Event::StepRetrying {
+                step,
+                attempt,
+                reason,
+                ..
+            } => {
+                self.flush_step(step);
+                self.clear_status();
+                let text = self.paint(
+                    "33",
+                    &format!("attempt {attempt} failed ({reason}); retrying"),
+                );
+                self.write_line(step, text.as_bytes());
+            }
+            Event::StepFinished {
+                step,
+                status,
+                exit_code,
+                duration_ms,
+                message,
+                ..
+            } => {
+                self.flush_step(step);
+                if let Some(v) = self.steps.get_mut(step) {
+                    v.started = None;
+                }
+                if matches!(
+                    status,
+                    StepStatus::Failed | StepStatus::TimedOut | StepStatus::AllowedFailure
+                ) {
+                    self.clear_status();
+                    let text = message
+                        .clone()
+                        .unwrap_or_else(|| status.label().to_string());
+                    let painted = self.paint("31", &format!("✗ {text}"));
+                    self.write_line(step, painted.as_bytes());
+                }
+                self.rows.push(Row {
+                    step: step.clone(),
+                    status: *status,
+                    exit_code: *exit_code,
+                    duration_ms: *duration_ms,
+                    message: message.clone(),
+                });
+            }
+            Event::BuildFinished {
+                name,
+                status,
+                duration_ms,
+                ..
+            } => {
+                let _ = self.out.flush();
+                self.summary(name, *status, *duration_ms);
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        self.draw_status();
+    }
+
+    fn flush(&mut self) {
+        let _ = self.out.flush();
+        self.draw_status();
+        let _ = self.err.flush();
+    }
+}

@@ -1,0 +1,595 @@
+//! What the user wrote: the steps and pipelines `piper.lua` defined, read
+//! out of the Lua state with every field type-checked. Names are still
+//! names here; `graph.rs` resolves them into the validated step graph.
+
+use std::fmt;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use mlua::{Function, Lua, Table, Value};
+
+use crate::error::{Error, Result};
+use crate::location::Location;
+use crate::suggest;
+
+pub struct RawSpec {
+    pub steps: Vec<RawStep>,
+    pub pipelines: Vec<RawPipeline>,
+    /// Variables set with `env.set` / `env.load` for every step.
+    pub env: IndexMap<String, String>,
+    /// Project Lua files required during evaluation.
+    pub files: Vec<String>,
+}
+
+pub struct RawStep {
+    pub name: String,
+    pub location: Location,
+    pub desc: Option<String>,
+    pub run: Run,
+    pub deps: Vec<String>,
+    pub env: IndexMap<String, String>,
+    pub dir: Option<String>,
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    pub allow_failure: bool,
+    pub when: Option<Condition>,
+}
+
+/// What a step does when it runs.
+#[derive(Clone)]
+pub enum Run {
+    /// Commands run one after another; the step fails at the first failure.
+    /// Empty for a step that only groups its dependencies.
+    Commands(Vec<Command>),
+    /// A Lua function called with a `ctx` (see `lua/piper.lua`).
+    Lua(Function),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run by `/bin/sh -c`.
+    Shell(String),
+    /// Run directly, no shell: program and arguments.
+    Argv(Vec<String>),
+}
+
+#[derive(Clone)]
+pub enum Condition {
+    Static(bool),
+    /// Called just before the step would start; a falsy result skips it.
+    Lua(Function),
+}
+
+pub struct RawPipeline {
+    pub name: String,
+    pub location: Location,
+    pub desc: Option<String>,
+    /// Steps and included pipelines, in the order listed.
+    pub members: Vec<Member>,
+    pub env: IndexMap<String, String>,
+    pub triggers: Vec<RawTrigger>,
+}
+
+pub enum Member {
+    /// A step handle.
+    Step(String),
+    /// A pipeline handle: include all of its steps.
+    Pipeline(String),
+    /// A bare string: a step name, or failing that a pipeline name.
+    Name(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerOn {
+    Success,
+    Failure,
+    Always,
+}
+
+impl TriggerOn {
+    pub fn field(self) -> &'static str {
+        match self {
+            TriggerOn::Success => "on_success",
+            TriggerOn::Failure => "on_failure",
+            TriggerOn::Always => "always",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RawTrigger {
+    pub on: TriggerOn,
+    pub pipeline: String,
+    pub env: IndexMap<String, String>,
+    pub location: Location,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Shell(script) => f.write_str(script),
+            Command::Argv(argv) => {
+                let quoted: Vec<String> = argv.iter().map(|a| shell_quote(a)).collect();
+                f.write_str(&quoted.join(" "))
+            }
+        }
+    }
+}
+
+/// Quotes a word for display the way `piper.shell.quote` does.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+const STEP_FIELDS: &[&str] = &[
+    "run",
+    "argv",
+    "deps",
+    "env",
+    "dir",
+    "timeout",
+    "retries",
+    "allow_failure",
+    "when",
+    "desc",
+];
+const PIPELINE_FIELDS: &[&str] = &["desc", "env", "on_success", "on_failure", "always"];
+
+impl RawSpec {
+    /// Reads what evaluation recorded in `piper._registry`.
+    pub fn from_lua(lua: &Lua) -> Result<RawSpec> {
+        let registry: Table = lua
+            .load("return require 'piper._registry'")
+            .eval()
+            .map_err(|e| Error::Lua {
+                message: format!("internal: {e}"),
+            })?;
+        let internal = |e: mlua::Error| Error::Lua {
+            message: format!("internal: {e}"),
+        };
+        let steps: Table = registry.get("steps").map_err(internal)?;
+        let pipelines: Table = registry.get("pipelines").map_err(internal)?;
+        let env: Table = registry.get("env").map_err(internal)?;
+        let files: Vec<String> = registry.get("files").map_err(internal)?;
+
+        let mut spec = RawSpec {
+            steps: Vec::new(),
+            pipelines: Vec::new(),
+            env: IndexMap::new(),
+            files,
+        };
+        for record in steps.sequence_values::<Table>() {
+            let record = record.map_err(internal)?;
+            spec.steps.push(read_step(&record)?);
+        }
+        for record in pipelines.sequence_values::<Table>() {
+            let record = record.map_err(internal)?;
+            spec.pipelines.push(read_pipeline(&record)?);
+        }
+        let mut vars: Vec<(String, String)> = env
+            .pairs::<String, String>()
+            .collect::<mlua::Result<_>>()
+            .map_err(internal)?;
+        vars.sort();
+        spec.env.extend(vars);
+        Ok(spec)
+    }
+}
+
+/// The fields of one `step "x" { ... }` or `pipeline "x" { ... }` table,
+/// consumed one by one so that leftovers can be reported as unknown.
+struct Fields {
+    owner: String,
+    location: Location,
+    named: IndexMap<String, Value>,
+    items: Vec<Value>,
+}
+
+impl Fields {
+    fn read(owner: String, location: Location, table: &Table) -> Result<Fields> {
+        let mut named = IndexMap::new();
+        let mut keyed_items = Vec::new();
+        for pair in table.pairs::<Value, Value>() {
+            let (k, v) = pair.map_err(|e| Error::Spec {
+                location: location.clone(),
+                message: e.to_string(),
+            })?;
+            match k {
+                Value::String(s) => {
+                    named.insert(s.to_string_lossy(), v);
+                }
+                Value::Integer(i) => keyed_items.push((i, v)),
+                other => {
+                    return Err(Error::Spec {
+                        location,
+                        message: format!(
+                            "{owner}: keys must be field names, got a {}",
+                            other.type_name()
+                        ),
+                    });
+                }
+            }
+        }
+        keyed_items.sort_by_key(|(i, _)| *i);
+        let items = keyed_items.into_iter().map(|(_, v)| v).collect();
+        Ok(Fields {
+            owner,
+            location,
+            named,
+            items,
+        })
+    }
+
+    fn take(&mut self, field: &str) -> Option<Value> {
+        self.named.shift_remove(field).filter(|v| !v.is_nil())
+    }
+
+    fn error(&self, message: impl fmt::Display) -> Error {
+        Error::Spec {
+            location: self.location.clone(),
+            message: format!("{}: {message}", self.owner),
+        }
+    }
+
+    fn wrong_type(&self, field: &str, expected: &str, got: &Value) -> Error {
+        self.error(format_args!(
+            "`{field}` must be {expected}, got {}",
+            describe(got)
+        ))
+    }
+
+    fn string(&mut self, field: &str) -> Result<Option<String>> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.to_string_lossy())),
+            Some(other) => Err(self.wrong_type(field, "a string", &other)),
+        }
+    }
+
+    fn bool(&mut self, field: &str) -> Result<Option<bool>> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(b)),
+            Some(other) => Err(self.wrong_type(field, "true or false", &other)),
+        }
+    }
+
+    fn env(&mut self, field: &str) -> Result<IndexMap<String, String>> {
+        match self.take(field) {
+            None => Ok(IndexMap::new()),
+            Some(Value::Table(t)) => {
+                env_table(&t).map_err(|m| self.error(format_args!("`{field}`: {m}")))
+            }
+            Some(other) => Err(self.wrong_type(field, "a table of NAME = value", &other)),
+        }
+    }
+
+    /// Fails on any field not consumed, suggesting the nearest known one.
+    fn finish(self, known: &[&str]) -> Result<()> {
+        if let Some((field, _)) = self.named.into_iter().next() {
+            return Err(Error::UnknownField {
+                suggestion: suggest::closest(&field, known.iter().copied()),
+                location: self.location,
+                owner: self.owner,
+                field,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("the string {:?}", s.to_string_lossy()),
+        Value::Integer(i) => format!("the number {i}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::Boolean(b) => format!("{b}"),
+        other => format!("a {}", other.type_name()),
+    }
+}
+
+fn env_table(table: &Table) -> std::result::Result<IndexMap<String, String>, String> {
+    let mut vars = Vec::new();
+    for pair in table.pairs::<Value, Value>() {
+        let (k, v) = pair.map_err(|e| e.to_string())?;
+        let Value::String(k) = k else {
+            return Err(format!(
+                "variable names must be strings, got a {}",
+                k.type_name()
+            ));
+        };
+        let k = k.to_string_lossy();
+        let v = match v {
+            Value::String(s) => s.to_string_lossy(),
+            Value::Integer(i) => i.to_string(),
+            Value::Number(n) => n.to_string(),
+            Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(format!(
+                    "{k} must be a string, number or boolean, got a {}",
+                    other.type_name()
+                ));
+            }
+        };
+        vars.push((k, v));
+    }
+    vars.sort();
+    Ok(vars.into_iter().collect())
+}
+
+fn location_of(record: &Table) -> Location {
+    let file = record
+        .get::<String>("file")
+        .unwrap_or_else(|_| "piper.lua".into());
+    let line = record.get::<u32>("line").unwrap_or(0);
+    Location::new(file, line)
+}
+
+/// The name a step or pipeline handle refers to, if `value` is one.
+fn handle(value: &Value, key: &str) -> Option<String> {
+    match value {
+        Value::Table(t) => t.raw_get::<Option<String>>(key).ok().flatten(),
+        _ => None,
+    }
+}
+
+fn read_step(record: &Table) -> Result<RawStep> {
+    let location = location_of(record);
+    let name: String = record.get("name").map_err(|e| Error::Spec {
+        location: location.clone(),
+        message: e.to_string(),
+    })?;
+    let spec: Table = record.get("spec").map_err(|e| Error::Spec {
+        location: location.clone(),
+        message: e.to_string(),
+    })?;
+    let mut f = Fields::read(format!("step `{name}`"), location.clone(), &spec)?;
+    if let Some(item) = f.items.first() {
+        return Err(f.error(format_args!(
+            "unexpected list item ({}); fields are written as `name = value`, e.g. run = \"make\"",
+            describe(item)
+        )));
+    }
+
+    let run = match (f.take("run"), f.take("argv")) {
+        (Some(_), Some(_)) => return Err(f.error("set either `run` or `argv`, not both")),
+        (None, None) => Run::Commands(Vec::new()),
+        (None, Some(argv)) => Run::Commands(vec![Command::Argv(argv_of(&f, "argv", &argv)?)]),
+        (Some(Value::Function(func)), None) => Run::Lua(func),
+        (Some(Value::String(s)), None) => Run::Commands(vec![Command::Shell(s.to_string_lossy())]),
+        (Some(Value::Table(list)), None) => {
+            let mut commands = Vec::new();
+            for (i, item) in list.sequence_values::<Value>().enumerate() {
+                let item = item.map_err(|e| f.error(e))?;
+                match item {
+                    Value::String(s) => commands.push(Command::Shell(s.to_string_lossy())),
+                    Value::Table(_) => commands.push(Command::Argv(argv_of(
+                        &f,
+                        &format!("run[{}]", i + 1),
+                        &item,
+                    )?)),
+                    other => {
+                        return Err(f.wrong_type(
+                            &format!("run[{}]", i + 1),
+                            "a shell command string or an argv table",
+                            &other,
+                        ));
+                    }
+                }
+            }
+            Run::Commands(commands)
+        }
+        (Some(other), None) => {
+            return Err(f.wrong_type(
+                "run",
+                "a shell command, a list of commands or a function",
+                &other,
+            ));
+        }
+    };
+
+    let deps = match f.take("deps") {
+        None => Vec::new(),
+        Some(value) => {
+            let list = match &value {
+                Value::Table(t) if handle(&value, "__piper_step").is_none() => t
+                    .sequence_values::<Value>()
+                    .collect::<mlua::Result<Vec<_>>>()
+                    .map_err(|e| f.error(e))?,
+                _ => vec![value],
+            };
+            let mut names = Vec::new();
+            for dep in list {
+                match (&dep, handle(&dep, "__piper_step")) {
+                    (_, Some(name)) => names.push(name),
+                    (Value::String(s), _) => names.push(s.to_string_lossy()),
+                    (other, _) => return Err(f.wrong_type("deps", "steps or step names", other)),
+                }
+            }
+            names
+        }
+    };
+
+    let timeout = match f.take("timeout") {
+        None => None,
+        Some(Value::String(s)) => Some(
+            crate::duration::parse(&s.to_string_lossy())
+                .map_err(|m| f.error(format_args!("`timeout`: {m}")))?,
+        ),
+        Some(Value::Integer(i)) if i > 0 => Some(Duration::from_secs(i as u64)),
+        Some(Value::Number(n)) if n > 0.0 => Some(Duration::from_secs_f64(n)),
+        Some(other) => {
+            return Err(f.wrong_type(
+                "timeout",
+                "a duration like \"10m\" or a number of seconds",
+                &other,
+            ));
+        }
+    };
+    let retries = match f.take("retries") {
+        None => 0,
+        Some(Value::Integer(i)) if (0..=100).contains(&i) => i as u32,
+        Some(other) => return Err(f.wrong_type("retries", "a whole number from 0 to 100", &other)),
+    };
+    let when = match f.take("when") {
+        None => None,
+        Some(Value::Boolean(b)) => Some(Condition::Static(b)),
+        Some(Value::Function(func)) => Some(Condition::Lua(func)),
+        Some(other) => return Err(f.wrong_type("when", "true, false or a function", &other)),
+    };
+    let step = RawStep {
+        desc: f.string("desc")?,
+        env: f.env("env")?,
+        dir: f.string("dir")?,
+        allow_failure: f.bool("allow_failure")?.unwrap_or(false),
+        name,
+        location,
+        run,
+        deps,
+        timeout,
+        retries,
+        when,
+    };
+    f.finish(STEP_FIELDS)?;
+    Ok(step)
+}
+
+fn argv_of(f: &Fields, field: &str, value: &Value) -> Result<Vec<String>> {
+    let Value::Table(t) = value else {
+        return Err(f.wrong_type(field, "a list of strings (program and arguments)", value));
+    };
+    let mut argv = Vec::new();
+    for (i, item) in t.sequence_values::<Value>().enumerate() {
+        match item.map_err(|e| f.error(e))? {
+            Value::String(s) => argv.push(s.to_string_lossy()),
+            Value::Integer(n) => argv.push(n.to_string()),
+            other => return Err(f.wrong_type(&format!("{field}[{}]", i + 1), "a string", &other)),
+        }
+    }
+    if argv.is_empty() {
+        return Err(f.error(format_args!(
+            "`{field}` is empty; it needs at least the program to run"
+        )));
+    }
+    Ok(argv)
+}
+
+fn read_pipeline(record: &Table) -> Result<RawPipeline> {
+    let location = location_of(record);
+    let name: String = record.get("name").map_err(|e| Error::Spec {
+        location: location.clone(),
+        message: e.to_string(),
+    })?;
+    let spec: Table = record.get("spec").map_err(|e| Error::Spec {
+        location: location.clone(),
+        message: e.to_string(),
+    })?;
+    let mut f = Fields::read(format!("pipeline `{name}`"), location.clone(), &spec)?;
+
+    let mut members = Vec::new();
+    for (i, item) in std::mem::take(&mut f.items).into_iter().enumerate() {
+        if let Some(step) = handle(&item, "__piper_step") {
+            members.push(Member::Step(step));
+        } else if let Some(pipeline) = handle(&item, "__piper_pipeline") {
+            members.push(Member::Pipeline(pipeline));
+        } else if let Value::String(s) = &item {
+            members.push(Member::Name(s.to_string_lossy()));
+        } else {
+            return Err(f.wrong_type(
+                &format!("item {}", i + 1),
+                "a step, a pipeline or a name",
+                &item,
+            ));
+        }
+    }
+
+    let mut triggers = Vec::new();
+    for on in [TriggerOn::Success, TriggerOn::Failure, TriggerOn::Always] {
+        let Some(value) = f.take(on.field()) else {
+            continue;
+        };
+        let list = match &value {
+            Value::Table(t)
+                if t.raw_get::<Value>("__piper_trigger")
+                    .is_ok_and(|v| v.is_nil()) =>
+            {
+                t.sequence_values::<Value>()
+                    .collect::<mlua::Result<Vec<_>>>()
+                    .map_err(|e| f.error(e))?
+            }
+            _ => vec![value],
+        };
+        for item in list {
+            triggers.push(read_trigger(&f, on, &item)?);
+        }
+    }
+
+    let pipeline = RawPipeline {
+        desc: f.string("desc")?,
+        env: f.env("env")?,
+        name,
+        location,
+        members,
+        triggers,
+    };
+    f.finish(PIPELINE_FIELDS)?;
+    Ok(pipeline)
+}
+
+fn read_trigger(f: &Fields, on: TriggerOn, value: &Value) -> Result<RawTrigger> {
+    let expected = "trigger.pipeline \"name\", a pipeline name, or a list of them";
+    match value {
+        Value::String(s) => Ok(RawTrigger {
+            on,
+            pipeline: s.to_string_lossy(),
+            env: IndexMap::new(),
+            location: f.location.clone(),
+        }),
+        Value::Table(t) => {
+            if let Some(name) = handle(value, "__piper_pipeline") {
+                return Ok(RawTrigger {
+                    on,
+                    pipeline: name,
+                    env: IndexMap::new(),
+                    location: f.location.clone(),
+                });
+            }
+            let kind: Option<String> = t.get("__piper_trigger").map_err(|e| f.error(e))?;
+            if kind.as_deref() != Some("pipeline") {
+                return Err(f.wrong_type(on.field(), expected, value));
+            }
+            let pipeline: String = t.get("pipeline").map_err(|e| f.error(e))?;
+            let env = match t.get::<Option<Table>>("env").map_err(|e| f.error(e))? {
+                Some(env) => env_table(&env)
+                    .map_err(|m| f.error(format_args!("`{}` env: {m}", on.field())))?,
+                None => IndexMap::new(),
+            };
+            let location = Location::new(
+                t.get::<Option<String>>("file")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| f.location.file.clone()),
+                t.get::<Option<u32>>("line")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(f.location.line),
+            );
+            Ok(RawTrigger {
+                on,
+                pipeline,
+                env,
+                location,
+            })
+        }
+        other => Err(f.wrong_type(on.field(), expected, other)),
+    }
+}

@@ -1,0 +1,33 @@
+-- Runs before piper.lua: makes `step` and `pipeline` globals and lets
+-- `require "ci.rust"` load ci/rust.lua from the project root (and only from
+-- there), recording each file so `piper watch` can reload on edits.
+local native = require "piper._native"
+local registry = require "piper._registry"
+local piper = require "piper"
+
+step = piper.step
+pipeline = piper.pipeline
+
+-- Our searcher replaces Lua's path and C searchers: a build config loads
+-- the project's Lua, not whatever LUA_PATH points at.
+package.path = ""
+package.cpath = ""
+package.searchers = {
+  package.searchers[1], -- package.preload: the piper.* modules
+  function(name)
+    local rel = name:gsub("%.", "/")
+    local tried = {}
+    for _, pattern in ipairs { "%s.lua", "%s/init.lua" } do
+      local path = pattern:format(rel)
+      local text = native.read_file(path)
+      if text then
+        local chunk, err = load(text, "@" .. path)
+        if not chunk then error(err, 0) end
+        registry.files[#registry.files + 1] = path
+        return chunk, path
+      end
+      tried[#tried + 1] = "\n\tno file '" .. path .. "' in the project root"
+    end
+    return table.concat(tried)
+  end,
+}

@@ -1,0 +1,12 @@
+-- Internal: what evaluating piper.lua defines, read by the Rust core after
+-- evaluation. Arrays keep the order of definition (Lua tables do not).
+return {
+  ---@type { name: string, spec: table, file: string, line: integer }[]
+  steps = {},
+  ---@type { name: string, spec: table, file: string, line: integer }[]
+  pipelines = {},
+  ---@type table<string, string> variables set with piper.env.set for every step
+  env = {},
+  ---@type string[] Lua files of the project that were required (watched by `piper watch`)
+  files = {},
+}
