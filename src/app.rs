@@ -109,6 +109,12 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
     if let Some(jobs) = args.jobs {
         options.jobs = jobs as usize;
     }
+    if let Ok(grace) = std::env::var("PIPER_KILL_GRACE") {
+        options.kill_grace = crate::duration::parse(&grace).map_err(|message| Error::Setting {
+            name: "PIPER_KILL_GRACE".into(),
+            message,
+        })?;
+    }
     let renderer: Box<dyn Render> = if args.json {
         Box::new(JsonLines::new(std::io::BufWriter::new(std::io::stdout())))
     } else {

@@ -92,6 +92,8 @@ pub enum Error {
     InitExists { path: PathBuf },
     /// `--env` without `=`.
     BadEnvOverride { value: String },
+    /// An environment variable that configures piper has a bad value.
+    Setting { name: String, message: String },
     Io {
         context: String,
         source: std::io::Error,
@@ -236,6 +238,7 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::BadEnvOverride { value } => write!(f, "--env expects KEY=VALUE, got `{value}`"),
+            Error::Setting { name, message } => write!(f, "{name}: {message}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }

@@ -559,7 +559,12 @@ impl StepJob {
                     result = Attempt {
                         status,
                         exit_code: exit.code(),
-                        message: Some(format!("`{command}` {}", exit.describe())),
+                        message: Some(match &exit {
+                            Exit::Code(_) | Exit::Signal(_) => {
+                                format!("`{command}` {}", exit.describe())
+                            }
+                            _ => exit.describe(),
+                        }),
                     };
                     break;
                 }

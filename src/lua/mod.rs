@@ -69,11 +69,20 @@ pub fn evaluate(project: &Project) -> Result<(Lua, RawSpec)> {
 /// A Lua error as a person should read it: the message with its
 /// `file:line`, and the traceback when the error came from deeper code.
 pub fn error_message(error: &mlua::Error) -> String {
+    // Frames of C functions (`error`, `require`) say nothing to a user.
+    let text = raw_message(error);
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with("[C]:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn raw_message(error: &mlua::Error) -> String {
     match error {
         mlua::Error::SyntaxError { message, .. } => message.clone(),
         mlua::Error::RuntimeError(message) => message.clone(),
         mlua::Error::CallbackError { traceback, cause } => {
-            let inner = error_message(cause);
+            let inner = raw_message(cause);
             if inner.contains("stack traceback:") {
                 inner
             } else {
@@ -81,7 +90,7 @@ pub fn error_message(error: &mlua::Error) -> String {
             }
         }
         mlua::Error::WithContext { context, cause } => {
-            format!("{context}: {}", error_message(cause))
+            format!("{context}: {}", raw_message(cause))
         }
         other => other.to_string(),
     }

@@ -227,7 +227,12 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
             let ok = rows.len() - shown.len();
             text.push_str(&format!("  … and {ok} more steps ok\n"));
         }
-        let _ = writeln!(self.err, "{headline} in {took} ({} steps)", rows.len());
+        let plural = if rows.len() == 1 { "" } else { "s" };
+        let _ = writeln!(
+            self.err,
+            "{headline} in {took} ({} step{plural})",
+            rows.len()
+        );
         let _ = self.err.write_all(text.as_bytes());
         let failed = rows.iter().find(|r| r.status.is_failure());
         if let Some(row) = failed {

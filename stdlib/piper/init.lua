@@ -14,7 +14,7 @@ local PipelineHandle = {
 
 -- Where the user's code called us: `level` frames above the caller of this helper.
 local function caller(level)
-  return native.where(level + 2)
+  return native.where(level + 1)
 end
 
 local function definer(kind, list, handle_key, mt)

@@ -1,0 +1,86 @@
+//! Pipelines chaining pipelines: on_success, on_failure, always.
+
+use crate::harness::Test;
+
+const CHAIN: &str = r#"
+    local trigger = require "piper.trigger"
+    local env = require "piper.env"
+    step "work" { run = "echo work; exit ${FAIL:-0}" }
+    pipeline "ci" {
+      "work",
+      on_success = trigger.pipeline("deploy", { env = { TARGET = "prod" } }),
+      on_failure = "notify",
+      always = { "cleanup" },
+    }
+    pipeline "deploy" { step "upload" { run = "echo uploading to $TARGET" } }
+    pipeline "notify" { step "page" { run = "echo paging" } }
+    pipeline "cleanup" { step "tidy" { run = "echo tidy" } }
+"#;
+
+#[test]
+fn success_runs_on_success_and_always() {
+    let ran = Test::new()
+        .piper_lua(CHAIN)
+        .args(["exec", "ci", "--json"])
+        .stdout_lacks("paging")
+        .run();
+    let started: Vec<(String, Option<String>)> = ran
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "build_started")
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["triggered_by"]["on"].as_str().map(String::from),
+            )
+        })
+        .collect();
+    assert_eq!(
+        started,
+        [
+            ("ci".to_string(), None),
+            ("deploy".to_string(), Some("success".to_string())),
+            ("cleanup".to_string(), Some("always".to_string())),
+        ]
+    );
+    assert!(ran.stdout.contains("uploading to prod"));
+}
+
+#[test]
+fn failure_runs_on_failure_and_always_and_keeps_the_failing_code() {
+    Test::new()
+        .piper_lua(CHAIN)
+        .env("FAIL", "7")
+        .args(["exec", "ci"])
+        .status(7)
+        .stdout_contains("page | paging")
+        .stdout_contains("tidy | tidy")
+        .stdout_lacks("uploading")
+        .stderr_contains("▶ notify (build 2): ci failed, chaining")
+        .run();
+}
+
+#[test]
+fn chained_pipelines_do_not_run_after_ctrl_c_or_a_plain_step_target() {
+    // A step target carries no triggers.
+    Test::new()
+        .piper_lua(CHAIN)
+        .args(["exec", "work"])
+        .stdout_lacks("uploading")
+        .stdout_lacks("tidy")
+        .run();
+}
+
+#[test]
+fn a_failing_chained_pipeline_fails_the_run() {
+    Test::new()
+        .piper_lua(
+            r#"
+            pipeline "ci" { step "ok" { run = "true" }, on_success = "deploy" }
+            pipeline "deploy" { step "up" { run = "exit 4" } }
+            "#,
+        )
+        .args(["exec", "ci"])
+        .status(4)
+        .run();
+}

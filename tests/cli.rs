@@ -1,0 +1,154 @@
+//! The other commands: list, graph, init, meta, completions, --help.
+
+use crate::harness::{PIPER, Test};
+
+const CONFIG: &str = r#"
+    local lint = step "lint" { run = "cargo clippy", desc = "Lint the code" }
+    local test = step "test" { run = { "cargo build", "cargo test" }, deps = { lint } }
+    pipeline "ci" { test, desc = "Everything CI runs", on_success = "deploy" }
+    pipeline "deploy" { step "upload" { run = function() end } }
+"#;
+
+#[test]
+fn list_shows_pipelines_and_steps() {
+    Test::new()
+        .piper_lua(CONFIG)
+        .args(["list"])
+        .stdout(
+            "
+            Pipelines:
+                ci      Everything CI runs [test]
+                deploy  [upload]
+            Steps:
+                lint    Lint the code
+                test    cargo build && cargo test
+                upload  <lua function>
+            ",
+        )
+        .run();
+}
+
+#[test]
+fn list_json() {
+    let ran = Test::new().piper_lua(CONFIG).args(["list", "--json"]).run();
+    let doc: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(doc["pipelines"][0]["triggers"][0]["pipeline"], "deploy");
+    assert_eq!(doc["steps"][1]["deps"][0], "lint");
+    assert_eq!(doc["steps"][1]["location"], "piper.lua:2");
+}
+
+#[test]
+fn graph_formats() {
+    Test::new()
+        .piper_lua(CONFIG)
+        .args(["graph", "ci"])
+        .stdout(
+            r#"
+            digraph "ci" {
+              rankdir=LR;
+              node [shape=box];
+              "lint";
+              "test";
+              "lint" -> "test";
+            }
+            "#,
+        )
+        .run();
+    Test::new()
+        .piper_lua(CONFIG)
+        .args(["graph", "ci", "--format", "mermaid"])
+        .stdout("graph LR\n  s0[\"lint\"]\n  s1[\"test\"]\n  s0 --> s1\n")
+        .run();
+    let ran = Test::new()
+        .piper_lua(CONFIG)
+        .args(["graph", "ci", "--format", "json"])
+        .run();
+    let doc: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(doc["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["pipeline"]["desc"], "Everything CI runs");
+}
+
+#[test]
+fn init_writes_a_working_starter_and_refuses_to_overwrite() {
+    let ran = Test::new().args(["init"]).stderr_contains("created").run();
+    assert!(ran.path("piper.lua").exists());
+    let out = std::process::Command::new(PIPER)
+        .args(["exec", "hello"])
+        .current_dir(ran.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = std::process::Command::new(PIPER)
+        .arg("init")
+        .current_dir(ran.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+#[test]
+fn meta_writes_the_definitions() {
+    let ran = Test::new().args(["meta"]).run();
+    let text = ran.read(".piper/lua/piper/shell.lua");
+    assert!(text.starts_with("---@meta piper.shell"));
+}
+
+#[test]
+fn completions_register_for_each_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let ran = Test::new().args(["completions", shell]).run();
+        assert!(ran.stdout.contains("COMPLETE"), "{shell}: {}", ran.stdout);
+    }
+}
+
+#[test]
+fn dynamic_completion_offers_pipeline_and_step_names() {
+    let ran = Test::new()
+        .piper_lua(CONFIG)
+        .env("COMPLETE", "bash")
+        .env("_CLAP_COMPLETE_INDEX", "2")
+        .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+        .env("_CLAP_COMPLETE_SPACE", "true")
+        .env("_CLAP_IFS", "\n")
+        .args(["--", "piper", "exec", ""])
+        .run();
+    for name in ["ci", "deploy", "lint", "test", "upload"] {
+        assert!(
+            ran.stdout.lines().any(|l| l == name),
+            "{name} missing from {:?}",
+            ran.stdout
+        );
+    }
+}
+
+#[test]
+fn help_explains_exit_codes_and_version_prints() {
+    Test::new()
+        .args(["--help"])
+        .stdout_contains("Exit status:")
+        .stdout_contains("exec")
+        .run();
+    Test::new()
+        .args(["exec", "--help"])
+        .stdout_contains("--keep-going")
+        .run();
+    Test::new()
+        .args(["--version"])
+        .stdout_contains("piper 0.")
+        .run();
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    Test::new()
+        .args(["exec"])
+        .status(2)
+        .stderr_contains("PIPELINE|STEP")
+        .run();
+    Test::new().args(["exec", "x", "-j", "0"]).status(2).run();
+}

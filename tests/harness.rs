@@ -1,0 +1,251 @@
+//! The test builder: writes files into a fresh temp dir, runs the real
+//! `piper` binary there, and checks stdout, stderr and the exit status.
+//!
+//! ```ignore
+//! Test::new()
+//!     .piper_lua(r#"step "a" { run = "echo hi" }"#)
+//!     .args(["exec", "a"])
+//!     .stdout_contains("a | hi")
+//!     .run();
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const PIPER: &str = env!("CARGO_BIN_EXE_piper");
+
+pub struct Test {
+    pub dir: tempfile::TempDir,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: Option<PathBuf>,
+    status: i32,
+    stdout: Option<String>,
+    stderr: Option<String>,
+    stdout_contains: Vec<String>,
+    stderr_contains: Vec<String>,
+    stdout_lacks: Vec<String>,
+}
+
+pub struct Ran {
+    pub dir: tempfile::TempDir,
+    pub stdout: String,
+    pub stderr: String,
+    pub status: i32,
+}
+
+impl Ran {
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+    }
+
+    /// The JSON events printed by `--json`.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+/// Removes the common leading indentation, so tests can indent Lua inline.
+pub fn unindent(text: &str) -> String {
+    let text = text.strip_prefix('\n').unwrap_or(text);
+    // A closing line of only indentation (before `"#`) is not content.
+    let text = match text.rfind('\n') {
+        Some(i) if text[i + 1..].trim().is_empty() => &text[..i],
+        _ => text,
+    };
+    let indent = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    text.lines()
+        .map(|l| {
+            if l.len() >= indent {
+                &l[indent..]
+            } else {
+                l.trim_start()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+impl Default for Test {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Test {
+    pub fn new() -> Self {
+        Test {
+            dir: tempfile::tempdir().expect("temp dir"),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            status: 0,
+            stdout: None,
+            stderr: None,
+            stdout_contains: Vec::new(),
+            stderr_contains: Vec::new(),
+            stdout_lacks: Vec::new(),
+        }
+    }
+
+    pub fn piper_lua(self, text: &str) -> Self {
+        self.file("piper.lua", text)
+    }
+
+    pub fn file(self, rel: &str, text: &str) -> Self {
+        let path = self.dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, unindent(text)).unwrap();
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Run from this subdirectory of the temp dir.
+    pub fn current_dir(mut self, rel: &str) -> Self {
+        let dir = self.dir.path().join(rel);
+        std::fs::create_dir_all(&dir).unwrap();
+        self.cwd = Some(dir);
+        self
+    }
+
+    pub fn status(mut self, code: i32) -> Self {
+        self.status = code;
+        self
+    }
+
+    pub fn stdout(mut self, text: &str) -> Self {
+        self.stdout = Some(unindent(text));
+        self
+    }
+
+    pub fn stderr(mut self, text: &str) -> Self {
+        self.stderr = Some(unindent(text));
+        self
+    }
+
+    pub fn stdout_contains(mut self, text: &str) -> Self {
+        self.stdout_contains.push(text.into());
+        self
+    }
+
+    pub fn stdout_lacks(mut self, text: &str) -> Self {
+        self.stdout_lacks.push(text.into());
+        self
+    }
+
+    pub fn stderr_contains(mut self, text: &str) -> Self {
+        self.stderr_contains.push(text.into());
+        self
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(PIPER);
+        cmd.args(&self.args)
+            .current_dir(self.cwd.as_deref().unwrap_or(self.dir.path()))
+            .env_remove("NO_COLOR")
+            .env("PIPER_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(self) -> Ran {
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = self.command().output().expect("run piper");
+        let stdout = String::from_utf8_lossy(&stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&stderr).into_owned();
+        let code = status.code().unwrap_or(-1);
+        let context = format!("--- stdout ---\n{stdout}--- stderr ---\n{stderr}--- status {code}");
+        assert_eq!(code, self.status, "unexpected exit status\n{context}");
+        if let Some(expected) = &self.stdout {
+            assert_eq!(&stdout, expected, "stdout differs\n{context}");
+        }
+        if let Some(expected) = &self.stderr {
+            assert_eq!(&stderr, expected, "stderr differs\n{context}");
+        }
+        for text in &self.stdout_contains {
+            assert!(
+                stdout.contains(text.as_str()),
+                "stdout lacks {text:?}\n{context}"
+            );
+        }
+        for text in &self.stdout_lacks {
+            assert!(
+                !stdout.contains(text.as_str()),
+                "stdout has {text:?}\n{context}"
+            );
+        }
+        for text in &self.stderr_contains {
+            assert!(
+                stderr.contains(text.as_str()),
+                "stderr lacks {text:?}\n{context}"
+            );
+        }
+        Ran {
+            dir: self.dir,
+            stdout,
+            stderr,
+            status: code,
+        }
+    }
+}
+
+/// Whether a process is gone (absent, or a zombie nobody has reaped yet —
+/// a zombie runs nothing).
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Polls for a file written by a step (bounded: 20 s), for tests that must
+/// act while a build is running.
+pub fn wait_for_file(path: &Path) {
+    for _ in 0..2000 {
+        if path.exists()
+            && std::fs::metadata(path)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false)
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{} never appeared", path.display());
+}
+
+pub fn read_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}

@@ -1,0 +1,13 @@
+//! One integration test binary (as casey/just does): a file per feature,
+//! all built on the `Test` builder in `harness.rs`.
+
+mod harness;
+
+mod chaining;
+mod cli;
+mod docs;
+mod errors;
+mod examples;
+mod exec;
+mod lua_api;
+mod supervision;
