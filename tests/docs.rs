@@ -1,1 +1,197 @@
-//! Filled below.
+//! The documentation cannot drift from the code: every public Lua function
+//! in stdlib/ has a `---@meta` definition in lua/ and a section in
+//! docs/reference/lua.md (and nothing is documented that does not exist);
+//! every command and flag of the CLI appears in docs/reference/cli.md;
+//! every event kind appears in docs/reference/events.md.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+const MODULES: &[&str] = &["env", "trigger", "fs", "shell", "git"];
+
+/// `module.function` for every `function M.name(` in the stdlib sources.
+fn stdlib_functions() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for module in MODULES {
+        for line in read(&format!("stdlib/piper/{module}.lua")).lines() {
+            if let Some(rest) = line.strip_prefix("function M.") {
+                names.insert(format!("{module}.{}", rest.split('(').next().unwrap()));
+            }
+        }
+    }
+    // The DSL core: `M.step = definer(...)`.
+    for line in read("stdlib/piper/init.lua").lines() {
+        if let Some(rest) = line.strip_prefix("M.") {
+            names.insert(rest.split([' ', '=']).next().unwrap().to_string());
+        }
+    }
+    names
+}
+
+fn meta_functions() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for module in MODULES {
+        let prefix = format!("function {module}.");
+        for line in read(&format!("lua/piper/{module}.lua")).lines() {
+            if let Some(rest) = line.strip_prefix(&prefix) {
+                names.insert(format!("{module}.{}", rest.split('(').next().unwrap()));
+            }
+        }
+    }
+    for line in read("lua/piper.lua").lines() {
+        for global in ["step", "pipeline"] {
+            if line.starts_with(&format!("function {global}(")) {
+                names.insert(global.to_string());
+            }
+        }
+    }
+    names
+}
+
+fn documented_functions() -> BTreeSet<String> {
+    read("docs/reference/lua.md")
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .map(|h| {
+            h.trim_matches('`')
+                .split('(')
+                .next()
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .filter(|h| !h.starts_with("ctx."))
+        .collect()
+}
+
+#[test]
+fn lua_api_stdlib_meta_and_reference_agree() {
+    let stdlib = stdlib_functions();
+    assert!(stdlib.len() > 15, "{stdlib:?}");
+    assert_eq!(stdlib, meta_functions(), "stdlib/ vs lua/ (---@meta)");
+    assert_eq!(
+        stdlib,
+        documented_functions(),
+        "stdlib/ vs docs/reference/lua.md"
+    );
+}
+
+#[test]
+fn ctx_functions_are_documented() {
+    let doc = read("docs/reference/lua.md");
+    let meta = read("lua/piper.lua");
+    for f in ["sh", "exec", "print"] {
+        assert!(
+            doc.contains(&format!("### `ctx.{f}")),
+            "ctx.{f} missing from docs/reference/lua.md"
+        );
+        assert!(
+            meta.contains(&format!("function Ctx.{f}(")),
+            "ctx.{f} missing from lua/piper.lua"
+        );
+    }
+}
+
+#[test]
+fn every_step_field_is_documented() {
+    let doc = read("docs/reference/lua.md");
+    let meta = read("lua/piper.lua");
+    for field in [
+        "run",
+        "argv",
+        "deps",
+        "env",
+        "dir",
+        "timeout",
+        "retries",
+        "allow_failure",
+        "when",
+        "desc",
+    ] {
+        assert!(
+            doc.contains(&format!("| `{field}` |")),
+            "step field {field} missing from docs/reference/lua.md"
+        );
+        assert!(
+            meta.contains(&format!("---@field {field}?")),
+            "step field {field} missing from lua/piper.lua"
+        );
+    }
+}
+
+#[test]
+fn every_cli_command_and_flag_is_documented() {
+    use clap::CommandFactory;
+    let doc = read("docs/reference/cli.md");
+    let cli = piper::cli::Cli::command();
+    for arg in cli.get_arguments() {
+        if let Some(long) = arg.get_long() {
+            assert!(
+                doc.contains(&format!("--{long}")),
+                "--{long} missing from docs/reference/cli.md"
+            );
+        }
+    }
+    for sub in cli.get_subcommands() {
+        assert!(
+            doc.contains(&format!("## `piper {}", sub.get_name())),
+            "piper {} missing",
+            sub.get_name()
+        );
+        for arg in sub.get_arguments() {
+            if let Some(long) = arg.get_long() {
+                assert!(
+                    doc.contains(&format!("--{long}")),
+                    "piper {} --{long} missing",
+                    sub.get_name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_event_kind_is_documented() {
+    let doc = read("docs/reference/events.md");
+    let source = read("src/event.rs");
+    // Variants of `enum Event` are the lines `    Name {` inside it.
+    let body = source
+        .split("pub enum Event {")
+        .nth(1)
+        .unwrap()
+        .split("\n}\n")
+        .next()
+        .unwrap();
+    let kinds: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("    "))
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_uppercase()))
+        .map(|l| {
+            l.split(|c: char| !c.is_ascii_alphanumeric())
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(kinds.len(), 8, "{kinds:?}");
+    for name in kinds {
+        let mut snake = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                snake.push('_');
+            }
+            snake.push(c.to_ascii_lowercase());
+        }
+        assert!(
+            doc.contains(&format!("`{snake}`")),
+            "event {snake} missing from docs/reference/events.md"
+        );
+    }
+}

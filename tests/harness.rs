@@ -31,7 +31,6 @@ pub struct Ran {
     pub dir: tempfile::TempDir,
     pub stdout: String,
     pub stderr: String,
-    pub status: i32,
 }
 
 impl Ran {
@@ -210,7 +209,6 @@ impl Test {
             dir: self.dir,
             stdout,
             stderr,
-            status: code,
         }
     }
 }

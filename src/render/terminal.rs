@@ -205,8 +205,13 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
             .map(|r| r.step.chars().count())
             .max()
             .unwrap_or(0);
+        let label_width = shown
+            .iter()
+            .map(|r| r.status.label().len())
+            .max()
+            .unwrap_or(0);
         for row in &shown {
-            let label = format!("{:<16}", row.status.label());
+            let label = format!("{:<label_width$}", row.status.label());
             let painted = self
                 .status_text(row.status)
                 .replace(row.status.label(), &label);
