@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod bench_gen;
 mod chaining;
 mod cli;
 mod docs;
