@@ -30,6 +30,8 @@
 ---@field allow_failure? boolean a failure does not fail the build
 ---@field when? boolean|fun(): boolean run only if true (a function is called just before)
 ---@field desc? string shown by `piper list`
+---@field inputs? string|string[] globs of the files it reads; with them it can be up to date
+---@field outputs? string|string[] paths or globs it writes, relative to `dir`
 
 ---@class piper.PipelineSpec
 ---@field [integer] piper.Step|piper.Pipeline|string steps (their deps come along) and included pipelines

@@ -9,9 +9,11 @@ use clap::{CommandFactory, Parser};
 use indexmap::IndexMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, ColorChoice, Command, ExecArgs, GraphArgs, GraphFormat, ListArgs};
+use crate::cli::{
+    CleanArgs, Cli, ColorChoice, Command, ExecArgs, GraphArgs, GraphFormat, ListArgs,
+};
 use crate::error::{EXIT_INTERNAL, Error, Result};
-use crate::executor::{self, Options};
+use crate::executor::{self, Force, Options};
 use crate::graph::Graph;
 use crate::project::{CONFIG_FILE, Project};
 use crate::render::{self, JsonLines, Render, Terminal};
@@ -80,6 +82,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::List(args) => list(&cli, args),
         Command::Graph(args) => graph(&cli, args),
         Command::Completions { shell } => completions(shell.name()),
+        Command::Clean(args) => clean(&cli, args),
         Command::Init => init(&start_dir(&cli)?),
         Command::Meta { dir } => meta(&start_dir(&cli)?.join(dir)),
     }
@@ -106,6 +109,26 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
         env_overrides,
         ..Options::default()
     };
+    options.force = match &args.force {
+        None => Force::Nothing,
+        Some(names) if names.is_empty() => Force::All,
+        Some(names) => {
+            for name in names {
+                if graph.step(name).is_none() {
+                    return Err(Error::UnknownTarget {
+                        name: name.clone(),
+                        suggestion: crate::suggest::closest(
+                            name,
+                            graph.steps.iter().map(|s| s.name.as_str()),
+                        ),
+                        pipelines: Vec::new(),
+                        steps: graph.step_names(),
+                    });
+                }
+            }
+            Force::Steps(names.clone())
+        }
+    };
     if let Some(jobs) = args.jobs {
         options.jobs = jobs as usize;
     }
@@ -124,6 +147,7 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
             std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
             std::io::stderr(),
             args.output,
+            args.explain,
             color,
             stderr_tty && std::env::var_os("TERM").is_none_or(|t| t != "dumb"),
         ))
@@ -247,6 +271,50 @@ fn completions(shell: &str) -> Result<i32> {
             )
         })?;
     Ok(if done { 0 } else { EXIT_INTERNAL })
+}
+
+fn clean(cli: &Cli, args: &CleanArgs) -> Result<i32> {
+    let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
+    if args.outputs {
+        let graph = Graph::load(&project)?;
+        for step in &graph.steps {
+            for output in &step.outputs {
+                let matches: Vec<std::path::PathBuf> = if output.contains(['*', '?', '[', '{']) {
+                    crate::lua::glob(&graph.root, std::slice::from_ref(output), true, false)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|p| graph.root.join(p))
+                        .collect()
+                } else {
+                    vec![step.dir.join(output)]
+                };
+                for path in matches.iter().filter(|p| p.exists()) {
+                    let removed = if path.is_dir() {
+                        std::fs::remove_dir_all(path)
+                    } else {
+                        std::fs::remove_file(path)
+                    };
+                    removed
+                        .map_err(|e| Error::io(format!("cannot remove {}", path.display()), e))?;
+                    eprintln!("removed {}", path.display());
+                }
+            }
+        }
+    }
+    let dir = crate::state::State::dir(&project.root);
+    for name in ["state.json", "state.log"] {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(
+                    format!("cannot remove {}", dir.join(name).display()),
+                    e,
+                ));
+            }
+            _ => {}
+        }
+    }
+    eprintln!("forgot the build state in {}", dir.display());
+    Ok(0)
 }
 
 fn init(dir: &Path) -> Result<i32> {

@@ -69,6 +69,8 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+    /// Forget what ran: remove the build state in .piper/ (and outputs with --outputs)
+    Clean(CleanArgs),
     /// Create a starter piper.lua in the current directory
     Init,
     /// Write the LuaCATS definitions of the piper API for lua-language-server
@@ -126,9 +128,24 @@ pub struct ExecArgs {
     #[arg(long, value_enum, default_value_t = OutputMode::Prefixed, value_name = "MODE")]
     pub output: OutputMode,
 
+    /// Run steps even if they are up to date: all, or --force=STEP (repeatable)
+    #[arg(long, value_name = "STEP", num_args = 0..=1, require_equals = true, action = clap::ArgAction::Append)]
+    pub force: Option<Vec<String>>,
+
+    /// Say why each step runs (or is up to date) before it starts
+    #[arg(long)]
+    pub explain: bool,
+
     /// Set a variable for every step, overriding piper.lua (repeatable)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// Also delete the declared outputs of every step
+    #[arg(long)]
+    pub outputs: bool,
 }
 
 #[derive(Debug, Args)]

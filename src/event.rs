@@ -32,6 +32,9 @@ pub enum Event {
         /// Every step of the build, in order of definition.
         steps: Vec<PlannedStepInfo>,
         dry_run: bool,
+        /// Problems that do not stop the build (e.g. unreadable state).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
     /// All dependencies are done; the step waits for a free job slot.
     StepQueued { build: u32, step: String },
@@ -39,6 +42,9 @@ pub enum Event {
         build: u32,
         step: String,
         attempt: u32,
+        /// Why it runs, in words (first attempt only): "file modified: a.c".
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        reasons: Vec<String>,
     },
     /// A command of the step is about to run (shown as `$ cmd`).
     StepCommand {
@@ -113,6 +119,9 @@ pub enum StepStatus {
     Canceled,
     /// `--dry-run`: would have run.
     DryRun,
+    /// Its inputs, command, variables and dependencies are as at its last
+    /// successful run, and its outputs exist: not run.
+    UpToDate,
 }
 
 impl StepStatus {
@@ -124,6 +133,7 @@ impl StepStatus {
                 | StepStatus::AllowedFailure
                 | StepStatus::Skipped
                 | StepStatus::DryRun
+                | StepStatus::UpToDate
         )
     }
 
@@ -141,6 +151,7 @@ impl StepStatus {
             StepStatus::Blocked => "blocked",
             StepStatus::Canceled => "canceled",
             StepStatus::DryRun => "dry run",
+            StepStatus::UpToDate => "up to date",
         }
     }
 }

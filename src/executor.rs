@@ -9,7 +9,7 @@
 //! (fail-fast) unless `keep_going`, which lets independent branches finish.
 //! When a build ends, the target pipelines' triggers start chained builds.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{EXIT_INTERRUPTED, EXIT_TIMEOUT, Result};
 use crate::event::{BuildStatus, Event, EventSender, PlannedStepInfo, StepStatus, TriggeredBy};
+use crate::fingerprint;
 use crate::graph::{Graph, Plan};
 use crate::lua_step::{LuaOutcome, LuaStep};
 use crate::process::{self, Exit, OutputSink};
 use crate::spec::{Condition, Run, TriggerOn};
+use crate::state::{State, StepRecord};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -35,6 +37,27 @@ pub struct Options {
     pub env_overrides: IndexMap<String, String>,
     /// SIGTERM to SIGKILL.
     pub kill_grace: Duration,
+    /// Run steps even when they are up to date.
+    pub force: Force,
+}
+
+/// `--force`: which up-to-date steps to run anyway.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Force {
+    #[default]
+    Nothing,
+    All,
+    Steps(Vec<String>),
+}
+
+impl Force {
+    fn applies_to(&self, step: &str) -> bool {
+        match self {
+            Force::Nothing => false,
+            Force::All => true,
+            Force::Steps(names) => names.iter().any(|n| n == step),
+        }
+    }
 }
 
 impl Default for Options {
@@ -47,6 +70,7 @@ impl Default for Options {
             dry_run: false,
             env_overrides: IndexMap::new(),
             kill_grace: Duration::from_secs(5),
+            force: Force::Nothing,
         }
     }
 }
@@ -116,6 +140,14 @@ pub async fn run(
         }
         builds.push(outcome);
     }
+    if !options.dry_run
+        && let Err(e) = State::compact(&graph.root)
+    {
+        tracing::warn!(
+            "cannot save the build state in {}: {e}",
+            State::dir(&graph.root).display()
+        );
+    }
     let exit_code = if interrupt.is_cancelled() {
         EXIT_INTERRUPTED
     } else {
@@ -133,6 +165,8 @@ struct StepResult {
     index: usize,
     status: StepStatus,
     exit_code: Option<i32>,
+    /// What dependents see of this step in their own fingerprints.
+    fingerprint: String,
 }
 
 async fn run_build(
@@ -145,6 +179,7 @@ async fn run_build(
     interrupt: &CancellationToken,
 ) -> BuildOutcome {
     let started = Instant::now();
+    let state = Arc::new(State::load(&graph.root));
     let steps = &plan.steps;
     let name_of = |i: usize| graph.steps[steps[i].step].name.clone();
     let _ = events
@@ -160,6 +195,7 @@ async fn run_build(
                 })
                 .collect(),
             dry_run: options.dry_run,
+            warnings: state.warning.iter().cloned().collect(),
         })
         .await;
 
@@ -172,6 +208,7 @@ async fn run_build(
         }
     }
     let mut status: Vec<Option<StepStatus>> = vec![None; steps.len()];
+    let mut fingerprints: Vec<Option<String>> = vec![None; steps.len()];
     let mut ready: BTreeSet<usize> = BTreeSet::new();
     for i in (0..steps.len()).filter(|&i| waiting_on[i] == 0) {
         ready.insert(i);
@@ -199,6 +236,7 @@ async fn run_build(
                     let message = Some("its `when` condition is false".to_string());
                     finish_without_running(events, build, &step.name, StepStatus::Skipped, message)
                         .await;
+                    fingerprints[i] = Some("skipped".into());
                     status[i] = Some(StepStatus::Skipped);
                     release(
                         i,
@@ -240,6 +278,13 @@ async fn run_build(
                 cancel: build_cancel.child_token(),
                 grace: options.kill_grace,
                 dry_run: options.dry_run,
+                forced: options.force.applies_to(&step.name),
+                state: state.clone(),
+                dep_fingerprints: steps[i]
+                    .deps
+                    .iter()
+                    .map(|&d| (name_of(d), fingerprints[d].clone().unwrap_or_default()))
+                    .collect(),
             };
             running.spawn(job.run());
         }
@@ -267,6 +312,7 @@ async fn run_build(
             }
         };
         status[result.index] = Some(result.status);
+        fingerprints[result.index] = Some(result.fingerprint);
         if result.status.satisfies_dependents() {
             release(
                 result.index,
@@ -442,6 +488,17 @@ struct StepJob {
     cancel: CancellationToken,
     grace: Duration,
     dry_run: bool,
+    forced: bool,
+    state: Arc<State>,
+    dep_fingerprints: BTreeMap<String, String>,
+}
+
+/// Whether a step with `inputs` must run: its would-be record, and why.
+enum Freshness {
+    /// No inputs declared: it always runs.
+    Untracked,
+    UpToDate(StepRecord),
+    Stale(StepRecord, Vec<String>),
 }
 
 /// How one attempt ended.
@@ -460,6 +517,55 @@ impl StepJob {
             step: step.name.clone(),
         };
         let started = Instant::now();
+        let (record, mut reasons) = match self.freshness() {
+            Err(message) => {
+                let _ = self
+                    .events
+                    .send(Event::StepFinished {
+                        build: self.build,
+                        step: step.name.clone(),
+                        status: StepStatus::Failed,
+                        exit_code: None,
+                        duration_ms: 0,
+                        attempts: 0,
+                        message: Some(message),
+                    })
+                    .await;
+                return StepResult {
+                    index: self.index,
+                    status: StepStatus::Failed,
+                    exit_code: None,
+                    fingerprint: String::new(),
+                };
+            }
+            Ok(Freshness::UpToDate(record)) => {
+                let _ = self
+                    .events
+                    .send(Event::StepFinished {
+                        build: self.build,
+                        step: step.name.clone(),
+                        status: StepStatus::UpToDate,
+                        exit_code: None,
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        attempts: 0,
+                        message: Some(
+                            "inputs, command, variables and dependencies unchanged".into(),
+                        ),
+                    })
+                    .await;
+                return StepResult {
+                    index: self.index,
+                    status: StepStatus::UpToDate,
+                    exit_code: None,
+                    fingerprint: record.fingerprint,
+                };
+            }
+            Ok(Freshness::Stale(record, reasons)) => (Some(record), reasons),
+            Ok(Freshness::Untracked) => (
+                None,
+                vec!["it declares no inputs, so it always runs".to_string()],
+            ),
+        };
         let max_attempts = step.retries + 1;
         let mut attempt_no = 0;
         let last = loop {
@@ -470,6 +576,7 @@ impl StepJob {
                     build: self.build,
                     step: step.name.clone(),
                     attempt: attempt_no,
+                    reasons: std::mem::take(&mut reasons),
                 })
                 .await;
             let attempt = self.attempt(&out).await;
@@ -507,11 +614,50 @@ impl StepJob {
                 message: last.message,
             })
             .await;
+        // Dependents fingerprint what this step was: its record when it has
+        // inputs, otherwise "it ran in this build" (so they rerun too).
+        let fingerprint = match &record {
+            Some(record) if status == StepStatus::Success => {
+                if let Err(e) = self.state.append(&step.name, record) {
+                    tracing::warn!("cannot record the state of step {}: {e}", step.name);
+                }
+                record.fingerprint.clone()
+            }
+            _ => format!(
+                "ran in build {} of process {}",
+                self.build,
+                std::process::id()
+            ),
+        };
         StepResult {
             index: self.index,
             status,
             exit_code: last.exit_code,
+            fingerprint,
         }
+    }
+
+    fn freshness(&self) -> std::result::Result<Freshness, String> {
+        let step = &self.graph.steps[self.step];
+        if step.inputs.is_empty() || self.dry_run {
+            return Ok(Freshness::Untracked);
+        }
+        let previous = self.state.steps.get(&step.name);
+        let inputs = fingerprint::stamp_inputs(&self.graph.root, &step.inputs, previous)
+            .map_err(|e| format!("inputs: {e}"))?;
+        let record = fingerprint::record(
+            fingerprint::command_text(step, &self.graph.root),
+            &self.env,
+            inputs,
+            self.dep_fingerprints.clone(),
+        );
+        let missing = fingerprint::missing_outputs(&self.graph.root, &step.dir, &step.outputs);
+        let reasons = fingerprint::reasons(previous, &record, &missing, self.forced);
+        Ok(if reasons.is_empty() {
+            Freshness::UpToDate(record)
+        } else {
+            Freshness::Stale(record, reasons)
+        })
     }
 
     async fn attempt(&self, out: &OutputSink) -> Attempt {

@@ -44,6 +44,8 @@ pub struct Step {
     pub retries: u32,
     pub allow_failure: bool,
     pub when: Option<Condition>,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
 }
 
 pub struct Pipeline {
@@ -137,6 +139,8 @@ impl Graph {
                 retries: raw.retries,
                 allow_failure: raw.allow_failure,
                 when: raw.when,
+                inputs: raw.inputs,
+                outputs: raw.outputs,
             });
         }
         check_step_cycles(&steps)?;

@@ -33,6 +33,10 @@ pub struct RawStep {
     pub retries: u32,
     pub allow_failure: bool,
     pub when: Option<Condition>,
+    /// Globs of the files the step reads; with them it can be up to date.
+    pub inputs: Vec<String>,
+    /// Paths or globs the step writes, relative to its `dir`.
+    pub outputs: Vec<String>,
 }
 
 /// What a step does when it runs.
@@ -141,6 +145,8 @@ const STEP_FIELDS: &[&str] = &[
     "allow_failure",
     "when",
     "desc",
+    "inputs",
+    "outputs",
 ];
 const PIPELINE_FIELDS: &[&str] = &["desc", "env", "on_success", "on_failure", "always"];
 
@@ -261,6 +267,41 @@ impl Fields {
             Some(Value::Boolean(b)) => Ok(Some(b)),
             Some(other) => Err(self.wrong_type(field, "true or false", &other)),
         }
+    }
+
+    /// A string or a list of strings: glob patterns, checked here so a typo
+    /// is reported with the step that wrote it.
+    fn patterns(&mut self, field: &str) -> Result<Vec<String>> {
+        let list = match self.take(field) {
+            None => return Ok(Vec::new()),
+            Some(Value::String(s)) => vec![s.to_string_lossy()],
+            Some(Value::Table(t)) => {
+                let mut list = Vec::new();
+                for (i, item) in t.sequence_values::<Value>().enumerate() {
+                    match item.map_err(|e| self.error(e))? {
+                        Value::String(s) => list.push(s.to_string_lossy()),
+                        other => {
+                            return Err(self.wrong_type(
+                                &format!("{field}[{}]", i + 1),
+                                "a path or glob string",
+                                &other,
+                            ));
+                        }
+                    }
+                }
+                list
+            }
+            Some(other) => return Err(self.wrong_type(field, "a glob or a list of globs", &other)),
+        };
+        for pattern in &list {
+            if let Err(e) = globset::Glob::new(pattern) {
+                return Err(self.error(format_args!(
+                    "`{field}` has an invalid glob `{pattern}`: {}",
+                    e.kind()
+                )));
+            }
+        }
+        Ok(list)
     }
 
     fn env(&mut self, field: &str) -> Result<IndexMap<String, String>> {
@@ -451,6 +492,8 @@ fn read_step(record: &Table) -> Result<RawStep> {
         env: f.env("env")?,
         dir: f.string("dir")?,
         allow_failure: f.bool("allow_failure")?.unwrap_or(false),
+        inputs: f.patterns("inputs")?,
+        outputs: f.patterns("outputs")?,
         name,
         location,
         run,

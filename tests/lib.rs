@@ -10,5 +10,6 @@ mod docs;
 mod errors;
 mod examples;
 mod exec;
+mod incremental;
 mod lua_api;
 mod supervision;

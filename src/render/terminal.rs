@@ -47,6 +47,7 @@ pub struct Terminal<O: Write + Send, E: Write + Send> {
     out: O,
     err: E,
     mode: OutputMode,
+    explain: bool,
     color: bool,
     status_line: bool,
     status_shown: bool,
@@ -61,11 +62,19 @@ pub struct Terminal<O: Write + Send, E: Write + Send> {
 impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
     /// `color`: ANSI colours; `status_line`: stderr is a terminal that can
     /// show a redrawn line of running steps.
-    pub fn new(out: O, err: E, mode: OutputMode, color: bool, status_line: bool) -> Self {
+    pub fn new(
+        out: O,
+        err: E,
+        mode: OutputMode,
+        explain: bool,
+        color: bool,
+        status_line: bool,
+    ) -> Self {
         Terminal {
             out,
             err,
             mode,
+            explain,
             color,
             status_line,
             status_shown: false,
@@ -175,7 +184,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
 
     fn status_text(&self, status: StepStatus) -> String {
         let code = match status {
-            StepStatus::Success | StepStatus::DryRun => "32",
+            StepStatus::Success | StepStatus::DryRun | StepStatus::UpToDate => "32",
             StepStatus::Failed | StepStatus::TimedOut => "31",
             StepStatus::AllowedFailure | StepStatus::Skipped => "33",
             StepStatus::Blocked | StepStatus::Canceled => "2",
@@ -197,7 +206,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
             rows.iter().collect()
         } else {
             rows.iter()
-                .filter(|r| r.status != StepStatus::Success)
+                .filter(|r| !matches!(r.status, StepStatus::Success | StepStatus::UpToDate))
                 .collect()
         };
         let width = shown
@@ -230,7 +239,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
         }
         if rows.len() > shown.len() {
             let ok = rows.len() - shown.len();
-            text.push_str(&format!("  … and {ok} more steps ok\n"));
+            text.push_str(&format!("  … and {ok} more steps ok or up to date\n"));
         }
         let plural = if rows.len() == 1 { "" } else { "s" };
         let _ = writeln!(
@@ -330,8 +339,13 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 name,
                 steps,
                 triggered_by,
+                warnings,
                 ..
             } => {
+                for warning in warnings {
+                    self.clear_status();
+                    let _ = writeln!(self.err, "{} {warning}", self.paint("1;33", "warning:"));
+                }
                 self.steps.clear();
                 self.order.clear();
                 self.rows.clear();
@@ -367,9 +381,14 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 }
             }
             Event::StepQueued { .. } => {}
-            Event::StepStarted { step, .. } => {
+            Event::StepStarted { step, reasons, .. } => {
                 if let Some(v) = self.steps.get_mut(step) {
                     v.started = Some(Instant::now());
+                }
+                if self.explain && !reasons.is_empty() {
+                    self.clear_status();
+                    let text = self.paint("36", &format!("runs because {}", reasons.join("; ")));
+                    self.write_line(step, text.as_bytes());
                 }
             }
             Event::StepCommand { step, command, .. } => {
@@ -409,6 +428,14 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 self.flush_step(step);
                 if let Some(v) = self.steps.get_mut(step) {
                     v.started = None;
+                }
+                if self.explain && *status == StepStatus::UpToDate {
+                    self.clear_status();
+                    let text = self.paint(
+                        "36",
+                        "up to date: inputs, command, variables and dependencies unchanged",
+                    );
+                    self.write_line(step, text.as_bytes());
                 }
                 if matches!(
                     status,

@@ -1,0 +1,268 @@
+//! Incremental builds: steps with `inputs` are skipped when nothing they
+//! depend on changed, rerun (with their dependents) when something did, and
+//! say why in words. Counts are proven by files the steps append to.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{PIPER, Test};
+
+/// gen (inputs src/*.txt) -> compile (inputs gen.out) -> package; lint has
+/// its own input; each appends its name to runs.log when it runs.
+const PROJECT: &str = r#"
+    local gen = step "gen" {
+      inputs = "src/*.txt",
+      outputs = "gen.out",
+      run = "cat src/*.txt > gen.out; echo gen >> runs.log",
+    }
+    local compile = step "compile" {
+      inputs = { "gen.out" },
+      outputs = { "app.bin" },
+      deps = { gen },
+      env = { MODE = os.getenv("MODE") or "debug" },
+      run = "cp gen.out app.bin; echo compile >> runs.log",
+    }
+    local lint = step "lint" { inputs = "lint.cfg", run = "echo lint >> runs.log" }
+    pipeline "all" { compile, lint }
+"#;
+
+fn project() -> Test {
+    Test::new()
+        .piper_lua(PROJECT)
+        .file("src/a.txt", "a")
+        .file("src/b.txt", "b")
+        .file("lint.cfg", "strict")
+}
+
+fn exec(dir: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
+    let out = Command::new(PIPER)
+        .args(["exec", "all", "-j1"])
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn runs(dir: &std::path::Path) -> Vec<String> {
+    let log = std::fs::read_to_string(dir.join("runs.log")).unwrap_or_default();
+    std::fs::remove_file(dir.join("runs.log")).ok();
+    log.lines().map(String::from).collect()
+}
+
+/// mtime granularity: make sure a rewrite is seen as a change of content,
+/// not only of mtime (the hash decides; mtime only skips re-reading).
+fn rewrite(path: &std::path::Path, text: &str) {
+    std::thread::sleep(Duration::from_millis(10));
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn nothing_changed_means_nothing_runs() {
+    let ran = project().args(["exec", "all", "-j1"]).run();
+    let dir = ran.dir.path();
+    assert_eq!(runs(dir), ["gen", "compile", "lint"]);
+    let (code, _, stderr) = exec(dir, &[]);
+    assert_eq!(code, 0);
+    assert!(runs(dir).is_empty());
+    assert_eq!(stderr.matches("up to date").count(), 3, "{stderr}");
+}
+
+#[test]
+fn one_changed_input_reruns_that_step_and_its_dependents_only() {
+    let ran = project().args(["exec", "all", "-j1"]).run();
+    let dir = ran.dir.path();
+    runs(dir);
+    rewrite(&dir.join("src/a.txt"), "A");
+    let (_, stdout, _) = exec(dir, &["--explain"]);
+    assert_eq!(runs(dir), ["gen", "compile"]);
+    assert!(
+        stdout.contains("gen     | runs because file modified: src/a.txt"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .contains("compile | runs because file modified: gen.out; upstream step `gen` changed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("lint    | up to date"), "{stdout}");
+
+    rewrite(&dir.join("lint.cfg"), "lenient");
+    exec(dir, &[]);
+    assert_eq!(runs(dir), ["lint"]);
+}
+
+#[test]
+fn same_content_rewritten_does_not_rerun() {
+    let ran = project().args(["exec", "all", "-j1"]).run();
+    let dir = ran.dir.path();
+    runs(dir);
+    // The harness wrote "a\n": same content, new mtime.
+    rewrite(&dir.join("src/a.txt"), "a\n");
+    exec(dir, &[]);
+    assert!(
+        runs(dir).is_empty(),
+        "mtime changed, content did not: nothing runs"
+    );
+}
+
+#[test]
+fn added_and_removed_files_env_and_command_changes_are_named() {
+    let ran = project().args(["exec", "all", "-j1"]).run();
+    let dir = ran.dir.path();
+    std::fs::write(dir.join("src/c.txt"), "c").unwrap();
+    let (_, stdout, _) = exec(dir, &["--explain"]);
+    assert!(stdout.contains("file added: src/c.txt"), "{stdout}");
+    std::fs::remove_file(dir.join("src/b.txt")).unwrap();
+    let (_, stdout, _) = exec(dir, &["--explain"]);
+    assert!(stdout.contains("file removed: src/b.txt"), "{stdout}");
+
+    let out = Command::new(PIPER)
+        .args(["exec", "all", "-j1", "--json"])
+        .env("MODE", "release")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(r#""reasons":["env var MODE changed"]"#),
+        "{text}"
+    );
+
+    let config = std::fs::read_to_string(dir.join("piper.lua"))
+        .unwrap()
+        .replace("echo lint", "echo linting");
+    std::fs::write(dir.join("piper.lua"), config).unwrap();
+    let (_, stdout, _) = exec(dir, &["--explain"]);
+    assert!(
+        stdout.contains("lint    | runs because its command changed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_missing_output_reruns_the_step() {
+    let ran = project().args(["exec", "all", "-j1"]).run();
+    let dir = ran.dir.path();
+    runs(dir);
+    std::fs::remove_file(dir.join("app.bin")).unwrap();
+    let (_, stdout, _) = exec(dir, &["--explain"]);
+    assert!(stdout.contains("output missing: app.bin"), "{stdout}");
+    assert_eq!(runs(dir), ["compile"]);
+}
+
+#[test]
+fn force_reruns_all_or_the_named_steps() {
+    let ran = project().args(["exec", "all", "-j1"]).run();
+    let dir = ran.dir.path();
+    runs(dir);
+    exec(dir, &["--force=lint"]);
+    assert_eq!(runs(dir), ["lint"]);
+    exec(dir, &["--force"]);
+    assert_eq!(runs(dir), ["gen", "compile", "lint"]);
+    let (code, _, stderr) = exec(dir, &["--force=lnt"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("did you mean `lint`?"), "{stderr}");
+}
+
+#[test]
+fn corrupt_or_foreign_state_is_reported_and_everything_rebuilds() {
+    let ran = project().args(["exec", "all", "-j1"]).run();
+    let dir = ran.dir.path();
+    runs(dir);
+    for content in ["{ not json", r#"{"version":999,"steps":{}}"#] {
+        std::fs::write(dir.join(".piper/state.json"), content).unwrap();
+        let (code, _, stderr) = exec(dir, &[]);
+        assert_eq!(code, 0);
+        assert!(
+            stderr.contains("warning:") && stderr.contains("rebuilding every step"),
+            "{stderr}"
+        );
+        assert_eq!(runs(dir), ["gen", "compile", "lint"]);
+    }
+}
+
+#[test]
+fn clean_forgets_state_and_outputs() {
+    let ran = project().args(["exec", "all", "-j1"]).run();
+    let dir = ran.dir.path();
+    runs(dir);
+    let out = Command::new(PIPER)
+        .args(["clean", "--outputs"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!dir.join("app.bin").exists() && !dir.join("gen.out").exists());
+    assert!(!dir.join(".piper/state.json").exists());
+    exec(dir, &[]);
+    assert_eq!(runs(dir), ["gen", "compile", "lint"]);
+}
+
+#[test]
+fn a_malformed_input_glob_names_the_step_and_pattern() {
+    Test::new()
+        .piper_lua(r#"step "x" { inputs = { "src/[" }, run = "true" }"#)
+        .args(["list"])
+        .status(2)
+        .stderr_contains("piper.lua:1: step `x`: `inputs` has an invalid glob `src/[`")
+        .run();
+}
+
+#[test]
+fn state_survives_sigkill_at_any_point() {
+    // 30 steps with inputs; kill piper after a varying delay, many times;
+    // then a full run must succeed, and a further run must find everything
+    // up to date.
+    let mut config = String::new();
+    for i in 0..30 {
+        config.push_str(&format!(
+            "step \"s{i}\" {{ inputs = \"in/{i}.txt\", outputs = \"out/{i}\", run = \"mkdir -p out; cp in/{i}.txt out/{i}\" }}\n"
+        ));
+    }
+    config.push_str("pipeline \"all\" { ");
+    for i in 0..30 {
+        config.push_str(&format!("\"s{i}\", "));
+    }
+    config.push_str("}\n");
+    let test = Test::new().piper_lua(&config);
+    for i in 0..30 {
+        std::fs::create_dir_all(test.dir.path().join("in")).unwrap();
+        std::fs::write(test.dir.path().join(format!("in/{i}.txt")), format!("{i}")).unwrap();
+    }
+    let dir = test.dir.path().to_path_buf();
+    for round in 0..12u64 {
+        let mut child = Command::new(PIPER)
+            .args(["exec", "all", "-j2"])
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(3 * round));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if round % 3 == 0 {
+            // Change an input between kills too.
+            std::fs::write(
+                dir.join(format!("in/{round}.txt")),
+                format!("changed {round}"),
+            )
+            .unwrap();
+        }
+    }
+    let (code, _, stderr) = exec(&dir, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    for i in 0..30 {
+        let input = std::fs::read_to_string(dir.join(format!("in/{i}.txt"))).unwrap();
+        let output = std::fs::read_to_string(dir.join(format!("out/{i}"))).unwrap();
+        assert_eq!(input, output, "step s{i} is stale after the kills");
+    }
+    let (code, _, stderr) = exec(&dir, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(stderr.matches("up to date").count(), 30, "{stderr}");
+}
