@@ -20,18 +20,22 @@ pub enum OutputMode {
 
 /// Lines of a failed step shown again in the summary.
 const TAIL_LINES: usize = 15;
+const TAIL_BYTES: usize = 4096;
 /// Above this many steps the summary lists only the ones that did not succeed.
 const FULL_SUMMARY_MAX: usize = 30;
 const PREFIX_WIDTH_MAX: usize = 24;
 const PALETTE: &[&str] = &["36", "35", "33", "32", "34", "96", "95", "93", "92", "94"];
 
 struct StepView {
-    color: &'static str,
     /// Bytes after the last newline, waiting for the rest of their line.
     partial: Vec<u8>,
     /// Grouped mode: everything so far.
     grouped: Vec<u8>,
-    tail: VecDeque<String>,
+    /// The last bytes of its output, for the failure summary. Bytes, not
+    /// lines: output-heavy steps must not cost an allocation per line.
+    tail: VecDeque<u8>,
+    /// `name | `, coloured, computed once per build.
+    prefix: Vec<u8>,
     started: Option<Instant>,
 }
 
@@ -95,8 +99,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
         }
     }
 
-    fn prefix(&self, step: &str) -> String {
-        let color = self.steps.get(step).map(|s| s.color).unwrap_or("0");
+    fn make_prefix(&self, step: &str, color: &str) -> String {
         let mut name: String = step.chars().take(PREFIX_WIDTH_MAX).collect();
         if step.chars().count() > PREFIX_WIDTH_MAX {
             name.pop();
@@ -114,19 +117,20 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
     }
 
     fn write_line(&mut self, step: &str, line: &[u8]) {
-        let prefix = self.prefix(step);
-        let _ = self.out.write_all(prefix.as_bytes());
+        if let Some(view) = self.steps.get(step) {
+            let _ = self.out.write_all(&view.prefix);
+        }
         let _ = self.out.write_all(line);
         let _ = self.out.write_all(b"\n");
     }
 
     fn remember(&mut self, step: &str, line: &[u8]) {
         if let Some(view) = self.steps.get_mut(step) {
-            if view.tail.len() == TAIL_LINES {
-                view.tail.pop_front();
-            }
-            view.tail
-                .push_back(String::from_utf8_lossy(line).into_owned());
+            let keep = &line[line.len().saturating_sub(TAIL_BYTES)..];
+            view.tail.extend(keep);
+            view.tail.push_back(b'\n');
+            let excess = view.tail.len().saturating_sub(TAIL_BYTES);
+            view.tail.drain(..excess);
         }
     }
 
@@ -264,7 +268,15 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
                 && !view.tail.is_empty()
             {
                 let _ = writeln!(self.err, "  last lines of {}:", row.step);
-                for line in &view.tail {
+                let (a, b) = view.tail.as_slices();
+                let text = String::from_utf8_lossy(&[a, b].concat()).into_owned();
+                let lines: Vec<&str> = text.lines().collect();
+                // The first line may be cut by the byte limit: drop it.
+                let from = lines
+                    .len()
+                    .saturating_sub(TAIL_LINES)
+                    .max(usize::from(view.tail.len() == TAIL_BYTES));
+                for line in &lines[from.min(lines.len())..] {
                     let _ = writeln!(self.err, "  {} {line}", self.paint("2", "│"));
                 }
             }
@@ -361,7 +373,9 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     self.steps.insert(
                         s.name.clone(),
                         StepView {
-                            color: PALETTE[i % PALETTE.len()],
+                            prefix: self
+                                .make_prefix(&s.name, PALETTE[i % PALETTE.len()])
+                                .into_bytes(),
                             partial: Vec::new(),
                             grouped: Vec::new(),
                             tail: VecDeque::new(),
