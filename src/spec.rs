@@ -134,7 +134,8 @@ pub fn shell_quote(word: &str) -> String {
     }
 }
 
-const STEP_FIELDS: &[&str] = &[
+/// Every field a step may have (drives "did you mean" and the docs check).
+pub const STEP_FIELDS: &[&str] = &[
     "run",
     "argv",
     "deps",

@@ -104,18 +104,7 @@ fn ctx_functions_are_documented() {
 fn every_step_field_is_documented() {
     let doc = read("docs/reference/lua.md");
     let meta = read("lua/piper.lua");
-    for field in [
-        "run",
-        "argv",
-        "deps",
-        "env",
-        "dir",
-        "timeout",
-        "retries",
-        "allow_failure",
-        "when",
-        "desc",
-    ] {
+    for field in piper::spec::STEP_FIELDS {
         assert!(
             doc.contains(&format!("| `{field}` |")),
             "step field {field} missing from docs/reference/lua.md"

@@ -75,17 +75,18 @@ fn a_step_target_pulls_in_its_dependencies_only() {
         .run();
 }
 
+/// `bad` fails; `other` does not depend on it; `after` does.
+const FAILING_BRANCH: &str = r#"
+    local bad = step "bad" { run = "exit 3" }
+    local other = step "other" { run = "touch other.ran" }
+    local after = step "after" { run = "touch after.ran", deps = { bad } }
+    pipeline "p" { bad, other, after }
+"#;
+
 #[test]
 fn fail_fast_stops_before_independent_steps() {
     let ran = Test::new()
-        .piper_lua(
-            r#"
-            local bad = step "bad" { run = "exit 3" }
-            local other = step "other" { run = "touch other.ran" }
-            local after = step "after" { run = "touch after.ran", deps = { bad } }
-            pipeline "p" { bad, other, after }
-            "#,
-        )
+        .piper_lua(FAILING_BRANCH)
         .args(["exec", "p", "-j1"])
         .status(3)
         .stderr_contains("first failure: bad: `exit 3` exited with code 3")
@@ -99,14 +100,7 @@ fn fail_fast_stops_before_independent_steps() {
 #[test]
 fn keep_going_finishes_independent_branches() {
     let ran = Test::new()
-        .piper_lua(
-            r#"
-            local bad = step "bad" { run = "exit 3" }
-            local other = step "other" { run = "touch other.ran" }
-            local after = step "after" { run = "touch after.ran", deps = { bad } }
-            pipeline "p" { bad, other, after }
-            "#,
-        )
+        .piper_lua(FAILING_BRANCH)
         .args(["exec", "p", "-j1", "--keep-going"])
         .status(3)
         .run();
