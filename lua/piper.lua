@@ -32,6 +32,7 @@
 ---@field desc? string shown by `piper list`
 ---@field inputs? string|string[] globs of the files it reads; with them it can be up to date
 ---@field outputs? string|string[] paths or globs it writes, relative to `dir`
+---@field depfile? string a Makefile-style depfile it writes (cc -MD); the files listed become inputs
 
 ---@class piper.PipelineSpec
 ---@field [integer] piper.Step|piper.Pipeline|string steps (their deps come along) and included pipelines

@@ -20,12 +20,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{EXIT_INTERRUPTED, EXIT_TIMEOUT, Result};
 use crate::event::{BuildStatus, Event, EventSender, PlannedStepInfo, StepStatus, TriggeredBy};
-use crate::fingerprint;
+use crate::fingerprint::{self, Freshness};
 use crate::graph::{Graph, Plan};
 use crate::lua_step::{LuaOutcome, LuaStep};
 use crate::process::{self, Exit, OutputSink};
 use crate::spec::{Condition, Run, TriggerOn};
-use crate::state::{State, StepRecord};
+use crate::state::State;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -493,14 +493,6 @@ struct StepJob {
     dep_fingerprints: BTreeMap<String, String>,
 }
 
-/// Whether a step with `inputs` must run: its would-be record, and why.
-enum Freshness {
-    /// No inputs declared: it always runs.
-    Untracked,
-    UpToDate(StepRecord),
-    Stale(StepRecord, Vec<String>),
-}
-
 /// How one attempt ended.
 struct Attempt {
     status: StepStatus,
@@ -602,6 +594,27 @@ impl StepJob {
         } else {
             last.status
         };
+        // Dependents fingerprint what this step was: its record when it has
+        // inputs, otherwise "it ran in this build" (so they rerun too).
+        let fingerprint = match &record {
+            Some(record) if status == StepStatus::Success => {
+                let (record, warning) =
+                    fingerprint::after_run(&self.graph.root, step, record.clone());
+                if let Some(warning) = warning {
+                    out.write(format!("piper: warning: {warning}\n").into_bytes())
+                        .await;
+                }
+                if let Err(e) = self.state.append(&step.name, &record) {
+                    tracing::warn!("cannot record the state of step {}: {e}", step.name);
+                }
+                record.fingerprint.clone()
+            }
+            _ => format!(
+                "ran in build {} of process {}",
+                self.build,
+                std::process::id()
+            ),
+        };
         let _ = self
             .events
             .send(Event::StepFinished {
@@ -614,21 +627,6 @@ impl StepJob {
                 message: last.message,
             })
             .await;
-        // Dependents fingerprint what this step was: its record when it has
-        // inputs, otherwise "it ran in this build" (so they rerun too).
-        let fingerprint = match &record {
-            Some(record) if status == StepStatus::Success => {
-                if let Err(e) = self.state.append(&step.name, record) {
-                    tracing::warn!("cannot record the state of step {}: {e}", step.name);
-                }
-                record.fingerprint.clone()
-            }
-            _ => format!(
-                "ran in build {} of process {}",
-                self.build,
-                std::process::id()
-            ),
-        };
         StepResult {
             index: self.index,
             status,
@@ -638,26 +636,18 @@ impl StepJob {
     }
 
     fn freshness(&self) -> std::result::Result<Freshness, String> {
-        let step = &self.graph.steps[self.step];
-        if step.inputs.is_empty() || self.dry_run {
+        if self.dry_run {
             return Ok(Freshness::Untracked);
         }
-        let previous = self.state.steps.get(&step.name);
-        let inputs = fingerprint::stamp_inputs(&self.graph.root, &step.inputs, previous)
-            .map_err(|e| format!("inputs: {e}"))?;
-        let record = fingerprint::record(
-            fingerprint::command_text(step, &self.graph.root),
+        let step = &self.graph.steps[self.step];
+        fingerprint::check(
+            &self.graph.root,
+            step,
             &self.env,
-            inputs,
             self.dep_fingerprints.clone(),
-        );
-        let missing = fingerprint::missing_outputs(&self.graph.root, &step.dir, &step.outputs);
-        let reasons = fingerprint::reasons(previous, &record, &missing, self.forced);
-        Ok(if reasons.is_empty() {
-            Freshness::UpToDate(record)
-        } else {
-            Freshness::Stale(record, reasons)
-        })
+            self.state.steps.get(&step.name),
+            self.forced,
+        )
     }
 
     async fn attempt(&self, out: &OutputSink) -> Attempt {

@@ -7,7 +7,7 @@
 //! every declared output exists. Input files whose size and mtime are
 //! unchanged since that run are not read again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
@@ -48,14 +48,191 @@ fn hash_hex(data: &[u8]) -> String {
     blake3::hash(data).to_hex().to_string()
 }
 
-/// Stamps the files matched by `patterns`, reusing hashes from `previous`
-/// when size and mtime did not change.
+/// Whether a tracked step must run: its would-be record, and why.
+pub enum Freshness {
+    /// No `inputs` and no `depfile`: it always runs.
+    Untracked,
+    UpToDate(StepRecord),
+    Stale(StepRecord, Vec<String>),
+}
+
+/// Fingerprint value of a record whose depfile was missing after its run.
+const DEPFILE_MISSING: &str = "depfile-missing";
+
+/// Decides whether `step` is up to date, given its variables, what its
+/// dependencies reported in this build, and its last successful run.
+pub fn check(
+    root: &Path,
+    step: &Step,
+    env: &[(String, String)],
+    deps: BTreeMap<String, String>,
+    previous: Option<&StepRecord>,
+    forced: bool,
+) -> Result<Freshness, String> {
+    if step.inputs.is_empty() && step.depfile.is_none() {
+        return Ok(Freshness::Untracked);
+    }
+    let discovered = previous.map(|p| p.discovered.clone()).unwrap_or_default();
+    let inputs = stamp_inputs(root, &step.inputs, &discovered, previous)
+        .map_err(|e| format!("inputs: {e}"))?;
+    let mut record = record(command_text(step, root), env, inputs, deps);
+    record.discovered = discovered;
+    let missing = missing_outputs(root, &step.dir, &step.outputs);
+    let reasons = reasons(previous, &record, &missing, forced);
+    Ok(if reasons.is_empty() {
+        Freshness::UpToDate(record)
+    } else {
+        Freshness::Stale(record, reasons)
+    })
+}
+
+/// The record to keep after a successful run: with a depfile, the files it
+/// lists become inputs (stamped now). Returns a warning when the depfile
+/// is missing; the record then makes the step run again next time.
+pub fn after_run(root: &Path, step: &Step, mut record: StepRecord) -> (StepRecord, Option<String>) {
+    let Some(depfile) = &step.depfile else {
+        return (record, None);
+    };
+    let path = step.dir.join(depfile);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            record.fingerprint = DEPFILE_MISSING.into();
+            return (
+                record,
+                Some(format!(
+                    "depfile {depfile} was not readable after the step ran ({e}); it will run again next time"
+                )),
+            );
+        }
+    };
+    let discovered: BTreeSet<String> = parse_depfile(&text)
+        .into_iter()
+        .map(|dep| {
+            let abs = step.dir.join(&dep);
+            match abs.strip_prefix(root) {
+                Ok(rel) => normalize(rel),
+                Err(_) => abs.to_string_lossy().into_owned(),
+            }
+        })
+        .collect();
+    let previous = record.clone();
+    match stamp_inputs(root, &step.inputs, &discovered, Some(&previous)) {
+        Ok(inputs) => {
+            let mut fresh =
+                self::record(previous.command.clone(), &[], inputs, previous.deps.clone());
+            // Keep the hashed variables of the run; recompute the fingerprint over them.
+            fresh.env = previous.env;
+            fresh.fingerprint = fingerprint_of(&fresh);
+            fresh.discovered = discovered;
+            (fresh, None)
+        }
+        Err(e) => {
+            record.fingerprint = DEPFILE_MISSING.into();
+            (
+                record,
+                Some(format!(
+                    "cannot read the files depfile {depfile} lists ({e}); the step will run again next time"
+                )),
+            )
+        }
+    }
+}
+
+/// Lexically removes `.` and `a/..` so `src/../include/x.h` matches `include/x.h`.
+fn normalize(path: &Path) -> String {
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir if !parts.is_empty() => {
+                parts.pop();
+            }
+            other => parts.push(other.as_os_str()),
+        }
+    }
+    parts
+        .iter()
+        .map(|p| p.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The prerequisites of a Makefile-style depfile (as `cc -MD` writes):
+/// `target: dep dep \` continuation lines, `\ ` for a space in a name,
+/// `$$` for `$`. Targets are not returned.
+pub fn parse_depfile(text: &str) -> Vec<String> {
+    let joined = text.replace("\\\r\n", " ").replace("\\\n", " ");
+    let mut deps = Vec::new();
+    for line in joined.lines() {
+        // The first unescaped ':' followed by whitespace or end ends the targets.
+        let bytes = line.as_bytes();
+        let mut split = None;
+        for i in 0..bytes.len() {
+            if bytes[i] == b':'
+                && (i == 0 || bytes[i - 1] != b'\\')
+                && bytes.get(i + 1).is_none_or(|b| b.is_ascii_whitespace())
+            {
+                split = Some(i);
+                break;
+            }
+        }
+        let Some(split) = split else { continue };
+        let mut word = String::new();
+        let mut chars = line[split + 1..].chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' if chars.peek().is_some_and(|n| *n == ' ' || *n == '#') => {
+                    word.push(chars.next().unwrap())
+                }
+                '$' if chars.peek() == Some(&'$') => {
+                    chars.next();
+                    word.push('$');
+                }
+                c if c.is_whitespace() => {
+                    if !word.is_empty() {
+                        deps.push(std::mem::take(&mut word));
+                    }
+                }
+                c => word.push(c),
+            }
+        }
+        if !word.is_empty() {
+            deps.push(word);
+        }
+    }
+    deps.dedup();
+    deps
+}
+
+/// Stamps the files matched by `patterns` and the `extra` paths (those that
+/// exist), reusing hashes from `previous` when size and mtime did not change.
 pub fn stamp_inputs(
     root: &Path,
     patterns: &[String],
+    extra: &BTreeSet<String>,
     previous: Option<&StepRecord>,
 ) -> Result<BTreeMap<String, FileStamp>, String> {
-    let files = crate::lua::glob(root, patterns, false, true)?;
+    // Literal paths are taken as written (they are often another step's
+    // gitignored outputs); only glob patterns honour the ignore rules.
+    let (globs, literal): (Vec<String>, Vec<String>) = patterns
+        .iter()
+        .cloned()
+        .partition(|p| p.contains(['*', '?', '[', '{']));
+    let mut files = if globs.is_empty() {
+        Vec::new()
+    } else {
+        crate::lua::glob(root, &globs, false, true)?
+    };
+    files.extend(
+        literal
+            .into_iter()
+            .map(|p| normalize(Path::new(&p)))
+            .filter(|p| root.join(p).is_file()),
+    );
+    files.extend(extra.iter().filter(|p| root.join(p).is_file()).cloned());
+    files.sort();
+    files.dedup();
     let mut stamps = BTreeMap::new();
     for rel in files {
         let path = root.join(&rel);
@@ -98,25 +275,32 @@ pub fn record(
         .filter(|(k, _)| k != "PIPER_BUILD")
         .map(|(k, v)| (k.clone(), hash_hex(v.as_bytes())))
         .collect();
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"piper-step-v1\0");
-    hasher.update(command.as_bytes());
-    for (k, v) in &env {
-        hasher.update(format!("\0env\0{k}\0{v}").as_bytes());
-    }
-    for (path, stamp) in &inputs {
-        hasher.update(format!("\0in\0{path}\0{}", stamp.hash).as_bytes());
-    }
-    for (name, fp) in &deps {
-        hasher.update(format!("\0dep\0{name}\0{fp}").as_bytes());
-    }
-    StepRecord {
-        fingerprint: hasher.finalize().to_hex().to_string(),
+    let mut record = StepRecord {
+        fingerprint: String::new(),
         command,
         env,
         inputs,
         deps,
+        discovered: BTreeSet::new(),
+    };
+    record.fingerprint = fingerprint_of(&record);
+    record
+}
+
+fn fingerprint_of(record: &StepRecord) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"piper-step-v1\0");
+    hasher.update(record.command.as_bytes());
+    for (k, v) in &record.env {
+        hasher.update(format!("\0env\0{k}\0{v}").as_bytes());
     }
+    for (path, stamp) in &record.inputs {
+        hasher.update(format!("\0in\0{path}\0{}", stamp.hash).as_bytes());
+    }
+    for (name, fp) in &record.deps {
+        hasher.update(format!("\0dep\0{name}\0{fp}").as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
 }
 
 /// Why the step must run, in words; empty when it is up to date.
@@ -134,7 +318,9 @@ pub fn reasons(
         why.push("it never ran successfully before".to_string());
         return why;
     };
-    if old.fingerprint != now.fingerprint {
+    if old.fingerprint == DEPFILE_MISSING {
+        why.push("its depfile was missing after its last run".to_string());
+    } else if old.fingerprint != now.fingerprint {
         if old.command != now.command {
             why.push("its command changed".to_string());
         }
@@ -200,6 +386,24 @@ mod tests {
             mtime_ns: 1,
             hash: hash.into(),
         }
+    }
+
+    #[test]
+    fn depfiles_as_compilers_write_them() {
+        let text = "build/main.o: src/main.c include/greet.h \\\n  /usr/include/stdio.h my\\ file.h cost$$.h\n";
+        assert_eq!(
+            parse_depfile(text),
+            [
+                "src/main.c",
+                "include/greet.h",
+                "/usr/include/stdio.h",
+                "my file.h",
+                "cost$.h"
+            ]
+        );
+        assert_eq!(parse_depfile("a.o b.o: x.h\ny.o: z.h\n"), ["x.h", "z.h"]);
+        assert!(parse_depfile("").is_empty());
+        assert_eq!(normalize(Path::new("src/../include/./x.h")), "include/x.h");
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub struct Step {
     pub when: Option<Condition>,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    pub depfile: Option<String>,
 }
 
 pub struct Pipeline {
@@ -141,6 +142,7 @@ impl Graph {
                 when: raw.when,
                 inputs: raw.inputs,
                 outputs: raw.outputs,
+                depfile: raw.depfile,
             });
         }
         check_step_cycles(&steps)?;

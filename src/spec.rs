@@ -37,6 +37,9 @@ pub struct RawStep {
     pub inputs: Vec<String>,
     /// Paths or globs the step writes, relative to its `dir`.
     pub outputs: Vec<String>,
+    /// A Makefile-style dependency file the step writes (`cc -MD`), relative
+    /// to its `dir`: the files it lists are inputs of the next run.
+    pub depfile: Option<String>,
 }
 
 /// What a step does when it runs.
@@ -148,6 +151,7 @@ pub const STEP_FIELDS: &[&str] = &[
     "desc",
     "inputs",
     "outputs",
+    "depfile",
 ];
 const PIPELINE_FIELDS: &[&str] = &["desc", "env", "on_success", "on_failure", "always"];
 
@@ -495,6 +499,7 @@ fn read_step(record: &Table) -> Result<RawStep> {
         allow_failure: f.bool("allow_failure")?.unwrap_or(false),
         inputs: f.patterns("inputs")?,
         outputs: f.patterns("outputs")?,
+        depfile: f.string("depfile")?,
         name,
         location,
         run,

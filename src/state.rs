@@ -36,6 +36,10 @@ pub struct StepRecord {
     pub inputs: BTreeMap<String, FileStamp>,
     /// Fingerprints of the dependencies it ran after.
     pub deps: BTreeMap<String, String>,
+    /// Files its depfile listed after the run (root-relative, or absolute
+    /// outside the root): inputs next time too.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub discovered: std::collections::BTreeSet<String>,
 }
 
 #[derive(Serialize, Deserialize)]

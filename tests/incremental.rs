@@ -266,3 +266,78 @@ fn state_survives_sigkill_at_any_point() {
     assert_eq!(code, 0);
     assert_eq!(stderr.matches("up to date").count(), 30, "{stderr}");
 }
+
+#[test]
+fn a_header_change_through_a_depfile_reruns_only_the_objects_that_include_it() {
+    let ran = Test::new()
+        .piper_lua(
+            r#"
+            local fs = require "piper.fs"
+            local objs = {}
+            for _, src in ipairs(fs.glob "src/*.c") do
+              local obj = src:gsub("^src/", "out/"):gsub("%.c$", ".o")
+              objs[#objs + 1] = step("cc " .. src) {
+                inputs = src, outputs = obj, depfile = obj:gsub("%.o$", ".d"),
+                run = ("mkdir -p out && cc -Iinclude -MD -c %s -o %s && echo %s >> runs.log"):format(src, obj, src),
+              }
+            end
+            pipeline "build" { table.unpack(objs) }
+            "#,
+        )
+        .file("include/one.h", "#define ONE 1")
+        .file("include/two.h", "#define TWO 2")
+        .file("src/a.c", "#include \"one.h\"\nint a(void) { return ONE; }")
+        .file("src/b.c", "#include \"two.h\"\nint b(void) { return TWO; }")
+        .args(["exec", "build", "-j1"])
+        .run();
+    let dir = ran.dir.path();
+    assert_eq!(runs(dir), ["src/a.c", "src/b.c"]);
+    let exec_build = |args: &[&str]| {
+        let out = Command::new(PIPER)
+            .args(["exec", "build", "-j1"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    exec_build(&[]);
+    assert!(runs(dir).is_empty());
+    rewrite(&dir.join("include/two.h"), "#define TWO 22\n");
+    let stdout = exec_build(&["--explain"]);
+    assert_eq!(runs(dir), ["src/b.c"]);
+    assert!(
+        stdout.contains("cc src/b.c | runs because file modified: include/two.h"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_depfile_missing_after_the_run_warns_and_reruns_next_time() {
+    let ran = Test::new()
+        .piper_lua(
+            r#"step "gen" { inputs = "in.txt", depfile = "gen.d", run = "echo gen >> runs.log" }"#,
+        )
+        .file("in.txt", "x")
+        .args(["exec", "gen"])
+        .stdout_contains("piper: warning: depfile gen.d was not readable after the step ran")
+        .run();
+    let dir = ran.dir.path();
+    runs(dir);
+    let out = Command::new(PIPER)
+        .args(["exec", "gen", "--explain"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("runs because its depfile was missing after its last run"),
+        "{stdout}"
+    );
+    assert_eq!(runs(dir), ["gen"]);
+}
