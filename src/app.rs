@@ -10,7 +10,7 @@ use indexmap::IndexMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
-    CleanArgs, Cli, ColorChoice, Command, ExecArgs, GraphArgs, GraphFormat, ListArgs,
+    CleanArgs, Cli, ColorChoice, Command, ExecArgs, ExplainArgs, GraphArgs, GraphFormat, ListArgs,
 };
 use crate::error::{EXIT_INTERNAL, Error, Result};
 use crate::executor::{self, Force, Options};
@@ -83,6 +83,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Graph(args) => graph(&cli, args),
         Command::Completions { shell } => completions(shell.name()),
         Command::Clean(args) => clean(&cli, args),
+        Command::Explain(args) => explain(&cli, args),
         Command::Init => init(&start_dir(&cli)?),
         Command::Meta { dir } => meta(&start_dir(&cli)?.join(dir)),
     }
@@ -271,6 +272,39 @@ fn completions(shell: &str) -> Result<i32> {
             )
         })?;
     Ok(if done { 0 } else { EXIT_INTERNAL })
+}
+
+fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
+    let graph = load(cli)?;
+    let plan = graph.plan(&args.targets)?;
+    let options = Options {
+        env_overrides: parse_env_overrides(&args.env)?,
+        ..Options::default()
+    };
+    let verdicts = crate::explain::explain(&graph, &plan, &options);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&verdicts).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    let width = verdicts
+        .iter()
+        .map(|v| v.step.chars().count())
+        .max()
+        .unwrap_or(0);
+    for v in &verdicts {
+        let verdict = if v.will_run {
+            format!("will run: {}", v.reasons.join("; "))
+        } else {
+            "up to date".into()
+        };
+        let _ = writeln!(out, "{:<width$}  {verdict}", v.step);
+    }
+    Ok(0)
 }
 
 fn clean(cli: &Cli, args: &CleanArgs) -> Result<i32> {

@@ -61,6 +61,8 @@ pub enum Command {
     /// List pipelines and steps
     #[command(visible_alias = "ls")]
     List(ListArgs),
+    /// Say which steps would run and why, without running anything
+    Explain(ExplainArgs),
     /// Print the step graph of a pipeline as DOT, Mermaid or JSON
     Graph(GraphArgs),
     /// Print a shell completion script (completes pipeline and step names too)
@@ -137,6 +139,21 @@ pub struct ExecArgs {
     pub explain: bool,
 
     /// Set a variable for every step, overriding piper.lua (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Pipelines or steps, as for `piper exec`
+    #[arg(required = true, value_name = "PIPELINE|STEP", add = ArgValueCandidates::new(target_candidates))]
+    pub targets: Vec<String>,
+
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+
+    /// Set a variable for every step, as `piper exec --env` would (repeatable)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
 }

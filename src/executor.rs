@@ -51,7 +51,7 @@ pub enum Force {
 }
 
 impl Force {
-    fn applies_to(&self, step: &str) -> bool {
+    pub fn applies_to(&self, step: &str) -> bool {
         match self {
             Force::Nothing => false,
             Force::All => true,
@@ -445,7 +445,7 @@ fn evaluate_condition(when: Option<&Condition>) -> std::result::Result<bool, Str
 
 /// The variables a step's processes get on top of Piper's own environment,
 /// lowest precedence first: `env.set`, pipeline, step, `--env`, PIPER_*.
-fn step_env(
+pub fn step_env(
     graph: &Graph,
     plan: &Plan,
     i: usize,

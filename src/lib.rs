@@ -14,6 +14,7 @@ pub mod duration;
 pub mod error;
 pub mod event;
 pub mod executor;
+pub mod explain;
 pub mod export;
 pub mod fingerprint;
 pub mod fsutil;

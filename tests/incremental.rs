@@ -341,3 +341,35 @@ fn a_depfile_missing_after_the_run_warns_and_reruns_next_time() {
     );
     assert_eq!(runs(dir), ["gen"]);
 }
+
+#[test]
+fn explain_says_what_would_run_and_why_without_running() {
+    let ran = project().args(["exec", "all", "-j1"]).run();
+    let dir = ran.dir.path();
+    runs(dir);
+    rewrite(&dir.join("src/b.txt"), "B");
+    let out = Command::new(PIPER)
+        .args(["explain", "all"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "gen      will run: file modified: src/b.txt\n\
+         compile  will run: upstream step `gen` will run\n\
+         lint     up to date\n"
+    );
+    assert!(runs(dir).is_empty(), "explain ran something");
+    let out = Command::new(PIPER)
+        .args(["explain", "compile", "--json", "-e", "MODE=release"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let verdicts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdicts[1]["step"], "compile");
+    assert_eq!(
+        verdicts[1]["reasons"],
+        serde_json::json!(["env var MODE changed", "upstream step `gen` will run"])
+    );
+}

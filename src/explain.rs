@@ -1,0 +1,110 @@
+//! `piper explain`: what `piper exec` would run and why, in words, without
+//! running anything. Uses the same check as the executor
+//! (`fingerprint::check`), walking the plan in dependency order; a step that
+//! would run makes its dependents run too.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::executor::{self, Options};
+use crate::fingerprint::{self, Freshness};
+use crate::graph::{Graph, Plan};
+use crate::state::State;
+
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    pub step: String,
+    pub will_run: bool,
+    pub reasons: Vec<String>,
+}
+
+/// A marker no recorded fingerprint can equal.
+const WILL_RUN: &str = "will run";
+
+pub fn explain(graph: &Graph, plan: &Plan, options: &Options) -> Vec<Verdict> {
+    let state = State::load(&graph.root);
+    let order = topological(plan);
+    let mut fingerprints: Vec<String> = vec![String::new(); plan.steps.len()];
+    let mut verdicts: Vec<Option<Verdict>> = (0..plan.steps.len()).map(|_| None).collect();
+    for i in order {
+        let step = &graph.steps[plan.steps[i].step];
+        let deps: BTreeMap<String, String> = plan.steps[i]
+            .deps
+            .iter()
+            .map(|&d| {
+                (
+                    graph.steps[plan.steps[d].step].name.clone(),
+                    fingerprints[d].clone(),
+                )
+            })
+            .collect();
+        let waiting_on: Vec<&String> = deps
+            .iter()
+            .filter(|(_, fp)| fp.as_str() == WILL_RUN)
+            .map(|(n, _)| n)
+            .collect();
+        let env = executor::step_env(graph, plan, i, options, 0);
+        let forced = options.force.applies_to(&step.name);
+        let (will_run, mut reasons, fp) = match fingerprint::check(
+            &graph.root,
+            step,
+            &env,
+            deps.clone(),
+            state.steps.get(&step.name),
+            forced,
+        ) {
+            Ok(Freshness::UpToDate(record)) => (false, Vec::new(), record.fingerprint),
+            Ok(Freshness::Stale(_, reasons)) => (true, reasons, WILL_RUN.to_string()),
+            Ok(Freshness::Untracked) => (
+                true,
+                vec!["it declares no inputs, so it always runs".into()],
+                WILL_RUN.to_string(),
+            ),
+            Err(e) => (
+                true,
+                vec![format!("its inputs cannot be read: {e}")],
+                WILL_RUN.to_string(),
+            ),
+        };
+        // "upstream changed" is known more precisely here: it will run.
+        for name in waiting_on {
+            let changed = format!("upstream step `{name}` changed");
+            reasons.retain(|r| *r != changed);
+            reasons.push(format!("upstream step `{name}` will run"));
+        }
+        fingerprints[i] = fp;
+        verdicts[i] = Some(Verdict {
+            step: step.name.clone(),
+            will_run,
+            reasons,
+        });
+    }
+    verdicts.into_iter().flatten().collect()
+}
+
+/// Plan indices with every step after its dependencies (Kahn's algorithm,
+/// ties broken by order of definition).
+fn topological(plan: &Plan) -> Vec<usize> {
+    let n = plan.steps.len();
+    let mut waiting: Vec<usize> = plan.steps.iter().map(|s| s.deps.len()).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, s) in plan.steps.iter().enumerate() {
+        for &d in &s.deps {
+            dependents[d].push(i);
+        }
+    }
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &d in &dependents[i] {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.insert(d);
+            }
+        }
+    }
+    order
+}
