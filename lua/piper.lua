@@ -32,6 +32,7 @@
 ---@field desc? string shown by `piper list`
 ---@field inputs? string|string[] globs of the files it reads; with them it can be up to date
 ---@field outputs? string|string[] paths or globs it writes, relative to `dir`
+---@field service? boolean a long-running process: `piper watch` keeps it running beside the builds
 ---@field depfile? string a Makefile-style depfile it writes (cc -MD); the files listed become inputs
 
 ---@class piper.PipelineSpec

@@ -11,12 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
     CleanArgs, Cli, ColorChoice, Command, ExecArgs, ExplainArgs, GraphArgs, GraphFormat, ListArgs,
+    WatchArgs,
 };
 use crate::error::{EXIT_INTERNAL, Error, Result};
 use crate::executor::{self, Force, Options};
 use crate::graph::Graph;
 use crate::project::{CONFIG_FILE, Project};
 use crate::render::{self, JsonLines, Render, Terminal};
+use crate::watch::WatchOptions;
 use crate::{event, export};
 
 /// The starter config written by `piper init`.
@@ -84,6 +86,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Completions { shell } => completions(shell.name()),
         Command::Clean(args) => clean(&cli, args),
         Command::Explain(args) => explain(&cli, args),
+        Command::Watch(args) => watch(&cli, args),
         Command::Init => init(&start_dir(&cli)?),
         Command::Meta { dir } => meta(&start_dir(&cli)?.join(dir)),
     }
@@ -99,15 +102,12 @@ fn parse_env_overrides(values: &[String]) -> Result<IndexMap<String, String>> {
         .collect()
 }
 
-fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
-    let env_overrides = parse_env_overrides(&args.env)?;
-    let graph = Arc::new(load(cli)?);
-    // Fail on unknown targets before starting anything.
-    graph.plan(&args.targets)?;
+/// The executor options an `exec` (or `watch`) command line asks for.
+fn exec_options(graph: &Graph, args: &ExecArgs) -> Result<Options> {
     let mut options = Options {
         keep_going: args.keep_going,
         dry_run: args.dry_run,
-        env_overrides,
+        env_overrides: parse_env_overrides(&args.env)?,
         ..Options::default()
     };
     options.force = match &args.force {
@@ -139,26 +139,44 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
             message,
         })?;
     }
-    let renderer: Box<dyn Render> = if args.json {
-        Box::new(JsonLines::new(std::io::BufWriter::new(std::io::stdout())))
-    } else {
-        let stderr_tty = std::io::stderr().is_terminal();
-        let color = color_enabled(cli.color, std::io::stdout().is_terminal());
-        Box::new(Terminal::new(
-            std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
-            std::io::stderr(),
-            args.output,
-            args.explain,
-            color,
-            stderr_tty && std::env::var_os("TERM").is_none_or(|t| t != "dumb"),
-        ))
-    };
+    Ok(options)
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The host for the events: JSON lines or the terminal.
+fn host(cli: &Cli, args: &ExecArgs, watch: Option<bool>) -> Box<dyn Render> {
+    if args.json {
+        return Box::new(JsonLines::new(std::io::BufWriter::new(std::io::stdout())));
+    }
+    let stderr_tty = std::io::stderr().is_terminal();
+    let color = color_enabled(cli.color, std::io::stdout().is_terminal());
+    let mut terminal = Terminal::new(
+        std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+        std::io::stderr(),
+        args.output,
+        args.explain,
+        color,
+        stderr_tty && std::env::var_os("TERM").is_none_or(|t| t != "dumb"),
+    );
+    if let Some(clear) = watch {
+        terminal.watching(clear);
+    }
+    Box::new(terminal)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::io("cannot start the async runtime", e))?;
-    runtime.block_on(async move {
+        .map_err(|e| Error::io("cannot start the async runtime", e))
+}
+
+fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
+    let graph = Arc::new(load(cli)?);
+    // Fail on unknown targets before starting anything.
+    graph.plan(&args.targets)?;
+    let options = exec_options(&graph, args)?;
+    let renderer = host(cli, args, None);
+    runtime()?.block_on(async move {
         let (tx, rx) = event::channel();
         let host = tokio::spawn(render::drive(rx, renderer));
         let interrupt = CancellationToken::new();
@@ -167,6 +185,38 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
         drop(tx);
         let _ = host.await;
         Ok(outcome?.exit_code)
+    })
+}
+
+fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32> {
+    let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
+    // A config that does not evaluate at start is an error; later broken
+    // edits are reported and watched past.
+    let graph = Graph::load(&project)?;
+    graph.plan(&args.exec.targets)?;
+    let options = exec_options(&graph, &args.exec)?;
+    drop(graph);
+    let renderer = host(cli, &args.exec, Some(args.clear));
+    let watch_options = WatchOptions {
+        debounce: args.debounce,
+        poll: args.poll,
+    };
+    runtime()?.block_on(async move {
+        let (tx, rx) = event::channel();
+        let host = tokio::spawn(render::drive(rx, renderer));
+        let interrupt = CancellationToken::new();
+        tokio::spawn(forward_signals(interrupt.clone()));
+        let code = crate::watch::watch(
+            project,
+            args.exec.targets.clone(),
+            options,
+            watch_options,
+            tx,
+            interrupt,
+        )
+        .await;
+        let _ = host.await;
+        code
     })
 }
 

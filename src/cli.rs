@@ -61,6 +61,8 @@ pub enum Command {
     /// List pipelines and steps
     #[command(visible_alias = "ls")]
     List(ListArgs),
+    /// Run a pipeline, then rerun what each file change affects
+    Watch(WatchArgs),
     /// Say which steps would run and why, without running anything
     Explain(ExplainArgs),
     /// Print the step graph of a pipeline as DOT, Mermaid or JSON
@@ -141,6 +143,28 @@ pub struct ExecArgs {
     /// Set a variable for every step, overriding piper.lua (repeatable)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub exec: ExecArgs,
+
+    /// Quiet time after a change before the rerun starts
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
+    pub debounce: std::time::Duration,
+
+    /// Poll the file system instead of using inotify (network mounts, some containers)
+    #[arg(long)]
+    pub poll: bool,
+
+    /// Clear the screen before each rerun
+    #[arg(long)]
+    pub clear: bool,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::duration::parse(text)
 }
 
 #[derive(Debug, Args)]

@@ -79,6 +79,15 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
+    /// `piper watch`: relevant files changed; `rerun` names the steps that
+    /// may run (empty: the whole plan).
+    WatchChanged {
+        paths: Vec<String>,
+        rerun: Vec<String>,
+    },
+    /// `piper watch`: the config does not evaluate (or a target vanished);
+    /// watching goes on until it is fixed.
+    ConfigError { message: String },
     BuildFinished {
         build: u32,
         name: String,

@@ -39,6 +39,14 @@ pub struct Options {
     pub kill_grace: Duration,
     /// Run steps even when they are up to date.
     pub force: Force,
+    /// Only these steps may run; the others finish as unaffected, keeping
+    /// their last fingerprint (watch: only what a change affects).
+    pub restrict: Option<std::collections::HashSet<String>>,
+    /// Number of the first build (watch numbers its builds consecutively).
+    pub first_build: u32,
+    /// Watch: `service` steps are not run in the build (reported skipped);
+    /// watch runs them beside it.
+    pub services_apart: bool,
 }
 
 /// `--force`: which up-to-date steps to run anyway.
@@ -71,6 +79,9 @@ impl Default for Options {
             env_overrides: IndexMap::new(),
             kill_grace: Duration::from_secs(5),
             force: Force::Nothing,
+            restrict: None,
+            first_build: 1,
+            services_apart: false,
         }
     }
 }
@@ -106,7 +117,7 @@ pub async fn run(
     process::become_subreaper();
     let mut queue: VecDeque<(Plan, Option<TriggeredBy>)> = VecDeque::from([(first, None)]);
     let mut builds = Vec::new();
-    let mut next_id = 1;
+    let mut next_id = options.first_build;
     while let Some((plan, triggered_by)) = queue.pop_front() {
         let outcome = run_build(
             graph.clone(),
@@ -279,6 +290,11 @@ async fn run_build(
                 grace: options.kill_grace,
                 dry_run: options.dry_run,
                 forced: options.force.applies_to(&step.name),
+                unaffected: options
+                    .restrict
+                    .as_ref()
+                    .is_some_and(|only| !only.contains(&step.name)),
+                apart: options.services_apart && step.service,
                 state: state.clone(),
                 dep_fingerprints: steps[i]
                     .deps
@@ -489,6 +505,10 @@ struct StepJob {
     grace: Duration,
     dry_run: bool,
     forced: bool,
+    /// Outside `Options::restrict`: report it unaffected, do not run it.
+    unaffected: bool,
+    /// A service while `Options::services_apart`: report it skipped.
+    apart: bool,
     state: Arc<State>,
     dep_fingerprints: BTreeMap<String, String>,
 }
@@ -509,6 +529,51 @@ impl StepJob {
             step: step.name.clone(),
         };
         let started = Instant::now();
+        if self.apart {
+            let _ = self
+                .events
+                .send(Event::StepFinished {
+                    build: self.build,
+                    step: step.name.clone(),
+                    status: StepStatus::Skipped,
+                    exit_code: None,
+                    duration_ms: 0,
+                    attempts: 0,
+                    message: Some("a service: piper watch runs it beside the build".into()),
+                })
+                .await;
+            let fingerprint = format!("service {}", step.name);
+            return StepResult {
+                index: self.index,
+                status: StepStatus::Skipped,
+                exit_code: None,
+                fingerprint,
+            };
+        }
+        if self.unaffected {
+            let _ = self
+                .events
+                .send(Event::StepFinished {
+                    build: self.build,
+                    step: step.name.clone(),
+                    status: StepStatus::UpToDate,
+                    exit_code: None,
+                    duration_ms: 0,
+                    attempts: 0,
+                    message: Some("not affected by the change".into()),
+                })
+                .await;
+            let fingerprint = match self.state.steps.get(&step.name) {
+                Some(record) => record.fingerprint.clone(),
+                None => format!("unaffected {}", step.name),
+            };
+            return StepResult {
+                index: self.index,
+                status: StepStatus::UpToDate,
+                exit_code: None,
+                fingerprint,
+            };
+        }
         let (record, mut reasons) = match self.freshness() {
             Err(message) => {
                 let _ = self

@@ -26,6 +26,10 @@ pub struct Graph {
     pub env: IndexMap<String, String>,
     /// The config and every project Lua file it required.
     pub files: Vec<PathBuf>,
+    /// `trigger.watch`: extra globs that rerun a watched pipeline, and globs
+    /// that never trigger.
+    pub watch_paths: Vec<String>,
+    pub watch_ignore: Vec<String>,
     /// Keeps Lua-function steps and `when` conditions callable.
     pub lua: Lua,
 }
@@ -47,6 +51,7 @@ pub struct Step {
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
     pub depfile: Option<String>,
+    pub service: bool,
 }
 
 pub struct Pipeline {
@@ -143,6 +148,7 @@ impl Graph {
                 inputs: raw.inputs,
                 outputs: raw.outputs,
                 depfile: raw.depfile,
+                service: raw.service,
             });
         }
         check_step_cycles(&steps)?;
@@ -219,6 +225,8 @@ impl Graph {
             pipelines,
             env: spec.env,
             files: spec.files.iter().map(|f| project.root.join(f)).collect(),
+            watch_paths: spec.watch_paths,
+            watch_ignore: spec.watch_ignore,
             lua,
         })
     }

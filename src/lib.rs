@@ -28,3 +28,4 @@ pub mod render;
 pub mod spec;
 pub mod state;
 pub mod suggest;
+pub mod watch;

@@ -19,6 +19,10 @@ pub struct RawSpec {
     pub env: IndexMap<String, String>,
     /// Project Lua files required during evaluation.
     pub files: Vec<String>,
+    /// `trigger.watch`: extra globs that rerun a watched pipeline.
+    pub watch_paths: Vec<String>,
+    /// `trigger.watch`: globs that never trigger a watched run.
+    pub watch_ignore: Vec<String>,
 }
 
 pub struct RawStep {
@@ -40,6 +44,9 @@ pub struct RawStep {
     /// A Makefile-style dependency file the step writes (`cc -MD`), relative
     /// to its `dir`: the files it lists are inputs of the next run.
     pub depfile: Option<String>,
+    /// A long-running process (a dev server): `piper watch` keeps it running
+    /// beside the builds and restarts it only when a change affects it.
+    pub service: bool,
 }
 
 /// What a step does when it runs.
@@ -152,6 +159,7 @@ pub const STEP_FIELDS: &[&str] = &[
     "inputs",
     "outputs",
     "depfile",
+    "service",
 ];
 const PIPELINE_FIELDS: &[&str] = &["desc", "env", "on_success", "on_failure", "always"];
 
@@ -171,12 +179,24 @@ impl RawSpec {
         let pipelines: Table = registry.get("pipelines").map_err(internal)?;
         let env: Table = registry.get("env").map_err(internal)?;
         let files: Vec<String> = registry.get("files").map_err(internal)?;
+        let watch: Table = registry.get("watch").map_err(internal)?;
+        let watch_paths: Vec<String> = watch.get("paths").map_err(internal)?;
+        let watch_ignore: Vec<String> = watch.get("ignore").map_err(internal)?;
+        for pattern in watch_paths.iter().chain(&watch_ignore) {
+            if let Err(e) = globset::Glob::new(pattern) {
+                return Err(Error::Lua {
+                    message: format!("trigger.watch: invalid glob `{pattern}`: {}", e.kind()),
+                });
+            }
+        }
 
         let mut spec = RawSpec {
             steps: Vec::new(),
             pipelines: Vec::new(),
             env: IndexMap::new(),
             files,
+            watch_paths,
+            watch_ignore,
         };
         for record in steps.sequence_values::<Table>() {
             let record = record.map_err(internal)?;
@@ -500,6 +520,7 @@ fn read_step(record: &Table) -> Result<RawStep> {
         inputs: f.patterns("inputs")?,
         outputs: f.patterns("outputs")?,
         depfile: f.string("depfile")?,
+        service: f.bool("service")?.unwrap_or(false),
         name,
         location,
         run,

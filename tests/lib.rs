@@ -13,3 +13,4 @@ mod exec;
 mod incremental;
 mod lua_api;
 mod supervision;
+mod watch;

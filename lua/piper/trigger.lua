@@ -10,4 +10,9 @@ local trigger = {}
 ---@return piper.Trigger
 function trigger.pipeline(name, opts) end
 
+---Tunes `piper watch`: extra globs whose changes rerun the pipeline, and
+---globs that never trigger a run.
+---@param spec { paths?: string|string[], ignore?: string|string[] }
+function trigger.watch(spec) end
+
 return trigger

@@ -27,6 +27,7 @@ const PREFIX_WIDTH_MAX: usize = 24;
 const PALETTE: &[&str] = &["36", "35", "33", "32", "34", "96", "95", "93", "92", "94"];
 
 struct StepView {
+    color: &'static str,
     /// Bytes after the last newline, waiting for the rest of their line.
     partial: Vec<u8>,
     /// Grouped mode: everything so far.
@@ -58,9 +59,13 @@ pub struct Terminal<O: Write + Send, E: Write + Send> {
     width: usize,
     steps: HashMap<String, StepView>,
     order: Vec<String>,
-    rows: Vec<Row>,
+    /// Finished steps of each build still running (watch runs services
+    /// beside the main build, so two builds can be live at once).
+    rows: HashMap<u32, Vec<Row>>,
     build_started: Instant,
     spinner: usize,
+    /// `piper watch`: Some(clear the screen before each rerun).
+    watch: Option<bool>,
 }
 
 impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
@@ -85,10 +90,16 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
             width: 0,
             steps: HashMap::new(),
             order: Vec::new(),
-            rows: Vec::new(),
+            rows: HashMap::new(),
             build_started: Instant::now(),
             spinner: 0,
+            watch: None,
         }
+    }
+
+    /// Renders for `piper watch`: separators between runs, a hint when idle.
+    pub fn watching(&mut self, clear: bool) {
+        self.watch = Some(clear);
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
@@ -196,7 +207,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
         self.paint(code, status.label())
     }
 
-    fn summary(&mut self, name: &str, status: BuildStatus, duration_ms: u64) {
+    fn summary(&mut self, build: u32, name: &str, status: BuildStatus, duration_ms: u64) {
         self.clear_status();
         let headline = match status {
             BuildStatus::Success => self.paint("1;32", &format!("{name} succeeded")),
@@ -205,7 +216,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
         };
         let took = duration::format(Duration::from_millis(duration_ms));
         let mut text = String::new();
-        let rows = std::mem::take(&mut self.rows);
+        let rows = self.rows.remove(&build).unwrap_or_default();
         let shown: Vec<&Row> = if rows.len() <= FULL_SUMMARY_MAX {
             rows.iter().collect()
         } else {
@@ -313,7 +324,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
         } else {
             String::new()
         };
-        let done = self.rows.len();
+        let done: usize = self.rows.values().map(Vec::len).sum();
         let total = self.order.len();
         let line = format!(
             "{} {}/{} done · running: {}{more} · {}",
@@ -330,6 +341,22 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
         let _ = write!(self.err, "\r\x1b[2K{}", self.paint("2", &line));
         self.status_shown = true;
     }
+}
+
+/// Local wall-clock time, HH:MM:SS, for watch separators.
+fn clock() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let t = now as libc::time_t;
+    // SAFETY: localtime_r writes only into the tm we own.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&t, &mut tm);
+        tm
+    };
+    format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
 }
 
 fn terminal_width() -> usize {
@@ -358,30 +385,47 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     self.clear_status();
                     let _ = writeln!(self.err, "{} {warning}", self.paint("1;33", "warning:"));
                 }
-                self.steps.clear();
-                self.order.clear();
-                self.rows.clear();
-                self.build_started = Instant::now();
-                self.width = steps
+                if self.rows.is_empty() {
+                    // No other build is live: start from a clean slate.
+                    self.steps.clear();
+                    self.order.clear();
+                    self.width = 0;
+                    self.build_started = Instant::now();
+                }
+                self.rows.insert(*build, Vec::new());
+                let width = steps
                     .iter()
                     .map(|s| s.name.chars().count())
                     .max()
                     .unwrap_or(0)
+                    .max(self.width)
                     .min(PREFIX_WIDTH_MAX);
-                for (i, s) in steps.iter().enumerate() {
+                if width != self.width {
+                    self.width = width;
+                    let names: Vec<String> = self.steps.keys().cloned().collect();
+                    for name in names {
+                        let color = self.steps[&name].color;
+                        let prefix = self.make_prefix(&name, color).into_bytes();
+                        if let Some(view) = self.steps.get_mut(&name) {
+                            view.prefix = prefix;
+                        }
+                    }
+                }
+                for s in steps {
+                    if self.steps.contains_key(&s.name) {
+                        continue;
+                    }
+                    let color = PALETTE[self.order.len() % PALETTE.len()];
                     self.order.push(s.name.clone());
-                    self.steps.insert(
-                        s.name.clone(),
-                        StepView {
-                            prefix: self
-                                .make_prefix(&s.name, PALETTE[i % PALETTE.len()])
-                                .into_bytes(),
-                            partial: Vec::new(),
-                            grouped: Vec::new(),
-                            tail: VecDeque::new(),
-                            started: None,
-                        },
-                    );
+                    let view = StepView {
+                        color,
+                        prefix: self.make_prefix(&s.name, color).into_bytes(),
+                        partial: Vec::new(),
+                        grouped: Vec::new(),
+                        tail: VecDeque::new(),
+                        started: None,
+                    };
+                    self.steps.insert(s.name.clone(), view);
                 }
                 if let Some(by) = triggered_by {
                     self.clear_status();
@@ -432,6 +476,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 self.write_line(step, text.as_bytes());
             }
             Event::StepFinished {
+                build,
                 step,
                 status,
                 exit_code,
@@ -462,7 +507,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     let painted = self.paint("31", &format!("✗ {text}"));
                     self.write_line(step, painted.as_bytes());
                 }
-                self.rows.push(Row {
+                self.rows.entry(*build).or_default().push(Row {
                     step: step.clone(),
                     status: *status,
                     exit_code: *exit_code,
@@ -470,14 +515,56 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     message: message.clone(),
                 });
             }
+            Event::WatchChanged { paths, rerun } => {
+                self.clear_status();
+                if self.watch == Some(true) {
+                    let _ = self.err.write_all(b"\x1b[2J\x1b[H");
+                }
+                let mut shown: Vec<&str> = paths.iter().take(5).map(String::as_str).collect();
+                let more = paths.len().saturating_sub(shown.len());
+                let more_text = format!("+{more}");
+                if more > 0 {
+                    shown.push(&more_text);
+                }
+                let target = if rerun.is_empty() {
+                    "everything".to_string()
+                } else {
+                    rerun.join(", ")
+                };
+                let text = format!(
+                    "── {} · changed: {} · rerunning: {target} ──",
+                    clock(),
+                    shown.join(", ")
+                );
+                let _ = writeln!(self.err, "\n{}", self.paint("1;34", &text));
+            }
+            Event::ConfigError { message } => {
+                self.clear_status();
+                let _ = writeln!(self.err, "{} {message}", self.paint("1;31", "error:"));
+                if self.watch.is_some() {
+                    let _ = writeln!(
+                        self.err,
+                        "{}",
+                        self.paint("2", "waiting for a fix… (Ctrl-C to stop)")
+                    );
+                }
+            }
             Event::BuildFinished {
+                build,
                 name,
                 status,
                 duration_ms,
                 ..
             } => {
                 let _ = self.out.flush();
-                self.summary(name, *status, *duration_ms);
+                self.summary(*build, name, *status, *duration_ms);
+                if self.watch.is_some() && self.rows.is_empty() {
+                    let _ = writeln!(
+                        self.err,
+                        "{}",
+                        self.paint("2", "watching for changes… (Ctrl-C to stop)")
+                    );
+                }
             }
         }
     }

@@ -9,4 +9,6 @@ return {
   env = {},
   ---@type string[] Lua files of the project that were required (watched by `piper watch`)
   files = {},
+  ---@type { paths: string[], ignore: string[] } added by trigger.watch
+  watch = { paths = {}, ignore = {} },
 }

@@ -31,4 +31,35 @@ function M.pipeline(name, opts)
   }
 end
 
+local function strings(value, what, level)
+  if value == nil then return {} end
+  if type(value) == "string" then return { value } end
+  if type(value) ~= "table" then
+    error(("trigger.watch: `%s` must be a glob or a list of globs, got %s"):format(what, type(value)), level + 1)
+  end
+  for i, v in ipairs(value) do
+    if type(v) ~= "string" then
+      error(("trigger.watch: `%s[%d]` must be a string, got %s"):format(what, i, type(v)), level + 1)
+    end
+  end
+  return value
+end
+
+--- Tunes `piper watch`: `paths` are extra globs whose changes rerun the
+--- watched pipeline (steps' `inputs`, piper.lua and its modules are watched
+--- already); `ignore` globs never trigger a run.
+---
+--- ```lua
+--- trigger.watch { paths = { "config/*.toml" }, ignore = { "**/*.tmp" } }
+--- ```
+---@param spec { paths?: string|string[], ignore?: string|string[] }
+function M.watch(spec)
+  if type(spec) ~= "table" then
+    error("trigger.watch: expected a table { paths = ..., ignore = ... }, got " .. type(spec), 2)
+  end
+  local registry = require "piper._registry"
+  for _, p in ipairs(strings(spec.paths, "paths", 2)) do table.insert(registry.watch.paths, p) end
+  for _, p in ipairs(strings(spec.ignore, "ignore", 2)) do table.insert(registry.watch.ignore, p) end
+end
+
 return M
