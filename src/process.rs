@@ -107,6 +107,33 @@ pub fn become_subreaper() {
     }
 }
 
+/// Words that only a shell understands: a command starting with one of them
+/// always goes through `/bin/sh` (the list GNU make uses, plus a few).
+const SHELL_WORDS: &[&str] = &[
+    ".", ":", "alias", "bg", "break", "case", "cd", "command", "continue", "do", "done", "elif",
+    "else", "esac", "eval", "exec", "exit", "export", "fg", "fi", "for", "function", "getopts",
+    "hash", "if", "jobs", "local", "read", "readonly", "return", "select", "set", "shift",
+    "source", "then", "times", "trap", "type", "ulimit", "umask", "unalias", "unset", "until",
+    "wait", "while", "[", "[[", "{", "}", "!",
+];
+
+/// A shell command that is nothing but plain words (`cargo test --lib`) runs
+/// directly, as make does: the same result without starting a shell. Any
+/// quoting, expansion, redirection, globbing or shell builtin keeps the shell.
+pub fn simple_argv(script: &str) -> Option<Vec<String>> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c);
+    if !script.chars().all(|c| plain(c) || c == ' ' || c == '\t') {
+        return None;
+    }
+    let argv: Vec<String> = script.split_whitespace().map(String::from).collect();
+    let first = argv.first()?;
+    // `NAME=value cmd` is an assignment, and `~`-less paths are fine.
+    if SHELL_WORDS.contains(&first.as_str()) || first.contains('=') {
+        return None;
+    }
+    Some(argv)
+}
+
 /// Runs `command` in `dir` with `env` added to the inherited environment.
 pub async fn run(
     command: &Command,
@@ -122,14 +149,23 @@ pub async fn run(
             dir.display()
         ));
     }
-    let (program, mut cmd) = match command {
-        Command::Shell(script) => {
+    let direct = match command {
+        Command::Shell(script) => simple_argv(script),
+        Command::Argv(_) => None,
+    };
+    let (program, mut cmd) = match (command, direct) {
+        (_, Some(argv)) => {
+            let mut c = tokio::process::Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            (argv[0].clone(), c)
+        }
+        (Command::Shell(script), None) => {
             let mut c = tokio::process::Command::new("/bin/sh");
             // -e: a multi-line script stops at its first failing line.
             c.arg("-ec").arg(script);
             ("/bin/sh".to_string(), c)
         }
-        Command::Argv(argv) => {
+        (Command::Argv(argv), None) => {
             let mut c = tokio::process::Command::new(&argv[0]);
             c.args(&argv[1..]);
             (argv[0].clone(), c)
@@ -261,5 +297,41 @@ async fn end_group(pgid: i32, grace: Duration) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::simple_argv;
+
+    #[test]
+    fn only_plain_words_skip_the_shell() {
+        assert_eq!(
+            simple_argv("cargo test --lib"),
+            Some(vec!["cargo".into(), "test".into(), "--lib".into()])
+        );
+        assert_eq!(simple_argv("true"), Some(vec!["true".into()]));
+        for needs_shell in [
+            "echo $HOME",
+            "a && b",
+            "a | b",
+            "a > f",
+            "echo 'x'",
+            "echo \"x\"",
+            "ls *.c",
+            "exit 3",
+            "cd dir",
+            "FOO=1 make",
+            "a; b",
+            "echo ~",
+            "(a)",
+            "a\nb",
+            "",
+            "trap x TERM",
+            "wait",
+            "[ -f x ]",
+        ] {
+            assert_eq!(simple_argv(needs_shell), None, "{needs_shell:?}");
+        }
     }
 }
