@@ -150,7 +150,7 @@ fn host(cli: &Cli, args: &ExecArgs, watch: Option<bool>) -> Box<dyn Render> {
     let stderr_tty = std::io::stderr().is_terminal();
     let color = color_enabled(cli.color, std::io::stdout().is_terminal());
     let mut terminal = Terminal::new(
-        std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+        std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout()),
         std::io::stderr(),
         args.output,
         args.explain,

@@ -200,7 +200,15 @@ pub async fn run(
         return Exit::SpawnFailed(format!("{program} exited before it could be supervised"));
     };
 
-    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into());
+    let reader: std::os::fd::OwnedFd = reader.into();
+    // A 1 MiB pipe (Linux) lets a chatty step write ahead of us.
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_SETPIPE_SZ on a pipe we own; failure just keeps the default size.
+        unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    }
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader);
     let pump = tokio::spawn(pump_output(reader, out.clone()));
 
     let exit = tokio::select! {
@@ -226,7 +234,9 @@ pub async fn run(
 
 async fn pump_output(reader: std::io::Result<tokio::net::unix::pipe::Receiver>, out: OutputSink) {
     let Ok(mut reader) = reader else { return };
-    let mut buf = vec![0u8; 64 * 1024];
+    // Large reads keep the per-chunk costs (an event, a wakeup) small next
+    // to the bytes moved for output-heavy steps.
+    let mut buf = vec![0u8; 256 * 1024];
     loop {
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return,

@@ -145,29 +145,40 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
         }
     }
 
+    /// Output of a step: complete lines are printed now, a trailing partial
+    /// line waits for the rest. One lookup and one tail update per chunk, not
+    /// per line: output-heavy steps print millions of lines.
     fn output(&mut self, step: &str, data: &[u8]) {
+        if self.mode == OutputMode::Prefixed {
+            self.clear_status();
+        }
         let Some(view) = self.steps.get_mut(step) else {
             return;
         };
         if self.mode == OutputMode::Grouped {
             view.grouped.extend_from_slice(data);
         }
-        let mut pending = std::mem::take(&mut view.partial);
-        pending.extend_from_slice(data);
-        let mut start = 0;
-        while let Some(nl) = pending[start..].iter().position(|&b| b == b'\n') {
-            let line = &pending[start..start + nl];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if self.mode == OutputMode::Prefixed {
-                self.clear_status();
-                self.write_line(step, line);
+        let Some(last_newline) = memchr::memrchr(b'\n', data) else {
+            view.partial.extend_from_slice(data);
+            return;
+        };
+        let mut block = std::mem::take(&mut view.partial);
+        block.extend_from_slice(&data[..=last_newline]);
+        view.partial.extend_from_slice(&data[last_newline + 1..]);
+        let keep = &block[block.len().saturating_sub(TAIL_BYTES)..];
+        view.tail.extend(keep);
+        let excess = view.tail.len().saturating_sub(TAIL_BYTES);
+        view.tail.drain(..excess);
+        if self.mode == OutputMode::Prefixed {
+            let mut start = 0;
+            for newline in memchr::memchr_iter(b'\n', &block) {
+                let line = &block[start..newline];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let _ = self.out.write_all(&view.prefix);
+                let _ = self.out.write_all(line);
+                let _ = self.out.write_all(b"\n");
+                start = newline + 1;
             }
-            self.remember(step, line);
-            start += nl + 1;
-        }
-        pending.drain(..start);
-        if let Some(view) = self.steps.get_mut(step) {
-            view.partial = pending;
         }
     }
 
