@@ -164,7 +164,7 @@ fn host(cli: &Cli, args: &ExecArgs, watch: Option<bool>) -> Box<dyn Render> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the async runtime", e))

@@ -272,7 +272,14 @@ pub fn record(
 ) -> StepRecord {
     let env: BTreeMap<String, String> = env
         .iter()
-        .filter(|(k, _)| k != "PIPER_BUILD")
+        // Piper's own variables say nothing about the work (and PIPER_BUILD
+        // changes every run).
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "PIPER" | "PIPER_STEP" | "PIPER_BUILD" | "PIPER_ROOT"
+            )
+        })
         .map(|(k, v)| (k.clone(), hash_hex(v.as_bytes())))
         .collect();
     let mut record = StepRecord {

@@ -125,11 +125,12 @@ impl State {
 
     /// Folds the log into state.json (atomically) and removes the log.
     pub fn compact(root: &Path) -> std::io::Result<()> {
-        let state = State::load(root);
         let dir = Self::dir(root);
-        if state.steps.is_empty() && !dir.join("state.log").exists() {
+        // Nothing ran since the last fold (a no-op build): nothing to write.
+        if !dir.join("state.log").exists() {
             return Ok(());
         }
+        let state = State::load(root);
         std::fs::create_dir_all(&dir)?;
         let file = StateFile {
             version: STATE_VERSION,
