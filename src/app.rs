@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
     CleanArgs, Cli, ColorChoice, Command, ExecArgs, ExplainArgs, GraphArgs, GraphFormat, ListArgs,
-    WatchArgs,
+    RemoteCommand, WatchArgs,
 };
 use crate::error::{EXIT_INTERNAL, Error, Result};
 use crate::executor::{self, Force, Options};
@@ -87,6 +87,57 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Clean(args) => clean(&cli, args),
         Command::Explain(args) => explain(&cli, args),
         Command::Watch(args) => watch(&cli, args),
+        Command::Submit {
+            remote,
+            pipeline,
+            repo,
+            git_ref,
+            env,
+            follow,
+        } => crate::client::run(
+            remote,
+            &RemoteCommand::Submit {
+                pipeline: pipeline.clone(),
+                repo: repo.clone(),
+                git_ref: git_ref.clone(),
+                env: env.clone(),
+                follow: *follow,
+            },
+        ),
+        Command::Builds {
+            remote,
+            repo,
+            status,
+            pipeline,
+            limit,
+        } => crate::client::run(
+            remote,
+            &RemoteCommand::Builds {
+                repo: repo.clone(),
+                status: status.clone(),
+                pipeline: pipeline.clone(),
+                limit: *limit,
+            },
+        ),
+        Command::Show { remote, build } => {
+            crate::client::run(remote, &RemoteCommand::Show { build: *build })
+        }
+        Command::Logs {
+            remote,
+            build,
+            step,
+            follow,
+        } => crate::client::run(
+            remote,
+            &RemoteCommand::Logs {
+                build: *build,
+                step: step.clone(),
+                follow: *follow,
+            },
+        ),
+        Command::Cancel { remote, build } => {
+            crate::client::run(remote, &RemoteCommand::Cancel { build: *build })
+        }
         Command::Init => init(&start_dir(&cli)?),
         Command::Meta { dir } => meta(&start_dir(&cli)?.join(dir)),
     }

@@ -30,12 +30,12 @@ Exit status: 0 success; the failing step's exit code; 124 a step timed out;
 #[derive(Debug, Parser)]
 #[command(name = "piper", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Use this config file instead of searching for piper.lua
-    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    /// Use this config file instead of searching for piper.lua (before the command)
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
 
-    /// Run as if started in DIR (piper.lua is searched from there upwards)
-    #[arg(short = 'C', long = "directory", global = true, value_name = "DIR")]
+    /// Run as if started in DIR: piper.lua is searched from there upwards (before the command)
+    #[arg(short = 'C', long = "directory", value_name = "DIR")]
     pub directory: Option<PathBuf>,
 
     /// When to use colours [NO_COLOR in the environment means never]
@@ -72,6 +72,65 @@ pub enum Command {
         /// Shell to complete for
         #[arg(value_enum)]
         shell: Shell,
+    },
+    /// Submit a build to piperd (the build agent)
+    Submit {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Pipeline to run
+        pipeline: String,
+        /// Repository: a path or any URL git can fetch [default: this project's root]
+        #[arg(long)]
+        repo: Option<String>,
+        /// Branch, tag or commit
+        #[arg(long = "ref", default_value = "HEAD", value_name = "REF")]
+        git_ref: String,
+        /// Set a variable for every step (repeatable)
+        #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Stream the build's log and exit with its status
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// List builds on piperd, newest first
+    Builds {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Only this repository
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only this status (queued, running, success, failed, canceled, lost)
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this pipeline
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// At most this many
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Show a build on piperd with its steps
+    Show {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        build: i64,
+    },
+    /// Print a build's log (or one step's) from piperd
+    Logs {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        build: i64,
+        /// Only this step's output
+        step: Option<String>,
+        /// Keep printing until the build ends
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Cancel a build on piperd
+    Cancel {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        build: i64,
     },
     /// Forget what ran: remove the build state in .piper/ (and outputs with --outputs)
     Clean(CleanArgs),
@@ -143,6 +202,55 @@ pub struct ExecArgs {
     /// Set a variable for every step, overriding piper.lua (repeatable)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+}
+
+/// Where piperd is, for the remote commands.
+#[derive(Debug, Clone, Args)]
+pub struct RemoteArgs {
+    /// piperd's address
+    #[arg(
+        long,
+        env = "PIPER_SERVER",
+        default_value = "http://127.0.0.1:7117",
+        value_name = "URL"
+    )]
+    pub server: String,
+
+    /// API token [default: read from piperd's data directory on this machine]
+    #[arg(long, env = "PIPER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A remote command without its connection settings.
+pub enum RemoteCommand {
+    Submit {
+        pipeline: String,
+        repo: Option<String>,
+        git_ref: String,
+        env: Vec<String>,
+        follow: bool,
+    },
+    Builds {
+        repo: Option<String>,
+        status: Option<String>,
+        pipeline: Option<String>,
+        limit: u32,
+    },
+    Show {
+        build: i64,
+    },
+    Logs {
+        build: i64,
+        step: Option<String>,
+        follow: bool,
+    },
+    Cancel {
+        build: i64,
+    },
 }
 
 #[derive(Debug, Args)]

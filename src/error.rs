@@ -98,12 +98,14 @@ pub enum Error {
         context: String,
         source: std::io::Error,
     },
+    /// piperd could not be reached, or refused a request.
+    Remote { message: String },
 }
 
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Io { .. } => EXIT_INTERNAL,
+            Error::Io { .. } | Error::Remote { .. } => EXIT_INTERNAL,
             _ => EXIT_CONFIG,
         }
     }
@@ -240,6 +242,7 @@ impl fmt::Display for Error {
             Error::BadEnvOverride { value } => write!(f, "--env expects KEY=VALUE, got `{value}`"),
             Error::Setting { name, message } => write!(f, "{name}: {message}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Remote { message } => write!(f, "{message}"),
         }
     }
 }

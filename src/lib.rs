@@ -8,8 +8,10 @@
 //! `event::Event`s → a host (`render::Terminal`, `render::JsonLines`, …)
 //! consumes them.
 
+pub mod agent;
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod duration;
 pub mod error;
 pub mod event;

@@ -247,3 +247,14 @@ pub fn read_pid(path: &Path) -> i32 {
         .parse()
         .unwrap()
 }
+
+/// A number no other call in this test process returns (for database names).
+pub fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    u64::from(nanos) * 1000 + NEXT.fetch_add(1, Ordering::SeqCst)
+}

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod agent;
 mod bench_gen;
 mod chaining;
 mod cli;
@@ -12,5 +13,6 @@ mod examples;
 mod exec;
 mod incremental;
 mod lua_api;
+mod store;
 mod supervision;
 mod watch;

@@ -1,0 +1,365 @@
+//! piperd's HTTP API under `/api/v1` (documented in docs/daemon.md). One API
+//! for the CLI, scripts and the web UI. Mutating calls need the bearer
+//! token; bad requests get a JSON error naming the field and change nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::store::{BuildFilter, BuildState, NewBuild};
+use super::worker::Agent;
+
+/// Largest request body accepted (bigger: 413).
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Most bytes one log read returns; ask again from `x-piper-next-offset`.
+pub const LOG_READ_LIMIT: i64 = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub agent: Arc<Agent>,
+    pub token: Arc<String>,
+}
+
+/// An error as the client sees it: a status and a JSON body naming the
+/// problem (and the field, when one is to blame). Internal errors are
+/// logged, never sent.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn bad(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: what.into(),
+            field: None,
+        }
+    }
+
+    fn internal(error: impl std::fmt::Display) -> ApiError {
+        tracing::error!("internal error: {error}");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "internal error (see the agent's log)".into(),
+            field: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(field) = self.field {
+            body["field"] = json!(field);
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/builds", get(list_builds).post(submit))
+        .route("/api/v1/builds/{id}", get(show_build))
+        .route("/api/v1/builds/{id}/log", get(read_log))
+        .route("/api/v1/builds/{id}/cancel", post(cancel))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let unauthorized = |message: &str| ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        message: message.into(),
+        field: None,
+    };
+    match given {
+        None => Err(unauthorized(
+            "this call needs `Authorization: Bearer <token>` (the token is in the agent's data directory)",
+        )),
+        // Compare without an early exit, so timing says nothing about the token.
+        Some(token)
+            if token.len() == state.token.len()
+                && token
+                    .bytes()
+                    .zip(state.token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0 =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(unauthorized("the token is not valid")),
+    }
+}
+
+async fn health(State(state): State<ApiState>) -> axum::Json<Value> {
+    axum::Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "agent": state.agent.name,
+        "database": state.agent.store.backend_name(),
+    }))
+}
+
+fn parse_id(text: &str) -> ApiResult<i64> {
+    text.parse()
+        .map_err(|_| ApiError::bad("id", format!("build id must be a number, got `{text}`")))
+}
+
+/// `POST /api/v1/builds`: `{repo, pipeline, ref?, env?, requested_by?}`.
+async fn submit(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers)?;
+    let body = body.map_err(|e| ApiError {
+        status: e.status(),
+        message: e.body_text(),
+        field: None,
+    })?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("body", format!("malformed JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(ApiError::bad("body", "expected a JSON object"));
+    };
+    const KNOWN: &[&str] = &["repo", "pipeline", "ref", "env", "requested_by"];
+    if let Some(unknown) = fields.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::bad(
+            unknown,
+            format!("unknown field `{unknown}`; known: {}", KNOWN.join(", ")),
+        ));
+    }
+    let string = |name: &str, required: bool| -> ApiResult<Option<String>> {
+        match fields.get(name) {
+            None | Some(Value::Null) if required => {
+                Err(ApiError::bad(name, format!("missing field `{name}`")))
+            }
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                Err(ApiError::bad(name, format!("`{name}` is empty")))
+            }
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::bad(name, format!("`{name}` must be a string"))),
+        }
+    };
+    let repo = string("repo", true)?.unwrap_or_default();
+    let pipeline = string("pipeline", true)?.unwrap_or_default();
+    let git_ref = string("ref", false)?.unwrap_or_else(|| "HEAD".into());
+    let requested_by = string("requested_by", false)?.unwrap_or_else(|| "api".into());
+    let mut env = BTreeMap::new();
+    match fields.get("env") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(vars)) => {
+            for (k, v) in vars {
+                let Value::String(v) = v else {
+                    return Err(ApiError::bad(
+                        &format!("env.{k}"),
+                        format!("`env.{k}` must be a string"),
+                    ));
+                };
+                env.insert(k.clone(), v.clone());
+            }
+        }
+        Some(_) => return Err(ApiError::bad("env", "`env` must be an object of strings")),
+    }
+    let new = NewBuild {
+        repo,
+        git_ref,
+        pipeline,
+        env,
+        requested_by,
+        parent_id: None,
+    };
+    let build = state
+        .agent
+        .store
+        .create_build(&new, BuildState::Queued)
+        .await
+        .map_err(ApiError::internal)?;
+    state.agent.wake.notify_one();
+    Ok((StatusCode::CREATED, axum::Json(build)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    repo: Option<String>,
+    status: Option<String>,
+    pipeline: Option<String>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/builds?repo&status&pipeline&before&limit`, newest first.
+async fn list_builds(
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::Json<Value>> {
+    let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let status = match &query.status {
+        None => None,
+        Some(s) => Some(BuildState::parse(s).ok_or_else(|| {
+            ApiError::bad(
+                "status",
+                format!(
+                    "unknown status `{s}`; one of queued, running, success, failed, canceled, lost"
+                ),
+            )
+        })?),
+    };
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad("limit", "`limit` must be from 1 to 500"));
+    }
+    let filter = BuildFilter {
+        repo: query.repo,
+        status,
+        pipeline: query.pipeline,
+        before: query.before,
+        limit,
+    };
+    let builds = state
+        .agent
+        .store
+        .list_builds(&filter)
+        .await
+        .map_err(ApiError::internal)?;
+    let next = if builds.len() as i64 == limit {
+        builds.last().map(|b| b.id)
+    } else {
+        None
+    };
+    Ok(axum::Json(json!({ "builds": builds, "next_before": next })))
+}
+
+/// `GET /api/v1/builds/{id}`: the build and its steps.
+async fn show_build(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    let id = parse_id(&id)?;
+    let build = state
+        .agent
+        .store
+        .get_build(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+    let steps = state
+        .agent
+        .store
+        .steps(id)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut value = serde_json::to_value(build).map_err(ApiError::internal)?;
+    value["steps"] = serde_json::to_value(steps).map_err(ApiError::internal)?;
+    Ok(axum::Json(value))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    offset: Option<i64>,
+    step: Option<String>,
+}
+
+/// `GET /api/v1/builds/{id}/log?offset=N&step=NAME`: raw bytes from the
+/// offset; `x-piper-next-offset` says where to continue, and
+/// `x-piper-build-status` whether more can come.
+async fn read_log(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let Query(query) = query.map_err(|e| ApiError::bad("offset", e.body_text()))?;
+    let offset = query.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::bad("offset", "`offset` must not be negative"));
+    }
+    let build = state
+        .agent
+        .store
+        .get_build(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+    let slice = state
+        .agent
+        .store
+        .read_log(id, query.step.as_deref(), offset, LOG_READ_LIMIT)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut response = (StatusCode::OK, slice.data).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert("x-piper-next-offset", HeaderValue::from(slice.next_offset));
+    headers.insert(
+        "x-piper-build-status",
+        HeaderValue::from_static(build.status.as_str()),
+    );
+    Ok(response)
+}
+
+/// `POST /api/v1/builds/{id}/cancel`.
+async fn cancel(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers)?;
+    let id = parse_id(&id)?;
+    let store = &state.agent.store;
+    let build = store
+        .get_build(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+    match build.status {
+        BuildState::Queued => store
+            .finish_build(id, BuildState::Canceled, Some("canceled before it started"))
+            .await
+            .map_err(ApiError::internal)?,
+        // Cancels it when it runs here; another agent's build cannot be.
+        BuildState::Running if !state.agent.cancel(id) => {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                message: format!(
+                    "build {id} runs on agent {}",
+                    build.agent.unwrap_or_default()
+                ),
+                field: None,
+            });
+        }
+        _ => {}
+    }
+    let build = store.get_build(id).await.map_err(ApiError::internal)?;
+    Ok((StatusCode::ACCEPTED, axum::Json(build)).into_response())
+}

@@ -1,0 +1,541 @@
+//! Where piperd keeps builds, steps and logs: embedded SQLite by default,
+//! PostgreSQL when several agents share one database.
+//!
+//! One `Store` with a backend per database, rather than two copies of every
+//! method: the queries are the same text on both (runtime queries, `$N`
+//! parameters in increasing order, which SQLite reads as named parameters),
+//! and `on_backend!` instantiates each method body once per backend. SQL
+//! that differs lives in per-backend constants, and each backend has its own
+//! migrations (`migrations/sqlite`, `migrations/postgres`), applied at start.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use serde::Serialize;
+use sqlx::Row;
+
+// Every SQL string below is assembled from constants in this file; values
+// always travel as bind parameters. That is what `AssertSqlSafe` asserts.
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+pub type StoreResult<T> = Result<T, sqlx::Error>;
+
+const SQLITE_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/sqlite/0001_builds.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/postgres/0001_builds.sql"))];
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool: one text, two
+/// instantiations.
+macro_rules! on_backend {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildState {
+    Queued,
+    Running,
+    Success,
+    Failed,
+    Canceled,
+    /// Left running by an agent that died.
+    Lost,
+}
+
+impl BuildState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Queued => "queued",
+            BuildState::Running => "running",
+            BuildState::Success => "success",
+            BuildState::Failed => "failed",
+            BuildState::Canceled => "canceled",
+            BuildState::Lost => "lost",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<BuildState> {
+        Some(match text {
+            "queued" => BuildState::Queued,
+            "running" => BuildState::Running,
+            "success" => BuildState::Success,
+            "failed" => BuildState::Failed,
+            "canceled" => BuildState::Canceled,
+            "lost" => BuildState::Lost,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, BuildState::Queued | BuildState::Running)
+    }
+}
+
+/// A build request, as submitted.
+#[derive(Debug, Clone)]
+pub struct NewBuild {
+    pub repo: String,
+    pub git_ref: String,
+    pub pipeline: String,
+    pub env: BTreeMap<String, String>,
+    pub requested_by: String,
+    pub parent_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Build {
+    pub id: i64,
+    /// Per repository: 1, 2, 3, ...
+    pub number: i64,
+    pub repo: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub sha: Option<String>,
+    pub version: Option<String>,
+    pub pipeline: String,
+    pub status: BuildState,
+    pub env: BTreeMap<String, String>,
+    pub requested_by: String,
+    /// Unix milliseconds.
+    pub requested_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub agent: Option<String>,
+    pub parent_id: Option<i64>,
+    /// Why the build failed before or outside its steps (checkout, config).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredStep {
+    pub name: String,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BuildFilter {
+    pub repo: Option<String>,
+    pub status: Option<BuildState>,
+    pub pipeline: Option<String>,
+    /// Only builds with a smaller id (pagination cursor).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// A piece of log read back: the bytes from the requested offset, and the
+/// offset to ask for next.
+#[derive(Debug, Clone)]
+pub struct LogSlice {
+    pub data: Vec<u8>,
+    pub next_offset: i64,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+const BUILD_COLUMNS: &str = "id, number, repo, git_ref, sha, version, pipeline, status, env, requested_by, \
+     requested_at, started_at, finished_at, agent, parent_id, error";
+
+fn build_from_row<R: Row>(row: &R) -> StoreResult<Build>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let status: String = row.try_get("status")?;
+    let env: String = row.try_get("env")?;
+    Ok(Build {
+        id: row.try_get("id")?,
+        number: row.try_get("number")?,
+        repo: row.try_get("repo")?,
+        git_ref: row.try_get("git_ref")?,
+        sha: row.try_get("sha")?,
+        version: row.try_get("version")?,
+        pipeline: row.try_get("pipeline")?,
+        status: BuildState::parse(&status).unwrap_or(BuildState::Lost),
+        env: serde_json::from_str(&env).unwrap_or_default(),
+        requested_by: row.try_get("requested_by")?,
+        requested_at: row.try_get("requested_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        agent: row.try_get("agent")?,
+        parent_id: row.try_get("parent_id")?,
+        error: row.try_get("error")?,
+    })
+}
+
+impl Store {
+    /// Opens the database at `url` (`sqlite://path` or `postgres://...`),
+    /// creating a SQLite file if missing, and applies pending migrations.
+    pub async fn open(url: &str) -> StoreResult<Store> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(PgPoolOptions::new().max_connections(8).connect(url).await?)
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(std::time::Duration::from_secs(10));
+            Backend::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options)
+                    .await?,
+            )
+        } else {
+            return Err(sqlx::Error::Configuration(
+                format!("unsupported database URL `{url}`: use sqlite://PATH or postgres://...")
+                    .into(),
+            ));
+        };
+        let store = Store { backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let migrations = match self.backend {
+            Backend::Sqlite(_) => SQLITE_MIGRATIONS,
+            Backend::Postgres(_) => POSTGRES_MIGRATIONS,
+        };
+        on_backend!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if let Backend::Postgres(_) = self.backend {
+                // Agents sharing a database may start together.
+                sqlx::query("SELECT pg_advisory_xact_lock(7117001)").execute(&mut *tx).await?;
+            }
+            sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+                .execute(&mut *tx)
+                .await?;
+            for (version, sql) in migrations {
+                let applied = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if applied.is_none() {
+                    sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+                    sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+                        .bind(*version)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await
+        })
+    }
+
+    /// Records a new queued build with the next number of its repository.
+    pub async fn create_build(&self, new: &NewBuild, state: BuildState) -> StoreResult<Build> {
+        let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
+        // Two agents may number the same repository at once: the UNIQUE
+        // constraint makes one of them retry.
+        for _ in 0..5 {
+            let sql = format!(
+                "INSERT INTO builds (number, repo, git_ref, pipeline, status, env, requested_by, requested_at, parent_id) \
+                 VALUES ((SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE repo = $1), $1, $2, $3, $4, $5, $6, $7, $8) \
+                 RETURNING {BUILD_COLUMNS}"
+            );
+            let result = on_backend!(self, pool => {
+                sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(&new.repo)
+                    .bind(&new.git_ref)
+                    .bind(&new.pipeline)
+                    .bind(state.as_str())
+                    .bind(&env)
+                    .bind(&new.requested_by)
+                    .bind(now_ms())
+                    .bind(new.parent_id)
+                    .fetch_one(pool)
+                    .await
+                    .and_then(|row| build_from_row(&row))
+            });
+            match result {
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => continue,
+                other => return other,
+            }
+        }
+        Err(sqlx::Error::Protocol(
+            "could not number the build: too much contention".into(),
+        ))
+    }
+
+    pub async fn get_build(&self, id: i64) -> StoreResult<Option<Build>> {
+        let sql = format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1");
+        on_backend!(self, pool => {
+            match sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await? {
+                Some(row) => Ok(Some(build_from_row(&row)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Newest first.
+    pub async fn list_builds(&self, filter: &BuildFilter) -> StoreResult<Vec<Build>> {
+        // NULL filters match everything; parameters appear in order.
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS} FROM builds \
+             WHERE ($1 IS NULL OR repo = $1) AND ($2 IS NULL OR status = $2) \
+             AND ($3 IS NULL OR pipeline = $3) AND ($4 IS NULL OR id < $4) \
+             ORDER BY id DESC LIMIT $5"
+        );
+        let sql = match self.backend {
+            // PostgreSQL needs the types of parameters compared with NULL.
+            Backend::Postgres(_) => sql
+                .replace("$1 IS NULL", "$1::TEXT IS NULL")
+                .replace("$2 IS NULL", "$2::TEXT IS NULL")
+                .replace("$3 IS NULL", "$3::TEXT IS NULL")
+                .replace("$4 IS NULL", "$4::BIGINT IS NULL"),
+            Backend::Sqlite(_) => sql,
+        };
+        on_backend!(self, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(filter.repo.as_deref())
+                .bind(filter.status.map(|s| s.as_str()))
+                .bind(filter.pipeline.as_deref())
+                .bind(filter.before)
+                .bind(filter.limit)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(build_from_row).collect()
+        })
+    }
+
+    /// Takes the oldest queued build for `agent`, marking it running.
+    pub async fn claim_next(&self, agent: &str) -> StoreResult<Option<Build>> {
+        let pick = match self.backend {
+            Backend::Sqlite(_) => {
+                "SELECT id FROM builds WHERE status = 'queued' ORDER BY id LIMIT 1"
+            }
+            // Several agents: each claims a different build.
+            Backend::Postgres(_) => {
+                "SELECT id FROM builds WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+            }
+        };
+        let sql = format!(
+            "UPDATE builds SET status = 'running', agent = $1, started_at = $2 \
+             WHERE id = ({pick}) AND status = 'queued' RETURNING {BUILD_COLUMNS}"
+        );
+        on_backend!(self, pool => {
+            match sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(agent).bind(now_ms()).fetch_optional(pool).await? {
+                Some(row) => Ok(Some(build_from_row(&row)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    pub async fn set_revision(&self, id: i64, sha: &str, version: Option<&str>) -> StoreResult<()> {
+        on_backend!(self, pool => {
+            sqlx::query("UPDATE builds SET sha = $1, version = $2 WHERE id = $3")
+                .bind(sha)
+                .bind(version)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    /// Ends a build, unless it already ended (a cancel may race the finish).
+    pub async fn finish_build(
+        &self,
+        id: i64,
+        state: BuildState,
+        error: Option<&str>,
+    ) -> StoreResult<()> {
+        on_backend!(self, pool => {
+            sqlx::query(
+                "UPDATE builds SET status = $1, error = COALESCE($2, error), finished_at = $3 \
+                 WHERE id = $4 AND status IN ('queued', 'running')",
+            )
+            .bind(state.as_str())
+            .bind(error)
+            .bind(now_ms())
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+    }
+
+    /// Builds an agent left running when it died: marked lost. Returns how many.
+    pub async fn mark_lost(&self, agent: &str) -> StoreResult<u64> {
+        on_backend!(self, pool => {
+            sqlx::query(
+                "UPDATE builds SET status = 'lost', finished_at = $1, \
+                 error = 'the agent running it stopped before it finished' \
+                 WHERE status = 'running' AND agent = $2",
+            )
+            .bind(now_ms())
+            .bind(agent)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+        })
+    }
+
+    pub async fn upsert_step(
+        &self,
+        build_id: i64,
+        position: i64,
+        step: &StoredStep,
+    ) -> StoreResult<()> {
+        on_backend!(self, pool => {
+            sqlx::query(
+                "INSERT INTO steps (build_id, name, position, status, exit_code, started_at, finished_at, message) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (build_id, name) DO UPDATE SET status = excluded.status, \
+                 exit_code = excluded.exit_code, started_at = COALESCE(excluded.started_at, steps.started_at), \
+                 finished_at = excluded.finished_at, message = excluded.message",
+            )
+            .bind(build_id)
+            .bind(&step.name)
+            .bind(position)
+            .bind(&step.status)
+            .bind(step.exit_code)
+            .bind(step.started_at)
+            .bind(step.finished_at)
+            .bind(&step.message)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+    }
+
+    pub async fn steps(&self, build_id: i64) -> StoreResult<Vec<StoredStep>> {
+        on_backend!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT name, status, exit_code, started_at, finished_at, message FROM steps \
+                 WHERE build_id = $1 ORDER BY position",
+            )
+            .bind(build_id)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(StoredStep {
+                        name: row.try_get("name")?,
+                        status: row.try_get("status")?,
+                        exit_code: row.try_get("exit_code")?,
+                        started_at: row.try_get("started_at")?,
+                        finished_at: row.try_get("finished_at")?,
+                        message: row.try_get("message")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Appends a chunk. The writer of a build (its agent) keeps the counters:
+    /// `seq` orders chunks, the offsets are where the chunk starts in the
+    /// build's log and in its step's log.
+    pub async fn append_log(
+        &self,
+        build_id: i64,
+        seq: i64,
+        step: &str,
+        build_offset: i64,
+        step_offset: i64,
+        data: &[u8],
+    ) -> StoreResult<()> {
+        on_backend!(self, pool => {
+            sqlx::query(
+                "INSERT INTO log_chunks (build_id, seq, step, build_offset, step_offset, data) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(build_id)
+            .bind(seq)
+            .bind(step)
+            .bind(build_offset)
+            .bind(step_offset)
+            .bind(data)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+    }
+
+    /// Up to about `limit` bytes of a build's log (or of one step's) from
+    /// `offset`.
+    pub async fn read_log(
+        &self,
+        build_id: i64,
+        step: Option<&str>,
+        offset: i64,
+        limit: i64,
+    ) -> StoreResult<LogSlice> {
+        let (column, sql) = match step {
+            None => (
+                "build_offset",
+                "SELECT build_offset AS start, data FROM log_chunks WHERE build_id = $1 \
+                 AND build_offset + LENGTH(data) > $2 ORDER BY seq LIMIT 64",
+            ),
+            Some(_) => (
+                "step_offset",
+                "SELECT step_offset AS start, data FROM log_chunks WHERE build_id = $1 \
+                 AND step_offset + LENGTH(data) > $2 AND step = $3 ORDER BY seq LIMIT 64",
+            ),
+        };
+        let _ = column;
+        let rows: Vec<(i64, Vec<u8>)> = on_backend!(self, pool => {
+            let mut query = sqlx::query(sql).bind(build_id).bind(offset);
+            if let Some(step) = step {
+                query = query.bind(step);
+            }
+            let rows = query.fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get::<i64, _>("start")?, row.try_get::<Vec<u8>, _>("data")?)))
+                .collect::<StoreResult<Vec<_>>>()?
+        });
+        let mut data = Vec::new();
+        let mut next = offset;
+        for (start, chunk) in rows {
+            let skip = (next - start).max(0) as usize;
+            if start > next || skip > chunk.len() {
+                break; // a gap would mean a missing chunk: stop at what is contiguous
+            }
+            data.extend_from_slice(&chunk[skip..]);
+            next = start + chunk.len() as i64;
+            if data.len() as i64 >= limit {
+                break;
+            }
+        }
+        Ok(LogSlice {
+            data,
+            next_offset: next,
+        })
+    }
+}

@@ -1,0 +1,327 @@
+//! The CLI's remote commands: a thin client of piperd's HTTP API (the same
+//! API the web UI and scripts use). `--follow` streams the build log and
+//! exits with the build's status, like a local run.
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::cli::{RemoteArgs, RemoteCommand};
+use crate::error::{EXIT_INTERRUPTED, Error, Result};
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+fn remote_error(message: impl Into<String>) -> Error {
+    Error::Remote {
+        message: message.into(),
+    }
+}
+
+impl Client {
+    fn new(args: &RemoteArgs) -> Client {
+        let base = args.server.trim_end_matches('/').to_string();
+        // Same machine as the agent: its token file is readable.
+        let token = args.token.clone().or_else(|| {
+            std::fs::read_to_string(crate::agent::default_data_dir().join("token"))
+                .ok()
+                .map(|t| t.trim().to_string())
+        });
+        Client {
+            http: reqwest::Client::new(),
+            base,
+            token,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| remote_error(format!("cannot reach piperd at {}: {e}", self.base)))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let message = body["error"].as_str().unwrap_or("no details").to_string();
+        Err(remote_error(format!("piperd answered {status}: {message}")))
+    }
+
+    async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+        self.send(request)
+            .await?
+            .json()
+            .await
+            .map_err(|e| remote_error(format!("unreadable answer: {e}")))
+    }
+}
+
+pub fn run(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the async runtime", e))?;
+    runtime.block_on(run_async(args, command))
+}
+
+async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
+    let client = Client::new(args);
+    let mut out = std::io::stdout();
+    match command {
+        RemoteCommand::Submit {
+            pipeline,
+            repo,
+            git_ref,
+            env,
+            follow,
+        } => {
+            let repo = match repo {
+                Some(repo) => repo.clone(),
+                None => {
+                    let cwd = std::env::current_dir()
+                        .map_err(|e| Error::io("cannot read the current directory", e))?;
+                    crate::project::Project::locate(&cwd, None)?
+                        .root
+                        .to_string_lossy()
+                        .into_owned()
+                }
+            };
+            let mut vars = serde_json::Map::new();
+            for kv in env {
+                let Some((k, v)) = kv.split_once('=') else {
+                    return Err(Error::BadEnvOverride { value: kv.clone() });
+                };
+                vars.insert(k.to_string(), json!(v));
+            }
+            let user = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+            let body = json!({ "repo": repo, "pipeline": pipeline, "ref": git_ref, "env": vars, "requested_by": user });
+            let build = client
+                .json(client.http.post(client.url("/builds")).json(&body))
+                .await?;
+            let id = build["id"].as_i64().unwrap_or(0);
+            if args.json && !follow {
+                let _ = writeln!(out, "{build}");
+                return Ok(0);
+            }
+            eprintln!(
+                "submitted build {id} ({} #{})",
+                build["repo"].as_str().unwrap_or(""),
+                build["number"]
+            );
+            if *follow {
+                return follow_build(&client, id, None).await;
+            }
+            Ok(0)
+        }
+        RemoteCommand::Builds {
+            repo,
+            status,
+            pipeline,
+            limit,
+        } => {
+            let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            for (key, value) in [("repo", repo), ("status", status), ("pipeline", pipeline)] {
+                if let Some(v) = value {
+                    query.push((key, v.clone()));
+                }
+            }
+            let list = client
+                .json(client.http.get(client.url("/builds")).query(&query))
+                .await?;
+            if args.json {
+                let _ = writeln!(out, "{list}");
+                return Ok(0);
+            }
+            let _ = writeln!(
+                out,
+                "{:>5}  {:<9}  {:<12}  {:<9}  {:<10}  REPO",
+                "ID", "STATUS", "PIPELINE", "SHA", "VERSION"
+            );
+            for b in list["builds"].as_array().into_iter().flatten() {
+                let sha = b["sha"]
+                    .as_str()
+                    .map(|s| &s[..s.len().min(9)])
+                    .unwrap_or("-");
+                let _ = writeln!(
+                    out,
+                    "{:>5}  {:<9}  {:<12}  {:<9}  {:<10}  {} #{}",
+                    b["id"],
+                    b["status"].as_str().unwrap_or(""),
+                    b["pipeline"].as_str().unwrap_or(""),
+                    sha,
+                    b["version"].as_str().unwrap_or("-"),
+                    b["repo"].as_str().unwrap_or(""),
+                    b["number"]
+                );
+            }
+            Ok(0)
+        }
+        RemoteCommand::Show { build } => {
+            let b = client
+                .json(client.http.get(client.url(&format!("/builds/{build}"))))
+                .await?;
+            if args.json {
+                let _ = writeln!(out, "{b}");
+                return Ok(0);
+            }
+            let _ = writeln!(
+                out,
+                "build {}: {} #{} {}",
+                b["id"],
+                b["repo"].as_str().unwrap_or(""),
+                b["number"],
+                b["status"].as_str().unwrap_or("")
+            );
+            let _ = writeln!(
+                out,
+                "  pipeline {}  ref {}  sha {}  version {}",
+                b["pipeline"].as_str().unwrap_or(""),
+                b["ref"].as_str().unwrap_or(""),
+                b["sha"].as_str().unwrap_or("-"),
+                b["version"].as_str().unwrap_or("-")
+            );
+            if let Some(error) = b["error"].as_str() {
+                let _ = writeln!(out, "  error: {error}");
+            }
+            for s in b["steps"].as_array().into_iter().flatten() {
+                let code = s["exit_code"]
+                    .as_i64()
+                    .map(|c| format!("  exit {c}"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  {:<20} {}{code}",
+                    s["name"].as_str().unwrap_or(""),
+                    s["status"].as_str().unwrap_or("")
+                );
+            }
+            Ok(0)
+        }
+        RemoteCommand::Logs {
+            build,
+            step,
+            follow,
+        } => {
+            if *follow {
+                return follow_build(&client, *build, step.as_deref()).await;
+            }
+            let mut offset = 0i64;
+            loop {
+                let (data, next, _) = read_log(&client, *build, step.as_deref(), offset).await?;
+                if data.is_empty() {
+                    return Ok(0);
+                }
+                let _ = out.write_all(&data);
+                offset = next;
+            }
+        }
+        RemoteCommand::Cancel { build } => {
+            let b = client
+                .json(
+                    client
+                        .http
+                        .post(client.url(&format!("/builds/{build}/cancel"))),
+                )
+                .await?;
+            if args.json {
+                let _ = writeln!(out, "{b}");
+            } else {
+                eprintln!(
+                    "build {build}: {}",
+                    b["status"].as_str().unwrap_or("cancel requested")
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// One read of a log: its bytes, the next offset, and the build's status.
+async fn read_log(
+    client: &Client,
+    build: i64,
+    step: Option<&str>,
+    offset: i64,
+) -> Result<(Vec<u8>, i64, String)> {
+    let mut query = vec![("offset", offset.to_string())];
+    if let Some(step) = step {
+        query.push(("step", step.to_string()));
+    }
+    let response = client
+        .send(
+            client
+                .http
+                .get(client.url(&format!("/builds/{build}/log")))
+                .query(&query),
+        )
+        .await?;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let next = header("x-piper-next-offset")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(offset);
+    let status = header("x-piper-build-status").unwrap_or_default();
+    let data = response
+        .bytes()
+        .await
+        .map_err(|e| remote_error(format!("cannot read the log: {e}")))?;
+    Ok((data.to_vec(), next, status))
+}
+
+/// Streams the log until the build ends; exits like a local run would.
+async fn follow_build(client: &Client, build: i64, step: Option<&str>) -> Result<i32> {
+    let mut out = std::io::stdout();
+    let mut offset = 0;
+    loop {
+        let (data, next, status) = read_log(client, build, step, offset).await?;
+        if !data.is_empty() {
+            let _ = out.write_all(&data);
+            let _ = out.flush();
+            offset = next;
+            continue;
+        }
+        if !matches!(status.as_str(), "queued" | "running" | "") {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(EXIT_INTERRUPTED),
+        }
+    }
+    let b = client
+        .json(client.http.get(client.url(&format!("/builds/{build}"))))
+        .await?;
+    let status = b["status"].as_str().unwrap_or("");
+    eprintln!("build {build} {status}");
+    Ok(match status {
+        "success" => 0,
+        "canceled" => EXIT_INTERRUPTED,
+        _ => b["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["status"] == "failed")
+            .and_then(|s| s["exit_code"].as_i64())
+            .map(|c| c as i32)
+            .filter(|&c| c != 0)
+            .unwrap_or(1),
+    })
+}

@@ -1,0 +1,541 @@
+//! piperd end to end: a real agent process on a 127.0.0.1 port, real git
+//! repositories in temp dirs, real SQLite files, and a real PostgreSQL
+//! database (a fresh one per test) where `PIPER_TEST_POSTGRES_URL` is set.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{PIPER, process_gone, read_pid, unindent, wait_for_file};
+
+const PIPERD: &str = env!("CARGO_BIN_EXE_piperd");
+
+/// A running piperd with its own data directory.
+pub struct Daemon {
+    child: Option<Child>,
+    pub data: PathBuf,
+    pub url: String,
+    pub token: String,
+    args: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    pub fn start(database: Option<&str>) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut args = vec![
+            "--name".to_string(),
+            "test-agent".to_string(),
+            "--grace".into(),
+            "2s".into(),
+        ];
+        if let Some(db) = database {
+            args.extend(["--database".to_string(), db.to_string()]);
+        }
+        let mut daemon = Daemon {
+            child: None,
+            data,
+            url: String::new(),
+            token: String::new(),
+            args,
+            _dir: Some(dir),
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.data.join("piperd.addr"));
+        let child = Command::new(PIPERD)
+            .args(["start", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&self.data)
+            .args(&self.args)
+            .env("PIPER_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for_file(&self.data.join("piperd.addr"));
+        self.url = format!(
+            "http://{}",
+            std::fs::read_to_string(self.data.join("piperd.addr"))
+                .unwrap()
+                .trim()
+        );
+        self.token = std::fs::read_to_string(self.data.join("token"))
+            .unwrap()
+            .trim()
+            .to_string();
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill_hard();
+        self.spawn();
+    }
+
+    /// Runs `piper` against this agent.
+    pub fn piper(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(PIPER)
+            .args(args)
+            .env("PIPER_SERVER", &self.url)
+            .env("PIPER_TOKEN", &self.token)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    pub fn build(&self, id: i64) -> Value {
+        let (code, stdout, stderr) = self.piper(&["show", &id.to_string(), "--json"]);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    }
+
+    /// Polls until the build has ended (bounded, 30 s).
+    pub fn wait_finished(&self, id: i64) -> Value {
+        for _ in 0..600 {
+            let b = self.build(id);
+            if !matches!(b["status"].as_str(), Some("queued" | "running")) {
+                return b;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("build {id} never finished");
+    }
+
+    /// An HTTP request with a raw body: (status, body).
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, Vec<u8>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let client = reqwest::Client::new();
+            let url = format!("{}{path}", self.url);
+            let mut request = match method {
+                "POST" => client.post(url),
+                _ => client.get(url),
+            };
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                request = request
+                    .header("content-type", "application/json")
+                    .body(body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.bytes().await.unwrap().to_vec())
+        })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A git repository in a temp dir with `files`, committed and tagged v1.0.0.
+pub fn repo(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-q", "-m", "init"]);
+    git(dir.path(), &["tag", "v1.0.0"]);
+    dir
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+const CI: &str = r#"
+    local trigger = require "piper.trigger"
+    local hello = step "hello" { run = "echo hello from $PIPER_STEP" }
+    step "world" { run = "echo world $GREETING; exit ${FAIL:-0}", deps = { hello } }
+    pipeline "ci" { "world", on_success = trigger.pipeline "deploy" }
+    pipeline "deploy" { step "ship" { run = "echo shipping" } }
+"#;
+
+fn submit(daemon: &Daemon, repo: &Path, pipeline: &str, extra: &[&str]) -> (i32, String, String) {
+    let repo = repo.to_string_lossy().into_owned();
+    let mut args = vec!["submit", pipeline, "--repo", repo.as_str()];
+    args.extend_from_slice(extra);
+    daemon.piper(&args)
+}
+
+fn submitted_id(stderr: &str) -> i64 {
+    stderr
+        .split("submitted build ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no build id in {stderr}"))
+}
+
+/// The whole story against one database: submit and follow, a failure,
+/// chaining, the recorded revision.
+fn story(database: Option<&str>) {
+    let daemon = Daemon::start(database);
+    let repo = repo(&[("piper.lua", unindent(CI).as_bytes())]);
+    let (code, stdout, stderr) = submit(
+        &daemon,
+        repo.path(),
+        "ci",
+        &["--follow", "-e", "GREETING=there"],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("hello from hello\n") && stdout.contains("world there\n"),
+        "{stdout}"
+    );
+    let id = submitted_id(&stderr);
+    let build = daemon.wait_finished(id);
+    assert_eq!(build["status"], "success");
+    assert_eq!(build["sha"], git(repo.path(), &["rev-parse", "HEAD"]));
+    assert_eq!(build["version"], "v1.0.0");
+    assert_eq!(build["agent"], "test-agent");
+    let steps: Vec<(&str, &str)> = build["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(steps, [("hello", "success"), ("world", "success")]);
+
+    // on_success chained a linked build.
+    let (_, list, _) = daemon.piper(&["builds", "--json", "--pipeline", "deploy"]);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let deploy = &list["builds"][0];
+    assert_eq!(deploy["parent_id"], id);
+    assert_eq!(
+        daemon.wait_finished(deploy["id"].as_i64().unwrap())["status"],
+        "success"
+    );
+
+    // A failure: the follow exits with the step's code, no chaining.
+    let (code, _, stderr) = submit(&daemon, repo.path(), "ci", &["--follow", "-e", "FAIL=3"]);
+    assert_eq!(code, 3, "{stderr}");
+    let failed = daemon.wait_finished(submitted_id(&stderr));
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(
+        failed["number"], 3,
+        "per-repository numbering: ci, deploy, ci"
+    );
+    let (_, list, _) = daemon.piper(&["builds", "--json", "--status", "failed"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&list).unwrap()["builds"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn story_on_sqlite() {
+    story(None);
+}
+
+#[test]
+fn story_on_postgres() {
+    let Some(db) = postgres::Database::create() else {
+        return;
+    };
+    story(Some(&db.url));
+}
+
+#[test]
+fn logs_are_stored_byte_identical_and_readable_from_any_offset() {
+    // 10 MB of bytes that are not UTF-8, with no trailing newline.
+    let mut blob = Vec::with_capacity(10_000_000);
+    let mut x: u32 = 12345;
+    while blob.len() < 10_000_000 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        blob.push((x >> 16) as u8);
+    }
+    blob.extend_from_slice(b"\xff\xfe the end");
+    let daemon = Daemon::start(None);
+    let repo = repo(&[
+        (
+            "piper.lua",
+            b"step \"dump\" { argv = { \"cat\", \"blob.bin\" } }\n",
+        ),
+        ("blob.bin", &blob),
+    ]);
+    let (code, _, stderr) = submit(&daemon, repo.path(), "dump", &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let id = submitted_id(&stderr);
+    assert_eq!(daemon.wait_finished(id)["status"], "success");
+
+    let mut expected = b"$ cat blob.bin\n".to_vec();
+    expected.extend_from_slice(&blob);
+    let read_from = |offset: usize| {
+        let mut got = Vec::new();
+        let mut next = offset;
+        loop {
+            let (status, body) = daemon.http(
+                "GET",
+                &format!("/api/v1/builds/{id}/log?step=dump&offset={next}"),
+                None,
+                None,
+            );
+            assert_eq!(status, 200);
+            if body.is_empty() {
+                return got;
+            }
+            next += body.len();
+            got.extend_from_slice(&body);
+        }
+    };
+    assert!(
+        read_from(0) == expected,
+        "the stored log differs from what the step printed"
+    );
+    assert!(
+        read_from(4_321_987) == expected[4_321_987..],
+        "reading from an offset"
+    );
+    let (code, stdout, _) = daemon.piper(&["logs", &id.to_string(), "dump"]);
+    assert_eq!(code, 0);
+    assert_eq!(stdout.len(), String::from_utf8_lossy(&expected).len());
+}
+
+#[test]
+fn bad_requests_are_refused_with_the_field_and_change_nothing() {
+    let daemon = Daemon::start(None);
+    let t = Some(daemon.token.as_str());
+    let post = |body: &[u8], token: Option<&str>| {
+        daemon.http("POST", "/api/v1/builds", token, Some(body.to_vec()))
+    };
+    let error = |body: &[u8]| serde_json::from_slice::<Value>(body).unwrap();
+
+    let (status, body) = post(b"{not json", t);
+    assert_eq!(status, 400);
+    assert_eq!(error(&body)["field"], "body");
+    let (status, body) = post(br#"{"repo": "/x"}"#, t);
+    assert_eq!(
+        (status, error(&body)["field"].clone()),
+        (400, "pipeline".into())
+    );
+    assert_eq!(error(&body)["error"], "missing field `pipeline`");
+    let (status, body) = post(br#"{"repo": "/x", "pipeline": "ci", "env": {"A": 1}}"#, t);
+    assert_eq!(
+        (status, error(&body)["field"].clone()),
+        (400, "env.A".into())
+    );
+    let (status, body) = post(br#"{"repo": "/x", "pipeline": "ci", "branch": "main"}"#, t);
+    assert_eq!(
+        (status, error(&body)["field"].clone()),
+        (400, "branch".into())
+    );
+    let big = format!(r#"{{"repo": "/x", "pipeline": "{}"}}"#, "x".repeat(100_000));
+    assert_eq!(post(big.as_bytes(), t).0, 413);
+    assert_eq!(post(br#"{"repo": "/x", "pipeline": "ci"}"#, None).0, 401);
+    assert_eq!(
+        post(br#"{"repo": "/x", "pipeline": "ci"}"#, Some("wrong")).0,
+        401
+    );
+    assert_eq!(daemon.http("GET", "/api/v1/builds/999", None, None).0, 404);
+    assert_eq!(daemon.http("GET", "/api/v1/builds/abc", None, None).0, 400);
+    assert_eq!(
+        daemon
+            .http("GET", "/api/v1/builds?status=done", None, None)
+            .0,
+        400
+    );
+    assert_eq!(
+        daemon.http("POST", "/api/v1/builds/999/cancel", t, None).0,
+        404
+    );
+    let (_, list) = daemon.http("GET", "/api/v1/builds", None, None);
+    assert_eq!(
+        error(&list)["builds"].as_array().unwrap().len(),
+        0,
+        "a refused request stored something"
+    );
+    let (status, _) = daemon.http("GET", "/api/v1/health", None, None);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_bad_repo_ref_or_config_fails_the_build_and_the_agent_keeps_serving() {
+    let daemon = Daemon::start(None);
+    let not_a_repo = tempfile::tempdir().unwrap();
+    let (_, _, stderr) = submit(&daemon, not_a_repo.path(), "ci", &[]);
+    let b = daemon.wait_finished(submitted_id(&stderr));
+    assert_eq!(b["status"], "failed");
+    assert!(b["error"].as_str().unwrap().contains("cannot clone"), "{b}");
+
+    let good = repo(&[("piper.lua", unindent(CI).as_bytes())]);
+    let (_, _, stderr) = submit(&daemon, good.path(), "ci", &["--ref", "no-such-branch"]);
+    let b = daemon.wait_finished(submitted_id(&stderr));
+    assert_eq!(
+        b["error"].as_str().unwrap(),
+        format!(
+            "ref `no-such-branch` does not exist in {}",
+            good.path().display()
+        )
+    );
+
+    let broken = repo(&[("piper.lua", b"step \"a\" { run = \"true\"\n")]);
+    let (code, stdout, stderr) = submit(&daemon, broken.path(), "ci", &["--follow"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("piper.lua:2:"),
+        "the config error is in the log: {stdout}"
+    );
+
+    let (code, _, stderr) = submit(&daemon, good.path(), "ci", &["--follow"]);
+    assert_eq!(
+        code, 0,
+        "the agent stopped serving after bad builds: {stderr}"
+    );
+}
+
+#[test]
+fn cancel_ends_the_steps_process_group() {
+    let daemon = Daemon::start(None);
+    let marks = tempfile::tempdir().unwrap();
+    let pid_file = marks.path().join("bg.pid");
+    let repo = repo(&[(
+        "piper.lua",
+        b"step \"long\" { run = \"sleep 1000 & echo $! > $PID_FILE; wait\" }\n",
+    )]);
+    let env = format!("PID_FILE={}", pid_file.display());
+    let (_, _, stderr) = submit(&daemon, repo.path(), "long", &["-e", &env]);
+    let id = submitted_id(&stderr);
+    wait_for_file(&pid_file);
+    let (code, _, stderr) = daemon.piper(&["cancel", &id.to_string()]);
+    assert_eq!(code, 0, "{stderr}");
+    let b = daemon.wait_finished(id);
+    assert_eq!(b["status"], "canceled");
+    assert_eq!(b["steps"][0]["status"], "canceled");
+    assert!(process_gone(read_pid(&pid_file)));
+}
+
+#[test]
+fn a_build_of_an_agent_killed_mid_build_is_marked_lost_at_restart() {
+    let mut daemon = Daemon::start(None);
+    let marks = tempfile::tempdir().unwrap();
+    let pid_file = marks.path().join("bg.pid");
+    let repo = repo(&[(
+        "piper.lua",
+        b"step \"long\" { run = \"sleep 1000 & echo $! > $PID_FILE; wait\" }\n",
+    )]);
+    let env = format!("PID_FILE={}", pid_file.display());
+    let (_, _, stderr) = submit(&daemon, repo.path(), "long", &["-e", &env]);
+    let id = submitted_id(&stderr);
+    wait_for_file(&pid_file);
+    daemon.restart();
+    let b = daemon.build(id);
+    assert_eq!(b["status"], "lost", "{b}");
+    // The killed agent could not end its step's processes; do it here.
+    unsafe { libc::kill(read_pid(&pid_file), libc::SIGKILL) };
+}
+
+/// Fresh PostgreSQL databases for tests, from `PIPER_TEST_POSTGRES_URL`.
+pub mod postgres {
+    pub struct Database {
+        pub url: String,
+        admin: String,
+        name: String,
+    }
+
+    impl Database {
+        /// None (and a loud note) when the URL is not set; CI sets it.
+        pub fn create() -> Option<Database> {
+            let Ok(admin) = std::env::var("PIPER_TEST_POSTGRES_URL") else {
+                eprintln!(
+                    "SKIPPED: PIPER_TEST_POSTGRES_URL is not set; the PostgreSQL test did not run"
+                );
+                return None;
+            };
+            let name = format!(
+                "piper_test_{}_{}",
+                std::process::id(),
+                super::super::harness::unique()
+            );
+            run(&admin, &format!("CREATE DATABASE {name}"));
+            let url = match admin.rsplit_once('/') {
+                Some((base, _)) => format!("{base}/{name}"),
+                None => panic!("PIPER_TEST_POSTGRES_URL has no database part: {admin}"),
+            };
+            Some(Database { url, admin, name })
+        }
+    }
+
+    impl Drop for Database {
+        fn drop(&mut self) {
+            run(
+                &self.admin,
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            );
+        }
+    }
+
+    fn run(url: &str, sql: &str) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(url)
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        });
+    }
+}
