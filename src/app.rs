@@ -138,6 +138,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Cancel { remote, build } => {
             crate::client::run(remote, &RemoteCommand::Cancel { build: *build })
         }
+        Command::Retrigger { remote, build } => {
+            crate::client::run(remote, &RemoteCommand::Retrigger { build: *build })
+        }
+        Command::Agents { remote } => crate::client::run(remote, &RemoteCommand::Agents),
         Command::Init => init(&start_dir(&cli)?),
         Command::Meta { dir } => meta(&start_dir(&cli)?.join(dir)),
     }

@@ -132,6 +132,17 @@ pub enum Command {
         remote: RemoteArgs,
         build: i64,
     },
+    /// Run a build on piperd again: same commit, linked to the old build
+    Retrigger {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        build: i64,
+    },
+    /// List the agents sharing piperd's database
+    Agents {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
     /// Forget what ran: remove the build state in .piper/ (and outputs with --outputs)
     Clean(CleanArgs),
     /// Create a starter piper.lua in the current directory
@@ -251,6 +262,10 @@ pub enum RemoteCommand {
     Cancel {
         build: i64,
     },
+    Retrigger {
+        build: i64,
+    },
+    Agents,
 }
 
 #[derive(Debug, Args)]

@@ -246,6 +246,55 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
             }
             Ok(0)
         }
+        RemoteCommand::Retrigger { build } => {
+            let b = client
+                .json(
+                    client
+                        .http
+                        .post(client.url(&format!("/builds/{build}/retrigger"))),
+                )
+                .await?;
+            if args.json {
+                let _ = writeln!(out, "{b}");
+            } else {
+                eprintln!("submitted build {} (retrigger of build {build})", b["id"]);
+            }
+            Ok(0)
+        }
+        RemoteCommand::Agents => {
+            let list = client.json(client.http.get(client.url("/agents"))).await?;
+            if args.json {
+                let _ = writeln!(out, "{list}");
+                return Ok(0);
+            }
+            let _ = writeln!(
+                out,
+                "{:<20}  {:<7}  {:>7}  {:<22}  LABELS",
+                "NAME", "STATE", "WORKERS", "ADDRESS"
+            );
+            for a in list["agents"].as_array().into_iter().flatten() {
+                let labels: Vec<String> = a["labels"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect();
+                let state = if a["online"].as_bool() == Some(true) {
+                    "online"
+                } else {
+                    "offline"
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<20}  {state:<7}  {:>7}  {:<22}  {}",
+                    a["name"].as_str().unwrap_or(""),
+                    a["workers"],
+                    a["address"].as_str().unwrap_or(""),
+                    labels.join(",")
+                );
+            }
+            Ok(0)
+        }
     }
 }
 

@@ -31,6 +31,8 @@ impl Daemon {
             "test-agent".to_string(),
             "--grace".into(),
             "2s".into(),
+            "--labels".into(),
+            "team=ci,os=linux".into(),
         ];
         if let Some(db) = database {
             args.extend(["--database".to_string(), db.to_string()]);
@@ -480,6 +482,65 @@ fn a_build_of_an_agent_killed_mid_build_is_marked_lost_at_restart() {
     assert_eq!(b["status"], "lost", "{b}");
     // The killed agent could not end its step's processes; do it here.
     unsafe { libc::kill(read_pid(&pid_file), libc::SIGKILL) };
+}
+
+#[test]
+fn retrigger_webhook_and_agents() {
+    let daemon = Daemon::start(None);
+    let repo = repo(&[("piper.lua", unindent(CI).as_bytes())]);
+    let (_, _, stderr) = submit(&daemon, repo.path(), "ci", &["-e", "GREETING=again"]);
+    let first = daemon.wait_finished(submitted_id(&stderr));
+    // A new commit on main: a retrigger still builds the old commit.
+    std::fs::write(repo.path().join("new.txt"), "x").unwrap();
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "second"]);
+
+    let (code, _, stderr) = daemon.piper(&["retrigger", &first["id"].to_string()]);
+    assert_eq!(code, 0, "{stderr}");
+    let again = daemon.wait_finished(submitted_id(&stderr));
+    assert_eq!(
+        (again["parent_id"].clone(), again["status"].clone()),
+        (first["id"].clone(), "success".into())
+    );
+    assert_eq!(again["sha"], first["sha"]);
+    assert_eq!(again["env"]["GREETING"], "again");
+
+    let hook = format!(r#"{{"repo": "{}", "ref": "main"}}"#, repo.path().display());
+    let (status, _) = daemon.http(
+        "POST",
+        "/api/v1/webhook?pipeline=deploy",
+        None,
+        Some(hook.clone().into_bytes()),
+    );
+    assert_eq!(status, 401);
+    let (status, body) = daemon.http(
+        "POST",
+        "/api/v1/webhook?pipeline=deploy",
+        Some(&daemon.token),
+        Some(hook.into_bytes()),
+    );
+    assert_eq!(status, 201);
+    let hooked: Value = serde_json::from_slice(&body).unwrap();
+    let hooked = daemon.wait_finished(hooked["id"].as_i64().unwrap());
+    assert_eq!(
+        (hooked["pipeline"].as_str(), hooked["status"].as_str()),
+        (Some("deploy"), Some("success"))
+    );
+    assert_eq!(hooked["sha"], git(repo.path(), &["rev-parse", "main"]));
+
+    let (code, stdout, _) = daemon.piper(&["agents", "--json"]);
+    assert_eq!(code, 0);
+    let agents: Value = serde_json::from_str(&stdout).unwrap();
+    let agent = &agents["agents"][0];
+    assert_eq!(
+        (agent["name"].as_str(), agent["online"].as_bool()),
+        (Some("test-agent"), Some(true))
+    );
+    assert_eq!(agent["labels"]["team"], "ci", "{stdout}");
+    assert_eq!(
+        agent["address"].as_str().map(|a| format!("http://{a}")),
+        Some(daemon.url.clone())
+    );
 }
 
 /// Fresh PostgreSQL databases for tests, from `PIPER_TEST_POSTGRES_URL`.

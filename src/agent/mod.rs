@@ -66,9 +66,27 @@ pub struct StartArgs {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
+    /// Labels describing this agent, shown in the agent list (k=v,k=v)
+    #[arg(long, value_name = "K=V,...", value_parser = parse_labels, default_value = "")]
+    pub labels: std::collections::BTreeMap<String, String>,
+
     /// On SIGTERM, how long running builds may take to finish before they are canceled
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = crate::duration::parse)]
     pub grace: Duration,
+}
+
+fn parse_labels(
+    text: &str,
+) -> std::result::Result<std::collections::BTreeMap<String, String>, String> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => Err(format!("`{pair}` is not key=value")),
+        })
+        .collect()
 }
 
 /// The default data directory, shared with the CLI (which reads the token).
@@ -189,6 +207,32 @@ async fn serve(
         .map_err(|e| Error::io("cannot write piperd.addr", e))?;
     tracing::info!(%address, agent = %name, database = agent.store.backend_name(), "piperd listening");
 
+    agent
+        .store
+        .register_agent(
+            &name,
+            &address.to_string(),
+            i64::from(args.workers),
+            &args.labels,
+        )
+        .await
+        .map_err(|e| {
+            Error::io(
+                "cannot register the agent",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+    let heartbeat = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if let Err(e) = agent.store.heartbeat(&agent.name).await {
+                    tracing::warn!("heartbeat failed: {e}");
+                }
+            }
+        })
+    };
     let mut workers = Vec::new();
     for _ in 0..args.workers {
         workers.push(tokio::spawn(agent.clone().work()));
@@ -225,6 +269,7 @@ async fn serve(
         let _ = worker.await;
     }
     server.abort();
+    heartbeat.abort();
     Ok(())
 }
 

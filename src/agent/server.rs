@@ -84,6 +84,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/builds/{id}", get(show_build))
         .route("/api/v1/builds/{id}/log", get(read_log))
         .route("/api/v1/builds/{id}/cancel", post(cancel))
+        .route("/api/v1/builds/{id}/retrigger", post(retrigger))
+        .route("/api/v1/webhook", post(webhook))
+        .route("/api/v1/agents", get(agents))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -126,6 +129,17 @@ async fn health(State(state): State<ApiState>) -> axum::Json<Value> {
     }))
 }
 
+/// `GET /api/v1/agents`: the agents sharing this database.
+async fn agents(State(state): State<ApiState>) -> ApiResult<axum::Json<Value>> {
+    let agents = state
+        .agent
+        .store
+        .agents()
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(axum::Json(json!({ "agents": agents })))
+}
+
 fn parse_id(text: &str) -> ApiResult<i64> {
     text.parse()
         .map_err(|_| ApiError::bad("id", format!("build id must be a number, got `{text}`")))
@@ -138,6 +152,46 @@ async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers)?;
+    let new = parse_request(body, None)?;
+    queue(&state, &new).await
+}
+
+/// `POST /api/v1/webhook?pipeline=NAME`: what a git host calls on a push,
+/// `{repo, ref}` (the pipeline defaults to `ci`).
+async fn webhook(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<WebhookQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers)?;
+    let Query(query) = query.map_err(|e| ApiError::bad("pipeline", e.body_text()))?;
+    let new = parse_request(body, Some(query.pipeline.unwrap_or_else(|| "ci".into())))?;
+    queue(&state, &new).await
+}
+
+#[derive(Deserialize)]
+struct WebhookQuery {
+    pipeline: Option<String>,
+}
+
+async fn queue(state: &ApiState, new: &NewBuild) -> ApiResult<Response> {
+    let build = state
+        .agent
+        .store
+        .create_build(new, BuildState::Queued)
+        .await
+        .map_err(ApiError::internal)?;
+    state.agent.wake.notify_one();
+    Ok((StatusCode::CREATED, axum::Json(build)).into_response())
+}
+
+/// A build request from a JSON body; `pipeline` comes from the body unless
+/// given (the webhook's query).
+fn parse_request(
+    body: Result<Bytes, BytesRejection>,
+    pipeline: Option<String>,
+) -> ApiResult<NewBuild> {
     let body = body.map_err(|e| ApiError {
         status: e.status(),
         message: e.body_text(),
@@ -169,7 +223,10 @@ async fn submit(
         }
     };
     let repo = string("repo", true)?.unwrap_or_default();
-    let pipeline = string("pipeline", true)?.unwrap_or_default();
+    let pipeline = match pipeline {
+        Some(p) => p,
+        None => string("pipeline", true)?.unwrap_or_default(),
+    };
     let git_ref = string("ref", false)?.unwrap_or_else(|| "HEAD".into());
     let requested_by = string("requested_by", false)?.unwrap_or_else(|| "api".into());
     let mut env = BTreeMap::new();
@@ -188,22 +245,41 @@ async fn submit(
         }
         Some(_) => return Err(ApiError::bad("env", "`env` must be an object of strings")),
     }
-    let new = NewBuild {
+    Ok(NewBuild {
         repo,
         git_ref,
         pipeline,
         env,
         requested_by,
         parent_id: None,
-    };
-    let build = state
+    })
+}
+
+/// `POST /api/v1/builds/{id}/retrigger`: a new build of the same commit
+/// (the same ref when the old one never resolved), linked to the old one.
+async fn retrigger(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers)?;
+    let id = parse_id(&id)?;
+    let old = state
         .agent
         .store
-        .create_build(&new, BuildState::Queued)
+        .get_build(id)
         .await
-        .map_err(ApiError::internal)?;
-    state.agent.wake.notify_one();
-    Ok((StatusCode::CREATED, axum::Json(build)).into_response())
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+    let new = NewBuild {
+        git_ref: old.sha.clone().unwrap_or(old.git_ref.clone()),
+        repo: old.repo,
+        pipeline: old.pipeline,
+        env: old.env,
+        requested_by: format!("retrigger of build {id}"),
+        parent_id: Some(id),
+    };
+    queue(&state, &new).await
 }
 
 #[derive(Deserialize)]

@@ -21,10 +21,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub type StoreResult<T> = Result<T, sqlx::Error>;
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/sqlite/0001_builds.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/postgres/0001_builds.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_builds.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_agents.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_builds.sql")),
+    (2, include_str!("../../migrations/postgres/0002_agents.sql")),
+];
 
 #[derive(Clone)]
 enum Backend {
@@ -132,6 +136,19 @@ pub struct StoredStep {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentInfo {
+    pub name: String,
+    pub address: String,
+    pub workers: i64,
+    pub labels: BTreeMap<String, String>,
+    pub version: String,
+    pub started_at: i64,
+    pub last_seen: i64,
+    /// Seen within the last 30 s.
+    pub online: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -536,6 +553,67 @@ impl Store {
         Ok(LogSlice {
             data,
             next_offset: next,
+        })
+    }
+
+    /// Records this agent as started (or restarted).
+    pub async fn register_agent(
+        &self,
+        name: &str,
+        address: &str,
+        workers: i64,
+        labels: &BTreeMap<String, String>,
+    ) -> StoreResult<()> {
+        let labels = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
+        let now = now_ms();
+        on_backend!(self, pool => {
+            sqlx::query(
+                "INSERT INTO agents (name, address, workers, labels, version, started_at, last_seen) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $6) \
+                 ON CONFLICT (name) DO UPDATE SET address = excluded.address, workers = excluded.workers, \
+                 labels = excluded.labels, version = excluded.version, started_at = excluded.started_at, \
+                 last_seen = excluded.last_seen",
+            )
+            .bind(name)
+            .bind(address)
+            .bind(workers)
+            .bind(&labels)
+            .bind(env!("CARGO_PKG_VERSION"))
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+    }
+
+    pub async fn heartbeat(&self, name: &str) -> StoreResult<()> {
+        on_backend!(self, pool => {
+            sqlx::query("UPDATE agents SET last_seen = $1 WHERE name = $2").bind(now_ms()).bind(name).execute(pool).await.map(|_| ())
+        })
+    }
+
+    pub async fn agents(&self) -> StoreResult<Vec<AgentInfo>> {
+        let now = now_ms();
+        on_backend!(self, pool => {
+            let rows = sqlx::query("SELECT name, address, workers, labels, version, started_at, last_seen FROM agents ORDER BY name")
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    let labels: String = row.try_get("labels")?;
+                    let last_seen: i64 = row.try_get("last_seen")?;
+                    Ok(AgentInfo {
+                        name: row.try_get("name")?,
+                        address: row.try_get("address")?,
+                        workers: row.try_get("workers")?,
+                        labels: serde_json::from_str(&labels).unwrap_or_default(),
+                        version: row.try_get("version")?,
+                        started_at: row.try_get("started_at")?,
+                        last_seen,
+                        online: now - last_seen < 30_000,
+                    })
+                })
+                .collect()
         })
     }
 }
