@@ -600,3 +600,113 @@ pub mod postgres {
         });
     }
 }
+
+#[test]
+fn openapi_document_matches_the_routes_and_every_route_is_served() {
+    let doc: Value = serde_json::from_str(piper::agent::server::OPENAPI).unwrap();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for method in methods.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut routes: Vec<(String, String)> = piper::agent::server::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    routes.sort();
+    assert_eq!(documented, routes, "openapi.json and server::ROUTES differ");
+
+    // The served document is this one, and every route answers on a real agent.
+    let daemon = Daemon::start(None);
+    let repo = repo(&[("piper.lua", unindent(CI).as_bytes())]);
+    let (_, _, stderr) = submit(&daemon, repo.path(), "ci", &[]);
+    let id = submitted_id(&stderr);
+    daemon.wait_finished(id);
+    let (_, served) = daemon.http("GET", "/api/v1/openapi.json", None, None);
+    assert_eq!(serde_json::from_slice::<Value>(&served).unwrap(), doc);
+    for (method, path) in &routes {
+        let path = path.replace("{id}", &id.to_string());
+        let body = (method == "POST").then(|| {
+            format!(
+                r#"{{"repo": "{}", "pipeline": "ci"}}"#,
+                repo.path().display()
+            )
+            .into_bytes()
+        });
+        let (status, body) = daemon.http(method, &path, Some(&daemon.token), body);
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            status != 405 && !text.contains("no such API route"),
+            "{method} {path}: {status} {text}"
+        );
+        assert!(status < 500, "{method} {path}: {status} {text}");
+    }
+    let (status, body) = daemon.http("GET", "/api/v1/nope", None, None);
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("no such API route"));
+}
+
+#[test]
+fn events_stream_the_log_live_and_end_with_the_status() {
+    use base64::Engine;
+    use futures_util::StreamExt;
+    let daemon = Daemon::start(None);
+    let marks = tempfile::tempdir().unwrap();
+    let go = marks.path().join("go");
+    let repo = repo(&[(
+        "piper.lua",
+        b"step \"talk\" { run = \"echo first; i=0; while [ ! -f $GO ]; do i=$((i+1)); [ $i -gt 400 ] && exit 1; sleep 0.05; done; echo second\" }\n",
+    )]);
+    let env = format!("GO={}", go.display());
+    let (_, _, stderr) = submit(&daemon, repo.path(), "talk", &["-e", &env]);
+    let id = submitted_id(&stderr);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (log, end) = runtime.block_on(async {
+        let url = format!("{}/api/v1/builds/{id}/events?step=talk", daemon.url);
+        let mut stream = reqwest::get(url).await.unwrap().bytes_stream();
+        let (mut text, mut log, mut end) = (String::new(), Vec::new(), Value::Null);
+        while let Some(bytes) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&bytes.unwrap()));
+            // Complete events end with a blank line.
+            while let Some(at) = text.find("\n\n") {
+                let block: String = text.drain(..at + 2).collect();
+                let kind = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .unwrap_or("");
+                let data = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap_or("");
+                match kind {
+                    "chunk" => {
+                        let chunk: Value = serde_json::from_str(data).unwrap();
+                        log.extend(
+                            base64::engine::general_purpose::STANDARD
+                                .decode(chunk["data"].as_str().unwrap())
+                                .unwrap(),
+                        );
+                        // Only now may the step go on: "second" proves live delivery.
+                        if String::from_utf8_lossy(&log).contains("first\n") && !go.exists() {
+                            std::fs::write(&go, "").unwrap();
+                        }
+                    }
+                    "end" => end = serde_json::from_str(data).unwrap(),
+                    _ => {}
+                }
+            }
+        }
+        (log, end)
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&log),
+        "$ echo first; i=0; while [ ! -f $GO ]; do i=$((i+1)); [ $i -gt 400 ] && exit 1; sleep 0.05; done; echo second\nfirst\nsecond\n"
+    );
+    assert_eq!(end["status"], "success");
+}

@@ -10,8 +10,9 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::MethodRouter;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -77,18 +78,128 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Every route of the API, once: it builds the router (below) and is
+/// checked against the OpenAPI document (`openapi.json`) by the tests.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/health"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/builds"),
+    ("POST", "/api/v1/builds"),
+    ("GET", "/api/v1/builds/{id}"),
+    ("GET", "/api/v1/builds/{id}/log"),
+    ("GET", "/api/v1/builds/{id}/events"),
+    ("POST", "/api/v1/builds/{id}/cancel"),
+    ("POST", "/api/v1/builds/{id}/retrigger"),
+    ("POST", "/api/v1/webhook"),
+    ("GET", "/api/v1/agents"),
+];
+
+/// The OpenAPI 3 document of this API, served at `/api/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .route("/api/v1/builds", get(list_builds).post(submit))
-        .route("/api/v1/builds/{id}", get(show_build))
-        .route("/api/v1/builds/{id}/log", get(read_log))
-        .route("/api/v1/builds/{id}/cancel", post(cancel))
-        .route("/api/v1/builds/{id}/retrigger", post(retrigger))
-        .route("/api/v1/webhook", post(webhook))
-        .route("/api/v1/agents", get(agents))
+    let mut by_path: std::collections::BTreeMap<&str, MethodRouter<ApiState>> =
+        std::collections::BTreeMap::new();
+    for &(method, path) in ROUTES {
+        let routes = by_path.remove(path).unwrap_or_default();
+        let routes = match (method, path) {
+            ("GET", "/api/v1/health") => routes.get(health),
+            ("GET", "/api/v1/openapi.json") => routes.get(openapi),
+            ("GET", "/api/v1/builds") => routes.get(list_builds),
+            ("POST", "/api/v1/builds") => routes.post(submit),
+            ("GET", "/api/v1/builds/{id}") => routes.get(show_build),
+            ("GET", "/api/v1/builds/{id}/log") => routes.get(read_log),
+            ("GET", "/api/v1/builds/{id}/events") => routes.get(follow_log),
+            ("POST", "/api/v1/builds/{id}/cancel") => routes.post(cancel),
+            ("POST", "/api/v1/builds/{id}/retrigger") => routes.post(retrigger),
+            ("POST", "/api/v1/webhook") => routes.post(webhook),
+            ("GET", "/api/v1/agents") => routes.get(agents),
+            other => unreachable!("route {other:?} in ROUTES has no handler"),
+        };
+        by_path.insert(path, routes);
+    }
+    let mut router = Router::new();
+    for (path, routes) in by_path {
+        router = router.route(path, routes);
+    }
+    router
+        .fallback(|| async { ApiError::not_found("no such API route; see /api/v1/openapi.json") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// `GET /api/v1/builds/{id}/events?offset=N&step=NAME`: the log as
+/// Server-Sent Events while the build runs. `chunk` events carry
+/// `{offset, next, data}` (data base64-encoded: logs are bytes); one `end`
+/// event carries the final `{status}`, then the stream closes.
+async fn follow_log(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    use base64::Engine;
+    let id = parse_id(&id)?;
+    let Query(query) = query.map_err(|e| ApiError::bad("offset", e.body_text()))?;
+    let offset = query.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::bad("offset", "`offset` must not be negative"));
+    }
+    let store = state.agent.store.clone();
+    if store
+        .get_build(id)
+        .await
+        .map_err(ApiError::internal)?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!("no build {id}")));
+    }
+    let stream = futures_util::stream::unfold(Some(offset), move |position| {
+        let store = store.clone();
+        let step = query.step.clone();
+        async move {
+            let offset = position?;
+            loop {
+                let slice = match store
+                    .read_log(id, step.as_deref(), offset, LOG_READ_LIMIT)
+                    .await
+                {
+                    Ok(slice) => slice,
+                    Err(e) => {
+                        tracing::error!("cannot read the log of build {id}: {e}");
+                        return None;
+                    }
+                };
+                if !slice.data.is_empty() {
+                    let data = base64::engine::general_purpose::STANDARD.encode(&slice.data);
+                    let payload =
+                        json!({ "offset": offset, "next": slice.next_offset, "data": data });
+                    let event = Event::default().event("chunk").data(payload.to_string());
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        Some(slice.next_offset),
+                    ));
+                }
+                // Nothing new: finished builds end the stream, others are polled.
+                match store.get_build(id).await {
+                    Ok(Some(build)) if build.status.is_final() => {
+                        let event = Event::default()
+                            .event("end")
+                            .data(json!({ "status": build.status }).to_string());
+                        return Some((Ok(event), None));
+                    }
+                    Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                    Err(_) => return None,
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
