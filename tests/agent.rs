@@ -710,3 +710,56 @@ fn events_stream_the_log_live_and_end_with_the_status() {
     );
     assert_eq!(end["status"], "success");
 }
+
+#[test]
+fn sigterm_lets_running_builds_finish_within_the_grace_then_cancels_them() {
+    let mut daemon = Daemon::start(None);
+    let marks = tempfile::tempdir().unwrap();
+    let (started, go) = (marks.path().join("started"), marks.path().join("go"));
+    // Waits (bounded) for `go`, so the test decides when it may finish.
+    let repo = repo(&[(
+        "piper.lua",
+        b"step \"wait\" { run = \"echo $$ > $STARTED; i=0; while [ ! -f $GO ]; do i=$((i+1)); [ $i -gt 600 ] && exit 1; sleep 0.05; done\" }\n",
+    )]);
+    let env_started = format!("STARTED={}", started.display());
+    let env_go = format!("GO={}", go.display());
+    let (_, _, stderr) = submit(
+        &daemon,
+        repo.path(),
+        "wait",
+        &["-e", &env_started, "-e", &env_go],
+    );
+    let finishes = submitted_id(&stderr);
+    wait_for_file(&started);
+    let child = daemon.child.take().unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(200));
+    // Still serving, and still running the build, during the grace period.
+    let (status, _) = daemon.http("GET", "/api/v1/health", None, None);
+    assert_eq!(status, 200);
+    std::fs::write(&go, "").unwrap();
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+    daemon.spawn();
+    assert_eq!(daemon.build(finishes)["status"], "success");
+
+    // This time the step never gets `go`: after the 2 s grace it is canceled.
+    std::fs::remove_file(&go).unwrap();
+    std::fs::remove_file(&started).unwrap();
+    let (_, _, stderr) = submit(
+        &daemon,
+        repo.path(),
+        "wait",
+        &["-e", &env_started, "-e", &env_go],
+    );
+    let canceled = submitted_id(&stderr);
+    wait_for_file(&started);
+    let pid = read_pid(&started);
+    let mut child = daemon.child.take().unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(process_gone(pid), "the step outlived the agent");
+    daemon.spawn();
+    assert_eq!(daemon.build(canceled)["status"], "canceled");
+}
