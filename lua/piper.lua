@@ -19,6 +19,10 @@
 ---or a Lua function called at build time with a `ctx`.
 ---@alias piper.Run string|(string|string[])[]|fun(ctx: piper.Ctx): boolean?
 
+---@class piper.Schedule
+---@field __piper_trigger "schedule"
+---@field cron string
+
 ---@class piper.StepSpec
 ---@field run? piper.Run what the step does; a step without `run` only groups its deps
 ---@field argv? string[] a program and its arguments, run without a shell (instead of `run`)
@@ -42,6 +46,7 @@
 ---@field on_success? piper.Trigger|string|(piper.Trigger|string)[] pipelines to run after it succeeds
 ---@field on_failure? piper.Trigger|string|(piper.Trigger|string)[] pipelines to run after it fails
 ---@field always? piper.Trigger|string|(piper.Trigger|string)[] pipelines to run after it, either way
+---@field schedule? piper.Schedule|string|(piper.Schedule|string)[] cron schedules on which piperd runs it
 
 ---What a Lua function step receives.
 ---@class piper.Ctx

@@ -62,6 +62,8 @@ pub struct Pipeline {
     pub steps: Vec<usize>,
     pub env: IndexMap<String, String>,
     pub triggers: Vec<Trigger>,
+    /// When the build agent runs it (`schedule = trigger.schedule "..."`).
+    pub schedules: Vec<crate::cron::Schedule>,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +215,7 @@ impl Graph {
                     steps: members,
                     env: p.env.clone(),
                     triggers,
+                    schedules: p.schedules.clone(),
                 },
             );
         }

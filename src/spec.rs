@@ -82,6 +82,8 @@ pub struct RawPipeline {
     pub members: Vec<Member>,
     pub env: IndexMap<String, String>,
     pub triggers: Vec<RawTrigger>,
+    /// Cron schedules on which the build agent runs the pipeline.
+    pub schedules: Vec<crate::cron::Schedule>,
 }
 
 pub enum Member {
@@ -161,7 +163,14 @@ pub const STEP_FIELDS: &[&str] = &[
     "depfile",
     "service",
 ];
-const PIPELINE_FIELDS: &[&str] = &["desc", "env", "on_success", "on_failure", "always"];
+const PIPELINE_FIELDS: &[&str] = &[
+    "desc",
+    "env",
+    "on_success",
+    "on_failure",
+    "always",
+    "schedule",
+];
 
 impl RawSpec {
     /// Reads what evaluation recorded in `piper._registry`.
@@ -603,6 +612,58 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
         }
     }
 
+    let mut schedules = Vec::new();
+    if let Some(value) = f.take("schedule") {
+        let list = match &value {
+            Value::Table(t)
+                if t.raw_get::<Value>("__piper_trigger")
+                    .is_ok_and(|v| v.is_nil()) =>
+            {
+                t.sequence_values::<Value>()
+                    .collect::<mlua::Result<Vec<_>>>()
+                    .map_err(|e| f.error(e))?
+            }
+            _ => vec![value],
+        };
+        for item in list {
+            let (cron, location) = match &item {
+                Value::String(s) => (s.to_string_lossy(), f.location.clone()),
+                Value::Table(t)
+                    if t.get::<Option<String>>("__piper_trigger")
+                        .ok()
+                        .flatten()
+                        .as_deref()
+                        == Some("schedule") =>
+                {
+                    let cron: String = t.get("cron").map_err(|e| f.error(e))?;
+                    let location = Location::new(
+                        t.get::<Option<String>>("file")
+                            .ok()
+                            .flatten()
+                            .unwrap_or_else(|| f.location.file.clone()),
+                        t.get::<Option<u32>>("line")
+                            .ok()
+                            .flatten()
+                            .unwrap_or(f.location.line),
+                    );
+                    (cron, location)
+                }
+                other => {
+                    return Err(f.wrong_type(
+                        "schedule",
+                        "trigger.schedule \"...\", a cron string, or a list of them",
+                        other,
+                    ));
+                }
+            };
+            let schedule = crate::cron::Schedule::parse(&cron).map_err(|message| Error::Spec {
+                location,
+                message: format!("pipeline `{}`: schedule: {message}", name),
+            })?;
+            schedules.push(schedule);
+        }
+    }
+
     let pipeline = RawPipeline {
         desc: f.string("desc")?,
         env: f.env("env")?,
@@ -610,6 +671,7 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
         location,
         members,
         triggers,
+        schedules,
     };
     f.finish(PIPELINE_FIELDS)?;
     Ok(pipeline)

@@ -37,6 +37,7 @@ impl Daemon {
         if let Some(db) = database {
             args.extend(["--database".to_string(), db.to_string()]);
         }
+        args.extend(["--schedule-check".to_string(), "100ms".to_string()]);
         let mut daemon = Daemon {
             child: None,
             data,
@@ -762,4 +763,52 @@ fn sigterm_lets_running_builds_finish_within_the_grace_then_cancels_them() {
     assert!(process_gone(pid), "the step outlived the agent");
     daemon.spawn();
     assert_eq!(daemon.build(canceled)["status"], "canceled");
+}
+
+#[test]
+fn scheduled_pipelines_run_once_per_minute_for_known_repos() {
+    let daemon = Daemon::start(None);
+    let config = r#"
+        local trigger = require "piper.trigger"
+        pipeline "ci" { step "a" { run = "true" } }
+        pipeline "nightly" { step "n" { run = "echo nightly" }, schedule = trigger.schedule "* * * * *" }
+    "#;
+    let repo = repo(&[("piper.lua", unindent(config).as_bytes())]);
+    // The agent learns about a repository by building it.
+    let (code, _, stderr) = submit(&daemon, repo.path(), "ci", &["--follow"]);
+    assert_eq!(code, 0, "{stderr}");
+    let nightly = || -> Vec<Value> {
+        let (_, stdout, _) = daemon.piper(&["builds", "--json", "--pipeline", "nightly"]);
+        serde_json::from_str::<Value>(&stdout).unwrap()["builds"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    for _ in 0..400 {
+        if !nightly().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first = nightly();
+    assert!(!first.is_empty(), "the schedule never fired");
+    assert_eq!(first[0]["requested_by"], "schedule * * * * *");
+    assert_eq!(
+        daemon.wait_finished(first[0]["id"].as_i64().unwrap())["status"],
+        "success"
+    );
+    // Many checks later: still one run per minute.
+    std::thread::sleep(Duration::from_millis(600));
+    let runs = nightly();
+    let mut minutes: Vec<i64> = runs
+        .iter()
+        .map(|b| b["requested_at"].as_i64().unwrap() / 60_000)
+        .collect();
+    let all = minutes.len();
+    minutes.dedup();
+    assert_eq!(
+        minutes.len(),
+        all,
+        "a minute got two scheduled runs: {runs:?}"
+    );
 }

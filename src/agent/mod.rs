@@ -8,6 +8,7 @@
 //! running ones finish within the grace period, then cancels them (their
 //! process groups are ended and they are recorded `canceled`).
 
+pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod worker;
@@ -69,6 +70,10 @@ pub struct StartArgs {
     /// Labels describing this agent, shown in the agent list (k=v,k=v)
     #[arg(long, value_name = "K=V,...", value_parser = parse_labels, default_value = "")]
     pub labels: std::collections::BTreeMap<String, String>,
+
+    /// How often cron schedules (`trigger.schedule`) are checked
+    #[arg(long, default_value = "20s", value_name = "DURATION", value_parser = crate::duration::parse)]
+    pub schedule_check: Duration,
 
     /// On SIGTERM, how long running builds may take to finish before they are canceled
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = crate::duration::parse)]
@@ -233,6 +238,7 @@ async fn serve(
             }
         })
     };
+    let scheduler = tokio::spawn(scheduler::run(agent.clone(), args.schedule_check));
     let mut workers = Vec::new();
     for _ in 0..args.workers {
         workers.push(tokio::spawn(agent.clone().work()));
@@ -270,6 +276,7 @@ async fn serve(
     }
     server.abort();
     heartbeat.abort();
+    let _ = scheduler.await;
     Ok(())
 }
 

@@ -24,10 +24,18 @@ pub type StoreResult<T> = Result<T, sqlx::Error>;
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_builds.sql")),
     (2, include_str!("../../migrations/sqlite/0002_agents.sql")),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_schedule_runs.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_builds.sql")),
     (2, include_str!("../../migrations/postgres/0002_agents.sql")),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_schedule_runs.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -614,6 +622,32 @@ impl Store {
                     })
                 })
                 .collect()
+        })
+    }
+
+    /// Every repository that has been built here: the scheduler's worklist.
+    pub async fn known_repos(&self) -> StoreResult<Vec<String>> {
+        on_backend!(self, pool => {
+            let rows = sqlx::query("SELECT DISTINCT repo FROM builds ORDER BY repo").fetch_all(pool).await?;
+            rows.iter().map(|row| row.try_get("repo")).collect()
+        })
+    }
+
+    /// Takes the slot of a scheduled run; false when an agent already did.
+    pub async fn claim_schedule_slot(
+        &self,
+        repo: &str,
+        pipeline: &str,
+        minute: i64,
+    ) -> StoreResult<bool> {
+        on_backend!(self, pool => {
+            sqlx::query("INSERT INTO schedule_runs (repo, pipeline, minute) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(repo)
+                .bind(pipeline)
+                .bind(minute)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected() == 1)
         })
     }
 }

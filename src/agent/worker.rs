@@ -194,32 +194,51 @@ impl Agent {
         build: &Build,
         workspace: &Path,
     ) -> Result<(String, Option<String>), String> {
-        let key = blake3::hash(build.repo.as_bytes()).to_hex()[..16].to_string();
-        let cache = self.data.join("repos").join(key);
-        let sha = {
-            let _guard = self.git_lock.lock().await;
-            if cache.join("HEAD").exists() {
-                git(&cache, &["fetch", "--quiet", "--prune", "origin"])
-                    .await
-                    .map_err(|e| format!("cannot fetch {}: {e}", build.repo))?;
-            } else {
-                let parent = cache.parent().unwrap_or(Path::new("."));
-                tokio::fs::create_dir_all(parent)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let cache_text = cache.to_string_lossy().into_owned();
-                git(
-                    parent,
-                    &["clone", "--quiet", "--mirror", &build.repo, &cache_text],
-                )
+        self.checkout_ref(&build.repo, &build.git_ref, workspace)
+            .await
+    }
+
+    fn cache_dir(&self, repo: &str) -> PathBuf {
+        self.data
+            .join("repos")
+            .join(&blake3::hash(repo.as_bytes()).to_hex()[..16])
+    }
+
+    /// Fetches `repo` into its cache (one mirror per repository) and
+    /// resolves `git_ref` to a commit.
+    pub async fn resolve(&self, repo: &str, git_ref: &str) -> Result<String, String> {
+        let cache = self.cache_dir(repo);
+        let _guard = self.git_lock.lock().await;
+        if cache.join("HEAD").exists() {
+            git(&cache, &["fetch", "--quiet", "--prune", "origin"])
                 .await
-                .map_err(|e| format!("cannot clone {}: {e}", build.repo))?;
-            }
-            let spec = format!("{}^{{commit}}", build.git_ref);
-            git(&cache, &["rev-parse", "--verify", "--quiet", &spec])
+                .map_err(|e| format!("cannot fetch {repo}: {e}"))?;
+        } else {
+            let parent = cache.parent().unwrap_or(Path::new("."));
+            tokio::fs::create_dir_all(parent)
                 .await
-                .map_err(|_| format!("ref `{}` does not exist in {}", build.git_ref, build.repo))?
-        };
+                .map_err(|e| e.to_string())?;
+            let cache_text = cache.to_string_lossy().into_owned();
+            git(parent, &["clone", "--quiet", "--mirror", repo, &cache_text])
+                .await
+                .map_err(|e| format!("cannot clone {repo}: {e}"))?;
+        }
+        let spec = format!("{git_ref}^{{commit}}");
+        git(&cache, &["rev-parse", "--verify", "--quiet", &spec])
+            .await
+            .map_err(|_| format!("ref `{git_ref}` does not exist in {repo}"))
+    }
+
+    /// Fetches `repo`, checks `git_ref` out into `workspace`; returns the
+    /// commit and its `git describe`.
+    pub async fn checkout_ref(
+        &self,
+        repo: &str,
+        git_ref: &str,
+        workspace: &Path,
+    ) -> Result<(String, Option<String>), String> {
+        let sha = self.resolve(repo, git_ref).await?;
+        let cache = self.cache_dir(repo);
         let _ = tokio::fs::remove_dir_all(workspace).await;
         tokio::fs::create_dir_all(workspace.parent().unwrap_or(Path::new(".")))
             .await

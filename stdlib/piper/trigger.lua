@@ -31,6 +31,24 @@ function M.pipeline(name, opts)
   }
 end
 
+--- A cron schedule for a pipeline's `schedule` field: the build agent
+--- (piperd) runs the pipeline at those times for the repositories it knows.
+--- Five fields (minute hour day-of-month month day-of-week), or `@daily`,
+--- `@hourly`, `@weekly`, `@monthly`, `@yearly`.
+---
+--- ```lua
+--- pipeline "nightly" { test, build, schedule = trigger.schedule "0 3 * * *" }
+--- ```
+---@param cron string
+---@return piper.Schedule
+function M.schedule(cron)
+  if type(cron) ~= "string" then
+    error("trigger.schedule: expected a cron expression like \"0 3 * * *\", got " .. type(cron), 2)
+  end
+  local file, line = native.where(2)
+  return { __piper_trigger = "schedule", cron = cron, file = file, line = line }
+end
+
 local function strings(value, what, level)
   if value == nil then return {} end
   if type(value) == "string" then return { value } end
