@@ -218,16 +218,11 @@ pub struct ExecArgs {
 /// Where piperd is, for the remote commands.
 #[derive(Debug, Clone, Args)]
 pub struct RemoteArgs {
-    /// piperd's address
-    #[arg(
-        long,
-        env = "PIPER_SERVER",
-        default_value = "http://127.0.0.1:7117",
-        value_name = "URL"
-    )]
-    pub server: String,
+    /// piperd's address [default: `server` in ~/.config/piper/config.toml, else http://127.0.0.1:7117]
+    #[arg(long, env = "PIPER_SERVER", value_name = "URL")]
+    pub server: Option<String>,
 
-    /// API token [default: read from piperd's data directory on this machine]
+    /// API token [default: `token` in ~/.config/piper/config.toml, else piperd's token file on this machine]
     #[arg(long, env = "PIPER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 

@@ -23,19 +23,29 @@ fn remote_error(message: impl Into<String>) -> Error {
 }
 
 impl Client {
-    fn new(args: &RemoteArgs) -> Client {
-        let base = args.server.trim_end_matches('/').to_string();
+    /// Flag, then environment, then `config.toml` (`PIPER_CONFIG` names
+    /// another file), then the defaults.
+    fn new(args: &RemoteArgs) -> Result<Client> {
+        let explicit = std::env::var_os("PIPER_CONFIG").map(std::path::PathBuf::from);
+        let config: crate::config_file::ClientConfig =
+            crate::config_file::load(explicit.as_deref(), "config.toml")?;
+        let server = args
+            .server
+            .clone()
+            .or(config.server)
+            .unwrap_or_else(|| "http://127.0.0.1:7117".into());
+        let base = server.trim_end_matches('/').to_string();
         // Same machine as the agent: its token file is readable.
-        let token = args.token.clone().or_else(|| {
+        let token = args.token.clone().or(config.token).or_else(|| {
             std::fs::read_to_string(crate::agent::default_data_dir().join("token"))
                 .ok()
                 .map(|t| t.trim().to_string())
         });
-        Client {
+        Ok(Client {
             http: reqwest::Client::new(),
             base,
             token,
-        }
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -78,7 +88,7 @@ pub fn run(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
 }
 
 async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
-    let client = Client::new(args);
+    let client = Client::new(args)?;
     let mut out = std::io::stdout();
     match command {
         RemoteCommand::Submit {

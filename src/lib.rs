@@ -12,6 +12,7 @@ pub mod agent;
 pub mod app;
 pub mod cli;
 pub mod client;
+pub mod config_file;
 pub mod cron;
 pub mod duration;
 pub mod error;

@@ -812,3 +812,82 @@ fn scheduled_pipelines_run_once_per_minute_for_known_repos() {
         "a minute got two scheduled runs: {runs:?}"
     );
 }
+
+#[test]
+fn config_files_for_piperd_and_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("piperd.toml");
+    std::fs::write(
+        &config,
+        "name = \"from-file\"\nworkers = 3\nlabels = { zone = \"eu\" }\ngrace = \"1s\"\n",
+    )
+    .unwrap();
+    let start = |extra: &[&str]| {
+        Command::new(PIPERD)
+            .args(["start", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = start(&["--workers", "5"]);
+    wait_for_file(&data.join("piperd.addr"));
+    let url = format!(
+        "http://{}",
+        std::fs::read_to_string(data.join("piperd.addr"))
+            .unwrap()
+            .trim()
+    );
+
+    // The CLI reads its server from its own config file.
+    let cli_config = dir.path().join("config.toml");
+    std::fs::write(&cli_config, format!("server = \"{url}\"\n")).unwrap();
+    let out = Command::new(PIPER)
+        .args(["agents", "--json"])
+        .env("PIPER_CONFIG", &cli_config)
+        .env_remove("PIPER_SERVER")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agents: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agent = &agents["agents"][0];
+    assert_eq!(agent["name"], "from-file");
+    assert_eq!(agent["labels"]["zone"], "eu");
+    assert_eq!(agent["workers"], 5, "the flag wins over the file");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+
+    // Mistakes name the file and the key.
+    std::fs::write(&config, "name = \"x\"\nworkerz = 3\n").unwrap();
+    let out = start(&[]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("piperd.toml") && stderr.contains("workerz"),
+        "{stderr}"
+    );
+    std::fs::write(&config, "grace = \"soon\"\n").unwrap();
+    let out = start(&[]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("piperd.toml: grace:") && stderr.contains("soon"),
+        "{stderr}"
+    );
+    std::fs::write(&cli_config, "sever = \"typo\"\n").unwrap();
+    let out = Command::new(PIPER)
+        .args(["builds"])
+        .env("PIPER_CONFIG", &cli_config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sever"));
+}

@@ -46,9 +46,13 @@ pub enum DaemonCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {
-    /// Address to serve the API on
-    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
-    pub listen: SocketAddr,
+    /// Config file [default: $XDG_CONFIG_HOME/piper/piperd.toml, if it exists]
+    #[arg(long, value_name = "FILE", env = "PIPERD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address to serve the API on [default: 127.0.0.1:7117]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
 
     /// Where the token, repository cache, workspaces and SQLite database live
     /// [default: $XDG_DATA_HOME/piper or ~/.local/share/piper]
@@ -59,25 +63,100 @@ pub struct StartArgs {
     #[arg(long, value_name = "URL", env = "PIPERD_DATABASE")]
     pub database: Option<String>,
 
-    /// Builds run at once
-    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub workers: u32,
+    /// Builds run at once [default: 2]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: Option<u32>,
 
     /// This agent's name, recorded on its builds [default: the host name]
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
     /// Labels describing this agent, shown in the agent list (k=v,k=v)
-    #[arg(long, value_name = "K=V,...", value_parser = parse_labels, default_value = "")]
+    #[arg(long, value_name = "K=V,...", value_parser = parse_labels)]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+
+    /// How often cron schedules (`trigger.schedule`) are checked [default: 20s]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    pub schedule_check: Option<Duration>,
+
+    /// On SIGTERM, how long running builds may take to finish before they are canceled [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    pub grace: Option<Duration>,
+}
+
+/// `piperd.toml`: the same settings as the flags (which win over it).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub listen: Option<String>,
+    pub data: Option<PathBuf>,
+    pub database: Option<String>,
+    pub workers: Option<u32>,
+    pub name: Option<String>,
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    pub schedule_check: Option<String>,
+    pub grace: Option<String>,
+}
+
+/// What piperd runs with, after flags, environment, config file and defaults.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data: PathBuf,
+    pub database: Option<String>,
+    pub workers: u32,
+    pub name: String,
     pub labels: std::collections::BTreeMap<String, String>,
-
-    /// How often cron schedules (`trigger.schedule`) are checked
-    #[arg(long, default_value = "20s", value_name = "DURATION", value_parser = crate::duration::parse)]
     pub schedule_check: Duration,
-
-    /// On SIGTERM, how long running builds may take to finish before they are canceled
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = crate::duration::parse)]
     pub grace: Duration,
+}
+
+impl Settings {
+    pub fn resolve(args: StartArgs) -> Result<Settings> {
+        let file: FileSettings = crate::config_file::load(args.config.as_deref(), "piperd.toml")?;
+        let bad = |key: &str, message: String| Error::Setting {
+            name: format!("piperd.toml: {key}"),
+            message,
+        };
+        let duration = |key: &str, value: Option<String>, default: Duration| match value {
+            Some(text) => crate::duration::parse(&text).map_err(|m| bad(key, m)),
+            None => Ok(default),
+        };
+        let listen = match (args.listen, file.listen) {
+            (Some(addr), _) => addr,
+            (None, Some(text)) => text.parse().map_err(|_| {
+                bad(
+                    "listen",
+                    format!("`{text}` is not an address like 127.0.0.1:7117"),
+                )
+            })?,
+            (None, None) => DEFAULT_LISTEN.parse().expect("valid default address"),
+        };
+        let workers = args.workers.or(file.workers).unwrap_or(2);
+        if workers == 0 {
+            return Err(bad("workers", "must be at least 1".into()));
+        }
+        Ok(Settings {
+            listen,
+            data: args.data.or(file.data).unwrap_or_else(default_data_dir),
+            database: args.database.or(file.database),
+            workers,
+            name: args.name.or(file.name).unwrap_or_else(hostname),
+            labels: args.labels.or(file.labels).unwrap_or_default(),
+            schedule_check: match args.schedule_check {
+                Some(d) => d,
+                None => duration(
+                    "schedule_check",
+                    file.schedule_check,
+                    Duration::from_secs(20),
+                )?,
+            },
+            grace: match args.grace {
+                Some(d) => d,
+                None => duration("grace", file.grace, Duration::from_secs(30))?,
+            },
+        })
+    }
 }
 
 fn parse_labels(
@@ -157,7 +236,8 @@ fn hostname() -> String {
 }
 
 fn start(args: StartArgs) -> Result<()> {
-    let data = args.data.clone().unwrap_or_else(default_data_dir);
+    let args = Settings::resolve(args)?;
+    let data = args.data.clone();
     std::fs::create_dir_all(&data)
         .map_err(|e| Error::io(format!("cannot create {}", data.display()), e))?;
     let data = data
@@ -168,7 +248,7 @@ fn start(args: StartArgs) -> Result<()> {
         .database
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", data.join("piperd.db").display()));
-    let name = args.name.clone().unwrap_or_else(hostname);
+    let name = args.name.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -177,7 +257,7 @@ fn start(args: StartArgs) -> Result<()> {
 }
 
 async fn serve(
-    args: StartArgs,
+    args: Settings,
     data: PathBuf,
     database: String,
     name: String,
