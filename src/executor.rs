@@ -530,18 +530,14 @@ impl StepJob {
         };
         let started = Instant::now();
         if self.apart {
-            let _ = self
-                .events
-                .send(Event::StepFinished {
-                    build: self.build,
-                    step: step.name.clone(),
-                    status: StepStatus::Skipped,
-                    exit_code: None,
-                    duration_ms: 0,
-                    attempts: 0,
-                    message: Some("a service: piper watch runs it beside the build".into()),
-                })
-                .await;
+            finish_without_running(
+                &self.events,
+                self.build,
+                &step.name,
+                StepStatus::Skipped,
+                Some("a service: piper watch runs it beside the build".into()),
+            )
+            .await;
             let fingerprint = format!("service {}", step.name);
             return StepResult {
                 index: self.index,
@@ -551,18 +547,14 @@ impl StepJob {
             };
         }
         if self.unaffected {
-            let _ = self
-                .events
-                .send(Event::StepFinished {
-                    build: self.build,
-                    step: step.name.clone(),
-                    status: StepStatus::UpToDate,
-                    exit_code: None,
-                    duration_ms: 0,
-                    attempts: 0,
-                    message: Some("not affected by the change".into()),
-                })
-                .await;
+            finish_without_running(
+                &self.events,
+                self.build,
+                &step.name,
+                StepStatus::UpToDate,
+                Some("not affected by the change".into()),
+            )
+            .await;
             let fingerprint = match self.state.steps.get(&step.name) {
                 Some(record) => record.fingerprint.clone(),
                 None => format!("unaffected {}", step.name),
@@ -576,18 +568,14 @@ impl StepJob {
         }
         let (record, mut reasons) = match self.freshness() {
             Err(message) => {
-                let _ = self
-                    .events
-                    .send(Event::StepFinished {
-                        build: self.build,
-                        step: step.name.clone(),
-                        status: StepStatus::Failed,
-                        exit_code: None,
-                        duration_ms: 0,
-                        attempts: 0,
-                        message: Some(message),
-                    })
-                    .await;
+                finish_without_running(
+                    &self.events,
+                    self.build,
+                    &step.name,
+                    StepStatus::Failed,
+                    Some(message),
+                )
+                .await;
                 return StepResult {
                     index: self.index,
                     status: StepStatus::Failed,

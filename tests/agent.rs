@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{PIPER, process_gone, read_pid, unindent, wait_for_file};
+use crate::harness::{PIPER, git, process_gone, read_pid, unindent, wait_for_file};
 
 const PIPERD: &str = env!("CARGO_BIN_EXE_piperd");
 
@@ -180,24 +180,6 @@ pub fn repo(files: &[(&str, &[u8])]) -> tempfile::TempDir {
     git(dir.path(), &["commit", "-q", "-m", "init"]);
     git(dir.path(), &["tag", "v1.0.0"]);
     dir
-}
-
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 const CI: &str = r#"

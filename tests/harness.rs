@@ -258,3 +258,23 @@ pub fn unique() -> u64 {
         .unwrap_or(0);
     u64::from(nanos) * 1000 + NEXT.fetch_add(1, Ordering::SeqCst)
 }
+
+/// Runs git in `dir` with a fixed identity; its trimmed stdout. Panics
+/// with git's stderr if it fails.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

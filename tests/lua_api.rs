@@ -1,7 +1,5 @@
 //! The built-in `piper.*` modules, exercised from real piper.lua files.
 
-use std::process::Command;
-
 use crate::harness::Test;
 
 #[test]
@@ -111,19 +109,7 @@ fn git_describes_the_version_of_a_real_repo() {
         "#,
     );
     let dir = test.dir.path();
-    let git = |args: &[&str]| {
-        let ok = Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.com")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.com")
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "git {args:?}");
-    };
+    let git = |args: &[&str]| crate::harness::git(dir, args);
     git(&["init", "-q", "-b", "trunk"]);
     git(&["add", "piper.lua"]);
     git(&["commit", "-q", "-m", "init"]);

@@ -142,12 +142,7 @@ async fn follow_log(
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     use base64::Engine;
-    let id = parse_id(&id)?;
-    let Query(query) = query.map_err(|e| ApiError::bad("offset", e.body_text()))?;
-    let offset = query.offset.unwrap_or(0);
-    if offset < 0 {
-        return Err(ApiError::bad("offset", "`offset` must not be negative"));
-    }
+    let (id, query, offset) = log_request(&id, query)?;
     let store = state.agent.store.clone();
     if store
         .get_build(id)
@@ -468,6 +463,20 @@ async fn show_build(
     Ok(axum::Json(value))
 }
 
+/// The build id, query and offset of a log read, checked.
+fn log_request(
+    id: &str,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<(i64, LogQuery, i64)> {
+    let id = parse_id(id)?;
+    let Query(query) = query.map_err(|e| ApiError::bad("offset", e.body_text()))?;
+    let offset = query.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::bad("offset", "`offset` must not be negative"));
+    }
+    Ok((id, query, offset))
+}
+
 #[derive(Deserialize)]
 struct LogQuery {
     offset: Option<i64>,
@@ -482,12 +491,7 @@ async fn read_log(
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let id = parse_id(&id)?;
-    let Query(query) = query.map_err(|e| ApiError::bad("offset", e.body_text()))?;
-    let offset = query.offset.unwrap_or(0);
-    if offset < 0 {
-        return Err(ApiError::bad("offset", "`offset` must not be negative"));
-    }
+    let (id, query, offset) = log_request(&id, query)?;
     let build = state
         .agent
         .store
