@@ -299,8 +299,8 @@ def main():
     lines.append(f"- peak RSS, `piper exec all -j2` on 10 000 steps: {rss_exec:.1f} MB; "
                  f"`piper graph` on it: {rss_eval:.1f} MB (target < 100 MB: {'met' if rss_exec < 100 else 'missed'})")
     lines.append("- just runs dependencies one at a time (it has no -j), so it is left out of the "
-                 "10 000-step DAG; make, ninja's peers and piper all run a plain command like `true` "
-                 "without a shell (ninja always uses /bin/sh)")
+                 "10 000-step DAG; make and piper run a plain command like `true` without a shell, "
+                 "ninja always uses /bin/sh")
     if agent:
         lines.append(f"- piperd start (process start → API answering): {agent['start_ms']:.0f} ms; idle RSS "
                      f"{agent['idle_rss_mb']:.1f} MB")
