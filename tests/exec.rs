@@ -350,3 +350,49 @@ fn a_pipeline_may_include_another() {
         .stdout_contains("build | build")
         .run();
 }
+
+/// Runs piper under a real pseudo-terminal (`script` from util-linux).
+fn on_a_tty(test: &Test, args: &str, no_color: bool) -> String {
+    let mut cmd = std::process::Command::new("script");
+    cmd.args([
+        "-qfec",
+        &format!("{} {args}", crate::harness::PIPER),
+        "/dev/null",
+    ])
+    .current_dir(test.dir.path())
+    .env("TERM", "xterm-256color")
+    .stdin(std::process::Stdio::null());
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    } else {
+        cmd.env_remove("NO_COLOR");
+    }
+    let out = cmd.output().expect("script(1) from util-linux");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn on_a_terminal_prefixes_are_coloured_and_a_status_line_shows_running_steps() {
+    let test = Test::new().piper_lua(
+        r#"
+        local slow = step "slow" { run = "echo working; sleep 0.5" }
+        step "after" { run = "echo after", deps = { slow } }
+        "#,
+    );
+    let tty = on_a_tty(&test, "exec after", false);
+    assert!(
+        tty.contains("\x1b[36mslow "),
+        "coloured prefix missing: {tty:?}"
+    );
+    assert!(
+        tty.contains("running: slow"),
+        "status line missing: {tty:?}"
+    );
+    assert!(tty.contains("after succeeded"), "{tty:?}");
+    let plain = on_a_tty(&test, "exec after", true);
+    assert!(plain.contains("slow  | working"), "{plain:?}");
+    assert!(
+        !plain.contains("\x1b[36m"),
+        "NO_COLOR still coloured: {plain:?}"
+    );
+}
