@@ -115,7 +115,7 @@ async fn refresh(
         )
     }
     .await;
-    let _ = tokio::fs::remove_dir_all(&workspace).await;
+    agent.release_workspace(repo, &workspace).await;
     // A commit whose config is broken schedules nothing until fixed.
     let schedules = result.unwrap_or_default();
     known.insert(repo.to_string(), Known { sha, schedules });

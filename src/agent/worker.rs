@@ -114,7 +114,7 @@ impl Agent {
                 .await;
         }
         self.running.lock().unwrap().remove(&build.id);
-        let _ = tokio::fs::remove_dir_all(&workspace).await;
+        self.release_workspace(&build.repo, &workspace).await;
     }
 
     async fn checkout_and_run(
@@ -239,34 +239,28 @@ impl Agent {
     ) -> Result<(String, Option<String>), String> {
         let sha = self.resolve(repo, git_ref).await?;
         let cache = self.cache_dir(repo);
-        let _ = tokio::fs::remove_dir_all(workspace).await;
+        self.release_workspace(repo, workspace).await;
         tokio::fs::create_dir_all(workspace.parent().unwrap_or(Path::new(".")))
             .await
             .map_err(|e| e.to_string())?;
-        let (cache_text, ws_text) = (
-            cache.to_string_lossy().into_owned(),
-            workspace.to_string_lossy().into_owned(),
-        );
-        git(
-            &self.data,
-            &[
-                "clone",
-                "--quiet",
-                "--shared",
-                "--no-checkout",
-                &cache_text,
-                &ws_text,
-            ],
-        )
-        .await
-        .map_err(|e| format!("cannot create the workspace: {e}"))?;
-        git(workspace, &["checkout", "--quiet", "--detach", &sha])
-            .await
-            .map_err(|e| format!("cannot check out {sha}: {e}"))?;
-        let version = git(workspace, &["describe", "--tags", "--always"])
-            .await
-            .ok();
-        Ok((sha, version))
+        let ws_text = workspace.to_string_lossy().into_owned();
+        // One process for the checkout (a worktree of the mirror, sharing its
+        // objects), and the version computed beside it: pickup latency is
+        // mostly git processes.
+        let add_args = [
+            "worktree", "add", "--quiet", "--detach", "--force", &ws_text, &sha,
+        ];
+        let describe_args = ["describe", "--tags", "--always", &sha];
+        let (added, version) = tokio::join!(git(&cache, &add_args), git(&cache, &describe_args));
+        added.map_err(|e| format!("cannot check out {sha}: {e}"))?;
+        Ok((sha, version.ok()))
+    }
+
+    /// Removes a workspace and forgets it in the repository's cache.
+    pub async fn release_workspace(&self, repo: &str, workspace: &Path) {
+        if tokio::fs::remove_dir_all(workspace).await.is_ok() {
+            let _ = git(&self.cache_dir(repo), &["worktree", "prune"]).await;
+        }
     }
 }
 
