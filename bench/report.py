@@ -307,7 +307,7 @@ def main():
         lines.append(f"- agent pickup, submit → first step started, idle agent, {agent['rounds']} builds: p50 "
                      f"{agent['p50']:.1f} ms, p99 {agent['p99']:.1f} ms (targets ≤ 20 ms / ≤ 100 ms: "
                      f"{'met' if agent['p50'] <= 20 and agent['p99'] <= 100 else 'missed'}); this includes "
-                     "`git fetch` into the cache, a `git clone --shared` and checkout, and evaluating piper.lua")
+                     "`git fetch` into the cache, a worktree checkout, and evaluating piper.lua")
         lines.append(f"- stored log throughput, a step printing 200 MB into SQLite: {agent['log_mb_s']:.0f} MB/s "
                      f"({agent['log_s']:.2f} s from submit to finished)")
     lines += ["", "Where a target is missed, what the profiles show (`perf record`, `strace -c`):", "",
