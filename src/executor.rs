@@ -759,8 +759,7 @@ impl StepJob {
                 }
                 result
             }
-            Run::Lua(function) if self.dry_run => {
-                let _ = function;
+            Run::Lua(_) if self.dry_run => {
                 out.command("<lua function>".into()).await;
                 Attempt {
                     status: StepStatus::DryRun,

@@ -74,14 +74,13 @@ pub fn pipeline_info(graph: &Graph, name: &str) -> Option<PipelineInfo> {
     })
 }
 
-fn edges(graph: &Graph, plan: &Plan) -> Vec<(usize, usize)> {
+fn edges(plan: &Plan) -> Vec<(usize, usize)> {
     let mut edges = Vec::new();
     for (i, planned) in plan.steps.iter().enumerate() {
         for &d in &planned.deps {
             edges.push((d, i));
         }
     }
-    let _ = graph;
     edges
 }
 
@@ -100,7 +99,7 @@ pub fn dot(graph: &Graph, plan: &Plan) -> String {
             escape(&graph.steps[planned.step].name)
         ));
     }
-    for (from, to) in edges(graph, plan) {
+    for (from, to) in edges(plan) {
         let from = &graph.steps[plan.steps[from].step].name;
         let to = &graph.steps[plan.steps[to].step].name;
         out.push_str(&format!("  \"{}\" -> \"{}\";\n", escape(from), escape(to)));
@@ -116,7 +115,7 @@ pub fn mermaid(graph: &Graph, plan: &Plan) -> String {
         let label = graph.steps[planned.step].name.replace('"', "#quot;");
         out.push_str(&format!("  s{i}[\"{label}\"]\n"));
     }
-    for (from, to) in edges(graph, plan) {
+    for (from, to) in edges(plan) {
         out.push_str(&format!("  s{from} --> s{to}\n"));
     }
     out

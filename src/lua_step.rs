@@ -45,7 +45,7 @@ impl LuaStep {
                 };
             }
         };
-        // Wrap in xpcall-less traceback: mlua attaches one to callback errors.
+        // mlua adds the traceback to errors raised inside the function.
         match self.function.call_async::<Value>(ctx).await {
             Ok(Value::Boolean(false)) => LuaOutcome::Failed {
                 message: "the function returned false".into(),

@@ -1,8 +1,6 @@
 //! Process supervision, proven with real processes: nothing a step started
 //! outlives it — after a failure, a timeout, fail-fast, or Ctrl-C.
 
-use std::time::Duration;
-
 use crate::harness::{Test, process_gone, read_pid, wait_for_file};
 
 #[test]
@@ -122,5 +120,4 @@ fn ctrl_c_ends_every_group_and_exits_130() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert!(stderr.contains("p interrupted"), "{stderr}");
-    let _ = Duration::ZERO;
 }

@@ -1,7 +1,7 @@
 //! `piper watch` with real files and processes. Waits are bounded polls for
 //! evidence (files the steps write), never assertions on elapsed time.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -217,7 +217,6 @@ fn unknown_target_is_an_error_before_watching() {
         .status(2)
         .stderr_contains("no pipeline or step named `nope`")
         .run();
-    let _ = Path::new(".");
 }
 
 #[test]

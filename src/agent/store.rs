@@ -522,19 +522,16 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> StoreResult<LogSlice> {
-        let (column, sql) = match step {
-            None => (
-                "build_offset",
+        let sql = match step {
+            None => {
                 "SELECT build_offset AS start, data FROM log_chunks WHERE build_id = $1 \
-                 AND build_offset + LENGTH(data) > $2 ORDER BY seq LIMIT 64",
-            ),
-            Some(_) => (
-                "step_offset",
+                 AND build_offset + LENGTH(data) > $2 ORDER BY seq LIMIT 64"
+            }
+            Some(_) => {
                 "SELECT step_offset AS start, data FROM log_chunks WHERE build_id = $1 \
-                 AND step_offset + LENGTH(data) > $2 AND step = $3 ORDER BY seq LIMIT 64",
-            ),
+                 AND step_offset + LENGTH(data) > $2 AND step = $3 ORDER BY seq LIMIT 64"
+            }
         };
-        let _ = column;
         let rows: Vec<(i64, Vec<u8>)> = on_backend!(self, pool => {
             let mut query = sqlx::query(sql).bind(build_id).bind(offset);
             if let Some(step) = step {
