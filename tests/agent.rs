@@ -362,6 +362,19 @@ fn bad_requests_are_refused_with_the_field_and_change_nothing() {
         (status, error(&body)["field"].clone()),
         (400, "branch".into())
     );
+    let (status, body) = post(
+        br#"{"repo": "--upload-pack=touch /tmp/pwned", "pipeline": "ci"}"#,
+        t,
+    );
+    assert_eq!(
+        (status, error(&body)["field"].clone()),
+        (400, "repo".into())
+    );
+    let (status, body) = post(
+        br#"{"repo": "/x", "pipeline": "ci", "ref": "--output=/tmp/x"}"#,
+        t,
+    );
+    assert_eq!((status, error(&body)["field"].clone()), (400, "ref".into()));
     let big = format!(r#"{{"repo": "/x", "pipeline": "{}"}}"#, "x".repeat(100_000));
     assert_eq!(post(big.as_bytes(), t).0, 413);
     assert_eq!(post(br#"{"repo": "/x", "pipeline": "ci"}"#, None).0, 401);

@@ -334,6 +334,15 @@ fn parse_request(
         None => string("pipeline", true)?.unwrap_or_default(),
     };
     let git_ref = string("ref", false)?.unwrap_or_else(|| "HEAD".into());
+    // Both end up on git's command line: never let one read as an option.
+    for (field, value) in [("repo", &repo), ("ref", &git_ref)] {
+        if value.starts_with('-') {
+            return Err(ApiError::bad(
+                field,
+                format!("`{field}` must not start with `-`"),
+            ));
+        }
+    }
     let requested_by = string("requested_by", false)?.unwrap_or_else(|| "api".into());
     let mut env = BTreeMap::new();
     match fields.get("env") {

@@ -219,14 +219,27 @@ impl Agent {
                 .await
                 .map_err(|e| e.to_string())?;
             let cache_text = cache.to_string_lossy().into_owned();
-            git(parent, &["clone", "--quiet", "--mirror", repo, &cache_text])
-                .await
-                .map_err(|e| format!("cannot clone {repo}: {e}"))?;
+            // `--`: a repository never becomes an option of git.
+            git(
+                parent,
+                &["clone", "--quiet", "--mirror", "--", repo, &cache_text],
+            )
+            .await
+            .map_err(|e| format!("cannot clone {repo}: {e}"))?;
         }
         let spec = format!("{git_ref}^{{commit}}");
-        git(&cache, &["rev-parse", "--verify", "--quiet", &spec])
-            .await
-            .map_err(|_| format!("ref `{git_ref}` does not exist in {repo}"))
+        git(
+            &cache,
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                &spec,
+            ],
+        )
+        .await
+        .map_err(|_| format!("ref `{git_ref}` does not exist in {repo}"))
     }
 
     /// Fetches `repo`, checks `git_ref` out into `workspace`; returns the
@@ -251,7 +264,11 @@ impl Agent {
             "worktree", "add", "--quiet", "--detach", "--force", &ws_text, &sha,
         ];
         let describe_args = ["describe", "--tags", "--always", &sha];
-        let (added, version) = tokio::join!(git(&cache, &add_args), git(&cache, &describe_args));
+        // Adding a worktree and pruning stale ones must not interleave.
+        let (added, version) = {
+            let _guard = self.git_lock.lock().await;
+            tokio::join!(git(&cache, &add_args), git(&cache, &describe_args))
+        };
         added.map_err(|e| format!("cannot check out {sha}: {e}"))?;
         Ok((sha, version.ok()))
     }
@@ -259,6 +276,7 @@ impl Agent {
     /// Removes a workspace and forgets it in the repository's cache.
     pub async fn release_workspace(&self, repo: &str, workspace: &Path) {
         if tokio::fs::remove_dir_all(workspace).await.is_ok() {
+            let _guard = self.git_lock.lock().await;
             let _ = git(&self.cache_dir(repo), &["worktree", "prune"]).await;
         }
     }
