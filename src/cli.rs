@@ -21,8 +21,11 @@ Examples:
   piper exec ci              run the `ci` pipeline
   piper exec test -j1        run the step `test` and its dependencies, one at a time
   piper exec ci --json       one JSON event per line
+  piper explain ci           what would run, and why
+  piper watch dev            rerun what each file change affects
   piper list                 pipelines and steps
   piper graph ci --format dot | dot -Tsvg > ci.svg
+  piper submit ci -f         run this project's HEAD on piperd, stream its log
 
 Exit status: 0 success; the failing step's exit code; 124 a step timed out;
 2 a configuration or usage error; 130 interrupted.";
