@@ -596,17 +596,7 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
         let Some(value) = f.take(on.field()) else {
             continue;
         };
-        let list = match &value {
-            Value::Table(t)
-                if t.raw_get::<Value>("__piper_trigger")
-                    .is_ok_and(|v| v.is_nil()) =>
-            {
-                t.sequence_values::<Value>()
-                    .collect::<mlua::Result<Vec<_>>>()
-                    .map_err(|e| f.error(e))?
-            }
-            _ => vec![value],
-        };
+        let list = triggers_of(&f, value)?;
         for item in list {
             triggers.push(read_trigger(&f, on, &item)?);
         }
@@ -614,17 +604,7 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
 
     let mut schedules = Vec::new();
     if let Some(value) = f.take("schedule") {
-        let list = match &value {
-            Value::Table(t)
-                if t.raw_get::<Value>("__piper_trigger")
-                    .is_ok_and(|v| v.is_nil()) =>
-            {
-                t.sequence_values::<Value>()
-                    .collect::<mlua::Result<Vec<_>>>()
-                    .map_err(|e| f.error(e))?
-            }
-            _ => vec![value],
-        };
+        let list = triggers_of(&f, value)?;
         for item in list {
             let (cron, location) = match &item {
                 Value::String(s) => (s.to_string_lossy(), f.location.clone()),
@@ -675,6 +655,21 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
     };
     f.finish(PIPELINE_FIELDS)?;
     Ok(pipeline)
+}
+
+/// A trigger (or schedule) value, or a list of them: always a list.
+fn triggers_of(f: &Fields, value: Value) -> Result<Vec<Value>> {
+    match &value {
+        Value::Table(t)
+            if t.raw_get::<Value>("__piper_trigger")
+                .is_ok_and(|v| v.is_nil()) =>
+        {
+            t.sequence_values::<Value>()
+                .collect::<mlua::Result<Vec<_>>>()
+                .map_err(|e| f.error(e))
+        }
+        _ => Ok(vec![value]),
+    }
 }
 
 fn read_trigger(f: &Fields, on: TriggerOn, value: &Value) -> Result<RawTrigger> {

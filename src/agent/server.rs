@@ -143,15 +143,8 @@ async fn follow_log(
 ) -> ApiResult<Response> {
     use base64::Engine;
     let (id, query, offset) = log_request(&id, query)?;
+    find_build(&state, id).await?;
     let store = state.agent.store.clone();
-    if store
-        .get_build(id)
-        .await
-        .map_err(ApiError::internal)?
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!("no build {id}")));
-    }
     let stream = futures_util::stream::unfold(Some(offset), move |position| {
         let store = store.clone();
         let step = query.step.clone();
@@ -244,6 +237,17 @@ async fn agents(State(state): State<ApiState>) -> ApiResult<axum::Json<Value>> {
         .await
         .map_err(ApiError::internal)?;
     Ok(axum::Json(json!({ "agents": agents })))
+}
+
+/// The build, or a 404 naming it.
+async fn find_build(state: &ApiState, id: i64) -> ApiResult<super::store::Build> {
+    state
+        .agent
+        .store
+        .get_build(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))
 }
 
 fn parse_id(text: &str) -> ApiResult<i64> {
@@ -379,13 +383,7 @@ async fn retrigger(
 ) -> ApiResult<Response> {
     authorize(&state, &headers)?;
     let id = parse_id(&id)?;
-    let old = state
-        .agent
-        .store
-        .get_build(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+    let old = find_build(&state, id).await?;
     let new = NewBuild {
         git_ref: old.sha.clone().unwrap_or(old.git_ref.clone()),
         repo: old.repo,
@@ -454,13 +452,7 @@ async fn show_build(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
     let id = parse_id(&id)?;
-    let build = state
-        .agent
-        .store
-        .get_build(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+    let build = find_build(&state, id).await?;
     let steps = state
         .agent
         .store
@@ -501,13 +493,7 @@ async fn read_log(
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let (id, query, offset) = log_request(&id, query)?;
-    let build = state
-        .agent
-        .store
-        .get_build(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+    let build = find_build(&state, id).await?;
     let slice = state
         .agent
         .store
@@ -537,11 +523,7 @@ async fn cancel(
     authorize(&state, &headers)?;
     let id = parse_id(&id)?;
     let store = &state.agent.store;
-    let build = store
-        .get_build(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+    let build = find_build(&state, id).await?;
     match build.status {
         BuildState::Queued => store
             .finish_build(id, BuildState::Canceled, Some("canceled before it started"))
