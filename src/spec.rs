@@ -402,11 +402,24 @@ fn env_table(table: &Table) -> std::result::Result<IndexMap<String, String>, Str
 }
 
 fn location_of(record: &Table) -> Location {
-    let file = record
-        .get::<String>("file")
-        .unwrap_or_else(|_| "piper.lua".into());
-    let line = record.get::<u32>("line").unwrap_or(0);
-    Location::new(file, line)
+    recorded_location(record, &Location::new("piper.lua", 0))
+}
+
+/// The `file`/`line` the stdlib recorded in a table (via `native.where`),
+/// or `fallback` where it recorded none.
+fn recorded_location(table: &Table, fallback: &Location) -> Location {
+    Location::new(
+        table
+            .get::<Option<String>>("file")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| fallback.file.clone()),
+        table
+            .get::<Option<u32>>("line")
+            .ok()
+            .flatten()
+            .unwrap_or(fallback.line),
+    )
 }
 
 /// The name a step or pipeline handle refers to, if `value` is one.
@@ -616,17 +629,7 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
                         == Some("schedule") =>
                 {
                     let cron: String = t.get("cron").map_err(|e| f.error(e))?;
-                    let location = Location::new(
-                        t.get::<Option<String>>("file")
-                            .ok()
-                            .flatten()
-                            .unwrap_or_else(|| f.location.file.clone()),
-                        t.get::<Option<u32>>("line")
-                            .ok()
-                            .flatten()
-                            .unwrap_or(f.location.line),
-                    );
-                    (cron, location)
+                    (cron, recorded_location(t, &f.location))
                 }
                 other => {
                     return Err(f.wrong_type(
@@ -700,16 +703,7 @@ fn read_trigger(f: &Fields, on: TriggerOn, value: &Value) -> Result<RawTrigger> 
                     .map_err(|m| f.error(format_args!("`{}` env: {m}", on.field())))?,
                 None => IndexMap::new(),
             };
-            let location = Location::new(
-                t.get::<Option<String>>("file")
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| f.location.file.clone()),
-                t.get::<Option<u32>>("line")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(f.location.line),
-            );
+            let location = recorded_location(t, &f.location);
             Ok(RawTrigger {
                 on,
                 pipeline,
