@@ -250,7 +250,6 @@ fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32> {
     let graph = Graph::load(&project)?;
     graph.plan(&args.exec.targets)?;
     let options = exec_options(&graph, &args.exec)?;
-    drop(graph);
     let renderer = host(cli, &args.exec, Some(args.clear));
     let watch_options = WatchOptions {
         debounce: args.debounce,
@@ -263,6 +262,7 @@ fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32> {
         tokio::spawn(forward_signals(interrupt.clone()));
         let code = crate::watch::watch(
             project,
+            graph,
             args.exec.targets.clone(),
             options,
             watch_options,

@@ -59,8 +59,11 @@ enum Change {
 }
 
 /// Watches until interrupted; returns the exit status (130).
+/// `graph` is the config as evaluated (and planned) at start, so it is not
+/// evaluated twice.
 pub async fn watch(
     project: Project,
+    graph: Graph,
     targets: Vec<String>,
     base: Options,
     options: WatchOptions,
@@ -70,7 +73,7 @@ pub async fn watch(
     let (tx, mut changes) = mpsc::unbounded_channel::<PathBuf>();
     // Held for the whole watch: dropping it stops the notifications.
     let _watcher = start_watcher(&project.root, options.poll, tx)?;
-    let mut graph = load(&project, &targets, &events).await;
+    let mut graph = Some(Arc::new(graph));
     let mut restrict: Option<HashSet<String>> = None;
     let mut next_build = 1;
     let base = Options {
