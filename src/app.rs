@@ -417,26 +417,14 @@ fn clean(cli: &Cli, args: &CleanArgs) -> Result<i32> {
     if args.outputs {
         let graph = Graph::load(&project)?;
         for step in &graph.steps {
-            for output in &step.outputs {
-                let matches: Vec<std::path::PathBuf> = if output.contains(['*', '?', '[', '{']) {
-                    crate::lua::glob(&graph.root, std::slice::from_ref(output), true, false)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|p| graph.root.join(p))
-                        .collect()
+            for path in crate::fingerprint::existing_outputs(&graph.root, &step.outputs) {
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
                 } else {
-                    vec![step.dir.join(output)]
+                    std::fs::remove_file(&path)
                 };
-                for path in matches.iter().filter(|p| p.exists()) {
-                    let removed = if path.is_dir() {
-                        std::fs::remove_dir_all(path)
-                    } else {
-                        std::fs::remove_file(path)
-                    };
-                    removed
-                        .map_err(|e| Error::io(format!("cannot remove {}", path.display()), e))?;
-                    eprintln!("removed {}", path.display());
-                }
+                removed.map_err(|e| Error::io(format!("cannot remove {}", path.display()), e))?;
+                eprintln!("removed {}", path.display());
             }
         }
     }

@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+/// The longest duration Piper accepts anywhere (timeouts, grace periods,
+/// debounce): a year. Longer values are mistakes (`math.huge`), and
+/// `Instant + duration` must never overflow.
+pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Parses `"1h30m"`, `"10m"`, `"45s"`, `"250ms"` or a bare number of seconds.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -44,10 +49,17 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         total += seconds(value * scale)?;
         rest = &rest[unit_len..];
     }
+    if total > MAX {
+        return Err(format!("`{text}` is longer than a year"));
+    }
     Ok(total)
 }
 
-fn seconds(secs: f64) -> Result<Duration, String> {
+/// A number of seconds as a duration: finite, not negative, at most [`MAX`].
+pub fn seconds(secs: f64) -> Result<Duration, String> {
+    if secs.is_finite() && secs > MAX.as_secs_f64() {
+        return Err(format!("{secs} seconds is longer than a year"));
+    }
     Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("{secs} is not a valid number of seconds"))
 }
@@ -94,6 +106,11 @@ mod tests {
         assert!(parse("m").unwrap_err().contains("not a duration"));
         assert!(parse("").is_err());
         assert!(parse("-1").is_err());
+        assert!(parse("inf").is_err());
+        assert!(parse("nan").is_err());
+        assert!(parse("1e20").unwrap_err().contains("longer than a year"));
+        assert!(parse("9000h").unwrap_err().contains("longer than a year"));
+        assert!(seconds(f64::INFINITY).is_err());
     }
 
     #[test]

@@ -114,17 +114,29 @@ pub async fn run(
     interrupt: &CancellationToken,
 ) -> Result<RunOutcome> {
     let first = graph.plan(targets)?;
-    process::become_subreaper();
+    crate::reaper::start();
     let mut queue: VecDeque<(Plan, Option<TriggeredBy>)> = VecDeque::from([(first, None)]);
     let mut builds = Vec::new();
     let mut next_id = options.first_build;
+    // `restrict` names steps of the requested plan (what a change affected
+    // and their dependents there); a chained pipeline is a plan of its own,
+    // whose steps get the ordinary up-to-date check.
+    let chained_options = Options {
+        restrict: None,
+        ..options.clone()
+    };
     while let Some((plan, triggered_by)) = queue.pop_front() {
+        let build_options = if triggered_by.is_none() {
+            options
+        } else {
+            &chained_options
+        };
         let outcome = run_build(
             graph.clone(),
             &plan,
             next_id,
             triggered_by,
-            options,
+            build_options,
             events,
             interrupt,
         )

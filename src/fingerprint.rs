@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::UNIX_EPOCH;
 
 use crate::graph::Step;
+use crate::paths::{is_glob, normalize};
 use crate::spec::Run;
 use crate::state::{FileStamp, StepRecord};
 
@@ -56,6 +57,11 @@ pub enum Freshness {
     Stale(StepRecord, Vec<String>),
 }
 
+/// Files modified less than this before they were stamped are re-read on
+/// the next check: file timestamps come from a coarse clock (a kernel tick,
+/// seconds on some filesystems), so an edit within it may not move them.
+const RACY_WINDOW_NS: i128 = 2_000_000_000;
+
 /// Fingerprint value of a record whose depfile was missing after its run.
 const DEPFILE_MISSING: &str = "depfile-missing";
 
@@ -77,7 +83,7 @@ pub fn check(
         .map_err(|e| format!("inputs: {e}"))?;
     let mut record = record(command_text(step, root), env, inputs, deps);
     record.discovered = discovered;
-    let missing = missing_outputs(root, &step.dir, &step.outputs);
+    let missing = missing_outputs(root, &step.outputs);
     let reasons = reasons(previous, &record, &missing, forced);
     Ok(if reasons.is_empty() {
         Freshness::UpToDate(record)
@@ -139,25 +145,6 @@ pub fn after_run(root: &Path, step: &Step, mut record: StepRecord) -> (StepRecor
     }
 }
 
-/// Lexically removes `.` and `a/..` so `src/../include/x.h` matches `include/x.h`.
-fn normalize(path: &Path) -> String {
-    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
-    for c in path.components() {
-        match c {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir if !parts.is_empty() => {
-                parts.pop();
-            }
-            other => parts.push(other.as_os_str()),
-        }
-    }
-    parts
-        .iter()
-        .map(|p| p.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 /// The prerequisites of a Makefile-style depfile (as `cc -MD` writes):
 /// `target: dep dep \` continuation lines, `\ ` for a space in a name,
 /// `$$` for `$`. Targets are not returned.
@@ -215,10 +202,8 @@ pub fn stamp_inputs(
 ) -> Result<BTreeMap<String, FileStamp>, String> {
     // Literal paths are taken as written (they are often another step's
     // gitignored outputs); only glob patterns honour the ignore rules.
-    let (globs, literal): (Vec<String>, Vec<String>) = patterns
-        .iter()
-        .cloned()
-        .partition(|p| p.contains(['*', '?', '[', '{']));
+    let (globs, literal): (Vec<String>, Vec<String>) =
+        patterns.iter().cloned().partition(|p| is_glob(p));
     let mut files = if globs.is_empty() {
         Vec::new()
     } else {
@@ -233,6 +218,10 @@ pub fn stamp_inputs(
     files.extend(extra.iter().filter(|p| root.join(p).is_file()).cloned());
     files.sort();
     files.dedup();
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
     let mut stamps = BTreeMap::new();
     for rel in files {
         let path = root.join(&rel);
@@ -250,6 +239,14 @@ pub fn stamp_inputs(
         let hash = match reuse {
             Some(old) => old.hash.clone(),
             None => hash_hex(&std::fs::read(&path).map_err(|e| format!("cannot read {rel}: {e}"))?),
+        };
+        // "Racy clean" (git's rule): a file modified so recently that a
+        // same-size rewrite could keep its mtime is stamped without one,
+        // so the next check reads it again instead of trusting the mtime.
+        let mtime_ns = if now_ns - mtime_ns < RACY_WINDOW_NS {
+            0
+        } else {
+            mtime_ns
         };
         stamps.insert(
             rel,
@@ -366,21 +363,29 @@ pub fn reasons(
     why
 }
 
-/// Declared outputs that do not exist (globs count as present if they match).
-pub fn missing_outputs(root: &Path, dir: &Path, outputs: &[String]) -> Vec<String> {
+/// Declared outputs (root-relative, see `graph::Step::outputs`) that do
+/// not exist; a glob counts as present if it matches something.
+pub fn missing_outputs(root: &Path, outputs: &[String]) -> Vec<String> {
     outputs
         .iter()
-        .filter(|pattern| {
-            if pattern.contains(['*', '?', '[', '{']) {
-                crate::lua::glob(root, std::slice::from_ref(*pattern), true, false)
-                    .map(|m| m.is_empty())
-                    .unwrap_or(true)
-            } else {
-                !dir.join(pattern).exists()
-            }
-        })
+        .filter(|pattern| existing_outputs(root, std::slice::from_ref(*pattern)).is_empty())
         .cloned()
         .collect()
+}
+
+/// The files and directories that root-relative `outputs` name now.
+pub fn existing_outputs(root: &Path, outputs: &[String]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for pattern in outputs {
+        if is_glob(pattern) {
+            let matches = crate::lua::glob(root, std::slice::from_ref(pattern), true, false)
+                .unwrap_or_default();
+            found.extend(matches.into_iter().map(|m| root.join(m)));
+        } else if root.join(pattern).exists() {
+            found.push(root.join(pattern));
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -410,7 +415,6 @@ mod tests {
         );
         assert_eq!(parse_depfile("a.o b.o: x.h\ny.o: z.h\n"), ["x.h", "z.h"]);
         assert!(parse_depfile("").is_empty());
-        assert_eq!(normalize(Path::new("src/../include/./x.h")), "include/x.h");
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Step {
     pub allow_failure: bool,
     pub when: Option<Condition>,
     pub inputs: Vec<String>,
+    /// Root-relative paths or globs: `piper.lua` writes them relative to
+    /// the step's `dir`, and validation resolves them once (`paths`).
     pub outputs: Vec<String>,
     pub depfile: Option<String>,
     pub service: bool,
@@ -131,10 +133,17 @@ impl Graph {
                     deps.push(d);
                 }
             }
-            let dir = match &raw.dir {
-                Some(dir) => project.root.join(dir),
-                None => project.root.clone(),
-            };
+            let rel_dir = PathBuf::from(raw.dir.as_deref().unwrap_or(""));
+            let dir = project.root.join(&rel_dir);
+            let mut outputs = Vec::with_capacity(raw.outputs.len());
+            for output in &raw.outputs {
+                outputs.push(
+                    crate::paths::resolve_in(&rel_dir, output).map_err(|message| Error::Spec {
+                        location: raw.location.clone(),
+                        message: format!("step `{}`: `outputs`: {message}", raw.name),
+                    })?,
+                );
+            }
             steps.push(Step {
                 name: raw.name,
                 location: raw.location,
@@ -148,7 +157,7 @@ impl Graph {
                 allow_failure: raw.allow_failure,
                 when: raw.when,
                 inputs: raw.inputs,
-                outputs: raw.outputs,
+                outputs,
                 depfile: raw.depfile,
                 service: raw.service,
             });

@@ -6,9 +6,9 @@
 //! period — and when its main process exits on its own, whatever it left in
 //! its group (`server &`) is ended the same way. Piper waits until the group
 //! is really empty before reporting the command finished, so nothing a step
-//! started outlives it. Piper makes itself a child subreaper so orphaned
-//! grandchildren are re-parented to it and can be reaped (and counted gone)
-//! even where PID 1 does not reap.
+//! started outlives it. Piper makes itself a child subreaper (`reaper.rs`)
+//! so orphaned grandchildren are re-parented to it and can be reaped (and
+//! counted gone) even where PID 1 does not reap.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -88,22 +88,6 @@ impl Exit {
             Exit::SpawnFailed(why) => why.clone(),
             Exit::Canceled => "canceled".into(),
         }
-    }
-}
-
-/// Makes this process a child subreaper (Linux), once. Orphans of steps are
-/// then re-parented to Piper, which reaps them in [`end_group`].
-pub fn become_subreaper() {
-    #[cfg(target_os = "linux")]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag
-            // and touches no memory of ours.
-            unsafe {
-                libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-            }
-        });
     }
 }
 
@@ -188,11 +172,11 @@ pub async fn run(
         .stderr(writer2)
         .process_group(0)
         .kill_on_drop(false);
-    let spawned = cmd.spawn();
+    let spawned = crate::reaper::spawn_owned(|| cmd.spawn(), Child::id);
     // Close our copies of the write end, or the reader never sees EOF.
     drop(cmd);
-    let mut child = match spawned {
-        Ok(child) => child,
+    let (mut child, _owned) = match spawned {
+        Ok(spawned) => spawned,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Exit::NotFound(program),
         Err(e) => return Exit::SpawnFailed(format!("cannot start {program}: {e}")),
     };

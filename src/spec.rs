@@ -513,8 +513,13 @@ fn read_step(record: &Table) -> Result<RawStep> {
             crate::duration::parse(&s.to_string_lossy())
                 .map_err(|m| f.error(format_args!("`timeout`: {m}")))?,
         ),
-        Some(Value::Integer(i)) if i > 0 => Some(Duration::from_secs(i as u64)),
-        Some(Value::Number(n)) if n > 0.0 => Some(Duration::from_secs_f64(n)),
+        Some(Value::Integer(i)) if i > 0 => Some(
+            crate::duration::seconds(i as f64)
+                .map_err(|m| f.error(format_args!("`timeout`: {m}")))?,
+        ),
+        Some(Value::Number(n)) if n > 0.0 => {
+            Some(crate::duration::seconds(n).map_err(|m| f.error(format_args!("`timeout`: {m}")))?)
+        }
         Some(other) => {
             return Err(f.wrong_type(
                 "timeout",

@@ -409,16 +409,7 @@ fn classify(
     let outputs: Vec<String> = graph
         .steps
         .iter()
-        .flat_map(|s| {
-            let dir = s
-                .dir
-                .strip_prefix(root)
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            s.outputs
-                .iter()
-                .map(move |o| dir.join(o).to_string_lossy().into_owned())
-        })
+        .flat_map(|s| s.outputs.iter().cloned())
         .collect();
     let output_set = glob_set(outputs.iter().map(String::as_str));
     let plan = graph.plan(targets).ok();

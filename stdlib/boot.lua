@@ -15,6 +15,13 @@ package.cpath = ""
 package.searchers = {
   package.searchers[1], -- package.preload: the piper.* modules
   function(name)
+    -- Only dotted names of plain words: `.tmp.x` or `a..b` would become
+    -- absolute or empty path parts and reach outside the project.
+    for part in (name .. "."):gmatch("(.-)%.") do
+      if not part:match("^[%w_%-]+$") then
+        error(("module name %q is not inside the project: use dotted names of letters, digits, `_` and `-`, like \"ci.rust\" for ci/rust.lua"):format(name), 3)
+      end
+    end
     local rel = name:gsub("%.", "/")
     local tried = {}
     for _, pattern in ipairs { "%s.lua", "%s/init.lua" } do

@@ -68,6 +68,7 @@ fn chained_pipelines_do_not_run_after_ctrl_c_or_a_plain_step_target() {
         .args(["exec", "work"])
         .stdout_lacks("uploading")
         .stdout_lacks("tidy")
+        .stderr_any()
         .run();
 }
 
@@ -82,5 +83,7 @@ fn a_failing_chained_pipeline_fails_the_run() {
         )
         .args(["exec", "ci"])
         .status(4)
+        .stdout_any()
+        .stderr_any()
         .run();
 }

@@ -30,7 +30,11 @@ fn list_shows_pipelines_and_steps() {
 
 #[test]
 fn list_json() {
-    let ran = Test::new().piper_lua(CONFIG).args(["list", "--json"]).run();
+    let ran = Test::new()
+        .piper_lua(CONFIG)
+        .args(["list", "--json"])
+        .stdout_any()
+        .run();
     let doc: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
     assert_eq!(doc["pipelines"][0]["triggers"][0]["pipeline"], "deploy");
     assert_eq!(doc["steps"][1]["deps"][0], "lint");
@@ -62,6 +66,7 @@ fn graph_formats() {
     let ran = Test::new()
         .piper_lua(CONFIG)
         .args(["graph", "ci", "--format", "json"])
+        .stdout_any()
         .run();
     let doc: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
     assert_eq!(doc["steps"].as_array().unwrap().len(), 2);
@@ -93,7 +98,7 @@ fn init_writes_a_working_starter_and_refuses_to_overwrite() {
 
 #[test]
 fn meta_writes_the_definitions() {
-    let ran = Test::new().args(["meta"]).run();
+    let ran = Test::new().args(["meta"]).stderr_any().run();
     let text = ran.read(".piper/lua/piper/shell.lua");
     assert!(text.starts_with("---@meta piper.shell"));
 }
@@ -101,7 +106,7 @@ fn meta_writes_the_definitions() {
 #[test]
 fn completions_register_for_each_shell() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
-        let ran = Test::new().args(["completions", shell]).run();
+        let ran = Test::new().args(["completions", shell]).stdout_any().run();
         assert!(ran.stdout.contains("COMPLETE"), "{shell}: {}", ran.stdout);
     }
 }
@@ -116,6 +121,7 @@ fn dynamic_completion_offers_pipeline_and_step_names() {
         .env("_CLAP_COMPLETE_SPACE", "true")
         .env("_CLAP_IFS", "\n")
         .args(["--", "piper", "exec", ""])
+        .stdout_any()
         .run();
     for name in ["ci", "deploy", "lint", "test", "upload"] {
         assert!(
@@ -150,5 +156,9 @@ fn usage_errors_exit_2() {
         .status(2)
         .stderr_contains("PIPELINE|STEP")
         .run();
-    Test::new().args(["exec", "x", "-j", "0"]).status(2).run();
+    Test::new()
+        .args(["exec", "x", "-j", "0"])
+        .status(2)
+        .stderr_any()
+        .run();
 }

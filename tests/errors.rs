@@ -251,6 +251,7 @@ fn command_not_found_fails_the_step_with_127() {
         .args(["exec", "a"])
         .status(127)
         .stdout_contains("not found")
+        .stderr_any()
         .run();
 }
 
@@ -280,5 +281,6 @@ fn missing_working_directory_fails_the_step() {
         .status(1)
         .stdout_contains("working directory")
         .stdout_contains("does not exist")
+        .stderr_any()
         .run();
 }

@@ -19,6 +19,8 @@ fn independent_steps_run_in_parallel() {
     Test::new()
         .piper_lua(RENDEZVOUS)
         .args(["exec", "both", "-j2"])
+        .stdout_any()
+        .stderr_any()
         .run();
 }
 
@@ -30,6 +32,7 @@ fn jobs_one_runs_one_step_at_a_time() {
         .args(["exec", "both", "-j1"])
         .status(1)
         .stderr_contains("first failure: a")
+        .stdout_any()
         .run();
 }
 
@@ -47,7 +50,7 @@ fn dependencies_finish_before_dependents_start() {
             "#,
         )
         .args(["exec", "all", "-j4"])
-        .run();
+        .stdout_any().stderr_any().run();
     let log = ran.read("log");
     let pos = |line: &str| {
         log.lines()
@@ -72,6 +75,7 @@ fn a_step_target_pulls_in_its_dependencies_only() {
         )
         .args(["exec", "b"])
         .stdout("a | $ echo A\na | A\nb | $ echo B\nb | B\n")
+        .stderr_any()
         .run();
 }
 
@@ -90,6 +94,7 @@ fn fail_fast_stops_before_independent_steps() {
         .args(["exec", "p", "-j1"])
         .status(3)
         .stderr_contains("first failure: bad: `exit 3` exited with code 3")
+        .stdout_any()
         .run();
     assert!(!ran.path("other.ran").exists());
     assert!(!ran.path("after.ran").exists());
@@ -103,6 +108,8 @@ fn keep_going_finishes_independent_branches() {
         .piper_lua(FAILING_BRANCH)
         .args(["exec", "p", "-j1", "--keep-going"])
         .status(3)
+        .stdout_any()
+        .stderr_any()
         .run();
     assert!(ran.path("other.ran").exists());
     assert!(!ran.path("after.ran").exists());
@@ -116,6 +123,7 @@ fn command_lists_run_in_order_and_stop_at_the_first_failure() {
         .status(1)
         .stdout_contains("a | one")
         .stdout_lacks("never")
+        .stderr_any()
         .run();
 }
 
@@ -125,11 +133,13 @@ fn argv_runs_without_a_shell() {
         .piper_lua(r#"step "a" { argv = { "echo", "$HOME", "two words" } }"#)
         .args(["exec", "a"])
         .stdout_contains("a | $HOME two words")
+        .stderr_any()
         .run();
     Test::new()
         .piper_lua(r#"step "a" { run = { { "printf", "%s|", "x y" }, "echo done" } }"#)
         .args(["exec", "a"])
         .stdout_contains("a | x y|done")
+        .stderr_any()
         .run();
 }
 
@@ -140,6 +150,7 @@ fn retries_rerun_a_failing_step() {
             r#"step "flaky" { run = "echo x >> tries; [ $(wc -l < tries) -ge 3 ]", retries = 2 }"#,
         )
         .args(["exec", "flaky", "--json"])
+        .stdout_any()
         .run();
     assert_eq!(ran.read("tries").lines().count(), 3);
     let events = ran.events();
@@ -186,7 +197,7 @@ fn when_conditions_skip_steps_and_let_dependents_run() {
         )
         .args(["exec", "release"])
         .stderr_contains("publish  skipped")
-        .run();
+        .stdout_any().run();
     assert!(!ran.path("published").exists());
     assert!(ran.path("notified").exists());
 }
@@ -204,7 +215,7 @@ fn environment_precedence_global_pipeline_step_cli() {
         )
         .args(["exec", "p", "--env", "D=cli"])
         .stdout_contains("show | global pipeline step cli show")
-        .run();
+        .stderr_any().run();
 }
 
 #[test]
@@ -218,6 +229,8 @@ fn grouped_output_keeps_each_step_together() {
             "#,
         )
         .args(["exec", "p", "--output", "grouped"])
+        .stdout_any()
+        .stderr_any()
         .run();
     let lines: Vec<&str> = ran.stdout.lines().collect();
     let a1 = lines.iter().position(|l| *l == "a | a1").unwrap();
@@ -232,6 +245,7 @@ fn output_without_a_trailing_newline_is_kept() {
         .piper_lua(r#"step "a" { run = "printf 'no newline'" }"#)
         .args(["exec", "a"])
         .stdout("a | $ printf 'no newline'\na | no newline\n")
+        .stderr_any()
         .run();
 }
 
@@ -261,6 +275,7 @@ fn json_is_one_event_per_line_in_order() {
             "#,
         )
         .args(["exec", "b", "--json"])
+        .stdout_any()
         .run();
     let events = ran.events();
     let kinds: Vec<&str> = events
@@ -304,6 +319,7 @@ fn lua_function_steps_run_commands_and_print() {
         .stdout_contains("lua | step\tlua\tctx")
         .stdout_contains("lua | code\t4")
         .stdout_contains("lua | argv form")
+        .stderr_any()
         .run();
 }
 
@@ -314,6 +330,7 @@ fn failing_command_in_a_lua_step_gives_its_exit_code() {
         .args(["exec", "lua"])
         .status(9)
         .stdout_contains("`exit 9` exited with code 9")
+        .stderr_any()
         .run();
 }
 
@@ -330,6 +347,7 @@ fn steps_run_in_the_project_root_or_their_dir() {
         .current_dir("pkg")
         .args(["exec", "root", "sub", "-j1"])
         .stdout_contains("/pkg\n")
+        .stderr_any()
         .run();
 }
 
@@ -348,6 +366,7 @@ fn a_pipeline_may_include_another() {
         .stdout_contains("lint  | lint")
         .stdout_contains("test  | test")
         .stdout_contains("build | build")
+        .stderr_any()
         .run();
 }
 

@@ -1,11 +1,16 @@
 //! The test builder: writes files into a fresh temp dir, runs the real
 //! `piper` binary there, and checks stdout, stderr and the exit status.
 //!
+//! Strict, as just's is: a stream without any expectation must be empty
+//! (say `.stdout_any()` to not care), and the status defaults to 0.
+//! `Ran::again()` runs once more in the same directory.
+//!
 //! ```ignore
 //! Test::new()
 //!     .piper_lua(r#"step "a" { run = "echo hi" }"#)
 //!     .args(["exec", "a"])
 //!     .stdout_contains("a | hi")
+//!     .stderr_any()
 //!     .run();
 //! ```
 
@@ -14,6 +19,7 @@ use std::process::{Command, Output, Stdio};
 
 pub const PIPER: &str = env!("CARGO_BIN_EXE_piper");
 
+#[must_use = "a Test does nothing until .run()"]
 pub struct Test {
     pub dir: tempfile::TempDir,
     args: Vec<String>,
@@ -25,6 +31,8 @@ pub struct Test {
     stdout_contains: Vec<String>,
     stderr_contains: Vec<String>,
     stdout_lacks: Vec<String>,
+    stdout_any: bool,
+    stderr_any: bool,
 }
 
 pub struct Ran {
@@ -40,6 +48,11 @@ impl Ran {
 
     pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+    }
+
+    /// A new test in the same directory (files and `.piper/` state kept).
+    pub fn again(self) -> Test {
+        Test::in_dir(self.dir)
     }
 
     /// The JSON events printed by `--json`.
@@ -86,8 +99,13 @@ impl Default for Test {
 
 impl Test {
     pub fn new() -> Self {
+        Test::in_dir(tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// A test that runs in an existing directory.
+    pub fn in_dir(dir: tempfile::TempDir) -> Self {
         Test {
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir,
             args: Vec::new(),
             env: Vec::new(),
             cwd: None,
@@ -97,7 +115,22 @@ impl Test {
             stdout_contains: Vec::new(),
             stderr_contains: Vec::new(),
             stdout_lacks: Vec::new(),
+            stdout_any: false,
+            stderr_any: false,
         }
+    }
+
+    /// Accept any stdout (by default, a stdout without expectations must be
+    /// empty).
+    pub fn stdout_any(mut self) -> Self {
+        self.stdout_any = true;
+        self
+    }
+
+    /// Accept any stderr.
+    pub fn stderr_any(mut self) -> Self {
+        self.stderr_any = true;
+        self
     }
 
     pub fn piper_lua(self, text: &str) -> Self {
@@ -181,11 +214,23 @@ impl Test {
         let code = status.code().unwrap_or(-1);
         let context = format!("--- stdout ---\n{stdout}--- stderr ---\n{stderr}--- status {code}");
         assert_eq!(code, self.status, "unexpected exit status\n{context}");
-        if let Some(expected) = &self.stdout {
-            assert_eq!(&stdout, expected, "stdout differs\n{context}");
+        let stdout_unchecked = self.stdout.is_none()
+            && self.stdout_contains.is_empty()
+            && self.stdout_lacks.is_empty();
+        let expected_stdout = match &self.stdout {
+            None if stdout_unchecked && !self.stdout_any => Some(""),
+            other => other.as_deref(),
+        };
+        if let Some(expected) = expected_stdout {
+            assert_eq!(stdout, expected, "stdout differs\n{context}");
         }
-        if let Some(expected) = &self.stderr {
-            assert_eq!(&stderr, expected, "stderr differs\n{context}");
+        let stderr_unchecked = self.stderr.is_none() && self.stderr_contains.is_empty();
+        let expected_stderr = match &self.stderr {
+            None if stderr_unchecked && !self.stderr_any => Some(""),
+            other => other.as_deref(),
+        };
+        if let Some(expected) = expected_stderr {
+            assert_eq!(stderr, expected, "stderr differs\n{context}");
         }
         for text in &self.stdout_contains {
             assert!(
@@ -240,12 +285,19 @@ pub fn wait_for_file(path: &Path) {
     panic!("{} never appeared", path.display());
 }
 
+/// Reads a pid a step wrote with `echo $! > file`: waits (bounded, 20 s)
+/// until the file holds a whole line, as it may exist empty for a moment.
 pub fn read_pid(path: &Path) -> i32 {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    for _ in 0..2000 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.ends_with('\n')
+            && let Ok(pid) = text.trim().parse()
+        {
+            return pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{} never held a pid", path.display());
 }
 
 /// A number no other call in this test process returns (for database names).

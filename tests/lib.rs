@@ -13,6 +13,7 @@ mod examples;
 mod exec;
 mod incremental;
 mod lua_api;
+mod regressions;
 mod store;
 mod supervision;
 mod watch;

@@ -22,7 +22,7 @@ fn shell_run_output_quote_join() {
         )
         .args(["exec", "show"])
         .stdout_contains("show | evaluated/a b")
-        .run();
+        .stderr_any().run();
 }
 
 #[test]
@@ -37,6 +37,7 @@ fn shell_runs_in_the_project_root_wherever_piper_starts() {
         .current_dir("deep/down")
         .args(["exec", "where"])
         .stdout_lacks("deep/down")
+        .stderr_any()
         .run();
 }
 
@@ -63,7 +64,7 @@ fn fs_glob_honours_gitignore_exists_and_read() {
         .file(".gitignore", "src/gen/\n")
         .file("README.md", "hi")
         .args(["list"])
-        .run();
+        .stdout_any().run();
 }
 
 #[test]
@@ -92,6 +93,7 @@ fn env_get_set_parse_and_load() {
         .env("PIPER_TEST_OUTER", "outer")
         .args(["exec", "show"])
         .stdout_contains("show | 1 two words yes")
+        .stderr_any()
         .run();
 }
 
@@ -116,6 +118,7 @@ fn git_describes_the_version_of_a_real_repo() {
     git(&["tag", "v1.2.0"]);
     test.args(["exec", "version"])
         .stdout_contains("version | v1.2.0")
+        .stderr_any()
         .run();
 }
 
@@ -131,6 +134,7 @@ fn git_functions_return_nil_outside_a_repo() {
         )
         .env("GIT_CEILING_DIRECTORIES", "/")
         .args(["list"])
+        .stdout_any()
         .run();
 }
 
@@ -156,6 +160,7 @@ fn project_modules_load_with_require() {
         .file("ci/init.lua", "return { name = 'ci package' }")
         .args(["exec", "test core"])
         .stdout_contains("test core | testing core")
+        .stderr_any()
         .run();
 }
 
@@ -178,5 +183,6 @@ fn the_graph_is_code_one_step_per_file() {
         .stdout_contains("cc src/a.c | compiling src/a.c")
         .stdout_contains("cc src/b.c | compiling src/b.c")
         .stdout_contains("link       | linking")
+        .stderr_any()
         .run();
 }

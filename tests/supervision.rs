@@ -11,6 +11,8 @@ fn a_failing_step_leaves_no_orphans() {
         )
         .args(["exec", "a"])
         .status(3)
+        .stdout_any()
+        .stderr_any()
         .run();
     assert!(
         process_gone(read_pid(&ran.path("bg.pid"))),
@@ -24,6 +26,8 @@ fn a_successful_step_leaves_no_orphans_either() {
     let ran = Test::new()
         .piper_lua(r#"step "a" { run = "sleep 1000 & echo $! > bg.pid" }"#)
         .args(["exec", "a"])
+        .stdout_any()
+        .stderr_any()
         .run();
     assert!(process_gone(read_pid(&ran.path("bg.pid"))));
 }
@@ -34,7 +38,7 @@ fn timeout_ends_the_whole_group_with_exit_124() {
         .piper_lua(r#"step "slow" { run = "sleep 1000 & echo $! > bg.pid; sleep 1000", timeout = "300ms" }"#)
         .args(["exec", "slow", "--json"])
         .status(124)
-        .run();
+        .stdout_any().run();
     assert!(process_gone(read_pid(&ran.path("bg.pid"))));
     let finished = ran
         .events()
@@ -56,7 +60,7 @@ fn sigterm_then_sigkill_for_a_group_that_ignores_sigterm() {
         .env("PIPER_KILL_GRACE", "300ms")
         .args(["exec", "stubborn"])
         .status(124)
-        .run();
+        .stdout_any().stderr_any().run();
     assert!(
         ran.path("got.term").exists(),
         "SIGTERM was not delivered first"
@@ -77,6 +81,7 @@ fn fail_fast_cancels_running_siblings_and_their_children() {
         .args(["exec", "p", "-j2"])
         .status(5)
         .stderr_contains("long  canceled")
+        .stdout_any()
         .run();
     assert!(process_gone(read_pid(&ran.path("bg.pid"))));
 }

@@ -280,3 +280,55 @@ fn a_service_keeps_running_until_a_change_affects_it() {
     assert_eq!(w.stop(), 130);
     assert!(process_gone(last), "Ctrl-C left the service running");
 }
+
+/// Regression (issue 8.1): in a chained build, `restrict` from the parent
+/// build's change made `tarball` (no inputs, depending on the rebuilt `cli`)
+/// report "up to date" and keep a stale artifact.
+#[test]
+fn a_chained_build_reruns_steps_without_inputs_after_the_parent_rebuilt() {
+    let test = Test::new()
+        .piper_lua(
+            r#"
+            local trigger = require "piper.trigger"
+            local cli = step "cli" { inputs = "src.txt", outputs = "cli.bin", run = "cp src.txt cli.bin; echo cli >> runs.log" }
+            local tarball = step "tarball" { deps = { cli }, run = "cp cli.bin tarball; echo tarball >> runs.log" }
+            pipeline "ci" { cli, on_success = trigger.pipeline "package" }
+            pipeline "package" { tarball }
+            "#,
+        )
+        .file("src.txt", "v1");
+    let w = Watching::start(&test, &["ci"]);
+    w.until("the first run", |w| w.runs() == ["cli", "tarball"]);
+    w.write("src.txt", "v2");
+    w.until("tarball to run again", |w| count(&w.runs(), "tarball") == 2);
+    assert_eq!(w.runs(), ["cli", "tarball", "cli", "tarball"]);
+    assert_eq!(
+        std::fs::read_to_string(w.dir.join("tarball")).unwrap(),
+        "v2"
+    );
+    assert_eq!(w.stop(), 130);
+}
+
+/// Regression (issue 8.5): an orphan that leaves the step's process group
+/// (here with `setsid`) is re-parented to the subreaper; when it exits it
+/// must be reaped, not kept as a zombie for the life of `piper watch`.
+#[test]
+fn orphans_that_escape_the_group_are_reaped_while_watching() {
+    let test = Test::new()
+        .piper_lua(
+            r#"step "s" { inputs = "in.txt", run = "setsid sh -c 'echo $$ > orphan.tmp; mv orphan.tmp orphan.pid; while [ ! -f go ]; do sleep 0.01; done' & echo s >> runs.log" }"#,
+        )
+        .file("in.txt", "1");
+    let w = Watching::start(&test, &["s"]);
+    w.until("the orphan to start", |w| w.dir.join("orphan.pid").exists());
+    let orphan = read_pid(&w.dir.join("orphan.pid"));
+    w.until("the build to finish", |w| {
+        w.stderr().contains("watching for changes")
+    });
+    w.write("go", "");
+    // Gone entirely: a zombie still has a /proc entry.
+    w.until("the orphan to be reaped", |_| {
+        !std::path::Path::new(&format!("/proc/{orphan}")).exists()
+    });
+    assert_eq!(w.stop(), 130);
+}

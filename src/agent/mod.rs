@@ -263,6 +263,9 @@ async fn serve(
     name: String,
     token: String,
 ) -> Result<()> {
+    // Before the first git command: every orphan (git's detached
+    // maintenance, daemons steps leave) is re-parented here and reaped.
+    crate::reaper::start();
     let store = Store::open(&database).await.map_err(|e| {
         Error::io(
             format!("cannot open the database {database}"),

@@ -284,12 +284,21 @@ impl Agent {
 
 /// Runs git; its trimmed stdout, or its stderr as the error.
 async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
-    let out = tokio::process::Command::new("git")
+    let mut command = tokio::process::Command::new("git");
+    // No detached `git maintenance`/`gc --auto` after fetches: nobody would
+    // wait for them (the agent's mirrors are pruned explicitly).
+    command
+        .args(["-c", "maintenance.auto=false", "-c", "gc.auto=0"])
         .args(args)
         .current_dir(dir)
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let (child, _owned) = crate::reaper::spawn_owned(|| command.spawn(), tokio::process::Child::id)
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    let out = child
+        .wait_with_output()
         .await
         .map_err(|e| format!("cannot run git: {e}"))?;
     if out.status.success() {

@@ -31,9 +31,15 @@ pub fn register(lua: &Lua, native: &Table, root: Arc<PathBuf>) -> mlua::Result<(
             }
             _ => return Ok((Value::Nil, Some("expected a non-empty command".to_string()))),
         };
-        command.current_dir(&cwd).stdin(Stdio::null());
+        command
+            .current_dir(&cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let result = lua.create_table()?;
-        match command.output() {
+        let output = crate::reaper::spawn_owned(|| command.spawn(), |c| Some(c.id()))
+            .and_then(|(child, _owned)| child.wait_with_output());
+        match output {
             Ok(out) => {
                 if let Some(code) = out.status.code() {
                     result.set("code", code)?;
