@@ -12,7 +12,7 @@
 ---@class piper.Trigger
 ---@field __piper_trigger "pipeline"
 ---@field pipeline string
----@field env? table<string, string>
+---@field env? table<string, string|number|boolean>
 
 ---A shell command (run with `/bin/sh -ec`), a list of commands run in order
 ---(strings are shell commands, tables are argv lists run without a shell),

@@ -387,6 +387,7 @@ fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
         ..Options::default()
     };
     let verdicts = crate::explain::explain(&graph, &plan, &options);
+    let code = i32::from(args.check && verdicts.iter().any(|v| v.will_run));
     let mut out = std::io::stdout().lock();
     if args.json {
         let _ = writeln!(
@@ -394,7 +395,7 @@ fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
             "{}",
             serde_json::to_string_pretty(&verdicts).unwrap_or_default()
         );
-        return Ok(0);
+        return Ok(code);
     }
     let width = verdicts
         .iter()
@@ -409,7 +410,7 @@ fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
         };
         let _ = writeln!(out, "{:<width$}  {verdict}", v.step);
     }
-    Ok(0)
+    Ok(code)
 }
 
 fn clean(cli: &Cli, args: &CleanArgs) -> Result<i32> {
@@ -460,8 +461,8 @@ fn init(dir: &Path) -> Result<i32> {
 }
 
 fn meta(dir: &Path) -> Result<i32> {
-    for (name, text) in crate::lua::stdlib::META {
-        let path = dir.join(name);
+    for (name, text) in crate::lua::meta::files() {
+        let path = dir.join(&name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;

@@ -298,6 +298,11 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Exit 1 if any step would run, 0 if everything is up to date (as
+    /// `make -q`): for scripts and pre-commit hooks
+    #[arg(long)]
+    pub check: bool,
+
     /// Set a variable for every step, as `piper exec --env` would (repeatable)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,

@@ -79,6 +79,13 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
+    /// Something to fix that did not fail the step: a declared output the
+    /// step did not create (it will run again next time).
+    StepWarning {
+        build: u32,
+        step: String,
+        message: String,
+    },
     /// `piper watch`: relevant files changed; `rerun` names the steps that
     /// may run (empty: the whole plan).
     WatchChanged {
@@ -88,6 +95,9 @@ pub enum Event {
     /// `piper watch`: the config does not evaluate (or a target vanished);
     /// watching goes on until it is fixed.
     ConfigError { message: String },
+    /// `piper watch`: the builds a change started (chained ones included)
+    /// are over; waiting for the next change.
+    WatchIdle,
     BuildFinished {
         build: u32,
         name: String,

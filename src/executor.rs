@@ -49,6 +49,10 @@ pub struct Options {
     pub services_apart: bool,
 }
 
+/// The message of a service step reported skipped because `piper watch`
+/// runs it beside the build (hosts leave it out of summaries).
+pub const SERVICE_APART: &str = "a service: piper watch runs it beside the build";
+
 /// `--force`: which up-to-date steps to run anyway.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Force {
@@ -547,7 +551,7 @@ impl StepJob {
                 self.build,
                 &step.name,
                 StepStatus::Skipped,
-                Some("a service: piper watch runs it beside the build".into()),
+                Some(SERVICE_APART.into()),
             )
             .await;
             let fingerprint = format!("service {}", step.name);
@@ -680,6 +684,20 @@ impl StepJob {
                 std::process::id()
             ),
         };
+        if status == StepStatus::Success && !self.dry_run {
+            for output in fingerprint::missing_outputs(&self.graph.root, &step.outputs) {
+                let _ = self
+                    .events
+                    .send(Event::StepWarning {
+                        build: self.build,
+                        step: step.name.clone(),
+                        message: format!(
+                            "declared output {output} was not created; the step will run again next time"
+                        ),
+                    })
+                    .await;
+            }
+        }
         let _ = self
             .events
             .send(Event::StepFinished {

@@ -55,7 +55,10 @@ impl LuaStep {
             Err(e) => {
                 let message = crate::lua::error_message(&e);
                 let exit_code = *last_exit.lock().unwrap();
-                self.out.write(format!("{message}\n").into_bytes()).await;
+                // A canceled step says so in its status; the unwinding is noise.
+                if !self.cancel.is_cancelled() {
+                    self.out.write(format!("{message}\n").into_bytes()).await;
+                }
                 LuaOutcome::Failed {
                     message: first_line(&message),
                     exit_code,
@@ -123,22 +126,28 @@ impl LuaStep {
                                 t.sequence_values::<String>().collect::<mlua::Result<_>>()?,
                             ),
                             (true, other) => {
-                                return Err(mlua::Error::runtime(format!(
-                                    "ctx.sh: expected a command string, got {}",
-                                    other.type_name()
-                                )));
+                                return Ok((
+                                    None,
+                                    Some(format!(
+                                        "ctx.sh: expected a command string, got {}",
+                                        other.type_name()
+                                    )),
+                                ));
                             }
                             (false, other) => {
-                                return Err(mlua::Error::runtime(format!(
-                                    "ctx.exec: expected an argv table, got {}",
-                                    other.type_name()
-                                )));
+                                return Ok((
+                                    None,
+                                    Some(format!(
+                                        "ctx.exec: expected an argv table, got {}",
+                                        other.type_name()
+                                    )),
+                                ));
                             }
                         };
                         if let Command::Argv(argv) = &command
                             && argv.is_empty()
                         {
-                            return Err(mlua::Error::runtime("ctx.exec: the argv table is empty"));
+                            return Ok((None, Some("ctx.exec: the argv table is empty".into())));
                         }
                         let check = match &opts {
                             Some(o) => o.get::<Option<bool>>("check")?.unwrap_or(true),
@@ -147,7 +156,7 @@ impl LuaStep {
                         out.command(command.to_string()).await;
                         let exit = process::run(&command, &dir, &env, &out, &cancel, grace).await;
                         if exit == Exit::Canceled {
-                            return Err(mlua::Error::runtime("canceled"));
+                            return Ok((None, Some("canceled".into())));
                         }
                         if let Exit::NotFound(program) = &exit {
                             out.write(
@@ -158,18 +167,32 @@ impl LuaStep {
                         let code = exit.code();
                         if check && !exit.success() {
                             *last_exit.lock().unwrap() = code;
-                            return Err(mlua::Error::runtime(format!(
-                                "`{command}` {}",
-                                exit.describe()
-                            )));
+                            let message = format!("`{command}` {}", exit.describe());
+                            return Ok((code, Some(message)));
                         }
-                        Ok(code)
+                        Ok((code, None))
                     }
                 })?;
-            ctx.set(name, function)?;
+            ctx.set(name, raise_at_caller(lua, function)?)?;
         }
         Ok(ctx)
     }
+}
+
+/// Wraps an async primitive returning `(value, error)` in a Lua function
+/// that raises the error at its caller, so the message and traceback name
+/// the user's line (`piper.lua:12`), not Piper's internals.
+fn raise_at_caller(lua: &Lua, primitive: mlua::Function) -> mlua::Result<mlua::Function> {
+    lua.load(
+        "local primitive = ...\n\
+         return function(...)\n\
+           local value, err = primitive(...)\n\
+           if err then error(err, 2) end\n\
+           return value\n\
+         end",
+    )
+    .set_name("=piper")
+    .call(primitive)
 }
 
 fn first_line(message: &str) -> String {

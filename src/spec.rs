@@ -362,6 +362,31 @@ impl Fields {
     }
 }
 
+/// `run = { "cc", "-c", "x.c" }` runs `cc`, then `-c`, then `x.c`: an
+/// easy slip for `argv`. A later item that is one word starting with `-`
+/// is never a command of its own, so it is refused with the fix.
+fn check_not_split_argv(f: &Fields, commands: &[Command]) -> Result<()> {
+    let words: Vec<&str> = commands
+        .iter()
+        .map(|c| match c {
+            Command::Shell(s) => Some(s.as_str()),
+            Command::Argv(_) => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
+    let looks_like_flag = |w: &&str| w.starts_with('-') && !w.contains(char::is_whitespace);
+    if let Some(i) = words.iter().skip(1).position(looks_like_flag) {
+        let quoted: Vec<String> = words.iter().map(|w| format!("{w:?}")).collect();
+        return Err(f.error(format_args!(
+            "`run` item {} ({:?}) looks like an argument, but each item of a `run` list is a command of its own; did you mean `argv = {{ {} }}`?",
+            i + 2,
+            words[i + 1],
+            quoted.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 fn describe(value: &Value) -> String {
     match value {
         Value::String(s) => format!("the string {:?}", s.to_string_lossy()),
@@ -474,6 +499,7 @@ fn read_step(record: &Table) -> Result<RawStep> {
                     }
                 }
             }
+            check_not_split_argv(&f, &commands)?;
             Run::Commands(commands)
         }
         (Some(other), None) => {

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use notify::Watcher;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -114,6 +113,11 @@ pub async fn watch(
                     next_build = next_build_number(finished, next_build, &events).await;
                     if succeeded && let Some(graph) = &graph {
                         next_build = services.start(graph, &targets, &base, next_build, &events, &interrupt);
+                    }
+                    // The run (chained builds included) is over: idle now,
+                    // unless it ended because of Ctrl-C.
+                    if !interrupt.is_cancelled() {
+                        let _ = events.send(Event::WatchIdle).await;
                     }
                 }
                 Some(ended) = services.set.join_next(), if !services.set.is_empty() => {
@@ -362,13 +366,6 @@ fn glob_set<'a>(patterns: impl IntoIterator<Item = &'a str>) -> GlobSet {
     set.build().unwrap_or_else(|_| GlobSet::empty())
 }
 
-fn gitignore(root: &Path) -> Gitignore {
-    let mut builder = GitignoreBuilder::new(root);
-    builder.add(root.join(".gitignore"));
-    builder.add(root.join(".git/info/exclude"));
-    builder.build().unwrap_or_else(|_| Gitignore::empty())
-}
-
 /// Sorts a batch of changed paths into what it asks for; also returns the
 /// relevant paths (root-relative) for the separator.
 fn classify(
@@ -383,7 +380,7 @@ fn classify(
     let mut everything = false;
     let mut steps = HashSet::new();
 
-    let ignored = gitignore(root);
+    let ignored = crate::paths::IgnoreRules::new(root);
     let Some(graph) = graph else {
         // No valid config: any Lua file of the project may fix it.
         for path in batch {
@@ -451,9 +448,7 @@ fn classify(
         }
         if ignore_set.is_match(rel)
             || output_set.is_match(rel)
-            || ignored
-                .matched_path_or_any_parents(rel, path.is_dir())
-                .is_ignore()
+            || ignored.is_ignored(rel, path.is_dir())
         {
             continue;
         }

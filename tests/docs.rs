@@ -169,7 +169,7 @@ fn every_event_kind_is_documented() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(kinds.len(), 10, "{kinds:?}");
+    assert_eq!(kinds.len(), 12, "{kinds:?}");
     for name in kinds {
         let mut snake = String::new();
         for (i, c) in name.chars().enumerate() {
@@ -181,6 +181,32 @@ fn every_event_kind_is_documented() {
         assert!(
             doc.contains(&format!("`{snake}`")),
             "event {snake} missing from docs/reference/events.md"
+        );
+    }
+}
+
+/// lua/piper/*.lua are generated from the annotated stdlib (one source):
+/// `piper meta lua` rewrites them; this fails when they were not.
+#[test]
+fn lua_definitions_are_generated_from_the_stdlib() {
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(crate::harness::PIPER)
+        .args(["meta"])
+        .arg(out.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for module in MODULES
+        .iter()
+        .map(|m| format!("piper/{m}.lua"))
+        .chain(["piper.lua".into()])
+    {
+        let generated = std::fs::read_to_string(out.path().join(&module)).unwrap();
+        assert_eq!(
+            read(&format!("lua/{module}")),
+            generated,
+            "lua/{module} is stale: run `cargo run -- meta lua`"
         );
     }
 }

@@ -117,3 +117,106 @@ fn huge_timeouts_are_config_errors_not_panics() {
         .stderr_contains("longer than a year")
         .run();
 }
+
+/// 8.7: a failing `ctx.sh` showed `__mlua_async_poll:29: in field 'sh'`,
+/// an error in `piper.fs` showed `stdlib/piper/fs.lua:52`, and a canceled
+/// Lua step printed a traceback.
+#[test]
+fn lua_errors_show_the_users_frames_only() {
+    let ran = Test::new()
+        .piper_lua(
+            r#"
+            local fs = require "piper.fs"
+            local function helper(ctx) ctx.sh "exit 3" end
+            step "a" { run = function(ctx) helper(ctx) end }
+            step "b" { run = function(ctx) fs.read("nope") end }
+            step "c" { run = function(ctx) ctx.sh "touch started; sleep 100" end, timeout = "300ms" }
+            "#,
+        )
+        .args(["exec", "a", "b", "c", "--keep-going", "-j1"])
+        .status(3)
+        .stdout_contains("a | piper.lua:2: `exit 3` exited with code 3")
+        .stdout_contains("a | \tpiper.lua:2: in upvalue 'helper'")
+        .stdout_contains("a | \tpiper.lua:3: in function <piper.lua:3>")
+        .stdout_contains("b | piper.lua:4: fs.read: cannot read nope")
+        .stdout_contains("c | ✗ timed out after 300ms")
+        .stderr_any()
+        .run();
+    for internal in ["__mlua", "stdlib/", "[C]:", "canceled"] {
+        assert!(!ran.stdout.contains(internal), "{internal}\n{}", ran.stdout);
+    }
+    // b's error names its line, so no one-frame traceback repeats it.
+    assert!(
+        !ran.stdout.contains("b | stack traceback"),
+        "{}",
+        ran.stdout
+    );
+}
+
+/// 8.8: `run = { "cc", "-c", "x.c" }` ran `cc`, then `-c`, then `x.c`.
+#[test]
+fn a_run_list_of_arguments_suggests_argv() {
+    Test::new()
+        .piper_lua("-- c\nstep \"cc\" { run = { \"cc\", \"-c\", \"x.c\" } }")
+        .args(["list"])
+        .status(2)
+        .stderr(
+            "error: piper.lua:2: step `cc`: `run` item 2 (\"-c\") looks like an argument, but each item of a `run` list is a command of its own; did you mean `argv = { \"cc\", \"-c\", \"x.c\" }`?\n",
+        )
+        .run();
+}
+
+/// 8.8: tables given as `deps` (and pipeline members) were read at the end
+/// of evaluation, so appending to the list afterwards changed the step:
+/// "dependency cycle: link -> link".
+#[test]
+fn deps_are_read_when_the_step_is_defined() {
+    Test::new()
+        .piper_lua(
+            r#"
+            local steps = { step "a" { run = "echo a" }, step "b" { run = "echo b" } }
+            local link = step "link" { deps = steps, run = "echo link" }
+            steps[#steps + 1] = link
+            pipeline "all" (steps)
+            "#,
+        )
+        .args(["exec", "all", "-j1"])
+        .stdout_contains("link | link")
+        .stderr_contains("all succeeded")
+        .run();
+}
+
+/// 8.10: a declared output the step did not create was only noticed on the
+/// next run (as "output missing").
+#[test]
+fn a_declared_output_that_was_not_created_is_a_warning_at_the_end() {
+    Test::new()
+        .piper_lua(r#"step "a" { outputs = "never.txt", run = "true" }"#)
+        .args(["exec", "a"])
+        .stdout("a | $ true\na | warning: declared output never.txt was not created; the step will run again next time\n")
+        .stderr_contains("warning: a: declared output never.txt was not created")
+        .run();
+}
+
+/// 8.10: `piper explain --check` answers "is anything out of date?" with
+/// its exit status, as `make -q` does.
+#[test]
+fn explain_check_exits_1_when_something_would_run() {
+    let ran = Test::new()
+        .piper_lua(r#"step "a" { inputs = "in.txt", run = "true" }"#)
+        .file("in.txt", "1")
+        .args(["explain", "a", "--check"])
+        .status(1)
+        .stdout("a  will run: it never ran successfully before\n")
+        .run();
+    let ran = ran
+        .again()
+        .args(["exec", "a"])
+        .stdout_any()
+        .stderr_any()
+        .run();
+    ran.again()
+        .args(["explain", "a", "--check"])
+        .stdout("a  up to date\n")
+        .run();
+}

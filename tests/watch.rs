@@ -243,6 +243,12 @@ fn a_service_keeps_running_until_a_change_affects_it() {
         w.runs().contains(&"serve".to_string()) && w.dir.join("serve.pid").exists()
     });
     let first = read_pid(&w.dir.join("serve.pid"));
+    // The service runs beside the build: not a "skipped" row of its summary
+    // (regression, issue 8.11).
+    w.until("the first summary", |w| {
+        w.stderr().contains("dev succeeded")
+    });
+    assert!(!w.stderr().contains("skipped"), "{}", w.stderr());
 
     // Unrelated change: the service is left alone.
     w.write("docs.txt", "d2");
@@ -299,6 +305,20 @@ fn a_chained_build_reruns_steps_without_inputs_after_the_parent_rebuilt() {
         .file("src.txt", "v1");
     let w = Watching::start(&test, &["ci"]);
     w.until("the first run", |w| w.runs() == ["cli", "tarball"]);
+    // Idle only once the chained build is over too (issue 8.11).
+    w.until("the idle hint", |w| {
+        w.stderr().contains("watching for changes")
+    });
+    let stderr = w.stderr();
+    assert_eq!(
+        stderr.matches("watching for changes").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.find("package succeeded") < stderr.find("watching for changes"),
+        "{stderr}"
+    );
     w.write("src.txt", "v2");
     w.until("tarball to run again", |w| count(&w.runs(), "tarball") == 2);
     assert_eq!(w.runs(), ["cli", "tarball", "cli", "tarball"]);
@@ -306,17 +326,57 @@ fn a_chained_build_reruns_steps_without_inputs_after_the_parent_rebuilt() {
         std::fs::read_to_string(w.dir.join("tarball")).unwrap(),
         "v2"
     );
+    w.until("the second idle hint", |w| {
+        w.stderr().matches("watching for changes").count() == 2
+    });
+    let dir = w.dir.clone();
+    assert_eq!(w.stop(), 130);
+    // Ctrl-C ends watching: no idle hint after it.
+    let stderr = std::fs::read_to_string(dir.join(".watch.err")).unwrap();
+    assert_eq!(
+        stderr.matches("watching for changes").count(),
+        2,
+        "{stderr}"
+    );
+}
+
+/// Regression (issue 8.11): a nested `.gitignore` was honoured by `fs.glob`
+/// but not by the watcher, so ignored files under it triggered reruns.
+#[test]
+fn nested_gitignore_files_are_honoured_by_the_watcher() {
+    let test = Test::new()
+        .piper_lua(
+            r#"
+            local trigger = require "piper.trigger"
+            trigger.watch { paths = { "web/**", "other.txt" } }
+            step "s" { run = "echo s >> runs.log" }
+            "#,
+        )
+        .file("web/.gitignore", "dist/\n")
+        .file("web/dist/app.js", "1")
+        .file("other.txt", "o");
+    let w = Watching::start(&test, &["s"]);
+    w.until("the first run", |w| w.runs() == ["s"]);
+    w.write("web/dist/app.js", "2");
+    // A sentinel change after the ignored one: had the ignored file
+    // triggered a run, there would be three.
+    w.write("other.txt", "sentinel");
+    w.until("the sentinel run", |w| w.runs().len() >= 2);
+    assert_eq!(w.runs(), ["s", "s"]);
+    assert!(!w.stderr().contains("web/dist"), "{}", w.stderr());
     assert_eq!(w.stop(), 130);
 }
 
 /// Regression (issue 8.5): an orphan that leaves the step's process group
 /// (here with `setsid`) is re-parented to the subreaper; when it exits it
 /// must be reaped, not kept as a zombie for the life of `piper watch`.
+/// (The step waits for the orphan's pid file so that the orphan has left
+/// the group before the step's group is ended.)
 #[test]
 fn orphans_that_escape_the_group_are_reaped_while_watching() {
     let test = Test::new()
         .piper_lua(
-            r#"step "s" { inputs = "in.txt", run = "setsid sh -c 'echo $$ > orphan.tmp; mv orphan.tmp orphan.pid; while [ ! -f go ]; do sleep 0.01; done' & echo s >> runs.log" }"#,
+            r#"step "s" { inputs = "in.txt", run = "setsid sh -c 'echo $$ > orphan.tmp; mv orphan.tmp orphan.pid; while [ ! -f go ]; do sleep 0.01; done' & while [ ! -f orphan.pid ]; do sleep 0.01; done; echo s >> runs.log" }"#,
         )
         .file("in.txt", "1");
     let w = Watching::start(&test, &["s"]);

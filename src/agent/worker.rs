@@ -441,6 +441,15 @@ async fn record(
                 let Some(&id) = ids.get(&n) else { continue };
                 log.write(id, &step, &data).await;
             }
+            Event::StepWarning {
+                build: n,
+                step,
+                message,
+            } => {
+                let Some(&id) = ids.get(&n) else { continue };
+                log.write(id, &step, format!("piper: warning: {message}\n").as_bytes())
+                    .await;
+            }
             Event::StepRetrying {
                 build: n,
                 step,
@@ -489,7 +498,10 @@ async fn record(
                 };
                 let _ = store.finish_build(id, state, None).await;
             }
-            Event::StepQueued { .. } | Event::WatchChanged { .. } | Event::ConfigError { .. } => {}
+            Event::StepQueued { .. }
+            | Event::WatchChanged { .. }
+            | Event::WatchIdle
+            | Event::ConfigError { .. } => {}
         }
     }
     log

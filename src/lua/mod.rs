@@ -6,6 +6,7 @@
 //! The state outlives evaluation: steps whose `run` is a Lua function are
 //! called in it at build time (see `executor.rs`).
 
+pub mod meta;
 mod native_env;
 mod native_fs;
 mod native_process;
@@ -71,14 +72,32 @@ pub fn evaluate(project: &Project) -> Result<(Lua, RawSpec)> {
 }
 
 /// A Lua error as a person should read it: the message with its
-/// `file:line`, and the traceback when the error came from deeper code.
+/// `file:line`, and the traceback of the user's own frames when there is
+/// more than the one the message names.
 pub fn error_message(error: &mlua::Error) -> String {
-    // Frames of C functions (`error`, `require`) say nothing to a user.
     let text = raw_message(error);
-    text.lines()
-        .filter(|l| !l.trim_start().starts_with("[C]:"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    let (message, traceback) = match text.split_once("\nstack traceback:") {
+        Some((message, traceback)) => (message, traceback),
+        None => (text.as_str(), ""),
+    };
+    let frames: Vec<&str> = traceback
+        .lines()
+        .filter(|l| !l.trim().is_empty() && is_user_frame(l.trim_start()))
+        .collect();
+    if frames.len() < 2 {
+        return message.to_string();
+    }
+    format!("{message}\nstack traceback:\n{}", frames.join("\n"))
+}
+
+/// Frames of C functions (`error`, `require`), of mlua's async glue and of
+/// Piper's own Lua say nothing about the user's config.
+fn is_user_frame(frame: &str) -> bool {
+    !(frame.starts_with("[C]:")
+        || frame.starts_with("__mlua")
+        || frame.starts_with("stdlib/")
+        || frame.starts_with("piper:")
+        || frame.starts_with("(...tail calls...)"))
 }
 
 fn raw_message(error: &mlua::Error) -> String {

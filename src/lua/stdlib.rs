@@ -44,16 +44,6 @@ pub const MODULES: &[(&str, &str, &str)] = &[
 /// Runs before the user's config: globals and the project module searcher.
 pub const BOOT: (&str, &str) = ("@stdlib/boot.lua", include_str!("../../stdlib/boot.lua"));
 
-/// The `---@meta` definitions of `lua/`, for `piper meta` to write out where
-/// lua-language-server can find them.
-pub const META: &[(&str, &str)] = &[
-    ("piper.lua", include_str!("../../lua/piper.lua")),
-    ("piper/env.lua", include_str!("../../lua/piper/env.lua")),
-    (
-        "piper/trigger.lua",
-        include_str!("../../lua/piper/trigger.lua"),
-    ),
-    ("piper/fs.lua", include_str!("../../lua/piper/fs.lua")),
-    ("piper/shell.lua", include_str!("../../lua/piper/shell.lua")),
-    ("piper/git.lua", include_str!("../../lua/piper/git.lua")),
-];
+/// The hand-written `---@meta` file: globals, spec types and `ctx`, which
+/// have no Lua source. The module definitions are generated (`meta.rs`).
+pub const CORE_META: &str = include_str!("../../lua/piper.lua");

@@ -66,6 +66,8 @@ pub struct Terminal<O: Write + Send, E: Write + Send> {
     spinner: usize,
     /// `piper watch`: Some(clear the screen before each rerun).
     watch: Option<bool>,
+    /// Warnings of each live build, repeated after its summary.
+    warnings: HashMap<u32, Vec<String>>,
 }
 
 impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
@@ -94,6 +96,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
             build_started: Instant::now(),
             spinner: 0,
             watch: None,
+            warnings: HashMap::new(),
         }
     }
 
@@ -227,7 +230,9 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
         };
         let took = duration::format(Duration::from_millis(duration_ms));
         let mut text = String::new();
-        let rows = self.rows.remove(&build).unwrap_or_default();
+        let mut rows = self.rows.remove(&build).unwrap_or_default();
+        // Services run beside watch's builds; they are not this build's work.
+        rows.retain(|r| r.message.as_deref() != Some(crate::executor::SERVICE_APART));
         let shown: Vec<&Row> = if rows.len() <= FULL_SUMMARY_MAX {
             rows.iter().collect()
         } else {
@@ -302,6 +307,9 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
                     let _ = writeln!(self.err, "  {} {line}", self.paint("2", "│"));
                 }
             }
+        }
+        for warning in self.warnings.remove(&build).unwrap_or_default() {
+            let _ = writeln!(self.err, "{} {warning}", self.paint("1;33", "warning:"));
         }
     }
 
@@ -526,6 +534,28 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     message: message.clone(),
                 });
             }
+            Event::StepWarning {
+                build,
+                step,
+                message,
+            } => {
+                self.flush_step(step);
+                self.clear_status();
+                let text = self.paint("33", &format!("warning: {message}"));
+                self.write_line(step, text.as_bytes());
+                self.warnings
+                    .entry(*build)
+                    .or_default()
+                    .push(format!("{step}: {message}"));
+            }
+            Event::WatchIdle => {
+                self.clear_status();
+                let _ = writeln!(
+                    self.err,
+                    "{}",
+                    self.paint("2", "watching for changes… (Ctrl-C to stop)")
+                );
+            }
             Event::WatchChanged { paths, rerun } => {
                 self.clear_status();
                 if self.watch == Some(true) {
@@ -569,13 +599,6 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
             } => {
                 let _ = self.out.flush();
                 self.summary(*build, name, *status, *duration_ms);
-                if self.watch.is_some() && self.rows.is_empty() {
-                    let _ = writeln!(
-                        self.err,
-                        "{}",
-                        self.paint("2", "watching for changes… (Ctrl-C to stop)")
-                    );
-                }
             }
         }
     }

@@ -42,8 +42,8 @@ end
 --- local profile = env.get("PROFILE", "debug")
 --- ```
 ---@param name string
----@param default? string
 ---@return string|nil
+---@overload fun(name: string, default: string): string
 function M.get(name, default)
   if type(name) ~= "string" then error("env.get: expected a variable name, got " .. type(name), 2) end
   local v = registry.env[name]

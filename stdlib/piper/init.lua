@@ -17,6 +17,20 @@ local function caller(level)
   return native.where(level + 1)
 end
 
+-- The spec as it is now: `deps = steps` followed by `steps[#steps+1] = x`
+-- must not change a step defined before the append. Plain tables are
+-- copied (a few levels: lists of lists); handles and functions are kept.
+local function snapshot(t, depth)
+  local copy = {}
+  for k, v in pairs(t) do
+    if type(v) == "table" and getmetatable(v) == nil and depth > 0 then
+      v = snapshot(v, depth - 1)
+    end
+    copy[k] = v
+  end
+  return copy
+end
+
 local function definer(kind, list, handle_key, mt)
   return function(name)
     if type(name) ~= "string" or name == "" then
@@ -27,7 +41,7 @@ local function definer(kind, list, handle_key, mt)
       if type(spec) ~= "table" then
         error(("%s %q: expected a table { ... } after the name, got %s"):format(kind, name, type(spec)), 2)
       end
-      list[#list + 1] = { name = name, spec = spec, file = file, line = line }
+      list[#list + 1] = { name = name, spec = snapshot(spec, 3), file = file, line = line }
       return setmetatable({ [handle_key] = name }, mt)
     end
   end
