@@ -341,6 +341,8 @@ async fn debounce(
     quiet: Duration,
     interrupt: &CancellationToken,
 ) -> Option<Vec<PathBuf>> {
+    // Tests wait for this line to know a debounce is open.
+    tracing::debug!("change seen: {}; debouncing", first.display());
     let mut batch = vec![first];
     let timer = tokio::time::sleep(quiet);
     tokio::pin!(timer);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{PIPER, git, process_gone, read_pid, unindent, wait_for_file};
+use crate::pg::Database;
 
 const PIPERD: &str = env!("CARGO_BIN_EXE_piperd");
 
@@ -272,7 +273,7 @@ fn story_on_sqlite() {
 
 #[test]
 fn story_on_postgres() {
-    let Some(db) = postgres::Database::create() else {
+    let Some(db) = Database::create("agent::story_on_postgres") else {
         return;
     };
     story(Some(&db.url));
@@ -537,64 +538,6 @@ fn retrigger_webhook_and_agents() {
         agent["address"].as_str().map(|a| format!("http://{a}")),
         Some(daemon.url.clone())
     );
-}
-
-/// Fresh PostgreSQL databases for tests, from `PIPER_TEST_POSTGRES_URL`.
-pub mod postgres {
-    pub struct Database {
-        pub url: String,
-        admin: String,
-        name: String,
-    }
-
-    impl Database {
-        /// None (and a loud note) when the URL is not set; CI sets it.
-        pub fn create() -> Option<Database> {
-            let Ok(admin) = std::env::var("PIPER_TEST_POSTGRES_URL") else {
-                eprintln!(
-                    "SKIPPED: PIPER_TEST_POSTGRES_URL is not set; the PostgreSQL test did not run"
-                );
-                return None;
-            };
-            let name = format!(
-                "piper_test_{}_{}",
-                std::process::id(),
-                super::super::harness::unique()
-            );
-            run(&admin, &format!("CREATE DATABASE {name}"));
-            let url = match admin.rsplit_once('/') {
-                Some((base, _)) => format!("{base}/{name}"),
-                None => panic!("PIPER_TEST_POSTGRES_URL has no database part: {admin}"),
-            };
-            Some(Database { url, admin, name })
-        }
-    }
-
-    impl Drop for Database {
-        fn drop(&mut self) {
-            run(
-                &self.admin,
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            );
-        }
-    }
-
-    fn run(url: &str, sql: &str) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(url)
-                .await
-                .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-                .execute(&mut conn)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        });
-    }
 }
 
 #[test]

@@ -61,15 +61,42 @@ fn failure_runs_on_failure_and_always_and_keeps_the_failing_code() {
 }
 
 #[test]
-fn chained_pipelines_do_not_run_after_ctrl_c_or_a_plain_step_target() {
+fn a_plain_step_target_chains_nothing() {
     // A step target carries no triggers.
     Test::new()
         .piper_lua(CHAIN)
         .args(["exec", "work"])
-        .stdout_lacks("uploading")
-        .stdout_lacks("tidy")
+        .stdout("work | $ echo work; exit ${FAIL:-0}\nwork | work\n")
         .stderr_any()
         .run();
+}
+
+/// Ctrl-C during a build: it ends as interrupted (130) and none of its
+/// triggers fire — not even `always` or `on_failure`.
+#[test]
+fn chained_pipelines_do_not_run_after_ctrl_c() {
+    let test = Test::new().piper_lua(
+        r#"
+        step "work" { run = "touch started; sleep 1000" }
+        pipeline "ci" { "work", on_success = "after", on_failure = "after", always = "after" }
+        pipeline "after" { step "chained" { run = "touch chained.ran" } }
+        "#,
+    );
+    let dir = test.dir.path().to_path_buf();
+    let mut child = test
+        .command()
+        .args(["exec", "ci"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::harness::wait_for_file_to_exist(&dir.join("started"));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    // piper has exited: anything it chained would have run by now.
+    assert!(!dir.join("chained.ran").exists());
 }
 
 #[test]

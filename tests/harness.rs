@@ -269,6 +269,17 @@ pub fn process_gone(pid: i32) -> bool {
     }
 }
 
+/// Polls (bounded: 20 s) for a file to exist, even empty (`touch`).
+pub fn wait_for_file_to_exist(path: &Path) {
+    for _ in 0..2000 {
+        if path.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{} never appeared", path.display());
+}
+
 /// Polls for a file written by a step (bounded: 20 s), for tests that must
 /// act while a build is running.
 pub fn wait_for_file(path: &Path) {
@@ -329,4 +340,16 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Says that a test was skipped where `cargo test` shows it: libtest
+/// captures `eprintln!`, not writes to the stderr handle. With
+/// `PIPER_TEST_REQUIRE_ALL=1` (set by `.ci/run`) a skip is a failure.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    assert!(
+        std::env::var_os("PIPER_TEST_REQUIRE_ALL").is_none(),
+        "{test}: {why} (PIPER_TEST_REQUIRE_ALL is set, so this fails instead of skipping)"
+    );
+    let _ = writeln!(std::io::stderr(), "\nSKIPPED {test}: {why}");
 }

@@ -13,6 +13,8 @@ mod examples;
 mod exec;
 mod incremental;
 mod lua_api;
+mod luacats;
+mod pg;
 mod regressions;
 mod store;
 mod supervision;

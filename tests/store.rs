@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use piper::agent::store::{BuildFilter, BuildState, NewBuild, Store, StoredStep};
 
-use crate::agent::postgres;
+use crate::pg::Database;
 
 fn new_build(repo: &str, pipeline: &str) -> NewBuild {
     NewBuild {
@@ -205,7 +205,7 @@ fn store_story_on_sqlite() {
 
 #[test]
 fn store_story_on_postgres() {
-    let Some(db) = postgres::Database::create() else {
+    let Some(db) = Database::create("store::store_story_on_postgres") else {
         return;
     };
     block_on(async { story(Store::open(&db.url).await.unwrap()).await });

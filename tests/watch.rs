@@ -14,8 +14,14 @@ struct Watching {
 
 impl Watching {
     fn start(test: &Test, args: &[&str]) -> Watching {
+        Watching::start_with_log(test, args, "warn")
+    }
+
+    /// With `PIPER_LOG=level`: debug lines are evidence of internal steps.
+    fn start_with_log(test: &Test, args: &[&str], level: &str) -> Watching {
         let dir = test.dir.path().to_path_buf();
         let child = Command::new(PIPER)
+            .env("PIPER_LOG", level)
             .arg("watch")
             .args(args)
             .current_dir(&dir)
@@ -167,11 +173,13 @@ fn ctrl_c_during_a_long_debounce_ends_watch_and_the_build() {
     let test = Test::new()
         .piper_lua(r#"step "s" { inputs = "in.txt", run = "echo s >> runs.log; sleep 1000 & echo $! > bg.pid; wait" }"#)
         .file("in.txt", "1");
-    let mut w = Watching::start(&test, &["s", "--debounce", "1h"]);
+    let mut w = Watching::start_with_log(&test, &["s", "--debounce", "1h"], "piper=debug");
     w.until("the first run", |w| w.dir.join("bg.pid").exists());
     let bg = read_pid(&w.dir.join("bg.pid"));
     w.write("in.txt", "2"); // opens a debounce that would last an hour
-    std::thread::sleep(Duration::from_millis(50));
+    w.until("the debounce to open", |w| {
+        w.stderr().contains("debouncing")
+    });
     // SAFETY: signalling our own child.
     unsafe { libc::kill(w.child.id() as i32, libc::SIGINT) };
     let status = w.child.wait().unwrap();
