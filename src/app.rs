@@ -227,6 +227,23 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
     let graph = Arc::new(load(cli)?);
+    if args.targets.is_empty() {
+        // As `just` does without a default recipe: say what there is.
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "piper exec: name a pipeline or step to run, e.g. `piper exec <PIPELINE>`"
+        );
+        let width = graph
+            .pipelines
+            .keys()
+            .map(|n| n.chars().count())
+            .max()
+            .unwrap_or(0);
+        write_pipelines(&graph, width, &mut err);
+        let _ = writeln!(err, "(`piper list` shows the steps too)");
+        return Ok(crate::error::EXIT_CONFIG);
+    }
     // Fail on unknown targets before starting anything.
     graph.plan(&args.targets)?;
     let options = exec_options(&graph, args)?;
@@ -322,6 +339,20 @@ fn list(cli: &Cli, args: &ListArgs) -> Result<i32> {
         .chain(graph.steps.iter().map(|s| s.name.chars().count()))
         .max()
         .unwrap_or(0);
+    write_pipelines(&graph, width, &mut out);
+    let _ = writeln!(out, "Steps:");
+    for (i, s) in graph.steps.iter().enumerate() {
+        let detail = s
+            .desc
+            .clone()
+            .unwrap_or_else(|| export::step_info(&graph, i).run.join(" && "));
+        let _ = writeln!(out, "    {:<width$}  {detail}", s.name);
+    }
+    Ok(0)
+}
+
+/// The `Pipelines:` section of `piper list`, also shown by a bare `piper exec`.
+fn write_pipelines(graph: &Graph, width: usize, out: &mut impl Write) {
     let _ = writeln!(out, "Pipelines:");
     if graph.pipelines.is_empty() {
         let _ = writeln!(out, "    (none)");
@@ -338,15 +369,6 @@ fn list(cli: &Cli, args: &ListArgs) -> Result<i32> {
         };
         let _ = writeln!(out, "    {:<width$}  {detail}", p.name);
     }
-    let _ = writeln!(out, "Steps:");
-    for (i, s) in graph.steps.iter().enumerate() {
-        let detail = s
-            .desc
-            .clone()
-            .unwrap_or_else(|| export::step_info(&graph, i).run.join(" && "));
-        let _ = writeln!(out, "    {:<width$}  {detail}", s.name);
-    }
-    Ok(0)
 }
 
 fn graph(cli: &Cli, args: &GraphArgs) -> Result<i32> {

@@ -181,8 +181,9 @@ impl Shell {
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Pipelines or steps to run; a name that is both means the pipeline
-    #[arg(required = true, value_name = "PIPELINE|STEP", add = ArgValueCandidates::new(target_candidates))]
+    /// Pipelines or steps to run; a name that is both means the pipeline.
+    /// Without one, the pipelines are listed
+    #[arg(value_name = "PIPELINE|STEP", add = ArgValueCandidates::new(target_candidates))]
     pub targets: Vec<String>,
 
     /// Run at most N steps at once [default: number of CPUs]

@@ -220,3 +220,29 @@ fn explain_check_exits_1_when_something_would_run() {
         .stdout("a  up to date\n")
         .run();
 }
+
+/// 8.14: a bare `piper exec` was a clap error; it lists the pipelines, as
+/// `just` does.
+#[test]
+fn exec_without_a_target_lists_the_pipelines() {
+    Test::new()
+        .piper_lua(
+            r#"
+            local t = step "t" { run = "true" }
+            pipeline "ci" { t, desc = "Test everything" }
+            pipeline "release" { t }
+            "#,
+        )
+        .args(["exec"])
+        .status(2)
+        .stderr(
+            "
+            piper exec: name a pipeline or step to run, e.g. `piper exec <PIPELINE>`
+            Pipelines:
+                ci       Test everything [t]
+                release  [t]
+            (`piper list` shows the steps too)
+            ",
+        )
+        .run();
+}
