@@ -30,10 +30,11 @@ pub fn main() -> i32 {
     clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = Cli::parse();
     init_tracing();
+    let label = error_label(cli.color);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{} {e}", error_label());
+            eprintln!("{label} {e}");
             e.exit_code()
         }
     }
@@ -48,12 +49,10 @@ fn init_tracing() {
         .try_init();
 }
 
-fn error_label() -> String {
-    if color_enabled(ColorChoice::Auto, std::io::stderr().is_terminal()) {
-        "\x1b[1;31merror:\x1b[0m".into()
-    } else {
-        "error:".into()
-    }
+/// `error:`, in bold red when `--color` (and stderr) allow.
+fn error_label(choice: ColorChoice) -> String {
+    let color = color_enabled(choice, std::io::stderr().is_terminal());
+    render::style::paint(color, render::style::FAILURE, "error:")
 }
 
 fn color_enabled(choice: ColorChoice, is_tty: bool) -> bool {
@@ -237,7 +236,7 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
         let width = graph
             .pipelines
             .keys()
-            .map(|n| n.chars().count())
+            .map(|n| render::style::width(n))
             .max()
             .unwrap_or(0);
         write_pipelines(&graph, width, &mut err);
@@ -335,8 +334,8 @@ fn list(cli: &Cli, args: &ListArgs) -> Result<i32> {
     let width = graph
         .pipelines
         .keys()
-        .map(|n| n.chars().count())
-        .chain(graph.steps.iter().map(|s| s.name.chars().count()))
+        .map(|n| render::style::width(n))
+        .chain(graph.steps.iter().map(|s| render::style::width(&s.name)))
         .max()
         .unwrap_or(0);
     write_pipelines(&graph, width, &mut out);
@@ -346,7 +345,7 @@ fn list(cli: &Cli, args: &ListArgs) -> Result<i32> {
             .desc
             .clone()
             .unwrap_or_else(|| export::step_info(&graph, i).run.join(" && "));
-        let _ = writeln!(out, "    {:<width$}  {detail}", s.name);
+        let _ = writeln!(out, "    {}  {detail}", render::style::pad(&s.name, width));
     }
     Ok(0)
 }
@@ -367,7 +366,7 @@ fn write_pipelines(graph: &Graph, width: usize, out: &mut impl Write) {
             Some(desc) => format!("{desc} [{}]", steps.join(", ")),
             None => format!("[{}]", steps.join(", ")),
         };
-        let _ = writeln!(out, "    {:<width$}  {detail}", p.name);
+        let _ = writeln!(out, "    {}  {detail}", render::style::pad(&p.name, width));
     }
 }
 
@@ -421,7 +420,7 @@ fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
     }
     let width = verdicts
         .iter()
-        .map(|v| v.step.chars().count())
+        .map(|v| render::style::width(&v.step))
         .max()
         .unwrap_or(0);
     for v in &verdicts {
@@ -430,7 +429,7 @@ fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
         } else {
             "up to date".into()
         };
-        let _ = writeln!(out, "{:<width$}  {verdict}", v.step);
+        let _ = writeln!(out, "{}  {verdict}", render::style::pad(&v.step, width));
     }
     Ok(code)
 }

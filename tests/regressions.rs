@@ -246,3 +246,37 @@ fn exec_without_a_target_lists_the_pipelines() {
         )
         .run();
 }
+
+/// 8.12: widths were counted in chars, so a step named in CJK (two
+/// columns a character) pushed its prefix and summary columns out of line.
+#[test]
+fn prefixes_and_summaries_align_by_display_columns() {
+    Test::new()
+        .piper_lua(
+            r#"
+            local a = step "构建" { run = "true" }
+            local b = step "a" { run = "true" }
+            pipeline "all" { a, b }
+            "#,
+        )
+        .args(["exec", "all", "-j1"])
+        .stdout("构建 | $ true\na    | $ true\n")
+        .stderr_contains("  构建  ok ")
+        .stderr_contains("  a     ok ")
+        .run();
+}
+
+/// 8.12: `--color` governs the `error:` label too.
+#[test]
+fn color_always_paints_the_error_label() {
+    Test::new()
+        .args(["--color", "always", "-f", "nope.lua", "list"])
+        .status(2)
+        .stderr_contains("\u{1b}[1m\u{1b}[31merror:\u{1b}[0m")
+        .run();
+    Test::new()
+        .args(["--color", "never", "-f", "nope.lua", "list"])
+        .status(2)
+        .stderr_contains("error: ")
+        .run();
+}

@@ -4,6 +4,7 @@
 //! burst rather than once per chunk.
 
 mod json;
+pub mod style;
 mod terminal;
 
 use std::time::Duration;

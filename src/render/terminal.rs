@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use super::Render;
+use super::{Render, style};
 use crate::duration;
 use crate::event::{BuildStatus, Event, StepStatus};
 
@@ -24,10 +24,9 @@ const TAIL_BYTES: usize = 4096;
 /// Above this many steps the summary lists only the ones that did not succeed.
 const FULL_SUMMARY_MAX: usize = 30;
 const PREFIX_WIDTH_MAX: usize = 24;
-const PALETTE: &[&str] = &["36", "35", "33", "32", "34", "96", "95", "93", "92", "94"];
 
 struct StepView {
-    color: &'static str,
+    color: anstyle::Style,
     /// Bytes after the last newline, waiting for the rest of their line.
     partial: Vec<u8>,
     /// Grouped mode: everything so far.
@@ -105,22 +104,22 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
         self.watch = Some(clear);
     }
 
-    fn paint(&self, code: &str, text: &str) -> String {
-        if self.color {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_string()
-        }
+    fn paint(&self, style: anstyle::Style, text: &str) -> String {
+        style::paint(self.color, style, text)
     }
 
-    fn make_prefix(&self, step: &str, color: &str) -> String {
-        let mut name: String = step.chars().take(PREFIX_WIDTH_MAX).collect();
-        if step.chars().count() > PREFIX_WIDTH_MAX {
-            name.pop();
-            name.push('…');
-        }
-        let padded = format!("{name:<width$}", width = self.width);
-        format!("{} {} ", self.paint(color, &padded), self.paint("2", "|"))
+    fn make_prefix(&self, step: &str, color: anstyle::Style) -> String {
+        let name = if style::width(step) > PREFIX_WIDTH_MAX {
+            format!("{}…", style::truncate(step, PREFIX_WIDTH_MAX - 1))
+        } else {
+            step.to_string()
+        };
+        let padded = style::pad(&name, self.width);
+        format!(
+            "{} {} ",
+            self.paint(color, &padded),
+            self.paint(style::DIM, "|")
+        )
     }
 
     fn clear_status(&mut self) {
@@ -213,10 +212,10 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
 
     fn status_text(&self, status: StepStatus) -> String {
         let code = match status {
-            StepStatus::Success | StepStatus::DryRun | StepStatus::UpToDate => "32",
-            StepStatus::Failed | StepStatus::TimedOut => "31",
-            StepStatus::AllowedFailure | StepStatus::Skipped => "33",
-            StepStatus::Blocked | StepStatus::Canceled => "2",
+            StepStatus::Success | StepStatus::DryRun | StepStatus::UpToDate => style::GREEN,
+            StepStatus::Failed | StepStatus::TimedOut => style::RED,
+            StepStatus::AllowedFailure | StepStatus::Skipped => style::YELLOW,
+            StepStatus::Blocked | StepStatus::Canceled => style::DIM,
         };
         self.paint(code, status.label())
     }
@@ -224,9 +223,9 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
     fn summary(&mut self, build: u32, name: &str, status: BuildStatus, duration_ms: u64) {
         self.clear_status();
         let headline = match status {
-            BuildStatus::Success => self.paint("1;32", &format!("{name} succeeded")),
-            BuildStatus::Failed => self.paint("1;31", &format!("{name} failed")),
-            BuildStatus::Canceled => self.paint("1;33", &format!("{name} interrupted")),
+            BuildStatus::Success => self.paint(style::SUCCESS, &format!("{name} succeeded")),
+            BuildStatus::Failed => self.paint(style::FAILURE, &format!("{name} failed")),
+            BuildStatus::Canceled => self.paint(style::WARNING, &format!("{name} interrupted")),
         };
         let took = duration::format(Duration::from_millis(duration_ms));
         let mut text = String::new();
@@ -242,7 +241,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
         };
         let width = shown
             .iter()
-            .map(|r| r.step.chars().count())
+            .map(|r| style::width(&r.step))
             .max()
             .unwrap_or(0);
         let label_width = shown
@@ -255,7 +254,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
             let painted = self
                 .status_text(row.status)
                 .replace(row.status.label(), &label);
-            let mut line = format!("  {:<width$}  {painted}", row.step);
+            let mut line = format!("  {}  {painted}", style::pad(&row.step, width));
             if row.duration_ms > 0 || row.status == StepStatus::Success {
                 line.push_str(&format!(
                     " {:>7}",
@@ -288,7 +287,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
             let _ = writeln!(
                 self.err,
                 "{} {}: {reason}",
-                self.paint("1;31", "first failure:"),
+                self.paint(style::FAILURE, "first failure:"),
                 row.step
             );
             if let Some(view) = self.steps.get(&row.step)
@@ -304,12 +303,16 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
                     .saturating_sub(TAIL_LINES)
                     .max(usize::from(view.tail.len() == TAIL_BYTES));
                 for line in &lines[from.min(lines.len())..] {
-                    let _ = writeln!(self.err, "  {} {line}", self.paint("2", "│"));
+                    let _ = writeln!(self.err, "  {} {line}", self.paint(style::DIM, "│"));
                 }
             }
         }
         for warning in self.warnings.remove(&build).unwrap_or_default() {
-            let _ = writeln!(self.err, "{} {warning}", self.paint("1;33", "warning:"));
+            let _ = writeln!(
+                self.err,
+                "{} {warning}",
+                self.paint(style::WARNING, "warning:")
+            );
         }
     }
 
@@ -353,11 +356,8 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
             names.join(", "),
             duration::format(self.build_started.elapsed())
         );
-        let line: String = line
-            .chars()
-            .take(terminal_width().saturating_sub(1))
-            .collect();
-        let _ = write!(self.err, "\r\x1b[2K{}", self.paint("2", &line));
+        let line = style::truncate(&line, style::terminal_width().saturating_sub(1));
+        let _ = write!(self.err, "\r\x1b[2K{}", self.paint(style::DIM, line));
         self.status_shown = true;
     }
 }
@@ -378,17 +378,6 @@ fn clock() -> String {
     format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
 }
 
-fn terminal_width() -> usize {
-    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
-    unsafe {
-        let mut ws: libc::winsize = std::mem::zeroed();
-        if libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0 {
-            return ws.ws_col as usize;
-        }
-    }
-    100
-}
-
 impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
     fn event(&mut self, event: &Event) {
         match event {
@@ -402,7 +391,11 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
             } => {
                 for warning in warnings {
                     self.clear_status();
-                    let _ = writeln!(self.err, "{} {warning}", self.paint("1;33", "warning:"));
+                    let _ = writeln!(
+                        self.err,
+                        "{} {warning}",
+                        self.paint(style::WARNING, "warning:")
+                    );
                 }
                 if self.rows.is_empty() {
                     // No other build is live: start from a clean slate.
@@ -414,7 +407,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 self.rows.insert(*build, Vec::new());
                 let width = steps
                     .iter()
-                    .map(|s| s.name.chars().count())
+                    .map(|s| style::width(&s.name))
                     .max()
                     .unwrap_or(0)
                     .max(self.width)
@@ -434,7 +427,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     if self.steps.contains_key(&s.name) {
                         continue;
                     }
-                    let color = PALETTE[self.order.len() % PALETTE.len()];
+                    let color = style::PALETTE[self.order.len() % style::PALETTE.len()];
                     self.order.push(s.name.clone());
                     let view = StepView {
                         color,
@@ -454,7 +447,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                         crate::spec::TriggerOn::Always => "finished",
                     };
                     let text = format!("▶ {name} (build {build}): {} {on}, chaining", by.pipeline);
-                    let _ = writeln!(self.err, "\n{}", self.paint("1", &text));
+                    let _ = writeln!(self.err, "\n{}", self.paint(style::BOLD, &text));
                 }
             }
             Event::StepQueued { .. } => {}
@@ -464,7 +457,8 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 }
                 if self.explain && !reasons.is_empty() {
                     self.clear_status();
-                    let text = self.paint("36", &format!("runs because {}", reasons.join("; ")));
+                    let text =
+                        self.paint(style::CYAN, &format!("runs because {}", reasons.join("; ")));
                     self.write_line(step, text.as_bytes());
                 }
             }
@@ -472,7 +466,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 let line = format!("$ {command}");
                 if self.mode == OutputMode::Prefixed {
                     self.clear_status();
-                    let painted = self.paint("2", &line);
+                    let painted = self.paint(style::DIM, &line);
                     self.write_line(step, painted.as_bytes());
                 } else if let Some(v) = self.steps.get_mut(step) {
                     v.grouped.extend_from_slice(line.as_bytes());
@@ -489,7 +483,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 self.flush_step(step);
                 self.clear_status();
                 let text = self.paint(
-                    "33",
+                    style::YELLOW,
                     &format!("attempt {attempt} failed ({reason}); retrying"),
                 );
                 self.write_line(step, text.as_bytes());
@@ -510,7 +504,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 if self.explain && *status == StepStatus::UpToDate {
                     self.clear_status();
                     let text = self.paint(
-                        "36",
+                        style::CYAN,
                         "up to date: inputs, command, variables and dependencies unchanged",
                     );
                     self.write_line(step, text.as_bytes());
@@ -523,7 +517,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     let text = message
                         .clone()
                         .unwrap_or_else(|| status.label().to_string());
-                    let painted = self.paint("31", &format!("✗ {text}"));
+                    let painted = self.paint(style::RED, &format!("✗ {text}"));
                     self.write_line(step, painted.as_bytes());
                 }
                 self.rows.entry(*build).or_default().push(Row {
@@ -541,7 +535,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
             } => {
                 self.flush_step(step);
                 self.clear_status();
-                let text = self.paint("33", &format!("warning: {message}"));
+                let text = self.paint(style::YELLOW, &format!("warning: {message}"));
                 self.write_line(step, text.as_bytes());
                 self.warnings
                     .entry(*build)
@@ -553,7 +547,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 let _ = writeln!(
                     self.err,
                     "{}",
-                    self.paint("2", "watching for changes… (Ctrl-C to stop)")
+                    self.paint(style::DIM, "watching for changes… (Ctrl-C to stop)")
                 );
             }
             Event::WatchChanged { paths, rerun } => {
@@ -577,16 +571,20 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     clock(),
                     shown.join(", ")
                 );
-                let _ = writeln!(self.err, "\n{}", self.paint("1;34", &text));
+                let _ = writeln!(self.err, "\n{}", self.paint(style::SEPARATOR, &text));
             }
             Event::ConfigError { message } => {
                 self.clear_status();
-                let _ = writeln!(self.err, "{} {message}", self.paint("1;31", "error:"));
+                let _ = writeln!(
+                    self.err,
+                    "{} {message}",
+                    self.paint(style::FAILURE, "error:")
+                );
                 if self.watch.is_some() {
                     let _ = writeln!(
                         self.err,
                         "{}",
-                        self.paint("2", "waiting for a fix… (Ctrl-C to stop)")
+                        self.paint(style::DIM, "waiting for a fix… (Ctrl-C to stop)")
                     );
                 }
             }
