@@ -7,6 +7,7 @@ mod agent;
 mod bench_gen;
 mod chaining;
 mod cli;
+mod doc_snippets;
 mod docs;
 mod errors;
 mod examples;
