@@ -274,7 +274,13 @@ pub fn record(
         .filter(|(k, _)| {
             !matches!(
                 k.as_str(),
-                "PIPER" | "PIPER_STEP" | "PIPER_BUILD" | "PIPER_ROOT"
+                "PIPER"
+                    | "PIPER_STEP"
+                    | "PIPER_BUILD"
+                    | "PIPER_ROOT"
+                    | "PIPER_BUILD_ID"
+                    | "PIPER_BUILD_NUMBER"
+                    | "PIPER_AGENT"
             )
         })
         .map(|(k, v)| (k.clone(), hash_hex(v.as_bytes())))

@@ -311,7 +311,7 @@ fn logs_are_stored_byte_identical_and_readable_from_any_offset() {
             let (status, body) = daemon.http(
                 "GET",
                 &format!("/api/v1/builds/{id}/log?step=dump&offset={next}"),
-                None,
+                Some(&daemon.token),
                 None,
             );
             assert_eq!(status, 200);
@@ -383,19 +383,19 @@ fn bad_requests_are_refused_with_the_field_and_change_nothing() {
         post(br#"{"repo": "/x", "pipeline": "ci"}"#, Some("wrong")).0,
         401
     );
-    assert_eq!(daemon.http("GET", "/api/v1/builds/999", None, None).0, 404);
-    assert_eq!(daemon.http("GET", "/api/v1/builds/abc", None, None).0, 400);
+    // Reads need the token too (builds carry their environment).
+    assert_eq!(daemon.http("GET", "/api/v1/builds/999", None, None).0, 401);
+    assert_eq!(daemon.http("GET", "/api/v1/builds/999", t, None).0, 404);
+    assert_eq!(daemon.http("GET", "/api/v1/builds/abc", t, None).0, 400);
     assert_eq!(
-        daemon
-            .http("GET", "/api/v1/builds?status=done", None, None)
-            .0,
+        daemon.http("GET", "/api/v1/builds?status=done", t, None).0,
         400
     );
     assert_eq!(
         daemon.http("POST", "/api/v1/builds/999/cancel", t, None).0,
         404
     );
-    let (_, list) = daemon.http("GET", "/api/v1/builds", None, None);
+    let (_, list) = daemon.http("GET", "/api/v1/builds", t, None);
     assert_eq!(
         error(&list)["builds"].as_array().unwrap().len(),
         0,
@@ -608,7 +608,13 @@ fn events_stream_the_log_live_and_end_with_the_status() {
         .unwrap();
     let (log, end) = runtime.block_on(async {
         let url = format!("{}/api/v1/builds/{id}/events?step=talk", daemon.url);
-        let mut stream = reqwest::get(url).await.unwrap().bytes_stream();
+        let mut stream = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(&daemon.token)
+            .send()
+            .await
+            .unwrap()
+            .bytes_stream();
         let (mut text, mut log, mut end) = (String::new(), Vec::new(), Value::Null);
         while let Some(bytes) = stream.next().await {
             text.push_str(&String::from_utf8_lossy(&bytes.unwrap()));
@@ -782,9 +788,14 @@ fn config_files_for_piperd_and_the_cli() {
             .trim()
     );
 
-    // The CLI reads its server from its own config file.
+    // The CLI reads its server and token from its own config file.
+    let token = std::fs::read_to_string(data.join("token")).unwrap();
     let cli_config = dir.path().join("config.toml");
-    std::fs::write(&cli_config, format!("server = \"{url}\"\n")).unwrap();
+    std::fs::write(
+        &cli_config,
+        format!("server = \"{url}\"\ntoken = \"{}\"\n", token.trim()),
+    )
+    .unwrap();
     let out = Command::new(PIPER)
         .args(["agents", "--json"])
         .env("PIPER_CONFIG", &cli_config)

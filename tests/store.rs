@@ -14,6 +14,7 @@ fn new_build(repo: &str, pipeline: &str) -> NewBuild {
         git_ref: "main".into(),
         pipeline: pipeline.into(),
         env: BTreeMap::from([("A".to_string(), "1".to_string())]),
+        secret_env: BTreeMap::new(),
         requested_by: "test".into(),
         parent_id: None,
     }

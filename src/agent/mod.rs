@@ -8,6 +8,7 @@
 //! running ones finish within the grace period, then cancels them (their
 //! process groups are ended and they are recorded `canceled`).
 
+mod log_writer;
 pub mod scheduler;
 pub mod server;
 pub mod store;
@@ -82,6 +83,20 @@ pub struct StartArgs {
     /// On SIGTERM, how long running builds may take to finish before they are canceled [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
     pub grace: Option<Duration>,
+
+    /// Longest a git command (clone, fetch, checkout) may take before it is
+    /// killed and the build fails [default: 10m]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    pub git_timeout: Option<Duration>,
+
+    /// Serve reads (builds, logs, agents) without the token [default: off]
+    #[arg(long)]
+    pub public_read: bool,
+
+    /// Build only repositories matching this glob (repeatable; `*` stays
+    /// within one `/` part, `**` crosses them) [default: any]
+    #[arg(long = "repository", value_name = "PATTERN")]
+    pub repositories: Vec<String>,
 }
 
 /// `piperd.toml`: the same settings as the flags (which win over it).
@@ -96,6 +111,9 @@ pub struct FileSettings {
     pub labels: Option<std::collections::BTreeMap<String, String>>,
     pub schedule_check: Option<String>,
     pub grace: Option<String>,
+    pub git_timeout: Option<String>,
+    pub public_read: Option<bool>,
+    pub repositories: Option<Vec<String>>,
 }
 
 /// What piperd runs with, after flags, environment, config file and defaults.
@@ -109,6 +127,9 @@ pub struct Settings {
     pub labels: std::collections::BTreeMap<String, String>,
     pub schedule_check: Duration,
     pub grace: Duration,
+    pub git_timeout: Duration,
+    pub public_read: bool,
+    pub repositories: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -155,6 +176,16 @@ impl Settings {
                 Some(d) => d,
                 None => duration("grace", file.grace, Duration::from_secs(30))?,
             },
+            git_timeout: match args.git_timeout {
+                Some(d) => d,
+                None => duration("git_timeout", file.git_timeout, Duration::from_secs(600))?,
+            },
+            public_read: args.public_read || file.public_read.unwrap_or(false),
+            repositories: if args.repositories.is_empty() {
+                file.repositories
+            } else {
+                Some(args.repositories)
+            },
         })
     }
 }
@@ -188,9 +219,11 @@ pub fn main() -> i32 {
     let cli = DaemonCli::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("PIPER_LOG").unwrap_or_else(|_| "info".into());
+    // Colour only on a terminal: a redirected log stays plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let DaemonCommand::Start(args) = cli.command;
     match start(args) {
@@ -202,31 +235,79 @@ pub fn main() -> i32 {
     }
 }
 
-/// Reads the API token, creating it (0600) on first start.
+/// Shortest token accepted from the token file.
+const TOKEN_MIN_LEN: usize = 32;
+
+/// Reads the API token, creating it (0600, atomically) on first start. A
+/// token file that is empty, short, or readable by others is refused: the
+/// agent does not serve with a token anyone may know.
 fn token(data: &Path) -> Result<String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let path = data.join("token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        return Ok(token.trim().to_string());
+    let bad = |message: String| Error::Setting {
+        name: path.display().to_string(),
+        message,
+    };
+    match std::fs::metadata(&path) {
+        Ok(meta) => {
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(bad(format!(
+                    "the token file is readable by others (mode {:o}); run `chmod 600 {}`",
+                    meta.permissions().mode() & 0o777,
+                    path.display()
+                )));
+            }
+            let token = std::fs::read_to_string(&path)
+                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+            let token = token.trim().to_string();
+            if token.len() < TOKEN_MIN_LEN || token.contains(char::is_whitespace) {
+                return Err(bad(format!(
+                    "the token file holds {} characters; a token is at least {TOKEN_MIN_LEN} without spaces. Delete the file and restart piperd to create a new one",
+                    token.len()
+                )));
+            }
+            return Ok(token);
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::io(format!("cannot read {}", path.display()), e));
+        }
+        Err(_) => {}
     }
     let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .map_err(|e| Error::io("cannot read random bytes for the token", e))?;
+    getrandom::fill(&mut bytes).map_err(|e| {
+        Error::io(
+            "cannot get random bytes for the token",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
-    file.write_all(token.as_bytes())
-        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
-    eprintln!(
-        "piperd: created the API token in {} (printed once):\n  {token}",
-        path.display()
-    );
-    Ok(token)
+    // Written whole to a private temporary file, then linked into place: a
+    // crash leaves no file or the whole token, never an empty one; and of
+    // two agents starting at once, one token wins and both read it.
+    let tmp = data.join(format!(".token.tmp{}", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(token.as_bytes())?;
+        file.sync_all()?;
+        std::fs::hard_link(&tmp, &path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => {
+            eprintln!(
+                "piperd: created the API token in {} (printed once):\n  {token}",
+                path.display()
+            );
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self::token(data),
+        Err(e) => Err(Error::io(format!("cannot create {}", path.display()), e)),
+    }
 }
 
 fn hostname() -> String {
@@ -240,10 +321,30 @@ fn start(args: StartArgs) -> Result<()> {
     let data = args.data.clone();
     std::fs::create_dir_all(&data)
         .map_err(|e| Error::io(format!("cannot create {}", data.display()), e))?;
+    // The token, the database (build environments, logs) and checkouts:
+    // for this user only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("cannot restrict {}", data.display()), e))?;
+    }
     let data = data
         .canonicalize()
         .map_err(|e| Error::io(format!("cannot resolve {}", data.display()), e))?;
     let token = token(&data)?;
+    let repositories = match &args.repositories {
+        Some(patterns) => Some(
+            server::RepositoryAllowList::new(patterns).map_err(|message| Error::Setting {
+                name: "repositories".into(),
+                message,
+            })?,
+        ),
+        None => None,
+    };
+    let policy = server::Policy {
+        public_read: args.public_read,
+        repositories,
+    };
     let database = args
         .database
         .clone()
@@ -253,7 +354,7 @@ fn start(args: StartArgs) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
-    runtime.block_on(serve(args, data, database, name, token))
+    runtime.block_on(serve(args, data, database, name, token, policy))
 }
 
 async fn serve(
@@ -262,6 +363,7 @@ async fn serve(
     database: String,
     name: String,
     token: String,
+    policy: server::Policy,
 ) -> Result<()> {
     // Before the first git command: every orphan (git's detached
     // maintenance, daemons steps leave) is re-parented here and reaped.
@@ -283,7 +385,12 @@ async fn serve(
             "{lost} build(s) were left running by a previous run of agent {name}: marked lost"
         );
     }
-    let agent = Arc::new(Agent::new(store, name.clone(), data.clone()));
+    let agent = Arc::new(Agent::new(
+        store,
+        name.clone(),
+        data.clone(),
+        args.git_timeout,
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Error::io(format!("cannot listen on {}", args.listen), e))?;
@@ -329,6 +436,7 @@ async fn serve(
     let state = server::ApiState {
         agent: agent.clone(),
         token: Arc::new(token),
+        policy: Arc::new(policy),
     };
     let shutdown = {
         let agent = agent.clone();
@@ -353,6 +461,8 @@ async fn serve(
     if agent.busy() {
         tracing::warn!("grace period over: canceling running builds");
         agent.cancel_all();
+        // And no more waiting for a store that does not answer.
+        agent.abandon.cancel();
     }
     for worker in workers {
         let _ = worker.await;

@@ -20,9 +20,19 @@ struct Known {
     schedules: Vec<(String, Schedule)>,
 }
 
+/// A repository whose last refresh failed: not tried again before `next`.
+struct Backoff {
+    failures: u32,
+    next: std::time::Instant,
+}
+
+/// Longest wait between refreshes of a repository that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
 /// Checks the schedules every `interval` until the agent stops.
 pub async fn run(agent: Arc<Agent>, interval: Duration) {
     let mut known: HashMap<String, Known> = HashMap::new();
+    let mut failing: HashMap<String, Backoff> = HashMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -38,10 +48,32 @@ pub async fn run(agent: Arc<Agent>, interval: Duration) {
             }
         };
         for repo in repos {
-            if let Err(e) = refresh(&agent, &repo, &mut known).await {
-                tracing::debug!("schedules of {repo}: {e}");
+            if failing
+                .get(&repo)
+                .is_some_and(|b| std::time::Instant::now() < b.next)
+            {
                 continue;
             }
+            if let Err(e) = refresh(&agent, &repo, &mut known).await {
+                // Twice the wait after each failure in a row, up to an hour.
+                let failures = failing.get(&repo).map_or(1, |b| b.failures + 1);
+                let wait = interval
+                    .saturating_mul(1 << failures.min(16))
+                    .min(MAX_BACKOFF);
+                tracing::warn!(
+                    "schedules of {repo}: {e}; next try in {}",
+                    crate::duration::format(wait)
+                );
+                failing.insert(
+                    repo,
+                    Backoff {
+                        failures,
+                        next: std::time::Instant::now() + wait,
+                    },
+                );
+                continue;
+            }
+            failing.remove(&repo);
             let Some(entry) = known.get(&repo) else {
                 continue;
             };
@@ -60,6 +92,7 @@ pub async fn run(agent: Arc<Agent>, interval: Duration) {
                             git_ref: "HEAD".into(),
                             pipeline: pipeline.clone(),
                             env: Default::default(),
+                            secret_env: Default::default(),
                             requested_by: format!("schedule {schedule}"),
                             parent_id: None,
                         };
@@ -85,7 +118,8 @@ async fn refresh(
     repo: &str,
     known: &mut HashMap<String, Known>,
 ) -> Result<(), String> {
-    let sha = agent.resolve(repo, "HEAD").await?;
+    let limits = agent.git_limits(&agent.stop_claiming);
+    let sha = agent.resolve(repo, "HEAD", limits).await?;
     if known.get(repo).is_some_and(|k| k.sha == sha) {
         return Ok(());
     }
@@ -94,7 +128,7 @@ async fn refresh(
         .join("schedules")
         .join(&blake3::hash(repo.as_bytes()).to_hex()[..16]);
     let result = async {
-        agent.checkout_ref(repo, &sha, &workspace).await?;
+        agent.checkout_ref(repo, &sha, &workspace, limits).await?;
         let project = Project {
             root: workspace.clone(),
             config: workspace.join(CONFIG_FILE),

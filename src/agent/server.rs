@@ -28,6 +28,45 @@ pub const LOG_READ_LIMIT: i64 = 1024 * 1024;
 pub struct ApiState {
     pub agent: Arc<Agent>,
     pub token: Arc<String>,
+    pub policy: Arc<Policy>,
+}
+
+/// Who may read what, and which repositories may be built.
+#[derive(Default)]
+pub struct Policy {
+    /// Reads (builds, logs, agents) without the token: `public_read = true`.
+    pub public_read: bool,
+    /// `repositories = [patterns]`: when set, only matching repositories
+    /// are built; anything else is refused with 403 before git runs.
+    pub repositories: Option<RepositoryAllowList>,
+}
+
+/// Glob patterns over repository URLs or paths (`*` stays within one
+/// `/`-separated part, `**` crosses them).
+pub struct RepositoryAllowList {
+    patterns: Vec<String>,
+    set: globset::GlobSet,
+}
+
+impl RepositoryAllowList {
+    pub fn new(patterns: &[String]) -> Result<RepositoryAllowList, String> {
+        let mut set = globset::GlobSetBuilder::new();
+        for pattern in patterns {
+            let glob = globset::GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("`{pattern}`: {}", e.kind()))?;
+            set.add(glob);
+        }
+        Ok(RepositoryAllowList {
+            patterns: patterns.to_vec(),
+            set: set.build().map_err(|e| e.to_string())?,
+        })
+    }
+
+    pub fn allows(&self, repo: &str) -> bool {
+        self.set.is_match(repo)
+    }
 }
 
 /// An error as the client sees it: a status and a JSON body naming the
@@ -52,6 +91,19 @@ impl ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,
             message: what.into(),
+            field: None,
+        }
+    }
+
+    /// The store did not answer (disk full, database down): 503, so the
+    /// client knows to try again; nothing was recorded.
+    fn unavailable(error: impl std::fmt::Display) -> ApiError {
+        tracing::error!("store error: {error}");
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message:
+                "the agent's database did not accept the change; nothing was recorded, try again"
+                    .into(),
             field: None,
         }
     }
@@ -125,7 +177,36 @@ pub fn router(state: ApiState) -> Router {
     router
         .fallback(|| async { ApiError::not_found("no such API route; see /api/v1/openapi.json") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(errors_as_json))
         .with_state(state)
+}
+
+/// Errors axum answers itself (a path that is not UTF-8, a body over the
+/// limit, a wrong method) come as plain text: every error of this API is
+/// JSON, `{"error": ...}`, whoever wrote it.
+async fn errors_as_json(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("the request body is larger than the limit of {BODY_LIMIT} bytes")
+    } else {
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body).trim().to_string();
+        if text.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_string()
+        } else {
+            text
+        }
+    };
+    (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
 async fn openapi() -> Response {
@@ -138,12 +219,15 @@ async fn openapi() -> Response {
 /// event carries the final `{status}`, then the stream closes.
 async fn follow_log(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     use base64::Engine;
+    authorize_read(&state, &headers)?;
     let (id, query, offset) = log_request(&id, query)?;
-    find_build(&state, id).await?;
+    let build = find_build(&state, id).await?;
+    check_step(&state, &build, query.step.as_deref()).await?;
     let store = state.agent.store.clone();
     let stream = futures_util::stream::unfold(Some(offset), move |position| {
         let store = store.clone();
@@ -190,11 +274,24 @@ async fn follow_log(
         .into_response())
 }
 
+/// Reads need the token too, unless the agent was started with
+/// `public_read = true`: builds carry their environment and logs.
+fn authorize_read(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
+    if state.policy.public_read {
+        return Ok(());
+    }
+    authorize(state, headers)
+}
+
 fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
+    use subtle::ConstantTimeEq;
+    // The scheme is case-insensitive (RFC 9110): `bearer` works too.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let unauthorized = |message: &str| ApiError {
         status: StatusCode::UNAUTHORIZED,
         message: message.into(),
@@ -204,14 +301,10 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
         None => Err(unauthorized(
             "this call needs `Authorization: Bearer <token>` (the token is in the agent's data directory)",
         )),
-        // Compare without an early exit, so timing says nothing about the token.
+        // Constant time, so timing says nothing about the token; an empty
+        // token never matches (the agent refuses to start with one).
         Some(token)
-            if token.len() == state.token.len()
-                && token
-                    .bytes()
-                    .zip(state.token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0 =>
+            if !token.is_empty() && bool::from(token.as_bytes().ct_eq(state.token.as_bytes())) =>
         {
             Ok(())
         }
@@ -229,7 +322,8 @@ async fn health(State(state): State<ApiState>) -> axum::Json<Value> {
 }
 
 /// `GET /api/v1/agents`: the agents sharing this database.
-async fn agents(State(state): State<ApiState>) -> ApiResult<axum::Json<Value>> {
+async fn agents(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<axum::Json<Value>> {
+    authorize_read(&state, &headers)?;
     let agents = state
         .agent
         .store
@@ -276,7 +370,10 @@ async fn webhook(
 ) -> ApiResult<Response> {
     authorize(&state, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::bad("pipeline", e.body_text()))?;
-    let new = parse_request(body, Some(query.pipeline.unwrap_or_else(|| "ci".into())))?;
+    let mut new = parse_request(body, Some(query.pipeline.unwrap_or_else(|| "ci".into())))?;
+    if new.requested_by == "api" {
+        new.requested_by = "webhook".into();
+    }
     queue(&state, &new).await
 }
 
@@ -286,12 +383,27 @@ struct WebhookQuery {
 }
 
 async fn queue(state: &ApiState, new: &NewBuild) -> ApiResult<Response> {
+    if let Some(allowed) = &state.policy.repositories
+        && !allowed.allows(&new.repo)
+    {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "repository `{}` is not on this agent's allow-list (`repositories` in piperd.toml: {})",
+                new.repo,
+                allowed.patterns.join(", ")
+            ),
+            field: Some("repo".into()),
+        });
+    }
+    // 201 only for a row that committed: a store error is a 5xx.
     let build = state
         .agent
         .store
         .create_build(new, BuildState::Queued)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::unavailable)?;
+    tracing::info!(build = build.id, repo = %build.repo, pipeline = %build.pipeline, requested_by = %build.requested_by, "build queued");
     state.agent.wake.notify_one();
     Ok((StatusCode::CREATED, axum::Json(build)).into_response())
 }
@@ -312,7 +424,14 @@ fn parse_request(
     let Value::Object(fields) = value else {
         return Err(ApiError::bad("body", "expected a JSON object"));
     };
-    const KNOWN: &[&str] = &["repo", "pipeline", "ref", "env", "requested_by"];
+    const KNOWN: &[&str] = &[
+        "repo",
+        "pipeline",
+        "ref",
+        "env",
+        "secret_env",
+        "requested_by",
+    ];
     if let Some(unknown) = fields.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(ApiError::bad(
             unknown,
@@ -348,30 +467,65 @@ fn parse_request(
         }
     }
     let requested_by = string("requested_by", false)?.unwrap_or_else(|| "api".into());
-    let mut env = BTreeMap::new();
-    match fields.get("env") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(vars)) => {
-            for (k, v) in vars {
-                let Value::String(v) = v else {
-                    return Err(ApiError::bad(
-                        &format!("env.{k}"),
-                        format!("`env.{k}` must be a string"),
-                    ));
-                };
-                env.insert(k.clone(), v.clone());
-            }
-        }
-        Some(_) => return Err(ApiError::bad("env", "`env` must be an object of strings")),
+    let env = variables(&fields, "env")?;
+    let secret_env = variables(&fields, "secret_env")?;
+    if let Some(both) = env.keys().find(|k| secret_env.contains_key(*k)) {
+        return Err(ApiError::bad(
+            &format!("secret_env.{both}"),
+            format!("`{both}` is in both `env` and `secret_env`"),
+        ));
     }
     Ok(NewBuild {
         repo,
         git_ref,
         pipeline,
         env,
+        secret_env,
         requested_by,
         parent_id: None,
     })
+}
+
+/// `env` or `secret_env`: an object of strings whose names an environment
+/// can hold (not empty, no `=`, no NUL) and whose values have no NUL.
+fn variables(
+    fields: &serde_json::Map<String, Value>,
+    name: &str,
+) -> ApiResult<BTreeMap<String, String>> {
+    let mut vars = BTreeMap::new();
+    match fields.get(name) {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(given)) => {
+            for (k, v) in given {
+                let field = format!("{name}.{k}");
+                if k.is_empty() || k.contains(['=', '\0']) {
+                    return Err(ApiError::bad(
+                        &field,
+                        format!(
+                            "`{k}` is not a variable name: it must be non-empty, without `=` or NUL"
+                        ),
+                    ));
+                }
+                let Value::String(v) = v else {
+                    return Err(ApiError::bad(&field, format!("`{field}` must be a string")));
+                };
+                if v.contains('\0') {
+                    return Err(ApiError::bad(
+                        &field,
+                        format!("`{field}` contains a NUL byte"),
+                    ));
+                }
+                vars.insert(k.clone(), v.clone());
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::bad(
+                name,
+                format!("`{name}` must be an object of strings"),
+            ));
+        }
+    }
+    Ok(vars)
 }
 
 /// `POST /api/v1/builds/{id}/retrigger`: a new build of the same commit
@@ -389,6 +543,7 @@ async fn retrigger(
         repo: old.repo,
         pipeline: old.pipeline,
         env: old.env,
+        secret_env: old.secret_env,
         requested_by: format!("retrigger of build {id}"),
         parent_id: Some(id),
     };
@@ -407,8 +562,10 @@ struct ListQuery {
 /// `GET /api/v1/builds?repo&status&pipeline&before&limit`, newest first.
 async fn list_builds(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<axum::Json<Value>> {
+    authorize_read(&state, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
     let status = match &query.status {
         None => None,
@@ -449,8 +606,10 @@ async fn list_builds(
 /// `GET /api/v1/builds/{id}`: the build and its steps.
 async fn show_build(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
+    authorize_read(&state, &headers)?;
     let id = parse_id(&id)?;
     let build = find_build(&state, id).await?;
     let steps = state
@@ -478,6 +637,45 @@ fn log_request(
     Ok((id, query, offset))
 }
 
+/// A `?step=` that names no step of the build is a 404 naming the steps
+/// it has (an empty name means the build's own lines, e.g. the checkout).
+async fn check_step(
+    state: &ApiState,
+    build: &super::store::Build,
+    step: Option<&str>,
+) -> ApiResult<()> {
+    let Some(step) = step.filter(|s| !s.is_empty()) else {
+        return Ok(());
+    };
+    let steps = state
+        .agent
+        .store
+        .steps(build.id)
+        .await
+        .map_err(ApiError::internal)?;
+    // Steps are known once the build's config was read.
+    if steps.is_empty() && !build.status.is_final() {
+        return Ok(());
+    }
+    if steps.iter().any(|s| s.name == step) {
+        return Ok(());
+    }
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    Err(ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!(
+            "build {} has no step `{step}`; its steps: {}",
+            build.id,
+            if names.is_empty() {
+                "(none)".to_string()
+            } else {
+                names.join(", ")
+            }
+        ),
+        field: Some("step".into()),
+    })
+}
+
 #[derive(Deserialize)]
 struct LogQuery {
     offset: Option<i64>,
@@ -489,11 +687,14 @@ struct LogQuery {
 /// `x-piper-build-status` whether more can come.
 async fn read_log(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
+    authorize_read(&state, &headers)?;
     let (id, query, offset) = log_request(&id, query)?;
     let build = find_build(&state, id).await?;
+    check_step(&state, &build, query.step.as_deref()).await?;
     let slice = state
         .agent
         .store
@@ -524,24 +725,43 @@ async fn cancel(
     let id = parse_id(&id)?;
     let store = &state.agent.store;
     let build = find_build(&state, id).await?;
-    match build.status {
-        BuildState::Queued => store
-            .finish_build(id, BuildState::Canceled, Some("canceled before it started"))
+    if build.status == BuildState::Queued
+        && store
+            .cancel_queued(id)
             .await
-            .map_err(ApiError::internal)?,
-        // Cancels it when it runs here; another agent's build cannot be.
-        BuildState::Running if !state.agent.cancel(id) => {
-            return Err(ApiError {
-                status: StatusCode::CONFLICT,
-                message: format!(
-                    "build {id} runs on agent {}",
-                    build.agent.unwrap_or_default()
-                ),
-                field: None,
-            });
-        }
-        _ => {}
+            .map_err(ApiError::unavailable)?
+    {
+        let build = find_build(&state, id).await?;
+        return Ok((StatusCode::OK, axum::Json(build)).into_response());
     }
-    let build = store.get_build(id).await.map_err(ApiError::internal)?;
+    // Claimed meanwhile, or already over: look again.
+    let build = find_build(&state, id).await?;
+    if build.status.is_final() {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!("build {id} already ended: {}", build.status.as_str()),
+            field: None,
+        });
+    }
+    if !state.agent.cancel(id) {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!(
+                "build {id} runs on agent {}; cancel it there",
+                build.agent.unwrap_or_default()
+            ),
+            field: None,
+        });
+    }
+    // Its processes are ended within the grace period; answer with the
+    // final state when it comes soon, else 202 and the state now.
+    for _ in 0..100 {
+        let build = find_build(&state, id).await?;
+        if build.status.is_final() {
+            return Ok((StatusCode::OK, axum::Json(build)).into_response());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let build = find_build(&state, id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(build)).into_response())
 }

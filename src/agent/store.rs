@@ -28,6 +28,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/sqlite/0003_schedule_runs.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_secret_env.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_builds.sql")),
@@ -35,6 +39,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         3,
         include_str!("../../migrations/postgres/0003_schedule_runs.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_secret_env.sql"),
     ),
 ];
 
@@ -108,6 +116,8 @@ pub struct NewBuild {
     pub git_ref: String,
     pub pipeline: String,
     pub env: BTreeMap<String, String>,
+    /// Given to the steps like `env`, masked in logs, never shown.
+    pub secret_env: BTreeMap<String, String>,
     pub requested_by: String,
     pub parent_id: Option<i64>,
 }
@@ -134,6 +144,16 @@ pub struct Build {
     pub parent_id: Option<i64>,
     /// Why the build failed before or outside its steps (checkout, config).
     pub error: Option<String>,
+    /// Serialized as the names only: the values never leave the agent.
+    #[serde(rename = "secret_env_names", serialize_with = "names_only")]
+    pub secret_env: BTreeMap<String, String>,
+}
+
+fn names_only<S: serde::Serializer>(
+    vars: &BTreeMap<String, String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(vars.keys())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -185,7 +205,7 @@ pub fn now_ms() -> i64 {
 }
 
 const BUILD_COLUMNS: &str = "id, number, repo, git_ref, sha, version, pipeline, status, env, requested_by, \
-     requested_at, started_at, finished_at, agent, parent_id, error";
+     requested_at, started_at, finished_at, agent, parent_id, error, secret_env";
 
 fn build_from_row<R: Row>(row: &R) -> StoreResult<Build>
 where
@@ -197,6 +217,7 @@ where
 {
     let status: String = row.try_get("status")?;
     let env: String = row.try_get("env")?;
+    let secret_env: String = row.try_get("secret_env")?;
     Ok(Build {
         id: row.try_get("id")?,
         number: row.try_get("number")?,
@@ -214,6 +235,7 @@ where
         agent: row.try_get("agent")?,
         parent_id: row.try_get("parent_id")?,
         error: row.try_get("error")?,
+        secret_env: serde_json::from_str(&secret_env).unwrap_or_default(),
     })
 }
 
@@ -224,7 +246,19 @@ impl Store {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres(PgPoolOptions::new().max_connections(8).connect(url).await?)
         } else if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)?
+            let options = SqliteConnectOptions::from_str(url)?;
+            // Created private (0600) before SQLite opens it; its -wal and
+            // -shm files take the same mode.
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(options.get_filename());
+            }
+            let options = options
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(std::time::Duration::from_secs(10));
@@ -286,16 +320,22 @@ impl Store {
     /// Records a new queued build with the next number of its repository.
     pub async fn create_build(&self, new: &NewBuild, state: BuildState) -> StoreResult<Build> {
         let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
+        let secret_env = serde_json::to_string(&new.secret_env).unwrap_or_else(|_| "{}".into());
         // Two agents may number the same repository at once: the UNIQUE
         // constraint makes one of them retry.
         for _ in 0..5 {
             let sql = format!(
-                "INSERT INTO builds (number, repo, git_ref, pipeline, status, env, requested_by, requested_at, parent_id) \
-                 VALUES ((SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE repo = $1), $1, $2, $3, $4, $5, $6, $7, $8) \
+                "INSERT INTO builds (number, repo, git_ref, pipeline, status, env, requested_by, requested_at, parent_id, secret_env) \
+                 VALUES ((SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE repo = $1), $1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  RETURNING {BUILD_COLUMNS}"
             );
-            let result = on_backend!(self, pool => {
-                sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            // A transaction, all rows fetched, then COMMIT: with `fetch_one`
+            // SQLite hands out the RETURNING row before the statement ends,
+            // and a failing end (a full disk) went unnoticed — the caller
+            // answered 201 for a row that never committed.
+            let result = on_backend!(self, pool => async {
+                let mut tx = pool.begin().await?;
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                     .bind(&new.repo)
                     .bind(&new.git_ref)
                     .bind(&new.pipeline)
@@ -304,10 +344,13 @@ impl Store {
                     .bind(&new.requested_by)
                     .bind(now_ms())
                     .bind(new.parent_id)
-                    .fetch_one(pool)
-                    .await
-                    .and_then(|row| build_from_row(&row))
-            });
+                    .bind(&secret_env)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+                build_from_row(row)
+            }.await);
             match result {
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() => continue,
                 other => return other,
@@ -374,11 +417,32 @@ impl Store {
             "UPDATE builds SET status = 'running', agent = $1, started_at = $2 \
              WHERE id = ({pick}) AND status = 'queued' RETURNING {BUILD_COLUMNS}"
         );
+        // As in `create_build`: the claim counts only once committed.
         on_backend!(self, pool => {
-            match sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(agent).bind(now_ms()).fetch_optional(pool).await? {
-                Some(row) => Ok(Some(build_from_row(&row)?)),
-                None => Ok(None),
-            }
+            let mut tx = pool.begin().await?;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(agent)
+                .bind(now_ms())
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            rows.first().map(build_from_row).transpose()
+        })
+    }
+
+    /// Cancels a build that no agent has claimed yet; false when it is no
+    /// longer queued (claimed meanwhile, or ended).
+    pub async fn cancel_queued(&self, id: i64) -> StoreResult<bool> {
+        on_backend!(self, pool => {
+            sqlx::query(
+                "UPDATE builds SET status = 'canceled', finished_at = $1, \
+                 error = 'canceled before it started' WHERE id = $2 AND status = 'queued'",
+            )
+            .bind(now_ms())
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected() == 1)
         })
     }
 
@@ -394,7 +458,9 @@ impl Store {
         })
     }
 
-    /// Ends a build, unless it already ended (a cancel may race the finish).
+    /// Ends a running build, unless it already ended. Only `running`
+    /// matches: a queued build is ended by `cancel_queued`, so a cancel
+    /// racing a claim never marks a build that ran as canceled.
     pub async fn finish_build(
         &self,
         id: i64,
@@ -404,7 +470,7 @@ impl Store {
         on_backend!(self, pool => {
             sqlx::query(
                 "UPDATE builds SET status = $1, error = COALESCE($2, error), finished_at = $3 \
-                 WHERE id = $4 AND status IN ('queued', 'running')",
+                 WHERE id = $4 AND status = 'running'",
             )
             .bind(state.as_str())
             .bind(error)
@@ -522,36 +588,50 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> StoreResult<LogSlice> {
+        // Batches of chunks until `limit` bytes (not a fixed number of
+        // chunks: a log of many small chunks must come back whole).
         let sql = match step {
             None => {
-                "SELECT build_offset AS start, data FROM log_chunks WHERE build_id = $1 \
-                 AND build_offset + LENGTH(data) > $2 ORDER BY seq LIMIT 64"
+                "SELECT seq, build_offset AS start, data FROM log_chunks WHERE build_id = $1 \
+                 AND build_offset + LENGTH(data) > $2 AND seq > $3 ORDER BY seq LIMIT 256"
             }
             Some(_) => {
-                "SELECT step_offset AS start, data FROM log_chunks WHERE build_id = $1 \
-                 AND step_offset + LENGTH(data) > $2 AND step = $3 ORDER BY seq LIMIT 64"
+                "SELECT seq, step_offset AS start, data FROM log_chunks WHERE build_id = $1 \
+                 AND step_offset + LENGTH(data) > $2 AND seq > $3 AND step = $4 ORDER BY seq LIMIT 256"
             }
         };
-        let rows: Vec<(i64, Vec<u8>)> = on_backend!(self, pool => {
-            let mut query = sqlx::query(sql).bind(build_id).bind(offset);
-            if let Some(step) = step {
-                query = query.bind(step);
-            }
-            let rows = query.fetch_all(pool).await?;
-            rows.iter()
-                .map(|row| Ok((row.try_get::<i64, _>("start")?, row.try_get::<Vec<u8>, _>("data")?)))
-                .collect::<StoreResult<Vec<_>>>()?
-        });
         let mut data = Vec::new();
         let mut next = offset;
-        for (start, chunk) in rows {
-            let skip = (next - start).max(0) as usize;
-            if start > next || skip > chunk.len() {
-                break; // a gap would mean a missing chunk: stop at what is contiguous
+        let mut after_seq = -1;
+        'batches: loop {
+            let rows: Vec<(i64, i64, Vec<u8>)> = on_backend!(self, pool => {
+                let mut query = sqlx::query(sql).bind(build_id).bind(offset).bind(after_seq);
+                if let Some(step) = step {
+                    query = query.bind(step);
+                }
+                let rows = query.fetch_all(pool).await?;
+                rows.iter()
+                    .map(|row| Ok((
+                        row.try_get::<i64, _>("seq")?,
+                        row.try_get::<i64, _>("start")?,
+                        row.try_get::<Vec<u8>, _>("data")?,
+                    )))
+                    .collect::<StoreResult<Vec<_>>>()?
+            });
+            let full_batch = rows.len() == 256;
+            for (seq, start, chunk) in rows {
+                after_seq = seq;
+                let skip = (next - start).max(0) as usize;
+                if start > next || skip > chunk.len() {
+                    break 'batches; // stop at what is contiguous
+                }
+                data.extend_from_slice(&chunk[skip..]);
+                next = start + chunk.len() as i64;
+                if data.len() as i64 >= limit {
+                    break 'batches;
+                }
             }
-            data.extend_from_slice(&chunk[skip..]);
-            next = start + chunk.len() as i64;
-            if data.len() as i64 >= limit {
+            if !full_batch {
                 break;
             }
         }
@@ -622,10 +702,12 @@ impl Store {
         })
     }
 
-    /// Every repository that has been built here: the scheduler's worklist.
+    /// Every repository a build was checked out from (its commit was
+    /// recorded): the scheduler's worklist. A string that never cloned —
+    /// a typo, a fuzzer's — is not a repository to poll.
     pub async fn known_repos(&self) -> StoreResult<Vec<String>> {
         on_backend!(self, pool => {
-            let rows = sqlx::query("SELECT DISTINCT repo FROM builds ORDER BY repo").fetch_all(pool).await?;
+            let rows = sqlx::query("SELECT DISTINCT repo FROM builds WHERE sha IS NOT NULL ORDER BY repo").fetch_all(pool).await?;
             rows.iter().map(|row| row.try_get("repo")).collect()
         })
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::log_writer::{LogWriter, Redactor, with_retry};
 use super::store::{Build, BuildState, NewBuild, Store, StoredStep, now_ms};
 use crate::event::{self, BuildStatus, Event};
 use crate::executor::{self, Options};
@@ -29,12 +30,25 @@ pub struct Agent {
     running: Mutex<HashMap<i64, CancellationToken>>,
     /// Stop claiming builds (shutdown).
     pub stop_claiming: CancellationToken,
-    /// Serializes fetches into the repository cache.
-    git_lock: tokio::sync::Mutex<()>,
+    /// Give up writes the store does not take (shutdown past its grace).
+    pub abandon: CancellationToken,
+    /// One lock per repository cache: git commands on one mirror take turns,
+    /// and a repository whose server hangs holds up only its own builds.
+    git_locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// Longest one git command may take.
+    pub git_timeout: Duration,
+}
+
+/// What ends a git command early: its timeout, and a cancel (of the build
+/// it checks out, or of the agent).
+#[derive(Clone, Copy)]
+pub struct GitLimits<'a> {
+    pub timeout: Duration,
+    pub cancel: &'a CancellationToken,
 }
 
 impl Agent {
-    pub fn new(store: Store, name: String, data: PathBuf) -> Agent {
+    pub fn new(store: Store, name: String, data: PathBuf, git_timeout: Duration) -> Agent {
         Agent {
             store,
             name,
@@ -42,7 +56,26 @@ impl Agent {
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
             stop_claiming: CancellationToken::new(),
-            git_lock: tokio::sync::Mutex::new(()),
+            abandon: CancellationToken::new(),
+            git_locks: Mutex::new(HashMap::new()),
+            git_timeout,
+        }
+    }
+
+    fn repo_lock(&self, cache: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        self.git_locks
+            .lock()
+            .unwrap()
+            .entry(cache.to_path_buf())
+            .or_default()
+            .clone()
+    }
+
+    /// Limits for git work on behalf of `cancel`'s owner.
+    pub fn git_limits<'a>(&self, cancel: &'a CancellationToken) -> GitLimits<'a> {
+        GitLimits {
+            timeout: self.git_timeout,
+            cancel,
         }
     }
 
@@ -93,9 +126,15 @@ impl Agent {
     }
 
     async fn run(&self, build: Build) {
+        let started = std::time::Instant::now();
+        tracing::info!(build = build.id, repo = %build.repo, pipeline = %build.pipeline, agent = %self.name, "build claimed");
         let token = CancellationToken::new();
         self.running.lock().unwrap().insert(build.id, token.clone());
-        let mut log = LogWriter::new(self.store.clone());
+        let mut log = LogWriter::new(
+            self.store.clone(),
+            self.abandon.clone(),
+            Redactor::new(build.secret_env.values()),
+        );
         let workspace = self.data.join("workspaces").join(build.id.to_string());
         let outcome = self
             .checkout_and_run(&build, &workspace, &token, &mut log)
@@ -103,18 +142,17 @@ impl Agent {
         if let Err(message) = outcome {
             log.write(build.id, "", format!("piper: {message}\n").as_bytes())
                 .await;
+            log.finish_all().await;
             let state = if token.is_cancelled() {
                 BuildState::Canceled
             } else {
                 BuildState::Failed
             };
-            let _ = self
-                .store
-                .finish_build(build.id, state, Some(&message))
-                .await;
+            finish(&self.store, &self.abandon, build.id, state, Some(&message)).await;
         }
         self.running.lock().unwrap().remove(&build.id);
         self.release_workspace(&build.repo, &workspace).await;
+        tracing::info!(build = build.id, took = %crate::duration::format(started.elapsed()), "build done");
     }
 
     async fn checkout_and_run(
@@ -124,11 +162,18 @@ impl Agent {
         token: &CancellationToken,
         log: &mut LogWriter,
     ) -> Result<(), String> {
-        let (sha, version) = self.checkout(build, workspace).await?;
-        self.store
-            .set_revision(build.id, &sha, version.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
+        let (sha, version) = self
+            .checkout_ref(
+                &build.repo,
+                &build.git_ref,
+                workspace,
+                self.git_limits(token),
+            )
+            .await?;
+        with_retry("recording the build's commit", &self.abandon, || {
+            self.store.set_revision(build.id, &sha, version.as_deref())
+        })
+        .await?;
         log.write(
             build.id,
             "",
@@ -158,22 +203,28 @@ impl Agent {
             .map_err(|e| e.to_string())?;
         let graph = Arc::new(graph);
         let options = Options {
-            env_overrides: build
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            env_overrides: self.build_env(build),
             ..Options::default()
         };
         let (tx, rx) = event::channel();
-        let recorder = tokio::spawn(record(
-            self.store.clone(),
-            build.clone(),
+        let recorder = Recorder {
+            store: self.store.clone(),
+            abandon: self.abandon.clone(),
+            build: build.clone(),
             sha,
             version,
-            rx,
-            std::mem::take(log),
-        ));
+            ids: HashMap::new(),
+            positions: HashMap::new(),
+            log: std::mem::replace(
+                log,
+                LogWriter::new(
+                    self.store.clone(),
+                    self.abandon.clone(),
+                    Redactor::default(),
+                ),
+            ),
+        };
+        let recorder = tokio::spawn(record(recorder, rx));
         let result = executor::run(
             graph,
             std::slice::from_ref(&build.pipeline),
@@ -187,15 +238,21 @@ impl Agent {
         result.map(|_| ()).map_err(|e| e.to_string())
     }
 
-    /// Fetches the repository into its cache and checks `build.git_ref`
-    /// out into `workspace`; returns the commit and its `git describe`.
-    async fn checkout(
-        &self,
-        build: &Build,
-        workspace: &Path,
-    ) -> Result<(String, Option<String>), String> {
-        self.checkout_ref(&build.repo, &build.git_ref, workspace)
-            .await
+    /// What the steps of a build see besides their own variables: the
+    /// submit's `env` and `secret_env`, and who runs them (as Buildkite and
+    /// Woodpecker do: `CI=true`, the build's id and number, the agent).
+    fn build_env(&self, build: &Build) -> indexmap::IndexMap<String, String> {
+        let mut env: indexmap::IndexMap<String, String> = [
+            ("CI".to_string(), "true".to_string()),
+            ("PIPER_BUILD_ID".to_string(), build.id.to_string()),
+            ("PIPER_BUILD_NUMBER".to_string(), build.number.to_string()),
+            ("PIPER_AGENT".to_string(), self.name.clone()),
+        ]
+        .into_iter()
+        .collect();
+        env.extend(build.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(build.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
     }
 
     fn cache_dir(&self, repo: &str) -> PathBuf {
@@ -206,11 +263,20 @@ impl Agent {
 
     /// Fetches `repo` into its cache (one mirror per repository) and
     /// resolves `git_ref` to a commit.
-    pub async fn resolve(&self, repo: &str, git_ref: &str) -> Result<String, String> {
+    pub async fn resolve(
+        &self,
+        repo: &str,
+        git_ref: &str,
+        limits: GitLimits<'_>,
+    ) -> Result<String, String> {
         let cache = self.cache_dir(repo);
-        let _guard = self.git_lock.lock().await;
+        let lock = self.repo_lock(&cache);
+        let _guard = tokio::select! {
+            guard = lock.lock() => guard,
+            _ = limits.cancel.cancelled() => return Err("canceled".into()),
+        };
         if cache.join("HEAD").exists() {
-            git(&cache, &["fetch", "--quiet", "--prune", "origin"])
+            git(&cache, &["fetch", "--quiet", "--prune", "origin"], limits)
                 .await
                 .map_err(|e| format!("cannot fetch {repo}: {e}"))?;
         } else {
@@ -223,6 +289,7 @@ impl Agent {
             git(
                 parent,
                 &["clone", "--quiet", "--mirror", "--", repo, &cache_text],
+                limits,
             )
             .await
             .map_err(|e| format!("cannot clone {repo}: {e}"))?;
@@ -237,6 +304,7 @@ impl Agent {
                 "--end-of-options",
                 &spec,
             ],
+            limits,
         )
         .await
         .map_err(|_| format!("ref `{git_ref}` does not exist in {repo}"))
@@ -249,8 +317,9 @@ impl Agent {
         repo: &str,
         git_ref: &str,
         workspace: &Path,
+        limits: GitLimits<'_>,
     ) -> Result<(String, Option<String>), String> {
-        let sha = self.resolve(repo, git_ref).await?;
+        let sha = self.resolve(repo, git_ref, limits).await?;
         let cache = self.cache_dir(repo);
         self.release_workspace(repo, workspace).await;
         tokio::fs::create_dir_all(workspace.parent().unwrap_or(Path::new(".")))
@@ -266,8 +335,12 @@ impl Agent {
         let describe_args = ["describe", "--tags", "--always", &sha];
         // Adding a worktree and pruning stale ones must not interleave.
         let (added, version) = {
-            let _guard = self.git_lock.lock().await;
-            tokio::join!(git(&cache, &add_args), git(&cache, &describe_args))
+            let lock = self.repo_lock(&cache);
+            let _guard = lock.lock().await;
+            tokio::join!(
+                git(&cache, &add_args, limits),
+                git(&cache, &describe_args, limits)
+            )
         };
         added.map_err(|e| format!("cannot check out {sha}: {e}"))?;
         Ok((sha, version.ok()))
@@ -276,14 +349,19 @@ impl Agent {
     /// Removes a workspace and forgets it in the repository's cache.
     pub async fn release_workspace(&self, repo: &str, workspace: &Path) {
         if tokio::fs::remove_dir_all(workspace).await.is_ok() {
-            let _guard = self.git_lock.lock().await;
-            let _ = git(&self.cache_dir(repo), &["worktree", "prune"]).await;
+            let cache = self.cache_dir(repo);
+            let lock = self.repo_lock(&cache);
+            let _guard = lock.lock().await;
+            let never = CancellationToken::new();
+            let _ = git(&cache, &["worktree", "prune"], self.git_limits(&never)).await;
         }
     }
 }
 
-/// Runs git; its trimmed stdout, or its stderr as the error.
-async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+/// Runs git; its trimmed stdout, or its stderr as the error. It runs in
+/// a process group of its own, which is killed (ssh and remote helpers
+/// included) when it outlives `limits.timeout` or `limits.cancel` fires.
+async fn git(dir: &Path, args: &[&str], limits: GitLimits<'_>) -> Result<String, String> {
     let mut command = tokio::process::Command::new("git");
     // No detached `git maintenance`/`gc --auto` after fetches: nobody would
     // wait for them (the agent's mirrors are pruned explicitly).
@@ -294,13 +372,33 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
     let (child, _owned) = crate::reaper::spawn_owned(|| command.spawn(), tokio::process::Child::id)
         .map_err(|e| format!("cannot run git: {e}"))?;
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| format!("cannot run git: {e}"))?;
+    let pgid = child.id().map(|id| id as i32);
+    let kill_group = || {
+        if let Some(pgid) = pgid {
+            // SAFETY: kill(2) on the process group git leads; no memory shared.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    };
+    let out = tokio::select! {
+        out = child.wait_with_output() => out.map_err(|e| format!("cannot run git: {e}"))?,
+        _ = tokio::time::sleep(limits.timeout) => {
+            kill_group();
+            return Err(format!(
+                "git {} did not finish within {} (git_timeout)",
+                args.first().unwrap_or(&""),
+                crate::duration::format(limits.timeout)
+            ));
+        }
+        _ = limits.cancel.cancelled() => {
+            kill_group();
+            return Err("canceled".into());
+        }
+    };
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
@@ -308,60 +406,32 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Appends log chunks with the counters the store's readers rely on.
-#[derive(Default)]
-struct LogWriter {
-    store: Option<Store>,
-    seq: HashMap<i64, i64>,
-    build_offset: HashMap<i64, i64>,
-    step_offset: HashMap<(i64, String), i64>,
-}
-
-impl LogWriter {
-    fn new(store: Store) -> LogWriter {
-        LogWriter {
-            store: Some(store),
-            ..LogWriter::default()
-        }
-    }
-
-    async fn write(&mut self, build: i64, step: &str, data: &[u8]) {
-        let Some(store) = &self.store else { return };
-        if data.is_empty() {
-            return;
-        }
-        let seq = self.seq.entry(build).or_insert(0);
-        let build_offset = self.build_offset.entry(build).or_insert(0);
-        let step_offset = self
-            .step_offset
-            .entry((build, step.to_string()))
-            .or_insert(0);
-        if let Err(e) = store
-            .append_log(build, *seq, step, *build_offset, *step_offset, data)
-            .await
-        {
-            tracing::error!("cannot store log of build {build}: {e}");
-            return;
-        }
-        *seq += 1;
-        *build_offset += data.len() as i64;
-        *step_offset += data.len() as i64;
-    }
-}
-
-/// Turns the executor's events into stored builds, steps and logs.
-async fn record(
+/// Turns the executor's events into stored builds, steps and logs. Every
+/// write is retried until the store answers (`log_writer::with_retry`).
+struct Recorder {
     store: Store,
+    abandon: CancellationToken,
     build: Build,
     sha: String,
     version: Option<String>,
-    mut events: event::EventReceiver,
-    mut log: LogWriter,
-) -> LogWriter {
-    // Executor build numbers (1 = this build, 2.. = chained) to stored ids.
-    let mut ids: HashMap<u32, i64> = HashMap::new();
-    let mut positions: HashMap<(i64, String), i64> = HashMap::new();
+    /// Executor build numbers (1 = this build, 2.. = chained) to stored ids.
+    ids: HashMap<u32, i64>,
+    positions: HashMap<(i64, String), i64>,
+    log: LogWriter,
+}
+
+/// Records the events of one run; returns the log writer (with what it
+/// could not store) when the executor is done.
+async fn record(mut recorder: Recorder, mut events: event::EventReceiver) -> LogWriter {
     while let Some(event) = events.recv().await {
+        recorder.on(event).await;
+    }
+    recorder.log.finish_all().await;
+    recorder.log
+}
+
+impl Recorder {
+    async fn on(&mut self, event: Event) {
         match event {
             Event::BuildStarted {
                 build: n,
@@ -370,50 +440,11 @@ async fn record(
                 triggered_by,
                 ..
             } => {
-                let id = if ids.is_empty() {
-                    build.id
-                } else {
-                    let parent = triggered_by
-                        .and_then(|t| ids.get(&t.build).copied())
-                        .unwrap_or(build.id);
-                    let chained = NewBuild {
-                        repo: build.repo.clone(),
-                        git_ref: build.git_ref.clone(),
-                        pipeline: name,
-                        env: build.env.clone(),
-                        requested_by: format!("chained from build {parent}"),
-                        parent_id: Some(parent),
-                    };
-                    match store.create_build(&chained, BuildState::Running).await {
-                        Ok(created) => {
-                            let _ = store
-                                .set_revision(created.id, &sha, version.as_deref())
-                                .await;
-                            created.id
-                        }
-                        Err(e) => {
-                            tracing::error!("cannot record a chained build: {e}");
-                            continue;
-                        }
-                    }
-                };
-                ids.insert(n, id);
-                for (i, s) in steps.iter().enumerate() {
-                    positions.insert((id, s.name.clone()), i as i64);
-                    let step = StoredStep {
-                        name: s.name.clone(),
-                        status: "pending".into(),
-                        exit_code: None,
-                        started_at: None,
-                        finished_at: None,
-                        message: None,
-                    };
-                    let _ = store.upsert_step(id, i as i64, &step).await;
-                }
+                let names: Vec<String> = steps.into_iter().map(|s| s.name).collect();
+                self.build_started(n, name, triggered_by.map(|t| t.build), names)
+                    .await;
             }
             Event::StepStarted { build: n, step, .. } => {
-                let Some(&id) = ids.get(&n) else { continue };
-                let position = positions.get(&(id, step.clone())).copied().unwrap_or(0);
                 let stored = StoredStep {
                     name: step,
                     status: "running".into(),
@@ -422,33 +453,28 @@ async fn record(
                     finished_at: None,
                     message: None,
                 };
-                let _ = store.upsert_step(id, position, &stored).await;
+                self.save_step(n, stored).await;
             }
             Event::StepCommand {
                 build: n,
                 step,
                 command,
             } => {
-                let Some(&id) = ids.get(&n) else { continue };
-                log.write(id, &step, format!("$ {command}\n").as_bytes())
-                    .await;
+                self.write(n, &step, format!("$ {command}\n").as_bytes())
+                    .await
             }
             Event::StepOutput {
                 build: n,
                 step,
                 data,
-            } => {
-                let Some(&id) = ids.get(&n) else { continue };
-                log.write(id, &step, &data).await;
-            }
+            } => self.write(n, &step, &data).await,
             Event::StepWarning {
                 build: n,
                 step,
                 message,
             } => {
-                let Some(&id) = ids.get(&n) else { continue };
-                log.write(id, &step, format!("piper: warning: {message}\n").as_bytes())
-                    .await;
+                let line = format!("piper: warning: {message}\n");
+                self.write(n, &step, line.as_bytes()).await;
             }
             Event::StepRetrying {
                 build: n,
@@ -456,13 +482,8 @@ async fn record(
                 attempt,
                 reason,
             } => {
-                let Some(&id) = ids.get(&n) else { continue };
-                log.write(
-                    id,
-                    &step,
-                    format!("piper: attempt {attempt} failed ({reason}); retrying\n").as_bytes(),
-                )
-                .await;
+                let line = format!("piper: attempt {attempt} failed ({reason}); retrying\n");
+                self.write(n, &step, line.as_bytes()).await;
             }
             Event::StepFinished {
                 build: n,
@@ -472,8 +493,9 @@ async fn record(
                 message,
                 ..
             } => {
-                let Some(&id) = ids.get(&n) else { continue };
-                let position = positions.get(&(id, step.clone())).copied().unwrap_or(0);
+                if let Some(&id) = self.ids.get(&n) {
+                    self.log.finish_step(id, &step).await;
+                }
                 let stored = StoredStep {
                     name: step,
                     status: serde_json::to_value(status)
@@ -485,24 +507,134 @@ async fn record(
                     finished_at: Some(now_ms()),
                     message,
                 };
-                let _ = store.upsert_step(id, position, &stored).await;
+                self.save_step(n, stored).await;
             }
             Event::BuildFinished {
                 build: n, status, ..
-            } => {
-                let Some(&id) = ids.get(&n) else { continue };
-                let state = match status {
-                    BuildStatus::Success => BuildState::Success,
-                    BuildStatus::Failed => BuildState::Failed,
-                    BuildStatus::Canceled => BuildState::Canceled,
-                };
-                let _ = store.finish_build(id, state, None).await;
-            }
+            } => self.build_finished(n, status).await,
             Event::StepQueued { .. }
             | Event::WatchChanged { .. }
             | Event::WatchIdle
             | Event::ConfigError { .. } => {}
         }
     }
-    log
+
+    async fn write(&mut self, n: u32, step: &str, data: &[u8]) {
+        if let Some(&id) = self.ids.get(&n) {
+            self.log.write(id, step, data).await;
+        }
+    }
+
+    /// The requested build is already stored; a chained one is created
+    /// (linked to the build that triggered it). Its steps are stored as
+    /// pending, in plan order.
+    async fn build_started(
+        &mut self,
+        n: u32,
+        name: String,
+        triggered_by: Option<u32>,
+        steps: Vec<String>,
+    ) {
+        let id = if self.ids.is_empty() {
+            self.build.id
+        } else {
+            let parent = triggered_by
+                .and_then(|t| self.ids.get(&t).copied())
+                .unwrap_or(self.build.id);
+            let chained = NewBuild {
+                repo: self.build.repo.clone(),
+                git_ref: self.build.git_ref.clone(),
+                pipeline: name,
+                env: self.build.env.clone(),
+                secret_env: self.build.secret_env.clone(),
+                requested_by: format!("chained from build {parent}"),
+                parent_id: Some(parent),
+            };
+            let store = &self.store;
+            let created = with_retry("recording a chained build", &self.abandon, || {
+                store.create_build(&chained, BuildState::Running)
+            })
+            .await;
+            let created = match created {
+                Ok(created) => created,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return;
+                }
+            };
+            let (sha, version) = (&self.sha, self.version.as_deref());
+            let _ = with_retry("recording a chained build's commit", &self.abandon, || {
+                store.set_revision(created.id, sha, version)
+            })
+            .await;
+            tracing::info!(build = created.id, parent, pipeline = %created.pipeline, "chained build started");
+            created.id
+        };
+        self.ids.insert(n, id);
+        for (i, name) in steps.into_iter().enumerate() {
+            self.positions.insert((id, name.clone()), i as i64);
+            let step = StoredStep {
+                name,
+                status: "pending".into(),
+                exit_code: None,
+                started_at: None,
+                finished_at: None,
+                message: None,
+            };
+            self.save_step(n, step).await;
+        }
+    }
+
+    async fn save_step(&mut self, n: u32, step: StoredStep) {
+        let Some(&id) = self.ids.get(&n) else { return };
+        let position = self
+            .positions
+            .get(&(id, step.name.clone()))
+            .copied()
+            .unwrap_or(0);
+        let store = &self.store;
+        if let Err(e) = with_retry("recording a step", &self.abandon, || {
+            store.upsert_step(id, position, &step)
+        })
+        .await
+        {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// The final state; a build whose log could not be stored whole ends
+    /// `failed`, saying how much is missing.
+    async fn build_finished(&mut self, n: u32, status: BuildStatus) {
+        let Some(&id) = self.ids.get(&n) else { return };
+        self.log.finish_all().await;
+        let lost = self.log.lost(id);
+        let (state, error) = match status {
+            _ if lost > 0 => (
+                BuildState::Failed,
+                Some(format!("the agent could not store {lost} bytes of the log")),
+            ),
+            BuildStatus::Success => (BuildState::Success, None),
+            BuildStatus::Failed => (BuildState::Failed, None),
+            BuildStatus::Canceled => (BuildState::Canceled, None),
+        };
+        finish(&self.store, &self.abandon, id, state, error.as_deref()).await;
+    }
+}
+
+/// Records the end of a build, retrying until the store answers.
+async fn finish(
+    store: &Store,
+    abandon: &CancellationToken,
+    id: i64,
+    state: BuildState,
+    error: Option<&str>,
+) {
+    match with_retry("recording the end of a build", abandon, || {
+        store.finish_build(id, state, error)
+    })
+    .await
+    {
+        Ok(()) => tracing::info!(build = id, status = state.as_str(), "build finished"),
+        Err(e) => tracing::error!("{e}"),
+    }
 }

@@ -1,0 +1,246 @@
+//! How a build's log and final state reach the store when the store does
+//! not always answer (a database restart, a full disk): every write is
+//! retried with backoff until it lands — the executor waits meanwhile, as
+//! its event channel is bounded — and only a shutdown past its grace
+//! period gives up. What is given up is never silent: the next chunk that
+//! lands starts with `[piper: N bytes of log lost]`, and the build ends
+//! `failed` saying so. (buildkite-agent retries its chunk uploads the
+//! same way.)
+//!
+//! Secret values (`secret_env` of the submit) are masked as `***` before
+//! anything is stored, across chunk boundaries: the tail of a chunk that
+//! could be the start of a secret waits for the next chunk.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::store::{Store, StoreResult};
+
+/// Values shorter than this are not masked: masking `1` or `on` everywhere
+/// would destroy the log and hide nothing.
+pub const SECRET_MIN_LEN: usize = 4;
+const MASK: &[u8] = b"***";
+
+/// Retries `op` with backoff (0.1 s doubling to 5 s) until it succeeds or
+/// `abandon` fires; then the last error.
+pub async fn with_retry<T, F, Fut>(
+    what: &str,
+    abandon: &CancellationToken,
+    mut op: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = StoreResult<T>>,
+{
+    let mut wait = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        match op().await {
+            Ok(value) => {
+                if warned {
+                    tracing::info!("{what}: the store answers again");
+                }
+                return Ok(value);
+            }
+            Err(e) if !abandon.is_cancelled() => {
+                if !warned {
+                    tracing::warn!("{what}: {e}; retrying until the store answers");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = abandon.cancelled() => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// Masks secret values in a stream of chunks.
+#[derive(Default)]
+pub struct Redactor {
+    /// Longest first, so a secret containing another is masked whole.
+    secrets: Vec<Vec<u8>>,
+}
+
+impl Redactor {
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a String>) -> Redactor {
+        let mut secrets: Vec<Vec<u8>> = values
+            .into_iter()
+            .filter(|v| v.len() >= SECRET_MIN_LEN)
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Redactor { secrets }
+    }
+
+    /// `pending` (held back last time) and `data`, masked; what could
+    /// still be the start of a secret stays in `pending` unless `last`.
+    pub fn redact(&self, pending: &mut Vec<u8>, data: &[u8], last: bool) -> Vec<u8> {
+        if self.secrets.is_empty() {
+            let mut out = std::mem::take(pending);
+            out.extend_from_slice(data);
+            return out;
+        }
+        let mut buf = std::mem::take(pending);
+        buf.extend_from_slice(data);
+        let mut out = Vec::with_capacity(buf.len());
+        let mut i = 0;
+        'scan: while i < buf.len() {
+            let rest = &buf[i..];
+            for secret in &self.secrets {
+                if rest.starts_with(secret) {
+                    out.extend_from_slice(MASK);
+                    i += secret.len();
+                    continue 'scan;
+                }
+            }
+            if !last
+                && self
+                    .secrets
+                    .iter()
+                    .any(|s| s.len() > rest.len() && s.starts_with(rest))
+            {
+                *pending = rest.to_vec();
+                break;
+            }
+            out.push(buf[i]);
+            i += 1;
+        }
+        out
+    }
+}
+
+/// Appends log chunks with the counters the store's readers rely on
+/// (sequence, build offset, step offset), contiguous whatever happens.
+pub struct LogWriter {
+    store: Store,
+    abandon: CancellationToken,
+    redactor: Redactor,
+    seq: HashMap<i64, i64>,
+    build_offset: HashMap<i64, i64>,
+    step_offset: HashMap<(i64, String), i64>,
+    pending: HashMap<(i64, String), Vec<u8>>,
+    /// Bytes given up per build (only after `abandon`).
+    lost: HashMap<i64, u64>,
+}
+
+impl LogWriter {
+    pub fn new(store: Store, abandon: CancellationToken, redactor: Redactor) -> LogWriter {
+        LogWriter {
+            store,
+            abandon,
+            redactor,
+            seq: HashMap::new(),
+            build_offset: HashMap::new(),
+            step_offset: HashMap::new(),
+            pending: HashMap::new(),
+            lost: HashMap::new(),
+        }
+    }
+
+    /// Writes `data`, masked, to the log of `build` (and `step`).
+    pub async fn write(&mut self, build: i64, step: &str, data: &[u8]) {
+        let key = (build, step.to_string());
+        let pending = self.pending.entry(key).or_default();
+        let masked = self.redactor.redact(pending, data, false);
+        self.append(build, step, masked).await;
+    }
+
+    /// Writes what a step's stream held back (its output is over).
+    pub async fn finish_step(&mut self, build: i64, step: &str) {
+        if let Some(mut pending) = self.pending.remove(&(build, step.to_string())) {
+            let rest = self.redactor.redact(&mut pending, &[], true);
+            self.append(build, step, rest).await;
+        }
+    }
+
+    /// Writes everything held back, for every step.
+    pub async fn finish_all(&mut self) {
+        let keys: Vec<(i64, String)> = self.pending.keys().cloned().collect();
+        for (build, step) in keys {
+            self.finish_step(build, &step).await;
+        }
+    }
+
+    /// Bytes of `build`'s log that could not be stored.
+    pub fn lost(&self, build: i64) -> u64 {
+        self.lost.get(&build).copied().unwrap_or(0)
+    }
+
+    async fn append(&mut self, build: i64, step: &str, mut data: Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
+        if let Some(lost) = self.lost.get(&build).filter(|&&n| n > 0) {
+            let mut marked = format!("[piper: {lost} bytes of log lost]\n").into_bytes();
+            marked.extend_from_slice(&data);
+            data = marked;
+        }
+        let seq = *self.seq.entry(build).or_insert(0);
+        let build_offset = *self.build_offset.entry(build).or_insert(0);
+        let step_offset = *self
+            .step_offset
+            .entry((build, step.to_string()))
+            .or_insert(0);
+        let store = &self.store;
+        let stored = with_retry(
+            &format!("storing the log of build {build}"),
+            &self.abandon,
+            || store.append_log(build, seq, step, build_offset, step_offset, &data),
+        )
+        .await;
+        match stored {
+            Ok(()) => {
+                self.lost.remove(&build);
+                self.seq.insert(build, seq + 1);
+                self.build_offset
+                    .insert(build, build_offset + data.len() as i64);
+                self.step_offset
+                    .insert((build, step.to_string()), step_offset + data.len() as i64);
+            }
+            Err(e) => {
+                tracing::error!("{e}; giving up on {} bytes", data.len());
+                *self.lost.entry(build).or_insert(0) += data.len() as u64;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redact_in_chunks(redactor: &Redactor, chunks: &[&str]) -> String {
+        let mut pending = Vec::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            out.extend(redactor.redact(&mut pending, chunk.as_bytes(), false));
+        }
+        out.extend(redactor.redact(&mut pending, b"", true));
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn secrets_are_masked_even_across_chunks() {
+        let secrets = ["s3cr3t-value".to_string(), "abc".to_string()];
+        let r = Redactor::new(&secrets);
+        assert_eq!(
+            redact_in_chunks(&r, &["token=s3cr3t-value\n"]),
+            "token=***\n"
+        );
+        assert_eq!(
+            redact_in_chunks(&r, &["token=s3cr", "3t-val", "ue and more"]),
+            "token=*** and more"
+        );
+        // Too short to mask; a prefix at the very end is flushed as is.
+        assert_eq!(redact_in_chunks(&r, &["abc s3cr"]), "abc s3cr");
+        assert_eq!(redact_in_chunks(&Redactor::default(), &["a", "b"]), "ab");
+    }
+}
