@@ -451,7 +451,7 @@ async fn serve(
     };
     // Keep serving (status, logs) while running builds finish.
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, server::router(state)).await;
+        server::serve(listener, server::router(state)).await;
     });
     shutdown.await;
     let deadline = tokio::time::Instant::now() + args.grace;

@@ -21,6 +21,12 @@ use super::worker::Agent;
 
 /// Largest request body accepted (bigger: 413).
 pub const BODY_LIMIT: usize = 64 * 1024;
+/// A client must send a request's headers within this, or be disconnected.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A handler must answer within this (streams then flow as long as needed).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
 /// Most bytes one log read returns; ask again from `x-piper-next-offset`.
 pub const LOG_READ_LIMIT: i64 = 1024 * 1024;
 
@@ -177,8 +183,52 @@ pub fn router(state: ApiState) -> Router {
     router
         .fallback(|| async { ApiError::not_found("no such API route; see /api/v1/openapi.json") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .layer(axum::middleware::map_response(errors_as_json))
         .with_state(state)
+}
+
+/// Serves `router` until the task is dropped. Not `axum::serve`: it has no
+/// header-read timeout, so a client that sends half a request keeps its
+/// connection (and a task) forever. Here each connection gets one, and at
+/// most `MAX_CONNECTIONS` are served at once.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower_service::Service;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait instead of spinning.
+                tracing::warn!("cannot accept a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |request| {
+                let mut router = router.clone();
+                async move { router.call(request).await }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 /// Errors axum answers itself (a path that is not UTF-8, a body over the
