@@ -155,28 +155,33 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
                 let _ = writeln!(out, "{list}");
                 return Ok(0);
             }
-            let _ = writeln!(
-                out,
-                "{:>5}  {:<9}  {:<12}  {:<9}  {:<10}  REPO",
-                "ID", "STATUS", "PIPELINE", "SHA", "VERSION"
+            let rows: Vec<Vec<String>> = list["builds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    let sha = b["sha"]
+                        .as_str()
+                        .map(|s| &s[..s.len().min(9)])
+                        .unwrap_or("-");
+                    vec![
+                        b["id"].to_string(),
+                        text(&b["status"]),
+                        text(&b["pipeline"]),
+                        sha.to_string(),
+                        b["version"].as_str().map_or("-".into(), clean),
+                        format!("{} #{}", text(&b["repo"]), b["number"]),
+                    ]
+                })
+                .collect();
+            let _ = out.write_all(
+                table(
+                    &["ID", "STATUS", "PIPELINE", "SHA", "VERSION", "REPO"],
+                    &[0],
+                    &rows,
+                )
+                .as_bytes(),
             );
-            for b in list["builds"].as_array().into_iter().flatten() {
-                let sha = b["sha"]
-                    .as_str()
-                    .map(|s| &s[..s.len().min(9)])
-                    .unwrap_or("-");
-                let _ = writeln!(
-                    out,
-                    "{:>5}  {:<9}  {:<12}  {:<9}  {:<10}  {} #{}",
-                    b["id"],
-                    b["status"].as_str().unwrap_or(""),
-                    b["pipeline"].as_str().unwrap_or(""),
-                    sha,
-                    b["version"].as_str().unwrap_or("-"),
-                    b["repo"].as_str().unwrap_or(""),
-                    b["number"]
-                );
-            }
             Ok(0)
         }
         RemoteCommand::Show { build } => {
@@ -189,34 +194,39 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
             }
             let _ = writeln!(
                 out,
-                "build {}: {} #{} {}",
+                "build {}: {} #{}  {}",
                 b["id"],
-                b["repo"].as_str().unwrap_or(""),
+                text(&b["repo"]),
                 b["number"],
-                b["status"].as_str().unwrap_or("")
+                text(&b["status"])
             );
             let _ = writeln!(
                 out,
                 "  pipeline {}  ref {}  sha {}  version {}",
-                b["pipeline"].as_str().unwrap_or(""),
-                b["ref"].as_str().unwrap_or(""),
-                b["sha"].as_str().unwrap_or("-"),
-                b["version"].as_str().unwrap_or("-")
+                text(&b["pipeline"]),
+                text(&b["ref"]),
+                b["sha"].as_str().map_or("-".into(), clean),
+                b["version"].as_str().map_or("-".into(), clean)
             );
             if let Some(error) = b["error"].as_str() {
-                let _ = writeln!(out, "  error: {error}");
+                let _ = writeln!(out, "  error: {}", clean(error));
             }
-            for s in b["steps"].as_array().into_iter().flatten() {
-                let code = s["exit_code"]
-                    .as_i64()
-                    .map(|c| format!("  exit {c}"))
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "  {:<20} {}{code}",
-                    s["name"].as_str().unwrap_or(""),
-                    s["status"].as_str().unwrap_or("")
-                );
+            let rows: Vec<Vec<String>> = b["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    let code = s["exit_code"]
+                        .as_i64()
+                        .filter(|&c| c != 0)
+                        .map(|c| format!("exit {c}"))
+                        .unwrap_or_default();
+                    // The same words as a local run's summary: `up to date`.
+                    vec![text(&s["name"]), text(&s["status"]).replace('_', " "), code]
+                })
+                .collect();
+            for line in table(&["", "", ""], &[], &rows).lines().skip(1) {
+                let _ = writeln!(out, "  {}", line.trim_end());
             }
             Ok(0)
         }
@@ -249,10 +259,7 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
             if args.json {
                 let _ = writeln!(out, "{b}");
             } else {
-                eprintln!(
-                    "build {build}: {}",
-                    b["status"].as_str().unwrap_or("cancel requested")
-                );
+                eprintln!("build {build}: {}", text(&b["status"]));
             }
             Ok(0)
         }
@@ -277,35 +284,93 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
                 let _ = writeln!(out, "{list}");
                 return Ok(0);
             }
-            let _ = writeln!(
-                out,
-                "{:<20}  {:<7}  {:>7}  {:<22}  LABELS",
-                "NAME", "STATE", "WORKERS", "ADDRESS"
+            let rows: Vec<Vec<String>> = list["agents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    let labels: Vec<String> = a["labels"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{}={}", clean(k), text(v)))
+                        .collect();
+                    let state = if a["online"].as_bool() == Some(true) {
+                        "online"
+                    } else {
+                        "offline"
+                    };
+                    vec![
+                        text(&a["name"]),
+                        state.to_string(),
+                        a["workers"].to_string(),
+                        text(&a["address"]),
+                        labels.join(","),
+                    ]
+                })
+                .collect();
+            let _ = out.write_all(
+                table(
+                    &["NAME", "STATE", "WORKERS", "ADDRESS", "LABELS"],
+                    &[2],
+                    &rows,
+                )
+                .as_bytes(),
             );
-            for a in list["agents"].as_array().into_iter().flatten() {
-                let labels: Vec<String> = a["labels"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                    .collect();
-                let state = if a["online"].as_bool() == Some(true) {
-                    "online"
-                } else {
-                    "offline"
-                };
-                let _ = writeln!(
-                    out,
-                    "{:<20}  {state:<7}  {:>7}  {:<22}  {}",
-                    a["name"].as_str().unwrap_or(""),
-                    a["workers"],
-                    a["address"].as_str().unwrap_or(""),
-                    labels.join(",")
-                );
-            }
             Ok(0)
         }
     }
+}
+
+/// A stored string as it may be printed: control characters (an escape
+/// sequence in a step name, a newline in a message) are shown escaped, so
+/// what the agent stored cannot repaint or forge the terminal.
+fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A JSON string field, cleaned; empty for anything else.
+fn text(value: &Value) -> String {
+    value.as_str().map(clean).unwrap_or_default()
+}
+
+/// Columns aligned by display width; the columns in `right` (numbers) are
+/// right-aligned. Trailing spaces are trimmed.
+fn table(headers: &[&str], right: &[usize], rows: &[Vec<String>]) -> String {
+    use crate::render::style::{pad, width};
+    let mut widths: Vec<usize> = headers.iter().map(|h| width(h)).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(width(cell));
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if right.contains(&i) {
+                    format!("{}{cell}", " ".repeat(widths[i] - width(cell)))
+                } else {
+                    pad(cell, widths[i])
+                }
+            })
+            .collect();
+        parts.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
 }
 
 /// One read of a log: its bytes, the next offset, and the build's status.
@@ -362,25 +427,41 @@ async fn follow_build(client: &Client, build: i64, step: Option<&str>) -> Result
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(EXIT_INTERRUPTED),
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!(
+                    "\npiper: stopped following; build {build} goes on on the agent (stop it with `piper cancel {build}`)"
+                );
+                return Ok(EXIT_INTERRUPTED);
+            }
         }
     }
     let b = client
         .json(client.http.get(client.url(&format!("/builds/{build}"))))
         .await?;
-    let status = b["status"].as_str().unwrap_or("");
-    eprintln!("build {build} {status}");
-    Ok(match status {
+    eprintln!("build {build} {}", text(&b["status"]));
+    Ok(exit_code_of(&b))
+}
+
+/// The exit status a local run of the same build would have had: 0, the
+/// first failing step's code, 124 for a timeout, 130 when canceled, 1
+/// for a failure without a code.
+fn exit_code_of(build: &Value) -> i32 {
+    match build["status"].as_str().unwrap_or("") {
         "success" => 0,
         "canceled" => EXIT_INTERRUPTED,
-        _ => b["steps"]
+        _ => build["steps"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|s| s["status"] == "failed")
-            .and_then(|s| s["exit_code"].as_i64())
-            .map(|c| c as i32)
-            .filter(|&c| c != 0)
+            .find_map(|s| match s["status"].as_str() {
+                Some("timed_out") => Some(crate::error::EXIT_TIMEOUT),
+                Some("failed") => s["exit_code"]
+                    .as_i64()
+                    .map(|c| c as i32)
+                    .filter(|&c| c != 0)
+                    .or(Some(1)),
+                _ => None,
+            })
             .unwrap_or(1),
-    })
+    }
 }

@@ -19,14 +19,23 @@ pub struct Daemon {
     pub data: PathBuf,
     pub url: String,
     pub token: String,
+    /// Its stderr (the agent's log).
+    pub log: PathBuf,
     args: Vec<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Daemon {
     pub fn start(database: Option<&str>) -> Daemon {
+        Daemon::start_with(database, &[], None)
+    }
+
+    /// With more flags, and optionally a data directory of the test's own
+    /// (a small filesystem, say).
+    pub fn start_with(database: Option<&str>, extra: &[&str], data: Option<PathBuf>) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
+        let log = dir.path().join("piperd.log");
+        let data = data.unwrap_or_else(|| dir.path().join("data"));
         let mut args = vec![
             "--name".to_string(),
             "test-agent".to_string(),
@@ -39,11 +48,13 @@ impl Daemon {
             args.extend(["--database".to_string(), db.to_string()]);
         }
         args.extend(["--schedule-check".to_string(), "100ms".to_string()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut daemon = Daemon {
             child: None,
             data,
             url: String::new(),
             token: String::new(),
+            log,
             args,
             _dir: Some(dir),
         };
@@ -57,10 +68,16 @@ impl Daemon {
             .args(["start", "--listen", "127.0.0.1:0", "--data"])
             .arg(&self.data)
             .args(&self.args)
-            .env("PIPER_LOG", "warn")
+            .env("PIPER_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         self.child = Some(child);
@@ -75,6 +92,18 @@ impl Daemon {
             .unwrap()
             .trim()
             .to_string();
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// SIGTERM and wait for the exit; its exit code.
+    pub fn terminate(&mut self) -> i32 {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap().code().unwrap_or(-1)
     }
 
     /// SIGKILL, as a crash would.
@@ -183,7 +212,7 @@ pub fn repo(files: &[(&str, &[u8])]) -> tempfile::TempDir {
     dir
 }
 
-const CI: &str = r#"
+pub const CI: &str = r#"
     local trigger = require "piper.trigger"
     local hello = step "hello" { run = "echo hello from $PIPER_STEP" }
     step "world" { run = "echo world $GREETING; exit ${FAIL:-0}", deps = { hello } }
@@ -191,14 +220,19 @@ const CI: &str = r#"
     pipeline "deploy" { step "ship" { run = "echo shipping" } }
 "#;
 
-fn submit(daemon: &Daemon, repo: &Path, pipeline: &str, extra: &[&str]) -> (i32, String, String) {
+pub fn submit(
+    daemon: &Daemon,
+    repo: &Path,
+    pipeline: &str,
+    extra: &[&str],
+) -> (i32, String, String) {
     let repo = repo.to_string_lossy().into_owned();
     let mut args = vec!["submit", pipeline, "--repo", repo.as_str()];
     args.extend_from_slice(extra);
     daemon.piper(&args)
 }
 
-fn submitted_id(stderr: &str) -> i64 {
+pub fn submitted_id(stderr: &str) -> i64 {
     stderr
         .split("submitted build ")
         .nth(1)

@@ -4,6 +4,7 @@
 mod harness;
 
 mod agent;
+mod agent_faults;
 mod bench_gen;
 mod chaining;
 mod cli;

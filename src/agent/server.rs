@@ -231,6 +231,10 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router) {
     }
 }
 
+fn too_large() -> String {
+    format!("the request body is larger than the limit of {BODY_LIMIT} bytes")
+}
+
 /// Errors axum answers itself (a path that is not UTF-8, a body over the
 /// limit, a wrong method) come as plain text: every error of this API is
 /// JSON, `{"error": ...}`, whoever wrote it.
@@ -244,7 +248,7 @@ async fn errors_as_json(response: Response) -> Response {
         return response;
     }
     let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        format!("the request body is larger than the limit of {BODY_LIMIT} bytes")
+        too_large()
     } else {
         let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
             .await
@@ -466,7 +470,11 @@ fn parse_request(
 ) -> ApiResult<NewBuild> {
     let body = body.map_err(|e| ApiError {
         status: e.status(),
-        message: e.body_text(),
+        message: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            e.body_text()
+        },
         field: None,
     })?;
     let value: Value = serde_json::from_slice(&body)
