@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use piper::agent::store::{BuildFilter, BuildState, NewBuild, Store, StoredStep};
+use piper::agent::store::{BuildFilter, BuildState, Holder, NewBuild, Renewal, Store, StoredStep};
 
 use crate::pg::Database;
 
@@ -20,17 +20,25 @@ fn new_build(repo: &str, pipeline: &str) -> NewBuild {
     }
 }
 
+fn holder(id: &str, lease_ms: i64) -> Holder {
+    Holder {
+        agent_id: id.into(),
+        agent_name: format!("name of {id}"),
+        lease_ms,
+    }
+}
+
 async fn story(store: Store) {
     let a1 = store
-        .create_build(&new_build("/repo/a", "ci"), BuildState::Queued)
+        .create_build(&new_build("/repo/a", "ci"), BuildState::Queued, None)
         .await
         .unwrap();
     let a2 = store
-        .create_build(&new_build("/repo/a", "ci"), BuildState::Queued)
+        .create_build(&new_build("/repo/a", "ci"), BuildState::Queued, None)
         .await
         .unwrap();
     let b1 = store
-        .create_build(&new_build("/repo/b", "deploy"), BuildState::Queued)
+        .create_build(&new_build("/repo/b", "deploy"), BuildState::Queued, None)
         .await
         .unwrap();
     assert_eq!(
@@ -40,21 +48,36 @@ async fn story(store: Store) {
     );
     assert_eq!(a1.env["A"], "1");
 
-    // Claims go oldest first, once each.
-    let claimed = store.claim_next("agent-1").await.unwrap().unwrap();
-    assert_eq!(
-        (claimed.id, claimed.status, claimed.agent.as_deref()),
-        (a1.id, BuildState::Running, Some("agent-1"))
-    );
-    assert_eq!(
-        store.claim_next("agent-2").await.unwrap().unwrap().id,
-        a2.id
-    );
-
-    store
-        .set_revision(a1.id, "abc123", Some("v1.0.0"))
+    // Claims go oldest first, once each: attempt 1, with a lease.
+    let claimed = store
+        .claim_next(&holder("agent-1", 60_000))
         .await
+        .unwrap()
         .unwrap();
+    assert_eq!(
+        (
+            claimed.id,
+            claimed.status,
+            claimed.agent.as_deref(),
+            claimed.attempt
+        ),
+        (a1.id, BuildState::Running, Some("name of agent-1"), 1)
+    );
+    assert!(claimed.lease_expires_at.unwrap() > claimed.started_at.unwrap());
+    // agent-2's lease is over at once: a dead agent.
+    let a2_claim = store
+        .claim_next(&holder("agent-2", -1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a2_claim.id, a2.id);
+
+    assert!(
+        store
+            .set_revision(a1.id, 1, "abc123", Some("v1.0.0"))
+            .await
+            .unwrap()
+    );
     for (position, name) in ["lint", "test"].iter().enumerate() {
         let step = StoredStep {
             name: name.to_string(),
@@ -64,10 +87,12 @@ async fn story(store: Store) {
             finished_at: Some(2),
             message: None,
         };
-        store
-            .upsert_step(a1.id, position as i64, &step)
-            .await
-            .unwrap();
+        assert!(
+            store
+                .upsert_step(a1.id, 1, position as i64, &step)
+                .await
+                .unwrap()
+        );
     }
     let failed = StoredStep {
         name: "test".into(),
@@ -77,7 +102,9 @@ async fn story(store: Store) {
         finished_at: Some(3),
         message: Some("boom".into()),
     };
-    store.upsert_step(a1.id, 1, &failed).await.unwrap();
+    assert!(store.upsert_step(a1.id, 1, 1, &failed).await.unwrap());
+    // A write of another attempt is rejected (fencing).
+    assert!(!store.upsert_step(a1.id, 2, 1, &failed).await.unwrap());
     let steps = store.steps(a1.id).await.unwrap();
     assert_eq!(steps.len(), 2);
     assert_eq!(
@@ -94,13 +121,31 @@ async fn story(store: Store) {
     let (mut build_offset, mut offsets) = (0i64, BTreeMap::new());
     for (seq, (step, data)) in chunks.iter().enumerate() {
         let step_offset = offsets.entry(*step).or_insert(0i64);
-        store
-            .append_log(a1.id, seq as i64, step, build_offset, *step_offset, data)
-            .await
-            .unwrap();
+        assert!(
+            store
+                .append_log(a1.id, 1, seq as i64, step, build_offset, *step_offset, data)
+                .await
+                .unwrap()
+        );
         build_offset += data.len() as i64;
         *step_offset += data.len() as i64;
     }
+    assert!(
+        !store
+            .append_log(a1.id, 7, 3, "lint", 7, 2, b"zz")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.log_end(a1.id).await.unwrap(),
+        (
+            3,
+            7,
+            BTreeMap::from([("lint".into(), 4), ("test".into(), 3)])
+        )
+    );
+    assert_eq!(store.renew(a1.id, 1, 60_000).await.unwrap(), Renewal::Held);
+    assert_eq!(store.renew(a1.id, 2, 60_000).await.unwrap(), Renewal::Lost);
     let all = store.read_log(a1.id, None, 0, 1 << 20).await.unwrap();
     assert_eq!(
         (all.data.as_slice(), all.next_offset),
@@ -127,15 +172,19 @@ async fn story(store: Store) {
             .is_empty()
     );
 
-    store
-        .finish_build(a1.id, BuildState::Failed, Some("boom"))
-        .await
-        .unwrap();
+    assert!(
+        store
+            .finish_build(a1.id, 1, BuildState::Failed, Some("boom"))
+            .await
+            .unwrap()
+    );
     // A finished build is not finished again (cancel racing the end).
-    store
-        .finish_build(a1.id, BuildState::Canceled, None)
-        .await
-        .unwrap();
+    assert!(
+        !store
+            .finish_build(a1.id, 1, BuildState::Canceled, None)
+            .await
+            .unwrap()
+    );
     let a1 = store.get_build(a1.id).await.unwrap().unwrap();
     assert_eq!(
         (a1.status, a1.sha.as_deref(), a1.error.as_deref()),
@@ -178,11 +227,60 @@ async fn story(store: Store) {
         .unwrap();
     assert_eq!(page[0].id, a2.id, "newest first, below the cursor");
 
-    // agent-2 died with a2 running: its restart marks it lost.
-    assert_eq!(store.mark_lost("agent-2").await.unwrap(), 1);
+    // agent-2 died with a2 running: its lease expired, so any agent's
+    // rescue ends it (one attempt allowed) — once.
+    assert_eq!(
+        store.rescue(None).await.unwrap(),
+        [(a2.id, BuildState::Lost)]
+    );
+    assert!(store.rescue(None).await.unwrap().is_empty());
     assert_eq!(
         store.get_build(a2.id).await.unwrap().unwrap().status,
         BuildState::Lost
+    );
+    // With attempts left, a rescued build is queued again, and its next
+    // claim is attempt 2; the stale attempt's writes are refused.
+    let b1_claim = store
+        .claim_next(&holder("agent-5", 60_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b1_claim.id, b1.id);
+    let c = store
+        .create_build(&new_build("/repo/c", "ci"), BuildState::Queued, None)
+        .await
+        .unwrap();
+    store.set_max_attempts(c.id, 2).await.unwrap();
+    store.claim_next(&holder("agent-3", -1)).await.unwrap();
+    assert_eq!(
+        store.rescue(None).await.unwrap(),
+        [(c.id, BuildState::Queued)]
+    );
+    let again = store
+        .claim_next(&holder("agent-4", 60_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.id, again.attempt, again.agent_id.as_deref()),
+        (c.id, 2, Some("agent-4"))
+    );
+    assert!(
+        !store
+            .finish_build(c.id, 1, BuildState::Success, None)
+            .await
+            .unwrap()
+    );
+    // A cancel asked from elsewhere is seen at the renewal; an agent that
+    // restarts ends its own builds at once.
+    assert!(store.request_cancel(c.id).await.unwrap());
+    assert_eq!(
+        store.renew(c.id, 2, 60_000).await.unwrap(),
+        Renewal::CancelRequested
+    );
+    assert_eq!(
+        store.rescue(Some("agent-4")).await.unwrap(),
+        [(c.id, BuildState::Canceled)]
     );
     assert!(store.get_build(9_999).await.unwrap().is_none());
 }

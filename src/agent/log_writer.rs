@@ -123,6 +123,10 @@ pub struct LogWriter {
     store: Store,
     abandon: CancellationToken,
     redactor: Redactor,
+    /// The attempt each build's chunks carry (fencing).
+    attempts: HashMap<i64, i64>,
+    /// Canceled when a chunk is rejected as stale: the run must stop.
+    on_fenced: CancellationToken,
     seq: HashMap<i64, i64>,
     build_offset: HashMap<i64, i64>,
     step_offset: HashMap<(i64, String), i64>,
@@ -132,16 +136,42 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    pub fn new(store: Store, abandon: CancellationToken, redactor: Redactor) -> LogWriter {
+    pub fn new(
+        store: Store,
+        abandon: CancellationToken,
+        redactor: Redactor,
+        on_fenced: CancellationToken,
+    ) -> LogWriter {
         LogWriter {
             store,
             abandon,
             redactor,
+            attempts: HashMap::new(),
+            on_fenced,
             seq: HashMap::new(),
             build_offset: HashMap::new(),
             step_offset: HashMap::new(),
             pending: HashMap::new(),
             lost: HashMap::new(),
+        }
+    }
+
+    /// Chunks of `build` carry `attempt`.
+    pub fn hold(&mut self, build: i64, attempt: i64) {
+        self.attempts.insert(build, attempt);
+    }
+
+    /// Goes on after what is stored already (`Store::log_end`).
+    pub fn continue_after(
+        &mut self,
+        build: i64,
+        end: (i64, i64, std::collections::BTreeMap<String, i64>),
+    ) {
+        let (next_seq, length, steps) = end;
+        self.seq.insert(build, next_seq);
+        self.build_offset.insert(build, length);
+        for (step, bytes) in steps {
+            self.step_offset.insert((build, step), bytes);
         }
     }
 
@@ -189,15 +219,30 @@ impl LogWriter {
             .step_offset
             .entry((build, step.to_string()))
             .or_insert(0);
+        if self.on_fenced.is_cancelled() && self.attempts.get(&build) == Some(&-1) {
+            return;
+        }
+        let attempt = self.attempts.get(&build).copied().unwrap_or(0);
         let store = &self.store;
         let stored = with_retry(
             &format!("storing the log of build {build}"),
             &self.abandon,
-            || store.append_log(build, seq, step, build_offset, step_offset, &data),
+            || store.append_log(build, attempt, seq, step, build_offset, step_offset, &data),
         )
         .await;
         match stored {
-            Ok(()) => {
+            Ok(false) => {
+                // Stale: another attempt holds the build; stop this one and
+                // write nothing more for it.
+                tracing::warn!(
+                    build,
+                    attempt,
+                    "a log chunk was rejected: this attempt no longer holds the build; stopping it"
+                );
+                self.attempts.insert(build, -1);
+                self.on_fenced.cancel();
+            }
+            Ok(true) => {
                 self.lost.remove(&build);
                 self.seq.insert(build, seq + 1);
                 self.build_offset

@@ -84,6 +84,16 @@ pub struct StartArgs {
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
     pub grace: Option<Duration>,
 
+    /// How long a claimed build stays this agent's without a renewal; after
+    /// that any agent may rescue it [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    pub lease: Option<Duration>,
+
+    /// How often the agent renews its leases, rescues expired builds of
+    /// other agents and records that it is alive [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    pub heartbeat: Option<Duration>,
+
     /// Longest a git command (clone, fetch, checkout) may take before it is
     /// killed and the build fails [default: 10m]
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
@@ -112,6 +122,8 @@ pub struct FileSettings {
     pub schedule_check: Option<String>,
     pub grace: Option<String>,
     pub git_timeout: Option<String>,
+    pub lease: Option<String>,
+    pub heartbeat: Option<String>,
     pub public_read: Option<bool>,
     pub repositories: Option<Vec<String>>,
 }
@@ -128,6 +140,8 @@ pub struct Settings {
     pub schedule_check: Duration,
     pub grace: Duration,
     pub git_timeout: Duration,
+    pub lease: Duration,
+    pub heartbeat: Duration,
     pub public_read: bool,
     pub repositories: Option<Vec<String>>,
 }
@@ -179,6 +193,14 @@ impl Settings {
             git_timeout: match args.git_timeout {
                 Some(d) => d,
                 None => duration("git_timeout", file.git_timeout, Duration::from_secs(600))?,
+            },
+            lease: match args.lease {
+                Some(d) => d,
+                None => duration("lease", file.lease, Duration::from_secs(30))?,
+            },
+            heartbeat: match args.heartbeat {
+                Some(d) => d,
+                None => duration("heartbeat", file.heartbeat, Duration::from_secs(10))?,
             },
             public_read: args.public_read || file.public_read.unwrap_or(false),
             repositories: if args.repositories.is_empty() {
@@ -374,22 +396,32 @@ async fn serve(
             std::io::Error::other(e.to_string()),
         )
     })?;
-    let lost = store.mark_lost(&name).await.map_err(|e| {
+    let id = identity(&data)?;
+    // Builds the previous run of this agent left running: re-queued or
+    // ended now, without waiting for their leases to expire.
+    let rescued = store.rescue(Some(&id)).await.map_err(|e| {
         Error::io(
             "cannot recover builds",
             std::io::Error::other(e.to_string()),
         )
     })?;
-    if lost > 0 {
+    for (build, state) in &rescued {
         tracing::warn!(
-            "{lost} build(s) were left running by a previous run of agent {name}: marked lost"
+            build,
+            status = state.as_str(),
+            "left running by a previous run of this agent"
         );
     }
     let agent = Arc::new(Agent::new(
         store,
-        name.clone(),
-        data.clone(),
-        args.git_timeout,
+        worker::AgentSettings {
+            id,
+            name: name.clone(),
+            data: data.clone(),
+            git_timeout: args.git_timeout,
+            lease: args.lease,
+            heartbeat: args.heartbeat,
+        },
     ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -405,6 +437,7 @@ async fn serve(
     agent
         .store
         .register_agent(
+            &agent.id,
             &name,
             &address.to_string(),
             i64::from(args.workers),
@@ -421,13 +454,15 @@ async fn serve(
         let agent = agent.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                if let Err(e) = agent.store.heartbeat(&agent.name).await {
+                tokio::time::sleep(agent.heartbeat).await;
+                if let Err(e) = agent.store.heartbeat(&agent.id).await {
                     tracing::warn!("heartbeat failed: {e}");
                 }
             }
         })
     };
+    let leases = tokio::spawn(agent.clone().keep_leases());
+    let notifications = tokio::spawn(listen(agent.clone()));
     let scheduler = tokio::spawn(scheduler::run(agent.clone(), args.schedule_check));
     let mut workers = Vec::new();
     for _ in 0..args.workers {
@@ -469,8 +504,79 @@ async fn serve(
     }
     server.abort();
     heartbeat.abort();
+    leases.abort();
+    notifications.abort();
     let _ = scheduler.await;
     Ok(())
+}
+
+/// PostgreSQL: wakes a worker on `piper_builds` (a build was queued or
+/// re-queued anywhere) and cancels a local build on `piper_cancel`. After
+/// the listening connection was lost and is back, every idle worker claims
+/// once, for what was queued meanwhile; the workers' one-second poll covers
+/// the time without it.
+async fn listen(agent: Arc<Agent>) {
+    let Some(pool) = agent.store.postgres_pool() else {
+        return;
+    };
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!("cannot listen for notifications: {e}; polling meanwhile");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen_all(["piper_builds", "piper_cancel"]).await {
+            tracing::warn!("cannot listen for notifications: {e}; polling meanwhile");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        agent.wake.notify_waiters();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(note)) if note.channel() == "piper_cancel" => {
+                    if let Ok(id) = note.payload().parse() {
+                        agent.cancel(id);
+                    }
+                }
+                Ok(Some(_)) => agent.wake.notify_one(),
+                // The connection dropped; it reconnects on the next call.
+                Ok(None) => {
+                    tracing::warn!("the notification connection dropped; reconnecting");
+                    agent.wake.notify_waiters();
+                }
+                Err(e) => {
+                    tracing::warn!("notifications: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// This agent's identity: generated on first start and kept in the data
+/// directory, so two agents with the same name never take each other's
+/// builds, and a restarted agent knows which builds were its own.
+fn identity(data: &Path) -> Result<String> {
+    let path = data.join("agent-id");
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return Ok(id.trim().to_string());
+    }
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        Error::io(
+            "cannot get random bytes for the agent id",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    crate::fsutil::write_atomic(&path, id.as_bytes())
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    Ok(id)
 }
 
 async fn shutdown_signal() {

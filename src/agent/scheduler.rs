@@ -96,7 +96,11 @@ pub async fn run(agent: Arc<Agent>, interval: Duration) {
                             requested_by: format!("schedule {schedule}"),
                             parent_id: None,
                         };
-                        match agent.store.create_build(&new, BuildState::Queued).await {
+                        match agent
+                            .store
+                            .create_build(&new, BuildState::Queued, None)
+                            .await
+                        {
                             Ok(build) => {
                                 tracing::info!(build = build.id, %repo, %pipeline, "scheduled build queued");
                                 agent.wake.notify_one();

@@ -454,7 +454,7 @@ async fn queue(state: &ApiState, new: &NewBuild) -> ApiResult<Response> {
     let build = state
         .agent
         .store
-        .create_build(new, BuildState::Queued)
+        .create_build(new, BuildState::Queued, None)
         .await
         .map_err(ApiError::unavailable)?;
     tracing::info!(build = build.id, repo = %build.repo, pipeline = %build.pipeline, requested_by = %build.requested_by, "build queued");
@@ -801,15 +801,22 @@ async fn cancel(
             field: None,
         });
     }
+    // Here: end it now. Elsewhere: ask its agent through the database
+    // (notified at once on PostgreSQL, else at its next renewal); if that
+    // agent is gone, the rescue ends it `canceled`, never re-queued.
     if !state.agent.cancel(id) {
-        return Err(ApiError {
-            status: StatusCode::CONFLICT,
-            message: format!(
-                "build {id} runs on agent {}; cancel it there",
-                build.agent.unwrap_or_default()
-            ),
-            field: None,
-        });
+        let asked = store
+            .request_cancel(id)
+            .await
+            .map_err(ApiError::unavailable)?;
+        if !asked {
+            let build = find_build(&state, id).await?;
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                message: format!("build {id} already ended: {}", build.status.as_str()),
+                field: None,
+            });
+        }
     }
     // Its processes are ended within the grace period; answer with the
     // final state when it comes soon, else 202 and the state now.

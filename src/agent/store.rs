@@ -32,6 +32,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_secret_env.sql"),
     ),
+    (5, include_str!("../../migrations/sqlite/0005_leases.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_builds.sql")),
@@ -44,6 +45,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/postgres/0004_secret_env.sql"),
     ),
+    (5, include_str!("../../migrations/postgres/0005_leases.sql")),
 ];
 
 #[derive(Clone)]
@@ -109,6 +111,24 @@ impl BuildState {
     }
 }
 
+/// Who holds a build: an agent's identity and name, and its lease.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub agent_id: String,
+    pub agent_name: String,
+    pub lease_ms: i64,
+}
+
+/// What renewing a lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Held,
+    /// Held, and someone asked to cancel it.
+    CancelRequested,
+    /// Not ours any more (rescued, ended): stop it.
+    Lost,
+}
+
 /// A build request, as submitted.
 #[derive(Debug, Clone)]
 pub struct NewBuild {
@@ -144,6 +164,16 @@ pub struct Build {
     pub parent_id: Option<i64>,
     /// Why the build failed before or outside its steps (checkout, config).
     pub error: Option<String>,
+    /// 1 for the first claim, 2 after a rescue re-queued it, ...
+    pub attempt: i64,
+    /// How many attempts it may take (1 + `retry_agent_lost`).
+    pub max_attempts: i64,
+    /// The agent holding it renews this (database clock, Unix ms).
+    pub lease_expires_at: Option<i64>,
+    /// A cancel was asked for while another agent ran it.
+    pub cancel_requested: bool,
+    /// The identity of the agent running it (`agent` is its name).
+    pub agent_id: Option<String>,
     /// Serialized as the names only: the values never leave the agent.
     #[serde(rename = "secret_env_names", serialize_with = "names_only")]
     pub secret_env: BTreeMap<String, String>,
@@ -168,6 +198,7 @@ pub struct StoredStep {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentInfo {
+    pub id: String,
     pub name: String,
     pub address: String,
     pub workers: i64,
@@ -177,6 +208,8 @@ pub struct AgentInfo {
     pub last_seen: i64,
     /// Seen within the last 30 s.
     pub online: bool,
+    /// Builds it holds now.
+    pub running: i64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -205,7 +238,8 @@ pub fn now_ms() -> i64 {
 }
 
 const BUILD_COLUMNS: &str = "id, number, repo, git_ref, sha, version, pipeline, status, env, requested_by, \
-     requested_at, started_at, finished_at, agent, parent_id, error, secret_env";
+     requested_at, started_at, finished_at, agent, parent_id, error, secret_env, \
+     attempt, max_attempts, lease_expires_at, cancel_requested, agent_id";
 
 fn build_from_row<R: Row>(row: &R) -> StoreResult<Build>
 where
@@ -214,6 +248,7 @@ where
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let status: String = row.try_get("status")?;
     let env: String = row.try_get("env")?;
@@ -236,6 +271,11 @@ where
         parent_id: row.try_get("parent_id")?,
         error: row.try_get("error")?,
         secret_env: serde_json::from_str(&secret_env).unwrap_or_default(),
+        attempt: row.try_get("attempt")?,
+        max_attempts: row.try_get("max_attempts")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        agent_id: row.try_get("agent_id")?,
     })
 }
 
@@ -279,6 +319,27 @@ impl Store {
         Ok(store)
     }
 
+    /// The database's clock in Unix milliseconds, as SQL: every agent reads
+    /// the same time for leases and timestamps, whatever its own clock says.
+    fn now_sql(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+            Backend::Postgres(_) => "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// The pool of the PostgreSQL backend (for LISTEN).
+    pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
+        match &self.backend {
+            Backend::Postgres(pool) => Some(pool),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite(_) => "sqlite",
@@ -317,48 +378,61 @@ impl Store {
         })
     }
 
-    /// Records a new queued build with the next number of its repository.
-    pub async fn create_build(&self, new: &NewBuild, state: BuildState) -> StoreResult<Build> {
+    /// Records a new build with the next number of its repository: queued,
+    /// or (a chained build) running, held by `holder`. On PostgreSQL the
+    /// commit notifies `piper_builds`, so idle agents claim it at once.
+    pub async fn create_build(
+        &self,
+        new: &NewBuild,
+        state: BuildState,
+        holder: Option<&Holder>,
+    ) -> StoreResult<Build> {
         let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
         let secret_env = serde_json::to_string(&new.secret_env).unwrap_or_else(|_| "{}".into());
-        // Two agents may number the same repository at once: the UNIQUE
-        // constraint makes one of them retry.
-        for _ in 0..5 {
-            let sql = format!(
-                "INSERT INTO builds (number, repo, git_ref, pipeline, status, env, requested_by, requested_at, parent_id, secret_env) \
-                 VALUES ((SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE repo = $1), $1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 RETURNING {BUILD_COLUMNS}"
-            );
-            // A transaction, all rows fetched, then COMMIT: with `fetch_one`
-            // SQLite hands out the RETURNING row before the statement ends,
-            // and a failing end (a full disk) went unnoticed — the caller
-            // answered 201 for a row that never committed.
-            let result = on_backend!(self, pool => async {
-                let mut tx = pool.begin().await?;
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                    .bind(&new.repo)
-                    .bind(&new.git_ref)
-                    .bind(&new.pipeline)
-                    .bind(state.as_str())
-                    .bind(&env)
-                    .bind(&new.requested_by)
-                    .bind(now_ms())
-                    .bind(new.parent_id)
-                    .bind(&secret_env)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
-                build_from_row(row)
-            }.await);
-            match result {
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => continue,
-                other => return other,
+        let now = self.now_sql();
+        // The counter row serializes concurrent submits to one repository
+        // (its row lock), so numbering never fails under contention.
+        let count = "INSERT INTO repo_counters (repo, last) VALUES ($1, 1) \
+             ON CONFLICT (repo) DO UPDATE SET last = repo_counters.last + 1 RETURNING last";
+        let insert = format!(
+            "INSERT INTO builds (number, repo, git_ref, pipeline, status, env, requested_by, requested_at, \
+             parent_id, secret_env, attempt, agent_id, agent, started_at, lease_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, {now}, $8, $9, $10, $11, $12, \
+             CASE WHEN $10 > 0 THEN {now} END, CASE WHEN $10 > 0 THEN {now} + $13 END) \
+             RETURNING {BUILD_COLUMNS}"
+        );
+        let attempt = i64::from(holder.is_some());
+        // A transaction, all rows fetched, then COMMIT: with `fetch_one`
+        // SQLite hands out the RETURNING row before the statement ends,
+        // and a failing end (a full disk) went unnoticed — the caller
+        // answered 201 for a row that never committed.
+        on_backend!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let counted = sqlx::query(count).bind(&new.repo).fetch_all(&mut *tx).await?;
+            let number: i64 = counted.first().ok_or(sqlx::Error::RowNotFound)?.try_get("last")?;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
+                .bind(number)
+                .bind(&new.repo)
+                .bind(&new.git_ref)
+                .bind(&new.pipeline)
+                .bind(state.as_str())
+                .bind(&env)
+                .bind(&new.requested_by)
+                .bind(new.parent_id)
+                .bind(&secret_env)
+                .bind(attempt)
+                .bind(holder.map(|h| h.agent_id.as_str()))
+                .bind(holder.map(|h| h.agent_name.as_str()))
+                .bind(holder.map_or(0, |h| h.lease_ms))
+                .fetch_all(&mut *tx)
+                .await?;
+            if self.is_postgres() && state == BuildState::Queued {
+                sqlx::query("SELECT pg_notify('piper_builds', '')").execute(&mut *tx).await?;
             }
-        }
-        Err(sqlx::Error::Protocol(
-            "could not number the build: too much contention".into(),
-        ))
+            tx.commit().await?;
+            let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+            build_from_row(row)
+        }.await)
     }
 
     pub async fn get_build(&self, id: i64) -> StoreResult<Option<Build>> {
@@ -402,8 +476,9 @@ impl Store {
         })
     }
 
-    /// Takes the oldest queued build for `agent`, marking it running.
-    pub async fn claim_next(&self, agent: &str) -> StoreResult<Option<Build>> {
+    /// Takes the oldest queued build for `holder`: its next attempt, with
+    /// a lease on the database's clock.
+    pub async fn claim_next(&self, holder: &Holder) -> StoreResult<Option<Build>> {
         let pick = match self.backend {
             Backend::Sqlite(_) => {
                 "SELECT id FROM builds WHERE status = 'queued' ORDER BY id LIMIT 1"
@@ -413,20 +488,152 @@ impl Store {
                 "SELECT id FROM builds WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
             }
         };
+        let now = self.now_sql();
         let sql = format!(
-            "UPDATE builds SET status = 'running', agent = $1, started_at = $2 \
+            "UPDATE builds SET status = 'running', agent = $1, agent_id = $2, \
+             started_at = COALESCE(started_at, {now}), attempt = attempt + 1, \
+             lease_expires_at = {now} + $3 \
              WHERE id = ({pick}) AND status = 'queued' RETURNING {BUILD_COLUMNS}"
         );
         // As in `create_build`: the claim counts only once committed.
         on_backend!(self, pool => {
             let mut tx = pool.begin().await?;
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(agent)
-                .bind(now_ms())
+                .bind(&holder.agent_name)
+                .bind(&holder.agent_id)
+                .bind(holder.lease_ms)
                 .fetch_all(&mut *tx)
                 .await?;
             tx.commit().await?;
             rows.first().map(build_from_row).transpose()
+        })
+    }
+
+    /// Extends the lease of `attempt` of a build; says whether it is still
+    /// ours and whether a cancel was asked for.
+    pub async fn renew(&self, id: i64, attempt: i64, lease_ms: i64) -> StoreResult<Renewal> {
+        let now = self.now_sql();
+        let sql = format!(
+            "UPDATE builds SET lease_expires_at = {now} + $1 \
+             WHERE id = $2 AND attempt = $3 AND status = 'running' RETURNING cancel_requested"
+        );
+        on_backend!(self, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(lease_ms)
+                .bind(id)
+                .bind(attempt)
+                .fetch_all(pool)
+                .await?;
+            Ok(match rows.first() {
+                None => Renewal::Lost,
+                Some(row) if row.try_get::<bool, _>("cancel_requested")? => Renewal::CancelRequested,
+                Some(_) => Renewal::Held,
+            })
+        })
+    }
+
+    /// Ends or re-queues running builds whose lease expired (their agent
+    /// died or stalled), re-checking the lease in the same statement so a
+    /// build that just finished or was renewed is never touched. `only`
+    /// limits it to one agent's builds, whatever their lease (that agent
+    /// starting again). Returns (id, new status) of each.
+    pub async fn rescue(&self, only: Option<&str>) -> StoreResult<Vec<(i64, BuildState)>> {
+        let now = self.now_sql();
+        let which = match only {
+            Some(_) => "agent_id = $1",
+            None => "lease_expires_at < NOW_MS AND ($1 IS NULL OR TRUE)",
+        }
+        .replace("NOW_MS", now);
+        let which = match self.backend {
+            Backend::Postgres(_) => which.replace("$1 IS NULL", "$1::TEXT IS NULL"),
+            Backend::Sqlite(_) => which,
+        };
+        let sql = format!(
+            "UPDATE builds SET \
+               status = CASE WHEN cancel_requested THEN 'canceled' \
+                             WHEN attempt < max_attempts THEN 'queued' ELSE 'lost' END, \
+               finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN {now} END, \
+               error = CASE WHEN cancel_requested THEN 'canceled; its agent stopped before it ended' \
+                            WHEN attempt < max_attempts THEN NULL \
+                            ELSE 'the agent running it stopped before it finished' END, \
+               lease_expires_at = NULL \
+             WHERE status = 'running' AND {which} RETURNING id, status"
+        );
+        on_backend!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(only)
+                .fetch_all(&mut *tx)
+                .await?;
+            let rescued = rows
+                .iter()
+                .map(|row| {
+                    let status: String = row.try_get("status")?;
+                    Ok((row.try_get::<i64, _>("id")?, BuildState::parse(&status).unwrap_or(BuildState::Lost)))
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            if self.is_postgres() && rescued.iter().any(|(_, s)| *s == BuildState::Queued) {
+                sqlx::query("SELECT pg_notify('piper_builds', '')").execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(rescued)
+        })
+    }
+
+    /// Asks the agent running a build to cancel it (PostgreSQL: notified
+    /// at once on `piper_cancel`; else at its next lease renewal). False
+    /// when the build is not running.
+    pub async fn request_cancel(&self, id: i64) -> StoreResult<bool> {
+        on_backend!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query("UPDATE builds SET cancel_requested = TRUE WHERE id = $1 AND status = 'running'")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected() == 1;
+            if done && self.is_postgres() {
+                sqlx::query("SELECT pg_notify('piper_cancel', $1)").bind(id.to_string()).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(done)
+        })
+    }
+
+    /// How many attempts a build may take, once its pipeline is known.
+    pub async fn set_max_attempts(&self, id: i64, max_attempts: i64) -> StoreResult<()> {
+        on_backend!(self, pool => {
+            sqlx::query("UPDATE builds SET max_attempts = $1 WHERE id = $2")
+                .bind(max_attempts)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    /// Where the stored log of a build ends: the next sequence number, its
+    /// length, and each step's length (an attempt after a rescue goes on
+    /// from there).
+    pub async fn log_end(&self, id: i64) -> StoreResult<(i64, i64, BTreeMap<String, i64>)> {
+        on_backend!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT step, MAX(seq) AS last, CAST(SUM(LENGTH(data)) AS BIGINT) AS bytes \
+                 FROM log_chunks WHERE build_id = $1 GROUP BY step",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+            let mut next_seq = 0;
+            let mut total = 0;
+            let mut steps = BTreeMap::new();
+            for row in &rows {
+                let last: i64 = row.try_get("last")?;
+                let bytes: i64 = row.try_get("bytes")?;
+                next_seq = next_seq.max(last + 1);
+                total += bytes;
+                steps.insert(row.try_get::<String, _>("step")?, bytes);
+            }
+            Ok((next_seq, total, steps))
         })
     }
 
@@ -446,68 +653,68 @@ impl Store {
         })
     }
 
-    pub async fn set_revision(&self, id: i64, sha: &str, version: Option<&str>) -> StoreResult<()> {
+    /// Records the commit an attempt checked out; false when the attempt
+    /// is stale (fenced).
+    pub async fn set_revision(
+        &self,
+        id: i64,
+        attempt: i64,
+        sha: &str,
+        version: Option<&str>,
+    ) -> StoreResult<bool> {
         on_backend!(self, pool => {
-            sqlx::query("UPDATE builds SET sha = $1, version = $2 WHERE id = $3")
+            sqlx::query("UPDATE builds SET sha = $1, version = $2 WHERE id = $3 AND attempt = $4 AND status = 'running'")
                 .bind(sha)
                 .bind(version)
                 .bind(id)
+                .bind(attempt)
                 .execute(pool)
                 .await
-                .map(|_| ())
+                .map(|r| r.rows_affected() == 1)
         })
     }
 
-    /// Ends a running build, unless it already ended. Only `running`
-    /// matches: a queued build is ended by `cancel_queued`, so a cancel
-    /// racing a claim never marks a build that ran as canceled.
+    /// Ends `attempt` of a running build. Only `running` matches (a queued
+    /// build is ended by `cancel_queued`, so a cancel racing a claim never
+    /// marks a build that ran as canceled), and only the current attempt
+    /// (fencing): false when this attempt no longer holds the build.
     pub async fn finish_build(
         &self,
         id: i64,
+        attempt: i64,
         state: BuildState,
         error: Option<&str>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
+        let now = self.now_sql();
+        let sql = format!(
+            "UPDATE builds SET status = $1, error = COALESCE($2, error), finished_at = {now}, \
+             lease_expires_at = NULL WHERE id = $3 AND attempt = $4 AND status = 'running'"
+        );
         on_backend!(self, pool => {
-            sqlx::query(
-                "UPDATE builds SET status = $1, error = COALESCE($2, error), finished_at = $3 \
-                 WHERE id = $4 AND status = 'running'",
-            )
-            .bind(state.as_str())
-            .bind(error)
-            .bind(now_ms())
-            .bind(id)
-            .execute(pool)
-            .await
-            .map(|_| ())
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(state.as_str())
+                .bind(error)
+                .bind(id)
+                .bind(attempt)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected() == 1)
         })
     }
 
-    /// Builds an agent left running when it died: marked lost. Returns how many.
-    pub async fn mark_lost(&self, agent: &str) -> StoreResult<u64> {
-        on_backend!(self, pool => {
-            sqlx::query(
-                "UPDATE builds SET status = 'lost', finished_at = $1, \
-                 error = 'the agent running it stopped before it finished' \
-                 WHERE status = 'running' AND agent = $2",
-            )
-            .bind(now_ms())
-            .bind(agent)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected())
-        })
-    }
-
+    /// Stores a step's state for `attempt`; false when the attempt is stale.
     pub async fn upsert_step(
         &self,
         build_id: i64,
+        attempt: i64,
         position: i64,
         step: &StoredStep,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         on_backend!(self, pool => {
             sqlx::query(
                 "INSERT INTO steps (build_id, name, position, status, exit_code, started_at, finished_at, message) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+                 WHERE EXISTS (SELECT 1 FROM builds WHERE id = $1 AND attempt = $9 AND status = 'running') \
                  ON CONFLICT (build_id, name) DO UPDATE SET status = excluded.status, \
                  exit_code = excluded.exit_code, started_at = COALESCE(excluded.started_at, steps.started_at), \
                  finished_at = excluded.finished_at, message = excluded.message",
@@ -520,9 +727,10 @@ impl Store {
             .bind(step.started_at)
             .bind(step.finished_at)
             .bind(&step.message)
+            .bind(attempt)
             .execute(pool)
             .await
-            .map(|_| ())
+            .map(|r| r.rows_affected() == 1)
         })
     }
 
@@ -553,19 +761,24 @@ impl Store {
     /// Appends a chunk. The writer of a build (its agent) keeps the counters:
     /// `seq` orders chunks, the offsets are where the chunk starts in the
     /// build's log and in its step's log.
+    /// Appends a chunk of `attempt`'s log; false when the attempt is stale
+    /// (the chunk is not stored).
+    #[allow(clippy::too_many_arguments)]
     pub async fn append_log(
         &self,
         build_id: i64,
+        attempt: i64,
         seq: i64,
         step: &str,
         build_offset: i64,
         step_offset: i64,
         data: &[u8],
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         on_backend!(self, pool => {
             sqlx::query(
                 "INSERT INTO log_chunks (build_id, seq, step, build_offset, step_offset, data) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                 SELECT $1, $2, $3, $4, $5, $6 \
+                 WHERE EXISTS (SELECT 1 FROM builds WHERE id = $1 AND attempt = $7 AND status = 'running')",
             )
             .bind(build_id)
             .bind(seq)
@@ -573,14 +786,13 @@ impl Store {
             .bind(build_offset)
             .bind(step_offset)
             .bind(data)
+            .bind(attempt)
             .execute(pool)
             .await
-            .map(|_| ())
+            .map(|r| r.rows_affected() == 1)
         })
     }
 
-    /// Up to about `limit` bytes of a build's log (or of one step's) from
-    /// `offset`.
     pub async fn read_log(
         &self,
         build_id: i64,
@@ -644,50 +856,65 @@ impl Store {
     /// Records this agent as started (or restarted).
     pub async fn register_agent(
         &self,
+        id: &str,
         name: &str,
         address: &str,
         workers: i64,
         labels: &BTreeMap<String, String>,
     ) -> StoreResult<()> {
         let labels = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
-        let now = now_ms();
+        let now = self.now_sql();
+        let sql = format!(
+            "INSERT INTO agents (id, name, address, workers, labels, version, started_at, last_seen) \
+             VALUES ($1, $2, $3, $4, $5, $6, {now}, {now}) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, address = excluded.address, \
+             workers = excluded.workers, labels = excluded.labels, version = excluded.version, \
+             started_at = excluded.started_at, last_seen = excluded.last_seen"
+        );
         on_backend!(self, pool => {
-            sqlx::query(
-                "INSERT INTO agents (name, address, workers, labels, version, started_at, last_seen) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $6) \
-                 ON CONFLICT (name) DO UPDATE SET address = excluded.address, workers = excluded.workers, \
-                 labels = excluded.labels, version = excluded.version, started_at = excluded.started_at, \
-                 last_seen = excluded.last_seen",
-            )
-            .bind(name)
-            .bind(address)
-            .bind(workers)
-            .bind(&labels)
-            .bind(env!("CARGO_PKG_VERSION"))
-            .bind(now)
-            .execute(pool)
-            .await
-            .map(|_| ())
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(id)
+                .bind(name)
+                .bind(address)
+                .bind(workers)
+                .bind(&labels)
+                .bind(env!("CARGO_PKG_VERSION"))
+                .execute(pool)
+                .await
+                .map(|_| ())
         })
     }
 
-    pub async fn heartbeat(&self, name: &str) -> StoreResult<()> {
+    pub async fn heartbeat(&self, id: &str) -> StoreResult<()> {
+        let sql = format!(
+            "UPDATE agents SET last_seen = {} WHERE id = $1",
+            self.now_sql()
+        );
         on_backend!(self, pool => {
-            sqlx::query("UPDATE agents SET last_seen = $1 WHERE name = $2").bind(now_ms()).bind(name).execute(pool).await.map(|_| ())
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).execute(pool).await.map(|_| ())
         })
     }
 
+    /// Agents seen in the last hour (older ones age out of the list), on
+    /// the database's clock.
     pub async fn agents(&self) -> StoreResult<Vec<AgentInfo>> {
-        let now = now_ms();
+        let now = self.now_sql();
+        let sql = format!(
+            "SELECT a.id, a.name, a.address, a.workers, a.labels, a.version, a.started_at, a.last_seen, \
+             {now} AS now, (SELECT COUNT(*) FROM builds b WHERE b.agent_id = a.id AND b.status = 'running') AS running \
+             FROM agents a WHERE a.last_seen > {now} - 3600000 ORDER BY a.name, a.id"
+        );
         on_backend!(self, pool => {
-            let rows = sqlx::query("SELECT name, address, workers, labels, version, started_at, last_seen FROM agents ORDER BY name")
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .fetch_all(pool)
                 .await?;
             rows.iter()
                 .map(|row| {
                     let labels: String = row.try_get("labels")?;
                     let last_seen: i64 = row.try_get("last_seen")?;
+                    let now: i64 = row.try_get("now")?;
                     Ok(AgentInfo {
+                        id: row.try_get("id")?,
                         name: row.try_get("name")?,
                         address: row.try_get("address")?,
                         workers: row.try_get("workers")?,
@@ -696,6 +923,7 @@ impl Store {
                         started_at: row.try_get("started_at")?,
                         last_seen,
                         online: now - last_seen < 30_000,
+                        running: row.try_get("running")?,
                     })
                 })
                 .collect()

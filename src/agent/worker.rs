@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::log_writer::{LogWriter, Redactor, with_retry};
-use super::store::{Build, BuildState, NewBuild, Store, StoredStep, now_ms};
+use super::store::{Build, BuildState, Holder, NewBuild, Renewal, Store, StoredStep, now_ms};
 use crate::event::{self, BuildStatus, Event};
 use crate::executor::{self, Options};
 use crate::graph::Graph;
@@ -21,13 +21,20 @@ use crate::project::{CONFIG_FILE, Project};
 
 pub struct Agent {
     pub store: Store,
-    /// Recorded on the builds it runs; a restart marks its leftovers lost.
+    /// This agent's identity (generated once, kept in its data directory):
+    /// what its builds and leases are recorded under.
+    pub id: String,
+    /// For people: shown on its builds and in the agent list.
     pub name: String,
     pub data: PathBuf,
     /// Rung when a build is submitted, so an idle worker starts at once.
     pub wake: Notify,
-    /// Cancel handles of the builds running here, by build id.
-    running: Mutex<HashMap<i64, CancellationToken>>,
+    /// The builds (chained ones included) running here, by build id.
+    running: Arc<Mutex<HashMap<i64, Held>>>,
+    /// How long a claim holds a build without renewal, and how often the
+    /// agent renews (and rescues others' expired builds).
+    pub lease: Duration,
+    pub heartbeat: Duration,
     /// Stop claiming builds (shutdown).
     pub stop_claiming: CancellationToken,
     /// Give up writes the store does not take (shutdown past its grace).
@@ -39,6 +46,30 @@ pub struct Agent {
     pub git_timeout: Duration,
 }
 
+/// A build this agent holds: the attempt its writes carry, and what stops it.
+#[derive(Clone)]
+pub struct Held {
+    pub attempt: i64,
+    pub token: CancellationToken,
+    /// Which run of the executor holds it (a build and its chained ones).
+    run: u64,
+}
+
+fn next_run() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What to run an agent with, besides its store.
+pub struct AgentSettings {
+    pub id: String,
+    pub name: String,
+    pub data: PathBuf,
+    pub git_timeout: Duration,
+    pub lease: Duration,
+    pub heartbeat: Duration,
+}
+
 /// What ends a git command early: its timeout, and a cancel (of the build
 /// it checks out, or of the agent).
 #[derive(Clone, Copy)]
@@ -48,17 +79,76 @@ pub struct GitLimits<'a> {
 }
 
 impl Agent {
-    pub fn new(store: Store, name: String, data: PathBuf, git_timeout: Duration) -> Agent {
+    pub fn new(store: Store, settings: AgentSettings) -> Agent {
         Agent {
             store,
-            name,
-            data,
+            id: settings.id,
+            name: settings.name,
+            data: settings.data,
             wake: Notify::new(),
-            running: Mutex::new(HashMap::new()),
+            running: Arc::default(),
+            lease: settings.lease,
+            heartbeat: settings.heartbeat,
             stop_claiming: CancellationToken::new(),
             abandon: CancellationToken::new(),
             git_locks: Mutex::new(HashMap::new()),
-            git_timeout,
+            git_timeout: settings.git_timeout,
+        }
+    }
+
+    fn holder(&self) -> Holder {
+        Holder {
+            agent_id: self.id.clone(),
+            agent_name: self.name.clone(),
+            lease_ms: self.lease.as_millis() as i64,
+        }
+    }
+
+    /// Renews the leases of the builds running here and stops those it no
+    /// longer holds (rescued while it stalled) or that were canceled
+    /// elsewhere; then rescues other agents' expired builds. Every
+    /// `heartbeat`, until the agent stops.
+    pub async fn keep_leases(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.heartbeat).await;
+            let held: Vec<(i64, Held)> = self
+                .running
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(id, h)| (*id, h.clone()))
+                .collect();
+            for (id, held) in held {
+                match self
+                    .store
+                    .renew(id, held.attempt, self.holder().lease_ms)
+                    .await
+                {
+                    Ok(Renewal::Held) => {}
+                    Ok(Renewal::CancelRequested) => held.token.cancel(),
+                    Ok(Renewal::Lost) => {
+                        tracing::warn!(
+                            build = id,
+                            attempt = held.attempt,
+                            "lost the lease (rescued by another agent): stopping it"
+                        );
+                        held.token.cancel();
+                    }
+                    Err(e) => tracing::warn!(build = id, "cannot renew the lease: {e}"),
+                }
+            }
+            match self.store.rescue(None).await {
+                Ok(rescued) => {
+                    for (id, state) in rescued {
+                        tracing::warn!(
+                            build = id,
+                            status = state.as_str(),
+                            "rescued a build whose agent stopped renewing its lease"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("cannot rescue expired builds: {e}"),
+            }
         }
     }
 
@@ -82,8 +172,8 @@ impl Agent {
     /// Cancels a build running on this agent; false if it is not running here.
     pub fn cancel(&self, id: i64) -> bool {
         match self.running.lock().unwrap().get(&id) {
-            Some(token) => {
-                token.cancel();
+            Some(held) => {
+                held.token.cancel();
                 true
             }
             None => false,
@@ -92,8 +182,8 @@ impl Agent {
 
     /// Cancels every running build (shutdown after the grace period).
     pub fn cancel_all(&self) {
-        for token in self.running.lock().unwrap().values() {
-            token.cancel();
+        for held in self.running.lock().unwrap().values() {
+            held.token.cancel();
         }
     }
 
@@ -107,7 +197,7 @@ impl Agent {
             if self.stop_claiming.is_cancelled() {
                 return;
             }
-            match self.store.claim_next(&self.name).await {
+            match self.store.claim_next(&self.holder()).await {
                 Ok(Some(build)) => self.run(build).await,
                 Ok(None) => {
                     tokio::select! {
@@ -127,17 +217,38 @@ impl Agent {
 
     async fn run(&self, build: Build) {
         let started = std::time::Instant::now();
-        tracing::info!(build = build.id, repo = %build.repo, pipeline = %build.pipeline, agent = %self.name, "build claimed");
+        tracing::info!(build = build.id, attempt = build.attempt, repo = %build.repo, pipeline = %build.pipeline, agent = %self.name, "build claimed");
         let token = CancellationToken::new();
-        self.running.lock().unwrap().insert(build.id, token.clone());
+        let run = next_run();
+        self.running.lock().unwrap().insert(
+            build.id,
+            Held {
+                attempt: build.attempt,
+                token: token.clone(),
+                run,
+            },
+        );
         let mut log = LogWriter::new(
             self.store.clone(),
             self.abandon.clone(),
             Redactor::new(build.secret_env.values()),
+            token.clone(),
         );
+        log.hold(build.id, build.attempt);
+        if build.attempt > 1 {
+            // A rescued build: its log goes on after the lost attempt's.
+            if let Ok(end) = self.store.log_end(build.id).await {
+                log.continue_after(build.id, end);
+            }
+            let line = format!(
+                "piper: attempt {} on agent {}: the agent of the previous attempt stopped before it finished\n",
+                build.attempt, self.name
+            );
+            log.write(build.id, "", line.as_bytes()).await;
+        }
         let workspace = self.data.join("workspaces").join(build.id.to_string());
         let outcome = self
-            .checkout_and_run(&build, &workspace, &token, &mut log)
+            .checkout_and_run(&build, &workspace, &token, run, &mut log)
             .await;
         if let Err(message) = outcome {
             log.write(build.id, "", format!("piper: {message}\n").as_bytes())
@@ -148,9 +259,20 @@ impl Agent {
             } else {
                 BuildState::Failed
             };
-            finish(&self.store, &self.abandon, build.id, state, Some(&message)).await;
+            finish(
+                &self.store,
+                &self.abandon,
+                build.id,
+                build.attempt,
+                state,
+                Some(&message),
+            )
+            .await;
         }
-        self.running.lock().unwrap().remove(&build.id);
+        self.running
+            .lock()
+            .unwrap()
+            .retain(|_, held| held.run != run);
         self.release_workspace(&build.repo, &workspace).await;
         tracing::info!(build = build.id, took = %crate::duration::format(started.elapsed()), "build done");
     }
@@ -160,6 +282,7 @@ impl Agent {
         build: &Build,
         workspace: &Path,
         token: &CancellationToken,
+        run: u64,
         log: &mut LogWriter,
     ) -> Result<(), String> {
         let (sha, version) = self
@@ -170,10 +293,15 @@ impl Agent {
                 self.git_limits(token),
             )
             .await?;
-        with_retry("recording the build's commit", &self.abandon, || {
-            self.store.set_revision(build.id, &sha, version.as_deref())
+        let held = with_retry("recording the build's commit", &self.abandon, || {
+            self.store
+                .set_revision(build.id, build.attempt, &sha, version.as_deref())
         })
         .await?;
+        if !held {
+            token.cancel();
+            return Err("this agent no longer holds the build (it was rescued or ended)".into());
+        }
         log.write(
             build.id,
             "",
@@ -210,6 +338,10 @@ impl Agent {
         let recorder = Recorder {
             store: self.store.clone(),
             abandon: self.abandon.clone(),
+            holder: self.holder(),
+            running: self.running.clone(),
+            token: token.clone(),
+            run,
             build: build.clone(),
             sha,
             version,
@@ -221,6 +353,7 @@ impl Agent {
                     self.store.clone(),
                     self.abandon.clone(),
                     Redactor::default(),
+                    token.clone(),
                 ),
             ),
         };
@@ -411,6 +544,14 @@ async fn git(dir: &Path, args: &[&str], limits: GitLimits<'_>) -> Result<String,
 struct Recorder {
     store: Store,
     abandon: CancellationToken,
+    /// The agent (chained builds are created held by it) and its map of
+    /// held builds, which chained builds join so their leases are renewed.
+    holder: Holder,
+    running: Arc<Mutex<HashMap<i64, Held>>>,
+    /// Stops the run: a write rejected as stale means another agent has
+    /// the build now.
+    token: CancellationToken,
+    run: u64,
     build: Build,
     sha: String,
     version: Option<String>,
@@ -551,8 +692,9 @@ impl Recorder {
                 parent_id: Some(parent),
             };
             let store = &self.store;
+            let holder = &self.holder;
             let created = with_retry("recording a chained build", &self.abandon, || {
-                store.create_build(&chained, BuildState::Running)
+                store.create_build(&chained, BuildState::Running, Some(holder))
             })
             .await;
             let created = match created {
@@ -564,9 +706,18 @@ impl Recorder {
             };
             let (sha, version) = (&self.sha, self.version.as_deref());
             let _ = with_retry("recording a chained build's commit", &self.abandon, || {
-                store.set_revision(created.id, sha, version)
+                store.set_revision(created.id, created.attempt, sha, version)
             })
             .await;
+            self.running.lock().unwrap().insert(
+                created.id,
+                Held {
+                    attempt: created.attempt,
+                    token: self.token.clone(),
+                    run: self.run,
+                },
+            );
+            self.log.hold(created.id, created.attempt);
             tracing::info!(build = created.id, parent, pipeline = %created.pipeline, "chained build started");
             created.id
         };
@@ -593,13 +744,34 @@ impl Recorder {
             .copied()
             .unwrap_or(0);
         let store = &self.store;
-        if let Err(e) = with_retry("recording a step", &self.abandon, || {
-            store.upsert_step(id, position, &step)
+        let attempt = self.attempt_of(id);
+        match with_retry("recording a step", &self.abandon, || {
+            store.upsert_step(id, attempt, position, &step)
         })
         .await
         {
-            tracing::error!("{e}");
+            Ok(true) => {}
+            Ok(false) => self.fenced(id),
+            Err(e) => tracing::error!("{e}"),
         }
+    }
+
+    fn attempt_of(&self, id: i64) -> i64 {
+        self.running
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map_or(self.build.attempt, |h| h.attempt)
+    }
+
+    /// A write was rejected as stale: another agent holds the build now.
+    /// Stop running it (the executor ends its process groups).
+    fn fenced(&self, id: i64) {
+        tracing::warn!(
+            build = id,
+            "a write was rejected: this attempt no longer holds the build; stopping it"
+        );
+        self.token.cancel();
     }
 
     /// The final state; a build whose log could not be stored whole ends
@@ -617,7 +789,16 @@ impl Recorder {
             BuildStatus::Failed => (BuildState::Failed, None),
             BuildStatus::Canceled => (BuildState::Canceled, None),
         };
-        finish(&self.store, &self.abandon, id, state, error.as_deref()).await;
+        let attempt = self.attempt_of(id);
+        finish(
+            &self.store,
+            &self.abandon,
+            id,
+            attempt,
+            state,
+            error.as_deref(),
+        )
+        .await;
     }
 }
 
@@ -626,15 +807,21 @@ async fn finish(
     store: &Store,
     abandon: &CancellationToken,
     id: i64,
+    attempt: i64,
     state: BuildState,
     error: Option<&str>,
 ) {
     match with_retry("recording the end of a build", abandon, || {
-        store.finish_build(id, state, error)
+        store.finish_build(id, attempt, state, error)
     })
     .await
     {
-        Ok(()) => tracing::info!(build = id, status = state.as_str(), "build finished"),
+        Ok(true) => tracing::info!(build = id, status = state.as_str(), "build finished"),
+        Ok(false) => tracing::warn!(
+            build = id,
+            attempt,
+            "not recording the end: this attempt no longer holds the build"
+        ),
         Err(e) => tracing::error!("{e}"),
     }
 }
