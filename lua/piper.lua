@@ -47,6 +47,7 @@
 ---@field on_failure? piper.Trigger|string|(piper.Trigger|string)[] pipelines to run after it fails
 ---@field always? piper.Trigger|string|(piper.Trigger|string)[] pipelines to run after it, either way
 ---@field schedule? piper.Schedule|string|(piper.Schedule|string)[] cron schedules on which piperd runs it
+---@field retry_agent_lost? integer how many times piperd may run it again on another agent when its agent died (0-10, default 0: the build ends `lost`)
 
 ---What a Lua function step receives.
 ---@class piper.Ctx

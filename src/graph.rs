@@ -66,6 +66,8 @@ pub struct Pipeline {
     pub triggers: Vec<Trigger>,
     /// When the build agent runs it (`schedule = trigger.schedule "..."`).
     pub schedules: Vec<crate::cron::Schedule>,
+    /// Runs again on another agent after its agent died, this many times.
+    pub retry_agent_lost: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +227,7 @@ impl Graph {
                     env: p.env.clone(),
                     triggers,
                     schedules: p.schedules.clone(),
+                    retry_agent_lost: p.retry_agent_lost,
                 },
             );
         }

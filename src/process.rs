@@ -91,6 +91,60 @@ impl Exit {
     }
 }
 
+/// Where the build agent records the process groups it started (one file
+/// per group, named by its id, holding its leader's start time), so that
+/// after a crash its next run can end what the dead one left running.
+static GROUP_JOURNAL: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Records every process group started from now on in `dir`.
+pub fn journal_groups_in(dir: std::path::PathBuf) {
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = GROUP_JOURNAL.set(dir);
+}
+
+/// The start time (clock ticks since boot) of a process, from /proc: with
+/// the pid it names one process, never a later one that reused the pid.
+fn start_time(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19).map(String::from)
+}
+
+fn journal_add(pgid: i32) {
+    if let (Some(dir), Some(started)) = (GROUP_JOURNAL.get(), start_time(pgid)) {
+        let _ = std::fs::write(dir.join(pgid.to_string()), started);
+    }
+}
+
+fn journal_remove(pgid: i32) {
+    if let Some(dir) = GROUP_JOURNAL.get() {
+        let _ = std::fs::remove_file(dir.join(pgid.to_string()));
+    }
+}
+
+/// Ends (SIGKILL) the process groups a previous run recorded in `dir`
+/// whose leader is still the process it started, and forgets them all.
+/// Returns how many groups were ended.
+pub fn end_leftover_groups(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut ended = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let recorded = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Ok(pgid) = entry.file_name().to_string_lossy().parse::<i32>()
+            && pgid > 1
+            && start_time(pgid).as_deref() == Some(recorded.trim())
+        {
+            signal_group(pgid, libc::SIGKILL);
+            ended += 1;
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    ended
+}
+
 /// Words that only a shell understands: a command starting with one of them
 /// always goes through `/bin/sh` (the list GNU make uses, plus a few).
 const SHELL_WORDS: &[&str] = &[
@@ -184,6 +238,7 @@ pub async fn run(
         return Exit::SpawnFailed(format!("{program} exited before it could be supervised"));
     };
 
+    journal_add(pgid);
     let reader: std::os::fd::OwnedFd = reader.into();
     // A 1 MiB pipe (Linux) lets a chatty step write ahead of us.
     #[cfg(target_os = "linux")]
@@ -210,6 +265,7 @@ pub async fn run(
         }
     };
     end_group(pgid, grace).await;
+    journal_remove(pgid);
     // The group is gone, so the pipe has no writers left unless a process
     // escaped into its own session; do not wait for those forever.
     let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;

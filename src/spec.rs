@@ -84,6 +84,9 @@ pub struct RawPipeline {
     pub triggers: Vec<RawTrigger>,
     /// Cron schedules on which the build agent runs the pipeline.
     pub schedules: Vec<crate::cron::Schedule>,
+    /// How many times the build agent may run it again when the agent
+    /// running it died (0: the build ends `lost`).
+    pub retry_agent_lost: u32,
 }
 
 pub enum Member {
@@ -170,6 +173,7 @@ const PIPELINE_FIELDS: &[&str] = &[
     "on_failure",
     "always",
     "schedule",
+    "retry_agent_lost",
 ];
 
 impl RawSpec {
@@ -678,6 +682,13 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
         }
     }
 
+    let retry_agent_lost = match f.take("retry_agent_lost") {
+        None => 0,
+        Some(Value::Integer(i)) if (0..=10).contains(&i) => i as u32,
+        Some(other) => {
+            return Err(f.wrong_type("retry_agent_lost", "a whole number from 0 to 10", &other));
+        }
+    };
     let pipeline = RawPipeline {
         desc: f.string("desc")?,
         env: f.env("env")?,
@@ -686,6 +697,7 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
         members,
         triggers,
         schedules,
+        retry_agent_lost,
     };
     f.finish(PIPELINE_FIELDS)?;
     Ok(pipeline)

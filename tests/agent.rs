@@ -37,8 +37,6 @@ impl Daemon {
         let log = dir.path().join("piperd.log");
         let data = data.unwrap_or_else(|| dir.path().join("data"));
         let mut args = vec![
-            "--name".to_string(),
-            "test-agent".to_string(),
             "--grace".into(),
             "2s".into(),
             "--labels".into(),
@@ -48,6 +46,9 @@ impl Daemon {
             args.extend(["--database".to_string(), db.to_string()]);
         }
         args.extend(["--schedule-check".to_string(), "100ms".to_string()]);
+        if !extra.contains(&"--name") {
+            args.extend(["--name".to_string(), "test-agent".to_string()]);
+        }
         args.extend(extra.iter().map(|a| a.to_string()));
         let mut daemon = Daemon {
             child: None,
@@ -92,6 +93,12 @@ impl Daemon {
             .unwrap()
             .trim()
             .to_string();
+    }
+
+    /// Its `--name`.
+    pub fn name(&self) -> String {
+        let at = self.args.iter().position(|a| a == "--name").unwrap();
+        self.args[at + 1].clone()
     }
 
     pub fn pid(&self) -> i32 {

@@ -8,6 +8,7 @@ mod agent_faults;
 mod bench_gen;
 mod chaining;
 mod cli;
+mod cluster;
 mod doc_snippets;
 mod docs;
 mod errors;

@@ -397,6 +397,15 @@ async fn serve(
         )
     })?;
     let id = identity(&data)?;
+    // What a crashed previous run left: its steps' process groups (they
+    // were re-parented to init when it died) and its workspaces.
+    let groups = data.join("process-groups");
+    let ended = crate::process::end_leftover_groups(&groups);
+    if ended > 0 {
+        tracing::warn!("ended {ended} process group(s) a previous run of this agent left running");
+    }
+    crate::process::journal_groups_in(groups);
+    let _ = std::fs::remove_dir_all(data.join("workspaces"));
     // Builds the previous run of this agent left running: re-queued or
     // ended now, without waiting for their leases to expire.
     let rescued = store.rescue(Some(&id)).await.map_err(|e| {

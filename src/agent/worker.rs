@@ -330,6 +330,15 @@ impl Agent {
             .map_err(|e| format!("internal: {e}"))?
             .map_err(|e| e.to_string())?;
         let graph = Arc::new(graph);
+        // The pipeline says whether it may run again after an agent died
+        // (a deploy may not); until it is read, the answer is no.
+        if let Some(pipeline) = graph.pipelines.get(&build.pipeline) {
+            let max_attempts = i64::from(pipeline.retry_agent_lost) + 1;
+            let _ = with_retry("recording the build's attempts", &self.abandon, || {
+                self.store.set_max_attempts(build.id, max_attempts)
+            })
+            .await;
+        }
         let options = Options {
             env_overrides: self.build_env(build),
             ..Options::default()

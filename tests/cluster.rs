@@ -1,0 +1,266 @@
+//! Several real piperd processes sharing one PostgreSQL database (issue
+//! 10): builds run exactly once, a dead or stalled agent's builds are
+//! rescued, stale writes are fenced, cancel reaches the agent running a
+//! build, and a crashed agent's processes end when it starts again.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::agent::{Daemon, repo};
+use crate::harness::{process_gone, read_pid, wait_for_file_to_exist};
+use crate::pg::Database;
+
+/// Short leases, so a dead agent is noticed within a second or two.
+const FAST: &[&str] = &["--lease", "1500ms", "--heartbeat", "300ms"];
+
+fn agents(db: &Database, n: usize, extra: &[&str]) -> Vec<Daemon> {
+    (0..n)
+        .map(|i| {
+            let name = format!("agent-{i}");
+            let mut args: Vec<&str> = vec!["--workers", "2", "--name", &name];
+            args.extend_from_slice(extra);
+            Daemon::start_with(Some(&db.url), &args, None)
+        })
+        .collect()
+}
+
+fn post(daemon: &Daemon, body: Value) -> i64 {
+    let (status, answer) = daemon.http(
+        "POST",
+        "/api/v1/builds",
+        Some(&daemon.token),
+        Some(body.to_string().into_bytes()),
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+    serde_json::from_slice::<Value>(&answer).unwrap()["id"]
+        .as_i64()
+        .unwrap()
+}
+
+fn get(daemon: &Daemon, path: &str) -> Value {
+    let (status, body) = daemon.http("GET", path, Some(&daemon.token), None);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Polls `check` (bounded, 60 s).
+fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..6000 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn log_of(daemon: &Daemon, id: i64) -> String {
+    let (_, body) = daemon.http(
+        "GET",
+        &format!("/api/v1/builds/{id}/log"),
+        Some(&daemon.token),
+        None,
+    );
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[test]
+fn four_agents_run_500_builds_exactly_once() {
+    let Some(db) = Database::create("cluster::four_agents_run_500_builds_exactly_once") else {
+        return;
+    };
+    let agents = agents(&db, 4, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let ran = out.path().join("ran");
+    let repo = repo(&[(
+        "piper.lua",
+        br#"step "s" { run = "echo $PIPER_BUILD_ID-$PIPER_AGENT >> $RAN" }"#,
+    )]);
+    let mut ids = Vec::new();
+    for i in 0..500 {
+        let body = serde_json::json!({
+            "repo": repo.path(), "pipeline": "s", "env": { "RAN": ran },
+        });
+        ids.push(post(&agents[i % 4], body));
+    }
+    for &id in &ids {
+        let build = agents[0].wait_finished(id);
+        assert_eq!(build["status"], "success", "{build}");
+    }
+    let lines = std::fs::read_to_string(&ran).unwrap();
+    let mut seen: Vec<i64> = lines
+        .lines()
+        .map(|l| l.split('-').next().unwrap().parse().unwrap())
+        .collect();
+    seen.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(seen, expected, "each build ran exactly once");
+    // Per-repository numbers under concurrent submits: 1..=500, no gaps.
+    let (_, list) = agents[0].http(
+        "GET",
+        "/api/v1/builds?limit=500",
+        Some(&agents[0].token),
+        None,
+    );
+    let list: Value = serde_json::from_slice(&list).unwrap();
+    let mut numbers: Vec<i64> = list["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["number"].as_i64().unwrap())
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, (1..=500).collect::<Vec<_>>());
+    // More than one agent took part.
+    let agents_used: std::collections::BTreeSet<&str> = lines
+        .lines()
+        .map(|l| l.split_once('-').unwrap().1)
+        .collect();
+    assert!(agents_used.len() > 1, "{agents_used:?}");
+}
+
+/// A pipeline whose step records which agent runs it and waits for `go`.
+const WAITING: &[u8] = br#"
+pipeline "ci" {
+  step "s" { run = "echo $PIPER_AGENT >> $DIR/agents; echo $$ > $DIR/pid-$PIPER_AGENT; while [ ! -f $DIR/go ]; do sleep 0.01; done; echo done-$PIPER_AGENT" },
+  retry_agent_lost = 1,
+}
+"#;
+
+fn running_on(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("agents"))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_killed_agents_build_is_rescued_and_its_processes_end_when_it_restarts() {
+    let Some(db) = Database::create("cluster::a_killed_agents_build_is_rescued") else {
+        return;
+    };
+    let mut agents = agents(&db, 2, FAST);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(&[("piper.lua", WAITING)]);
+    let id = post(
+        &agents[0],
+        serde_json::json!({ "repo": repo.path(), "pipeline": "ci", "env": { "DIR": dir.path() } }),
+    );
+    eventually("the first attempt to start", || {
+        running_on(dir.path()).len() == 1
+    });
+    let first = running_on(dir.path())[0].clone();
+    let victim = agents.iter().position(|a| a.name() == first).unwrap();
+    let survivor = 1 - victim;
+    let orphan = read_pid(&dir.path().join(format!("pid-{first}")));
+    agents[victim].kill_hard();
+    // Rescued within lease + heartbeat, and run again by the other agent.
+    eventually("the second attempt to start", || {
+        running_on(dir.path()).len() == 2
+    });
+    assert_eq!(running_on(dir.path())[1], agents[survivor].name());
+    // The dead agent's step was re-parented away and keeps running; its
+    // restart ends it.
+    assert!(!process_gone(orphan));
+    agents[victim].restart();
+    eventually("the orphaned step to end", || process_gone(orphan));
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let build = agents[survivor].wait_finished(id);
+    assert_eq!(
+        (build["status"].as_str(), build["attempt"].as_i64()),
+        (Some("success"), Some(2)),
+        "{build}"
+    );
+    let log = log_of(&agents[survivor], id);
+    let second = format!("piper: attempt 2 on agent {}", agents[survivor].name());
+    assert!(log.contains(&second), "{log}");
+    assert!(
+        log.trim_end()
+            .ends_with(&format!("done-{}", agents[survivor].name())),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_stalled_agents_late_writes_are_refused_and_it_stops_its_step() {
+    let Some(db) = Database::create("cluster::a_stalled_agents_late_writes_are_refused") else {
+        return;
+    };
+    let agents = agents(&db, 2, FAST);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(&[("piper.lua", WAITING)]);
+    let id = post(
+        &agents[0],
+        serde_json::json!({ "repo": repo.path(), "pipeline": "ci", "env": { "DIR": dir.path() } }),
+    );
+    eventually("the first attempt to start", || {
+        running_on(dir.path()).len() == 1
+    });
+    let first = running_on(dir.path())[0].clone();
+    let stalled = agents.iter().position(|a| a.name() == first).unwrap();
+    let other = 1 - stalled;
+    let step = read_pid(&dir.path().join(format!("pid-{first}")));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agents[stalled].pid(), libc::SIGSTOP) };
+    eventually("the rescue to run it again", || {
+        running_on(dir.path()).len() == 2
+    });
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let build = agents[other].wait_finished(id);
+    assert_eq!(build["status"], "success", "{build}");
+    // SAFETY: as above.
+    unsafe { libc::kill(agents[stalled].pid(), libc::SIGCONT) };
+    // It learns it lost the lease, and ends its step's process group.
+    eventually("the stale step to end", || process_gone(step));
+    let build = get(&agents[other], &format!("/api/v1/builds/{id}"));
+    assert_eq!(
+        (build["status"].as_str(), build["attempt"].as_i64()),
+        (Some("success"), Some(2))
+    );
+    let log = log_of(&agents[other], id);
+    assert!(
+        !log.contains(&format!("done-{first}")),
+        "a stale write landed:\n{log}"
+    );
+}
+
+#[test]
+fn cancel_reaches_the_agent_running_the_build() {
+    let Some(db) = Database::create("cluster::cancel_reaches_the_agent_running_the_build") else {
+        return;
+    };
+    let agents = agents(&db, 2, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(&[(
+        "piper.lua",
+        br#"step "s" { run = "echo $PIPER_AGENT > $DIR/agent; sleep 1000 & echo $! > $DIR/bg.pid; wait" }"#,
+    )]);
+    let id = post(
+        &agents[0],
+        serde_json::json!({ "repo": repo.path(), "pipeline": "s", "env": { "DIR": dir.path() } }),
+    );
+    wait_for_file_to_exist(&dir.path().join("bg.pid"));
+    let bg = read_pid(&dir.path().join("bg.pid"));
+    let owner = std::fs::read_to_string(dir.path().join("agent")).unwrap();
+    let other = agents.iter().find(|a| a.name() != owner.trim()).unwrap();
+    let (status, body) = other.http(
+        "POST",
+        &format!("/api/v1/builds/{id}/cancel"),
+        Some(&other.token),
+        None,
+    );
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("canceled")),
+        "{body}"
+    );
+    assert!(
+        process_gone(bg),
+        "the step's background process survived the cancel"
+    );
+}
