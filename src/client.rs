@@ -296,13 +296,20 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
                         .map(|(k, v)| format!("{}={}", clean(k), text(v)))
                         .collect();
                     let state = if a["online"].as_bool() == Some(true) {
-                        "online"
+                        "alive"
                     } else {
-                        "offline"
+                        "gone"
                     };
+                    let seen = a["last_seen"].as_i64().unwrap_or(0);
+                    let age = (crate::agent::store::now_ms() - seen).max(0) as u64;
                     vec![
                         text(&a["name"]),
                         state.to_string(),
+                        format!(
+                            "{} ago",
+                            crate::duration::format(Duration::from_millis(age))
+                        ),
+                        a["running"].to_string(),
                         a["workers"].to_string(),
                         text(&a["address"]),
                         labels.join(","),
@@ -311,8 +318,10 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
                 .collect();
             let _ = out.write_all(
                 table(
-                    &["NAME", "STATE", "WORKERS", "ADDRESS", "LABELS"],
-                    &[2],
+                    &[
+                        "NAME", "STATE", "SEEN", "RUNNING", "WORKERS", "ADDRESS", "LABELS",
+                    ],
+                    &[3, 4],
                     &rows,
                 )
                 .as_bytes(),

@@ -264,3 +264,112 @@ fn cancel_reaches_the_agent_running_the_build() {
         "the step's background process survived the cancel"
     );
 }
+
+/// Numbering builds per repository failed under concurrency ("could not
+/// number the build: too much contention", 81 of 300 over two agents).
+#[test]
+fn three_hundred_concurrent_submits_over_two_agents_all_succeed() {
+    let Some(db) = Database::create("cluster::three_hundred_concurrent_submits") else {
+        return;
+    };
+    let agents = agents(&db, 2, &[]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let statuses: Vec<u16> = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let requests = (0..300).map(|i| {
+            let agent = &agents[i % 2];
+            client
+                .post(format!("{}/api/v1/builds", agent.url))
+                .bearer_auth(&agent.token)
+                .json(&serde_json::json!({ "repo": "/nowhere/at/all", "pipeline": "ci" }))
+                .send()
+        });
+        futures_util::future::join_all(requests)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().status().as_u16())
+            .collect()
+    });
+    assert!(statuses.iter().all(|&s| s == 201), "{statuses:?}");
+    let list = get(&agents[0], "/api/v1/builds?limit=500");
+    let mut numbers: Vec<i64> = list["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["number"].as_i64().unwrap())
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, (1..=300).collect::<Vec<_>>());
+}
+
+/// A repeated submit (same `Idempotency-Key`, to any agent, even at the
+/// same instant) or a redelivered webhook returns the first build.
+#[test]
+fn repeated_requests_with_one_key_create_one_build() {
+    let Some(db) = Database::create("cluster::repeated_requests_with_one_key") else {
+        return;
+    };
+    let agents = agents(&db, 2, &[]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ids: Vec<(u16, i64, bool)> = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let requests = (0..20).map(|i| {
+            let agent = &agents[i % 2];
+            client
+                .post(format!("{}/api/v1/builds", agent.url))
+                .bearer_auth(&agent.token)
+                .header("idempotency-key", "deploy-42")
+                .json(&serde_json::json!({ "repo": "/nowhere", "pipeline": "ci" }))
+                .send()
+        });
+        let mut answers = Vec::new();
+        for response in futures_util::future::join_all(requests).await {
+            let response = response.unwrap();
+            let status = response.status().as_u16();
+            let replayed = response.headers().contains_key("idempotent-replayed");
+            let body: Value = response.json().await.unwrap();
+            answers.push((status, body["id"].as_i64().unwrap(), replayed));
+        }
+        answers
+    });
+    let first = ids[0].1;
+    assert!(
+        ids.iter()
+            .all(|&(status, id, _)| status == 201 && id == first),
+        "{ids:?}"
+    );
+    assert_eq!(
+        ids.iter().filter(|(_, _, replayed)| !replayed).count(),
+        1,
+        "{ids:?}"
+    );
+    let webhook = |agent: &Daemon| {
+        let (status, body) = runtime.block_on(async {
+            let response = reqwest::Client::new()
+                .post(format!("{}/api/v1/webhook", agent.url))
+                .bearer_auth(&agent.token)
+                .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+                .json(&serde_json::json!({ "repo": "/nowhere", "ref": "main" }))
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        });
+        assert_eq!(status, 201);
+        body["id"].as_i64().unwrap()
+    };
+    assert_eq!(webhook(&agents[0]), webhook(&agents[1]));
+    let list = get(&agents[0], "/api/v1/builds");
+    assert_eq!(list["builds"].as_array().unwrap().len(), 2);
+}

@@ -450,7 +450,7 @@ async fn serve(
             &name,
             &address.to_string(),
             i64::from(args.workers),
-            &args.labels,
+            &labels_and_facts(&args.labels),
         )
         .await
         .map_err(|e| {
@@ -563,6 +563,26 @@ async fn listen(agent: Arc<Agent>) {
             }
         }
     }
+}
+
+/// What an agent advertises: the facts it detects about its machine
+/// (`os`, `arch`, `cpus`), then its configured labels, which win.
+pub fn labels_and_facts(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut all = std::collections::BTreeMap::from([
+        ("os".to_string(), std::env::consts::OS.to_string()),
+        ("arch".to_string(), std::env::consts::ARCH.to_string()),
+        (
+            "cpus".to_string(),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .to_string(),
+        ),
+    ]);
+    all.extend(labels.clone());
+    all
 }
 
 /// This agent's identity: generated on first start and kept in the data

@@ -411,7 +411,28 @@ async fn submit(
 ) -> ApiResult<Response> {
     authorize(&state, &headers)?;
     let new = parse_request(body, None)?;
-    queue(&state, &new).await
+    let key = header_key(&headers, "idempotency-key", "submit")?;
+    queue(&state, &new, key.as_deref()).await
+}
+
+/// An idempotency key from a header (`Idempotency-Key`, a git host's
+/// delivery id), scoped by what it is for; at most 200 characters.
+fn header_key(headers: &HeaderMap, name: &str, scope: &str) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .ok_or_else(|| {
+            ApiError::bad(
+                name,
+                format!("`{name}` must be 1 to 200 visible ASCII characters"),
+            )
+        })?;
+    Ok(Some(format!("{scope}:{value}")))
 }
 
 /// `POST /api/v1/webhook?pipeline=NAME`: what a git host calls on a push,
@@ -428,7 +449,20 @@ async fn webhook(
     if new.requested_by == "api" {
         new.requested_by = "webhook".into();
     }
-    queue(&state, &new).await
+    // A redelivered push (same delivery id) queues nothing new.
+    let mut key = None;
+    for delivery in [
+        "x-github-delivery",
+        "x-gitea-delivery",
+        "x-gitlab-event-uuid",
+        "x-piper-delivery",
+    ] {
+        if let Some(k) = header_key(&headers, delivery, "webhook")? {
+            key = Some(k);
+            break;
+        }
+    }
+    queue(&state, &new, key.as_deref()).await
 }
 
 #[derive(Deserialize)]
@@ -436,7 +470,7 @@ struct WebhookQuery {
     pipeline: Option<String>,
 }
 
-async fn queue(state: &ApiState, new: &NewBuild) -> ApiResult<Response> {
+async fn queue(state: &ApiState, new: &NewBuild, key: Option<&str>) -> ApiResult<Response> {
     if let Some(allowed) = &state.policy.repositories
         && !allowed.allows(&new.repo)
     {
@@ -451,12 +485,20 @@ async fn queue(state: &ApiState, new: &NewBuild) -> ApiResult<Response> {
         });
     }
     // 201 only for a row that committed: a store error is a 5xx.
-    let build = state
+    let (build, replayed) = state
         .agent
         .store
-        .create_build(new, BuildState::Queued, None)
+        .create_build_once(new, BuildState::Queued, None, key)
         .await
         .map_err(ApiError::unavailable)?;
+    if replayed {
+        // The same answer as the first time, marked as a replay.
+        let mut response = (StatusCode::CREATED, axum::Json(build)).into_response();
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        return Ok(response);
+    }
     tracing::info!(build = build.id, repo = %build.repo, pipeline = %build.pipeline, requested_by = %build.requested_by, "build queued");
     state.agent.wake.notify_one();
     Ok((StatusCode::CREATED, axum::Json(build)).into_response())
@@ -605,7 +647,8 @@ async fn retrigger(
         requested_by: format!("retrigger of build {id}"),
         parent_id: Some(id),
     };
-    queue(&state, &new).await
+    let key = header_key(&headers, "idempotency-key", &format!("retrigger-{id}"))?;
+    queue(&state, &new, key.as_deref()).await
 }
 
 #[derive(Deserialize)]

@@ -33,6 +33,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0004_secret_env.sql"),
     ),
     (5, include_str!("../../migrations/sqlite/0005_leases.sql")),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_idempotency.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_builds.sql")),
@@ -46,6 +50,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/postgres/0004_secret_env.sql"),
     ),
     (5, include_str!("../../migrations/postgres/0005_leases.sql")),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_idempotency.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -387,6 +395,21 @@ impl Store {
         state: BuildState,
         holder: Option<&Holder>,
     ) -> StoreResult<Build> {
+        self.create_build_once(new, state, holder, None)
+            .await
+            .map(|(build, _)| build)
+    }
+
+    /// `create_build`, once per `key`: a request repeated with the same key
+    /// (a retried submit, a redelivered webhook) gets the build the first
+    /// one created, and `true`.
+    pub async fn create_build_once(
+        &self,
+        new: &NewBuild,
+        state: BuildState,
+        holder: Option<&Holder>,
+        key: Option<&str>,
+    ) -> StoreResult<(Build, bool)> {
         let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
         let secret_env = serde_json::to_string(&new.secret_env).unwrap_or_else(|_| "{}".into());
         let now = self.now_sql();
@@ -406,8 +429,37 @@ impl Store {
         // SQLite hands out the RETURNING row before the statement ends,
         // and a failing end (a full disk) went unnoticed — the caller
         // answered 201 for a row that never committed.
+        let claim_key = format!(
+            "INSERT INTO idempotency_keys (key, build_id, created_at) VALUES ($1, 0, {now}) \
+             ON CONFLICT (key) DO NOTHING"
+        );
+        let select = format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1");
         on_backend!(self, pool => async {
             let mut tx = pool.begin().await?;
+            if let Some(key) = key {
+                // A concurrent request with the same key waits here for the
+                // first one's commit (unique index), then sees its build.
+                let fresh = sqlx::query(sqlx::AssertSqlSafe(claim_key.as_str()))
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                if !fresh {
+                    let rows = sqlx::query("SELECT build_id FROM idempotency_keys WHERE key = $1")
+                        .bind(key)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let id: i64 = rows.first().ok_or(sqlx::Error::RowNotFound)?.try_get("build_id")?;
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(select.as_str()))
+                        .bind(id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+                    return Ok((build_from_row(row)?, true));
+                }
+            }
             let counted = sqlx::query(count).bind(&new.repo).fetch_all(&mut *tx).await?;
             let number: i64 = counted.first().ok_or(sqlx::Error::RowNotFound)?.try_get("last")?;
             let rows = sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
@@ -426,12 +478,19 @@ impl Store {
                 .bind(holder.map_or(0, |h| h.lease_ms))
                 .fetch_all(&mut *tx)
                 .await?;
+            let build = build_from_row(rows.first().ok_or(sqlx::Error::RowNotFound)?)?;
+            if let Some(key) = key {
+                sqlx::query("UPDATE idempotency_keys SET build_id = $1 WHERE key = $2")
+                    .bind(build.id)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             if self.is_postgres() && state == BuildState::Queued {
                 sqlx::query("SELECT pg_notify('piper_builds', '')").execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
-            build_from_row(row)
+            Ok((build, false))
         }.await)
     }
 
