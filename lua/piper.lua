@@ -38,6 +38,7 @@
 ---@field outputs? string|string[] paths or globs it writes, relative to `dir`
 ---@field service? boolean a long-running process: `piper watch` keeps it running beside the builds
 ---@field depfile? string a Makefile-style depfile it writes (cc -MD); the files listed become inputs
+---@field requires? table<string, string|number|boolean> labels a build agent must have to run it, e.g. { gpu = "1" }
 
 ---@class piper.PipelineSpec
 ---@field [integer] piper.Step|piper.Pipeline|string steps (their deps come along) and included pipelines
@@ -47,6 +48,7 @@
 ---@field on_failure? piper.Trigger|string|(piper.Trigger|string)[] pipelines to run after it fails
 ---@field always? piper.Trigger|string|(piper.Trigger|string)[] pipelines to run after it, either way
 ---@field schedule? piper.Schedule|string|(piper.Schedule|string)[] cron schedules on which piperd runs it
+---@field requires? table<string, string|number|boolean> labels a build agent must have to run it, e.g. { os = "linux" }
 ---@field retry_agent_lost? integer how many times piperd may run it again on another agent when its agent died (0-10, default 0: the build ends `lost`)
 
 ---What a Lua function step receives.

@@ -244,7 +244,8 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
         return Ok(crate::error::EXIT_CONFIG);
     }
     // Fail on unknown targets before starting anything.
-    graph.plan(&args.targets)?;
+    let plan = graph.plan(&args.targets)?;
+    warn_missing_labels(&plan);
     let options = exec_options(&graph, args)?;
     let renderer = host(cli, args, None);
     runtime()?.block_on(async move {
@@ -348,6 +349,33 @@ fn list(cli: &Cli, args: &ListArgs) -> Result<i32> {
         let _ = writeln!(out, "    {}  {detail}", render::style::pad(&s.name, width));
     }
     Ok(0)
+}
+
+/// `requires` that this machine does not meet: said, not refused (a build
+/// agent would not take the build; here you asked for it). Labels are the
+/// detected facts (os, arch, cpus) and `PIPER_LABELS=k=v,...`.
+fn warn_missing_labels(plan: &crate::graph::Plan) {
+    if plan.requires.is_empty() {
+        return;
+    }
+    let given = std::env::var("PIPER_LABELS").unwrap_or_default();
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in given.split(',').filter(|p| !p.trim().is_empty()) {
+        if let Some((k, v)) = pair.split_once('=') {
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+    }
+    let labels = crate::agent::labels_and_facts(&labels);
+    let missing = Graph::missing_labels(plan, &labels);
+    if !missing.is_empty() {
+        let have: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        eprintln!(
+            "warning: {} requires {}, which this machine does not have (it has {}; set more with PIPER_LABELS=k=v,...)",
+            plan.name,
+            missing.join(" "),
+            have.join(" ")
+        );
+    }
 }
 
 /// The `Pipelines:` section of `piper list`, also shown by a bare `piper exec`.

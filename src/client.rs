@@ -164,9 +164,13 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
                         .as_str()
                         .map(|s| &s[..s.len().min(9)])
                         .unwrap_or("-");
+                    let status = match b["waiting_for"].as_str() {
+                        Some(labels) => format!("waiting for an agent with {}", clean(labels)),
+                        None => text(&b["status"]),
+                    };
                     vec![
                         b["id"].to_string(),
-                        text(&b["status"]),
+                        status,
                         text(&b["pipeline"]),
                         sha.to_string(),
                         b["version"].as_str().map_or("-".into(), clean),
@@ -210,6 +214,9 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
             );
             if let Some(error) = b["error"].as_str() {
                 let _ = writeln!(out, "  error: {}", clean(error));
+            }
+            if let Some(labels) = b["waiting_for"].as_str() {
+                let _ = writeln!(out, "  waiting for an agent with {}", clean(labels));
             }
             let rows: Vec<Vec<String>> = b["steps"]
                 .as_array()

@@ -54,6 +54,8 @@ pub struct Step {
     pub outputs: Vec<String>,
     pub depfile: Option<String>,
     pub service: bool,
+    /// Labels an agent must have to run it.
+    pub requires: IndexMap<String, String>,
 }
 
 pub struct Pipeline {
@@ -68,6 +70,8 @@ pub struct Pipeline {
     pub schedules: Vec<crate::cron::Schedule>,
     /// Runs again on another agent after its agent died, this many times.
     pub retry_agent_lost: u32,
+    /// Labels an agent must have to run it.
+    pub requires: IndexMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +89,9 @@ pub struct Plan {
     pub steps: Vec<PlannedStep>,
     /// Triggers of the target pipelines, evaluated when the build ends.
     pub triggers: Vec<Trigger>,
+    /// What an agent must have to run this build: the `requires` of the
+    /// target pipelines and of every planned step, together.
+    pub requires: std::collections::BTreeMap<String, String>,
 }
 
 pub struct PlannedStep {
@@ -162,6 +169,7 @@ impl Graph {
                 outputs,
                 depfile: raw.depfile,
                 service: raw.service,
+                requires: raw.requires,
             });
         }
         check_step_cycles(&steps)?;
@@ -228,6 +236,7 @@ impl Graph {
                     triggers,
                     schedules: p.schedules.clone(),
                     retry_agent_lost: p.retry_agent_lost,
+                    requires: p.requires.clone(),
                 },
             );
         }
@@ -274,9 +283,11 @@ impl Graph {
         let mut pipeline_env: Vec<IndexMap<String, String>> =
             vec![IndexMap::new(); self.steps.len()];
         let mut triggers = Vec::new();
+        let mut requires: Vec<(&IndexMap<String, String>, &Location, String)> = Vec::new();
         for target in targets {
             let (roots, env) = if let Some(p) = self.pipelines.get(target) {
                 triggers.extend(p.triggers.iter().cloned());
+                requires.push((&p.requires, &p.location, format!("pipeline `{}`", p.name)));
                 (p.steps.clone(), Some(&p.env))
             } else if let Some(s) = self.step(target) {
                 (vec![s], None)
@@ -314,6 +325,15 @@ impl Graph {
                 pipeline_env: env,
             });
         }
+        requires.extend(steps.iter().map(|p| {
+            let step = &self.steps[p.step];
+            (
+                &step.requires,
+                &step.location,
+                format!("step `{}`", step.name),
+            )
+        }));
+        let requires = combine_requires(&requires)?;
         for planned in &mut steps {
             planned.deps = self.steps[planned.step]
                 .deps
@@ -326,7 +346,21 @@ impl Graph {
             targets: targets.to_vec(),
             steps,
             triggers,
+            requires,
         })
+    }
+
+    /// The labels missing from `labels` for `plan` to run there, as
+    /// `key=value` words (empty: it can run).
+    pub fn missing_labels(
+        plan: &Plan,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<String> {
+        plan.requires
+            .iter()
+            .filter(|(k, v)| labels.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
     }
 
     /// `roots` and all their transitive dependencies.
@@ -416,6 +450,33 @@ fn collect_members<'a>(
 }
 
 /// Depth-first search; reports the first cycle found as a path of names.
+/// One set of requirements from several; a key required with two values
+/// can never be met, and is an error at the second place that asks.
+fn combine_requires(
+    all: &[(&IndexMap<String, String>, &Location, String)],
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut combined: std::collections::BTreeMap<String, (String, &Location, &str)> =
+        Default::default();
+    for (requires, location, who) in all {
+        for (key, value) in requires.iter() {
+            match combined.get(key) {
+                Some((other, first, first_who)) if other != value => {
+                    return Err(Error::Spec {
+                        location: (*location).clone(),
+                        message: format!(
+                            "{who} requires {key}={value}, but {first_who} ({first}) requires {key}={other}: no agent can have both"
+                        ),
+                    });
+                }
+                _ => {
+                    combined.insert(key.clone(), (value.clone(), location, who));
+                }
+            }
+        }
+    }
+    Ok(combined.into_iter().map(|(k, (v, _, _))| (k, v)).collect())
+}
+
 fn check_step_cycles(steps: &[Step]) -> Result<()> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {

@@ -47,6 +47,8 @@ pub struct RawStep {
     /// A long-running process (a dev server): `piper watch` keeps it running
     /// beside the builds and restarts it only when a change affects it.
     pub service: bool,
+    /// Labels an agent must have to run it (`requires = { gpu = "1" }`).
+    pub requires: IndexMap<String, String>,
 }
 
 /// What a step does when it runs.
@@ -87,6 +89,8 @@ pub struct RawPipeline {
     /// How many times the build agent may run it again when the agent
     /// running it died (0: the build ends `lost`).
     pub retry_agent_lost: u32,
+    /// Labels an agent must have to run it.
+    pub requires: IndexMap<String, String>,
 }
 
 pub enum Member {
@@ -165,6 +169,7 @@ pub const STEP_FIELDS: &[&str] = &[
     "outputs",
     "depfile",
     "service",
+    "requires",
 ];
 const PIPELINE_FIELDS: &[&str] = &[
     "desc",
@@ -174,6 +179,7 @@ const PIPELINE_FIELDS: &[&str] = &[
     "always",
     "schedule",
     "retry_agent_lost",
+    "requires",
 ];
 
 impl RawSpec {
@@ -578,6 +584,7 @@ fn read_step(record: &Table) -> Result<RawStep> {
         outputs: f.patterns("outputs")?,
         depfile: f.string("depfile")?,
         service: f.bool("service")?.unwrap_or(false),
+        requires: f.env("requires")?,
         name,
         location,
         run,
@@ -698,6 +705,7 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
         triggers,
         schedules,
         retry_agent_lost,
+        requires: f.env("requires")?,
     };
     f.finish(PIPELINE_FIELDS)?;
     Ok(pipeline)

@@ -36,12 +36,10 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("piperd.log");
         let data = data.unwrap_or_else(|| dir.path().join("data"));
-        let mut args = vec![
-            "--grace".into(),
-            "2s".into(),
-            "--labels".into(),
-            "team=ci,os=linux".into(),
-        ];
+        let mut args = vec!["--grace".into(), "2s".into()];
+        if !extra.contains(&"--labels") {
+            args.extend(["--labels".to_string(), "team=ci,os=linux".to_string()]);
+        }
         if let Some(db) = database {
             args.extend(["--database".to_string(), db.to_string()]);
         }

@@ -33,7 +33,13 @@ fn post(daemon: &Daemon, body: Value) -> i64 {
         Some(&daemon.token),
         Some(body.to_string().into_bytes()),
     );
-    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(
+        status,
+        201,
+        "{}\n{}",
+        String::from_utf8_lossy(&answer),
+        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+    );
     serde_json::from_slice::<Value>(&answer).unwrap()["id"]
         .as_i64()
         .unwrap()
@@ -372,4 +378,57 @@ fn repeated_requests_with_one_key_create_one_build() {
     assert_eq!(webhook(&agents[0]), webhook(&agents[1]));
     let list = get(&agents[0], "/api/v1/builds");
     assert_eq!(list["builds"].as_array().unwrap().len(), 2);
+}
+
+/// Builds run only on agents with the labels they require; one that no
+/// live agent can run waits, named as such, without holding up others,
+/// and runs when such an agent joins.
+#[test]
+fn builds_go_to_agents_with_the_labels_they_require() {
+    let Some(db) = Database::create("cluster::builds_go_to_agents_with_the_labels") else {
+        return;
+    };
+    let plain = Daemon::start_with(Some(&db.url), &["--name", "plain"], None);
+    let gpu = Daemon::start_with(Some(&db.url), &["--name", "gpu", "--labels", "gpu=1"], None);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(&[(
+        "piper.lua",
+        br#"
+        pipeline "train" { step "t" { run = "echo $PIPER_AGENT >> $DIR/train" }, requires = { gpu = "1" } }
+        pipeline "port" { step "p" { run = "echo $PIPER_AGENT >> $DIR/port", requires = { os = "plan9" } } }
+        pipeline "lint" { step "l" { run = "echo $PIPER_AGENT >> $DIR/lint" } }
+        "#,
+    )]);
+    let submit = |agent: &Daemon, pipeline: &str| {
+        post(
+            agent,
+            serde_json::json!({ "repo": repo.path(), "pipeline": pipeline, "env": { "DIR": dir.path() } }),
+        )
+    };
+    let port = submit(&plain, "port");
+    let trains: Vec<i64> = (0..4).map(|_| submit(&plain, "train")).collect();
+    let lint = submit(&gpu, "lint");
+    for id in trains.iter().chain([&lint]) {
+        assert_eq!(plain.wait_finished(*id)["status"], "success");
+    }
+    let trained = std::fs::read_to_string(dir.path().join("train")).unwrap();
+    assert_eq!(trained, "gpu\n".repeat(4), "only the gpu agent trains");
+    eventually("the port build to be shown waiting", || {
+        get(&plain, &format!("/api/v1/builds/{port}"))["waiting_for"] == "os=plan9"
+    });
+    let (_, listing, _) = plain.piper(&["builds"]);
+    assert!(
+        listing.contains("waiting for an agent with os=plan9"),
+        "{listing}"
+    );
+    let _plan9 = Daemon::start_with(
+        Some(&db.url),
+        &["--name", "plan9", "--labels", "os=plan9"],
+        None,
+    );
+    assert_eq!(plain.wait_finished(port)["status"], "success");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("port")).unwrap(),
+        "plan9\n"
+    );
 }

@@ -31,6 +31,7 @@ pub struct Test {
     stdout_contains: Vec<String>,
     stderr_contains: Vec<String>,
     stdout_lacks: Vec<String>,
+    stderr_lacks: Vec<String>,
     stdout_any: bool,
     stderr_any: bool,
 }
@@ -115,6 +116,7 @@ impl Test {
             stdout_contains: Vec::new(),
             stderr_contains: Vec::new(),
             stdout_lacks: Vec::new(),
+            stderr_lacks: Vec::new(),
             stdout_any: false,
             stderr_any: false,
         }
@@ -187,6 +189,11 @@ impl Test {
         self
     }
 
+    pub fn stderr_lacks(mut self, text: &str) -> Self {
+        self.stderr_lacks.push(text.into());
+        self
+    }
+
     pub fn stderr_contains(mut self, text: &str) -> Self {
         self.stderr_contains.push(text.into());
         self
@@ -242,6 +249,12 @@ impl Test {
             assert!(
                 !stdout.contains(text.as_str()),
                 "stdout has {text:?}\n{context}"
+            );
+        }
+        for text in &self.stderr_lacks {
+            assert!(
+                !stderr.contains(text.as_str()),
+                "stderr has {text:?}\n{context}"
             );
         }
         for text in &self.stderr_contains {

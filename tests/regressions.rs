@@ -280,3 +280,39 @@ fn color_always_paints_the_error_label() {
         .stderr_contains("error: ")
         .run();
 }
+
+/// Issue 10.6: `piper exec` checks `requires` against this machine and
+/// says what is missing (and runs: you asked for it).
+#[test]
+fn exec_says_which_required_labels_this_machine_lacks() {
+    let config = r#"
+        local s = step "s" { run = "true", requires = { gpu = "1" } }
+        pipeline "ci" { s, requires = { os = "linux" } }
+        "#;
+    Test::new()
+        .piper_lua(config)
+        .args(["exec", "ci"])
+        .stdout_any()
+        .stderr_contains("warning: ci requires gpu=1, which this machine does not have")
+        .run()
+        .again()
+        .args(["exec", "ci"])
+        .env("PIPER_LABELS", "gpu=1")
+        .stdout_any()
+        .stderr_contains("ci succeeded")
+        .stderr_lacks("warning")
+        .run();
+    Test::new()
+        .piper_lua(
+            r#"
+            local s = step "s" { run = "true", requires = { os = "plan9" } }
+            pipeline "ci" { s, requires = { os = "linux" } }
+            "#,
+        )
+        .args(["exec", "ci"])
+        .status(2)
+        .stderr(
+            "error: piper.lua:1: step `s` requires os=plan9, but pipeline `ci` (piper.lua:2) requires os=linux: no agent can have both\n",
+        )
+        .run();
+}

@@ -25,6 +25,7 @@ fn holder(id: &str, lease_ms: i64) -> Holder {
         agent_id: id.into(),
         agent_name: format!("name of {id}"),
         lease_ms,
+        labels: BTreeMap::new(),
     }
 }
 

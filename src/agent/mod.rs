@@ -426,6 +426,7 @@ async fn serve(
         worker::AgentSettings {
             id,
             name: name.clone(),
+            labels: labels_and_facts(&args.labels),
             data: data.clone(),
             git_timeout: args.git_timeout,
             lease: args.lease,
@@ -450,7 +451,7 @@ async fn serve(
             &name,
             &address.to_string(),
             i64::from(args.workers),
-            &labels_and_facts(&args.labels),
+            &agent.labels,
         )
         .await
         .map_err(|e| {

@@ -701,6 +701,7 @@ async fn list_builds(
     } else {
         None
     };
+    let builds = with_waiting(&state, builds).await?;
     Ok(axum::Json(json!({ "builds": builds, "next_before": next })))
 }
 
@@ -719,9 +720,56 @@ async fn show_build(
         .steps(id)
         .await
         .map_err(ApiError::internal)?;
-    let mut value = serde_json::to_value(build).map_err(ApiError::internal)?;
+    let mut value = with_waiting(&state, vec![build])
+        .await?
+        .pop()
+        .unwrap_or_default();
     value["steps"] = serde_json::to_value(steps).map_err(ApiError::internal)?;
     Ok(axum::Json(value))
+}
+
+/// Builds as JSON; a queued build that no live agent can run gets
+/// `waiting_for`: the labels it requires, `gpu=1 os=linux` (it waits
+/// without holding up other builds, and runs when such an agent joins).
+async fn with_waiting(state: &ApiState, builds: Vec<super::store::Build>) -> ApiResult<Vec<Value>> {
+    let needs_agents = builds.iter().any(|b| {
+        b.status == BuildState::Queued && b.requires.as_ref().is_some_and(|r| !r.is_empty())
+    });
+    let agents = if needs_agents {
+        state
+            .agent
+            .store
+            .agents()
+            .await
+            .map_err(ApiError::internal)?
+    } else {
+        Vec::new()
+    };
+    builds
+        .into_iter()
+        .map(|build| {
+            let waiting = match (&build.status, &build.requires) {
+                (BuildState::Queued, Some(requires)) if !requires.is_empty() => {
+                    let met = agents.iter().any(|a| {
+                        a.online && requires.iter().all(|(k, v)| a.labels.get(k) == Some(v))
+                    });
+                    (!met).then(|| {
+                        requires
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                }
+                _ => None,
+            };
+            let mut value = serde_json::to_value(build).map_err(ApiError::internal)?;
+            if let Some(waiting) = waiting {
+                value["waiting_for"] = json!(waiting);
+            }
+            Ok(value)
+        })
+        .collect()
 }
 
 /// The build id, query and offset of a log read, checked.

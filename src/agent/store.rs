@@ -37,6 +37,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../../migrations/sqlite/0006_idempotency.sql"),
     ),
+    (7, include_str!("../../migrations/sqlite/0007_requires.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_builds.sql")),
@@ -53,6 +54,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         6,
         include_str!("../../migrations/postgres/0006_idempotency.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_requires.sql"),
     ),
 ];
 
@@ -125,6 +130,8 @@ pub struct Holder {
     pub agent_id: String,
     pub agent_name: String,
     pub lease_ms: i64,
+    /// Its labels and facts: it claims only builds whose `requires` they meet.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What renewing a lease found.
@@ -182,6 +189,9 @@ pub struct Build {
     pub cancel_requested: bool,
     /// The identity of the agent running it (`agent` is its name).
     pub agent_id: Option<String>,
+    /// Labels an agent must have to run it; None until an agent read its
+    /// piper.lua (any agent may claim it to do so).
+    pub requires: Option<BTreeMap<String, String>>,
     /// Serialized as the names only: the values never leave the agent.
     #[serde(rename = "secret_env_names", serialize_with = "names_only")]
     pub secret_env: BTreeMap<String, String>,
@@ -247,7 +257,7 @@ pub fn now_ms() -> i64 {
 
 const BUILD_COLUMNS: &str = "id, number, repo, git_ref, sha, version, pipeline, status, env, requested_by, \
      requested_at, started_at, finished_at, agent, parent_id, error, secret_env, \
-     attempt, max_attempts, lease_expires_at, cancel_requested, agent_id";
+     attempt, max_attempts, lease_expires_at, cancel_requested, agent_id, requires";
 
 fn build_from_row<R: Row>(row: &R) -> StoreResult<Build>
 where
@@ -284,6 +294,9 @@ where
         lease_expires_at: row.try_get("lease_expires_at")?,
         cancel_requested: row.try_get("cancel_requested")?,
         agent_id: row.try_get("agent_id")?,
+        requires: row
+            .try_get::<Option<String>, _>("requires")?
+            .and_then(|text| serde_json::from_str(&text).ok()),
     })
 }
 
@@ -538,13 +551,16 @@ impl Store {
     /// Takes the oldest queued build for `holder`: its next attempt, with
     /// a lease on the database's clock.
     pub async fn claim_next(&self, holder: &Holder) -> StoreResult<Option<Build>> {
-        let pick = match self.backend {
+        // The oldest queued builds this agent can run: requirements unknown
+        // (it will read them) or met by its labels. Builds it cannot run do
+        // not hold up the others.
+        let candidates = match self.backend {
             Backend::Sqlite(_) => {
-                "SELECT id FROM builds WHERE status = 'queued' ORDER BY id LIMIT 1"
+                "SELECT id, requires FROM builds WHERE status = 'queued' ORDER BY id LIMIT 64"
             }
             // Several agents: each claims a different build.
             Backend::Postgres(_) => {
-                "SELECT id FROM builds WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+                "SELECT id, requires FROM builds WHERE status = 'queued' ORDER BY id LIMIT 64 FOR UPDATE SKIP LOCKED"
             }
         };
         let now = self.now_sql();
@@ -552,19 +568,68 @@ impl Store {
             "UPDATE builds SET status = 'running', agent = $1, agent_id = $2, \
              started_at = COALESCE(started_at, {now}), attempt = attempt + 1, \
              lease_expires_at = {now} + $3 \
-             WHERE id = ({pick}) AND status = 'queued' RETURNING {BUILD_COLUMNS}"
+             WHERE id = $4 AND status = 'queued' RETURNING {BUILD_COLUMNS}"
         );
+        let fits = |requires: Option<String>| {
+            let Some(text) = requires else { return true };
+            let wanted: BTreeMap<String, String> = serde_json::from_str(&text).unwrap_or_default();
+            wanted.iter().all(|(k, v)| holder.labels.get(k) == Some(v))
+        };
         // As in `create_build`: the claim counts only once committed.
         on_backend!(self, pool => {
             let mut tx = pool.begin().await?;
+            let rows = sqlx::query(candidates).fetch_all(&mut *tx).await?;
+            let mut pick = None;
+            for row in &rows {
+                if fits(row.try_get("requires")?) {
+                    pick = Some(row.try_get::<i64, _>("id")?);
+                    break;
+                }
+            }
+            let Some(id) = pick else {
+                tx.commit().await?;
+                return Ok(None);
+            };
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(&holder.agent_name)
                 .bind(&holder.agent_id)
                 .bind(holder.lease_ms)
+                .bind(id)
                 .fetch_all(&mut *tx)
                 .await?;
             tx.commit().await?;
             rows.first().map(build_from_row).transpose()
+        })
+    }
+
+    /// Gives a claimed build back to the queue, recording what it requires
+    /// (this agent read its piper.lua and does not have it): the claim does
+    /// not count as an attempt.
+    pub async fn unclaim(
+        &self,
+        id: i64,
+        attempt: i64,
+        requires: &BTreeMap<String, String>,
+    ) -> StoreResult<bool> {
+        let requires = serde_json::to_string(requires).unwrap_or_else(|_| "{}".into());
+        on_backend!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query(
+                "UPDATE builds SET status = 'queued', attempt = attempt - 1, agent = NULL, agent_id = NULL, \
+                 lease_expires_at = NULL, requires = $1 WHERE id = $2 AND attempt = $3 AND status = 'running'",
+            )
+            .bind(&requires)
+            .bind(id)
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if done && self.is_postgres() {
+                sqlx::query("SELECT pg_notify('piper_builds', '')").execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(done)
         })
     }
 
@@ -1015,5 +1080,35 @@ impl Store {
                 .await
                 .map(|r| r.rows_affected() == 1)
         })
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    /// A migration file that is not in the list would never run (it
+    /// happened once): every file, in order, for both backends.
+    #[test]
+    fn every_migration_file_is_listed_in_order() {
+        for (backend, listed) in [
+            ("sqlite", SQLITE_MIGRATIONS),
+            ("postgres", POSTGRES_MIGRATIONS),
+        ] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(backend);
+            let mut files: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            files.sort();
+            assert_eq!(files.len(), listed.len(), "{backend}: {files:?}");
+            for (i, ((version, sql), file)) in listed.iter().zip(&files).enumerate() {
+                assert_eq!(*version, i as i64 + 1);
+                let text = std::fs::read_to_string(dir.join(file)).unwrap();
+                assert_eq!(&text, sql, "{backend}: migration {version} is not {file}");
+            }
+        }
     }
 }

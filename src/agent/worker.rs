@@ -26,6 +26,8 @@ pub struct Agent {
     pub id: String,
     /// For people: shown on its builds and in the agent list.
     pub name: String,
+    /// Its labels and detected facts: what builds' `requires` must match.
+    pub labels: std::collections::BTreeMap<String, String>,
     pub data: PathBuf,
     /// Rung when a build is submitted, so an idle worker starts at once.
     pub wake: Notify,
@@ -64,6 +66,7 @@ fn next_run() -> u64 {
 pub struct AgentSettings {
     pub id: String,
     pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
     pub data: PathBuf,
     pub git_timeout: Duration,
     pub lease: Duration,
@@ -84,6 +87,7 @@ impl Agent {
             store,
             id: settings.id,
             name: settings.name,
+            labels: settings.labels,
             data: settings.data,
             wake: Notify::new(),
             running: Arc::default(),
@@ -101,6 +105,7 @@ impl Agent {
             agent_id: self.id.clone(),
             agent_name: self.name.clone(),
             lease_ms: self.lease.as_millis() as i64,
+            labels: self.labels.clone(),
         }
     }
 
@@ -302,18 +307,11 @@ impl Agent {
             token.cancel();
             return Err("this agent no longer holds the build (it was rescued or ended)".into());
         }
-        log.write(
-            build.id,
-            "",
-            format!(
-                "piper: {} at {sha} ({})\n",
-                build.repo,
-                version.as_deref().unwrap_or("no version")
-            )
-            .as_bytes(),
-        )
-        .await;
-
+        let checked_out = format!(
+            "piper: {} at {sha} ({})\n",
+            build.repo,
+            version.as_deref().unwrap_or("no version")
+        );
         let config = workspace.join(CONFIG_FILE);
         if !config.is_file() {
             return Err(format!(
@@ -330,6 +328,20 @@ impl Agent {
             .map_err(|e| format!("internal: {e}"))?
             .map_err(|e| e.to_string())?;
         let graph = Arc::new(graph);
+        // Requirements are known now: an agent without them gives the build
+        // back, and only agents that have them will claim it.
+        if let Ok(plan) = graph.plan(std::slice::from_ref(&build.pipeline)) {
+            let missing = Graph::missing_labels(&plan, &self.labels);
+            if !missing.is_empty() {
+                tracing::info!(build = build.id, missing = %missing.join(","), "build needs labels this agent lacks: back to the queue");
+                with_retry("giving the build back", &self.abandon, || {
+                    self.store.unclaim(build.id, build.attempt, &plan.requires)
+                })
+                .await?;
+                return Ok(());
+            }
+        }
+        log.write(build.id, "", checked_out.as_bytes()).await;
         // The pipeline says whether it may run again after an agent died
         // (a deploy may not); until it is read, the answer is no.
         if let Some(pipeline) = graph.pipelines.get(&build.pipeline) {
