@@ -432,3 +432,49 @@ fn builds_go_to_agents_with_the_labels_they_require() {
         "plan9\n"
     );
 }
+
+/// One set of tokens for the cluster: a token created with `piperd token`
+/// (or an agent's own file token) works on every agent; a revoked one on
+/// none.
+#[test]
+fn tokens_are_the_clusters() {
+    let Some(db) = Database::create("cluster::tokens_are_the_clusters") else {
+        return;
+    };
+    let agents = agents(&db, 2, &[]);
+    let piperd = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_piperd"))
+            .arg("token")
+            .args(args)
+            .args(["--database", &db.url])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, token, stderr) = piperd(&["create", "ci"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(token.len(), 64);
+    let status =
+        |agent: &Daemon, token: &str| agent.http("GET", "/api/v1/builds", Some(token), None).0;
+    for agent in &agents {
+        assert_eq!(status(agent, &token), 200);
+    }
+    assert_eq!(
+        status(&agents[1], &agents[0].token),
+        200,
+        "one agent's file token on another"
+    );
+    let (code, list, _) = piperd(&["list"]);
+    assert_eq!(code, 0);
+    assert!(list.lines().any(|l| l.starts_with("ci\t")), "{list}");
+    assert_eq!(piperd(&["create", "ci"]).0, 2, "names are unique");
+    assert_eq!(piperd(&["revoke", "ci"]).0, 0);
+    for agent in &agents {
+        assert_eq!(status(agent, &token), 401);
+    }
+    assert_eq!(piperd(&["revoke", "ci"]).0, 2);
+}

@@ -43,9 +43,42 @@ pub struct DaemonCli {
 pub enum DaemonCommand {
     /// Start the agent: serve the API and run builds
     Start(StartArgs),
+    /// Manage the API tokens every agent of the cluster accepts
+    Token(TokenArgs),
 }
 
 #[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub action: TokenAction,
+    /// Config file (for `database` and `data`), as for `start`
+    #[arg(long, value_name = "FILE", env = "PIPERD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory, as for `start` (its SQLite database by default)
+    #[arg(long, value_name = "DIR", env = "PIPERD_DATA", global = true)]
+    pub data: Option<PathBuf>,
+    /// Database URL, as for `start`
+    #[arg(long, value_name = "URL", env = "PIPERD_DATABASE", global = true)]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Create a token (printed once; only its hash is stored)
+    Create {
+        /// A name to tell it by, e.g. `ci` or `alice-laptop`
+        name: String,
+    },
+    /// List the tokens by name, with when they were created
+    List,
+    /// Revoke a token: every agent refuses it from now on
+    Revoke {
+        /// The token's name
+        name: String,
+    },
+}
+
+#[derive(Debug, Default, clap::Args)]
 pub struct StartArgs {
     /// Config file [default: $XDG_CONFIG_HOME/piper/piperd.toml, if it exists]
     #[arg(long, value_name = "FILE", env = "PIPERD_CONFIG")]
@@ -247,8 +280,11 @@ pub fn main() -> i32 {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-    let DaemonCommand::Start(args) = cli.command;
-    match start(args) {
+    let result = match cli.command {
+        DaemonCommand::Start(args) => start(args),
+        DaemonCommand::Token(args) => token_command(args),
+    };
+    match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
@@ -330,6 +366,80 @@ fn token(data: &Path) -> Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self::token(data),
         Err(e) => Err(Error::io(format!("cannot create {}", path.display()), e)),
     }
+}
+
+/// `piperd token create|list|revoke`, against the database `start` would use.
+fn token_command(args: TokenArgs) -> Result<()> {
+    let settings = Settings::resolve(StartArgs {
+        config: args.config,
+        data: args.data,
+        database: args.database,
+        ..StartArgs::default()
+    })?;
+    let database = settings
+        .database
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", settings.data.join("piperd.db").display()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the async runtime", e))?;
+    let store_error = |e: sqlx::Error| Error::io("database", std::io::Error::other(e.to_string()));
+    runtime.block_on(async {
+        if database.starts_with("sqlite:") {
+            std::fs::create_dir_all(&settings.data)
+                .map_err(|e| Error::io(format!("cannot create {}", settings.data.display()), e))?;
+        }
+        let store = Store::open(&database).await.map_err(store_error)?;
+        match args.action {
+            TokenAction::Create { name } => {
+                let token = random_hex(32)?;
+                if !store
+                    .add_token(&name, &server::token_hash(&token), false)
+                    .await
+                    .map_err(store_error)?
+                {
+                    return Err(Error::Setting {
+                        name: "token".into(),
+                        message: format!(
+                            "a token named `{name}` exists; revoke it first or pick another name"
+                        ),
+                    });
+                }
+                eprintln!(
+                    "created token `{name}` (printed once; every agent of this database accepts it):"
+                );
+                println!("{token}");
+            }
+            TokenAction::List => {
+                for (name, created) in store.tokens().await.map_err(store_error)? {
+                    println!("{name}\tcreated {}", created / 1000);
+                }
+            }
+            TokenAction::Revoke { name } => {
+                if !store.revoke_token(&name).await.map_err(store_error)? {
+                    return Err(Error::Setting {
+                        name: "token".into(),
+                        message: format!("no token named `{name}`"),
+                    });
+                }
+                eprintln!("revoked token `{name}`");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `bytes` random bytes from the OS, as hex.
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| {
+        Error::io(
+            "cannot get random bytes",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn hostname() -> String {
@@ -478,9 +588,24 @@ async fn serve(
     for _ in 0..args.workers {
         workers.push(tokio::spawn(agent.clone().work()));
     }
+    // This agent's token file is one of the cluster's tokens: the CLI on
+    // this machine reads it.
+    agent
+        .store
+        .add_token(
+            &format!("agent {name} ({})", agent.id.get(..8).unwrap_or(&agent.id)),
+            &server::token_hash(&token),
+            true,
+        )
+        .await
+        .map_err(|e| {
+            Error::io(
+                "cannot record the agent's token",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
     let state = server::ApiState {
         agent: agent.clone(),
-        token: Arc::new(token),
         policy: Arc::new(policy),
     };
     let shutdown = {

@@ -33,8 +33,12 @@ pub const LOG_READ_LIMIT: i64 = 1024 * 1024;
 #[derive(Clone)]
 pub struct ApiState {
     pub agent: Arc<Agent>,
-    pub token: Arc<String>,
     pub policy: Arc<Policy>,
+}
+
+/// How a token is kept in the database (`api_tokens.hash`).
+pub fn token_hash(token: &str) -> String {
+    blake3::hash(token.as_bytes()).to_hex().to_string()
 }
 
 /// Who may read what, and which repositories may be built.
@@ -278,7 +282,7 @@ async fn follow_log(
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     use base64::Engine;
-    authorize_read(&state, &headers)?;
+    authorize_read(&state, &headers).await?;
     let (id, query, offset) = log_request(&id, query)?;
     let build = find_build(&state, id).await?;
     check_step(&state, &build, query.step.as_deref()).await?;
@@ -330,15 +334,16 @@ async fn follow_log(
 
 /// Reads need the token too, unless the agent was started with
 /// `public_read = true`: builds carry their environment and logs.
-fn authorize_read(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
+async fn authorize_read(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
     if state.policy.public_read {
         return Ok(());
     }
-    authorize(state, headers)
+    authorize(state, headers).await
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
-    use subtle::ConstantTimeEq;
+/// The bearer token must be one of the cluster's (`api_tokens`, by hash):
+/// any agent sharing the database accepts it.
+async fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
     // The scheme is case-insensitive (RFC 9110): `bearer` works too.
     let given = headers
         .get(header::AUTHORIZATION)
@@ -353,14 +358,21 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
     };
     match given {
         None => Err(unauthorized(
-            "this call needs `Authorization: Bearer <token>` (the token is in the agent's data directory)",
+            "this call needs `Authorization: Bearer <token>` (the token is in the agent's data directory, or from `piperd token create`)",
         )),
-        // Constant time, so timing says nothing about the token; an empty
-        // token never matches (the agent refuses to start with one).
-        Some(token)
-            if !token.is_empty() && bool::from(token.as_bytes().ct_eq(state.token.as_bytes())) =>
-        {
-            Ok(())
+        // An empty token never matches; the lookup is by hash, so timing
+        // says nothing about a stored token.
+        Some(token) if !token.is_empty() => {
+            match state
+                .agent
+                .store
+                .token_named(&token_hash(token))
+                .await
+                .map_err(ApiError::unavailable)?
+            {
+                Some(_) => Ok(()),
+                None => Err(unauthorized("the token is not valid")),
+            }
         }
         Some(_) => Err(unauthorized("the token is not valid")),
     }
@@ -377,7 +389,7 @@ async fn health(State(state): State<ApiState>) -> axum::Json<Value> {
 
 /// `GET /api/v1/agents`: the agents sharing this database.
 async fn agents(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<axum::Json<Value>> {
-    authorize_read(&state, &headers)?;
+    authorize_read(&state, &headers).await?;
     let agents = state
         .agent
         .store
@@ -409,7 +421,7 @@ async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     let new = parse_request(body, None)?;
     let key = header_key(&headers, "idempotency-key", "submit")?;
     queue(&state, &new, key.as_deref()).await
@@ -443,7 +455,7 @@ async fn webhook(
     query: Result<Query<WebhookQuery>, axum::extract::rejection::QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     let Query(query) = query.map_err(|e| ApiError::bad("pipeline", e.body_text()))?;
     let mut new = parse_request(body, Some(query.pipeline.unwrap_or_else(|| "ci".into())))?;
     if new.requested_by == "api" {
@@ -635,7 +647,7 @@ async fn retrigger(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     let id = parse_id(&id)?;
     let old = find_build(&state, id).await?;
     let new = NewBuild {
@@ -666,7 +678,7 @@ async fn list_builds(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<axum::Json<Value>> {
-    authorize_read(&state, &headers)?;
+    authorize_read(&state, &headers).await?;
     let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
     let status = match &query.status {
         None => None,
@@ -711,7 +723,7 @@ async fn show_build(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
-    authorize_read(&state, &headers)?;
+    authorize_read(&state, &headers).await?;
     let id = parse_id(&id)?;
     let build = find_build(&state, id).await?;
     let steps = state
@@ -840,7 +852,7 @@ async fn read_log(
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    authorize_read(&state, &headers)?;
+    authorize_read(&state, &headers).await?;
     let (id, query, offset) = log_request(&id, query)?;
     let build = find_build(&state, id).await?;
     check_step(&state, &build, query.step.as_deref()).await?;
@@ -870,7 +882,7 @@ async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     let id = parse_id(&id)?;
     let store = &state.agent.store;
     let build = find_build(&state, id).await?;

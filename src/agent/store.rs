@@ -21,45 +21,33 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub type StoreResult<T> = Result<T, sqlx::Error>;
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../migrations/sqlite/0001_builds.sql")),
-    (2, include_str!("../../migrations/sqlite/0002_agents.sql")),
-    (
-        3,
-        include_str!("../../migrations/sqlite/0003_schedule_runs.sql"),
-    ),
-    (
-        4,
-        include_str!("../../migrations/sqlite/0004_secret_env.sql"),
-    ),
-    (5, include_str!("../../migrations/sqlite/0005_leases.sql")),
-    (
-        6,
-        include_str!("../../migrations/sqlite/0006_idempotency.sql"),
-    ),
-    (7, include_str!("../../migrations/sqlite/0007_requires.sql")),
-];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../migrations/postgres/0001_builds.sql")),
-    (2, include_str!("../../migrations/postgres/0002_agents.sql")),
-    (
-        3,
-        include_str!("../../migrations/postgres/0003_schedule_runs.sql"),
-    ),
-    (
-        4,
-        include_str!("../../migrations/postgres/0004_secret_env.sql"),
-    ),
-    (5, include_str!("../../migrations/postgres/0005_leases.sql")),
-    (
-        6,
-        include_str!("../../migrations/postgres/0006_idempotency.sql"),
-    ),
-    (
-        7,
-        include_str!("../../migrations/postgres/0007_requires.sql"),
-    ),
-];
+/// `(version, sql)` of each migration of a backend, from `migrations/`.
+macro_rules! migrations {
+    ($backend:literal: $($version:literal => $file:literal),* $(,)?) => {
+        &[$(($version, include_str!(concat!("../../migrations/", $backend, "/", $file)))),*]
+    };
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str)] = migrations!("sqlite":
+    1 => "0001_builds.sql",
+    2 => "0002_agents.sql",
+    3 => "0003_schedule_runs.sql",
+    4 => "0004_secret_env.sql",
+    5 => "0005_leases.sql",
+    6 => "0006_idempotency.sql",
+    7 => "0007_requires.sql",
+    8 => "0008_api_tokens.sql",
+);
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = migrations!("postgres":
+    1 => "0001_builds.sql",
+    2 => "0002_agents.sql",
+    3 => "0003_schedule_runs.sql",
+    4 => "0004_secret_env.sql",
+    5 => "0005_leases.sql",
+    6 => "0006_idempotency.sql",
+    7 => "0007_requires.sql",
+    8 => "0008_api_tokens.sql",
+);
 
 #[derive(Clone)]
 enum Backend {
@@ -1051,6 +1039,62 @@ impl Store {
                     })
                 })
                 .collect()
+        })
+    }
+
+    /// The name of the API token whose hash is `hash`, if any.
+    pub async fn token_named(&self, hash: &str) -> StoreResult<Option<String>> {
+        on_backend!(self, pool => {
+            let rows = sqlx::query("SELECT name FROM api_tokens WHERE hash = $1")
+                .bind(hash)
+                .fetch_all(pool)
+                .await?;
+            rows.first().map(|row| row.try_get("name")).transpose()
+        })
+    }
+
+    /// Adds a token; false when the name is taken. With `replace`, a token
+    /// of that name is replaced instead (an agent's own file token).
+    pub async fn add_token(&self, name: &str, hash: &str, replace: bool) -> StoreResult<bool> {
+        let sql = format!(
+            "INSERT INTO api_tokens (name, hash, created_at) VALUES ($1, $2, {}) ON CONFLICT (name) {}",
+            self.now_sql(),
+            if replace {
+                "DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at"
+            } else {
+                "DO NOTHING"
+            }
+        );
+        on_backend!(self, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(name)
+                .bind(hash)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected() == 1)
+        })
+    }
+
+    /// (name, created at) of every token.
+    pub async fn tokens(&self) -> StoreResult<Vec<(String, i64)>> {
+        on_backend!(self, pool => {
+            let rows = sqlx::query("SELECT name, created_at FROM api_tokens ORDER BY name")
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get("name")?, row.try_get("created_at")?)))
+                .collect()
+        })
+    }
+
+    /// Revokes a token; false when there is none of that name.
+    pub async fn revoke_token(&self, name: &str) -> StoreResult<bool> {
+        on_backend!(self, pool => {
+            sqlx::query("DELETE FROM api_tokens WHERE name = $1")
+                .bind(name)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected() == 1)
         })
     }
 
