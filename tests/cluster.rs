@@ -478,3 +478,42 @@ fn tokens_are_the_clusters() {
     }
     assert_eq!(piperd(&["revoke", "ci"]).0, 2);
 }
+
+/// Four agents started at the same instant on an empty database: the
+/// migrations run once (under the migrator's advisory lock) and all come up.
+#[test]
+fn four_agents_starting_together_on_an_empty_database_all_come_up() {
+    let Some(db) = Database::create("cluster::four_agents_starting_together") else {
+        return;
+    };
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut children: Vec<std::process::Child> = dirs
+        .iter()
+        .map(|dir| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_piperd"))
+                .args([
+                    "start",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--database",
+                    &db.url,
+                    "--data",
+                ])
+                .arg(dir.path())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for dir in &dirs {
+        crate::harness::wait_for_file(&dir.path().join("piperd.addr"));
+    }
+    for child in &mut children {
+        assert!(child.try_wait().unwrap().is_none(), "an agent exited");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+    }
+}

@@ -311,3 +311,45 @@ fn store_story_on_postgres() {
     block_on(async { story(Store::open(&db.url).await.unwrap()).await });
     block_on(async { Store::open(&db.url).await.unwrap() });
 }
+
+/// A database made by the migration runner Piper had before (its own
+/// `schema_migrations` table) is bridged to sqlx's migrator: nothing is
+/// applied twice, and the checksums are recorded from then on.
+async fn bridge_story(url: &str, backend: &str) {
+    {
+        let store = Store::open(url).await.unwrap();
+        drop(store);
+    }
+    // Make it look like the old runner's database: its table, no sqlx one.
+    let run = |sql: &'static str| async move {
+        use sqlx::Connection;
+        if backend == "sqlite" {
+            let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        } else {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        }
+    };
+    run("DROP TABLE _sqlx_migrations").await;
+    run("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)").await;
+    run("INSERT INTO schema_migrations (version) VALUES (1), (2), (3), (4), (5), (6), (7), (8)")
+        .await;
+    let store = Store::open(url).await.unwrap();
+    store
+        .create_build(&new_build("/repo/a", "ci"), BuildState::Queued, None)
+        .await
+        .unwrap();
+    // Opening again: the checksums match, nothing is applied.
+    Store::open(url).await.unwrap();
+}
+
+#[test]
+fn databases_of_the_old_migration_runner_are_bridged() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    block_on(bridge_story(&url, "sqlite"));
+    if let Some(db) = Database::create("store::databases_of_the_old_migration_runner_are_bridged") {
+        block_on(bridge_story(&db.url, "postgres"));
+    }
+}

@@ -21,14 +21,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub type StoreResult<T> = Result<T, sqlx::Error>;
 
-/// `(version, sql)` of each migration of a backend, from `migrations/`.
+/// `(version, file, sql)` of each migration of a backend, from `migrations/`.
 macro_rules! migrations {
     ($backend:literal: $($version:literal => $file:literal),* $(,)?) => {
-        &[$(($version, include_str!(concat!("../../migrations/", $backend, "/", $file)))),*]
+        &[$(($version, $file, include_str!(concat!("../../migrations/", $backend, "/", $file)))),*]
     };
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] = migrations!("sqlite":
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = migrations!("sqlite":
     1 => "0001_builds.sql",
     2 => "0002_agents.sql",
     3 => "0003_schedule_runs.sql",
@@ -38,7 +38,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = migrations!("sqlite":
     7 => "0007_requires.sql",
     8 => "0008_api_tokens.sql",
 );
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = migrations!("postgres":
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     1 => "0001_builds.sql",
     2 => "0002_agents.sql",
     3 => "0003_schedule_runs.sql",
@@ -356,33 +356,85 @@ impl Store {
         }
     }
 
+    /// Applies pending migrations with sqlx's migrator: checksums of the
+    /// applied ones are verified (an edited migration is an error, not a
+    /// silent drift), and on PostgreSQL an advisory lock makes agents that
+    /// start together take turns. A database created by the runner Piper
+    /// had before (`schema_migrations`) is bridged first.
     async fn migrate(&self) -> StoreResult<()> {
-        let migrations = match self.backend {
+        use sqlx::SqlSafeStr;
+        use sqlx::migrate::{Migration, MigrationType, Migrator};
+        let list = match self.backend {
             Backend::Sqlite(_) => SQLITE_MIGRATIONS,
             Backend::Postgres(_) => POSTGRES_MIGRATIONS,
         };
+        let migrations: Vec<Migration> = list
+            .iter()
+            .map(|(version, file, sql)| {
+                let description = file.trim_end_matches(".sql").to_string();
+                Migration::new(
+                    *version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        self.bridge_old_migrations(&migrations).await?;
+        let migrator = Migrator::with_migrations(migrations);
         on_backend!(self, pool => {
+            migrator.run(pool).await.map_err(|e| sqlx::Error::Migrate(Box::new(e)))
+        })
+    }
+
+    /// Records the versions the old runner applied (`schema_migrations`) in
+    /// sqlx's table with their checksums, then drops the old table; under
+    /// the same advisory lock on PostgreSQL.
+    async fn bridge_old_migrations(
+        &self,
+        migrations: &[sqlx::migrate::Migration],
+    ) -> StoreResult<()> {
+        use sqlx::migrate::Migrate;
+        let exists = match self.backend {
+            Backend::Sqlite(_) => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+            }
+            Backend::Postgres(_) => {
+                "SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'schema_migrations'"
+            }
+        };
+        on_backend!(self, pool => {
+            let mut conn = pool.acquire().await?;
+            if sqlx::query(exists).fetch_all(&mut *conn).await?.is_empty() {
+                return Ok(());
+            }
             let mut tx = pool.begin().await?;
-            if let Backend::Postgres(_) = self.backend {
-                // Agents sharing a database may start together.
+            if self.is_postgres() {
                 sqlx::query("SELECT pg_advisory_xact_lock(7117001)").execute(&mut *tx).await?;
             }
-            sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+            // Another agent may have bridged while this one waited.
+            if sqlx::query(exists).fetch_all(&mut *tx).await?.is_empty() {
+                return tx.commit().await;
+            }
+            tx.ensure_migrations_table("_sqlx_migrations").await.map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
+            let applied = sqlx::query("SELECT version FROM schema_migrations").fetch_all(&mut *tx).await?;
+            for row in &applied {
+                let version: i64 = row.try_get("version")?;
+                let Some(migration) = migrations.iter().find(|m| m.version == version) else {
+                    continue;
+                };
+                sqlx::query(
+                    "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                     VALUES ($1, $2, TRUE, $3, 0) ON CONFLICT (version) DO NOTHING",
+                )
+                .bind(version)
+                .bind(migration.description.as_ref())
+                .bind(migration.checksum.as_ref())
                 .execute(&mut *tx)
                 .await?;
-            for (version, sql) in migrations {
-                let applied = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
-                    .bind(*version)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if applied.is_none() {
-                    sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-                    sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
-                        .bind(*version)
-                        .execute(&mut *tx)
-                        .await?;
-                }
             }
+            sqlx::query("DROP TABLE schema_migrations").execute(&mut *tx).await?;
             tx.commit().await
         })
     }
@@ -1148,8 +1200,9 @@ mod migration_tests {
                 .collect();
             files.sort();
             assert_eq!(files.len(), listed.len(), "{backend}: {files:?}");
-            for (i, ((version, sql), file)) in listed.iter().zip(&files).enumerate() {
+            for (i, ((version, listed_file, sql), file)) in listed.iter().zip(&files).enumerate() {
                 assert_eq!(*version, i as i64 + 1);
+                assert_eq!(listed_file, file);
                 let text = std::fs::read_to_string(dir.join(file)).unwrap();
                 assert_eq!(&text, sql, "{backend}: migration {version} is not {file}");
             }
