@@ -1,33 +1,31 @@
-//! Cron expressions for `trigger.schedule`: five fields (minute, hour, day of
-//! month, month, day of week) with `*`, lists, ranges and steps, plus
-//! `@hourly`, `@daily`, `@weekly`, `@monthly` and `@yearly`. As in cron, when
-//! both day fields are restricted a time matches if either does.
+//! Cron expressions for `trigger.schedule`, on the `croner` crate: five
+//! fields (minute, hour, day of month, month, day of week) with lists,
+//! ranges, steps, names (`MON`, `JAN`), `L` (last), `W` (nearest weekday),
+//! `#` (nth weekday), and `@hourly`, `@daily`, `@weekly`, `@monthly`,
+//! `@yearly`. Times are the agent's local time zone, DST included (croner
+//! evaluates wall-clock times through chrono). Chosen over the parser Piper
+//! had by hand: the extensions users expect, and DST, are croner's job.
 
 use std::fmt;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+use chrono::{DateTime, Local, TimeZone};
+
+#[derive(Clone)]
 pub struct Schedule {
     text: String,
-    minutes: u64,
-    hours: u64,
-    days: u64,
-    months: u64,
-    weekdays: u64,
-    days_restricted: bool,
-    weekdays_restricted: bool,
+    cron: croner::Cron,
 }
 
-/// A point in local time, to the minute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Minute {
-    pub minute: u32,
-    pub hour: u32,
-    /// 1–31
-    pub day: u32,
-    /// 1–12
-    pub month: u32,
-    /// 0 = Sunday
-    pub weekday: u32,
+impl fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Schedule({:?})", self.text)
+    }
+}
+
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
 }
 
 impl fmt::Display for Schedule {
@@ -36,171 +34,98 @@ impl fmt::Display for Schedule {
     }
 }
 
-fn field(text: &str, name: &str, min: u32, max: u32) -> Result<u64, String> {
-    let mut bits = 0u64;
-    for part in text.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (
-                r,
-                s.parse::<u32>()
-                    .map_err(|_| format!("{name}: `{s}` is not a step"))?,
-            ),
-            None => (part, 1),
-        };
-        if step == 0 {
-            return Err(format!("{name}: a step of 0"));
-        }
-        let (lo, hi) = if range == "*" {
-            (min, max)
-        } else if let Some((a, b)) = range.split_once('-') {
-            let a = a
-                .parse::<u32>()
-                .map_err(|_| format!("{name}: `{a}` is not a number"))?;
-            let b = b
-                .parse::<u32>()
-                .map_err(|_| format!("{name}: `{b}` is not a number"))?;
-            (a, b)
-        } else {
-            let v = range
-                .parse::<u32>()
-                .map_err(|_| format!("{name}: `{range}` is not a number"))?;
-            (v, if part.contains('/') { max } else { v })
-        };
-        if lo < min || hi > max || lo > hi {
-            return Err(format!("{name}: `{part}` is outside {min}-{max}"));
-        }
-        let mut v = lo;
-        while v <= hi {
-            bits |= 1 << v;
-            v += step;
-        }
-    }
-    Ok(bits)
-}
+/// A minute, as Unix minutes (seconds / 60): what agents agree on when
+/// they queue a scheduled run once per slot.
+pub type UnixMinute = i64;
 
 impl Schedule {
     pub fn parse(text: &str) -> Result<Schedule, String> {
-        let expanded = match text.trim() {
-            "@hourly" => "0 * * * *",
-            "@daily" | "@midnight" => "0 0 * * *",
-            "@weekly" => "0 0 * * 0",
-            "@monthly" => "0 0 1 * *",
-            "@yearly" | "@annually" => "0 0 1 1 *",
-            other => other,
-        };
-        let parts: Vec<&str> = expanded.split_whitespace().collect();
-        let [minute, hour, day, month, weekday] = parts[..] else {
+        let trimmed = text.trim();
+        let fields = trimmed.split_whitespace().count();
+        if !trimmed.starts_with('@') && fields != 5 {
             return Err(format!(
-                "`{text}` has {} fields; a schedule has 5: minute hour day-of-month month day-of-week",
-                parts.len()
+                "`{trimmed}` has {fields} fields; a schedule has 5: minute hour day-of-month month day-of-week"
             ));
-        };
-        let weekdays = field(weekday, "day of week", 0, 7)?;
+        }
+        let cron = croner::parser::CronParser::new()
+            .parse(trimmed)
+            .map_err(|e| format!("`{trimmed}`: {e}"))?;
         Ok(Schedule {
-            text: text.trim().to_string(),
-            minutes: field(minute, "minute", 0, 59)?,
-            hours: field(hour, "hour", 0, 23)?,
-            days: field(day, "day of month", 1, 31)?,
-            months: field(month, "month", 1, 12)?,
-            // 7 is Sunday too.
-            weekdays: (weekdays | (weekdays >> 7)) & 0x7f,
-            days_restricted: day != "*",
-            weekdays_restricted: weekday != "*",
+            text: trimmed.to_string(),
+            cron,
         })
     }
 
-    pub fn matches(&self, at: Minute) -> bool {
-        let bit = |set: u64, v: u32| set & (1 << v) != 0;
-        let day = bit(self.days, at.day);
-        let weekday = bit(self.weekdays, at.weekday);
-        let day_ok = match (self.days_restricted, self.weekdays_restricted) {
-            (true, true) => day || weekday,
-            _ => day && weekday,
-        };
-        bit(self.minutes, at.minute)
-            && bit(self.hours, at.hour)
-            && bit(self.months, at.month)
-            && day_ok
-    }
-}
-
-impl Minute {
-    /// The current minute in local time.
-    pub fn now() -> Minute {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let t = secs as libc::time_t;
-        // SAFETY: localtime_r writes only into the tm we own.
-        let tm = unsafe {
-            let mut tm: libc::tm = std::mem::zeroed();
-            libc::localtime_r(&t, &mut tm);
-            tm
-        };
-        Minute {
-            minute: tm.tm_min as u32,
-            hour: tm.tm_hour as u32,
-            day: tm.tm_mday as u32,
-            month: tm.tm_mon as u32 + 1,
-            weekday: tm.tm_wday as u32,
+    /// Whether the schedule fires in `minute`, read in local time.
+    pub fn matches(&self, minute: UnixMinute) -> bool {
+        match Local.timestamp_opt(minute * 60, 0) {
+            chrono::LocalResult::Single(at) | chrono::LocalResult::Ambiguous(at, _) => {
+                self.matches_at(&at)
+            }
+            chrono::LocalResult::None => false,
         }
     }
 
-    /// Identifies the minute (for "run once per minute" bookkeeping).
-    pub fn key(&self, year_day: i64) -> String {
-        format!(
-            "{year_day}:{:02}{:02}-{:02}:{:02}",
-            self.month, self.day, self.hour, self.minute
-        )
+    fn matches_at(&self, at: &DateTime<Local>) -> bool {
+        self.cron.is_time_matching(at).unwrap_or(false)
     }
+}
+
+/// The current minute, from one clock reading.
+pub fn this_minute() -> UnixMinute {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64 / 60)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
 
-    fn at(minute: u32, hour: u32, day: u32, month: u32, weekday: u32) -> Minute {
-        Minute {
-            minute,
-            hour,
-            day,
-            month,
-            weekday,
-        }
+    /// A local wall-clock time as a Unix minute.
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> UnixMinute {
+        Local
+            .with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .earliest()
+            .unwrap()
+            .timestamp()
+            / 60
     }
 
     #[test]
-    fn fields_lists_ranges_steps_and_shortcuts() {
+    fn fields_lists_ranges_steps_names_and_shortcuts() {
         let nightly = Schedule::parse("0 3 * * *").unwrap();
-        assert!(nightly.matches(at(0, 3, 14, 6, 2)));
-        assert!(!nightly.matches(at(1, 3, 14, 6, 2)));
-        let every15 = Schedule::parse("*/15 9-17 * * 1-5").unwrap();
-        assert!(every15.matches(at(45, 17, 1, 1, 5)));
-        assert!(!every15.matches(at(45, 17, 1, 1, 6)));
-        assert!(!every15.matches(at(10, 12, 1, 1, 3)));
+        assert!(nightly.matches(at(2026, 6, 14, 3, 0)));
+        assert!(!nightly.matches(at(2026, 6, 14, 3, 1)));
+        // 2026-01-02 is a Friday, 2026-01-03 a Saturday.
+        let every15 = Schedule::parse("*/15 9-17 * * MON-FRI").unwrap();
+        assert!(every15.matches(at(2026, 1, 2, 17, 45)));
+        assert!(!every15.matches(at(2026, 1, 3, 17, 45)));
+        assert!(!every15.matches(at(2026, 1, 2, 12, 10)));
         assert!(
             Schedule::parse("@daily")
                 .unwrap()
-                .matches(at(0, 0, 9, 9, 0))
+                .matches(at(2026, 9, 9, 0, 0))
         );
+        // The last day of the month, and the last Friday.
         assert!(
-            Schedule::parse("0 0 * * 7")
+            Schedule::parse("0 0 L * *")
                 .unwrap()
-                .matches(at(0, 0, 9, 9, 0)),
-            "7 is Sunday"
+                .matches(at(2026, 2, 28, 0, 0))
         );
-        let either = Schedule::parse("0 0 1 * 1").unwrap();
         assert!(
-            either.matches(at(0, 0, 1, 3, 4))
-                && either.matches(at(0, 0, 9, 3, 1))
-                && !either.matches(at(0, 0, 9, 3, 2))
+            Schedule::parse("0 0 * * FRI#L")
+                .unwrap()
+                .matches(at(2026, 1, 30, 0, 0))
         );
         assert!(
             Schedule::parse("5,10 * * * *")
                 .unwrap()
-                .matches(at(10, 4, 2, 2, 2))
+                .matches(at(2026, 2, 2, 4, 10))
         );
+        let _ = Utc::now();
     }
 
     #[test]
@@ -210,25 +135,8 @@ mod tests {
                 .unwrap_err()
                 .contains("has 4 fields")
         );
-        assert!(
-            Schedule::parse("60 * * * *")
-                .unwrap_err()
-                .contains("minute")
-        );
-        assert!(
-            Schedule::parse("* 24 * * *")
-                .unwrap_err()
-                .contains("outside 0-23")
-        );
-        assert!(
-            Schedule::parse("*/0 * * * *")
-                .unwrap_err()
-                .contains("step of 0")
-        );
-        assert!(
-            Schedule::parse("x * * * *")
-                .unwrap_err()
-                .contains("not a number")
-        );
+        for bad in ["60 * * * *", "* 24 * * *", "x * * * *"] {
+            assert!(Schedule::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -333,7 +333,7 @@ async fn bridge_story(url: &str, backend: &str) {
     };
     run("DROP TABLE _sqlx_migrations").await;
     run("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)").await;
-    run("INSERT INTO schema_migrations (version) VALUES (1), (2), (3), (4), (5), (6), (7), (8)")
+    run("INSERT INTO schema_migrations (version) VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9)")
         .await;
     let store = Store::open(url).await.unwrap();
     store

@@ -500,6 +500,7 @@ async fn serve(
     // Before the first git command: every orphan (git's detached
     // maintenance, daemons steps leave) is re-parented here and reaped.
     crate::reaper::start();
+    let signals = shutdown_signal();
     let store = Store::open(&database).await.map_err(|e| {
         Error::io(
             format!("cannot open the database {database}"),
@@ -611,7 +612,7 @@ async fn serve(
     let shutdown = {
         let agent = agent.clone();
         async move {
-            shutdown_signal().await;
+            signals.await;
             tracing::info!(
                 "stopping: no new builds; running builds get {:?} to finish",
                 args.grace
@@ -734,16 +735,22 @@ fn identity(data: &Path) -> Result<String> {
     Ok(id)
 }
 
-async fn shutdown_signal() {
+/// SIGINT or SIGTERM, as a future. The handlers are installed when this
+/// is called (before the agent says it is ready), not when it is awaited:
+/// a SIGTERM right after start must stop the agent cleanly, not kill it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let signals = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = signals else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::store::{BuildState, NewBuild, now_ms};
+use super::store::{BuildState, NewBuild};
 use super::worker::Agent;
-use crate::cron::{Minute, Schedule};
+use crate::cron::{Schedule, UnixMinute, this_minute};
 use crate::graph::Graph;
 use crate::project::{CONFIG_FILE, Project};
 
@@ -29,7 +29,13 @@ struct Backoff {
 /// Longest wait between refreshes of a repository that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
-/// Checks the schedules every `interval` until the agent stops.
+/// How far back a new leader queues the slots no leader ran: an hour.
+/// Older slots are skipped (a nightly build missed by a longer outage is
+/// not started hours late).
+const CATCH_UP_MINUTES: i64 = 60;
+
+/// Checks the schedules every `interval` until the agent stops — on the
+/// cluster's leader only, so one agent fetches and evaluates per check.
 pub async fn run(agent: Arc<Agent>, interval: Duration) {
     let mut known: HashMap<String, Known> = HashMap::new();
     let mut failing: HashMap<String, Backoff> = HashMap::new();
@@ -38,8 +44,21 @@ pub async fn run(agent: Arc<Agent>, interval: Duration) {
             _ = tokio::time::sleep(interval) => {}
             _ = agent.stop_claiming.cancelled() => return,
         }
-        let now = Minute::now();
-        let minute = now_ms() / 60_000;
+        if !agent.is_leader() {
+            continue;
+        }
+        let now = this_minute();
+        // The minutes since the last one a leader queued (none yet: this
+        // one), at most an hour back.
+        let from = match agent.store.scheduled_until().await {
+            Ok(Some(done)) => (done + 1).max(now - CATCH_UP_MINUTES + 1),
+            Ok(None) => now,
+            Err(e) => {
+                tracing::warn!("schedules: {e}");
+                continue;
+            }
+        };
+        let minutes: Vec<UnixMinute> = (from..=now).collect();
         let repos = match agent.store.known_repos().await {
             Ok(repos) => repos,
             Err(e) => {
@@ -78,41 +97,56 @@ pub async fn run(agent: Arc<Agent>, interval: Duration) {
                 continue;
             };
             for (pipeline, schedule) in &entry.schedules {
-                if !schedule.matches(now) {
-                    continue;
-                }
-                match agent
-                    .store
-                    .claim_schedule_slot(&repo, pipeline, minute)
-                    .await
-                {
-                    Ok(true) => {
-                        let new = NewBuild {
-                            repo: repo.clone(),
-                            git_ref: "HEAD".into(),
-                            pipeline: pipeline.clone(),
-                            env: Default::default(),
-                            secret_env: Default::default(),
-                            requested_by: format!("schedule {schedule}"),
-                            parent_id: None,
-                        };
-                        match agent
-                            .store
-                            .create_build(&new, BuildState::Queued, None)
-                            .await
-                        {
-                            Ok(build) => {
-                                tracing::info!(build = build.id, %repo, %pipeline, "scheduled build queued");
-                                agent.wake.notify_one();
-                            }
-                            Err(e) => tracing::error!("cannot queue the scheduled build: {e}"),
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::error!("cannot take a schedule slot: {e}"),
+                for &minute in minutes.iter().filter(|&&m| schedule.matches(m)) {
+                    queue_slot(&agent, &repo, pipeline, schedule, minute).await;
                 }
             }
         }
+        if let Err(e) = agent.store.set_scheduled_until(&agent.id, now).await {
+            tracing::warn!("schedules: {e}");
+        }
+    }
+}
+
+/// Queues one scheduled run, unless an agent already took its slot.
+async fn queue_slot(
+    agent: &Agent,
+    repo: &str,
+    pipeline: &str,
+    schedule: &Schedule,
+    minute: UnixMinute,
+) {
+    match agent
+        .store
+        .claim_schedule_slot(repo, pipeline, minute)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::error!("cannot take a schedule slot: {e}");
+            return;
+        }
+    }
+    let new = NewBuild {
+        repo: repo.to_string(),
+        git_ref: "HEAD".into(),
+        pipeline: pipeline.to_string(),
+        env: Default::default(),
+        secret_env: Default::default(),
+        requested_by: format!("schedule {schedule}"),
+        parent_id: None,
+    };
+    match agent
+        .store
+        .create_build(&new, BuildState::Queued, None)
+        .await
+    {
+        Ok(build) => {
+            tracing::info!(build = build.id, %repo, %pipeline, "scheduled build queued");
+            agent.wake.notify_one();
+        }
+        Err(e) => tracing::error!("cannot queue the scheduled build: {e}"),
     }
 }
 

@@ -37,6 +37,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = migrations!("sqlite":
     6 => "0006_idempotency.sql",
     7 => "0007_requires.sql",
     8 => "0008_api_tokens.sql",
+    9 => "0009_leader.sql",
 );
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     1 => "0001_builds.sql",
@@ -47,6 +48,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     6 => "0006_idempotency.sql",
     7 => "0007_requires.sql",
     8 => "0008_api_tokens.sql",
+    9 => "0009_leader.sql",
 );
 
 #[derive(Clone)]
@@ -1091,6 +1093,48 @@ impl Store {
                     })
                 })
                 .collect()
+        })
+    }
+
+    /// Takes or keeps the cluster's leadership for `lease_ms`: true when
+    /// this agent holds it (it held it already, or the holder's lease ran
+    /// out — one conditional statement, so two agents never both win).
+    pub async fn lead(&self, agent_id: &str, lease_ms: i64) -> StoreResult<bool> {
+        let now = self.now_sql();
+        let sql = format!(
+            "INSERT INTO cluster_leader (name, agent_id, expires_at) VALUES ('cluster', $1, {now} + $2) \
+             ON CONFLICT (name) DO UPDATE SET agent_id = excluded.agent_id, expires_at = excluded.expires_at \
+             WHERE cluster_leader.agent_id = excluded.agent_id OR cluster_leader.expires_at < {now}"
+        );
+        on_backend!(self, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(agent_id)
+                .bind(lease_ms)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected() == 1)
+        })
+    }
+
+    /// The last minute whose schedules the leaders queued.
+    pub async fn scheduled_until(&self) -> StoreResult<Option<i64>> {
+        on_backend!(self, pool => {
+            let rows = sqlx::query("SELECT scheduled_until FROM cluster_leader WHERE name = 'cluster'")
+                .fetch_all(pool)
+                .await?;
+            Ok(rows.first().and_then(|row| row.try_get::<Option<i64>, _>("scheduled_until").ok().flatten()))
+        })
+    }
+
+    /// Records that schedules were queued up to `minute` (by the leader).
+    pub async fn set_scheduled_until(&self, agent_id: &str, minute: i64) -> StoreResult<()> {
+        on_backend!(self, pool => {
+            sqlx::query("UPDATE cluster_leader SET scheduled_until = $1 WHERE name = 'cluster' AND agent_id = $2")
+                .bind(minute)
+                .bind(agent_id)
+                .execute(pool)
+                .await
+                .map(|_| ())
         })
     }
 

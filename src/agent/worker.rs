@@ -26,6 +26,9 @@ pub struct Agent {
     pub id: String,
     /// For people: shown on its builds and in the agent list.
     pub name: String,
+    /// Whether this agent does the cluster's periodic work (rescue,
+    /// schedules) now: it holds the leader row's lease.
+    pub leader: std::sync::atomic::AtomicBool,
     /// Its labels and detected facts: what builds' `requires` must match.
     pub labels: std::collections::BTreeMap<String, String>,
     pub data: PathBuf,
@@ -91,6 +94,7 @@ impl Agent {
             data: settings.data,
             wake: Notify::new(),
             running: Arc::default(),
+            leader: std::sync::atomic::AtomicBool::new(false),
             lease: settings.lease,
             heartbeat: settings.heartbeat,
             stop_claiming: CancellationToken::new(),
@@ -115,45 +119,25 @@ impl Agent {
     /// `heartbeat`, until the agent stops.
     pub async fn keep_leases(self: Arc<Self>) {
         loop {
+            let lease_ms = self.holder().lease_ms;
+            let leading = match self.store.lead(&self.id, lease_ms).await {
+                Ok(leading) => leading,
+                Err(e) => {
+                    tracing::warn!("cannot renew the leadership: {e}");
+                    false
+                }
+            };
+            let was = self
+                .leader
+                .swap(leading, std::sync::atomic::Ordering::SeqCst);
+            if leading != was {
+                tracing::info!(leading, "cluster leadership (rescue, schedules)");
+            }
+            self.renew_leases(lease_ms).await;
+            if leading {
+                self.rescue_expired().await;
+            }
             tokio::time::sleep(self.heartbeat).await;
-            let held: Vec<(i64, Held)> = self
-                .running
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(id, h)| (*id, h.clone()))
-                .collect();
-            for (id, held) in held {
-                match self
-                    .store
-                    .renew(id, held.attempt, self.holder().lease_ms)
-                    .await
-                {
-                    Ok(Renewal::Held) => {}
-                    Ok(Renewal::CancelRequested) => held.token.cancel(),
-                    Ok(Renewal::Lost) => {
-                        tracing::warn!(
-                            build = id,
-                            attempt = held.attempt,
-                            "lost the lease (rescued by another agent): stopping it"
-                        );
-                        held.token.cancel();
-                    }
-                    Err(e) => tracing::warn!(build = id, "cannot renew the lease: {e}"),
-                }
-            }
-            match self.store.rescue(None).await {
-                Ok(rescued) => {
-                    for (id, state) in rescued {
-                        tracing::warn!(
-                            build = id,
-                            status = state.as_str(),
-                            "rescued a build whose agent stopped renewing its lease"
-                        );
-                    }
-                }
-                Err(e) => tracing::warn!("cannot rescue expired builds: {e}"),
-            }
         }
     }
 
@@ -171,6 +155,50 @@ impl Agent {
         GitLimits {
             timeout: self.git_timeout,
             cancel,
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn renew_leases(&self, lease_ms: i64) {
+        let held: Vec<(i64, Held)> = self
+            .running
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, h)| (*id, h.clone()))
+            .collect();
+        for (id, held) in held {
+            match self.store.renew(id, held.attempt, lease_ms).await {
+                Ok(Renewal::Held) => {}
+                Ok(Renewal::CancelRequested) => held.token.cancel(),
+                Ok(Renewal::Lost) => {
+                    tracing::warn!(
+                        build = id,
+                        attempt = held.attempt,
+                        "lost the lease (rescued by another agent): stopping it"
+                    );
+                    held.token.cancel();
+                }
+                Err(e) => tracing::warn!(build = id, "cannot renew the lease: {e}"),
+            }
+        }
+    }
+
+    async fn rescue_expired(&self) {
+        match self.store.rescue(None).await {
+            Ok(rescued) => {
+                for (id, state) in rescued {
+                    tracing::warn!(
+                        build = id,
+                        status = state.as_str(),
+                        "rescued a build whose agent stopped renewing its lease"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("cannot rescue expired builds: {e}"),
         }
     }
 
