@@ -99,6 +99,14 @@ impl Daemon {
         self.args[at + 1].clone()
     }
 
+    /// Whether its process has exited (killed by a step, say).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => true,
+            Some(child) => child.try_wait().unwrap().is_some(),
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }

@@ -45,6 +45,23 @@ fn post(daemon: &Daemon, body: Value) -> i64 {
         .unwrap()
 }
 
+/// `get`, or None when the agent does not answer (it just died).
+fn try_get(daemon: &Daemon, path: &str) -> Option<Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", daemon.url))
+            .bearer_auth(&daemon.token)
+            .send()
+            .await
+            .ok()?;
+        response.json().await.ok()
+    })
+}
+
 fn get(daemon: &Daemon, path: &str) -> Value {
     let (status, body) = daemon.http("GET", path, Some(&daemon.token), None);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -516,4 +533,152 @@ fn four_agents_starting_together_on_an_empty_database_all_come_up() {
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         assert_eq!(child.wait().unwrap().code(), Some(0));
     }
+}
+
+/// A build that kills its agent every time: re-run while it has attempts
+/// (`retry_agent_lost = 1`), then `lost` — never an endless loop.
+#[test]
+fn a_build_that_kills_its_agent_ends_lost_after_its_attempts() {
+    let Some(db) = Database::create("cluster::a_build_that_kills_its_agent") else {
+        return;
+    };
+    let mut agents = agents(&db, 2, FAST);
+    let repo = repo(&[(
+        "piper.lua",
+        br#"pipeline "boom" { step "s" { run = "kill -9 $PPID; sleep 100" }, retry_agent_lost = 1 }"#,
+    )]);
+    let id = post(
+        &agents[0],
+        serde_json::json!({ "repo": repo.path(), "pipeline": "boom" }),
+    );
+    let mut restarts = 0;
+    let build = loop {
+        // Whichever agent died: start it again (its start rescues the
+        // builds it left at once).
+        for agent in agents.iter_mut() {
+            if agent.exited() {
+                agent.restart();
+                restarts += 1;
+            }
+        }
+        let Some(alive) = agents.iter_mut().find_map(|a| (!a.exited()).then_some(a)) else {
+            continue;
+        };
+        // It may die while asked: ask again then.
+        let Some(build) = try_get(alive, &format!("/api/v1/builds/{id}")) else {
+            continue;
+        };
+        if build["status"] != "queued" && build["status"] != "running" {
+            break build;
+        }
+        assert!(restarts <= 4, "more attempts than allowed: {build}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        (build["status"].as_str(), build["attempt"].as_i64()),
+        (Some("lost"), Some(2)),
+        "{build}"
+    );
+    assert!(
+        build["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped before it finished"),
+        "{build}"
+    );
+}
+
+/// The agents' listening connections are killed: builds are still picked
+/// up (by the poll), and the listeners come back.
+#[test]
+fn killed_listener_connections_fall_back_to_polling_and_reconnect() {
+    let Some(db) = Database::create("cluster::killed_listener_connections") else {
+        return;
+    };
+    let agents = agents(&db, 2, &[]);
+    let listeners = || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            let rows: Vec<(i32,)> = sqlx::query_as(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            rows.into_iter().map(|(pid,)| pid).collect::<Vec<i32>>()
+        })
+    };
+    eventually("both agents to listen", || listeners().len() >= 2);
+    let killed = listeners();
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            for pid in &killed {
+                sqlx::query("SELECT pg_terminate_backend($1)")
+                    .bind(pid)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    let repo = repo(&[("piper.lua", br#"step "s" { run = "true" }"#)]);
+    let id = post(
+        &agents[0],
+        serde_json::json!({ "repo": repo.path(), "pipeline": "s" }),
+    );
+    assert_eq!(agents[1].wait_finished(id)["status"], "success");
+    eventually("the listeners to come back", || {
+        let now = listeners();
+        now.len() >= 2 && now.iter().all(|pid| !killed.contains(pid))
+    });
+    let id = post(
+        &agents[1],
+        serde_json::json!({ "repo": repo.path(), "pipeline": "s" }),
+    );
+    assert_eq!(agents[0].wait_finished(id)["status"], "success");
+}
+
+/// PostgreSQL restarts while a build runs: the agents reconnect, the build
+/// finishes once, nothing is left running.
+#[test]
+fn a_postgres_restart_mid_build_duplicates_nothing() {
+    let Some(server) = crate::pg::PrivateServer::start() else {
+        crate::harness::skip(
+            "cluster::a_postgres_restart_mid_build_duplicates_nothing",
+            "no PostgreSQL server binaries (initdb, postgres) on this machine",
+        );
+        return;
+    };
+    let db = Database::create_on(&server.url("postgres"));
+    let agents = agents(&db, 2, &["--lease", "30s", "--heartbeat", "300ms"]);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(&[("piper.lua", WAITING)]);
+    let id = post(
+        &agents[0],
+        serde_json::json!({ "repo": repo.path(), "pipeline": "ci", "env": { "DIR": dir.path() } }),
+    );
+    eventually("the build to start", || running_on(dir.path()).len() == 1);
+    server.stop();
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    server.resume();
+    let build = agents[1].wait_finished(id);
+    assert_eq!(
+        (build["status"].as_str(), build["attempt"].as_i64()),
+        (Some("success"), Some(1)),
+        "{build}"
+    );
+    assert_eq!(running_on(dir.path()).len(), 1, "ran twice");
+    let running = get(&agents[0], "/api/v1/builds?status=running");
+    assert_eq!(running["builds"].as_array().unwrap().len(), 0);
 }
