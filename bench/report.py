@@ -473,6 +473,12 @@ def main():
         lines.append("- agent pickup p50: a build starts with git processes (fetch into the mirror, "
                      "rev-parse, a worktree checkout beside `describe`) at 3–8 ms each; piperd's own work "
                      "is ~1 ms.")
+    if cluster and cluster["notify"][0] > 20:
+        single = f"{agent['p50']:.1f} ms" if agent else "the single-agent figure"
+        lines.append(f"- cluster pickup p50: the same git and Lua work as a single agent's pickup ({single}) "
+                     "plus the hop between agents: the submitting agent's commit and NOTIFY, the worker's "
+                     "wake-up, and a claim that reads up to 64 queued candidates to match requirements "
+                     "before its UPDATE (two statements in a transaction, where one agent used one).")
     if notes:
         lines += ["", "Not measured in this run:", ""] + [f"- {n}" for n in notes]
     with open(args.out, "w") as f:

@@ -153,6 +153,19 @@ pipeline "ci" {
 }
 "#;
 
+/// Submits a `WAITING` build and waits for its first attempt: (build id,
+/// index of the agent running it, pid of its step's shell).
+fn start_waiting(agents: &[Daemon], repo: &Path, dir: &Path) -> (i64, usize, i32) {
+    let id = post(
+        &agents[0],
+        serde_json::json!({ "repo": repo, "pipeline": "ci", "env": { "DIR": dir } }),
+    );
+    eventually("the first attempt to start", || running_on(dir).len() == 1);
+    let first = running_on(dir)[0].clone();
+    let runner = agents.iter().position(|a| a.name() == first).unwrap();
+    (id, runner, read_pid(&dir.join(format!("pid-{first}"))))
+}
+
 fn running_on(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("agents"))
         .unwrap_or_default()
@@ -169,17 +182,8 @@ fn a_killed_agents_build_is_rescued_and_its_processes_end_when_it_restarts() {
     let mut agents = agents(&db, 2, FAST);
     let dir = tempfile::tempdir().unwrap();
     let repo = repo(&[("piper.lua", WAITING)]);
-    let id = post(
-        &agents[0],
-        serde_json::json!({ "repo": repo.path(), "pipeline": "ci", "env": { "DIR": dir.path() } }),
-    );
-    eventually("the first attempt to start", || {
-        running_on(dir.path()).len() == 1
-    });
-    let first = running_on(dir.path())[0].clone();
-    let victim = agents.iter().position(|a| a.name() == first).unwrap();
+    let (id, victim, orphan) = start_waiting(&agents, repo.path(), dir.path());
     let survivor = 1 - victim;
-    let orphan = read_pid(&dir.path().join(format!("pid-{first}")));
     agents[victim].kill_hard();
     // Rescued within lease + heartbeat, and run again by the other agent.
     eventually("the second attempt to start", || {
@@ -216,17 +220,9 @@ fn a_stalled_agents_late_writes_are_refused_and_it_stops_its_step() {
     let agents = agents(&db, 2, FAST);
     let dir = tempfile::tempdir().unwrap();
     let repo = repo(&[("piper.lua", WAITING)]);
-    let id = post(
-        &agents[0],
-        serde_json::json!({ "repo": repo.path(), "pipeline": "ci", "env": { "DIR": dir.path() } }),
-    );
-    eventually("the first attempt to start", || {
-        running_on(dir.path()).len() == 1
-    });
-    let first = running_on(dir.path())[0].clone();
-    let stalled = agents.iter().position(|a| a.name() == first).unwrap();
+    let (id, stalled, step) = start_waiting(&agents, repo.path(), dir.path());
+    let first = agents[stalled].name();
     let other = 1 - stalled;
-    let step = read_pid(&dir.path().join(format!("pid-{first}")));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agents[stalled].pid(), libc::SIGSTOP) };
     eventually("the rescue to run it again", || {
