@@ -132,7 +132,7 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
                 build["number"]
             );
             if *follow {
-                return follow_build(&client, id, None).await;
+                return follow_rendered(&client, id).await;
             }
             Ok(0)
         }
@@ -242,6 +242,9 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
             step,
             follow,
         } => {
+            if *follow && step.is_none() {
+                return follow_rendered(&client, *build).await;
+            }
             if *follow {
                 return follow_build(&client, *build, step.as_deref()).await;
             }
@@ -455,6 +458,94 @@ async fn follow_build(client: &Client, build: i64, step: Option<&str>) -> Result
         .json(client.http.get(client.url(&format!("/builds/{build}"))))
         .await?;
     eprintln!("build {build} {}", text(&b["status"]));
+    Ok(exit_code_of(&b))
+}
+
+/// Follows a build's typed event stream and renders it with the terminal
+/// host `piper exec` uses — prefixes, colours on a terminal, status line,
+/// summary with the first failure's last lines — and exits as a local run
+/// of it would. Lines of the build itself (checkout, config errors) go to
+/// stderr as they come.
+async fn follow_rendered(client: &Client, build: i64) -> Result<i32> {
+    use base64::Engine;
+    use std::io::IsTerminal;
+    let color = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let status_line =
+        std::io::stderr().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
+    let terminal = crate::render::Terminal::new(
+        std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout()),
+        std::io::stderr(),
+        crate::render::OutputMode::Prefixed,
+        false,
+        color,
+        status_line,
+    );
+    let (tx, rx) = crate::event::channel();
+    let host = tokio::spawn(crate::render::drive(rx, Box::new(terminal)));
+    let mut after: i64 = -1;
+    let mut current = 1u32;
+    let interrupted = loop {
+        let page = client
+            .json(
+                client
+                    .http
+                    .get(client.url(&format!("/builds/{build}/stream")))
+                    .query(&[("after", after.to_string())]),
+            )
+            .await?;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        for item in &items {
+            if let Some(output) = item.get("output") {
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(output["data"].as_str().unwrap_or(""))
+                    .unwrap_or_default();
+                let step = output["step"].as_str().unwrap_or("").to_string();
+                if step.is_empty() {
+                    let _ = std::io::stderr().write_all(&data);
+                    continue;
+                }
+                let _ = tx
+                    .send(crate::event::Event::StepOutput {
+                        build: current,
+                        step,
+                        data,
+                    })
+                    .await;
+            } else if let Ok(event) =
+                serde_json::from_value::<crate::event::Event>(item["event"].clone())
+            {
+                if let crate::event::Event::BuildStarted { build, .. } = &event {
+                    current = *build;
+                }
+                let _ = tx.send(event).await;
+            }
+        }
+        after = page["next"].as_i64().unwrap_or(after);
+        if items.is_empty() {
+            if !matches!(page["status"].as_str(), Some("queued" | "running") | None) {
+                break false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = tokio::signal::ctrl_c() => break true,
+            }
+        }
+    };
+    drop(tx);
+    let _ = host.await;
+    if interrupted {
+        eprintln!(
+            "\npiper: stopped following; build {build} goes on on the agent (stop it with `piper cancel {build}`)"
+        );
+        return Ok(EXIT_INTERRUPTED);
+    }
+    let b = client
+        .json(client.http.get(client.url(&format!("/builds/{build}"))))
+        .await?;
+    if let Some(error) = b["error"].as_str() {
+        eprintln!("build {build}: {}", clean(error));
+    }
     Ok(exit_code_of(&b))
 }
 

@@ -5,7 +5,7 @@
 //! `--json` writes one event per line, serialized as below; the format is
 //! documented in `docs/reference/events.md`.
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::mpsc;
 
 use crate::spec::TriggerOn;
@@ -19,7 +19,7 @@ pub fn channel() -> (EventSender, EventReceiver) {
     mpsc::channel(1024)
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     BuildStarted {
@@ -27,13 +27,13 @@ pub enum Event {
         /// The targets as asked for, e.g. "ci".
         name: String,
         targets: Vec<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         triggered_by: Option<TriggeredBy>,
         /// Every step of the build, in order of definition.
         steps: Vec<PlannedStepInfo>,
         dry_run: bool,
         /// Problems that do not stop the build (e.g. unreadable state).
-        #[serde(skip_serializing_if = "Vec::is_empty")]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         warnings: Vec<String>,
     },
     /// All dependencies are done; the step waits for a free job slot.
@@ -43,7 +43,7 @@ pub enum Event {
         step: String,
         attempt: u32,
         /// Why it runs, in words (first attempt only): "file modified: a.c".
-        #[serde(skip_serializing_if = "Vec::is_empty")]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         reasons: Vec<String>,
     },
     /// A command of the step is about to run (shown as `$ cmd`).
@@ -57,7 +57,7 @@ pub enum Event {
     StepOutput {
         build: u32,
         step: String,
-        #[serde(serialize_with = "lossy_utf8")]
+        #[serde(serialize_with = "lossy_utf8", deserialize_with = "utf8_bytes")]
         data: Vec<u8>,
     },
     /// An attempt failed and the step will run again.
@@ -71,12 +71,12 @@ pub enum Event {
         build: u32,
         step: String,
         status: StepStatus,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         exit_code: Option<i32>,
         duration_ms: u64,
         attempts: u32,
         /// Why it failed or was skipped, in words.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
     /// Something to fix that did not fail the step: a declared output the
@@ -108,20 +108,20 @@ pub enum Event {
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedStepInfo {
     pub name: String,
     pub deps: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TriggeredBy {
     pub build: u32,
     pub pipeline: String,
     pub on: TriggerOn,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Success,
@@ -175,12 +175,34 @@ impl StepStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildStatus {
     Success,
     Failed,
     Canceled,
+}
+
+impl Event {
+    /// The build (within its run) an event belongs to; 0 for watch's own.
+    pub fn build(&self) -> u32 {
+        match self {
+            Event::BuildStarted { build, .. }
+            | Event::StepQueued { build, .. }
+            | Event::StepStarted { build, .. }
+            | Event::StepCommand { build, .. }
+            | Event::StepOutput { build, .. }
+            | Event::StepRetrying { build, .. }
+            | Event::StepWarning { build, .. }
+            | Event::StepFinished { build, .. }
+            | Event::BuildFinished { build, .. } => *build,
+            Event::WatchChanged { .. } | Event::ConfigError { .. } | Event::WatchIdle => 0,
+        }
+    }
+}
+
+fn utf8_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    String::deserialize(d).map(String::into_bytes)
 }
 
 fn lossy_utf8<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {

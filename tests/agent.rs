@@ -475,9 +475,11 @@ fn a_bad_repo_ref_or_config_fails_the_build_and_the_agent_keeps_serving() {
     let broken = repo(&[("piper.lua", b"step \"a\" { run = \"true\"\n")]);
     let (code, stdout, stderr) = submit(&daemon, broken.path(), "ci", &["--follow"]);
     assert_eq!(code, 1, "{stdout}{stderr}");
+    // Lines of the build itself (here: its config error) come on stderr,
+    // as a local run prints them.
     assert!(
-        stdout.contains("piper.lua:2:"),
-        "the config error is in the log: {stdout}"
+        stderr.contains("piper.lua:2:"),
+        "the config error is shown: {stdout}{stderr}"
     );
 
     let (code, _, stderr) = submit(&daemon, good.path(), "ci", &["--follow"]);
@@ -886,4 +888,56 @@ fn config_files_for_piperd_and_the_cli() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sever"));
+}
+
+/// One event stream everywhere: a build followed from the agent renders as
+/// the same pipeline run locally — the same prefixed output, the same
+/// summary and first-failure excerpt, the same exit code.
+#[test]
+fn a_followed_remote_build_reads_like_a_local_run() {
+    let daemon = Daemon::start(None);
+    let config = r#"
+        local a = step "prepare" { run = "echo preparing; echo done" }
+        local b = step "check" { run = "echo checking; echo broken >&2; exit ${FAIL:-0}", deps = { a } }
+        pipeline "ci" { b }
+    "#;
+    let repo = repo(&[("piper.lua", unindent(config).as_bytes())]);
+    for fail in ["0", "3"] {
+        let local = Command::new(PIPER)
+            .args(["exec", "ci", "-j1"])
+            .current_dir(repo.path())
+            .env("FAIL", fail)
+            .env("PIPER_LOG", "warn")
+            .output()
+            .unwrap();
+        let env = format!("FAIL={fail}");
+        let (code, stdout, stderr) = submit(&daemon, repo.path(), "ci", &["--follow", "-e", &env]);
+        assert_eq!(code, local.status.code().unwrap(), "{stderr}");
+        assert_eq!(
+            stdout,
+            String::from_utf8_lossy(&local.stdout),
+            "stdout differs"
+        );
+        // The summary, but for the timings.
+        let summary = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("  ") || l.starts_with("first failure") || l.contains("ci ")
+                })
+                .filter(|l| !l.starts_with("submitted build"))
+                .map(|l| {
+                    l.split_whitespace()
+                        .filter(|w| !w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect()
+        };
+        assert_eq!(
+            summary(&stderr),
+            summary(&String::from_utf8_lossy(&local.stderr)),
+            "summaries differ:\n--- remote\n{stderr}--- local\n{}",
+            String::from_utf8_lossy(&local.stderr)
+        );
+    }
 }

@@ -124,7 +124,16 @@ async fn story(store: Store) {
         let step_offset = offsets.entry(*step).or_insert(0i64);
         assert!(
             store
-                .append_log(a1.id, 1, seq as i64, step, build_offset, *step_offset, data)
+                .append_log(
+                    a1.id,
+                    1,
+                    seq as i64,
+                    step,
+                    build_offset,
+                    *step_offset,
+                    data,
+                    false
+                )
                 .await
                 .unwrap()
         );
@@ -133,7 +142,7 @@ async fn story(store: Store) {
     }
     assert!(
         !store
-            .append_log(a1.id, 7, 3, "lint", 7, 2, b"zz")
+            .append_log(a1.id, 7, 3, "lint", 7, 2, b"zz", false)
             .await
             .unwrap()
     );
@@ -333,7 +342,7 @@ async fn bridge_story(url: &str, backend: &str) {
     };
     run("DROP TABLE _sqlx_migrations").await;
     run("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)").await;
-    run("INSERT INTO schema_migrations (version) VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9)")
+    run("INSERT INTO schema_migrations (version) VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
         .await;
     let store = Store::open(url).await.unwrap();
     store

@@ -180,14 +180,56 @@ impl LogWriter {
         let key = (build, step.to_string());
         let pending = self.pending.entry(key).or_default();
         let masked = self.redactor.redact(pending, data, false);
-        self.append(build, step, masked).await;
+        self.append(build, step, masked, false).await;
+    }
+
+    /// Writes a line that repeats an event for readers of the raw log
+    /// (`$ command`); event streams leave it out.
+    pub async fn annotate(&mut self, build: i64, step: &str, line: &str) {
+        self.finish_step(build, step).await;
+        let masked = self.redactor.redact(&mut Vec::new(), line.as_bytes(), true);
+        self.append(build, step, masked, true).await;
+    }
+
+    /// Stores an executor event (JSON, masked) in the sequence the log
+    /// chunks use, so readers get both in one order.
+    pub async fn event(&mut self, build: i64, body: &str) {
+        if self.attempts.get(&build) == Some(&-1) {
+            return;
+        }
+        let body = self.redactor.redact(&mut Vec::new(), body.as_bytes(), true);
+        let body = String::from_utf8_lossy(&body).into_owned();
+        let attempt = self.attempts.get(&build).copied().unwrap_or(0);
+        let seq = *self.seq.entry(build).or_insert(0);
+        let store = &self.store;
+        match with_retry(
+            &format!("storing an event of build {build}"),
+            &self.abandon,
+            || store.append_event(build, attempt, seq, &body),
+        )
+        .await
+        {
+            Ok(true) => {
+                self.seq.insert(build, seq + 1);
+            }
+            Ok(false) => {
+                tracing::warn!(
+                    build,
+                    attempt,
+                    "an event was rejected: this attempt no longer holds the build; stopping it"
+                );
+                self.attempts.insert(build, -1);
+                self.on_fenced.cancel();
+            }
+            Err(e) => tracing::error!("{e}; an event is missing from the stream"),
+        }
     }
 
     /// Writes what a step's stream held back (its output is over).
     pub async fn finish_step(&mut self, build: i64, step: &str) {
         if let Some(mut pending) = self.pending.remove(&(build, step.to_string())) {
             let rest = self.redactor.redact(&mut pending, &[], true);
-            self.append(build, step, rest).await;
+            self.append(build, step, rest, false).await;
         }
     }
 
@@ -204,7 +246,7 @@ impl LogWriter {
         self.lost.get(&build).copied().unwrap_or(0)
     }
 
-    async fn append(&mut self, build: i64, step: &str, mut data: Vec<u8>) {
+    async fn append(&mut self, build: i64, step: &str, mut data: Vec<u8>, annotation: bool) {
         if data.is_empty() {
             return;
         }
@@ -227,7 +269,18 @@ impl LogWriter {
         let stored = with_retry(
             &format!("storing the log of build {build}"),
             &self.abandon,
-            || store.append_log(build, attempt, seq, step, build_offset, step_offset, &data),
+            || {
+                store.append_log(
+                    build,
+                    attempt,
+                    seq,
+                    step,
+                    build_offset,
+                    step_offset,
+                    &data,
+                    annotation,
+                )
+            },
         )
         .await;
         match stored {

@@ -150,6 +150,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/builds/{id}"),
     ("GET", "/api/v1/builds/{id}/log"),
     ("GET", "/api/v1/builds/{id}/events"),
+    ("GET", "/api/v1/builds/{id}/stream"),
     ("POST", "/api/v1/builds/{id}/cancel"),
     ("POST", "/api/v1/builds/{id}/retrigger"),
     ("POST", "/api/v1/webhook"),
@@ -172,6 +173,7 @@ pub fn router(state: ApiState) -> Router {
             ("GET", "/api/v1/builds/{id}") => routes.get(show_build),
             ("GET", "/api/v1/builds/{id}/log") => routes.get(read_log),
             ("GET", "/api/v1/builds/{id}/events") => routes.get(follow_log),
+            ("GET", "/api/v1/builds/{id}/stream") => routes.get(read_stream),
             ("POST", "/api/v1/builds/{id}/cancel") => routes.post(cancel),
             ("POST", "/api/v1/builds/{id}/retrigger") => routes.post(retrigger),
             ("POST", "/api/v1/webhook") => routes.post(webhook),
@@ -874,6 +876,53 @@ async fn read_log(
         HeaderValue::from_static(build.status.as_str()),
     );
     Ok(response)
+}
+
+#[derive(Deserialize)]
+struct StreamQuery {
+    after: Option<i64>,
+}
+
+/// `GET /api/v1/builds/{id}/stream?after=SEQ`: the build's typed events in
+/// order — the executor's events as `piper exec --json` prints them, and
+/// its output as `{"seq", "output": {"step", "data"}}` (data base64) — from
+/// after `SEQ`, at most about 1 MiB; `next` is the `after` of the next
+/// page and `status` the build's. What `piper submit --follow` renders.
+async fn read_stream(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::Json<Value>> {
+    use base64::Engine;
+    authorize_read(&state, &headers).await?;
+    let id = parse_id(&id)?;
+    let Query(query) = query.map_err(|e| ApiError::bad("after", e.body_text()))?;
+    let after = query.after.unwrap_or(-1);
+    // Read the status first: if it is final, everything is stored already.
+    let build = find_build(&state, id).await?;
+    let items = state
+        .agent
+        .store
+        .read_stream(id, after, LOG_READ_LIMIT as usize)
+        .await
+        .map_err(ApiError::internal)?;
+    let next = items.last().map_or(after, |(seq, _)| *seq);
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|(seq, item)| match item {
+            super::store::StreamItem::Event(body) => {
+                json!({ "seq": seq, "event": serde_json::from_str::<Value>(&body).unwrap_or(Value::Null) })
+            }
+            super::store::StreamItem::Output { step, data } => json!({
+                "seq": seq,
+                "output": { "step": step, "data": base64::engine::general_purpose::STANDARD.encode(&data) },
+            }),
+        })
+        .collect();
+    Ok(axum::Json(
+        json!({ "items": items, "next": next, "status": build.status }),
+    ))
 }
 
 /// `POST /api/v1/builds/{id}/cancel`.

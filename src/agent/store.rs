@@ -38,6 +38,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = migrations!("sqlite":
     7 => "0007_requires.sql",
     8 => "0008_api_tokens.sql",
     9 => "0009_leader.sql",
+    10 => "0010_build_events.sql",
 );
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     1 => "0001_builds.sql",
@@ -49,6 +50,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     7 => "0007_requires.sql",
     8 => "0008_api_tokens.sql",
     9 => "0009_leader.sql",
+    10 => "0010_build_events.sql",
 );
 
 #[derive(Clone)]
@@ -122,6 +124,15 @@ pub struct Holder {
     pub lease_ms: i64,
     /// Its labels and facts: it claims only builds whose `requires` they meet.
     pub labels: BTreeMap<String, String>,
+}
+
+/// One record of a build's event stream.
+#[derive(Debug, Clone)]
+pub enum StreamItem {
+    /// An executor event, as stored (JSON).
+    Event(String),
+    /// Output of a step (a log chunk).
+    Output { step: String, data: Vec<u8> },
 }
 
 /// What renewing a lease found.
@@ -789,7 +800,15 @@ impl Store {
             .bind(id)
             .fetch_all(pool)
             .await?;
-            let mut next_seq = 0;
+            // Events share the sequence: the next one goes after both.
+            let events = sqlx::query("SELECT MAX(seq) AS last FROM build_events WHERE build_id = $1")
+                .bind(id)
+                .fetch_all(pool)
+                .await?;
+            let mut next_seq = events
+                .first()
+                .and_then(|row| row.try_get::<Option<i64>, _>("last").ok().flatten())
+                .map_or(0, |last| last + 1);
             let mut total = 0;
             let mut steps = BTreeMap::new();
             for row in &rows {
@@ -928,7 +947,8 @@ impl Store {
     /// `seq` orders chunks, the offsets are where the chunk starts in the
     /// build's log and in its step's log.
     /// Appends a chunk of `attempt`'s log; false when the attempt is stale
-    /// (the chunk is not stored).
+    /// (the chunk is not stored). An `annotation` repeats an event for the
+    /// raw log (`$ command`): event streams leave it out.
     #[allow(clippy::too_many_arguments)]
     pub async fn append_log(
         &self,
@@ -939,11 +959,12 @@ impl Store {
         build_offset: i64,
         step_offset: i64,
         data: &[u8],
+        annotation: bool,
     ) -> StoreResult<bool> {
         on_backend!(self, pool => {
             sqlx::query(
-                "INSERT INTO log_chunks (build_id, seq, step, build_offset, step_offset, data) \
-                 SELECT $1, $2, $3, $4, $5, $6 \
+                "INSERT INTO log_chunks (build_id, seq, step, build_offset, step_offset, data, annotation) \
+                 SELECT $1, $2, $3, $4, $5, $6, $8 \
                  WHERE EXISTS (SELECT 1 FROM builds WHERE id = $1 AND attempt = $7 AND status = 'running')",
             )
             .bind(build_id)
@@ -953,10 +974,81 @@ impl Store {
             .bind(step_offset)
             .bind(data)
             .bind(attempt)
+            .bind(annotation)
             .execute(pool)
             .await
             .map(|r| r.rows_affected() == 1)
         })
+    }
+
+    /// Appends one of the executor's events (JSON) of `attempt`, in the
+    /// sequence it shares with the log chunks; false when stale.
+    pub async fn append_event(
+        &self,
+        build_id: i64,
+        attempt: i64,
+        seq: i64,
+        body: &str,
+    ) -> StoreResult<bool> {
+        on_backend!(self, pool => {
+            sqlx::query(
+                "INSERT INTO build_events (build_id, seq, body) SELECT $1, $2, $3 \
+                 WHERE EXISTS (SELECT 1 FROM builds WHERE id = $1 AND attempt = $4 AND status = 'running')",
+            )
+            .bind(build_id)
+            .bind(seq)
+            .bind(body)
+            .bind(attempt)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected() == 1)
+        })
+    }
+
+    /// A build's events after `after` in order: stored events and output
+    /// chunks (annotations left out), up to about `limit` bytes.
+    pub async fn read_stream(
+        &self,
+        build_id: i64,
+        after: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<(i64, StreamItem)>> {
+        const BATCH: i64 = 500;
+        let (events, chunks) = on_backend!(self, pool => {
+            let events = sqlx::query("SELECT seq, body FROM build_events WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+                .bind(build_id).bind(after).bind(BATCH).fetch_all(pool).await?;
+            let chunks = sqlx::query("SELECT seq, step, data FROM log_chunks WHERE build_id = $1 AND seq > $2 AND NOT annotation ORDER BY seq LIMIT $3")
+                .bind(build_id).bind(after).bind(BATCH).fetch_all(pool).await?;
+            let events = events.iter().map(|r| Ok((r.try_get::<i64, _>("seq")?, StreamItem::Event(r.try_get("body")?)))).collect::<StoreResult<Vec<_>>>()?;
+            let chunks = chunks.iter().map(|r| Ok((r.try_get::<i64, _>("seq")?, StreamItem::Output { step: r.try_get("step")?, data: r.try_get("data")? }))).collect::<StoreResult<Vec<_>>>()?;
+            (events, chunks)
+        });
+        // A full batch may stop early: keep only what both batches cover.
+        let mut until = i64::MAX;
+        for batch in [&events, &chunks] {
+            if batch.len() as i64 == BATCH {
+                until = until.min(batch.last().map_or(i64::MAX, |(seq, _)| *seq));
+            }
+        }
+        let mut items: Vec<(i64, StreamItem)> = events
+            .into_iter()
+            .chain(chunks)
+            .filter(|(seq, _)| *seq <= until)
+            .collect();
+        items.sort_by_key(|(seq, _)| *seq);
+        let mut size = 0;
+        let mut kept = Vec::new();
+        for item in items {
+            size += match &item.1 {
+                StreamItem::Event(body) => body.len(),
+                StreamItem::Output { data, .. } => data.len(),
+            };
+            kept.push(item);
+            if size >= limit {
+                break;
+            }
+        }
+        Ok(kept)
     }
 
     pub async fn read_log(

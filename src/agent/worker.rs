@@ -622,6 +622,40 @@ async fn record(mut recorder: Recorder, mut events: event::EventReceiver) -> Log
 
 impl Recorder {
     async fn on(&mut self, event: Event) {
+        // Everything but output is stored as the event itself too, in the
+        // order of the log: remote followers render the same stream a
+        // local run does. (Output is in the log chunks.)
+        let stored = match &event {
+            Event::StepOutput { .. }
+            | Event::WatchChanged { .. }
+            | Event::WatchIdle
+            | Event::ConfigError { .. } => None,
+            other => serde_json::to_string(other)
+                .ok()
+                .map(|json| (other.build(), json)),
+        };
+        // A build's first event creates its row; its last one goes before
+        // the row is closed (writes need a running build).
+        if !matches!(event, Event::BuildStarted { .. })
+            && let Some((n, json)) = &stored
+            && let Some(&id) = self.ids.get(n)
+        {
+            self.log.event(id, json).await;
+        }
+        let started = if let Event::BuildStarted { build: n, .. } = &event {
+            Some(*n)
+        } else {
+            None
+        };
+        self.handle(event).await;
+        if let (Some(n), Some((_, json))) = (started, &stored)
+            && let Some(&id) = self.ids.get(&n)
+        {
+            self.log.event(id, json).await;
+        }
+    }
+
+    async fn handle(&mut self, event: Event) {
         match event {
             Event::BuildStarted {
                 build: n,
@@ -649,10 +683,7 @@ impl Recorder {
                 build: n,
                 step,
                 command,
-            } => {
-                self.write(n, &step, format!("$ {command}\n").as_bytes())
-                    .await
-            }
+            } => self.annotate(n, &step, &format!("$ {command}\n")).await,
             Event::StepOutput {
                 build: n,
                 step,
@@ -664,7 +695,7 @@ impl Recorder {
                 message,
             } => {
                 let line = format!("piper: warning: {message}\n");
-                self.write(n, &step, line.as_bytes()).await;
+                self.annotate(n, &step, &line).await;
             }
             Event::StepRetrying {
                 build: n,
@@ -673,7 +704,7 @@ impl Recorder {
                 reason,
             } => {
                 let line = format!("piper: attempt {attempt} failed ({reason}); retrying\n");
-                self.write(n, &step, line.as_bytes()).await;
+                self.annotate(n, &step, &line).await;
             }
             Event::StepFinished {
                 build: n,
@@ -712,6 +743,12 @@ impl Recorder {
     async fn write(&mut self, n: u32, step: &str, data: &[u8]) {
         if let Some(&id) = self.ids.get(&n) {
             self.log.write(id, step, data).await;
+        }
+    }
+
+    async fn annotate(&mut self, n: u32, step: &str, line: &str) {
+        if let Some(&id) = self.ids.get(&n) {
+            self.log.annotate(id, step, line).await;
         }
     }
 
