@@ -486,14 +486,16 @@ async fn follow_rendered(client: &Client, build: i64) -> Result<i32> {
     let mut after: i64 = -1;
     let mut current = 1u32;
     let interrupted = loop {
-        let page = client
-            .json(
-                client
-                    .http
-                    .get(client.url(&format!("/builds/{build}/stream")))
-                    .query(&[("after", after.to_string())]),
-            )
-            .await?;
+        let request = client.json(
+            client
+                .http
+                .get(client.url(&format!("/builds/{build}/stream")))
+                .query(&[("after", after.to_string()), ("wait", "true".into())]),
+        );
+        let page = tokio::select! {
+            page = request => page?,
+            _ = tokio::signal::ctrl_c() => break true,
+        };
         let items = page["items"].as_array().cloned().unwrap_or_default();
         for item in &items {
             if let Some(output) = item.get("output") {
@@ -526,8 +528,10 @@ async fn follow_rendered(client: &Client, build: i64) -> Result<i32> {
             if !matches!(page["status"].as_str(), Some("queued" | "running") | None) {
                 break false;
             }
+            // The agent waited already (long poll); a short pause guards
+            // against an agent that answers at once.
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                 _ = tokio::signal::ctrl_c() => break true,
             }
         }

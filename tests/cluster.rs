@@ -79,6 +79,24 @@ fn eventually(what: &str, check: impl Fn() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// `eventually`, and on a time-out the agents' logs, to say why.
+fn eventually_or_logs(agents: &[Daemon], what: &str, check: impl Fn() -> bool) {
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| eventually(what, check)));
+    if caught.is_err() {
+        let logs: Vec<String> = agents
+            .iter()
+            .map(|a| {
+                format!(
+                    "--- {} ---\n{}",
+                    a.name(),
+                    std::fs::read_to_string(&a.log).unwrap_or_default()
+                )
+            })
+            .collect();
+        panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+    }
+}
+
 fn log_of(daemon: &Daemon, id: i64) -> String {
     let (_, body) = daemon.http(
         "GET",
@@ -184,9 +202,18 @@ fn a_killed_agents_build_is_rescued_and_its_processes_end_when_it_restarts() {
     let repo = repo(&[("piper.lua", WAITING)]);
     let (id, victim, orphan) = start_waiting(&agents, repo.path(), dir.path());
     let survivor = 1 - victim;
+    // The agent records the step's group just after starting it; a kill
+    // before that (a window of microseconds, wide under load) leaves a
+    // group it cannot know about. Kill it once the record is there.
+    crate::harness::wait_for_file_to_exist(
+        &agents[victim]
+            .data
+            .join("process-groups")
+            .join(orphan.to_string()),
+    );
     agents[victim].kill_hard();
     // Rescued within lease + heartbeat, and run again by the other agent.
-    eventually("the second attempt to start", || {
+    eventually_or_logs(&agents, "the second attempt to start", || {
         running_on(dir.path()).len() == 2
     });
     assert_eq!(running_on(dir.path())[1], agents[survivor].name());
@@ -194,7 +221,7 @@ fn a_killed_agents_build_is_rescued_and_its_processes_end_when_it_restarts() {
     // restart ends it.
     assert!(!process_gone(orphan));
     agents[victim].restart();
-    eventually("the orphaned step to end", || process_gone(orphan));
+    eventually_or_logs(&agents, "the orphaned step to end", || process_gone(orphan));
     std::fs::write(dir.path().join("go"), "").unwrap();
     let build = agents[survivor].wait_finished(id);
     assert_eq!(

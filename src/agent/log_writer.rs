@@ -133,6 +133,10 @@ pub struct LogWriter {
     pending: HashMap<(i64, String), Vec<u8>>,
     /// Bytes given up per build (only after `abandon`).
     lost: HashMap<i64, u64>,
+    /// Where a stored write is announced (live followers on this agent),
+    /// and when each build was last announced to other agents.
+    announce: Option<tokio::sync::broadcast::Sender<i64>>,
+    notified: HashMap<i64, std::time::Instant>,
 }
 
 impl LogWriter {
@@ -153,6 +157,38 @@ impl LogWriter {
             step_offset: HashMap::new(),
             pending: HashMap::new(),
             lost: HashMap::new(),
+            announce: None,
+            notified: HashMap::new(),
+        }
+    }
+
+    /// The next announcement of `build` reaches other agents whatever the
+    /// throttle: it says the build ended.
+    pub fn notified_at_end(&mut self, build: i64) {
+        self.notified.remove(&build);
+    }
+
+    /// Announces every stored write of a build on `sender`.
+    pub fn announce_to(&mut self, sender: tokio::sync::broadcast::Sender<i64>) {
+        self.announce = Some(sender);
+    }
+
+    /// Tells live followers that `build` grew: on this agent at once, on
+    /// the others (PostgreSQL `NOTIFY piper_log`) at most every 50 ms.
+    pub async fn written(&mut self, build: i64) {
+        if let Some(sender) = &self.announce {
+            let _ = sender.send(build);
+        }
+        if self.store.is_postgres() {
+            let now = std::time::Instant::now();
+            let due = self
+                .notified
+                .get(&build)
+                .is_none_or(|last| now.duration_since(*last) >= Duration::from_millis(50));
+            if due {
+                self.notified.insert(build, now);
+                let _ = self.store.notify_written(build).await;
+            }
         }
     }
 
@@ -211,6 +247,7 @@ impl LogWriter {
         {
             Ok(true) => {
                 self.seq.insert(build, seq + 1);
+                self.written(build).await;
             }
             Ok(false) => {
                 tracing::warn!(
@@ -296,6 +333,7 @@ impl LogWriter {
                 self.on_fenced.cancel();
             }
             Ok(true) => {
+                self.written(build).await;
                 self.lost.remove(&build);
                 self.seq.insert(build, seq + 1);
                 self.build_offset

@@ -668,7 +668,10 @@ async fn listen(agent: Arc<Agent>) {
                 continue;
             }
         };
-        if let Err(e) = listener.listen_all(["piper_builds", "piper_cancel"]).await {
+        if let Err(e) = listener
+            .listen_all(["piper_builds", "piper_cancel", "piper_log"])
+            .await
+        {
             tracing::warn!("cannot listen for notifications: {e}; polling meanwhile");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -679,6 +682,11 @@ async fn listen(agent: Arc<Agent>) {
                 Ok(Some(note)) if note.channel() == "piper_cancel" => {
                     if let Ok(id) = note.payload().parse() {
                         agent.cancel(id);
+                    }
+                }
+                Ok(Some(note)) if note.channel() == "piper_log" => {
+                    if let Ok(id) = note.payload().parse() {
+                        let _ = agent.written.send(id);
                     }
                 }
                 Ok(Some(_)) => agent.wake.notify_one(),

@@ -289,11 +289,13 @@ async fn follow_log(
     let build = find_build(&state, id).await?;
     check_step(&state, &build, query.step.as_deref()).await?;
     let store = state.agent.store.clone();
-    let stream = futures_util::stream::unfold(Some(offset), move |position| {
+    // Subscribed before the first read: no write is missed between them.
+    let written = state.agent.written.subscribe();
+    let stream = futures_util::stream::unfold(Some((offset, written)), move |position| {
         let store = store.clone();
         let step = query.step.clone();
         async move {
-            let offset = position?;
+            let (offset, mut written) = position?;
             loop {
                 let slice = match store
                     .read_log(id, step.as_deref(), offset, LOG_READ_LIMIT)
@@ -312,10 +314,11 @@ async fn follow_log(
                     let event = Event::default().event("chunk").data(payload.to_string());
                     return Some((
                         Ok::<_, std::convert::Infallible>(event),
-                        Some(slice.next_offset),
+                        Some((slice.next_offset, written)),
                     ));
                 }
-                // Nothing new: finished builds end the stream, others are polled.
+                // Nothing new: finished builds end the stream; others wait
+                // until the writing agent announces this build grew.
                 match store.get_build(id).await {
                     Ok(Some(build)) if build.status.is_final() => {
                         let event = Event::default()
@@ -323,7 +326,7 @@ async fn follow_log(
                             .data(json!({ "status": build.status }).to_string());
                         return Some((Ok(event), None));
                     }
-                    Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                    Ok(_) => wait_for_write(&mut written, id).await,
                     Err(_) => return None,
                 }
             }
@@ -881,6 +884,28 @@ async fn read_log(
 #[derive(Deserialize)]
 struct StreamQuery {
     after: Option<i64>,
+    /// Long poll: with nothing new yet, wait (up to 20 s) for it.
+    wait: Option<bool>,
+}
+
+/// Waits until `build`'s log or events grew, as announced by the agent that
+/// writes it (here, or relayed from PostgreSQL's `NOTIFY piper_log`), or
+/// 5 s passed: the fallback if an announcement was lost.
+async fn wait_for_write(written: &mut tokio::sync::broadcast::Receiver<i64>, build: i64) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match written.recv().await {
+                Ok(id) if id == build => return,
+                Ok(_) => {}
+                // Lagged: something may be ours; read again.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await
+                }
+            }
+        }
+    })
+    .await;
 }
 
 /// `GET /api/v1/builds/{id}/stream?after=SEQ`: the build's typed events in
@@ -899,14 +924,26 @@ async fn read_stream(
     let id = parse_id(&id)?;
     let Query(query) = query.map_err(|e| ApiError::bad("after", e.body_text()))?;
     let after = query.after.unwrap_or(-1);
+    let mut written = state.agent.written.subscribe();
     // Read the status first: if it is final, everything is stored already.
-    let build = find_build(&state, id).await?;
-    let items = state
-        .agent
-        .store
+    let mut build = find_build(&state, id).await?;
+    let store = &state.agent.store;
+    let mut items = store
         .read_stream(id, after, LOG_READ_LIMIT as usize)
         .await
         .map_err(ApiError::internal)?;
+    if items.is_empty() && query.wait == Some(true) && !build.status.is_final() {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while items.is_empty() && !build.status.is_final() && tokio::time::Instant::now() < deadline
+        {
+            wait_for_write(&mut written, id).await;
+            build = find_build(&state, id).await?;
+            items = store
+                .read_stream(id, after, LOG_READ_LIMIT as usize)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+    }
     let next = items.last().map_or(after, |(seq, _)| *seq);
     let items: Vec<Value> = items
         .into_iter()

@@ -1005,6 +1005,18 @@ impl Store {
         })
     }
 
+    /// Tells other agents' followers that a build's log grew (PostgreSQL).
+    pub async fn notify_written(&self, build_id: i64) -> StoreResult<()> {
+        match &self.backend {
+            Backend::Postgres(pool) => sqlx::query("SELECT pg_notify('piper_log', $1)")
+                .bind(build_id.to_string())
+                .execute(pool)
+                .await
+                .map(|_| ()),
+            Backend::Sqlite(_) => Ok(()),
+        }
+    }
+
     /// A build's events after `after` in order: stored events and output
     /// chunks (annotations left out), up to about `limit` bytes.
     pub async fn read_stream(

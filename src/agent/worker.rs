@@ -34,6 +34,10 @@ pub struct Agent {
     pub data: PathBuf,
     /// Rung when a build is submitted, so an idle worker starts at once.
     pub wake: Notify,
+    /// Announces the id of a build whose log or events grew (here, or on
+    /// another agent through `NOTIFY piper_log`): live followers read the
+    /// store when told, instead of polling it.
+    pub written: tokio::sync::broadcast::Sender<i64>,
     /// The builds (chained ones included) running here, by build id.
     running: Arc<Mutex<HashMap<i64, Held>>>,
     /// How long a claim holds a build without renewal, and how often the
@@ -93,6 +97,7 @@ impl Agent {
             labels: settings.labels,
             data: settings.data,
             wake: Notify::new(),
+            written: tokio::sync::broadcast::channel(1024).0,
             running: Arc::default(),
             leader: std::sync::atomic::AtomicBool::new(false),
             lease: settings.lease,
@@ -267,6 +272,7 @@ impl Agent {
             Redactor::new(build.secret_env.values()),
             token.clone(),
         );
+        log.announce_to(self.written.clone());
         log.hold(build.id, build.attempt);
         if build.attempt > 1 {
             // A rescued build: its log goes on after the lost attempt's.
@@ -301,6 +307,8 @@ impl Agent {
                 Some(&message),
             )
             .await;
+            log.notified_at_end(build.id);
+            log.written(build.id).await;
         }
         self.running
             .lock()
@@ -885,6 +893,9 @@ impl Recorder {
             error.as_deref(),
         )
         .await;
+        // Followers waiting for more learn that it ended.
+        self.log.notified_at_end(id);
+        self.log.written(id).await;
     }
 }
 
