@@ -126,12 +126,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             build,
             step,
             follow,
+            raw,
         } => crate::client::run(
             remote,
             &RemoteCommand::Logs {
                 build: *build,
                 step: step.clone(),
                 follow: *follow,
+                raw: *raw,
             },
         ),
         Command::Cancel { remote, build } => {

@@ -118,16 +118,19 @@ pub enum Command {
         remote: RemoteArgs,
         build: i64,
     },
-    /// Print a build's log (or one step's) from piperd
+    /// Print a build from piperd as `piper exec` shows it (or its raw log)
     Logs {
         #[command(flatten)]
         remote: RemoteArgs,
         build: i64,
-        /// Only this step's output
+        /// Only this step's output, raw
         step: Option<String>,
         /// Keep printing until the build ends
         #[arg(short = 'f', long)]
         follow: bool,
+        /// The stored log bytes as they are, not rendered
+        #[arg(long)]
+        raw: bool,
     },
     /// Cancel a build on piperd
     Cancel {
@@ -257,6 +260,7 @@ pub enum RemoteCommand {
         build: i64,
         step: Option<String>,
         follow: bool,
+        raw: bool,
     },
     Cancel {
         build: i64,

@@ -132,7 +132,7 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
                 build["number"]
             );
             if *follow {
-                return follow_rendered(&client, id).await;
+                return follow_rendered(&client, id, true).await;
             }
             Ok(0)
         }
@@ -241,9 +241,10 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
             build,
             step,
             follow,
+            raw,
         } => {
-            if *follow && step.is_none() {
-                return follow_rendered(&client, *build).await;
+            if !*raw && step.is_none() {
+                return follow_rendered(&client, *build, *follow).await;
             }
             if *follow {
                 return follow_build(&client, *build, step.as_deref()).await;
@@ -461,12 +462,12 @@ async fn follow_build(client: &Client, build: i64, step: Option<&str>) -> Result
     Ok(exit_code_of(&b))
 }
 
-/// Follows a build's typed event stream and renders it with the terminal
-/// host `piper exec` uses — prefixes, colours on a terminal, status line,
-/// summary with the first failure's last lines — and exits as a local run
-/// of it would. Lines of the build itself (checkout, config errors) go to
-/// stderr as they come.
-async fn follow_rendered(client: &Client, build: i64) -> Result<i32> {
+/// Renders a build's typed event stream with the terminal host `piper
+/// exec` uses — prefixes, colours on a terminal, status line, summary with
+/// the first failure's last lines — and exits as a local run of it would.
+/// With `follow`, until the build ends; else what is stored now. Lines of
+/// the build itself (checkout, config errors) go to stderr as they come.
+async fn follow_rendered(client: &Client, build: i64, follow: bool) -> Result<i32> {
     use base64::Engine;
     use std::io::IsTerminal;
     let color = std::io::stdout().is_terminal()
@@ -490,7 +491,7 @@ async fn follow_rendered(client: &Client, build: i64) -> Result<i32> {
             client
                 .http
                 .get(client.url(&format!("/builds/{build}/stream")))
-                .query(&[("after", after.to_string()), ("wait", "true".into())]),
+                .query(&[("after", after.to_string()), ("wait", follow.to_string())]),
         );
         let page = tokio::select! {
             page = request => page?,
@@ -525,7 +526,8 @@ async fn follow_rendered(client: &Client, build: i64) -> Result<i32> {
         }
         after = page["next"].as_i64().unwrap_or(after);
         if items.is_empty() {
-            if !matches!(page["status"].as_str(), Some("queued" | "running") | None) {
+            let running = matches!(page["status"].as_str(), Some("queued" | "running") | None);
+            if !running || !follow {
                 break false;
             }
             // The agent waited already (long poll); a short pause guards
@@ -549,6 +551,10 @@ async fn follow_rendered(client: &Client, build: i64) -> Result<i32> {
         .await?;
     if let Some(error) = b["error"].as_str() {
         eprintln!("build {build}: {}", clean(error));
+    }
+    if matches!(b["status"].as_str(), Some("queued" | "running")) {
+        // Shown so far, without `--follow`: nothing has failed yet.
+        return Ok(0);
     }
     Ok(exit_code_of(&b))
 }

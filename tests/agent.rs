@@ -918,6 +918,13 @@ fn a_followed_remote_build_reads_like_a_local_run() {
             String::from_utf8_lossy(&local.stdout),
             "stdout differs"
         );
+        // Read back later, the build shows the same; `--raw` is the log.
+        let id = submitted_id(&stderr).to_string();
+        let (later, shown, _) = daemon.piper(&["logs", &id]);
+        assert_eq!((later, shown.as_str()), (code, stdout.as_str()));
+        let (_, raw, _) = daemon.piper(&["logs", &id, "--raw"]);
+        assert!(raw.starts_with("piper: "), "{raw}");
+        assert!(raw.contains("$ echo checking;"), "{raw}");
         // The summary, but for the timings.
         let summary = |text: &str| -> Vec<String> {
             text.lines()

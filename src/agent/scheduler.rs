@@ -48,10 +48,13 @@ pub async fn run(agent: Arc<Agent>, interval: Duration) {
             continue;
         }
         let now = this_minute();
-        // The minutes since the last one a leader queued (none yet: this
-        // one), at most an hour back.
+        // The minutes since the last one a leader covered (none yet: this
+        // one), at most an hour back, and always this one.
         let from = match agent.store.scheduled_until().await {
-            Ok(Some(done)) => (done + 1).max(now - CATCH_UP_MINUTES + 1),
+            // The current minute is always looked at again (a repository
+            // may have become known since the last check); its slots are
+            // taken once whatever the number of checks.
+            Ok(Some(done)) => (done + 1).max(now - CATCH_UP_MINUTES + 1).min(now),
             Ok(None) => now,
             Err(e) => {
                 tracing::warn!("schedules: {e}");
