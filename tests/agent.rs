@@ -828,7 +828,7 @@ fn config_files_for_piperd_and_the_cli() {
             .spawn()
             .unwrap()
     };
-    let mut child = start(&["--workers", "5"]);
+    let mut child = crate::harness::KillOnDrop(start(&["--workers", "5"]));
     wait_for_file(&data.join("piperd.addr"));
     let url = format!(
         "http://{}",
@@ -861,8 +861,8 @@ fn config_files_for_piperd_and_the_cli() {
     assert_eq!(agent["name"], "from-file");
     assert_eq!(agent["labels"]["zone"], "eu");
     assert_eq!(agent["workers"], 5, "the flag wins over the file");
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    child.0.wait().unwrap();
 
     // Mistakes name the file and the key.
     std::fs::write(&config, "name = \"x\"\nworkerz = 3\n").unwrap();

@@ -527,6 +527,16 @@ fn four_agents_starting_together_on_an_empty_database_all_come_up() {
         return;
     };
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    /// Ends the agents even when an assertion fails.
+    struct Agents(Vec<std::process::Child>);
+    impl Drop for Agents {
+        fn drop(&mut self) {
+            for child in &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
     let mut children: Vec<std::process::Child> = dirs
         .iter()
         .map(|dir| {
@@ -550,7 +560,8 @@ fn four_agents_starting_together_on_an_empty_database_all_come_up() {
     for dir in &dirs {
         crate::harness::wait_for_file(&dir.path().join("piperd.addr"));
     }
-    for child in &mut children {
+    let mut agents = Agents(std::mem::take(&mut children));
+    for child in &mut agents.0 {
         assert!(child.try_wait().unwrap().is_none(), "an agent exited");
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -568,7 +579,10 @@ fn a_build_that_kills_its_agent_ends_lost_after_its_attempts() {
     let mut agents = agents(&db, 2, FAST);
     let repo = repo(&[(
         "piper.lua",
-        br#"pipeline "boom" { step "s" { run = "kill -9 $PPID; sleep 100" }, retry_agent_lost = 1 }"#,
+        // Once its agent has recorded its process group (the workspace is
+        // DATA/workspaces/ID, the record DATA/process-groups/PGID), the step
+        // kills its agent; the restarted agent then ends the step.
+        br#"pipeline "boom" { step "s" { run = "while [ ! -f ../../process-groups/$$ ]; do sleep 0.01; done; kill -9 $PPID; sleep 100" }, retry_agent_lost = 1 }"#,
     )]);
     let id = post(
         &agents[0],

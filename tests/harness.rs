@@ -366,3 +366,16 @@ pub fn skip(test: &str, why: &str) {
     );
     let _ = writeln!(std::io::stderr(), "\nSKIPPED {test}: {why}");
 }
+
+/// A child process ended (SIGKILL) when dropped: a failing assertion does
+/// not leave it running after the test.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
