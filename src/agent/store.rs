@@ -306,7 +306,15 @@ impl Store {
     /// creating a SQLite file if missing, and applies pending migrations.
     pub async fn open(url: &str) -> StoreResult<Store> {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Backend::Postgres(PgPoolOptions::new().max_connections(8).connect(url).await?)
+            // A short acquire timeout: during an outage a write fails fast and is
+            // retried (with backoff) instead of waiting 30 s for a connection.
+            Backend::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(std::time::Duration::from_secs(2))
+                    .connect(url)
+                    .await?,
+            )
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?;
             // Created private (0600) before SQLite opens it; its -wal and
@@ -716,15 +724,14 @@ impl Store {
     /// starting again). Returns (id, new status) of each.
     pub async fn rescue(&self, only: Option<&str>) -> StoreResult<Vec<(i64, BuildState)>> {
         let now = self.now_sql();
-        let which = match only {
-            Some(_) => "agent_id = $1",
-            None => "lease_expires_at < NOW_MS AND ($1 IS NULL OR TRUE)",
+        // One agent's builds whatever their lease, or every expired one.
+        let which = match self.backend {
+            Backend::Postgres(_) => {
+                "($1::TEXT IS NULL AND lease_expires_at < NOW_MS OR agent_id = $1)"
+            }
+            Backend::Sqlite(_) => "($1 IS NULL AND lease_expires_at < NOW_MS OR agent_id = $1)",
         }
         .replace("NOW_MS", now);
-        let which = match self.backend {
-            Backend::Postgres(_) => which.replace("$1 IS NULL", "$1::TEXT IS NULL"),
-            Backend::Sqlite(_) => which,
-        };
         let sql = format!(
             "UPDATE builds SET \
                status = CASE WHEN cancel_requested THEN 'canceled' \
