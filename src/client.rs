@@ -447,12 +447,7 @@ async fn follow_build(client: &Client, build: i64, step: Option<&str>) -> Result
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!(
-                    "\npiper: stopped following; build {build} goes on on the agent (stop it with `piper cancel {build}`)"
-                );
-                return Ok(EXIT_INTERRUPTED);
-            }
+            _ = tokio::signal::ctrl_c() => return Ok(stopped_following(build)),
         }
     }
     let b = client
@@ -460,6 +455,15 @@ async fn follow_build(client: &Client, build: i64, step: Option<&str>) -> Result
         .await?;
     eprintln!("build {build} {}", text(&b["status"]));
     Ok(exit_code_of(&b))
+}
+
+/// Ctrl-C while following: only the following stops; says how to stop
+/// the build too.
+fn stopped_following(build: i64) -> i32 {
+    eprintln!(
+        "\npiper: stopped following; build {build} goes on on the agent (stop it with `piper cancel {build}`)"
+    );
+    EXIT_INTERRUPTED
 }
 
 /// Renders a build's typed event stream with the terminal host `piper
@@ -541,10 +545,7 @@ async fn follow_rendered(client: &Client, build: i64, follow: bool) -> Result<i3
     drop(tx);
     let _ = host.await;
     if interrupted {
-        eprintln!(
-            "\npiper: stopped following; build {build} goes on on the agent (stop it with `piper cancel {build}`)"
-        );
-        return Ok(EXIT_INTERRUPTED);
+        return Ok(stopped_following(build));
     }
     let b = client
         .json(client.http.get(client.url(&format!("/builds/{build}"))))

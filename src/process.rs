@@ -111,7 +111,11 @@ fn start_time(pid: i32) -> Option<String> {
 }
 
 fn journal_add(pgid: i32) {
-    if let (Some(dir), Some(started)) = (GROUP_JOURNAL.get(), start_time(pgid)) {
+    // Only piperd keeps a journal: `piper exec` reads nothing per step.
+    let Some(dir) = GROUP_JOURNAL.get() else {
+        return;
+    };
+    if let Some(started) = start_time(pgid) {
         let _ = std::fs::write(dir.join(pgid.to_string()), started);
     }
 }

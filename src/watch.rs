@@ -421,7 +421,7 @@ fn classify(
             let mut literal: HashSet<String> = step
                 .inputs
                 .iter()
-                .filter(|p| !p.contains(['*', '?', '[', '{']))
+                .filter(|p| !crate::paths::is_glob(p))
                 .cloned()
                 .collect();
             if let Some(record) = state.steps.get(&step.name) {

@@ -174,11 +174,7 @@ impl Daemon {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> (u16, Vec<u8>) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        crate::harness::block_on(async {
             let client = reqwest::Client::new();
             let url = format!("{}{path}", self.url);
             let mut request = match method {
@@ -651,11 +647,7 @@ fn events_stream_the_log_live_and_end_with_the_status() {
     let (_, _, stderr) = submit(&daemon, repo.path(), "talk", &["-e", &env]);
     let id = submitted_id(&stderr);
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (log, end) = runtime.block_on(async {
+    let (log, end) = crate::harness::block_on(async {
         let url = format!("{}/api/v1/builds/{id}/events?step=talk", daemon.url);
         let mut stream = reqwest::Client::new()
             .get(url)

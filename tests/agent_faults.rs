@@ -9,19 +9,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::agent::{Daemon, repo, submit, submitted_id};
-use crate::harness::{skip, unindent, wait_for_file_to_exist};
+use crate::harness::{eventually, skip, unindent, wait_for_file_to_exist};
 use crate::pg::{Database, PrivateServer};
 
-/// Polls `check` (bounded, 30 s).
-fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..3000 {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("timed out waiting for {what}");
-}
+/// How long a wait for evidence may take here.
+const LIMIT: Duration = Duration::from_secs(30);
 
 fn json(body: &[u8]) -> Value {
     serde_json::from_slice(body)
@@ -83,7 +75,7 @@ fn two_hundred_builds_leave_no_zombies() {
         assert_eq!(daemon.wait_finished(id)["status"], "success");
     }
     let pid = daemon.pid();
-    eventually("every exited child to be reaped", || {
+    eventually(LIMIT, "every exited child to be reaped", || {
         zombie_children(pid).is_empty()
     });
 }
@@ -108,7 +100,7 @@ fn a_hanging_git_server_wedges_only_its_own_build() {
     );
     assert_eq!(status, 201);
     let hanging = hanging["id"].as_i64().unwrap();
-    eventually("the hanging build to be claimed", || {
+    eventually(LIMIT, "the hanging build to be claimed", || {
         daemon.build(hanging)["status"] == "running"
     });
 
@@ -137,7 +129,7 @@ fn a_hanging_git_server_wedges_only_its_own_build() {
     );
     assert_eq!(status, 201);
     let stuck = stuck["id"].as_i64().unwrap();
-    eventually("the second hanging build to be claimed", || {
+    eventually(LIMIT, "the second hanging build to be claimed", || {
         daemon.build(stuck)["status"] == "running"
     });
     assert_eq!(daemon.terminate(), 0);
@@ -213,7 +205,7 @@ fn a_full_disk_loses_no_acknowledged_build_and_no_log() {
     assert_eq!(status, 201);
     let id = build["id"].as_i64().unwrap();
     // The disk fills while the log is written: a submit now is refused.
-    eventually("the disk to fill", || {
+    eventually(LIMIT, "the disk to fill", || {
         let (status, _) = post_build(
             &daemon,
             &serde_json::json!({ "repo": repo.path(), "pipeline": "big" }),
@@ -302,7 +294,7 @@ fn a_postgres_outage_mid_build_loses_nothing() {
     server.stop();
     std::fs::write(&go, "").unwrap();
     // The step ends while the database is down; its writes wait.
-    eventually("the agent to notice the outage", || {
+    eventually(LIMIT, "the agent to notice the outage", || {
         std::fs::read_to_string(&daemon.log)
             .unwrap_or_default()
             .contains("retrying until the store answers")
@@ -530,11 +522,7 @@ fn odd_requests_get_json_errors_naming_the_problem() {
             "{body}"
         );
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (status, _) = runtime.block_on(async {
+    let (status, _) = crate::harness::block_on(async {
         let response = reqwest::Client::new()
             .get(format!("{}/api/v1/builds", daemon.url))
             .header("authorization", format!("bearer {}", daemon.token))

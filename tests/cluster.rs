@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::agent::{Daemon, repo};
-use crate::harness::{process_gone, read_pid, wait_for_file_to_exist};
+use crate::harness::{eventually, process_gone, read_pid, wait_for_file_to_exist};
 use crate::pg::Database;
 
 /// Short leases, so a dead agent is noticed within a second or two.
@@ -47,11 +47,7 @@ fn post(daemon: &Daemon, body: Value) -> i64 {
 
 /// `get`, or None when the agent does not answer (it just died).
 fn try_get(daemon: &Daemon, path: &str) -> Option<Value> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    crate::harness::block_on(async {
         let response = reqwest::Client::new()
             .get(format!("{}{path}", daemon.url))
             .bearer_auth(&daemon.token)
@@ -68,20 +64,14 @@ fn get(daemon: &Daemon, path: &str) -> Value {
     serde_json::from_slice(&body).unwrap()
 }
 
-/// Polls `check` (bounded, 60 s).
-fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..6000 {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("timed out waiting for {what}");
-}
+/// How long a wait for evidence may take here.
+const LIMIT: Duration = Duration::from_secs(60);
 
 /// `eventually`, and on a time-out the agents' logs, to say why.
 fn eventually_or_logs(agents: &[Daemon], what: &str, check: impl Fn() -> bool) {
-    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| eventually(what, check)));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually(LIMIT, what, check)
+    }));
     if caught.is_err() {
         let logs: Vec<String> = agents
             .iter()
@@ -178,7 +168,9 @@ fn start_waiting(agents: &[Daemon], repo: &Path, dir: &Path) -> (i64, usize, i32
         &agents[0],
         serde_json::json!({ "repo": repo, "pipeline": "ci", "env": { "DIR": dir } }),
     );
-    eventually("the first attempt to start", || running_on(dir).len() == 1);
+    eventually(LIMIT, "the first attempt to start", || {
+        running_on(dir).len() == 1
+    });
     let first = running_on(dir)[0].clone();
     let runner = agents.iter().position(|a| a.name() == first).unwrap();
     (id, runner, read_pid(&dir.join(format!("pid-{first}"))))
@@ -252,7 +244,7 @@ fn a_stalled_agents_late_writes_are_refused_and_it_stops_its_step() {
     let other = 1 - stalled;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agents[stalled].pid(), libc::SIGSTOP) };
-    eventually("the rescue to run it again", || {
+    eventually(LIMIT, "the rescue to run it again", || {
         running_on(dir.path()).len() == 2
     });
     std::fs::write(dir.path().join("go"), "").unwrap();
@@ -261,7 +253,7 @@ fn a_stalled_agents_late_writes_are_refused_and_it_stops_its_step() {
     // SAFETY: as above.
     unsafe { libc::kill(agents[stalled].pid(), libc::SIGCONT) };
     // It learns it lost the lease, and ends its step's process group.
-    eventually("the stale step to end", || process_gone(step));
+    eventually(LIMIT, "the stale step to end", || process_gone(step));
     let build = get(&agents[other], &format!("/api/v1/builds/{id}"));
     assert_eq!(
         (build["status"].as_str(), build["attempt"].as_i64()),
@@ -453,7 +445,7 @@ fn builds_go_to_agents_with_the_labels_they_require() {
     }
     let trained = std::fs::read_to_string(dir.path().join("train")).unwrap();
     assert_eq!(trained, "gpu\n".repeat(4), "only the gpu agent trains");
-    eventually("the port build to be shown waiting", || {
+    eventually(LIMIT, "the port build to be shown waiting", || {
         get(&plain, &format!("/api/v1/builds/{port}"))["waiting_for"] == "os=plan9"
     });
     let (_, listing, _) = plain.piper(&["builds"]);
@@ -634,11 +626,7 @@ fn killed_listener_connections_fall_back_to_polling_and_reconnect() {
     };
     let agents = agents(&db, 2, &[]);
     let listeners = || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        crate::harness::block_on(async {
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
             let rows: Vec<(i32,)> = sqlx::query_as(
@@ -650,14 +638,10 @@ fn killed_listener_connections_fall_back_to_polling_and_reconnect() {
             rows.into_iter().map(|(pid,)| pid).collect::<Vec<i32>>()
         })
     };
-    eventually("both agents to listen", || listeners().len() >= 2);
+    eventually(LIMIT, "both agents to listen", || listeners().len() >= 2);
     let killed = listeners();
     {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        crate::harness::block_on(async {
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
             for pid in &killed {
@@ -675,7 +659,7 @@ fn killed_listener_connections_fall_back_to_polling_and_reconnect() {
         serde_json::json!({ "repo": repo.path(), "pipeline": "s" }),
     );
     assert_eq!(agents[1].wait_finished(id)["status"], "success");
-    eventually("the listeners to come back", || {
+    eventually(LIMIT, "the listeners to come back", || {
         let now = listeners();
         now.len() >= 2 && now.iter().all(|pid| !killed.contains(pid))
     });
@@ -705,7 +689,9 @@ fn a_postgres_restart_mid_build_duplicates_nothing() {
         &agents[0],
         serde_json::json!({ "repo": repo.path(), "pipeline": "ci", "env": { "DIR": dir.path() } }),
     );
-    eventually("the build to start", || running_on(dir.path()).len() == 1);
+    eventually(LIMIT, "the build to start", || {
+        running_on(dir.path()).len() == 1
+    });
     server.stop();
     std::fs::write(dir.path().join("go"), "").unwrap();
     server.resume();

@@ -379,3 +379,26 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// Runs a future to completion on a fresh current-thread runtime (tests
+/// are plain threads).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// Polls `check` every 10 ms until it holds; panics naming `what` after
+/// `limit`. For waiting on evidence (a file, a state), never on time.
+pub fn eventually(limit: std::time::Duration, what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}

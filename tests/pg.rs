@@ -224,11 +224,7 @@ fn run(url: &str, sql: &str) {
 }
 
 fn try_run(url: &str, sql: &str) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    crate::harness::block_on(async {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(url)
             .await

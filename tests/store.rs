@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use piper::agent::store::{BuildFilter, BuildState, Holder, NewBuild, Renewal, Store, StoredStep};
 
+use crate::harness::block_on;
 use crate::pg::Database;
 
 fn new_build(repo: &str, pipeline: &str) -> NewBuild {
@@ -293,14 +294,6 @@ async fn story(store: Store) {
         [(c.id, BuildState::Canceled)]
     );
     assert!(store.get_build(9_999).await.unwrap().is_none());
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 #[test]

@@ -298,7 +298,7 @@ impl LogWriter {
             .step_offset
             .entry((build, step.to_string()))
             .or_insert(0);
-        if self.on_fenced.is_cancelled() && self.attempts.get(&build) == Some(&-1) {
+        if self.attempts.get(&build) == Some(&-1) {
             return;
         }
         let attempt = self.attempts.get(&build).copied().unwrap_or(0);

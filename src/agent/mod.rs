@@ -331,14 +331,7 @@ fn token(data: &Path) -> Result<String> {
         }
         Err(_) => {}
     }
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| {
-        Error::io(
-            "cannot get random bytes for the token",
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = random_hex(32)?;
     // Written whole to a private temporary file, then linked into place: a
     // crash leaves no file or the whole token, never an empty one; and of
     // two agents starting at once, one token wins and both read it.
@@ -734,14 +727,7 @@ fn identity(data: &Path) -> Result<String> {
     {
         return Ok(id.trim().to_string());
     }
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| {
-        Error::io(
-            "cannot get random bytes for the agent id",
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
-    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let id = random_hex(16)?;
     crate::fsutil::write_atomic(&path, id.as_bytes())
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
     Ok(id)

@@ -642,22 +642,22 @@ impl Recorder {
                 .ok()
                 .map(|json| (other.build(), json)),
         };
-        // A build's first event creates its row; its last one goes before
-        // the row is closed (writes need a running build).
-        if !matches!(event, Event::BuildStarted { .. })
-            && let Some((n, json)) = &stored
-            && let Some(&id) = self.ids.get(n)
-        {
-            self.log.event(id, json).await;
+        // A build's first event creates its row, so it is stored after
+        // being handled; every other one before (the last one must land
+        // while the row is still running).
+        let first = matches!(event, Event::BuildStarted { .. });
+        if !first {
+            self.store_event(stored.as_ref()).await;
         }
-        let started = if let Event::BuildStarted { build: n, .. } = &event {
-            Some(*n)
-        } else {
-            None
-        };
         self.handle(event).await;
-        if let (Some(n), Some((_, json))) = (started, &stored)
-            && let Some(&id) = self.ids.get(&n)
+        if first {
+            self.store_event(stored.as_ref()).await;
+        }
+    }
+
+    async fn store_event(&mut self, stored: Option<&(u32, String)>) {
+        if let Some((n, json)) = stored
+            && let Some(&id) = self.ids.get(n)
         {
             self.log.event(id, json).await;
         }

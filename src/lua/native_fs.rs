@@ -94,7 +94,7 @@ fn literal_prefix(pattern: &str) -> PathBuf {
     let mut prefix = PathBuf::new();
     let parts: Vec<&str> = pattern.split('/').collect();
     for part in &parts[..parts.len().saturating_sub(1)] {
-        if part.contains(['*', '?', '[', '{']) {
+        if crate::paths::is_glob(part) {
             break;
         }
         prefix.push(part);
