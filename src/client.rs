@@ -5,7 +5,10 @@
 use std::io::Write;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use crate::agent::api::{
+    AgentList, Build, BuildDetail, BuildList, BuildRequest, BuildState, ErrorBody, StreamItem,
+    StreamPage,
+};
 
 use crate::cli::{RemoteArgs, RemoteCommand};
 use crate::error::{EXIT_INTERRUPTED, Error, Result};
@@ -65,17 +68,42 @@ impl Client {
             return Ok(response);
         }
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        let message = body["error"].as_str().unwrap_or("no details").to_string();
-        Err(remote_error(format!("piperd answered {status}: {message}")))
+        let message = match response.json::<ErrorBody>().await {
+            Ok(ErrorBody {
+                error,
+                field: Some(field),
+            }) => format!("{field}: {error}"),
+            Ok(ErrorBody { error, .. }) => error,
+            Err(_) => "no details".into(),
+        };
+        Err(remote_error(format!(
+            "piperd answered {status}: {}",
+            clean(&message)
+        )))
     }
 
-    async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value> {
-        self.send(request)
+    /// The answer as the API's type, and its text as sent (what `--json`
+    /// prints, unchanged).
+    async fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(T, String)> {
+        let text = self
+            .send(request)
             .await?
-            .json()
+            .text()
             .await
-            .map_err(|e| remote_error(format!("unreadable answer: {e}")))
+            .map_err(|e| remote_error(format!("unreadable answer: {e}")))?;
+        let value = serde_json::from_str(&text)
+            .map_err(|e| remote_error(format!("unreadable answer: {e}")))?;
+        Ok((value, text))
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T> {
+        Ok(self.typed(request).await?.0)
     }
 }
 
@@ -109,27 +137,33 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
                         .into_owned()
                 }
             };
-            let mut vars = serde_json::Map::new();
+            let mut vars = std::collections::BTreeMap::new();
             for kv in env {
                 let Some((k, v)) = kv.split_once('=') else {
                     return Err(Error::BadEnvOverride { value: kv.clone() });
                 };
-                vars.insert(k.to_string(), json!(v));
+                vars.insert(k.to_string(), v.to_string());
             }
-            let user = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-            let body = json!({ "repo": repo, "pipeline": pipeline, "ref": git_ref, "env": vars, "requested_by": user });
-            let build = client
-                .json(client.http.post(client.url("/builds")).json(&body))
+            let body = BuildRequest {
+                repo,
+                pipeline: pipeline.clone(),
+                git_ref: Some(git_ref.clone()),
+                env: vars,
+                secret_env: Default::default(),
+                requested_by: Some(std::env::var("USER").unwrap_or_else(|_| "cli".into())),
+            };
+            let (build, text) = client
+                .typed::<Build>(client.http.post(client.url("/builds")).json(&body))
                 .await?;
-            let id = build["id"].as_i64().unwrap_or(0);
+            let id = build.id;
             if args.json && !follow {
-                let _ = writeln!(out, "{build}");
+                let _ = writeln!(out, "{text}");
                 return Ok(0);
             }
             eprintln!(
                 "submitted build {id} ({} #{})",
-                build["repo"].as_str().unwrap_or(""),
-                build["number"]
+                clean(&build.repo),
+                build.number
             );
             if *follow {
                 return follow_rendered(&client, id, true).await;
@@ -148,33 +182,34 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
                     query.push((key, v.clone()));
                 }
             }
-            let list = client
-                .json(client.http.get(client.url("/builds")).query(&query))
+            let (list, text) = client
+                .typed::<BuildList>(client.http.get(client.url("/builds")).query(&query))
                 .await?;
             if args.json {
-                let _ = writeln!(out, "{list}");
+                let _ = writeln!(out, "{text}");
                 return Ok(0);
             }
-            let rows: Vec<Vec<String>> = list["builds"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|b| {
-                    let sha = b["sha"]
-                        .as_str()
+            let rows: Vec<Vec<String>> = list
+                .builds
+                .iter()
+                .map(|summary| {
+                    let b = &summary.build;
+                    let sha = b
+                        .sha
+                        .as_deref()
                         .map(|s| &s[..s.len().min(9)])
                         .unwrap_or("-");
-                    let status = match b["waiting_for"].as_str() {
+                    let status = match &summary.waiting_for {
                         Some(labels) => format!("waiting for an agent with {}", clean(labels)),
-                        None => text(&b["status"]),
+                        None => b.status.as_str().to_string(),
                     };
                     vec![
-                        b["id"].to_string(),
+                        b.id.to_string(),
                         status,
-                        text(&b["pipeline"]),
-                        sha.to_string(),
-                        b["version"].as_str().map_or("-".into(), clean),
-                        format!("{} #{}", text(&b["repo"]), b["number"]),
+                        clean(&b.pipeline),
+                        clean(sha),
+                        b.version.as_deref().map_or("-".into(), clean),
+                        format!("{} #{}", clean(&b.repo), b.number),
                     ]
                 })
                 .collect();
@@ -189,47 +224,47 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
             Ok(0)
         }
         RemoteCommand::Show { build } => {
-            let b = client
-                .json(client.http.get(client.url(&format!("/builds/{build}"))))
+            let (detail, text) = client
+                .typed::<BuildDetail>(client.http.get(client.url(&format!("/builds/{build}"))))
                 .await?;
             if args.json {
-                let _ = writeln!(out, "{b}");
+                let _ = writeln!(out, "{text}");
                 return Ok(0);
             }
+            let b = &detail.summary.build;
             let _ = writeln!(
                 out,
                 "build {}: {} #{}  {}",
-                b["id"],
-                text(&b["repo"]),
-                b["number"],
-                text(&b["status"])
+                b.id,
+                clean(&b.repo),
+                b.number,
+                b.status.as_str()
             );
             let _ = writeln!(
                 out,
                 "  pipeline {}  ref {}  sha {}  version {}",
-                text(&b["pipeline"]),
-                text(&b["ref"]),
-                b["sha"].as_str().map_or("-".into(), clean),
-                b["version"].as_str().map_or("-".into(), clean)
+                clean(&b.pipeline),
+                clean(&b.git_ref),
+                b.sha.as_deref().map_or("-".into(), clean),
+                b.version.as_deref().map_or("-".into(), clean)
             );
-            if let Some(error) = b["error"].as_str() {
+            if let Some(error) = &b.error {
                 let _ = writeln!(out, "  error: {}", clean(error));
             }
-            if let Some(labels) = b["waiting_for"].as_str() {
+            if let Some(labels) = &detail.summary.waiting_for {
                 let _ = writeln!(out, "  waiting for an agent with {}", clean(labels));
             }
-            let rows: Vec<Vec<String>> = b["steps"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let rows: Vec<Vec<String>> = detail
+                .steps
+                .iter()
                 .map(|s| {
-                    let code = s["exit_code"]
-                        .as_i64()
+                    let code = s
+                        .exit_code
                         .filter(|&c| c != 0)
                         .map(|c| format!("exit {c}"))
                         .unwrap_or_default();
                     // The same words as a local run's summary: `up to date`.
-                    vec![text(&s["name"]), text(&s["status"]).replace('_', " "), code]
+                    vec![clean(&s.name), clean(&s.status).replace('_', " "), code]
                 })
                 .collect();
             for line in table(&["", "", ""], &[], &rows).lines().skip(1) {
@@ -260,69 +295,64 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
             }
         }
         RemoteCommand::Cancel { build } => {
-            let b = client
-                .json(
+            let (b, text) = client
+                .typed::<Build>(
                     client
                         .http
                         .post(client.url(&format!("/builds/{build}/cancel"))),
                 )
                 .await?;
             if args.json {
-                let _ = writeln!(out, "{b}");
+                let _ = writeln!(out, "{text}");
             } else {
-                eprintln!("build {build}: {}", text(&b["status"]));
+                eprintln!("build {build}: {}", b.status.as_str());
             }
             Ok(0)
         }
         RemoteCommand::Retrigger { build } => {
-            let b = client
-                .json(
+            let (b, text) = client
+                .typed::<Build>(
                     client
                         .http
                         .post(client.url(&format!("/builds/{build}/retrigger"))),
                 )
                 .await?;
             if args.json {
-                let _ = writeln!(out, "{b}");
+                let _ = writeln!(out, "{text}");
             } else {
-                eprintln!("submitted build {} (retrigger of build {build})", b["id"]);
+                eprintln!("submitted build {} (retrigger of build {build})", b.id);
             }
             Ok(0)
         }
         RemoteCommand::Agents => {
-            let list = client.json(client.http.get(client.url("/agents"))).await?;
+            let (list, text) = client
+                .typed::<AgentList>(client.http.get(client.url("/agents")))
+                .await?;
             if args.json {
-                let _ = writeln!(out, "{list}");
+                let _ = writeln!(out, "{text}");
                 return Ok(0);
             }
-            let rows: Vec<Vec<String>> = list["agents"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let rows: Vec<Vec<String>> = list
+                .agents
+                .iter()
                 .map(|a| {
-                    let labels: Vec<String> = a["labels"]
-                        .as_object()
-                        .into_iter()
-                        .flatten()
-                        .map(|(k, v)| format!("{}={}", clean(k), text(v)))
+                    let labels: Vec<String> = a
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{}={}", clean(k), clean(v)))
                         .collect();
-                    let state = if a["online"].as_bool() == Some(true) {
-                        "alive"
-                    } else {
-                        "gone"
-                    };
-                    let seen = a["last_seen"].as_i64().unwrap_or(0);
-                    let age = (crate::agent::store::now_ms() - seen).max(0) as u64;
+                    let state = if a.online { "alive" } else { "gone" };
+                    let age = (crate::agent::store::now_ms() - a.last_seen).max(0) as u64;
                     vec![
-                        text(&a["name"]),
+                        clean(&a.name),
                         state.to_string(),
                         format!(
                             "{} ago",
                             crate::duration::format(Duration::from_millis(age))
                         ),
-                        a["running"].to_string(),
-                        a["workers"].to_string(),
-                        text(&a["address"]),
+                        a.running.to_string(),
+                        a.workers.to_string(),
+                        clean(&a.address),
                         labels.join(","),
                     ]
                 })
@@ -355,11 +385,6 @@ fn clean(text: &str) -> String {
             }
         })
         .collect()
-}
-
-/// A JSON string field, cleaned; empty for anything else.
-fn text(value: &Value) -> String {
-    value.as_str().map(clean).unwrap_or_default()
 }
 
 /// Columns aligned by display width; the columns in `right` (numbers) are
@@ -450,10 +475,10 @@ async fn follow_build(client: &Client, build: i64, step: Option<&str>) -> Result
             _ = tokio::signal::ctrl_c() => return Ok(stopped_following(build)),
         }
     }
-    let b = client
-        .json(client.http.get(client.url(&format!("/builds/{build}"))))
+    let b: BuildDetail = client
+        .get(client.http.get(client.url(&format!("/builds/{build}"))))
         .await?;
-    eprintln!("build {build} {}", text(&b["status"]));
+    eprintln!("build {build} {}", b.summary.build.status.as_str());
     Ok(exit_code_of(&b))
 }
 
@@ -469,10 +494,11 @@ fn stopped_following(build: i64) -> i32 {
 /// Renders a build's typed event stream with the terminal host `piper
 /// exec` uses — prefixes, colours on a terminal, status line, summary with
 /// the first failure's last lines — and exits as a local run of it would.
-/// With `follow`, until the build ends; else what is stored now. Lines of
-/// the build itself (checkout, config errors) go to stderr as they come.
+/// With `follow`, until the build and the builds it chains have ended (a
+/// build's `build_finished` names the pipelines it chains, so the follower
+/// knows to wait for them); else what is stored now. Lines of the build
+/// itself (checkout, config errors) go to stderr as they come.
 async fn follow_rendered(client: &Client, build: i64, follow: bool) -> Result<i32> {
-    use base64::Engine;
     use std::io::IsTerminal;
     let color = std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
@@ -488,10 +514,61 @@ async fn follow_rendered(client: &Client, build: i64, follow: bool) -> Result<i3
     );
     let (tx, rx) = crate::event::channel();
     let host = tokio::spawn(crate::render::drive(rx, Box::new(terminal)));
+    let mut queue = std::collections::VecDeque::from([build]);
+    let mut followed = Vec::new();
+    let mut interrupted = None;
+    while let Some(id) = queue.pop_front() {
+        match follow_one(client, id, follow, &tx).await? {
+            None => {
+                interrupted = Some(id);
+                break;
+            }
+            Some(chains) => {
+                followed.push(id);
+                if !chains.is_empty() {
+                    queue.extend(chained_builds(client, id, chains.len(), follow).await?);
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = host.await;
+    if let Some(id) = interrupted {
+        return Ok(stopped_following(id));
+    }
+    let mut exit = 0;
+    for id in followed {
+        let b: BuildDetail = client
+            .get(client.http.get(client.url(&format!("/builds/{id}"))))
+            .await?;
+        if let Some(error) = &b.summary.build.error {
+            eprintln!("build {id}: {}", clean(error));
+        }
+        if !b.summary.build.status.is_final() {
+            // Shown so far, without `--follow`: nothing has failed yet.
+            continue;
+        }
+        if exit == 0 {
+            exit = exit_code_of(&b);
+        }
+    }
+    Ok(exit)
+}
+
+/// Feeds one build's stream to the renderer. `None` when Ctrl-C stopped
+/// the following, else the pipelines the build chains.
+async fn follow_one(
+    client: &Client,
+    build: i64,
+    follow: bool,
+    tx: &crate::event::EventSender,
+) -> Result<Option<Vec<String>>> {
+    use base64::Engine;
     let mut after: i64 = -1;
     let mut current = 1u32;
-    let interrupted = loop {
-        let request = client.json(
+    let mut chains = Vec::new();
+    loop {
+        let request = client.get::<StreamPage>(
             client
                 .http
                 .get(client.url(&format!("/builds/{build}/stream")))
@@ -499,82 +576,109 @@ async fn follow_rendered(client: &Client, build: i64, follow: bool) -> Result<i3
         );
         let page = tokio::select! {
             page = request => page?,
-            _ = tokio::signal::ctrl_c() => break true,
+            _ = tokio::signal::ctrl_c() => return Ok(None),
         };
-        let items = page["items"].as_array().cloned().unwrap_or_default();
-        for item in &items {
-            if let Some(output) = item.get("output") {
-                let data = base64::engine::general_purpose::STANDARD
-                    .decode(output["data"].as_str().unwrap_or(""))
-                    .unwrap_or_default();
-                let step = output["step"].as_str().unwrap_or("").to_string();
-                if step.is_empty() {
-                    let _ = std::io::stderr().write_all(&data);
-                    continue;
+        let empty = page.items.is_empty();
+        for item in page.items {
+            match item {
+                StreamItem::Output { output, .. } => {
+                    let data = base64::engine::general_purpose::STANDARD
+                        .decode(&output.data)
+                        .unwrap_or_default();
+                    if output.step.is_empty() {
+                        let _ = std::io::stderr().write_all(&data);
+                        continue;
+                    }
+                    let _ = tx
+                        .send(crate::event::Event::StepOutput {
+                            build: current,
+                            step: output.step,
+                            data,
+                        })
+                        .await;
                 }
-                let _ = tx
-                    .send(crate::event::Event::StepOutput {
-                        build: current,
-                        step,
-                        data,
-                    })
-                    .await;
-            } else if let Ok(event) =
-                serde_json::from_value::<crate::event::Event>(item["event"].clone())
-            {
-                if let crate::event::Event::BuildStarted { build, .. } = &event {
-                    current = *build;
+                StreamItem::Event {
+                    event: Some(event), ..
+                } => {
+                    match &event {
+                        crate::event::Event::BuildStarted { build, .. } => current = *build,
+                        crate::event::Event::BuildFinished {
+                            build, chains: c, ..
+                        } if *build == current => chains = c.clone(),
+                        _ => {}
+                    }
+                    let _ = tx.send(event).await;
                 }
-                let _ = tx.send(event).await;
+                // An event of a newer agent this version cannot show.
+                StreamItem::Event { event: None, .. } => {}
             }
         }
-        after = page["next"].as_i64().unwrap_or(after);
-        if items.is_empty() {
-            let running = matches!(page["status"].as_str(), Some("queued" | "running") | None);
-            if !running || !follow {
-                break false;
+        after = page.next;
+        if empty {
+            if page.status.is_final() || !follow {
+                return Ok(Some(chains));
             }
             // The agent waited already (long poll); a short pause guards
             // against an agent that answers at once.
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                _ = tokio::signal::ctrl_c() => break true,
+                _ = tokio::signal::ctrl_c() => return Ok(None),
             }
         }
-    };
-    drop(tx);
-    let _ = host.await;
-    if interrupted {
-        return Ok(stopped_following(build));
     }
-    let b = client
-        .json(client.http.get(client.url(&format!("/builds/{build}"))))
-        .await?;
-    if let Some(error) = b["error"].as_str() {
-        eprintln!("build {build}: {}", clean(error));
+}
+
+/// The builds `parent` chained, oldest first. Following, waits (up to
+/// 30 s) for all `expected` of them: they are created as they start, just
+/// after the parent ended.
+async fn chained_builds(
+    client: &Client,
+    parent: i64,
+    expected: usize,
+    follow: bool,
+) -> Result<Vec<i64>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: BuildList = client
+            .get(
+                client
+                    .http
+                    .get(client.url("/builds"))
+                    .query(&[("parent", parent.to_string()), ("limit", "500".into())]),
+            )
+            .await?;
+        // Retriggers are children too; chained builds say where from.
+        let mut ids: Vec<i64> = list
+            .builds
+            .iter()
+            .filter(|b| b.build.requested_by.starts_with("chained from build"))
+            .map(|b| b.build.id)
+            .collect();
+        ids.sort_unstable();
+        if ids.len() >= expected || !follow || tokio::time::Instant::now() > deadline {
+            return Ok(ids);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ids),
+        }
     }
-    if matches!(b["status"].as_str(), Some("queued" | "running")) {
-        // Shown so far, without `--follow`: nothing has failed yet.
-        return Ok(0);
-    }
-    Ok(exit_code_of(&b))
 }
 
 /// The exit status a local run of the same build would have had: 0, the
 /// first failing step's code, 124 for a timeout, 130 when canceled, 1
 /// for a failure without a code.
-fn exit_code_of(build: &Value) -> i32 {
-    match build["status"].as_str().unwrap_or("") {
-        "success" => 0,
-        "canceled" => EXIT_INTERRUPTED,
-        _ => build["steps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find_map(|s| match s["status"].as_str() {
-                Some("timed_out") => Some(crate::error::EXIT_TIMEOUT),
-                Some("failed") => s["exit_code"]
-                    .as_i64()
+fn exit_code_of(build: &BuildDetail) -> i32 {
+    match build.summary.build.status {
+        BuildState::Success => 0,
+        BuildState::Canceled => EXIT_INTERRUPTED,
+        _ => build
+            .steps
+            .iter()
+            .find_map(|s| match s.status.as_str() {
+                "timed_out" => Some(crate::error::EXIT_TIMEOUT),
+                "failed" => s
+                    .exit_code
                     .map(|c| c as i32)
                     .filter(|&c| c != 0)
                     .or(Some(1)),

@@ -19,7 +19,7 @@ pub fn channel() -> (EventSender, EventReceiver) {
     mpsc::channel(1024)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     BuildStarted {
@@ -58,6 +58,7 @@ pub enum Event {
         build: u32,
         step: String,
         #[serde(serialize_with = "lossy_utf8", deserialize_with = "utf8_bytes")]
+        #[schema(value_type = String)]
         data: Vec<u8>,
     },
     /// An attempt failed and the step will run again.
@@ -105,23 +106,27 @@ pub enum Event {
         duration_ms: u64,
         /// What `piper` would exit with if this were the last build.
         exit_code: i32,
+        /// The pipelines this build's triggers chain now (each becomes the
+        /// next build of the run), so a follower knows to wait for them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        chains: Vec<String>,
     },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlannedStepInfo {
     pub name: String,
     pub deps: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TriggeredBy {
     pub build: u32,
     pub pipeline: String,
     pub on: TriggerOn,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Success,
@@ -175,7 +180,7 @@ impl StepStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildStatus {
     Success,

@@ -107,6 +107,18 @@ pub struct BuildOutcome {
     pub exit_code: i32,
 }
 
+/// The triggers of `plan` that fire after a build that ended `status`.
+fn firing(plan: &Plan, status: BuildStatus) -> impl Iterator<Item = &crate::graph::Trigger> {
+    plan.triggers.iter().filter(move |trigger| {
+        status != BuildStatus::Canceled
+            && match trigger.on {
+                TriggerOn::Success => status == BuildStatus::Success,
+                TriggerOn::Failure => status == BuildStatus::Failed,
+                TriggerOn::Always => true,
+            }
+    })
+}
+
 /// Plans `targets`, runs them, then the pipelines their triggers chain.
 /// `interrupt` cancels everything (Ctrl-C); steps' process groups are ended
 /// and waited for before this returns.
@@ -146,24 +158,15 @@ pub async fn run(
         )
         .await;
         next_id += 1;
-        if outcome.status != BuildStatus::Canceled {
-            for trigger in &plan.triggers {
-                let fires = match trigger.on {
-                    TriggerOn::Success => outcome.status == BuildStatus::Success,
-                    TriggerOn::Failure => outcome.status == BuildStatus::Failed,
-                    TriggerOn::Always => true,
-                };
-                if fires {
-                    let chained = graph
-                        .plan_with_env(std::slice::from_ref(&trigger.pipeline), &trigger.env)?;
-                    let by = TriggeredBy {
-                        build: outcome.build,
-                        pipeline: plan.name.clone(),
-                        on: trigger.on,
-                    };
-                    queue.push_back((chained, Some(by)));
-                }
-            }
+        for trigger in firing(&plan, outcome.status) {
+            let chained =
+                graph.plan_with_env(std::slice::from_ref(&trigger.pipeline), &trigger.env)?;
+            let by = TriggeredBy {
+                build: outcome.build,
+                pipeline: plan.name.clone(),
+                on: trigger.on,
+            };
+            queue.push_back((chained, Some(by)));
         }
         builds.push(outcome);
     }
@@ -407,6 +410,9 @@ async fn run_build(
             status: build_status,
             duration_ms: started.elapsed().as_millis() as u64,
             exit_code,
+            chains: firing(plan, build_status)
+                .map(|t| t.pipeline.clone())
+                .collect(),
         })
         .await;
     BuildOutcome {

@@ -22,3 +22,4 @@ mod regressions;
 mod store;
 mod supervision;
 mod watch;
+mod web_ui;

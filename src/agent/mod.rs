@@ -8,10 +8,12 @@
 //! running ones finish within the grace period, then cancels them (their
 //! process groups are ended and they are recorded `canceled`).
 
+pub mod api;
 mod log_writer;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+mod ui;
 pub mod worker;
 
 use std::io::Write;
@@ -45,6 +47,8 @@ pub enum DaemonCommand {
     Start(StartArgs),
     /// Manage the API tokens every agent of the cluster accepts
     Token(TokenArgs),
+    /// Print the API's OpenAPI document (as served at /api/v1/openapi.json)
+    Openapi,
 }
 
 #[derive(Debug, clap::Args)]
@@ -283,6 +287,10 @@ pub fn main() -> i32 {
     let result = match cli.command {
         DaemonCommand::Start(args) => start(args),
         DaemonCommand::Token(args) => token_command(args),
+        DaemonCommand::Openapi => {
+            println!("{}", server::openapi_json());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => 0,
@@ -424,7 +432,7 @@ fn token_command(args: TokenArgs) -> Result<()> {
 }
 
 /// `bytes` random bytes from the OS, as hex.
-fn random_hex(bytes: usize) -> Result<String> {
+pub(crate) fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).map_err(|e| {
         Error::io(
@@ -682,7 +690,13 @@ async fn listen(agent: Arc<Agent>) {
                         let _ = agent.written.send(id);
                     }
                 }
-                Ok(Some(_)) => agent.wake.notify_one(),
+                Ok(Some(note)) => {
+                    // piper_builds: a build was queued (its id, if given).
+                    if let Ok(id) = note.payload().parse() {
+                        let _ = agent.written.send(id);
+                    }
+                    agent.wake.notify_one();
+                }
                 // The connection dropped; it reconnects on the next call.
                 Ok(None) => {
                     tracing::warn!("the notification connection dropped; reconnecting");

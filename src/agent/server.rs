@@ -12,10 +12,14 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::MethodRouter;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+#[allow(unused_imports)] // some are named only in #[utoipa::path] attributes
+use super::api::{
+    AgentList, Build, BuildDetail, BuildList, BuildRequest, BuildSummary, ErrorBody, Health,
+    LogChunk, LogIn, OutputChunk, Progress, StreamItem, StreamPage,
+};
 use super::store::{BuildFilter, BuildState, NewBuild};
 use super::worker::Agent;
 
@@ -83,9 +87,9 @@ impl RepositoryAllowList {
 /// problem (and the field, when one is to blame). Internal errors are
 /// logged, never sent.
 pub struct ApiError {
-    status: StatusCode,
-    message: String,
-    field: Option<String>,
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
+    pub(crate) field: Option<String>,
 }
 
 impl ApiError {
@@ -118,7 +122,7 @@ impl ApiError {
         }
     }
 
-    fn internal(error: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn internal(error: impl std::fmt::Display) -> ApiError {
         tracing::error!("internal error: {error}");
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -138,63 +142,111 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
-/// Every route of the API, once: it builds the router (below) and is
-/// checked against the OpenAPI document (`openapi.json`) by the tests.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/api/v1/health"),
-    ("GET", "/api/v1/openapi.json"),
-    ("GET", "/api/v1/builds"),
-    ("POST", "/api/v1/builds"),
-    ("GET", "/api/v1/builds/{id}"),
-    ("GET", "/api/v1/builds/{id}/log"),
-    ("GET", "/api/v1/builds/{id}/events"),
-    ("GET", "/api/v1/builds/{id}/stream"),
-    ("POST", "/api/v1/builds/{id}/cancel"),
-    ("POST", "/api/v1/builds/{id}/retrigger"),
-    ("POST", "/api/v1/webhook"),
-    ("GET", "/api/v1/agents"),
-];
+/// The API's OpenAPI document: the handlers' `#[utoipa::path]` and the
+/// types of `api.rs`, collected with the routes themselves (below), so the
+/// document cannot list a route that is not served or miss one that is.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "piperd",
+        description = "The API of Piper's build agent. See docs/daemon.md.",
+    ),
+    modifiers(&Credentials),
+    components(schemas(crate::event::Event, LogChunk, BuildRequest)),
+    tags(
+        (name = "builds", description = "Queue, list, cancel and retrigger builds"),
+        (name = "logs", description = "Logs and the typed event stream of a build"),
+        (name = "session", description = "The web UI's login"),
+        (name = "agent", description = "Health and the agents of the cluster"),
+    )
+)]
+struct ApiDoc;
 
-/// The OpenAPI 3 document of this API, served at `/api/v1/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// The two ways to present credentials.
+struct Credentials;
+
+impl utoipa::Modify for Credentials {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API token of the cluster (`piperd token create`)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                SESSION_COOKIE,
+                "The web UI's session (`POST /api/v1/session`); state-changing calls also need `Origin` to be this agent",
+            ))),
+        );
+    }
+}
+
+/// The API's routes and their OpenAPI document, from one list.
+fn api_routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(openapi))
+        .routes(routes!(list_builds, submit))
+        .routes(routes!(show_build))
+        .routes(routes!(read_log))
+        .routes(routes!(follow_log))
+        .routes(routes!(read_stream))
+        .routes(routes!(cancel))
+        .routes(routes!(retrigger))
+        .routes(routes!(webhook))
+        .routes(routes!(agents))
+        .routes(routes!(updates))
+        .routes(routes!(log_in, log_out))
+        .split_for_parts()
+}
+
+/// The OpenAPI document, as served at `/api/v1/openapi.json`.
+pub fn openapi_json() -> String {
+    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        api_routes()
+            .1
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes")
+    });
+    DOCUMENT.clone()
+}
 
 pub fn router(state: ApiState) -> Router {
-    let mut by_path: std::collections::BTreeMap<&str, MethodRouter<ApiState>> =
-        std::collections::BTreeMap::new();
-    for &(method, path) in ROUTES {
-        let routes = by_path.remove(path).unwrap_or_default();
-        let routes = match (method, path) {
-            ("GET", "/api/v1/health") => routes.get(health),
-            ("GET", "/api/v1/openapi.json") => routes.get(openapi),
-            ("GET", "/api/v1/builds") => routes.get(list_builds),
-            ("POST", "/api/v1/builds") => routes.post(submit),
-            ("GET", "/api/v1/builds/{id}") => routes.get(show_build),
-            ("GET", "/api/v1/builds/{id}/log") => routes.get(read_log),
-            ("GET", "/api/v1/builds/{id}/events") => routes.get(follow_log),
-            ("GET", "/api/v1/builds/{id}/stream") => routes.get(read_stream),
-            ("POST", "/api/v1/builds/{id}/cancel") => routes.post(cancel),
-            ("POST", "/api/v1/builds/{id}/retrigger") => routes.post(retrigger),
-            ("POST", "/api/v1/webhook") => routes.post(webhook),
-            ("GET", "/api/v1/agents") => routes.get(agents),
-            other => unreachable!("route {other:?} in ROUTES has no handler"),
-        };
-        by_path.insert(path, routes);
-    }
-    let mut router = Router::new();
-    for (path, routes) in by_path {
-        router = router.route(path, routes);
-    }
-    router
-        .fallback(|| async { ApiError::not_found("no such API route; see /api/v1/openapi.json") })
+    let (api, _) = api_routes();
+    let api = api.layer(axum::middleware::map_response(errors_as_json));
+    // The web UI beside the API: its pages call the handlers above.
+    Router::new()
+        .merge(api)
+        .merge(super::ui::routes())
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(axum::middleware::map_response(errors_as_json))
         .with_state(state)
+}
+
+/// A JSON 404 under `/api/`, the UI's page elsewhere.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        ApiError::not_found("no such API route; see /api/v1/openapi.json").into_response()
+    } else {
+        super::ui::not_found_page()
+    }
 }
 
 /// Serves `router` until the task is dropped. Not `axum::serve`: it has no
@@ -269,14 +321,19 @@ async fn errors_as_json(response: Response) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "agent",
+    responses((status = 200, description = "This document", content_type = "application/json")))]
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
 
 /// `GET /api/v1/builds/{id}/events?offset=N&step=NAME`: the log as
 /// Server-Sent Events while the build runs. `chunk` events carry
 /// `{offset, next, data}` (data base64-encoded: logs are bytes); one `end`
 /// event carries the final `{status}`, then the stream closes.
+#[utoipa::path(get, path = "/api/v1/builds/{id}/events", tag = "logs", params(("id" = i64, Path, description = "The build's id"), LogQuery), security(("bearer" = []), ("session" = []), ()),
+    responses((status = 200, description = "Server-Sent Events: `chunk` events carry a LogChunk; one `end` event carries `{\"status\"}`, then the stream closes",
+        content_type = "text/event-stream", body = LogChunk), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 404, description = "No such build", body = ErrorBody)))]
 async fn follow_log(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -337,63 +394,283 @@ async fn follow_log(
         .into_response())
 }
 
-/// Reads need the token too, unless the agent was started with
-/// `public_read = true`: builds carry their environment and logs.
-async fn authorize_read(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
+/// A state-changing call needs credentials: the bearer token (one of the
+/// cluster's `api_tokens`, by hash: any agent sharing the database accepts
+/// it), or the web UI's session cookie from a page of this agent's origin.
+pub(crate) async fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
+    if bearer(headers).is_none()
+        && let Some(session) = session_cookie(headers)
+    {
+        same_origin(headers)?;
+        return check_session(state, session).await;
+    }
+    check_bearer(state, headers).await
+}
+
+/// Reads need the token (or a session) too, unless the agent was started
+/// with `public_read = true`: builds carry their environment and logs.
+pub(crate) async fn authorize_read(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
     if state.policy.public_read {
         return Ok(());
     }
-    authorize(state, headers).await
+    if bearer(headers).is_none()
+        && let Some(session) = session_cookie(headers)
+    {
+        return check_session(state, session).await;
+    }
+    check_bearer(state, headers).await
 }
 
-/// The bearer token must be one of the cluster's (`api_tokens`, by hash):
-/// any agent sharing the database accepts it.
-async fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
-    // The scheme is case-insensitive (RFC 9110): `bearer` works too.
-    let given = headers
+/// How long a request waits for a database connection while every one is
+/// busy (a burst of submits): the pool's own timeout is short so that the
+/// agent's writes notice an outage fast, but a busy pool is not an outage.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs a store call again while the pool had no free connection, up to
+/// `BUSY_WAIT`; any other error (or the same after that) is returned.
+async fn while_busy<T, F, Fut>(mut call: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+    loop {
+        match call().await {
+            Err(sqlx::Error::PoolTimedOut) if tokio::time::Instant::now() < deadline => {}
+            other => return other,
+        }
+    }
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        message: message.into(),
+        field: None,
+    }
+}
+
+/// `Authorization: Bearer T` (the scheme is case-insensitive, RFC 9110).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    let unauthorized = |message: &str| ApiError {
-        status: StatusCode::UNAUTHORIZED,
-        message: message.into(),
-        field: None,
-    };
-    match given {
+        .map(|(_, token)| token.trim())
+}
+
+async fn check_bearer(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
+    match bearer(headers) {
         None => Err(unauthorized(
             "this call needs `Authorization: Bearer <token>` (the token is in the agent's data directory, or from `piperd token create`)",
         )),
         // An empty token never matches; the lookup is by hash, so timing
         // says nothing about a stored token.
-        Some(token) if !token.is_empty() => {
-            match state
-                .agent
-                .store
-                .token_named(&token_hash(token))
-                .await
-                .map_err(ApiError::unavailable)?
-            {
-                Some(_) => Ok(()),
-                None => Err(unauthorized("the token is not valid")),
-            }
-        }
+        Some(token) if !token.is_empty() => match while_busy(|| {
+            let hash = token_hash(token);
+            async move { state.agent.store.token_named(&hash).await }
+        })
+        .await
+        .map_err(ApiError::unavailable)?
+        {
+            Some(_) => Ok(()),
+            None => Err(unauthorized("the token is not valid")),
+        },
         Some(_) => Err(unauthorized("the token is not valid")),
     }
 }
 
-async fn health(State(state): State<ApiState>) -> axum::Json<Value> {
-    axum::Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "agent": state.agent.name,
-        "database": state.agent.store.backend_name(),
-    }))
+/// The web UI's session cookie.
+pub(crate) const SESSION_COOKIE: &str = "piper_session";
+/// How long a UI session lasts.
+const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_empty())
+}
+
+/// Whether the request carries a live UI session (the page offers actions).
+pub(crate) async fn has_session(state: &ApiState, headers: &HeaderMap) -> bool {
+    match session_cookie(headers) {
+        Some(session) => check_session(state, session).await.is_ok(),
+        None => false,
+    }
+}
+
+async fn check_session(state: &ApiState, session: &str) -> ApiResult<()> {
+    match state
+        .agent
+        .store
+        .session_token(&token_hash(session))
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        Some(_) => Ok(()),
+        None => Err(unauthorized(
+            "the session expired or was ended; log in again with the agent's token",
+        )),
+    }
+}
+
+/// A cookie is sent by the browser whoever asks, so a state-changing call
+/// that relies on it must come from a page of this origin: `Origin` must
+/// name the host the request was sent to (SameSite=Strict is the other
+/// half of the defence).
+fn same_origin(headers: &HeaderMap) -> ApiResult<()> {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let origin_host = origin
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest);
+    match (host, origin_host) {
+        (Some(host), Some(origin)) if host.eq_ignore_ascii_case(origin) => Ok(()),
+        _ => Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "refused: a call with the session cookie must come from this agent's own pages (Origin {} is not this host)",
+                origin.unwrap_or("missing")
+            ),
+            field: None,
+        }),
+    }
+}
+
+/// `POST /api/v1/session` `{token}`: checks the token and answers with an
+/// HttpOnly, SameSite=Strict session cookie for the web UI.
+#[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = LogIn,
+    responses((status = 204, description = "Logged in: `Set-Cookie: piper_session=...; HttpOnly; SameSite=Strict`"),
+        (status = 401, description = "The token is not valid", body = ErrorBody), (status = 403, description = "A session cookie without this origin, or a repository off the allow-list", body = ErrorBody)))]
+async fn log_in(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    // Refuse a login posted from another site (login CSRF).
+    if headers.contains_key(header::ORIGIN) {
+        same_origin(&headers)?;
+    }
+    let body = body.map_err(|e| ApiError::bad("body", e.body_text()))?;
+    let LogIn { token } = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("token", format!("expected {{\"token\": \"...\"}}: {e}")))?;
+    let token = token.trim();
+    let name = if token.is_empty() {
+        None
+    } else {
+        state
+            .agent
+            .store
+            .token_named(&token_hash(token))
+            .await
+            .map_err(ApiError::unavailable)?
+    };
+    let Some(name) = name else {
+        return Err(ApiError {
+            field: Some("token".into()),
+            ..unauthorized("the token is not valid")
+        });
+    };
+    let session = super::random_hex(32).map_err(ApiError::internal)?;
+    state
+        .agent
+        .store
+        .create_session(
+            &token_hash(&session),
+            &name,
+            SESSION_LIFETIME.as_millis() as i64,
+        )
+        .await
+        .map_err(ApiError::unavailable)?;
+    let cookie = format!(
+        "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        SESSION_LIFETIME.as_secs()
+    );
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(ApiError::internal)?,
+    );
+    Ok(response)
+}
+
+/// `DELETE /api/v1/session`: ends the session and clears the cookie.
+#[utoipa::path(delete, path = "/api/v1/session", tag = "session",
+    responses((status = 204, description = "Logged out; the cookie is cleared"), (status = 403, description = "A session cookie without this origin, or a repository off the allow-list", body = ErrorBody)))]
+async fn log_out(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
+    if let Some(session) = session_cookie(&headers) {
+        same_origin(&headers)?;
+        state
+            .agent
+            .store
+            .delete_session(&token_hash(session))
+            .await
+            .map_err(ApiError::unavailable)?;
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+        ))
+        .map_err(ApiError::internal)?,
+    );
+    Ok(response)
+}
+
+/// `GET /api/v1/updates`: Server-Sent Events, one `build` event
+/// `{"id": N}` whenever build N was queued or its state or log changed, on
+/// any agent sharing the database. What live lists follow; they read the
+/// build again to see what changed.
+#[utoipa::path(get, path = "/api/v1/updates", tag = "builds", security(("bearer" = []), ("session" = []), ()),
+    responses((status = 200, description = "Server-Sent Events: a `build` event `{\"id\": N}` whenever build N was queued or its state or log changed; `lagged` when some were missed",
+        content_type = "text/event-stream", body = String), (status = 401, description = "No valid token or session", body = ErrorBody)))]
+async fn updates(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize_read(&state, &headers).await?;
+    let written = state.agent.written.subscribe();
+    let stream = futures_util::stream::unfold(written, |mut written| async move {
+        let event = match written.recv().await {
+            Ok(id) => Event::default()
+                .event("build")
+                .data(json!({ "id": id }).to_string()),
+            // Fell behind: tell the follower to read everything again.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                Event::default().event("lagged").data("{}")
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), written))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/health", tag = "agent",
+    responses((status = 200, description = "The agent answers", body = Health)))]
+async fn health(State(state): State<ApiState>) -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        agent: state.agent.name.clone(),
+        database: state.agent.store.backend_name().into(),
+    })
 }
 
 /// `GET /api/v1/agents`: the agents sharing this database.
-async fn agents(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<axum::Json<Value>> {
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agent", security(("bearer" = []), ("session" = []), ()),
+    responses((status = 200, description = "The agents sharing this database", body = AgentList), (status = 401, description = "No valid token or session", body = ErrorBody)))]
+pub(crate) async fn agents(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<AgentList>> {
     authorize_read(&state, &headers).await?;
     let agents = state
         .agent
@@ -401,7 +678,7 @@ async fn agents(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<
         .agents()
         .await
         .map_err(ApiError::internal)?;
-    Ok(axum::Json(json!({ "agents": agents })))
+    Ok(axum::Json(AgentList { agents }))
 }
 
 /// The build, or a 404 naming it.
@@ -421,6 +698,11 @@ fn parse_id(text: &str) -> ApiResult<i64> {
 }
 
 /// `POST /api/v1/builds`: `{repo, pipeline, ref?, env?, requested_by?}`.
+#[utoipa::path(post, path = "/api/v1/builds", tag = "builds", request_body = BuildRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "The same key within a day returns the first answer (`idempotent-replayed: true`) instead of queuing again")),
+    security(("bearer" = []), ("session" = [])),
+    responses((status = 201, description = "Queued (committed)", body = Build), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 403, description = "A session cookie without this origin, or a repository off the allow-list", body = ErrorBody),
+        (status = 413, description = "The body is over 64 KiB", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
 async fn submit(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -454,6 +736,8 @@ fn header_key(headers: &HeaderMap, name: &str, scope: &str) -> ApiResult<Option<
 
 /// `POST /api/v1/webhook?pipeline=NAME`: what a git host calls on a push,
 /// `{repo, ref}` (the pipeline defaults to `ci`).
+#[utoipa::path(post, path = "/api/v1/webhook", tag = "builds", params(WebhookQuery), request_body = BuildRequest, security(("bearer" = [])),
+    responses((status = 201, description = "Queued; a redelivery (same delivery id header) answers the first build", body = Build), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 403, description = "A session cookie without this origin, or a repository off the allow-list", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
 async fn webhook(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -482,8 +766,10 @@ async fn webhook(
     queue(&state, &new, key.as_deref()).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct WebhookQuery {
+    /// The pipeline to run (default `ci`).
     pipeline: Option<String>,
 }
 
@@ -502,12 +788,11 @@ async fn queue(state: &ApiState, new: &NewBuild, key: Option<&str>) -> ApiResult
         });
     }
     // 201 only for a row that committed: a store error is a 5xx.
-    let (build, replayed) = state
-        .agent
-        .store
-        .create_build_once(new, BuildState::Queued, None, key)
-        .await
-        .map_err(ApiError::unavailable)?;
+    let store = &state.agent.store;
+    let (build, replayed) =
+        while_busy(|| store.create_build_once(new, BuildState::Queued, None, key))
+            .await
+            .map_err(ApiError::unavailable)?;
     if replayed {
         // The same answer as the first time, marked as a replay.
         let mut response = (StatusCode::CREATED, axum::Json(build)).into_response();
@@ -518,6 +803,7 @@ async fn queue(state: &ApiState, new: &NewBuild, key: Option<&str>) -> ApiResult
     }
     tracing::info!(build = build.id, repo = %build.repo, pipeline = %build.pipeline, requested_by = %build.requested_by, "build queued");
     state.agent.wake.notify_one();
+    let _ = state.agent.written.send(build.id);
     Ok((StatusCode::CREATED, axum::Json(build)).into_response())
 }
 
@@ -647,6 +933,8 @@ fn variables(
 
 /// `POST /api/v1/builds/{id}/retrigger`: a new build of the same commit
 /// (the same ref when the old one never resolved), linked to the old one.
+#[utoipa::path(post, path = "/api/v1/builds/{id}/retrigger", tag = "builds", params(("id" = i64, Path, description = "The build's id")), security(("bearer" = []), ("session" = [])),
+    responses((status = 201, description = "A new build of the same commit, linked to this one", body = Build), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 403, description = "A session cookie without this origin, or a repository off the allow-list", body = ErrorBody), (status = 404, description = "No such build", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
 async fn retrigger(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -668,24 +956,39 @@ async fn retrigger(
     queue(&state, &new, key.as_deref()).await
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    repo: Option<String>,
-    status: Option<String>,
-    pipeline: Option<String>,
-    before: Option<i64>,
-    limit: Option<i64>,
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Only builds of this repository (as submitted).
+    pub(crate) repo: Option<String>,
+    /// Only builds in this state.
+    #[param(value_type = Option<BuildState>)]
+    pub(crate) status: Option<String>,
+    /// Only builds of this pipeline.
+    pub(crate) pipeline: Option<String>,
+    /// Only builds run by the agent of this name.
+    pub(crate) agent: Option<String>,
+    /// Only builds that build triggered or retriggered.
+    pub(crate) parent: Option<i64>,
+    /// Only builds with a smaller id: the previous page's `next_before`.
+    pub(crate) before: Option<i64>,
+    /// At most this many builds (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub(crate) limit: Option<i64>,
 }
 
-/// `GET /api/v1/builds?repo&status&pipeline&before&limit`, newest first.
-async fn list_builds(
+/// `GET /api/v1/builds?repo&status&pipeline&agent&parent&before&limit`, newest
+/// first; each build with its `progress` (steps done / planned).
+#[utoipa::path(get, path = "/api/v1/builds", tag = "builds", params(ListQuery), security(("bearer" = []), ("session" = []), ()),
+    responses((status = 200, description = "Builds, newest first", body = BuildList), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody)))]
+pub(crate) async fn list_builds(
     State(state): State<ApiState>,
     headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<BuildList>> {
     authorize_read(&state, &headers).await?;
     let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    let status = match &query.status {
+    let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(BuildState::parse(s).ok_or_else(|| {
             ApiError::bad(
@@ -701,9 +1004,11 @@ async fn list_builds(
         return Err(ApiError::bad("limit", "`limit` must be from 1 to 500"));
     }
     let filter = BuildFilter {
-        repo: query.repo,
+        repo: query.repo.filter(|r| !r.is_empty()),
         status,
-        pipeline: query.pipeline,
+        pipeline: query.pipeline.filter(|p| !p.is_empty()),
+        agent: query.agent.filter(|a| !a.is_empty()),
+        parent: query.parent,
         before: query.before,
         limit,
     };
@@ -719,15 +1024,20 @@ async fn list_builds(
         None
     };
     let builds = with_waiting(&state, builds).await?;
-    Ok(axum::Json(json!({ "builds": builds, "next_before": next })))
+    Ok(axum::Json(BuildList {
+        builds,
+        next_before: next,
+    }))
 }
 
 /// `GET /api/v1/builds/{id}`: the build and its steps.
-async fn show_build(
+#[utoipa::path(get, path = "/api/v1/builds/{id}", tag = "builds", params(("id" = i64, Path, description = "The build's id")), security(("bearer" = []), ("session" = []), ()),
+    responses((status = 200, description = "The build and its steps", body = BuildDetail), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 404, description = "No such build", body = ErrorBody)))]
+pub(crate) async fn show_build(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<BuildDetail>> {
     authorize_read(&state, &headers).await?;
     let id = parse_id(&id)?;
     let build = find_build(&state, id).await?;
@@ -737,18 +1047,20 @@ async fn show_build(
         .steps(id)
         .await
         .map_err(ApiError::internal)?;
-    let mut value = with_waiting(&state, vec![build])
+    let summary = with_waiting(&state, vec![build])
         .await?
         .pop()
-        .unwrap_or_default();
-    value["steps"] = serde_json::to_value(steps).map_err(ApiError::internal)?;
-    Ok(axum::Json(value))
+        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+    Ok(axum::Json(BuildDetail { summary, steps }))
 }
 
 /// Builds as JSON; a queued build that no live agent can run gets
 /// `waiting_for`: the labels it requires, `gpu=1 os=linux` (it waits
 /// without holding up other builds, and runs when such an agent joins).
-async fn with_waiting(state: &ApiState, builds: Vec<super::store::Build>) -> ApiResult<Vec<Value>> {
+async fn with_waiting(
+    state: &ApiState,
+    builds: Vec<super::store::Build>,
+) -> ApiResult<Vec<BuildSummary>> {
     let needs_agents = builds.iter().any(|b| {
         b.status == BuildState::Queued && b.requires.as_ref().is_some_and(|r| !r.is_empty())
     });
@@ -762,9 +1074,17 @@ async fn with_waiting(state: &ApiState, builds: Vec<super::store::Build>) -> Api
     } else {
         Vec::new()
     };
-    builds
+    let ids: Vec<i64> = builds.iter().map(|b| b.id).collect();
+    let progress = state
+        .agent
+        .store
+        .step_progress(&ids)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(builds
         .into_iter()
         .map(|build| {
+            let (done, total) = progress.get(&build.id).copied().unwrap_or((0, 0));
             let waiting = match (&build.status, &build.requires) {
                 (BuildState::Queued, Some(requires)) if !requires.is_empty() => {
                     let met = agents.iter().any(|a| {
@@ -780,13 +1100,13 @@ async fn with_waiting(state: &ApiState, builds: Vec<super::store::Build>) -> Api
                 }
                 _ => None,
             };
-            let mut value = serde_json::to_value(build).map_err(ApiError::internal)?;
-            if let Some(waiting) = waiting {
-                value["waiting_for"] = json!(waiting);
+            BuildSummary {
+                build,
+                progress: Progress { done, total },
+                waiting_for: waiting,
             }
-            Ok(value)
         })
-        .collect()
+        .collect::<Vec<_>>())
 }
 
 /// The build id, query and offset of a log read, checked.
@@ -842,37 +1162,79 @@ async fn check_step(
     })
 }
 
-#[derive(Deserialize)]
-struct LogQuery {
-    offset: Option<i64>,
-    step: Option<String>,
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct LogQuery {
+    /// Where to start, in bytes (default 0).
+    #[param(minimum = 0)]
+    pub(crate) offset: Option<i64>,
+    /// One step's log instead of the whole build's.
+    pub(crate) step: Option<String>,
+    /// Instead of `offset`: the last `tail` bytes (where a page of a huge
+    /// log starts).
+    #[param(minimum = 0)]
+    pub(crate) tail: Option<i64>,
+    /// At most this many bytes (1 to 1 MiB, the default).
+    #[param(minimum = 1, maximum = 1048576)]
+    pub(crate) limit: Option<i64>,
+    /// The whole log as a file (`Content-Disposition: attachment`).
+    pub(crate) download: Option<bool>,
 }
 
 /// `GET /api/v1/builds/{id}/log?offset=N&step=NAME`: raw bytes from the
-/// offset; `x-piper-next-offset` says where to continue, and
-/// `x-piper-build-status` whether more can come.
-async fn read_log(
+/// offset (or the last `tail` bytes); `x-piper-offset` says where they
+/// start, `x-piper-next-offset` where to continue, and
+/// `x-piper-build-status` whether more can come. `download=true` sends the
+/// whole log as a file.
+#[utoipa::path(get, path = "/api/v1/builds/{id}/log", tag = "logs", params(("id" = i64, Path, description = "The build's id"), LogQuery), security(("bearer" = []), ("session" = []), ()),
+    responses((status = 200, description = "Raw log bytes; `x-piper-offset` is where they start, `x-piper-next-offset` where to continue, `x-piper-build-status` the build's status",
+        content_type = "application/octet-stream", body = Vec<u8>), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 404, description = "No such build", body = ErrorBody)))]
+pub(crate) async fn read_log(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     authorize_read(&state, &headers).await?;
-    let (id, query, offset) = log_request(&id, query)?;
+    let (id, query, mut offset) = log_request(&id, query)?;
     let build = find_build(&state, id).await?;
     check_step(&state, &build, query.step.as_deref()).await?;
-    let slice = state
-        .agent
-        .store
-        .read_log(id, query.step.as_deref(), offset, LOG_READ_LIMIT)
+    let store = &state.agent.store;
+    if query.download == Some(true) {
+        return Ok(download_log(store.clone(), id, query.step, &build));
+    }
+    let limit = query.limit.unwrap_or(LOG_READ_LIMIT);
+    if !(1..=LOG_READ_LIMIT).contains(&limit) {
+        return Err(ApiError::bad(
+            "limit",
+            format!("`limit` must be from 1 to {LOG_READ_LIMIT}"),
+        ));
+    }
+    if let Some(tail) = query.tail {
+        if tail < 0 {
+            return Err(ApiError::bad("tail", "`tail` must not be negative"));
+        }
+        let length = store
+            .log_length(id, query.step.as_deref())
+            .await
+            .map_err(ApiError::internal)?;
+        offset = (length - tail).max(0);
+    }
+    let mut slice = store
+        .read_log(id, query.step.as_deref(), offset, limit)
         .await
         .map_err(ApiError::internal)?;
+    if slice.data.len() as i64 > limit {
+        slice.data.truncate(limit as usize);
+        slice.next_offset = offset + limit;
+    }
     let mut response = (StatusCode::OK, slice.data).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
+    headers.insert("x-piper-offset", HeaderValue::from(offset));
     headers.insert("x-piper-next-offset", HeaderValue::from(slice.next_offset));
     headers.insert(
         "x-piper-build-status",
@@ -881,11 +1243,60 @@ async fn read_log(
     Ok(response)
 }
 
-#[derive(Deserialize)]
-struct StreamQuery {
-    after: Option<i64>,
+/// The whole log (of the build or one step), streamed page by page.
+fn download_log(
+    store: super::store::Store,
+    id: i64,
+    step: Option<String>,
+    build: &super::store::Build,
+) -> Response {
+    let name = match &step {
+        Some(step) => format!(
+            "build-{id}-{}.log",
+            step.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+        ),
+        None => format!("build-{id}.log"),
+    };
+    let pages = futures_util::stream::unfold(Some(0i64), move |offset| {
+        let store = store.clone();
+        let step = step.clone();
+        async move {
+            let offset = offset?;
+            match store
+                .read_log(id, step.as_deref(), offset, LOG_READ_LIMIT)
+                .await
+            {
+                Ok(slice) if slice.data.is_empty() => None,
+                Ok(slice) => Some((Ok::<_, std::io::Error>(slice.data), Some(slice.next_offset))),
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+            }
+        }
+    });
+    let mut response = axum::body::Body::from_stream(pages).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    headers.insert(
+        "x-piper-build-status",
+        HeaderValue::from_static(build.status.as_str()),
+    );
+    response
+}
+
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct StreamQuery {
+    /// Items after this `seq` (the previous page's `next`; default -1).
+    pub(crate) after: Option<i64>,
     /// Long poll: with nothing new yet, wait (up to 20 s) for it.
-    wait: Option<bool>,
+    pub(crate) wait: Option<bool>,
+    /// `false`: events only, without the steps' output.
+    pub(crate) output: Option<bool>,
 }
 
 /// Waits until `build`'s log or events grew, as announced by the agent that
@@ -913,23 +1324,26 @@ async fn wait_for_write(written: &mut tokio::sync::broadcast::Receiver<i64>, bui
 /// its output as `{"seq", "output": {"step", "data"}}` (data base64) — from
 /// after `SEQ`, at most about 1 MiB; `next` is the `after` of the next
 /// page and `status` the build's. What `piper submit --follow` renders.
-async fn read_stream(
+#[utoipa::path(get, path = "/api/v1/builds/{id}/stream", tag = "logs", params(("id" = i64, Path, description = "The build's id"), StreamQuery), security(("bearer" = []), ("session" = []), ()),
+    responses((status = 200, description = "A page of the build's typed events and output", body = StreamPage), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 404, description = "No such build", body = ErrorBody)))]
+pub(crate) async fn read_stream(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<StreamPage>> {
     use base64::Engine;
     authorize_read(&state, &headers).await?;
     let id = parse_id(&id)?;
     let Query(query) = query.map_err(|e| ApiError::bad("after", e.body_text()))?;
     let after = query.after.unwrap_or(-1);
+    let with_output = query.output != Some(false);
     let mut written = state.agent.written.subscribe();
     // Read the status first: if it is final, everything is stored already.
     let mut build = find_build(&state, id).await?;
     let store = &state.agent.store;
     let mut items = store
-        .read_stream(id, after, LOG_READ_LIMIT as usize)
+        .read_stream(id, after, LOG_READ_LIMIT as usize, with_output)
         .await
         .map_err(ApiError::internal)?;
     if items.is_empty() && query.wait == Some(true) && !build.status.is_final() {
@@ -939,30 +1353,40 @@ async fn read_stream(
             wait_for_write(&mut written, id).await;
             build = find_build(&state, id).await?;
             items = store
-                .read_stream(id, after, LOG_READ_LIMIT as usize)
+                .read_stream(id, after, LOG_READ_LIMIT as usize, with_output)
                 .await
                 .map_err(ApiError::internal)?;
         }
     }
     let next = items.last().map_or(after, |(seq, _)| *seq);
-    let items: Vec<Value> = items
+    let items: Vec<StreamItem> = items
         .into_iter()
         .map(|(seq, item)| match item {
-            super::store::StreamItem::Event(body) => {
-                json!({ "seq": seq, "event": serde_json::from_str::<Value>(&body).unwrap_or(Value::Null) })
-            }
-            super::store::StreamItem::Output { step, data } => json!({
-                "seq": seq,
-                "output": { "step": step, "data": base64::engine::general_purpose::STANDARD.encode(&data) },
-            }),
+            super::store::StreamItem::Event(body) => StreamItem::Event {
+                seq,
+                event: serde_json::from_str(&body).ok(),
+            },
+            super::store::StreamItem::Output { step, data } => StreamItem::Output {
+                seq,
+                output: OutputChunk {
+                    step,
+                    data: base64::engine::general_purpose::STANDARD.encode(&data),
+                },
+            },
         })
         .collect();
-    Ok(axum::Json(
-        json!({ "items": items, "next": next, "status": build.status }),
-    ))
+    Ok(axum::Json(StreamPage {
+        items,
+        next,
+        status: build.status,
+    }))
 }
 
 /// `POST /api/v1/builds/{id}/cancel`.
+#[utoipa::path(post, path = "/api/v1/builds/{id}/cancel", tag = "builds", params(("id" = i64, Path, description = "The build's id")), security(("bearer" = []), ("session" = [])),
+    responses((status = 200, description = "Canceled: the build's final state", body = Build),
+        (status = 202, description = "Asked: its agent ends it within the grace period", body = Build),
+        (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 403, description = "A session cookie without this origin, or a repository off the allow-list", body = ErrorBody), (status = 404, description = "No such build", body = ErrorBody), (status = 409, description = "The build already ended", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
 async fn cancel(
     State(state): State<ApiState>,
     headers: HeaderMap,

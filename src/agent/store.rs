@@ -39,6 +39,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = migrations!("sqlite":
     8 => "0008_api_tokens.sql",
     9 => "0009_leader.sql",
     10 => "0010_build_events.sql",
+    11 => "0011_sessions.sql",
 );
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     1 => "0001_builds.sql",
@@ -51,6 +52,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     8 => "0008_api_tokens.sql",
     9 => "0009_leader.sql",
     10 => "0010_build_events.sql",
+    11 => "0011_sessions.sql",
 );
 
 #[derive(Clone)]
@@ -75,7 +77,7 @@ pub struct Store {
     backend: Backend,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildState {
     Queued,
@@ -158,7 +160,7 @@ pub struct NewBuild {
     pub parent_id: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Build {
     pub id: i64,
     /// Per repository: 1, 2, 3, ...
@@ -194,8 +196,22 @@ pub struct Build {
     /// piper.lua (any agent may claim it to do so).
     pub requires: Option<BTreeMap<String, String>>,
     /// Serialized as the names only: the values never leave the agent.
-    #[serde(rename = "secret_env_names", serialize_with = "names_only")]
+    #[serde(
+        rename = "secret_env_names",
+        serialize_with = "names_only",
+        deserialize_with = "names_without_values",
+        default
+    )]
+    #[schema(value_type = Vec<String>)]
     pub secret_env: BTreeMap<String, String>,
+}
+
+/// A client reads the names only: their values stay empty.
+fn names_without_values<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let names: Vec<String> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(names.into_iter().map(|n| (n, String::new())).collect())
 }
 
 fn names_only<S: serde::Serializer>(
@@ -205,7 +221,7 @@ fn names_only<S: serde::Serializer>(
     serializer.collect_seq(vars.keys())
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StoredStep {
     pub name: String,
     pub status: String,
@@ -215,7 +231,14 @@ pub struct StoredStep {
     pub message: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl StoredStep {
+    /// Whether the step ended (it will not change any more).
+    pub fn is_final(&self) -> bool {
+        !matches!(self.status.as_str(), "pending" | "queued" | "running")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AgentInfo {
     pub id: String,
     pub name: String,
@@ -236,6 +259,10 @@ pub struct BuildFilter {
     pub repo: Option<String>,
     pub status: Option<BuildState>,
     pub pipeline: Option<String>,
+    /// The agent's name that ran (or runs) the build.
+    pub agent: Option<String>,
+    /// Builds this one triggered or retriggered.
+    pub parent: Option<i64>,
     /// Only builds with a smaller id (pagination cursor).
     pub before: Option<i64>,
     pub limit: i64,
@@ -561,7 +588,11 @@ impl Store {
                     .await?;
             }
             if self.is_postgres() && state == BuildState::Queued {
-                sqlx::query("SELECT pg_notify('piper_builds', '')").execute(&mut *tx).await?;
+                // The id lets other agents' followers of updates see it appear.
+                sqlx::query("SELECT pg_notify('piper_builds', $1)")
+                    .bind(build.id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok((build, false))
@@ -585,6 +616,7 @@ impl Store {
             "SELECT {BUILD_COLUMNS} FROM builds \
              WHERE ($1 IS NULL OR repo = $1) AND ($2 IS NULL OR status = $2) \
              AND ($3 IS NULL OR pipeline = $3) AND ($4 IS NULL OR id < $4) \
+             AND ($6 IS NULL OR agent = $6) AND ($7 IS NULL OR parent_id = $7) \
              ORDER BY id DESC LIMIT $5"
         );
         let sql = match self.backend {
@@ -593,7 +625,9 @@ impl Store {
                 .replace("$1 IS NULL", "$1::TEXT IS NULL")
                 .replace("$2 IS NULL", "$2::TEXT IS NULL")
                 .replace("$3 IS NULL", "$3::TEXT IS NULL")
-                .replace("$4 IS NULL", "$4::BIGINT IS NULL"),
+                .replace("$4 IS NULL", "$4::BIGINT IS NULL")
+                .replace("$6 IS NULL", "$6::TEXT IS NULL")
+                .replace("$7 IS NULL", "$7::BIGINT IS NULL"),
             Backend::Sqlite(_) => sql,
         };
         on_backend!(self, pool => {
@@ -603,6 +637,8 @@ impl Store {
                 .bind(filter.pipeline.as_deref())
                 .bind(filter.before)
                 .bind(filter.limit)
+                .bind(filter.agent.as_deref())
+                .bind(filter.parent)
                 .fetch_all(pool)
                 .await?;
             rows.iter().map(build_from_row).collect()
@@ -1031,13 +1067,18 @@ impl Store {
         build_id: i64,
         after: i64,
         limit: usize,
+        with_output: bool,
     ) -> StoreResult<Vec<(i64, StreamItem)>> {
         const BATCH: i64 = 500;
         let (events, chunks) = on_backend!(self, pool => {
             let events = sqlx::query("SELECT seq, body FROM build_events WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
                 .bind(build_id).bind(after).bind(BATCH).fetch_all(pool).await?;
-            let chunks = sqlx::query("SELECT seq, step, data FROM log_chunks WHERE build_id = $1 AND seq > $2 AND NOT annotation ORDER BY seq LIMIT $3")
-                .bind(build_id).bind(after).bind(BATCH).fetch_all(pool).await?;
+            let chunks = if with_output {
+                sqlx::query("SELECT seq, step, data FROM log_chunks WHERE build_id = $1 AND seq > $2 AND NOT annotation ORDER BY seq LIMIT $3")
+                    .bind(build_id).bind(after).bind(BATCH).fetch_all(pool).await?
+            } else {
+                Vec::new()
+            };
             let events = events.iter().map(|r| Ok((r.try_get::<i64, _>("seq")?, StreamItem::Event(r.try_get("body")?)))).collect::<StoreResult<Vec<_>>>()?;
             let chunks = chunks.iter().map(|r| Ok((r.try_get::<i64, _>("seq")?, StreamItem::Output { step: r.try_get("step")?, data: r.try_get("data")? }))).collect::<StoreResult<Vec<_>>>()?;
             (events, chunks)
@@ -1127,6 +1168,28 @@ impl Store {
         Ok(LogSlice {
             data,
             next_offset: next,
+        })
+    }
+
+    /// How many bytes the log of the build (or of one step) holds.
+    pub async fn log_length(&self, build_id: i64, step: Option<&str>) -> StoreResult<i64> {
+        let sql = match step {
+            None => {
+                "SELECT CAST(COALESCE(MAX(build_offset + LENGTH(data)), 0) AS BIGINT) AS n \
+                     FROM log_chunks WHERE build_id = $1"
+            }
+            Some(_) => {
+                "SELECT CAST(COALESCE(MAX(step_offset + LENGTH(data)), 0) AS BIGINT) AS n \
+                        FROM log_chunks WHERE build_id = $1 AND step = $2"
+            }
+        };
+        on_backend!(self, pool => {
+            let mut query = sqlx::query(sql).bind(build_id);
+            if let Some(step) = step {
+                query = query.bind(step);
+            }
+            let row = query.fetch_one(pool).await?;
+            row.try_get("n")
         })
     }
 
@@ -1279,6 +1342,86 @@ impl Store {
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected() == 1)
+        })
+    }
+
+    /// Opens a web UI session for the token `token_name`, kept by the hash
+    /// of its id, valid for `lifetime_ms`. Expired sessions go on the way.
+    pub async fn create_session(
+        &self,
+        hash: &str,
+        token_name: &str,
+        lifetime_ms: i64,
+    ) -> StoreResult<()> {
+        let now = self.now_sql();
+        let expire = format!("DELETE FROM sessions WHERE expires_at < {now}");
+        let insert = format!(
+            "INSERT INTO sessions (hash, token_name, created_at, expires_at) \
+             VALUES ($1, $2, {now}, {now} + $3)"
+        );
+        on_backend!(self, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(expire.as_str())).execute(pool).await?;
+            sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
+                .bind(hash)
+                .bind(token_name)
+                .bind(lifetime_ms)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    /// The token name of a live session: not expired, and its token not
+    /// revoked (revoking a token ends the sessions opened with it).
+    pub async fn session_token(&self, hash: &str) -> StoreResult<Option<String>> {
+        let sql = format!(
+            "SELECT s.token_name FROM sessions s JOIN api_tokens t ON t.name = s.token_name \
+             WHERE s.hash = $1 AND s.expires_at > {}",
+            self.now_sql()
+        );
+        on_backend!(self, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(hash)
+                .fetch_all(pool)
+                .await?;
+            rows.first().map(|row| row.try_get("token_name")).transpose()
+        })
+    }
+
+    /// Ends a session (logging out).
+    pub async fn delete_session(&self, hash: &str) -> StoreResult<()> {
+        on_backend!(self, pool => {
+            sqlx::query("DELETE FROM sessions WHERE hash = $1")
+                .bind(hash)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    /// Steps finished and planned, per build: the progress lists show.
+    pub async fn step_progress(&self, ids: &[i64]) -> StoreResult<BTreeMap<i64, (i64, i64)>> {
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        // Ids are numbers: listing them inline is safe and works on both.
+        let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+        let sql = format!(
+            "SELECT build_id, CAST(COUNT(*) AS BIGINT) AS total, \
+             CAST(SUM(CASE WHEN status IN ('pending', 'running', 'queued') THEN 0 ELSE 1 END) AS BIGINT) AS done \
+             FROM steps WHERE build_id IN ({}) GROUP BY build_id",
+            list.join(", ")
+        );
+        on_backend!(self, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| {
+                    let id: i64 = row.try_get("build_id")?;
+                    let total: i64 = row.try_get("total")?;
+                    let done: i64 = row.try_get("done")?;
+                    Ok((id, (done, total)))
+                })
+                .collect()
         })
     }
 

@@ -1,0 +1,162 @@
+//! The types of piperd's HTTP API as they travel: what the server answers,
+//! what `piper`'s remote commands read, and what the OpenAPI document
+//! (`/api/v1/openapi.json`, generated from these types and the handlers'
+//! `#[utoipa::path]`) describes. One definition for all three, so they
+//! cannot drift.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub use super::store::{AgentInfo, Build, BuildState, StoredStep};
+pub use crate::event::Event;
+
+/// `POST /api/v1/builds`: what to build.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildRequest {
+    /// A local path of a git repository, or a git URL (not blank, not
+    /// starting with `-`: it goes on git's command line).
+    #[schema(min_length = 1, pattern = r"^(?!-)[\s\S]*\S")]
+    pub repo: String,
+    /// The pipeline of the repository's piper.lua to run (not blank).
+    #[schema(min_length = 1, pattern = r"\S")]
+    pub pipeline: String,
+    /// Branch, tag or commit (default `HEAD`; not blank, not starting
+    /// with `-`).
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, pattern = r"^(?!-)[\s\S]*\S")]
+    pub git_ref: Option<String>,
+    /// Variables given to the steps (names not empty, without `=` or NUL;
+    /// values without NUL).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Like `env`, but masked in logs and never shown by the API.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
+    /// Who asked (default `api`; not blank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, pattern = r"\S")]
+    pub requested_by: Option<String>,
+}
+
+/// Steps finished and planned.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    pub done: i64,
+    pub total: i64,
+}
+
+/// A build as lists show it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BuildSummary {
+    #[serde(flatten)]
+    pub build: Build,
+    pub progress: Progress,
+    /// A queued build no live agent can run: the labels it requires
+    /// (`gpu=1 os=linux`); it runs when such an agent joins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+}
+
+/// `GET /api/v1/builds/{id}`: a build and its steps.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BuildDetail {
+    #[serde(flatten)]
+    pub summary: BuildSummary,
+    pub steps: Vec<StoredStep>,
+}
+
+/// `GET /api/v1/builds`: a page of builds, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BuildList {
+    pub builds: Vec<BuildSummary>,
+    /// The `before` of the next page; absent on the last one.
+    pub next_before: Option<i64>,
+}
+
+/// `GET /api/v1/agents`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentInfo>,
+}
+
+/// `GET /api/v1/health`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` when it answers.
+    pub status: String,
+    pub version: String,
+    /// This agent's name.
+    pub agent: String,
+    /// `sqlite` or `postgres`.
+    pub database: String,
+}
+
+/// `GET /api/v1/builds/{id}/stream`: a page of the build's stream.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StreamPage {
+    pub items: Vec<StreamItem>,
+    /// The `after` of the next page.
+    pub next: i64,
+    pub status: BuildState,
+}
+
+/// One item of a build's stream, in order (`seq`): an executor event, or
+/// output of a step.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StreamItem {
+    Event {
+        seq: i64,
+        /// Absent when this version cannot read it (a newer agent's).
+        #[serde(deserialize_with = "known_event")]
+        event: Option<Event>,
+    },
+    Output {
+        seq: i64,
+        output: OutputChunk,
+    },
+}
+
+/// An event this version does not know is kept as absent, not an error.
+fn known_event<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Event>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
+/// Output of a step; `data` is base64 (logs are bytes).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OutputChunk {
+    pub step: String,
+    #[schema(format = Byte)]
+    pub data: String,
+}
+
+/// `chunk` events of `GET /api/v1/builds/{id}/events`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogChunk {
+    /// Where `data` starts in the log.
+    pub offset: i64,
+    /// Where the next chunk starts.
+    pub next: i64,
+    #[schema(format = Byte)]
+    pub data: String,
+}
+
+/// `POST /api/v1/session`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogIn {
+    /// An API token of the cluster.
+    #[schema(min_length = 1)]
+    pub token: String,
+}
+
+/// Every error: what is wrong, and the field to blame when there is one.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}

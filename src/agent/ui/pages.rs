@@ -1,0 +1,386 @@
+//! The UI's pages as maud templates. Live parts are marked with `data-*`
+//! attributes that `assets/app.js` reads: `data-live` regions are
+//! re-rendered from this same page when `/api/v1/updates` names a build
+//! they show, `data-since` counts running time, `data-action` buttons call
+//! the API.
+
+use maud::{DOCTYPE, Markup, html};
+
+use super::Excerpt;
+use super::view::{self, AgentView, BuildList, BuildView, EventsView, Filter, StepView};
+
+/// What the frame around every page needs.
+pub struct Chrome {
+    pub logged_in: bool,
+    pub agent: String,
+}
+
+impl Chrome {
+    pub fn anonymous() -> Chrome {
+        Chrome {
+            logged_in: false,
+            agent: String::new(),
+        }
+    }
+}
+
+const STATUSES: &[&str] = &["queued", "running", "success", "failed", "canceled", "lost"];
+
+fn layout(chrome: &Chrome, title: &str, current: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light dark";
+                title { (title) " · Piper" }
+                link rel="stylesheet" href="/assets/app.css";
+                script src="/assets/app.js" defer {}
+            }
+            body {
+                a class="skip" href="#main" { "Skip to content" }
+                header class="top" {
+                    nav aria-label="Main" {
+                        a class="brand" href="/" { "Piper" }
+                        @for (href, label) in [("/", "Builds"), ("/agents", "Agents"), ("/submit", "Submit")] {
+                            @if current == label {
+                                a href=(href) aria-current="page" { (label) }
+                            } @else {
+                                a href=(href) { (label) }
+                            }
+                        }
+                        span class="spacer" {}
+                        @if chrome.logged_in {
+                            button type="button" class="link" data-action="logout" { "Log out" }
+                        } @else {
+                            a href="/login" { "Log in" }
+                        }
+                    }
+                }
+                div id="notice" role="alert" aria-live="assertive" class="notice" hidden {}
+                main id="main" tabindex="-1" { (body) }
+                footer class="foot" { "piperd " (env!("CARGO_PKG_VERSION")) @if !chrome.agent.is_empty() { " · agent " (chrome.agent) } }
+            }
+        }
+    }
+}
+
+fn badge(status: &str) -> Markup {
+    html! { span class=(format!("badge status-{status}")) { (status.replace('_', " ")) } }
+}
+
+fn time(ms: i64) -> Markup {
+    let (text, iso) = view::timestamp(ms);
+    html! { time datetime=(iso) { (text) } }
+}
+
+/// A duration; while running, `data-since` lets the script count on.
+fn running_time(started: Option<i64>, finished: Option<i64>, now: i64) -> Markup {
+    match (started, finished) {
+        (Some(start), Some(end)) => html! { (view::duration(end - start)) },
+        (Some(start), None) => {
+            html! { span data-since=(start) { (view::duration(now - start)) } }
+        }
+        _ => html! { "–" },
+    }
+}
+
+/// A ref that is a full commit id (a retrigger's) is shown short.
+fn short_ref(git_ref: &str) -> String {
+    if git_ref.len() == 40 && git_ref.bytes().all(|b| b.is_ascii_hexdigit()) {
+        git_ref[..10].to_string()
+    } else {
+        git_ref.to_string()
+    }
+}
+
+fn short_sha(sha: &Option<String>) -> String {
+    sha.as_deref()
+        .map(|s| s.chars().take(10).collect())
+        .unwrap_or_default()
+}
+
+pub fn builds(chrome: &Chrome, filter: &Filter, list: &BuildList) -> Markup {
+    let now = view::now_ms();
+    let body = html! {
+        h1 { "Builds" }
+        form class="filters" method="get" action="/" aria-label="Filter builds" {
+            label { "Repository" input name="repo" value=(filter.repo) placeholder="any"; }
+            label { "Pipeline" input name="pipeline" value=(filter.pipeline) placeholder="any"; }
+            label { "Status"
+                select name="status" {
+                    option value="" { "any" }
+                    @for status in STATUSES {
+                        option value=(status) selected[filter.status == *status] { (status) }
+                    }
+                }
+            }
+            label { "Agent" input name="agent" value=(filter.agent) placeholder="any"; }
+            button type="submit" { "Filter" }
+        }
+        div id="builds" data-live="all" {
+            @if list.builds.is_empty() {
+                p class="empty" { "No builds" @if !filter.query().is_empty() { " match this filter" } "." }
+            } @else {
+                div class="table-wrap" {
+                    table class="builds" {
+                        caption class="sr-only" { "Builds, newest first" }
+                        thead { tr {
+                            th scope="col" { "Build" } th scope="col" { "Status" } th scope="col" { "Pipeline" }
+                            th scope="col" { "Repository" } th scope="col" { "Commit" } th scope="col" { "Progress" }
+                            th scope="col" { "Duration" } th scope="col" { "Requested by" } th scope="col" { "Agent" } th scope="col" { "Chain" }
+                        } }
+                        tbody {
+                            @for build in &list.builds { (build_row(build, now)) }
+                        }
+                    }
+                }
+            }
+            @if let Some(before) = list.next_before {
+                @let query = filter.query();
+                p { a rel="next" href=(format!("/?{}{}before={before}", query, if query.is_empty() { "" } else { "&" })) { "Older builds →" } }
+            }
+        }
+    };
+    layout(chrome, "Builds", "Builds", body)
+}
+
+fn build_row(build: &BuildView, now: i64) -> Markup {
+    html! {
+        tr data-build=(build.id) {
+            th scope="row" { a href=(format!("/builds/{}", build.id)) { "#" (build.id) } }
+            td { (badge(&build.status)) @if let Some(w) = &build.waiting_for { " " span class="muted" { "waiting for " (w) } } }
+            td { (build.pipeline) }
+            td class="repo" title=(build.repo) { (build.repo) }
+            td { code { (short_ref(&build.git_ref)) } @if build.sha.is_some() { " " code class="muted" { (short_sha(&build.sha)) } }
+                 @if let Some(v) = &build.version { " " span class="muted" { (v) } } }
+            td class="nowrap" { (progress(build)) }
+            td { (running_time(build.started_at, build.finished_at, now)) }
+            td { (build.requested_by) }
+            td class="nowrap" { (build.agent.as_deref().unwrap_or("–")) }
+            td class="nowrap" { @if let Some(parent) = build.parent_id { a href=(format!("/builds/{parent}")) { "↖ #" (parent) } } }
+        }
+    }
+}
+
+fn progress(build: &BuildView) -> Markup {
+    let p = build.progress;
+    html! {
+        @if p.total > 0 {
+            progress max=(p.total) value=(p.done) aria-label=(format!("{} of {} steps done", p.done, p.total)) {}
+            " " span class="count" { (p.done) "/" (p.total) }
+        } @else { span class="muted" { "–" } }
+    }
+}
+
+pub fn build(
+    chrome: &Chrome,
+    build: &BuildView,
+    events: &EventsView,
+    triggered: &[BuildView],
+    excerpt: Option<&Excerpt>,
+) -> Markup {
+    let now = view::now_ms();
+    let watch: Vec<String> = std::iter::once(build.id)
+        .chain(triggered.iter().map(|b| b.id))
+        .map(|id| id.to_string())
+        .collect();
+    let body = html! {
+        div id="build" data-live=(watch.join(" ")) data-build=(build.id) data-final=(build.is_final()) {
+            div class="title-row" {
+                h1 { "Build #" (build.id) " · " (build.pipeline) " " (badge(&build.status)) }
+                @if chrome.logged_in {
+                    div class="actions" {
+                        @if !build.is_final() {
+                            button type="button" class="danger" data-action="cancel" data-build=(build.id) { "Cancel" }
+                        }
+                        button type="button" data-action="retrigger" data-build=(build.id) { "Retrigger" }
+                    }
+                } @else {
+                    p class="muted" { a href=(format!("/login?next=/builds/{}", build.id)) { "Log in" } " to retrigger or cancel." }
+                }
+            }
+            @if let Some(error) = &build.error {
+                div class="failure" { h2 { "Error" } pre class="log" { (error) } }
+            }
+            @if let Some(excerpt) = excerpt {
+                div class="failure" {
+                    h2 { "First failure: " a href=(format!("/builds/{}/steps/{}", build.id, super::urlencode(&excerpt.step))) { (excerpt.step) } }
+                    pre class="log" { (super::ansi::to_html(&excerpt.text)) }
+                }
+            }
+            dl class="meta" {
+                dt { "Repository" } dd { (build.repo) " " span class="muted" { "(its build " (build.number) ")" } }
+                dt { "Ref" } dd { code { (build.git_ref) } }
+                dt { "Commit" } dd { code { (build.sha.as_deref().unwrap_or("not resolved yet")) } }
+                @if let Some(v) = &build.version { dt { "Version" } dd { (v) } }
+                dt { "Requested by" } dd { (build.requested_by) }
+                dt { "Requested" } dd { (time(build.requested_at)) }
+                @if let Some(t) = build.started_at { dt { "Started" } dd { (time(t)) } }
+                dt { "Duration" } dd { (running_time(build.started_at, build.finished_at, now)) }
+                dt { "Agent" } dd { (build.agent.as_deref().unwrap_or("–")) }
+                dt { "Progress" } dd { (progress(build)) }
+                @if let Some(w) = &build.waiting_for { dt { "Waiting for" } dd { "an agent with " (w) } }
+                @if let Some(parent) = build.parent_id { dt { "Triggered by" } dd { a href=(format!("/builds/{parent}")) { "build #" (parent) } } }
+                @if !triggered.is_empty() {
+                    dt { "Triggered" } dd {
+                        @for (i, child) in triggered.iter().enumerate() {
+                            @if i > 0 { ", " }
+                            a href=(format!("/builds/{}", child.id)) { "#" (child.id) " " (child.pipeline) } " " (badge(&child.status))
+                        }
+                    }
+                }
+                @if !build.env.is_empty() {
+                    dt { "Environment" } dd { @for (k, v) in &build.env { code { (k) "=" (v) } " " } }
+                }
+            }
+            @if !events.planned.is_empty() {
+                h2 { "Graph" }
+                @if events.planned.len() <= super::graph::MAX_NODES {
+                    div class="graph-wrap" { (super::graph::svg(build.id, &events.planned, &build.steps)) }
+                } @else {
+                    p class="muted" { "The graph of " (events.planned.len()) " steps is not drawn; see the steps below." }
+                }
+            }
+            h2 { "Steps" }
+            @if build.steps.is_empty() {
+                p class="empty" { @if build.is_final() { "No steps ran." } @else { "Steps appear once the agent has read the pipeline." } }
+            } @else {
+                div class="table-wrap" {
+                    table class="steps" {
+                        thead { tr { th scope="col" { "Step" } th scope="col" { "Status" } th scope="col" { "Duration" } th scope="col" { "Why it ran" } } }
+                        tbody {
+                            @for step in &build.steps { (step_row(build.id, step, events, now)) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout(chrome, &format!("Build #{}", build.id), "", body)
+}
+
+fn step_row(build: i64, step: &StepView, events: &EventsView, now: i64) -> Markup {
+    html! {
+        tr data-step=(step.name) {
+            th scope="row" { a href=(format!("/builds/{build}/steps/{}", super::urlencode(&step.name))) { (step.name) } }
+            td { (badge(&step.status))
+                @if let Some(code) = step.exit_code { @if code != 0 { " " span class="muted" { "exit " (code) } } }
+                @if let Some(n) = events.attempts.get(&step.name) { @if *n > 1 { " " span class="muted" { (n) " attempts" } } } }
+            td { (running_time(step.started_at, step.finished_at, now)) }
+            td {
+                @if let Some(reasons) = events.reasons.get(&step.name) {
+                    ul class="reasons" { @for r in reasons { li { (r) } } }
+                } @else if step.status == "up_to_date" { span class="muted" { "nothing changed" } }
+                @if let Some(message) = &step.message { div class="muted" { (message) } }
+                @if let Some(warnings) = events.warnings.get(&step.name) {
+                    @for w in warnings { div class="warning" { "warning: " (w) } }
+                }
+            }
+        }
+    }
+}
+
+pub fn step(chrome: &Chrome, build: &BuildView, step: &StepView) -> Markup {
+    let now = view::now_ms();
+    let raw = format!(
+        "/api/v1/builds/{}/log?step={}&download=true",
+        build.id,
+        super::urlencode(&step.name)
+    );
+    let body = html! {
+        p class="crumbs" { a href=(format!("/builds/{}", build.id)) { "← Build #" (build.id) " · " (build.pipeline) } }
+        div id="step-head" data-live=(build.id) {
+            h1 { (step.name) " " (badge(&step.status)) }
+            p class="muted" { "Duration " (running_time(step.started_at, step.finished_at, now))
+                @if let Some(code) = step.exit_code { " · exit code " (code) }
+                @if let Some(m) = &step.message { " · " (m) } }
+        }
+        div class="toolbar" role="toolbar" aria-label="Log" {
+            button type="button" id="follow" aria-pressed=(if step.is_final() { "false" } else { "true" }) { "Follow" }
+            button type="button" id="first-error" { "Jump to first error" }
+            button type="button" id="earlier" hidden { "Load earlier output" }
+            a href=(raw) download { "Download raw" }
+        }
+        p id="log-status" class="muted" aria-live="polite" {}
+        pre id="log" class="log" tabindex="0" aria-label=(format!("Log of {}", step.name))
+            data-build=(build.id) data-step=(step.name) data-final=(step.is_final() || build.is_final()) {}
+        noscript { p { "The log needs JavaScript to stream; " a href=(raw) { "download it" } " instead." } }
+    };
+    layout(
+        chrome,
+        &format!("{} · build #{}", step.name, build.id),
+        "",
+        body,
+    )
+}
+
+pub fn agents(chrome: &Chrome, agents: &[AgentView], now: i64) -> Markup {
+    let body = html! {
+        h1 { "Agents" }
+        @if agents.is_empty() { p class="empty" { "No agents." } } @else {
+            div class="table-wrap" {
+                table class="agents" {
+                    thead { tr { th scope="col" { "Agent" } th scope="col" { "State" } th scope="col" { "Last heartbeat" }
+                        th scope="col" { "Running" } th scope="col" { "Labels" } th scope="col" { "Address" } th scope="col" { "Version" } th scope="col" { "Up since" } } }
+                    tbody {
+                        @for agent in agents {
+                            tr {
+                                th scope="row" { (agent.name) }
+                                td { @if agent.online { span class="badge status-success" { "online" } } @else { span class="badge status-lost" { "offline" } } }
+                                td { (view::age(now - agent.last_seen)) }
+                                td { a href=(format!("/?agent={}&status=running", super::urlencode(&agent.name))) { (agent.running) " of " (agent.workers) } }
+                                td { @for (k, v) in &agent.labels { code class="label" { (k) "=" (v) } " " } }
+                                td { code { (agent.address) } }
+                                td { (agent.version) }
+                                td { (time(agent.started_at)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout(chrome, "Agents", "Agents", body)
+}
+
+pub fn submit(chrome: &Chrome, repo: &str, git_ref: &str, pipeline: &str) -> Markup {
+    let body = html! {
+        h1 { "Submit a build" }
+        form id="submit" class="stack" {
+            label for="repo" { "Repository (path or git URL)" }
+            input id="repo" name="repo" required value=(repo) autocomplete="off" spellcheck="false";
+            label for="ref" { "Ref (branch, tag or commit)" }
+            input id="ref" name="ref" required value=(git_ref) spellcheck="false";
+            label for="pipeline" { "Pipeline" }
+            input id="pipeline" name="pipeline" required value=(pipeline) spellcheck="false";
+            label for="env" { "Environment (one NAME=value per line)" }
+            textarea id="env" name="env" rows="4" spellcheck="false" {}
+            button type="submit" { "Submit" }
+        }
+    };
+    layout(chrome, "Submit", "Submit", body)
+}
+
+pub fn login(chrome: &Chrome, next: &str) -> Markup {
+    let body = html! {
+        h1 { "Log in" }
+        p { "Log in with an API token of this agent (its data directory's " code { "token" } " file, or one from " code { "piperd token create" } ")." }
+        form id="login" class="stack" data-next=(next) {
+            label for="token" { "Token" }
+            input id="token" name="token" type="password" required autocomplete="current-password";
+            button type="submit" { "Log in" }
+        }
+    };
+    layout(chrome, "Log in", "", body)
+}
+
+pub fn error(chrome: &Chrome, status: u16, message: &str) -> Markup {
+    let body = html! {
+        h1 { "Error " (status) }
+        p { (message) }
+        p { a href="/" { "Back to the builds" } }
+    };
+    layout(chrome, "Error", "", body)
+}

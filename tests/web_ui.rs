@@ -1,0 +1,506 @@
+//! The web UI in a real headless browser (Debian's chromium, driven by
+//! chromedriver over WebDriver with fantoccini) against a real piperd, and
+//! its session cookie checked over plain HTTP.
+//!
+//! Screenshots of each page are kept in `target/ui-screenshots/`; with
+//! `PIPER_UPDATE_SCREENSHOTS=1` the build page's is also copied to
+//! `docs/images/` for docs/daemon.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+use crate::agent::{Daemon, repo};
+use crate::harness::{KillOnDrop, process_gone, read_pid, skip, unindent};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A headless chromium session; the driver (and its browser) end on drop.
+struct Browser {
+    client: Client,
+    _driver: KillOnDrop,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// None (after a loud skip) when chromium or chromedriver is missing.
+    async fn start(test: &str) -> Option<Browser> {
+        if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
+            skip(
+                test,
+                "needs Debian's chromium and chromium-driver (.ci/run installs them)",
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let driver = KillOnDrop(driver);
+        let profile = tempfile::tempdir().unwrap();
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1280,900", "--no-first-run",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => break client,
+                // The driver is still starting: its port is not open yet.
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot start a chromium session: {e}"),
+            }
+        };
+        Some(Browser {
+            client,
+            _driver: driver,
+            _profile: profile,
+        })
+    }
+
+    async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
+    async fn text(&self, css: &str) -> String {
+        match self.client.find(Locator::Css(css)).await {
+            Ok(element) => element.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    async fn exists(&self, css: &str) -> bool {
+        self.client.find(Locator::Css(css)).await.is_ok()
+    }
+
+    /// Waits (bounded: 20 s) until the element's text contains `wanted`.
+    async fn wait_text(&self, css: &str, wanted: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.text(css).await;
+            if text.contains(wanted) {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.screenshot("failure").await;
+                panic!("`{css}` never showed `{wanted}`; it shows: {text:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_url(&self, check: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = self.client.current_url().await.unwrap().to_string();
+            if check(&url) {
+                return url;
+            }
+            if Instant::now() > deadline {
+                self.screenshot("failure").await;
+                panic!("the browser never reached {what}; it is at {url}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn fill(&self, css: &str, text: &str) {
+        let field = self.client.find(Locator::Css(css)).await.unwrap();
+        field.clear().await.unwrap();
+        field.send_keys(text).await.unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    /// Saves a PNG of the page under target/ui-screenshots/NAME.png.
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        if let Ok(png) = self.client.screenshot().await {
+            std::fs::write(&path, png).unwrap();
+        }
+        path
+    }
+}
+
+/// Runs blocking test helpers (they start their own runtime) off the
+/// browser's runtime thread.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A repository with a step that prints, waits for a file, prints again;
+/// and one that sleeps until canceled (recording its pid first).
+fn ui_repo() -> tempfile::TempDir {
+    let config = unindent(
+        r#"
+        local gen = step "generate" { run = "echo generating; printf '\033[1;32mready\033[0m\n'" }
+        local wait = step "wait" {
+          deps = { gen },
+          run = 'echo "first line"; while [ ! -e "$GATE" ]; do sleep 0.02; done; echo "$(echo gate | tr a-z A-Z) OPENED"',
+        }
+        local lint = step "lint" { run = "echo linted" }
+        pipeline "ci" { desc = "Wait for the test", wait, lint }
+        pipeline "slow" { step "sleep" { run = 'echo $$ > "$PIDFILE"; exec sleep 1000' } }
+        "#,
+    );
+    repo(&[("piper.lua", config.as_bytes())])
+}
+
+#[test]
+fn the_ui_logs_in_submits_streams_cancels_and_retriggers() {
+    let test = "web_ui::the_ui_logs_in_submits_streams_cancels_and_retriggers";
+    runtime().block_on(async {
+        let Some(browser) = Browser::start(test).await else {
+            return;
+        };
+        let daemon = Daemon::start(None);
+        let project = ui_repo();
+        let work = tempfile::tempdir().unwrap();
+        let repo_path = project.path().to_str().unwrap().to_string();
+
+        // Not logged in: the builds page sends the browser to log in.
+        browser.goto(&format!("{}/", daemon.url)).await;
+        browser
+            .wait_url(|u| u.contains("/login?next="), "the login page")
+            .await;
+        // A wrong token is refused and the page says so.
+        browser.fill("#token", "not-the-token").await;
+        browser.click("#login button[type=submit]").await;
+        browser.wait_text("#notice", "the token is not valid").await;
+        assert!(browser.client.current_url().await.unwrap().path() == "/login");
+        browser.screenshot("login-refused").await;
+        // The right one lands on the builds page.
+        browser.fill("#token", &daemon.token).await;
+        browser.click("#login button[type=submit]").await;
+        browser
+            .wait_url(|u| u.ends_with(':') || u.ends_with('/'), "the builds page")
+            .await;
+        browser.wait_text("h1", "Builds").await;
+
+        // Submit in the UI.
+        let gate = work.path().join("gate");
+        browser.goto(&format!("{}/submit", daemon.url)).await;
+        browser.fill("#repo", &repo_path).await;
+        browser.fill("#pipeline", "ci").await;
+        browser
+            .fill("#env", &format!("GATE={}", gate.display()))
+            .await;
+        browser.screenshot("submit").await;
+        browser.click("#submit button[type=submit]").await;
+        let url = browser
+            .wait_url(|u| u.contains("/builds/"), "the new build's page")
+            .await;
+        let id: i64 = url.rsplit('/').next().unwrap().parse().unwrap();
+        assert_eq!(off_runtime(|| daemon.build(id))["requested_by"], "web UI");
+
+        // The log appears live while the step still runs: the step goes on
+        // only once the browser has shown its first line.
+        browser.wait_text("table.steps", "wait").await;
+        browser
+            .goto(&format!("{}/builds/{id}/steps/wait", daemon.url))
+            .await;
+        browser.wait_text("#log", "first line").await;
+        let shown = browser.text("#log").await;
+        assert!(!shown.contains("GATE OPENED"), "{shown}");
+        assert_eq!(off_runtime(|| daemon.build(id))["status"], "running");
+        browser.screenshot("step-log-live").await;
+        std::fs::write(&gate, "").unwrap();
+        browser.wait_text("#log", "GATE OPENED").await;
+        browser
+            .wait_text("#log-status", "The build ended: success")
+            .await;
+
+        // The build page: graph, steps with their reasons, success.
+        browser.goto(&format!("{}/builds/{id}", daemon.url)).await;
+        browser.wait_text("#build h1 .badge", "success").await;
+        assert!(browser.exists("svg.graph .node.status-success").await);
+        assert!(browser.text("table.steps").await.contains("generate"));
+        let shot = browser.screenshot("build").await;
+        if std::env::var_os("PIPER_UPDATE_SCREENSHOTS").is_some() {
+            let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/images");
+            std::fs::create_dir_all(&docs).unwrap();
+            std::fs::copy(&shot, docs.join("ui-build.png")).unwrap();
+        }
+
+        // Retrigger: the browser lands on the new build, linked to the old.
+        browser.click("button[data-action=retrigger]").await;
+        let url = browser
+            .wait_url(
+                move |u| u.contains("/builds/") && !u.ends_with(&format!("/builds/{id}")),
+                "the retriggered build",
+            )
+            .await;
+        let again: i64 = url.rsplit('/').next().unwrap().parse().unwrap();
+        assert_ne!(again, id);
+        browser.wait_text("dl.meta", &format!("build #{id}")).await;
+        off_runtime(|| daemon.wait_finished(again));
+
+        // The builds page follows a build submitted elsewhere, live.
+        browser.goto(&format!("{}/", daemon.url)).await;
+        browser.wait_text("#builds", &format!("#{again}")).await;
+        let pidfile = work.path().join("sleep.pid");
+        let body = json!({
+            "repo": repo_path, "pipeline": "slow",
+            "env": { "PIDFILE": pidfile.to_str().unwrap() },
+        });
+        let (status, created) = off_runtime(|| {
+            daemon.http(
+                "POST",
+                "/api/v1/builds",
+                Some(&daemon.token),
+                Some(body.to_string().into_bytes()),
+            )
+        });
+        assert_eq!(status, 201);
+        let slow = serde_json::from_slice::<Value>(&created).unwrap()["id"]
+            .as_i64()
+            .unwrap();
+        browser
+            .wait_text(&format!("tr[data-build='{slow}'] .badge"), "running")
+            .await;
+        browser.screenshot("builds").await;
+
+        // Cancel it in its page: the badge says so and its process group
+        // is gone.
+        let pid = off_runtime(|| read_pid(&pidfile));
+        browser.goto(&format!("{}/builds/{slow}", daemon.url)).await;
+        browser.click("button[data-action=cancel]").await;
+        browser.wait_text("#build h1 .badge", "canceled").await;
+        assert!(
+            process_gone(pid),
+            "the step's process {pid} outlived the cancel"
+        );
+        // SAFETY: probing a process group; signal 0 sends nothing.
+        let group_alive = unsafe { libc::kill(-pid, 0) } == 0;
+        assert!(
+            !group_alive,
+            "the step's process group {pid} is still there"
+        );
+
+        browser.goto(&format!("{}/agents", daemon.url)).await;
+        browser.wait_text("table.agents", "test-agent").await;
+        browser.wait_text("table.agents", "team=ci").await;
+        browser.screenshot("agents").await;
+
+        browser.client.clone().close().await.unwrap();
+    });
+}
+
+/// A request with the session cookie, as a browser would send it.
+fn with_cookie(
+    daemon: &Daemon,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    origin: Option<&str>,
+) -> (u16, String) {
+    crate::harness::block_on(async {
+        // Redirects are what is checked: not followed.
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let url = format!("{}{path}", daemon.url);
+        let mut request = match method {
+            "POST" => client.post(url),
+            "DELETE" => client.delete(url),
+            _ => client.get(url),
+        }
+        .header("cookie", cookie);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    })
+}
+
+fn log_in(daemon: &Daemon, token: &str) -> (u16, Option<String>) {
+    crate::harness::block_on(async {
+        let response = reqwest::Client::new()
+            .post(format!("{}/api/v1/session", daemon.url))
+            .json(&json!({ "token": token }))
+            .send()
+            .await
+            .unwrap();
+        let cookie = response
+            .headers()
+            .get("set-cookie")
+            .map(|v| v.to_str().unwrap().to_string());
+        (response.status().as_u16(), cookie)
+    })
+}
+
+#[test]
+fn the_session_cookie_is_http_only_strict_and_checked_with_its_origin() {
+    let daemon = Daemon::start(None);
+    let project = ui_repo();
+    // A wrong token opens no session.
+    let (status, cookie) = log_in(&daemon, "wrong");
+    assert_eq!((status, cookie), (401, None));
+
+    let (status, cookie) = log_in(&daemon, &daemon.token);
+    assert_eq!(status, 204);
+    let cookie = cookie.unwrap();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    let session = cookie.split(';').next().unwrap().to_string();
+
+    // Reads work with the session; pages too.
+    let (status, _) = with_cookie(&daemon, "GET", "/api/v1/builds", &session, None);
+    assert_eq!(status, 200);
+    let (status, page) = with_cookie(&daemon, "GET", "/", &session, None);
+    assert_eq!(status, 200);
+    assert!(page.contains("Log out"));
+
+    // A state-changing call with the cookie needs this origin.
+    let body = json!({ "repo": project.path(), "pipeline": "ci" }).to_string();
+    let submit = |origin: Option<&str>| {
+        crate::harness::block_on(async {
+            let mut request = reqwest::Client::new()
+                .post(format!("{}/api/v1/builds", daemon.url))
+                .header("cookie", &session)
+                .header("content-type", "application/json")
+                .body(body.clone());
+            if let Some(origin) = origin {
+                request = request.header("origin", origin);
+            }
+            request.send().await.unwrap().status().as_u16()
+        })
+    };
+    assert_eq!(submit(None), 403);
+    assert_eq!(submit(Some("http://evil.example")), 403);
+    let (_, list) = daemon.http("GET", "/api/v1/builds", Some(&daemon.token), None);
+    let list: Value = serde_json::from_slice(&list).unwrap();
+    assert_eq!(
+        list["builds"].as_array().unwrap().len(),
+        0,
+        "nothing queued"
+    );
+    assert_eq!(submit(Some(&daemon.url)), 201);
+
+    // Logging out ends the session everywhere.
+    let (status, _) = with_cookie(
+        &daemon,
+        "DELETE",
+        "/api/v1/session",
+        &session,
+        Some(&daemon.url),
+    );
+    assert_eq!(status, 204);
+    let (status, _) = with_cookie(&daemon, "GET", "/api/v1/builds", &session, None);
+    assert_eq!(status, 401);
+    let (status, _) = with_cookie(&daemon, "GET", "/", &session, None);
+    assert_eq!(status, 303, "a page sends the browser to log in");
+}
+
+#[test]
+fn a_huge_log_is_served_by_its_tail_and_downloads_whole() {
+    let daemon = Daemon::start(None);
+    // 3 MiB of numbered lines: more than one read page.
+    let config = unindent(
+        r#"
+        pipeline "ci" { step "big" { run = "seq 1 400000" } }
+        "#,
+    );
+    let project = repo(&[("piper.lua", config.as_bytes())]);
+    let body = json!({ "repo": project.path(), "pipeline": "ci" }).to_string();
+    let (status, created) = daemon.http(
+        "POST",
+        "/api/v1/builds",
+        Some(&daemon.token),
+        Some(body.into_bytes()),
+    );
+    assert_eq!(status, 201);
+    let id = serde_json::from_slice::<Value>(&created).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(daemon.wait_finished(id)["status"], "success");
+    // The step's log starts with its command, as `piper exec` shows it.
+    let expected: String = std::iter::once("$ seq 1 400000\n".to_string())
+        .chain((1..=400000).map(|n| format!("{n}\n")))
+        .collect();
+
+    let get = |path: &str| {
+        crate::harness::block_on(async {
+            let response = reqwest::Client::new()
+                .get(format!("{}{path}", daemon.url))
+                .bearer_auth(&daemon.token)
+                .send()
+                .await
+                .unwrap();
+            let offset = response
+                .headers()
+                .get("x-piper-offset")
+                .map(|v| v.to_str().unwrap().parse::<usize>().unwrap());
+            let disposition = response
+                .headers()
+                .get("content-disposition")
+                .map(|v| v.to_str().unwrap().to_string());
+            (
+                offset,
+                disposition,
+                response.bytes().await.unwrap().to_vec(),
+            )
+        })
+    };
+    let (offset, _, tail) = get(&format!("/api/v1/builds/{id}/log?step=big&tail=1000"));
+    let offset = offset.unwrap();
+    assert_eq!(offset, expected.len() - 1000);
+    assert_eq!(tail, expected.as_bytes()[offset..]);
+    let (_, _, part) = get(&format!(
+        "/api/v1/builds/{id}/log?step=big&offset=10&limit=20"
+    ));
+    assert_eq!(part, expected.as_bytes()[10..30]);
+    let (_, disposition, whole) = get(&format!("/api/v1/builds/{id}/log?step=big&download=true"));
+    assert!(disposition.unwrap().contains("attachment"));
+    assert_eq!(whole.len(), expected.len());
+    assert!(whole == expected.as_bytes());
+}
