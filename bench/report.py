@@ -167,6 +167,10 @@ def start_piperd(piperd, data, database, extra, env=None):
     """A piperd on a free port; (process, base URL, token)."""
     import time
     import urllib.request
+    try:
+        os.remove(os.path.join(data, "piperd.addr"))
+    except FileNotFoundError:
+        pass
     proc = subprocess.Popen([piperd, "start", "--listen", "127.0.0.1:0", "--data", data,
                              "--database", database] + extra,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -182,6 +186,150 @@ def start_piperd(piperd, data, database, extra, env=None):
         except Exception:
             time.sleep(0.005)
     return proc, base, open(os.path.join(data, "token")).read().strip()
+
+
+def measure_ui(piperd, rounds):
+    """The web UI: server time of the builds page with 10,000 builds stored,
+    and how soon a line a step prints shows in a real browser (chromium
+    through chromedriver's WebDriver API)."""
+    import sqlite3
+    import time
+    import urllib.request
+    work = tempfile.mkdtemp()
+    data = os.path.join(work, "data")
+    repo = os.path.join(work, "repo")
+    os.makedirs(repo)
+    with open(os.path.join(repo, "piper.lua"), "w") as f:
+        f.write('step "live" { run = \'while [ ! -e "$GATE" ]; do sleep 0.001; done; '
+                'echo "MA""RK $(date +%s%N)"; sleep 0.2\' }\n')
+    env = dict(os.environ, GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@b", GIT_COMMITTER_NAME="b",
+               GIT_COMMITTER_EMAIL="b@b")
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
+        subprocess.run(["git"] + args, cwd=repo, check=True, env=env, stdout=subprocess.DEVNULL)
+    db = os.path.join(data, "piperd.db")
+    proc, base, token = start_piperd(piperd, data, f"sqlite://{db}", [])
+    proc.send_signal(15)
+    proc.wait(timeout=30)
+    # 10,000 finished builds of 5 steps each, written straight into the store.
+    con = sqlite3.connect(db)
+    now = int(time.time() * 1000)
+    for i in range(10000):
+        cur = con.execute(
+            "INSERT INTO builds (number, repo, git_ref, sha, version, pipeline, status, env, requested_by, "
+            "requested_at, started_at, finished_at, agent) VALUES (?, ?, 'main', ?, 'v1.0.0', ?, ?, '{}', "
+            "'bench', ?, ?, ?, 'bench')",
+            (i + 1, "/bench/repo", "%040x" % i, ("ci", "deploy")[i % 2], ("success", "failed")[i % 7 == 0],
+             now - (10000 - i) * 60000, now - (10000 - i) * 60000, now - (10000 - i) * 60000 + 5000))
+        for pos in range(5):
+            con.execute("INSERT INTO steps (build_id, name, position, status, exit_code, started_at, "
+                        "finished_at) VALUES (?, ?, ?, 'success', 0, ?, ?)",
+                        (cur.lastrowid, f"step-{pos}", pos, now, now + 1000))
+    con.commit()
+    con.close()
+    proc, base, token = start_piperd(piperd, data, f"sqlite://{db}", [])
+    driver = None
+    try:
+        login = urllib.request.Request(base + "/api/v1/session", method="POST",
+                                       data=json.dumps({"token": token}).encode(),
+                                       headers={"Content-Type": "application/json"})
+        cookie = urllib.request.urlopen(login).headers["Set-Cookie"].split(";")[0]
+        session = cookie.split("=", 1)[1]
+
+        def page_ms(path):
+            times = []
+            for _ in range(rounds * 5):
+                t = time.perf_counter()
+                body = urllib.request.urlopen(urllib.request.Request(
+                    base + path, headers={"Cookie": cookie})).read()
+                times.append((time.perf_counter() - t) * 1000)
+                assert b"Builds" in body
+            times.sort()
+            return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
+
+        builds_page = page_ms("/")
+        filtered_page = page_ms("/?status=failed&pipeline=ci")
+
+        # Live log latency in chromium.
+        chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+        live = None
+        if chromium and chromedriver:
+            import socket
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            s.close()
+            driver = subprocess.Popen([chromedriver, f"--port={port}"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            wd = f"http://127.0.0.1:{port}"
+
+            def call(method, path, body=None):
+                req = urllib.request.Request(wd + path, method=method,
+                                             data=None if body is None else json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+                return json.loads(urllib.request.urlopen(req).read())["value"]
+
+            for _ in range(200):
+                try:
+                    call("GET", "/status")
+                    break
+                except Exception:
+                    time.sleep(0.05)
+            caps = {"capabilities": {"alwaysMatch": {"goog:chromeOptions": {"binary": chromium, "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--user-data-dir={work}/profile"]}}}}
+            sid = call("POST", "/session", caps)["sessionId"]
+            call("POST", f"/session/{sid}/url", {"url": base + "/login"})
+            call("POST", f"/session/{sid}/cookie", {"cookie": {"name": "piper_session", "value": session,
+                                                               "path": "/", "httpOnly": True}})
+            samples = []
+            for r in range(rounds):
+                gate = os.path.join(work, f"gate-{r}")
+                req = urllib.request.Request(base + "/api/v1/builds", method="POST", data=json.dumps(
+                    {"repo": repo, "pipeline": "live", "env": {"GATE": gate}}).encode(),
+                    headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+                build = json.loads(urllib.request.urlopen(req).read())["id"]
+                while True:
+                    b = json.loads(urllib.request.urlopen(urllib.request.Request(
+                        f"{base}/api/v1/builds/{build}", headers={"Cookie": cookie})).read())
+                    if any(st["name"] == "live" and st["status"] == "running" for st in b["steps"]):
+                        break
+                    time.sleep(0.005)
+                call("POST", f"/session/{sid}/url", {"url": f"{base}/builds/{build}/steps/live"})
+                call("POST", f"/session/{sid}/execute/sync", {"script": """
+                    window.__seen = null;
+                    const log = document.getElementById('log');
+                    new MutationObserver(() => {
+                      if (window.__seen === null && log.textContent.includes('MARK ')) window.__seen = Date.now();
+                    }).observe(log, {childList: true, subtree: true, characterData: true});
+                    return true;""", "args": []})
+                # The page has read the log and follows it; give the stream a moment to open.
+                while call("POST", f"/session/{sid}/execute/sync", {
+                        "script": "return document.getElementById('log-status').textContent", "args": []}) \
+                        != "Streaming…":
+                    time.sleep(0.01)
+                open(gate, "w").close()
+                while True:
+                    seen = call("POST", f"/session/{sid}/execute/sync", {"script": "return window.__seen",
+                                                                         "args": []})
+                    if seen:
+                        break
+                    time.sleep(0.005)
+                text = call("POST", f"/session/{sid}/execute/sync", {
+                    "script": "return document.getElementById('log').textContent", "args": []})
+                mark_ns = int(text.split("MARK ")[1].split()[0])
+                samples.append(seen - mark_ns / 1e6)
+            call("DELETE", f"/session/{sid}")
+            samples.sort()
+            live = (samples[len(samples) // 2], samples[-1])
+        return {"builds": 10000, "page": builds_page, "filtered": filtered_page, "live": live,
+                "rounds": rounds}
+    finally:
+        if driver:
+            driver.kill()
+            driver.wait()
+        proc.send_signal(15)
+        proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def measure_cluster(piperd, rounds):
@@ -367,6 +515,11 @@ def main():
         agent = measure_agent(os.path.join(os.path.dirname(piper), "piperd"), 5 if q else 30)
     except Exception as e:  # reported, not hidden
         notes.append(f"agent benchmark failed: {e}")
+    ui = None
+    try:
+        ui = measure_ui(os.path.join(os.path.dirname(piper), "piperd"), 5 if q else 20)
+    except Exception as e:  # reported, not hidden
+        notes.append(f"web UI benchmark failed: {e!r}")
     cluster = None
     try:
         cluster = measure_cluster(os.path.join(os.path.dirname(piper), "piperd"), 10 if q else 50)
@@ -441,6 +594,18 @@ def main():
                      "`git fetch` into the cache, a worktree checkout, and evaluating piper.lua")
         lines.append(f"- stored log throughput, a step printing 200 MB into SQLite: {agent['log_mb_s']:.0f} MB/s "
                      f"({agent['log_s']:.2f} s from submit to finished)")
+    if ui:
+        (p50, p99), (f50, f99) = ui["page"], ui["filtered"]
+        lines.append(f"- web UI builds page with {ui['builds']:,} builds stored (SQLite), request → whole page: "
+                     f"p50 {p50:.1f} ms, p99 {p99:.1f} ms; filtered by status and pipeline p50 {f50:.1f} ms "
+                     f"(target ≤ 50 ms p50: {'met' if max(p50, f50) <= 50 else 'missed'})")
+        if ui["live"]:
+            l50, lmax = ui["live"]
+            lines.append(f"- web UI live log, a step prints a line → the line is on the page in chromium, "
+                         f"{ui['rounds']} builds: p50 {l50:.1f} ms, max {lmax:.1f} ms (target ≤ 100 ms: "
+                         f"{'met' if l50 <= 100 else 'missed'})")
+        else:
+            lines.append("- web UI live log: not measured (chromium or chromedriver missing)")
     if cluster:
         n50, n99 = cluster["notify"]
         p50, p99 = cluster["poll"]

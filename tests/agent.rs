@@ -995,3 +995,92 @@ fn a_followed_chain_reads_like_the_local_run_of_it() {
         assert_eq!((later, shown.as_str()), (code, stdout.as_str()));
     }
 }
+
+/// `piper` under a real pseudo-terminal (`script`), as a user runs it:
+/// colours on; `TERM=dumb` leaves out the status line, whose redraws
+/// depend on timing.
+fn on_a_terminal(daemon: &Daemon, dir: &Path, args: &str) -> String {
+    let out = Command::new("script")
+        .args(["-qfec", &format!("{PIPER} {args}"), "/dev/null"])
+        .current_dir(dir)
+        .env("TERM", "dumb")
+        .env_remove("NO_COLOR")
+        .env("PIPER_SERVER", &daemon.url)
+        .env("PIPER_TOKEN", &daemon.token)
+        .env("PIPER_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The transcript without what differs by nature: the submit's own line,
+/// the agent's checkout line, and durations (`12ms`, `1.2s`, with the
+/// padding that right-aligns them).
+fn but_for_timings(transcript: &str) -> String {
+    let mut out = String::new();
+    for line in transcript.replace("\r\n", "\n").lines() {
+        if line.starts_with("submitted build") || line.starts_with("piper: /") {
+            continue;
+        }
+        let mut word = String::new();
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c.is_ascii_digit() {
+                let mut number = c.to_string();
+                while let Some(&d) = chars.peek() {
+                    if d.is_ascii_digit() || d == '.' {
+                        number.push(d);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                let rest: String = chars.clone().take(2).collect();
+                if rest.starts_with("ms") {
+                    chars.next();
+                    chars.next();
+                    word.push_str("<time>");
+                } else if rest.starts_with('s')
+                    && !rest[1..].starts_with(|c: char| c.is_alphanumeric())
+                {
+                    chars.next();
+                    word.push_str("<time>");
+                } else {
+                    word.push_str(&number);
+                }
+            } else {
+                word.push(c);
+            }
+        }
+        while word.contains("  <time>") {
+            word = word.replace("  <time>", " <time>");
+        }
+        out.push_str(&word);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn on_a_terminal_a_followed_build_is_byte_identical_to_the_local_run_but_for_timings() {
+    let daemon = Daemon::start(None);
+    let config = r#"
+        local a = step "prepare" { run = "echo preparing; printf '\033[32mgreen\033[0m\n'" }
+        local b = step "check" { run = "echo checking; echo broken >&2; exit 3", deps = { a } }
+        pipeline "ci" { b }
+    "#;
+    let repo = repo(&[("piper.lua", unindent(config).as_bytes())]);
+    let local = on_a_terminal(&daemon, repo.path(), "exec ci -j1");
+    let remote = on_a_terminal(&daemon, repo.path(), "submit ci --follow");
+    assert!(
+        local.contains("\x1b["),
+        "no colours on a terminal: {local:?}"
+    );
+    assert!(remote.contains("submitted build"), "{remote:?}");
+    assert_eq!(
+        but_for_timings(&remote),
+        but_for_timings(&local),
+        "\n--- remote\n{remote:?}\n--- local\n{local:?}"
+    );
+}

@@ -29,6 +29,11 @@ struct Browser {
 impl Browser {
     /// None (after a loud skip) when chromium or chromedriver is missing.
     async fn start(test: &str) -> Option<Browser> {
+        Browser::start_with(test, &[]).await
+    }
+
+    /// With extra chromium flags (`--force-dark-mode`, a window size).
+    async fn start_with(test: &str, extra: &[&str]) -> Option<Browser> {
         if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
             skip(
                 test,
@@ -49,17 +54,22 @@ impl Browser {
             .expect("chromedriver starts");
         let driver = KillOnDrop(driver);
         let profile = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--no-first-run".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        if !extra.iter().any(|a| a.starts_with("--window-size")) {
+            args.push("--window-size=1280,900".into());
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
-            json!({
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--window-size=1280,900", "--no-first-run",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-            }),
+            json!({ "binary": CHROMIUM, "args": args }),
         );
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -328,6 +338,82 @@ fn the_ui_logs_in_submits_streams_cancels_and_retriggers() {
         browser.wait_text("table.agents", "team=ci").await;
         browser.screenshot("agents").await;
 
+        browser.client.clone().close().await.unwrap();
+    });
+}
+
+#[test]
+fn on_a_phone_in_dark_mode_pages_fit_and_every_control_is_labelled() {
+    let test = "web_ui::on_a_phone_in_dark_mode_pages_fit_and_every_control_is_labelled";
+    runtime().block_on(async {
+        let Some(browser) =
+            Browser::start_with(test, &["--force-dark-mode", "--window-size=390,844"]).await
+        else {
+            return;
+        };
+        let daemon = Daemon::start(None);
+        let project = ui_repo();
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("gate"), "").unwrap();
+        let body = json!({
+            "repo": project.path(), "pipeline": "ci",
+            "env": { "GATE": work.path().join("gate") },
+        });
+        let (status, created) = off_runtime(|| {
+            daemon.http(
+                "POST",
+                "/api/v1/builds",
+                Some(&daemon.token),
+                Some(body.to_string().into_bytes()),
+            )
+        });
+        assert_eq!(status, 201);
+        let id = serde_json::from_slice::<Value>(&created).unwrap()["id"]
+            .as_i64()
+            .unwrap();
+        off_runtime(|| daemon.wait_finished(id));
+
+        browser.goto(&format!("{}/login", daemon.url)).await;
+        browser.fill("#token", &daemon.token).await;
+        browser.click("#login button[type=submit]").await;
+        browser.wait_text("h1", "Builds").await;
+        for (path, name) in [
+            ("/".to_string(), "phone-builds"),
+            (format!("/builds/{id}"), "phone-build"),
+            (format!("/builds/{id}/steps/wait"), "phone-step"),
+            ("/agents".to_string(), "phone-agents"),
+            ("/submit".to_string(), "phone-submit"),
+        ] {
+            browser.goto(&format!("{}{path}", daemon.url)).await;
+            browser.wait_text("footer", "piperd").await;
+            let facts = browser
+                .client
+                .execute(
+                    r#"
+                    const unlabelled = [...document.querySelectorAll('input, select, textarea')]
+                      .filter(e => e.type !== 'hidden' && e.labels.length === 0 && !e.getAttribute('aria-label'))
+                      .map(e => e.name || e.id);
+                    const nameless = [...document.querySelectorAll('button, a')]
+                      .filter(e => !e.textContent.trim() && !e.getAttribute('aria-label'))
+                      .map(e => e.outerHTML.slice(0, 80));
+                    return {
+                      dark: getComputedStyle(document.body).backgroundColor,
+                      overflow: document.documentElement.scrollWidth - window.innerWidth,
+                      unlabelled, nameless,
+                      lang: document.documentElement.lang,
+                    };
+                    "#,
+                    vec![],
+                )
+                .await
+                .unwrap();
+            browser.screenshot(name).await;
+            assert_eq!(facts["dark"], "rgb(13, 17, 23)", "{path}: not dark: {facts}");
+            assert!(facts["overflow"].as_i64().unwrap() <= 0, "{path}: wider than a phone: {facts}");
+            assert_eq!(facts["unlabelled"], json!([]), "{path}: {facts}");
+            assert_eq!(facts["nameless"], json!([]), "{path}: {facts}");
+            assert_eq!(facts["lang"], "en");
+        }
         browser.client.clone().close().await.unwrap();
     });
 }
