@@ -1084,3 +1084,22 @@ fn on_a_terminal_a_followed_build_is_byte_identical_to_the_local_run_but_for_tim
         "\n--- remote\n{remote:?}\n--- local\n{local:?}"
     );
 }
+
+/// Inputs a fuzzer driven by the OpenAPI document found accepted though
+/// the document refuses them (schemathesis, ST201): now refused.
+#[test]
+fn what_the_openapi_document_refuses_the_api_refuses() {
+    let daemon = Daemon::start(None);
+    let token = Some(daemon.token.as_str());
+    let (status, body) = daemon.http("GET", "/api/v1/builds?status=", token, None);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let push = br#"{"repo": "/somewhere", "ref": "main"}"#.to_vec();
+    let (status, body) = daemon.http("POST", "/api/v1/webhook?pipeline=", token, Some(push));
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let blank = br#"{"repo": "/somewhere", "pipeline": "\f"}"#.to_vec();
+    let (status, body) = daemon.http("POST", "/api/v1/webhook?pipeline=ci", token, Some(blank));
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (_, list) = daemon.http("GET", "/api/v1/builds", token, None);
+    let list: Value = serde_json::from_slice(&list).unwrap();
+    assert_eq!(list["builds"], serde_json::json!([]), "nothing was queued");
+}

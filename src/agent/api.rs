@@ -31,14 +31,58 @@ pub struct BuildRequest {
     /// Variables given to the steps (names not empty, without `=` or NUL;
     /// values without NUL).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(schema_with = variables_schema)]
     pub env: BTreeMap<String, String>,
-    /// Like `env`, but masked in logs and never shown by the API.
+    /// Like `env`, but masked in logs and never shown by the API. A name
+    /// may not be in both.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(schema_with = variables_schema)]
     pub secret_env: BTreeMap<String, String>,
     /// Who asked (default `api`; not blank).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 1, pattern = r"\S")]
     pub requested_by: Option<String>,
+}
+
+/// `POST /api/v1/webhook`: what a git host sends on a push. The pipeline
+/// comes from the query (`?pipeline=`, default `ci`); one in the body is
+/// checked but not used.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRequest {
+    #[schema(min_length = 1, pattern = r"^(?!-)[\s\S]*\S")]
+    pub repo: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, pattern = r"\S")]
+    pub pipeline: Option<String>,
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, pattern = r"^(?!-)[\s\S]*\S")]
+    pub git_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(schema_with = variables_schema)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(schema_with = variables_schema)]
+    pub secret_env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, pattern = r"\S")]
+    pub requested_by: Option<String>,
+}
+
+/// An object of variables: what an environment can hold (null: none).
+fn variables_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let string = |pattern: &str, min: usize| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern))
+            .min_length(Some(min))
+    };
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property_names(Some(string("^[^=\\u0000]+$", 1).build()))
+        .additional_properties(Some(string("^[^\\u0000]*$", 0)))
+        .build()
 }
 
 /// Steps finished and planned.
@@ -110,8 +154,9 @@ pub struct StreamPage {
 pub enum StreamItem {
     Event {
         seq: i64,
-        /// Absent when this version cannot read it (a newer agent's).
+        /// Null when this version cannot read it (a newer agent's).
         #[serde(deserialize_with = "known_event")]
+        #[schema(required = true)]
         event: Option<Event>,
     },
     Output {

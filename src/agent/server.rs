@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 #[allow(unused_imports)] // some are named only in #[utoipa::path] attributes
 use super::api::{
     AgentList, Build, BuildDetail, BuildList, BuildRequest, BuildSummary, ErrorBody, Health,
-    LogChunk, LogIn, OutputChunk, Progress, StreamItem, StreamPage,
+    LogChunk, LogIn, OutputChunk, Progress, StreamItem, StreamPage, WebhookRequest,
 };
 use super::store::{BuildFilter, BuildState, NewBuild};
 use super::worker::Agent;
@@ -548,6 +548,7 @@ fn same_origin(headers: &HeaderMap) -> ApiResult<()> {
 /// HttpOnly, SameSite=Strict session cookie for the web UI.
 #[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = LogIn,
     responses((status = 204, description = "Logged in: `Set-Cookie: piper_session=...; HttpOnly; SameSite=Strict`"),
+        (status = 400, description = "The body is not `{\"token\": \"...\"}`", body = ErrorBody),
         (status = 401, description = "The token is not valid", body = ErrorBody), (status = 403, description = "A session cookie without this origin, or a repository off the allow-list", body = ErrorBody)))]
 async fn log_in(
     State(state): State<ApiState>,
@@ -699,7 +700,8 @@ fn parse_id(text: &str) -> ApiResult<i64> {
 
 /// `POST /api/v1/builds`: `{repo, pipeline, ref?, env?, requested_by?}`.
 #[utoipa::path(post, path = "/api/v1/builds", tag = "builds", request_body = BuildRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "The same key within a day returns the first answer (`idempotent-replayed: true`) instead of queuing again")),
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 200, pattern = r"^[\t\x20-\x7e]*[\x21-\x7e][\t\x20-\x7e]*$",
+        description = "The same key within a day returns the first answer (`idempotent-replayed: true`) instead of queuing again")),
     security(("bearer" = []), ("session" = [])),
     responses((status = 201, description = "Queued (committed)", body = Build), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 403, description = "A session cookie without this origin, or a repository off the allow-list", body = ErrorBody),
         (status = 413, description = "The body is over 64 KiB", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
@@ -736,7 +738,7 @@ fn header_key(headers: &HeaderMap, name: &str, scope: &str) -> ApiResult<Option<
 
 /// `POST /api/v1/webhook?pipeline=NAME`: what a git host calls on a push,
 /// `{repo, ref}` (the pipeline defaults to `ci`).
-#[utoipa::path(post, path = "/api/v1/webhook", tag = "builds", params(WebhookQuery), request_body = BuildRequest, security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/webhook", tag = "builds", params(WebhookQuery), request_body = WebhookRequest, security(("bearer" = [])),
     responses((status = 201, description = "Queued; a redelivery (same delivery id header) answers the first build", body = Build), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 403, description = "A session cookie without this origin, or a repository off the allow-list", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
 async fn webhook(
     State(state): State<ApiState>,
@@ -746,6 +748,9 @@ async fn webhook(
 ) -> ApiResult<Response> {
     authorize(&state, &headers).await?;
     let Query(query) = query.map_err(|e| ApiError::bad("pipeline", e.body_text()))?;
+    if query.pipeline.as_ref().is_some_and(|p| p.trim().is_empty()) {
+        return Err(ApiError::bad("pipeline", "`pipeline` is empty"));
+    }
     let mut new = parse_request(body, Some(query.pipeline.unwrap_or_else(|| "ci".into())))?;
     if new.requested_by == "api" {
         new.requested_by = "webhook".into();
@@ -770,6 +775,7 @@ async fn webhook(
 #[into_params(parameter_in = Query)]
 struct WebhookQuery {
     /// The pipeline to run (default `ci`).
+    #[param(min_length = 1, pattern = r"\S")]
     pipeline: Option<String>,
 }
 
@@ -855,8 +861,13 @@ fn parse_request(
         }
     };
     let repo = string("repo", true)?.unwrap_or_default();
+    // The webhook's query names the pipeline (a body's is then checked
+    // but not used).
     let pipeline = match pipeline {
-        Some(p) => p,
+        Some(p) => {
+            string("pipeline", false)?;
+            p
+        }
         None => string("pipeline", true)?.unwrap_or_default(),
     };
     let git_ref = string("ref", false)?.unwrap_or_else(|| "HEAD".into());
@@ -988,7 +999,7 @@ pub(crate) async fn list_builds(
 ) -> ApiResult<axum::Json<BuildList>> {
     authorize_read(&state, &headers).await?;
     let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
+    let status = match query.status.as_deref() {
         None => None,
         Some(s) => Some(BuildState::parse(s).ok_or_else(|| {
             ApiError::bad(
@@ -1187,8 +1198,8 @@ pub(crate) struct LogQuery {
 /// `x-piper-build-status` whether more can come. `download=true` sends the
 /// whole log as a file.
 #[utoipa::path(get, path = "/api/v1/builds/{id}/log", tag = "logs", params(("id" = i64, Path, description = "The build's id"), LogQuery), security(("bearer" = []), ("session" = []), ()),
-    responses((status = 200, description = "Raw log bytes; `x-piper-offset` is where they start, `x-piper-next-offset` where to continue, `x-piper-build-status` the build's status",
-        content_type = "application/octet-stream", body = Vec<u8>), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 404, description = "No such build", body = ErrorBody)))]
+    responses((status = 200, description = "Raw log bytes; `x-piper-offset` is where they start, `x-piper-next-offset` where to continue, `x-piper-build-status` the build's status; with `download=true`, the whole log as a text file",
+        content((Vec<u8> = "application/octet-stream"), (String = "text/plain"))), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 404, description = "No such build", body = ErrorBody)))]
 pub(crate) async fn read_log(
     State(state): State<ApiState>,
     headers: HeaderMap,

@@ -134,6 +134,11 @@ async fn builds_page(
         Some(q) => format!("/?{q}"),
         None => "/".into(),
     };
+    // A filter form sends its empty fields: empty means any here.
+    let query = query.map(|Query(mut q)| {
+        q.status = q.status.filter(|s| !s.is_empty());
+        Query(q)
+    });
     let filter = match &query {
         Ok(Query(q)) => view::Filter::from(q),
         Err(_) => view::Filter::default(),
