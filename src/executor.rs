@@ -190,6 +190,10 @@ pub async fn run(
     Ok(RunOutcome { builds, exit_code })
 }
 
+/// A successful step's message when it ran but made the same outputs as
+/// its last run: its dependents stay up to date (early cutoff).
+pub const OUTPUTS_UNCHANGED: &str = "outputs unchanged: its dependents stay up to date";
+
 /// What one finished step attempt sequence reports back to the scheduler.
 struct StepResult {
     index: usize,
@@ -624,7 +628,7 @@ impl StepJob {
                     index: self.index,
                     status: StepStatus::UpToDate,
                     exit_code: None,
-                    fingerprint: record.fingerprint,
+                    fingerprint: fingerprint::seen_by_dependents(&record),
                 };
             }
             Ok(Freshness::Stale(record, reasons)) => (Some(record), reasons),
@@ -669,12 +673,24 @@ impl StepJob {
         } else {
             last.status
         };
-        // Dependents fingerprint what this step was: its record when it has
-        // inputs, otherwise "it ran in this build" (so they rerun too).
+        // Dependents fingerprint what this step made: the digest of its
+        // outputs when it declares some (the same outputs leave them up to
+        // date), else its record when it has inputs, otherwise "it ran in
+        // this build" (so they rerun too).
+        let outputs = (status == StepStatus::Success && !self.dry_run)
+            .then(|| fingerprint::outputs_digest(&self.graph.root, &step.outputs))
+            .flatten();
+        let previous_outputs = self
+            .state
+            .steps
+            .get(&step.name)
+            .and_then(|p| p.outputs.as_ref());
+        let cutoff = outputs.is_some() && outputs.as_ref() == previous_outputs;
         let fingerprint = match &record {
             Some(record) if status == StepStatus::Success => {
-                let (record, warning) =
+                let (mut record, warning) =
                     fingerprint::after_run(&self.graph.root, step, record.clone());
+                record.outputs = outputs;
                 if let Some(warning) = warning {
                     out.write(format!("piper: warning: {warning}\n").into_bytes())
                         .await;
@@ -682,8 +698,9 @@ impl StepJob {
                 if let Err(e) = self.state.append(&step.name, &record) {
                     tracing::warn!("cannot record the state of step {}: {e}", step.name);
                 }
-                record.fingerprint.clone()
+                fingerprint::seen_by_dependents(&record)
             }
+            _ if outputs.is_some() => format!("outputs {}", outputs.unwrap_or_default()),
             _ => format!(
                 "ran in build {} of process {}",
                 self.build,
@@ -713,7 +730,10 @@ impl StepJob {
                 exit_code: last.exit_code,
                 duration_ms: started.elapsed().as_millis() as u64,
                 attempts: attempt_no,
-                message: last.message,
+                message: match last.message {
+                    None if cutoff => Some(OUTPUTS_UNCHANGED.into()),
+                    message => message,
+                },
             })
             .await;
         StepResult {

@@ -54,7 +54,9 @@ pub fn explain(graph: &Graph, plan: &Plan, options: &Options) -> Vec<Verdict> {
             state.steps.get(&step.name),
             forced,
         ) {
-            Ok(Freshness::UpToDate(record)) => (false, Vec::new(), record.fingerprint),
+            Ok(Freshness::UpToDate(record)) => {
+                (false, Vec::new(), fingerprint::seen_by_dependents(&record))
+            }
             Ok(Freshness::Stale(_, reasons)) => (true, reasons, WILL_RUN.to_string()),
             Ok(Freshness::Untracked) => (
                 true,

@@ -86,6 +86,8 @@ pub fn check(
     let missing = missing_outputs(root, &step.outputs);
     let reasons = reasons(previous, &record, &missing, forced);
     Ok(if reasons.is_empty() {
+        // Its outputs are as that run left them.
+        record.outputs = previous.and_then(|p| p.outputs.clone());
         Freshness::UpToDate(record)
     } else {
         Freshness::Stale(record, reasons)
@@ -292,6 +294,7 @@ pub fn record(
         inputs,
         deps,
         discovered: BTreeSet::new(),
+        outputs: None,
     };
     record.fingerprint = fingerprint_of(&record);
     record
@@ -377,6 +380,53 @@ pub fn missing_outputs(root: &Path, outputs: &[String]) -> Vec<String> {
         .filter(|pattern| existing_outputs(root, std::slice::from_ref(*pattern)).is_empty())
         .cloned()
         .collect()
+}
+
+/// What dependents fingerprint of a step that has a record: the digest of
+/// its outputs when it declares some (early cutoff: the same outputs, the
+/// same value, however it got there), else its own fingerprint.
+pub fn seen_by_dependents(record: &StepRecord) -> String {
+    match &record.outputs {
+        Some(digest) => format!("outputs {digest}"),
+        None => record.fingerprint.clone(),
+    }
+}
+
+/// blake3 over the declared outputs' contents (files under an output
+/// directory included), in path order; None when a step declares none or
+/// one is missing or unreadable (dependents then see that it ran).
+pub fn outputs_digest(root: &Path, outputs: &[String]) -> Option<String> {
+    if outputs.is_empty() || !missing_outputs(root, outputs).is_empty() {
+        return None;
+    }
+    let mut files = Vec::new();
+    for path in existing_outputs(root, outputs) {
+        collect_files(&path, &mut files).ok()?;
+    }
+    files.sort();
+    files.dedup();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"piper-outputs-v1\0");
+    for file in files {
+        let name = file.strip_prefix(root).unwrap_or(&file);
+        hasher.update(name.to_string_lossy().as_bytes());
+        hasher.update(b"\0");
+        let mut reader = std::fs::File::open(&file).ok()?;
+        hasher.update_reader(&mut reader).ok()?;
+        hasher.update(b"\0");
+    }
+    Some(hasher.finalize().to_hex().to_string())
+}
+
+fn collect_files(path: &Path, files: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            collect_files(&entry?.path(), files)?;
+        }
+    } else {
+        files.push(path.to_path_buf());
+    }
+    Ok(())
 }
 
 /// The files and directories that root-relative `outputs` name now.

@@ -40,6 +40,11 @@ pub struct StepRecord {
     /// outside the root): inputs next time too.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub discovered: std::collections::BTreeSet<String>,
+    /// blake3 of the declared outputs after its last run: what dependents
+    /// see of it, so a rerun that made the same outputs leaves them up to
+    /// date (early cutoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -407,3 +407,59 @@ fn explain_says_what_would_run_and_why_without_running() {
         serde_json::json!(["env var MODE changed", "upstream step `gen` will run"])
     );
 }
+
+/// Early cutoff (ninja's `restat`): a step that ran again but made
+/// byte-identical outputs leaves its dependents up to date.
+#[test]
+fn a_rerun_that_makes_the_same_outputs_leaves_dependents_up_to_date() {
+    let test = Test::new()
+        .piper_lua(
+            r#"
+            local gen = step "gen" {
+              inputs = "src/a.txt",
+              outputs = "gen.out",
+              run = "tr -d ' ' < src/a.txt > gen.out; echo gen >> runs.log",
+            }
+            -- No inputs: it always runs, and its output says whether that mattered.
+            local stamp = step "stamp" {
+              outputs = "stamp.out",
+              run = "echo ${STAMP:-one} > stamp.out; echo stamp >> runs.log",
+            }
+            local compile = step "compile" {
+              inputs = "gen.out",
+              outputs = "app.bin",
+              deps = { gen, stamp },
+              run = "cat gen.out stamp.out > app.bin; echo compile >> runs.log",
+            }
+            pipeline "all" { compile }
+            "#,
+        )
+        .file("src/a.txt", "a b");
+    let dir = test.dir.path();
+    assert_eq!(exec(dir, &[]).0, 0);
+    assert_eq!(runs(dir), ["gen", "stamp", "compile"]);
+    // Only spaces change: gen runs, makes the same gen.out; stamp runs and
+    // makes the same stamp.out; compile is up to date.
+    let before = std::fs::read_to_string(dir.join("src/a.txt")).unwrap();
+    rewrite(&dir.join("src/a.txt"), &before.replace(' ', "  "));
+    let (code, stdout, stderr) = exec(dir, &["--explain"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(runs(dir), ["gen", "stamp"], "{stdout}{stderr}");
+    // `--explain` says why compile did not run.
+    assert!(
+        stdout.contains("gen     | outputs unchanged: its dependents stay up to date"),
+        "{stdout}"
+    );
+    // A real change reaches compile.
+    rewrite(&dir.join("src/a.txt"), "a c");
+    assert_eq!(exec(dir, &[]).0, 0);
+    assert_eq!(runs(dir), ["gen", "stamp", "compile"]);
+    let out = Command::new(PIPER)
+        .args(["exec", "all", "-j1"])
+        .env("STAMP", "two")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(runs(dir), ["stamp", "compile"]);
+}

@@ -501,6 +501,14 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 if let Some(v) = self.steps.get_mut(step) {
                     v.started = None;
                 }
+                if self.explain
+                    && *status == StepStatus::Success
+                    && message.as_deref() == Some(crate::executor::OUTPUTS_UNCHANGED)
+                {
+                    self.clear_status();
+                    let text = self.paint(style::CYAN, crate::executor::OUTPUTS_UNCHANGED);
+                    self.write_line(step, text.as_bytes());
+                }
                 if self.explain && *status == StepStatus::UpToDate {
                     self.clear_status();
                     let text = self.paint(
