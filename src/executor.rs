@@ -119,6 +119,19 @@ fn firing(plan: &Plan, status: BuildStatus) -> impl Iterator<Item = &crate::grap
     })
 }
 
+/// A step the triggering build also planned keeps the environment it had
+/// there: a trigger's `env` (and the chained pipeline's own) reach only the
+/// steps the chained pipeline adds. So a step both need is the same step,
+/// up to date in the chained build, instead of being rebuilt back and
+/// forth between the two environments.
+fn share_steps_with(chained: &mut Plan, parent: &Plan) {
+    for planned in &mut chained.steps {
+        if let Some(there) = parent.steps.iter().find(|p| p.step == planned.step) {
+            planned.pipeline_env = there.pipeline_env.clone();
+        }
+    }
+}
+
 /// Plans `targets`, runs them, then the pipelines their triggers chain.
 /// `interrupt` cancels everything (Ctrl-C); steps' process groups are ended
 /// and waited for before this returns.
@@ -159,8 +172,9 @@ pub async fn run(
         .await;
         next_id += 1;
         for trigger in firing(&plan, outcome.status) {
-            let chained =
+            let mut chained =
                 graph.plan_with_env(std::slice::from_ref(&trigger.pipeline), &trigger.env)?;
+            share_steps_with(&mut chained, &plan);
             let by = TriggeredBy {
                 build: outcome.build,
                 pipeline: plan.name.clone(),

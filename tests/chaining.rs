@@ -114,3 +114,48 @@ fn a_failing_chained_pipeline_fails_the_run() {
         .stderr_any()
         .run();
 }
+
+/// A step both the parent and the chained pipeline need keeps the parent's
+/// environment: the trigger's env does not reach it, so it is built once
+/// and then up to date (not rebuilt back and forth).
+#[test]
+fn a_step_the_parent_shares_with_the_chained_build_is_built_once() {
+    let test = Test::new()
+        .piper_lua(
+            r#"
+            local trigger = require "piper.trigger"
+            local cc = step "cc" {
+              inputs = "main.c", outputs = "main.o",
+              run = 'echo "cc CHANNEL=${CHANNEL:-}" >> runs.log; cp main.c main.o',
+            }
+            pipeline "ci" {
+              cc,
+              on_success = trigger.pipeline("package", { env = { CHANNEL = "nightly" } }),
+            }
+            pipeline "package" {
+              step "tar" { deps = { cc }, run = 'echo "tar CHANNEL=$CHANNEL" >> runs.log' },
+            }
+            "#,
+        )
+        .file("main.c", "int main;");
+    let dir = test.dir.path();
+    let exec = || {
+        let out = std::process::Command::new(crate::harness::PIPER)
+            .args(["exec", "ci"])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = std::fs::read_to_string(dir.join("runs.log")).unwrap_or_default();
+        std::fs::remove_file(dir.join("runs.log")).ok();
+        log
+    };
+    // cc compiles once; the chained step new to package gets the env.
+    assert_eq!(exec(), "cc CHANNEL=\ntar CHANNEL=nightly\n");
+    // And the next run finds cc up to date.
+    assert_eq!(exec(), "tar CHANNEL=nightly\n");
+}
