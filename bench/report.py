@@ -258,8 +258,9 @@ def measure_ui(piperd, rounds):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
             s.close()
+            # Its own process group: chromium goes with it at the end.
             driver = subprocess.Popen([chromedriver, f"--port={port}"], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)
+                                      stderr=subprocess.DEVNULL, start_new_session=True)
             wd = f"http://127.0.0.1:{port}"
 
             def call(method, path, body=None):
@@ -325,7 +326,7 @@ def measure_ui(piperd, rounds):
                 "rounds": rounds}
     finally:
         if driver:
-            driver.kill()
+            os.killpg(driver.pid, 9)
             driver.wait()
         proc.send_signal(15)
         proc.wait(timeout=30)

@@ -6,6 +6,7 @@
 //! `PIPER_UPDATE_SCREENSHOTS=1` the build page's is also copied to
 //! `docs/images/` for docs/daemon.md.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,16 +15,28 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 use crate::agent::{Daemon, repo};
-use crate::harness::{KillOnDrop, process_gone, read_pid, skip, unindent};
+use crate::harness::{process_gone, read_pid, skip, unindent};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// A headless chromium session; the driver (and its browser) end on drop.
+/// A headless chromium session; the driver and its browser end on drop.
 struct Browser {
     client: Client,
-    _driver: KillOnDrop,
+    _driver: DriverGroup,
     _profile: tempfile::TempDir,
+}
+
+/// chromedriver in a process group of its own, with the chromium it starts:
+/// the whole group is killed on drop, so a failing test leaves no browser.
+struct DriverGroup(std::process::Child);
+
+impl Drop for DriverGroup {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group this test created.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
 }
 
 impl Browser {
@@ -48,11 +61,12 @@ impl Browser {
             .port();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver starts");
-        let driver = KillOnDrop(driver);
+        let driver = DriverGroup(driver);
         let profile = tempfile::tempdir().unwrap();
         let mut args = vec![
             "--headless=new".to_string(),
