@@ -150,7 +150,7 @@ fn build_row(build: &BuildView, now: i64) -> Markup {
     html! {
         tr data-build=(build.id) {
             th scope="row" { a href=(format!("/builds/{}", build.id)) { "#" (build.id) } }
-            td { (badge(&build.status)) @if let Some(w) = &build.waiting_for { " " span class="muted" { "waiting for " (w) } } }
+            td { (badge(build.status.as_str())) @if let Some(w) = &build.waiting_for { " " span class="muted" { "waiting for " (w) } } }
             td { (build.pipeline) }
             td class="repo" title=(build.repo) { (build.repo) }
             td { code { (short_ref(&build.git_ref)) } @if build.sha.is_some() { " " code class="muted" { (short_sha(&build.sha)) } }
@@ -189,7 +189,7 @@ pub fn build(
     let body = html! {
         div id="build" data-live=(watch.join(" ")) data-build=(build.id) data-final=(build.is_final()) {
             div class="title-row" {
-                h1 { "Build #" (build.id) " · " (build.pipeline) " " (badge(&build.status)) }
+                h1 { "Build #" (build.id) " · " (build.pipeline) " " (badge(build.status.as_str())) }
                 @if chrome.logged_in {
                     div class="actions" {
                         @if !build.is_final() {
@@ -227,7 +227,7 @@ pub fn build(
                     dt { "Triggered" } dd {
                         @for (i, child) in triggered.iter().enumerate() {
                             @if i > 0 { ", " }
-                            a href=(format!("/builds/{}", child.id)) { "#" (child.id) " " (child.pipeline) } " " (badge(&child.status))
+                            a href=(format!("/builds/{}", child.id)) { "#" (child.id) " " (child.pipeline) } " " (badge(child.status.as_str()))
                         }
                     }
                 }

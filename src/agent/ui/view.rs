@@ -3,53 +3,30 @@
 
 use std::collections::BTreeMap;
 
-use crate::agent::api::{self, AgentInfo, BuildDetail, BuildSummary, Progress, StoredStep};
+use crate::agent::api::{self, AgentInfo, Build, BuildDetail, BuildSummary, Progress, StoredStep};
 use crate::event::{Event, PlannedStepInfo};
 
-/// A build as pages show it, from the API's `BuildSummary`/`BuildDetail`.
+/// A build as pages show it: the API's build with its summary fields and
+/// (on a build's own page) its steps.
 #[derive(Debug, Clone)]
 pub struct BuildView {
-    pub id: i64,
-    pub number: i64,
-    pub repo: String,
-    pub git_ref: String,
-    pub sha: Option<String>,
-    pub version: Option<String>,
-    pub pipeline: String,
-    pub status: String,
-    pub env: BTreeMap<String, String>,
-    pub requested_by: String,
-    pub requested_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub agent: Option<String>,
-    pub parent_id: Option<i64>,
-    pub error: Option<String>,
+    pub build: Build,
     pub waiting_for: Option<String>,
     pub progress: Progress,
     pub steps: Vec<StepView>,
 }
 
+impl std::ops::Deref for BuildView {
+    type Target = Build;
+    fn deref(&self) -> &Build {
+        &self.build
+    }
+}
+
 impl From<BuildSummary> for BuildView {
     fn from(summary: BuildSummary) -> BuildView {
-        let b = summary.build;
         BuildView {
-            id: b.id,
-            number: b.number,
-            repo: b.repo,
-            git_ref: b.git_ref,
-            sha: b.sha,
-            version: b.version,
-            pipeline: b.pipeline,
-            status: b.status.as_str().to_string(),
-            env: b.env,
-            requested_by: b.requested_by,
-            requested_at: b.requested_at,
-            started_at: b.started_at,
-            finished_at: b.finished_at,
-            agent: b.agent,
-            parent_id: b.parent_id,
-            error: b.error,
+            build: summary.build,
             waiting_for: summary.waiting_for,
             progress: summary.progress,
             steps: Vec::new(),
@@ -68,7 +45,7 @@ impl From<BuildDetail> for BuildView {
 
 impl BuildView {
     pub fn is_final(&self) -> bool {
-        !matches!(self.status.as_str(), "queued" | "running")
+        self.build.status.is_final()
     }
 
     /// The first step that failed (in order of definition), if any.
