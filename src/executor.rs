@@ -691,7 +691,8 @@ impl StepJob {
         // outputs when it declares some (the same outputs leave them up to
         // date), else its record when it has inputs, otherwise "it ran in
         // this build" (so they rerun too).
-        let outputs = (status == StepStatus::Success && !self.dry_run)
+        let succeeded = status == StepStatus::Success && !self.dry_run;
+        let outputs = succeeded
             .then(|| fingerprint::outputs_digest(&self.graph.root, &step.outputs))
             .flatten();
         let previous_outputs = self
@@ -704,7 +705,7 @@ impl StepJob {
             Some(record) if status == StepStatus::Success => {
                 let (mut record, warning) =
                     fingerprint::after_run(&self.graph.root, step, record.clone());
-                record.outputs = outputs;
+                record.outputs = outputs.clone();
                 if let Some(warning) = warning {
                     out.write(format!("piper: warning: {warning}\n").into_bytes())
                         .await;
@@ -714,14 +715,18 @@ impl StepJob {
                 }
                 fingerprint::seen_by_dependents(&record)
             }
-            _ if outputs.is_some() => format!("outputs {}", outputs.unwrap_or_default()),
-            _ => format!(
-                "ran in build {} of process {}",
-                self.build,
-                std::process::id()
-            ),
+            _ => match &outputs {
+                Some(digest) => fingerprint::seen_outputs(digest),
+                None => format!(
+                    "ran in build {} of process {}",
+                    self.build,
+                    std::process::id()
+                ),
+            },
         };
-        if status == StepStatus::Success && !self.dry_run {
+        // The digest exists when every output does: only without it is
+        // there something to look for.
+        if succeeded && outputs.is_none() && !step.outputs.is_empty() {
             for output in fingerprint::missing_outputs(&self.graph.root, &step.outputs) {
                 let _ = self
                     .events

@@ -387,21 +387,33 @@ pub fn missing_outputs(root: &Path, outputs: &[String]) -> Vec<String> {
 /// same value, however it got there), else its own fingerprint.
 pub fn seen_by_dependents(record: &StepRecord) -> String {
     match &record.outputs {
-        Some(digest) => format!("outputs {digest}"),
+        Some(digest) => seen_outputs(digest),
         None => record.fingerprint.clone(),
     }
+}
+
+/// What dependents fingerprint of a step whose outputs have `digest`.
+pub fn seen_outputs(digest: &str) -> String {
+    format!("outputs {digest}")
 }
 
 /// blake3 over the declared outputs' contents (files under an output
 /// directory included), in path order; None when a step declares none or
 /// one is missing or unreadable (dependents then see that it ran).
 pub fn outputs_digest(root: &Path, outputs: &[String]) -> Option<String> {
-    if outputs.is_empty() || !missing_outputs(root, outputs).is_empty() {
+    if outputs.is_empty() {
         return None;
     }
+    // One expansion per pattern: a pattern that names nothing is missing.
     let mut files = Vec::new();
-    for path in existing_outputs(root, outputs) {
-        collect_files(&path, &mut files).ok()?;
+    for pattern in outputs {
+        let found = existing_outputs(root, std::slice::from_ref(pattern));
+        if found.is_empty() {
+            return None;
+        }
+        for path in found {
+            collect_files(&path, &mut files).ok()?;
+        }
     }
     files.sort();
     files.dedup();

@@ -167,6 +167,27 @@ impl Daemon {
     }
 
     /// An HTTP request with a raw body: (status, body).
+    /// Queues a build over the API (`POST /api/v1/builds`); its id. Any
+    /// answer but 201 fails the test, showing the agent's log.
+    pub fn queue(&self, body: &Value) -> i64 {
+        let (status, answer) = self.http(
+            "POST",
+            "/api/v1/builds",
+            Some(&self.token),
+            Some(body.to_string().into_bytes()),
+        );
+        assert_eq!(
+            status,
+            201,
+            "{}\n{}",
+            String::from_utf8_lossy(&answer),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+        serde_json::from_slice::<Value>(&answer).unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    }
+
     pub fn http(
         &self,
         method: &str,
@@ -901,6 +922,18 @@ fn config_files_for_piperd_and_the_cli() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("sever"));
 }
 
+/// `piper exec ci -j1` in `dir` with `FAIL=fail`: the local run a followed
+/// remote build is compared with.
+fn local_ci_run(dir: &Path, fail: &str) -> std::process::Output {
+    Command::new(PIPER)
+        .args(["exec", "ci", "-j1"])
+        .current_dir(dir)
+        .env("FAIL", fail)
+        .env("PIPER_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
 /// One event stream everywhere: a build followed from the agent renders as
 /// the same pipeline run locally — the same prefixed output, the same
 /// summary and first-failure excerpt, the same exit code.
@@ -914,13 +947,7 @@ fn a_followed_remote_build_reads_like_a_local_run() {
     "#;
     let repo = repo(&[("piper.lua", unindent(config).as_bytes())]);
     for fail in ["0", "3"] {
-        let local = Command::new(PIPER)
-            .args(["exec", "ci", "-j1"])
-            .current_dir(repo.path())
-            .env("FAIL", fail)
-            .env("PIPER_LOG", "warn")
-            .output()
-            .unwrap();
+        let local = local_ci_run(repo.path(), fail);
         let env = format!("FAIL={fail}");
         let (code, stdout, stderr) = submit(&daemon, repo.path(), "ci", &["--follow", "-e", &env]);
         assert_eq!(code, local.status.code().unwrap(), "{stderr}");
@@ -977,13 +1004,7 @@ fn a_followed_chain_reads_like_the_local_run_of_it() {
     "#;
     let repo = repo(&[("piper.lua", unindent(config).as_bytes())]);
     for fail in ["0", "1"] {
-        let local = Command::new(PIPER)
-            .args(["exec", "ci", "-j1"])
-            .current_dir(repo.path())
-            .env("FAIL", fail)
-            .env("PIPER_LOG", "warn")
-            .output()
-            .unwrap();
+        let local = local_ci_run(repo.path(), fail);
         let env = format!("FAIL={fail}");
         let (code, stdout, stderr) = submit(&daemon, repo.path(), "ci", &["--follow", "-e", &env]);
         // Every chained build is followed, in the order the run made them.

@@ -26,25 +26,6 @@ fn agents(db: &Database, n: usize, extra: &[&str]) -> Vec<Daemon> {
         .collect()
 }
 
-fn post(daemon: &Daemon, body: Value) -> i64 {
-    let (status, answer) = daemon.http(
-        "POST",
-        "/api/v1/builds",
-        Some(&daemon.token),
-        Some(body.to_string().into_bytes()),
-    );
-    assert_eq!(
-        status,
-        201,
-        "{}\n{}",
-        String::from_utf8_lossy(&answer),
-        std::fs::read_to_string(&daemon.log).unwrap_or_default()
-    );
-    serde_json::from_slice::<Value>(&answer).unwrap()["id"]
-        .as_i64()
-        .unwrap()
-}
-
 /// `get`, or None when the agent does not answer (it just died).
 fn try_get(daemon: &Daemon, path: &str) -> Option<Value> {
     crate::harness::block_on(async {
@@ -114,7 +95,7 @@ fn four_agents_run_500_builds_exactly_once() {
         let body = serde_json::json!({
             "repo": repo.path(), "pipeline": "s", "env": { "RAN": ran },
         });
-        ids.push(post(&agents[i % 4], body));
+        ids.push(agents[i % 4].queue(&body));
     }
     for &id in &ids {
         let build = agents[0].wait_finished(id);
@@ -164,10 +145,8 @@ pipeline "ci" {
 /// Submits a `WAITING` build and waits for its first attempt: (build id,
 /// index of the agent running it, pid of its step's shell).
 fn start_waiting(agents: &[Daemon], repo: &Path, dir: &Path) -> (i64, usize, i32) {
-    let id = post(
-        &agents[0],
-        serde_json::json!({ "repo": repo, "pipeline": "ci", "env": { "DIR": dir } }),
-    );
+    let id = agents[0]
+        .queue(&serde_json::json!({ "repo": repo, "pipeline": "ci", "env": { "DIR": dir } }));
     eventually(LIMIT, "the first attempt to start", || {
         running_on(dir).len() == 1
     });
@@ -277,9 +256,8 @@ fn cancel_reaches_the_agent_running_the_build() {
         "piper.lua",
         br#"step "s" { run = "echo $PIPER_AGENT > $DIR/agent; sleep 1000 & echo $! > $DIR/bg.pid; wait" }"#,
     )]);
-    let id = post(
-        &agents[0],
-        serde_json::json!({ "repo": repo.path(), "pipeline": "s", "env": { "DIR": dir.path() } }),
+    let id = agents[0].queue(
+        &serde_json::json!({ "repo": repo.path(), "pipeline": "s", "env": { "DIR": dir.path() } }),
     );
     wait_for_file_to_exist(&dir.path().join("bg.pid"));
     let bg = read_pid(&dir.path().join("bg.pid"));
@@ -432,9 +410,7 @@ fn builds_go_to_agents_with_the_labels_they_require() {
         "#,
     )]);
     let submit = |agent: &Daemon, pipeline: &str| {
-        post(
-            agent,
-            serde_json::json!({ "repo": repo.path(), "pipeline": pipeline, "env": { "DIR": dir.path() } }),
+        agent.queue(&serde_json::json!({ "repo": repo.path(), "pipeline": pipeline, "env": { "DIR": dir.path() } }),
         )
     };
     let port = submit(&plain, "port");
@@ -576,10 +552,7 @@ fn a_build_that_kills_its_agent_ends_lost_after_its_attempts() {
         // kills its agent; the restarted agent then ends the step.
         br#"pipeline "boom" { step "s" { run = "while [ ! -f ../../process-groups/$$ ]; do sleep 0.01; done; kill -9 $PPID; sleep 100" }, retry_agent_lost = 1 }"#,
     )]);
-    let id = post(
-        &agents[0],
-        serde_json::json!({ "repo": repo.path(), "pipeline": "boom" }),
-    );
+    let id = agents[0].queue(&serde_json::json!({ "repo": repo.path(), "pipeline": "boom" }));
     let mut restarts = 0;
     let build = loop {
         // Whichever agent died: start it again (its start rescues the
@@ -654,19 +627,13 @@ fn killed_listener_connections_fall_back_to_polling_and_reconnect() {
         });
     }
     let repo = repo(&[("piper.lua", br#"step "s" { run = "true" }"#)]);
-    let id = post(
-        &agents[0],
-        serde_json::json!({ "repo": repo.path(), "pipeline": "s" }),
-    );
+    let id = agents[0].queue(&serde_json::json!({ "repo": repo.path(), "pipeline": "s" }));
     assert_eq!(agents[1].wait_finished(id)["status"], "success");
     eventually(LIMIT, "the listeners to come back", || {
         let now = listeners();
         now.len() >= 2 && now.iter().all(|pid| !killed.contains(pid))
     });
-    let id = post(
-        &agents[1],
-        serde_json::json!({ "repo": repo.path(), "pipeline": "s" }),
-    );
+    let id = agents[1].queue(&serde_json::json!({ "repo": repo.path(), "pipeline": "s" }));
     assert_eq!(agents[0].wait_finished(id)["status"], "success");
 }
 
@@ -685,9 +652,8 @@ fn a_postgres_restart_mid_build_duplicates_nothing() {
     let agents = agents(&db, 2, &["--lease", "30s", "--heartbeat", "300ms"]);
     let dir = tempfile::tempdir().unwrap();
     let repo = repo(&[("piper.lua", WAITING)]);
-    let id = post(
-        &agents[0],
-        serde_json::json!({ "repo": repo.path(), "pipeline": "ci", "env": { "DIR": dir.path() } }),
+    let id = agents[0].queue(
+        &serde_json::json!({ "repo": repo.path(), "pipeline": "ci", "env": { "DIR": dir.path() } }),
     );
     eventually(LIMIT, "the build to start", || {
         running_on(dir.path()).len() == 1

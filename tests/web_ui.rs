@@ -313,18 +313,7 @@ fn the_ui_logs_in_submits_streams_cancels_and_retriggers() {
             "repo": repo_path, "pipeline": "slow",
             "env": { "PIDFILE": pidfile.to_str().unwrap() },
         });
-        let (status, created) = off_runtime(|| {
-            daemon.http(
-                "POST",
-                "/api/v1/builds",
-                Some(&daemon.token),
-                Some(body.to_string().into_bytes()),
-            )
-        });
-        assert_eq!(status, 201);
-        let slow = serde_json::from_slice::<Value>(&created).unwrap()["id"]
-            .as_i64()
-            .unwrap();
+        let slow = off_runtime(|| daemon.queue(&body));
         browser
             .wait_text(&format!("tr[data-build='{slow}'] .badge"), "running")
             .await;
@@ -373,18 +362,7 @@ fn on_a_phone_in_dark_mode_pages_fit_and_every_control_is_labelled() {
             "repo": project.path(), "pipeline": "ci",
             "env": { "GATE": work.path().join("gate") },
         });
-        let (status, created) = off_runtime(|| {
-            daemon.http(
-                "POST",
-                "/api/v1/builds",
-                Some(&daemon.token),
-                Some(body.to_string().into_bytes()),
-            )
-        });
-        assert_eq!(status, 201);
-        let id = serde_json::from_slice::<Value>(&created).unwrap()["id"]
-            .as_i64()
-            .unwrap();
+        let id = off_runtime(|| daemon.queue(&body));
         off_runtime(|| daemon.wait_finished(id));
 
         browser.goto(&format!("{}/login", daemon.url)).await;
@@ -551,17 +529,7 @@ fn a_huge_log_is_served_by_its_tail_and_downloads_whole() {
         "#,
     );
     let project = repo(&[("piper.lua", config.as_bytes())]);
-    let body = json!({ "repo": project.path(), "pipeline": "ci" }).to_string();
-    let (status, created) = daemon.http(
-        "POST",
-        "/api/v1/builds",
-        Some(&daemon.token),
-        Some(body.into_bytes()),
-    );
-    assert_eq!(status, 201);
-    let id = serde_json::from_slice::<Value>(&created).unwrap()["id"]
-        .as_i64()
-        .unwrap();
+    let id = daemon.queue(&json!({ "repo": project.path(), "pipeline": "ci" }));
     assert_eq!(daemon.wait_finished(id)["status"], "success");
     // The step's log starts with its command, as `piper exec` shows it.
     let expected: String = std::iter::once("$ seq 1 400000\n".to_string())

@@ -1034,7 +1034,7 @@ pub(crate) async fn list_builds(
     } else {
         None
     };
-    let builds = with_waiting(&state, builds).await?;
+    let builds = summaries(&state, builds).await?;
     Ok(axum::Json(BuildList {
         builds,
         next_before: next,
@@ -1058,17 +1058,18 @@ pub(crate) async fn show_build(
         .steps(id)
         .await
         .map_err(ApiError::internal)?;
-    let summary = with_waiting(&state, vec![build])
+    let summary = summaries(&state, vec![build])
         .await?
         .pop()
         .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
     Ok(axum::Json(BuildDetail { summary, steps }))
 }
 
-/// Builds as JSON; a queued build that no live agent can run gets
-/// `waiting_for`: the labels it requires, `gpu=1 os=linux` (it waits
-/// without holding up other builds, and runs when such an agent joins).
-async fn with_waiting(
+/// Builds as lists show them: each with its `progress` (steps done of
+/// planned, one query for all), and a queued build that no live agent can
+/// run with `waiting_for`: the labels it requires, `gpu=1 os=linux` (it
+/// waits without holding up other builds, and runs when such an agent joins).
+async fn summaries(
     state: &ApiState,
     builds: Vec<super::store::Build>,
 ) -> ApiResult<Vec<BuildSummary>> {
