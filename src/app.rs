@@ -13,6 +13,7 @@ use crate::cli::{
     CleanArgs, Cli, ColorChoice, Command, ExecArgs, ExplainArgs, GraphArgs, GraphFormat, ListArgs,
     RemoteCommand, WatchArgs,
 };
+use crate::config_cache::{self, Evaluation};
 use crate::error::{EXIT_INTERNAL, Error, Result};
 use crate::executor::{self, Force, Options};
 use crate::graph::Graph;
@@ -73,8 +74,22 @@ fn start_dir(cli: &Cli) -> Result<PathBuf> {
 }
 
 fn load(cli: &Cli) -> Result<Graph> {
+    Ok(load_explained(cli)?.0)
+}
+
+/// The graph, from the configuration cache unless `--no-config-cache`, and
+/// how it was obtained.
+fn load_explained(cli: &Cli) -> Result<(Graph, Evaluation)> {
     let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
-    Graph::load(&project)
+    config_cache::load(&project, config_mode(cli))
+}
+
+fn config_mode(cli: &Cli) -> config_cache::Mode {
+    if cli.no_config_cache {
+        config_cache::Mode::Bypass
+    } else {
+        config_cache::Mode::Use
+    }
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
@@ -227,7 +242,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
-    let graph = Arc::new(load(cli)?);
+    let (graph, evaluation) = load_explained(cli)?;
+    if args.explain
+        && let Some(line) = evaluation.explanation()
+    {
+        eprintln!("piper: {line}");
+    }
+    let graph = Arc::new(graph);
     if args.targets.is_empty() {
         // As `just` does without a default recipe: say what there is.
         let mut err = std::io::stderr().lock();
@@ -266,7 +287,7 @@ fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32> {
     let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
     // A config that does not evaluate at start is an error; later broken
     // edits are reported and watched past.
-    let graph = Graph::load(&project)?;
+    let (graph, _) = config_cache::load(&project, config_mode(cli))?;
     graph.plan(&args.exec.targets)?;
     let options = exec_options(&graph, &args.exec)?;
     let renderer = host(cli, &args.exec, Some(args.clear));
@@ -431,7 +452,7 @@ fn completions(shell: &str) -> Result<i32> {
 }
 
 fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
-    let graph = load(cli)?;
+    let (graph, evaluation) = load_explained(cli)?;
     let plan = graph.plan(&args.targets)?;
     let options = Options {
         env_overrides: parse_env_overrides(&args.env)?,
@@ -453,6 +474,9 @@ fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
         .map(|v| render::style::width(&v.step))
         .max()
         .unwrap_or(0);
+    if let Some(line) = evaluation.explanation() {
+        let _ = writeln!(out, "{line}");
+    }
     for v in &verdicts {
         let verdict = if v.will_run {
             format!("will run: {}", v.reasons.join("; "))
@@ -481,7 +505,7 @@ fn clean(cli: &Cli, args: &CleanArgs) -> Result<i32> {
         }
     }
     let dir = crate::state::State::dir(&project.root);
-    for name in ["state.json", "state.log"] {
+    for name in ["state.json", "state.log", crate::config_cache::FILE] {
         match std::fs::remove_file(dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(Error::io(

@@ -41,6 +41,10 @@ pub struct Cli {
     #[arg(short = 'C', long = "directory", value_name = "DIR")]
     pub directory: Option<PathBuf>,
 
+    /// Evaluate piper.lua even if its cached graph is current (the cache in .piper/ is left alone)
+    #[arg(long, global = true)]
+    pub no_config_cache: bool,
+
     /// When to use colours [NO_COLOR in the environment means never]
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
     pub color: ColorChoice,
@@ -149,7 +153,7 @@ pub enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
-    /// Forget what ran: remove the build state in .piper/ (and outputs with --outputs)
+    /// Forget what ran: remove the build state and the configuration cache in .piper/ (and outputs with --outputs)
     Clean(CleanArgs),
     /// Create a starter piper.lua in the current directory
     Init,

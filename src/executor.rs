@@ -25,6 +25,7 @@ use crate::graph::{Graph, Plan};
 use crate::lua_step::{LuaOutcome, LuaStep};
 use crate::process::{self, Exit, OutputSink};
 use crate::spec::{Condition, Run, TriggerOn};
+use crate::stamps::Stamps;
 use crate::state::State;
 
 #[derive(Debug, Clone)]
@@ -228,6 +229,7 @@ async fn run_build(
 ) -> BuildOutcome {
     let started = Instant::now();
     let state = Arc::new(State::load(&graph.root));
+    let stamps = Arc::new(Stamps::new(graph.root.clone(), graph.stamps.clone()));
     let steps = &plan.steps;
     let name_of = |i: usize| graph.steps[steps[i].step].name.clone();
     let _ = events
@@ -278,7 +280,7 @@ async fn run_build(
         while !stop && running.len() < jobs {
             let Some(i) = ready.pop_first() else { break };
             let step = &graph.steps[steps[i].step];
-            match evaluate_condition(step.when.as_ref()) {
+            match evaluate_condition(&graph, steps[i].step) {
                 Ok(true) => {}
                 Ok(false) => {
                     let message = Some("its `when` condition is false".to_string());
@@ -338,6 +340,7 @@ async fn run_build(
                     .iter()
                     .map(|&d| (name_of(d), fingerprints[d].clone().unwrap_or_default()))
                     .collect(),
+                stamps: stamps.clone(),
             };
             running.spawn(job.run());
         }
@@ -485,11 +488,11 @@ async fn finish_without_running(
         .await;
 }
 
-fn evaluate_condition(when: Option<&Condition>) -> std::result::Result<bool, String> {
-    match when {
+fn evaluate_condition(graph: &Graph, step: usize) -> std::result::Result<bool, String> {
+    match graph.steps[step].when {
         None => Ok(true),
-        Some(Condition::Static(b)) => Ok(*b),
-        Some(Condition::Lua(f)) => match f.call::<mlua::Value>(()) {
+        Some(Condition::Static(b)) => Ok(b),
+        Some(Condition::Lua) => match graph.lua.when_function(step)?.call::<mlua::Value>(()) {
             Ok(v) => Ok(!matches!(v, mlua::Value::Nil | mlua::Value::Boolean(false))),
             Err(e) => Err(format!(
                 "its `when` condition raised an error: {}",
@@ -551,6 +554,7 @@ struct StepJob {
     apart: bool,
     state: Arc<State>,
     dep_fingerprints: BTreeMap<String, String>,
+    stamps: Arc<Stamps>,
 }
 
 /// How one attempt ended.
@@ -651,6 +655,7 @@ impl StepJob {
                 vec!["it declares no inputs, so it always runs".to_string()],
             ),
         };
+        let env = self.env_with_stamps().await;
         let max_attempts = step.retries + 1;
         let mut attempt_no = 0;
         let last = loop {
@@ -664,7 +669,7 @@ impl StepJob {
                     reasons: std::mem::take(&mut reasons),
                 })
                 .await;
-            let attempt = self.attempt(&out).await;
+            let attempt = self.attempt(&out, &env).await;
             let retry = attempt.status.is_failure()
                 && attempt_no < max_attempts
                 && !self.cancel.is_cancelled();
@@ -778,7 +783,85 @@ impl StepJob {
         )
     }
 
-    async fn attempt(&self, out: &OutputSink) -> Attempt {
+    /// The step's variables plus the build stamps it does not set itself
+    /// (computed now if it is the build's first step to run something).
+    async fn env_with_stamps(&self) -> Vec<(String, String)> {
+        let step = &self.graph.steps[self.step];
+        let runs_nothing = matches!(&step.run, Run::Commands(c) if c.is_empty());
+        if self.stamps.is_empty() || self.dry_run || runs_nothing {
+            return self.env.clone();
+        }
+        let (values, first) = self.stamps.values().await;
+        if first {
+            for warning in &values.warnings {
+                let _ = self
+                    .events
+                    .send(Event::StepWarning {
+                        build: self.build,
+                        step: step.name.clone(),
+                        message: warning.clone(),
+                    })
+                    .await;
+            }
+        }
+        let mut env = self.env.clone();
+        for (name, value) in &values.vars {
+            if !env.iter().any(|(k, _)| k == name) {
+                env.push((name.clone(), value.clone()));
+            }
+        }
+        env
+    }
+
+    /// One attempt of a Lua-function step; its state is created now if
+    /// the graph came from the configuration cache.
+    async fn run_lua(
+        &self,
+        out: &OutputSink,
+        env: &[(String, String)],
+        token: &CancellationToken,
+    ) -> Attempt {
+        let step = &self.graph.steps[self.step];
+        let (lua, function) = match self.graph.lua.run_function(self.step) {
+            Ok(found) => found,
+            Err(message) => {
+                return Attempt {
+                    status: StepStatus::Failed,
+                    exit_code: None,
+                    message: Some(message),
+                };
+            }
+        };
+        let lua_step = LuaStep {
+            function,
+            dir: step.dir.clone(),
+            env: env.to_vec(),
+            out: out.clone(),
+            cancel: token.clone(),
+            grace: self.grace,
+        };
+        match lua_step.run(lua, &step.name).await {
+            LuaOutcome::Success => Attempt {
+                status: StepStatus::Success,
+                exit_code: None,
+                message: None,
+            },
+            LuaOutcome::Failed { message, exit_code } => {
+                let status = if token.is_cancelled() {
+                    StepStatus::Canceled
+                } else {
+                    StepStatus::Failed
+                };
+                Attempt {
+                    status,
+                    exit_code,
+                    message: Some(message),
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, out: &OutputSink, env: &[(String, String)]) -> Attempt {
         let step = &self.graph.steps[self.step];
         let token = self.cancel.child_token();
         let timed_out = Arc::new(AtomicBool::new(false));
@@ -806,8 +889,7 @@ impl StepJob {
                     if self.dry_run {
                         continue;
                     }
-                    let exit =
-                        process::run(command, &step.dir, &self.env, out, &token, self.grace).await;
+                    let exit = process::run(command, &step.dir, env, out, &token, self.grace).await;
                     if exit.success() {
                         continue;
                     }
@@ -842,35 +924,7 @@ impl StepJob {
                     message: None,
                 }
             }
-            Run::Lua(function) => {
-                let lua_step = LuaStep {
-                    function: function.clone(),
-                    dir: step.dir.clone(),
-                    env: self.env.clone(),
-                    out: out.clone(),
-                    cancel: token.clone(),
-                    grace: self.grace,
-                };
-                match lua_step.run(&self.graph.lua, &step.name).await {
-                    LuaOutcome::Success => Attempt {
-                        status: StepStatus::Success,
-                        exit_code: None,
-                        message: None,
-                    },
-                    LuaOutcome::Failed { message, exit_code } => {
-                        let status = if token.is_cancelled() {
-                            StepStatus::Canceled
-                        } else {
-                            StepStatus::Failed
-                        };
-                        Attempt {
-                            status,
-                            exit_code,
-                            message: Some(message),
-                        }
-                    }
-                }
-            }
+            Run::Lua(_) => self.run_lua(out, env, &token).await,
         };
         if let Some(timer) = timer {
             timer.abort();

@@ -24,14 +24,9 @@ pub fn command_text(step: &Step, root: &Path) -> String {
             .map(|c| c.to_string())
             .collect::<Vec<_>>()
             .join("\n"),
-        Run::Lua(function) => {
-            let info = function.info();
-            let file = info.short_src.unwrap_or_default();
-            let (first, last) = (
-                info.line_defined.unwrap_or(0),
-                info.last_line_defined.unwrap_or(0),
-            );
-            let body = std::fs::read_to_string(root.join(&file))
+        Run::Lua(source) => {
+            let (file, first, last) = (&source.file, source.first_line, source.last_line);
+            let body = std::fs::read_to_string(root.join(file))
                 .map(|text| {
                     text.lines()
                         .skip(first.saturating_sub(1))
@@ -45,7 +40,7 @@ pub fn command_text(step: &Step, root: &Path) -> String {
     }
 }
 
-fn hash_hex(data: &[u8]) -> String {
+pub fn hash_hex(data: &[u8]) -> String {
     blake3::hash(data).to_hex().to_string()
 }
 
@@ -209,7 +204,7 @@ pub fn stamp_inputs(
     let mut files = if globs.is_empty() {
         Vec::new()
     } else {
-        crate::lua::glob(root, &globs, false, true)?
+        crate::glob::glob(root, &globs, false, true)?
     };
     files.extend(
         literal
@@ -220,46 +215,66 @@ pub fn stamp_inputs(
     files.extend(extra.iter().filter(|p| root.join(p).is_file()).cloned());
     files.sort();
     files.dedup();
-    let now_ns = std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0);
+    let now_ns = now_ns();
     let mut stamps = BTreeMap::new();
     for rel in files {
-        let path = root.join(&rel);
-        let meta = std::fs::metadata(&path).map_err(|e| format!("cannot read {rel}: {e}"))?;
-        let size = meta.len();
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
-        let reuse = previous
-            .and_then(|p| p.inputs.get(&rel))
-            .filter(|old| old.size == size && old.mtime_ns == mtime_ns && mtime_ns != 0);
-        let hash = match reuse {
-            Some(old) => old.hash.clone(),
-            None => hash_hex(&std::fs::read(&path).map_err(|e| format!("cannot read {rel}: {e}"))?),
-        };
-        // "Racy clean" (git's rule): a file modified so recently that a
-        // same-size rewrite could keep its mtime is stamped without one,
-        // so the next check reads it again instead of trusting the mtime.
-        let mtime_ns = if now_ns - mtime_ns < RACY_WINDOW_NS {
-            0
-        } else {
-            mtime_ns
-        };
-        stamps.insert(
-            rel,
-            FileStamp {
-                size,
-                mtime_ns,
-                hash,
-            },
-        );
+        let reuse = previous.and_then(|p| p.inputs.get(&rel));
+        let stamp = stamp_file(&root.join(&rel), reuse, now_ns)
+            .map_err(|e| format!("cannot read {rel}: {e}"))?;
+        stamps.insert(rel, stamp);
     }
     Ok(stamps)
+}
+
+/// Nanoseconds since the Unix epoch, for [`stamp_file`].
+pub fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// Size, mtime and content hash of the file at `path`; the hash of
+/// `previous` is reused when size and mtime did not move.
+pub fn stamp_file(
+    path: &Path,
+    previous: Option<&FileStamp>,
+    now_ns: i128,
+) -> std::io::Result<FileStamp> {
+    let meta = std::fs::metadata(path)?;
+    let size = meta.len();
+    let mtime_ns = mtime_ns(&meta);
+    let reuse =
+        previous.filter(|old| old.size == size && old.mtime_ns == mtime_ns && mtime_ns != 0);
+    let hash = match reuse {
+        Some(old) => old.hash.clone(),
+        None => hash_hex(&std::fs::read(path)?),
+    };
+    Ok(FileStamp {
+        size,
+        mtime_ns: trust_mtime(mtime_ns, now_ns),
+        hash,
+    })
+}
+
+/// A file's mtime in nanoseconds since the epoch (0 when unknown).
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// "Racy clean" (git's rule): a file modified so recently that a same-size
+/// rewrite could keep its mtime is stamped without one (0), so the next
+/// check reads it again instead of trusting the mtime.
+pub fn trust_mtime(mtime_ns: i128, now_ns: i128) -> i128 {
+    if now_ns - mtime_ns < RACY_WINDOW_NS {
+        0
+    } else {
+        mtime_ns
+    }
 }
 
 /// The record a run of the step now would leave (fingerprint included).
@@ -446,7 +461,7 @@ pub fn existing_outputs(root: &Path, outputs: &[String]) -> Vec<std::path::PathB
     let mut found = Vec::new();
     for pattern in outputs {
         if is_glob(pattern) {
-            let matches = crate::lua::glob(root, std::slice::from_ref(pattern), true, false)
+            let matches = crate::glob::glob(root, std::slice::from_ref(pattern), true, false)
                 .unwrap_or_default();
             found.extend(matches.into_iter().map(|m| root.join(m)));
         } else if root.join(pattern).exists() {

@@ -9,21 +9,29 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 use mlua::Lua;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::lazy_lua::LazyLua;
 use crate::location::Location;
 use crate::project::Project;
 use crate::spec::{Condition, Member, RawSpec, Run, TriggerOn};
 use crate::suggest;
 
+/// Serializable (the configuration cache stores it) but for its Lua state,
+/// which a cached graph creates only when a function step runs.
+#[derive(Serialize, Deserialize)]
 pub struct Graph {
     pub root: PathBuf,
     /// Steps in order of definition.
     pub steps: Vec<Step>,
+    #[serde(skip)]
     index: HashMap<String, usize>,
     pub pipelines: IndexMap<String, Pipeline>,
     /// Variables for every step (`env.set`).
     pub env: IndexMap<String, String>,
+    /// Build stamps (`env.stamp`): computed per build, never fingerprinted.
+    pub stamps: IndexMap<String, crate::spec::Command>,
     /// The config and every project Lua file it required.
     pub files: Vec<PathBuf>,
     /// `trigger.watch`: extra globs that rerun a watched pipeline, and globs
@@ -31,9 +39,11 @@ pub struct Graph {
     pub watch_paths: Vec<String>,
     pub watch_ignore: Vec<String>,
     /// Keeps Lua-function steps and `when` conditions callable.
-    pub lua: Lua,
+    #[serde(skip, default = "LazyLua::none")]
+    pub lua: LazyLua,
 }
 
+#[derive(Serialize, Deserialize)]
 pub struct Step {
     pub name: String,
     pub location: Location,
@@ -58,6 +68,7 @@ pub struct Step {
     pub requires: IndexMap<String, String>,
 }
 
+#[derive(Serialize, Deserialize)]
 pub struct Pipeline {
     pub name: String,
     pub location: Location,
@@ -74,7 +85,7 @@ pub struct Pipeline {
     pub requires: IndexMap<String, String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Trigger {
     pub on: TriggerOn,
     pub pipeline: String,
@@ -104,11 +115,20 @@ pub struct PlannedStep {
 }
 
 impl Graph {
+    /// Evaluates the project's config (no cache; see `config_cache.rs`).
     pub fn load(project: &Project) -> Result<Graph> {
         let (lua, spec) = crate::lua::evaluate(project)?;
         let mut graph = Graph::validate(project, spec, lua)?;
         graph.files.insert(0, project.config.clone());
         Ok(graph)
+    }
+
+    /// As [`Graph::load`], with what the evaluation read.
+    pub fn load_recorded(project: &Project) -> Result<(Graph, crate::config_cache::Recording)> {
+        let (lua, spec, recording) = crate::lua::evaluate_recorded(project)?;
+        let mut graph = Graph::validate(project, spec, lua)?;
+        graph.files.insert(0, project.config.clone());
+        Ok((graph, recording))
     }
 
     pub fn validate(project: &Project, mut spec: RawSpec, lua: Lua) -> Result<Graph> {
@@ -127,7 +147,9 @@ impl Graph {
         let step_names: Vec<String> = spec.steps.iter().map(|s| s.name.clone()).collect();
 
         let mut steps = Vec::with_capacity(spec.steps.len());
+        let mut functions = Vec::with_capacity(spec.steps.len());
         for raw in std::mem::take(&mut spec.steps) {
+            functions.push(raw.functions);
             let mut deps = Vec::with_capacity(raw.deps.len());
             for dep in &raw.deps {
                 let Some(&d) = index.get(dep) else {
@@ -248,11 +270,22 @@ impl Graph {
             index,
             pipelines,
             env: spec.env,
+            stamps: spec.stamps,
             files: spec.files.iter().map(|f| project.root.join(f)).collect(),
             watch_paths: spec.watch_paths,
             watch_ignore: spec.watch_ignore,
-            lua,
+            lua: LazyLua::ready(lua, functions),
         })
+    }
+
+    /// A graph read back from the configuration cache: the name index is
+    /// rebuilt, and the Lua state is created from `project` on first need.
+    pub fn revive(mut self, project: &Project) -> Graph {
+        self.index = (self.steps.iter().enumerate())
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        self.lua = LazyLua::deferred(project.clone(), self.step_names());
+        self
     }
 
     pub fn step(&self, name: &str) -> Option<usize> {

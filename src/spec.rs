@@ -17,6 +17,9 @@ pub struct RawSpec {
     pub pipelines: Vec<RawPipeline>,
     /// Variables set with `env.set` / `env.load` for every step.
     pub env: IndexMap<String, String>,
+    /// Build stamps (`env.stamp`): variables whose value a command prints
+    /// per build, outside every fingerprint.
+    pub stamps: IndexMap<String, Command>,
     /// Project Lua files required during evaluation.
     pub files: Vec<String>,
     /// `trigger.watch`: extra globs that rerun a watched pipeline.
@@ -49,19 +52,49 @@ pub struct RawStep {
     pub service: bool,
     /// Labels an agent must have to run it (`requires = { gpu = "1" }`).
     pub requires: IndexMap<String, String>,
+    pub functions: StepFunctions,
 }
 
 /// What a step does when it runs.
-#[derive(Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Run {
     /// Commands run one after another; the step fails at the first failure.
     /// Empty for a step that only groups its dependencies.
     Commands(Vec<Command>),
-    /// A Lua function called with a `ctx` (see `lua/piper.lua`).
-    Lua(Function),
+    /// A Lua function called with a `ctx` (see `lua/piper.lua`). The
+    /// function itself lives in the graph's Lua state (`lazy_lua.rs`), so
+    /// that a cached graph needs no state until such a step runs; here is
+    /// where it was written, which its fingerprint reads.
+    Lua(LuaSource),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a Lua function was defined: its file and line span.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LuaSource {
+    pub file: String,
+    pub first_line: usize,
+    pub last_line: usize,
+}
+
+impl LuaSource {
+    fn of(function: &Function) -> LuaSource {
+        let info = function.info();
+        LuaSource {
+            file: info.short_src.unwrap_or_default(),
+            first_line: info.line_defined.unwrap_or(0),
+            last_line: info.last_line_defined.unwrap_or(0),
+        }
+    }
+}
+
+/// The Lua functions of one step, kept beside the (serializable) step.
+#[derive(Clone, Default)]
+pub struct StepFunctions {
+    pub run: Option<Function>,
+    pub when: Option<Function>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     /// Run by `/bin/sh -c`.
     Shell(String),
@@ -69,11 +102,12 @@ pub enum Command {
     Argv(Vec<String>),
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Condition {
     Static(bool),
-    /// Called just before the step would start; a falsy result skips it.
-    Lua(Function),
+    /// A function (in `StepFunctions::when`) called just before the step
+    /// would start; a falsy result skips it.
+    Lua,
 }
 
 pub struct RawPipeline {
@@ -211,10 +245,12 @@ impl RawSpec {
             }
         }
 
+        let stamps = read_stamps(&registry).map_err(internal)?;
         let mut spec = RawSpec {
             steps: Vec::new(),
             pipelines: Vec::new(),
             env: IndexMap::new(),
+            stamps,
             files,
             watch_paths,
             watch_ignore,
@@ -235,6 +271,22 @@ impl RawSpec {
         spec.env.extend(vars);
         Ok(spec)
     }
+}
+
+/// `env.stamp` commands (checked on the Lua side), sorted by name.
+fn read_stamps(registry: &Table) -> mlua::Result<IndexMap<String, Command>> {
+    let table: Table = registry.get("stamps")?;
+    let mut stamps: Vec<(String, Command)> = Vec::new();
+    for pair in table.pairs::<String, Table>() {
+        let (name, spec) = pair?;
+        let command = match spec.get::<Option<String>>("shell")? {
+            Some(script) => Command::Shell(script),
+            None => Command::Argv(spec.get("argv")?),
+        };
+        stamps.push((name, command));
+    }
+    stamps.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(stamps.into_iter().collect())
 }
 
 /// The fields of one `step "x" { ... }` or `pipeline "x" { ... }` table,
@@ -485,11 +537,16 @@ fn read_step(record: &Table) -> Result<RawStep> {
         )));
     }
 
+    let mut functions = StepFunctions::default();
     let run = match (f.take("run"), f.take("argv")) {
         (Some(_), Some(_)) => return Err(f.error("set either `run` or `argv`, not both")),
         (None, None) => Run::Commands(Vec::new()),
         (None, Some(argv)) => Run::Commands(vec![Command::Argv(argv_of(&f, "argv", &argv)?)]),
-        (Some(Value::Function(func)), None) => Run::Lua(func),
+        (Some(Value::Function(func)), None) => {
+            let source = LuaSource::of(&func);
+            functions.run = Some(func);
+            Run::Lua(source)
+        }
         (Some(Value::String(s)), None) => Run::Commands(vec![Command::Shell(s.to_string_lossy())]),
         (Some(Value::Table(list)), None) => {
             let mut commands = Vec::new();
@@ -574,7 +631,10 @@ fn read_step(record: &Table) -> Result<RawStep> {
     let when = match f.take("when") {
         None => None,
         Some(Value::Boolean(b)) => Some(Condition::Static(b)),
-        Some(Value::Function(func)) => Some(Condition::Lua(func)),
+        Some(Value::Function(func)) => {
+            functions.when = Some(func);
+            Some(Condition::Lua)
+        }
         Some(other) => return Err(f.wrong_type("when", "true, false or a function", &other)),
     };
     let step = RawStep {
@@ -594,6 +654,7 @@ fn read_step(record: &Table) -> Result<RawStep> {
         timeout,
         retries,
         when,
+        functions,
     };
     f.finish(STEP_FIELDS)?;
     Ok(step)

@@ -38,3 +38,26 @@ package.searchers = {
     return table.concat(tried)
   end,
 }
+
+-- The configuration cache checks what piper.fs, piper.env and piper.shell
+-- read; these standard functions it cannot check, so calling one while the
+-- config is evaluated keeps that evaluation out of the cache (a no-op in
+-- function steps at build time). os.getenv goes through the recorded path.
+local function untracked(lib, libname, names)
+  if not lib then return end
+  for _, name in ipairs(names) do
+    local f = lib[name]
+    if f then
+      local full = libname == "" and name or (libname .. "." .. name)
+      lib[name] = function(...)
+        native.untracked(full)
+        return f(...)
+      end
+    end
+  end
+end
+untracked(io, "io", { "open", "lines", "popen", "read", "input" })
+untracked(os, "os", { "execute", "time", "date", "clock", "tmpname", "remove", "rename" })
+untracked(math, "math", { "random" })
+untracked(_G, "", { "dofile", "loadfile" })
+os.getenv = native.getenv

@@ -9,6 +9,7 @@ mod bench_gen;
 mod chaining;
 mod cli;
 mod cluster;
+mod config_cache;
 mod doc_snippets;
 mod docs;
 mod errors;

@@ -1,10 +1,11 @@
 -- A Rust project: lint, test and build in a chain, versioned by git, with a
 -- deploy pipeline that runs only when ci succeeds.
 local env = require "piper.env"
-local git = require "piper.git"
 local trigger = require "piper.trigger"
 
 env.set { RUST_BACKTRACE = "1", CARGO_TERM_COLOR = "always" }
+-- Every step sees VERSION; being a stamp, a new value reruns nothing.
+env.stamp { VERSION = "git describe --tags --always --dirty" }
 
 local fmt = step "fmt" { desc = "Check formatting", run = "cargo fmt --check" }
 local lint = step "lint" { desc = "Clippy, warnings are errors", run = "cargo clippy --all-targets -- -D warnings" }
@@ -18,7 +19,6 @@ local build = step "build" {
   desc = "Release build",
   run = "cargo build --release",
   deps = { test },
-  env = { VERSION = git.describe { tags = true } or "dev" },
 }
 
 pipeline "ci" { desc = "Lint, test, build", build, on_success = trigger.pipeline "deploy" }

@@ -16,6 +16,25 @@ local env = {}
 ---@param vars table<string, string|number|boolean>
 function env.set(vars) end
 
+--- Sets *build stamps*: variables for every step whose value a command
+--- prints when the build runs (trimmed of trailing whitespace), such as a
+--- version or a date. Unlike `env.set`, a stamp is not part of any step's
+--- fingerprint: a new value never makes a step run, but a step that runs
+--- for another reason gets the current one (Bazel's volatile status). The
+--- commands run once per build, in the project root, and only when some
+--- step actually runs; `piper watch` runs them again for each build. A
+--- command that fails leaves its variable unset, with a warning. A string
+--- runs in `sh -c`; a list runs without a shell.
+---
+--- ```lua
+--- env.stamp {
+---   VERSION = "git describe --tags --always --dirty",
+---   BUILD_DATE = { "date", "-u", "+%Y-%m-%d" },
+--- }
+--- ```
+---@param stamps table<string, string|string[]>
+function env.stamp(stamps) end
+
 --- Reads a variable: one set with `env.set`, else the environment piper was
 --- started in, else `default`.
 ---

@@ -9,13 +9,15 @@ local shell = {}
 
 --- Runs a command and returns its standard output without the trailing
 --- newline. Raises an error with the command's stderr if it fails.
+--- At evaluation time the command is an input of the configuration cache
+--- (run again to check it); `input = false` opts out.
 ---
 --- ```lua
 --- local rustc = shell.run "rustc --version"
 --- local files = shell.run { "git", "ls-files", "src" }
 --- ```
 ---@param cmd string|string[] a shell command, or an argv run without a shell
----@param opts? { cwd?: string }
+---@param opts? { cwd?: string, input?: boolean }
 ---@return string
 function shell.run(cmd, opts) end
 
@@ -26,7 +28,7 @@ function shell.run(cmd, opts) end
 --- if r.ok then ... end
 --- ```
 ---@param cmd string|string[]
----@param opts? { cwd?: string }
+---@param opts? { cwd?: string, input?: boolean }
 ---@return { ok: boolean, code: integer|nil, stdout: string, stderr: string }
 function shell.output(cmd, opts) end
 

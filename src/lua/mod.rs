@@ -17,11 +17,10 @@ use std::sync::Arc;
 
 use mlua::{Lua, Table};
 
+use crate::config_cache::Recording;
 use crate::error::{Error, Result};
 use crate::project::Project;
 use crate::spec::RawSpec;
-
-pub use native_fs::glob;
 
 /// A new Lua 5.4 state for the project at `root`: standard libraries, the
 /// `piper._native` primitives, the `piper.*` modules in `package.preload`,
@@ -52,23 +51,45 @@ pub fn new_state(root: PathBuf) -> mlua::Result<Lua> {
 /// Evaluates the project's config and returns the Lua state with what it
 /// defined. Errors carry the `file:line` Lua reported.
 pub fn evaluate(project: &Project) -> Result<(Lua, RawSpec)> {
+    let (lua, spec, _) = evaluate_with(project, None)?;
+    Ok((lua, spec))
+}
+
+/// As [`evaluate`], recording what the evaluation read for the
+/// configuration cache.
+pub fn evaluate_recorded(project: &Project) -> Result<(Lua, RawSpec, Recording)> {
+    let (lua, spec, recording) = evaluate_with(project, Some(Recording::default()))?;
+    Ok((lua, spec, recording.unwrap_or_default()))
+}
+
+fn evaluate_with(
+    project: &Project,
+    recording: Option<Recording>,
+) -> Result<(Lua, RawSpec, Option<Recording>)> {
     let source = std::fs::read(&project.config)
         .map_err(|e| Error::io(format!("cannot read {}", project.config.display()), e))?;
     let lua = new_state(project.root.clone()).map_err(|e| Error::Lua {
         message: format!("internal: {e}"),
     })?;
+    if let Some(mut recording) = recording {
+        recording.file(&project.root, &project.config_display_name(), true);
+        lua.set_app_data(recording);
+    }
     // Evaluation is short and allocates mostly what it keeps: collecting
     // garbage meanwhile is wasted work (a third of a 10 000-step config).
     lua.gc_stop();
-    lua.load(source)
+    let evaluated = lua
+        .load(source)
         .set_name(format!("@{}", project.config_display_name()))
-        .exec()
-        .map_err(|e| Error::Lua {
-            message: error_message(&e),
-        })?;
+        .exec();
+    // Reads by function steps at build time are not configuration inputs.
+    let recording = lua.remove_app_data::<Recording>();
+    evaluated.map_err(|e| Error::Lua {
+        message: error_message(&e),
+    })?;
     let spec = RawSpec::from_lua(&lua)?;
     lua.gc_restart();
-    Ok((lua, spec))
+    Ok((lua, spec, recording))
 }
 
 /// A Lua error as a person should read it: the message with its

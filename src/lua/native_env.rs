@@ -3,10 +3,38 @@
 
 use mlua::{Lua, Table};
 
+use crate::config_cache::Recording;
+
 pub fn register(lua: &Lua, native: &Table) -> mlua::Result<()> {
     native.set(
         "getenv",
-        lua.create_function(|_, name: String| Ok(std::env::var(name).ok()))?,
+        lua.create_function(|lua, name: String| {
+            let value = std::env::var(&name).ok();
+            if let Some(mut recording) = lua.app_data_mut::<Recording>() {
+                recording.env(&name, value.as_deref());
+            }
+            Ok(value)
+        })?,
+    )?;
+    // Standard functions whose results the configuration cache cannot
+    // check (boot.lua wraps them): calling one while the config is
+    // evaluated keeps that evaluation out of the cache.
+    native.set(
+        "untracked",
+        lua.create_function(|lua, name: String| {
+            if let Some(mut recording) = lua.app_data_mut::<Recording>() {
+                let at = lua
+                    .inspect_stack(2, |d| {
+                        let src = d.source().short_src.map(|s| s.into_owned());
+                        format!("{}:{}", src.unwrap_or_default(), d.current_line().unwrap_or(0))
+                    })
+                    .unwrap_or_default();
+                recording.untracked(format!(
+                    "{at} calls {name}, whose result the cache cannot check (use piper.fs, piper.env or piper.shell, or an env.stamp)"
+                ));
+            }
+            Ok(())
+        })?,
     )
 }
 

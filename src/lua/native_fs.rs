@@ -1,137 +1,56 @@
 //! `piper._native.glob`, `read_file` and `exists`: file access relative to
-//! the project root, under `piper.fs` and the module searcher.
+//! the project root, under `piper.fs` and the module searcher. While the
+//! config is evaluated, each is recorded for the configuration cache.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use globset::{GlobBuilder, GlobSetBuilder};
 use mlua::{Lua, Table, Value};
+
+use crate::config_cache::Recording;
 
 pub fn register(lua: &Lua, native: &Table, root: Arc<PathBuf>) -> mlua::Result<()> {
     let r = root.clone();
     native.set(
         "read_file",
-        lua.create_function(
-            move |lua, path: String| match std::fs::read(r.join(&path)) {
+        lua.create_function(move |lua, path: String| {
+            let read = std::fs::read(r.join(&path));
+            if let Some(mut recording) = lua.app_data_mut::<Recording>() {
+                recording.file(&r, &path, read.is_ok());
+            }
+            match read {
                 Ok(bytes) => Ok((Value::String(lua.create_string(bytes)?), None)),
                 Err(e) => Ok((Value::Nil, Some(format!("cannot read {path}: {e}")))),
-            },
-        )?,
+            }
+        })?,
     )?;
     let r = root.clone();
     native.set(
         "exists",
-        lua.create_function(move |_, path: String| Ok(r.join(path).exists()))?,
+        lua.create_function(move |lua, path: String| {
+            let exists = r.join(&path).exists();
+            if let Some(mut recording) = lua.app_data_mut::<Recording>() {
+                recording.exists(&path, exists);
+            }
+            Ok(exists)
+        })?,
     )?;
     native.set(
         "glob",
-        lua.create_function(move |_, (patterns, opts): (Vec<String>, Table)| {
+        lua.create_function(move |lua, (patterns, opts): (Vec<String>, Table)| {
             let hidden = opts.get::<Option<bool>>("hidden")?.unwrap_or(false);
             let gitignore = opts.get::<Option<bool>>("gitignore")?.unwrap_or(true);
-            Ok(match glob(&root, &patterns, hidden, gitignore) {
-                Ok(files) => (Some(files), None),
-                Err(e) => (None, Some(e)),
-            })
+            Ok(
+                match crate::glob::glob(&root, &patterns, hidden, gitignore) {
+                    Ok(files) => {
+                        if let Some(mut recording) = lua.app_data_mut::<Recording>() {
+                            recording.glob(&patterns, hidden, gitignore, &files);
+                        }
+                        (Some(files), None)
+                    }
+                    Err(e) => (None, Some(e)),
+                },
+            )
         })?,
     )
-}
-
-/// Files under `root` matching any pattern, as sorted root-relative paths.
-pub fn glob(
-    root: &Path,
-    patterns: &[String],
-    hidden: bool,
-    gitignore: bool,
-) -> Result<Vec<String>, String> {
-    let mut set = GlobSetBuilder::new();
-    let mut bases: Vec<PathBuf> = Vec::new();
-    for pattern in patterns {
-        let glob = GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| format!("invalid pattern `{pattern}`: {}", e.kind()))?;
-        set.add(glob);
-        bases.push(literal_prefix(pattern));
-    }
-    let set = set.build().map_err(|e| e.to_string())?;
-    // Walk only the directories the patterns can match in, once each.
-    bases.sort();
-    bases.dedup_by(|b, a| b.starts_with(&*a));
-    let mut files = Vec::new();
-    for base in bases {
-        let dir = root.join(&base);
-        if !dir.exists() {
-            continue;
-        }
-        let walker = ignore::WalkBuilder::new(&dir)
-            .hidden(!hidden)
-            .git_ignore(gitignore)
-            .git_exclude(gitignore)
-            .ignore(gitignore)
-            .parents(gitignore)
-            .require_git(false)
-            .build();
-        for entry in walker {
-            let entry = entry.map_err(|e| e.to_string())?;
-            if !entry.file_type().is_some_and(|t| t.is_file()) {
-                continue;
-            }
-            let Ok(rel) = entry.path().strip_prefix(root) else {
-                continue;
-            };
-            if set.is_match(rel) {
-                files.push(rel.to_string_lossy().into_owned());
-            }
-        }
-    }
-    files.sort();
-    files.dedup();
-    Ok(files)
-}
-
-/// The leading directories of a pattern that contain no glob syntax.
-fn literal_prefix(pattern: &str) -> PathBuf {
-    let mut prefix = PathBuf::new();
-    let parts: Vec<&str> = pattern.split('/').collect();
-    for part in &parts[..parts.len().saturating_sub(1)] {
-        if crate::paths::is_glob(part) {
-            break;
-        }
-        prefix.push(part);
-    }
-    prefix
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs_honour_gitignore_and_separators() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        for f in [
-            "src/a.c",
-            "src/sub/b.c",
-            "src/gen/c.c",
-            "top.c",
-            "src/.hidden.c",
-        ] {
-            let p = root.join(f);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, "").unwrap();
-        }
-        std::fs::write(root.join(".gitignore"), "gen/\n").unwrap();
-        let all = glob(root, &["src/**/*.c".into()], false, true).unwrap();
-        assert_eq!(all, ["src/a.c", "src/sub/b.c"]);
-        let shallow = glob(root, &["src/*.c".into()], false, true).unwrap();
-        assert_eq!(shallow, ["src/a.c"]);
-        let everything = glob(root, &["**/*.c".into()], true, false).unwrap();
-        assert_eq!(everything.len(), 5);
-        assert!(
-            glob(root, &["src/[".into()], false, true)
-                .unwrap_err()
-                .contains("src/[")
-        );
-    }
 }

@@ -1,61 +1,42 @@
 //! `piper._native.run`: runs a command to completion at evaluation time and
 //! returns its output (the primitive under `piper.shell` and `piper.git`).
 //! Build steps do not use this: they go through `process.rs`, which streams
-//! output as events and supervises process groups.
+//! output as events and supervises process groups. While the config is
+//! evaluated, each run is recorded for the configuration cache.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use mlua::{Lua, Table, Value};
 
+use crate::config_cache::{EvalCommand, Recording};
+
 pub fn register(lua: &Lua, native: &Table, root: Arc<PathBuf>) -> mlua::Result<()> {
     let run = lua.create_function(move |lua, req: Table| {
-        let cwd = match req.get::<Option<String>>("cwd")? {
-            Some(dir) => root.join(dir),
-            None => root.to_path_buf(),
+        let command = EvalCommand {
+            shell: req.get("shell")?,
+            argv: req.get::<Option<Vec<String>>>("argv")?.unwrap_or_default(),
+            cwd: req.get("cwd")?,
         };
-        let mut command = match (
-            req.get::<Option<String>>("shell")?,
-            req.get::<Option<Vec<String>>>("argv")?,
-        ) {
-            (Some(script), _) => {
-                let mut c = Command::new("/bin/sh");
-                c.arg("-c").arg(script);
-                c
-            }
-            (None, Some(argv)) if !argv.is_empty() => {
-                let mut c = Command::new(&argv[0]);
-                c.args(&argv[1..]);
-                c
-            }
-            _ => return Ok((Value::Nil, Some("expected a non-empty command".to_string()))),
-        };
-        command
-            .current_dir(&cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let result = lua.create_table()?;
-        let output = crate::reaper::spawn_owned(|| command.spawn(), |c| Some(c.id()))
-            .and_then(|(child, _owned)| child.wait_with_output());
-        match output {
-            Ok(out) => {
-                if let Some(code) = out.status.code() {
-                    result.set("code", code)?;
-                }
-                result.set("stdout", lua.create_string(&out.stdout)?)?;
-                result.set("stderr", lua.create_string(&out.stderr)?)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Same convention as a shell: 127 is "command not found".
-                let program = command.get_program().to_string_lossy().into_owned();
-                result.set("code", 127)?;
-                result.set("stdout", "")?;
-                result.set("stderr", format!("command not found: {program}"))?;
-            }
-            Err(e) => return Ok((Value::Nil, Some(format!("cannot run command: {e}")))),
+        if command.shell.is_none() && command.argv.is_empty() {
+            return Ok((Value::Nil, Some("expected a non-empty command".to_string())));
         }
+        let out = match command.run(&root) {
+            Ok(out) => out,
+            Err(e) => return Ok((Value::Nil, Some(format!("cannot run command: {e}")))),
+        };
+        // `input = false`: the caller says the output does not change the
+        // configuration, so the cache does not run it again to check.
+        let is_input = req.get::<Option<bool>>("input")?.unwrap_or(true);
+        if is_input && let Some(mut recording) = lua.app_data_mut::<Recording>() {
+            recording.command(&command, &out);
+        }
+        let result = lua.create_table()?;
+        if let Some(code) = out.code {
+            result.set("code", code)?;
+        }
+        result.set("stdout", lua.create_string(&out.stdout)?)?;
+        result.set("stderr", lua.create_string(&out.stderr)?)?;
         Ok((Value::Table(result), None))
     })?;
     native.set("run", run)

@@ -7,6 +7,8 @@ return {
   pipelines = {},
   ---@type table<string, string> variables set with piper.env.set for every step
   env = {},
+  ---@type table<string, { shell?: string, argv?: string[] }> build stamps set with piper.env.stamp
+  stamps = {},
   ---@type string[] Lua files of the project that were required (watched by `piper watch`)
   files = {},
   ---@type { paths: string[], ignore: string[] } added by trigger.watch

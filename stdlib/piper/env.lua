@@ -31,7 +31,55 @@ end
 function M.set(vars)
   check_vars(vars, 2)
   for k, v in pairs(vars) do
+    if registry.stamps[k] ~= nil then
+      error(("env.set: %s is already a stamp (env.stamp); a variable is either fixed or a stamp"):format(k), 2)
+    end
     registry.env[k] = tostring(v)
+  end
+end
+
+--- Sets *build stamps*: variables for every step whose value a command
+--- prints when the build runs (trimmed of trailing whitespace), such as a
+--- version or a date. Unlike `env.set`, a stamp is not part of any step's
+--- fingerprint: a new value never makes a step run, but a step that runs
+--- for another reason gets the current one (Bazel's volatile status). The
+--- commands run once per build, in the project root, and only when some
+--- step actually runs; `piper watch` runs them again for each build. A
+--- command that fails leaves its variable unset, with a warning. A string
+--- runs in `sh -c`; a list runs without a shell.
+---
+--- ```lua
+--- env.stamp {
+---   VERSION = "git describe --tags --always --dirty",
+---   BUILD_DATE = { "date", "-u", "+%Y-%m-%d" },
+--- }
+--- ```
+---@param stamps table<string, string|string[]>
+function M.stamp(stamps)
+  if type(stamps) ~= "table" then
+    error("env.stamp: expected a table of NAME = command, got " .. type(stamps), 2)
+  end
+  for k, v in pairs(stamps) do
+    if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
+      error(("env.stamp: %s is not a variable name (letters, digits and _)"):format(tostring(k)), 2)
+    end
+    if registry.env[k] ~= nil then
+      error(("env.stamp: %s is already set by env.set; a variable is either fixed or a stamp"):format(k), 2)
+    end
+    if type(v) == "string" and v ~= "" then
+      registry.stamps[k] = { shell = v }
+    elseif type(v) == "table" and #v > 0 then
+      local argv = {}
+      for i, a in ipairs(v) do
+        if type(a) ~= "string" then
+          error(("env.stamp: %s: argument %d must be a string, got %s"):format(k, i, type(a)), 2)
+        end
+        argv[i] = a
+      end
+      registry.stamps[k] = { argv = argv }
+    else
+      error(("env.stamp: %s must be a command (a string or a non-empty list of strings), got %s"):format(k, type(v)), 2)
+    end
   end
 end
 

@@ -62,9 +62,13 @@ end
 --- `git describe`: the nearest tag plus commits since, e.g. "v1.2.0-3-g3f2a9c1".
 --- `always` (default true) falls back to the short sha when there is no tag;
 --- `tags` counts lightweight tags too; `dirty` appends "-dirty".
+--- To give steps the version, use a build stamp instead: its value is
+--- computed per build and a new one reruns nothing
+--- (`env.stamp { VERSION = "git describe --tags --always --dirty" }`);
+--- `env.set` with this value would rerun every step after each edit.
 ---
 --- ```lua
---- env.set { VERSION = git.describe { tags = true, dirty = true } }
+--- local version = git.describe { tags = true } or "dev"
 --- ```
 ---@param opts? { tags?: boolean, always?: boolean, dirty?: boolean }
 ---@return string|nil

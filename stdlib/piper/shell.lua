@@ -6,7 +6,7 @@ local native = require "piper._native"
 local M = {}
 
 local function spawn(fname, cmd, opts, level)
-  local req = { cwd = opts and opts.cwd or nil }
+  local req = { cwd = opts and opts.cwd or nil, input = opts and opts.input }
   if type(cmd) == "string" then
     req.shell = cmd
   elseif type(cmd) == "table" then
@@ -21,13 +21,15 @@ end
 
 --- Runs a command and returns its standard output without the trailing
 --- newline. Raises an error with the command's stderr if it fails.
+--- At evaluation time the command is an input of the configuration cache
+--- (run again to check it); `input = false` opts out.
 ---
 --- ```lua
 --- local rustc = shell.run "rustc --version"
 --- local files = shell.run { "git", "ls-files", "src" }
 --- ```
 ---@param cmd string|string[] a shell command, or an argv run without a shell
----@param opts? { cwd?: string }
+---@param opts? { cwd?: string, input?: boolean }
 ---@return string
 function M.run(cmd, opts)
   local r = spawn("run", cmd, opts, 2)
@@ -46,7 +48,7 @@ end
 --- if r.ok then ... end
 --- ```
 ---@param cmd string|string[]
----@param opts? { cwd?: string }
+---@param opts? { cwd?: string, input?: boolean }
 ---@return { ok: boolean, code: integer|nil, stdout: string, stderr: string }
 function M.output(cmd, opts)
   local r = spawn("output", cmd, opts, 2)

@@ -1,0 +1,476 @@
+//! The configuration cache (Gradle's is the model): evaluating `piper.lua`
+//! records every input the evaluation read — the files it loaded or read,
+//! the globs it expanded and what they matched, the environment variables
+//! and the output of the commands it ran — and stores the validated graph
+//! with that record in `.piper/config.cache`. The next run checks the
+//! record (a stat per file, a walk per glob, a run per command) and, when
+//! nothing moved, loads the graph without creating a Lua state.
+//!
+//! Sits between `project.rs` (which file) and `graph.rs` (what it means);
+//! hosts call [`load`]. The record is collected by the native functions in
+//! `lua/` while a [`Recording`] is in the state's app data.
+//!
+//! Never a wrong graph: what the record cannot see (`io.open`, `os.time`,
+//! `math.random`, ... at evaluation time) makes the configuration
+//! uncacheable for that run, and an unreadable or foreign cache file is a
+//! warning and a fresh evaluation.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::fingerprint::{now_ns, stamp_file};
+use crate::graph::Graph;
+use crate::project::Project;
+use crate::state::{FileStamp, State};
+
+/// The cache file, in the state directory.
+pub const FILE: &str = "config.cache";
+
+/// First bytes of the file; bump the number when the format changes.
+const MAGIC: &[u8] = b"piper config cache 1\n";
+
+/// One thing the evaluation read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Input {
+    /// A file read (`piper.lua`, a required module, `fs.read`, `env.load`):
+    /// its stamp, or None when it was absent.
+    File {
+        path: String,
+        stamp: Option<FileStamp>,
+    },
+    /// `fs.exists`.
+    Exists { path: String, exists: bool },
+    /// `fs.glob` (and the files it matched).
+    Glob {
+        patterns: Vec<String>,
+        hidden: bool,
+        gitignore: bool,
+        matches: Vec<String>,
+    },
+    /// `env.get` / `os.getenv` of a variable not set by the config.
+    Env { name: String, value: Option<String> },
+    /// A command run at evaluation time (`piper.shell`, `piper.git`): run
+    /// again at each check; its exit code and output are what count.
+    Command {
+        shell: Option<String>,
+        argv: Vec<String>,
+        cwd: Option<String>,
+        result: String,
+    },
+}
+
+/// What an evaluation read, collected while it runs.
+#[derive(Debug, Default)]
+pub struct Recording {
+    inputs: Vec<Input>,
+    seen: BTreeSet<String>,
+    /// Why the result must not be cached (the first untracked call).
+    pub uncacheable: Option<String>,
+}
+
+impl Recording {
+    fn push(&mut self, key: String, input: Input) {
+        if self.seen.insert(key) {
+            self.inputs.push(input);
+        }
+    }
+
+    /// A file read at `root/rel`; `found` says whether it could be read.
+    pub fn file(&mut self, root: &Path, rel: &str, found: bool) {
+        let stamp = if found {
+            match stamp_file(&root.join(rel), None, now_ns()) {
+                Ok(stamp) => Some(stamp),
+                // Read a moment ago, gone now: nothing sensible to cache.
+                Err(e) => return self.untracked(format!("{rel} vanished while read: {e}")),
+            }
+        } else {
+            None
+        };
+        self.push(
+            format!("file\0{rel}"),
+            Input::File {
+                path: rel.to_string(),
+                stamp,
+            },
+        );
+    }
+
+    pub fn exists(&mut self, path: &str, exists: bool) {
+        let input = Input::Exists {
+            path: path.to_string(),
+            exists,
+        };
+        self.push(format!("exists\0{path}"), input);
+    }
+
+    pub fn glob(&mut self, patterns: &[String], hidden: bool, gitignore: bool, matches: &[String]) {
+        let key = format!("glob\0{}\0{hidden}\0{gitignore}", patterns.join("\0"));
+        let input = Input::Glob {
+            patterns: patterns.to_vec(),
+            hidden,
+            gitignore,
+            matches: matches.to_vec(),
+        };
+        self.push(key, input);
+    }
+
+    pub fn env(&mut self, name: &str, value: Option<&str>) {
+        let input = Input::Env {
+            name: name.to_string(),
+            value: value.map(str::to_string),
+        };
+        self.push(format!("env\0{name}"), input);
+    }
+
+    pub fn command(&mut self, command: &EvalCommand, result: &CommandResult) {
+        let key = format!("command\0{command:?}");
+        let input = Input::Command {
+            shell: command.shell.clone(),
+            argv: command.argv.clone(),
+            cwd: command.cwd.clone(),
+            result: result.digest(),
+        };
+        self.push(key, input);
+    }
+
+    /// Something the record cannot see happened: do not cache this result.
+    pub fn untracked(&mut self, why: String) {
+        self.uncacheable.get_or_insert(why);
+    }
+}
+
+/// A command run while the config is evaluated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalCommand {
+    pub shell: Option<String>,
+    pub argv: Vec<String>,
+    /// Relative to the project root.
+    pub cwd: Option<String>,
+}
+
+/// How an evaluation-time command ended.
+pub struct CommandResult {
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl CommandResult {
+    fn digest(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(format!("{:?}\0", self.code).as_bytes());
+        hasher.update(&(self.stdout.len() as u64).to_le_bytes());
+        hasher.update(&self.stdout);
+        hasher.update(&self.stderr);
+        hasher.finalize().to_hex().to_string()
+    }
+}
+
+impl EvalCommand {
+    /// Runs the command in `root` (or its `cwd`), output captured.
+    pub fn run(&self, root: &Path) -> std::io::Result<CommandResult> {
+        use std::process::{Command, Stdio};
+        let mut command = match (&self.shell, self.argv.split_first()) {
+            (Some(script), _) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c").arg(script);
+                c
+            }
+            (None, Some((program, args))) => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+            (None, None) => {
+                return Err(std::io::Error::other("expected a non-empty command"));
+            }
+        };
+        let cwd = match &self.cwd {
+            Some(dir) => root.join(dir),
+            None => root.to_path_buf(),
+        };
+        command
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let output = crate::reaper::spawn_owned(|| command.spawn(), |c| Some(c.id()))
+            .and_then(|(child, _owned)| child.wait_with_output());
+        match output {
+            Ok(out) => Ok(CommandResult {
+                code: out.status.code(),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            }),
+            // Same convention as a shell: 127 is "command not found".
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CommandResult {
+                code: Some(127),
+                stdout: Vec::new(),
+                stderr: format!("command not found: {}", command.get_program().display())
+                    .into_bytes(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn display(&self) -> String {
+        match &self.shell {
+            Some(script) => script.clone(),
+            None => crate::spec::Command::Argv(self.argv.clone()).to_string(),
+        }
+    }
+}
+
+/// What the cache is valid for besides its inputs: this Piper (its
+/// version, build and embedded Lua) and this project's place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Key {
+    piper: String,
+    root: PathBuf,
+    config: PathBuf,
+}
+
+impl Key {
+    fn of(project: &Project) -> Key {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+        for (name, _, source) in crate::lua::stdlib::MODULES {
+            hasher.update(name.as_bytes());
+            hasher.update(source.as_bytes());
+        }
+        hasher.update(crate::lua::stdlib::BOOT.1.as_bytes());
+        // A rebuilt binary may read the graph differently with the same
+        // version number (development builds): its size and mtime say so.
+        if let Some(meta) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| std::fs::metadata(exe).ok())
+        {
+            hasher.update(&meta.len().to_le_bytes());
+            hasher.update(&crate::fingerprint::mtime_ns(&meta).to_le_bytes());
+        }
+        Key {
+            piper: hasher.finalize().to_hex().to_string(),
+            root: project.root.clone(),
+            config: project.config.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheFile {
+    key: Key,
+    inputs: Vec<Input>,
+    graph: Graph,
+}
+
+/// How the graph of a run was obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evaluation {
+    /// Loaded from the cache: every recorded input was unchanged.
+    Cached,
+    /// Evaluated; `reason` says why the cache was not used (None: there
+    /// was no cache, or it was bypassed), `not_cached` why the result was
+    /// not stored.
+    Evaluated {
+        reason: Option<String>,
+        not_cached: Option<String>,
+    },
+}
+
+impl Evaluation {
+    /// The line `piper explain` prints, when there is something to say.
+    pub fn explanation(&self) -> Option<String> {
+        match self {
+            Evaluation::Cached => None,
+            Evaluation::Evaluated { reason, not_cached } => {
+                let mut parts = Vec::new();
+                if let Some(reason) = reason {
+                    parts.push(format!("configuration re-evaluated: {reason}"));
+                }
+                if let Some(why) = not_cached {
+                    parts.push(format!("configuration not cached: {why}"));
+                }
+                (!parts.is_empty()).then(|| parts.join("; "))
+            }
+        }
+    }
+}
+
+/// Whether to use the cache (`--no-config-cache` says no).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Use,
+    Bypass,
+}
+
+/// The graph of `project`: from the cache when every recorded input is
+/// unchanged, else evaluated (and the cache rewritten).
+pub fn load(project: &Project, mode: Mode) -> Result<(Graph, Evaluation)> {
+    let path = State::dir(&project.root).join(FILE);
+    let key = Key::of(project);
+    let reason = match mode {
+        Mode::Bypass => None,
+        Mode::Use => match read(&path, &key) {
+            Ok(Some(cache)) => match changed_input(&project.root, &cache.inputs) {
+                None => return Ok((cache.graph.revive(project), Evaluation::Cached)),
+                Some(reason) => Some(reason),
+            },
+            Ok(None) => None,
+            Err(reason) => Some(reason),
+        },
+    };
+    let (graph, recording) = Graph::load_recorded(project)?;
+    let mut not_cached = recording.uncacheable;
+    if mode == Mode::Use && not_cached.is_none() {
+        let cache = CacheFile {
+            key,
+            inputs: recording.inputs,
+            graph,
+        };
+        if let Err(e) = write(&path, &cache) {
+            not_cached = Some(format!("cannot write {}: {e}", path.display()));
+        }
+        let graph = cache.graph;
+        return Ok((graph, Evaluation::Evaluated { reason, not_cached }));
+    }
+    if mode == Mode::Use && not_cached.is_some() {
+        // A stale cache must not be used next time either.
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok((graph, Evaluation::Evaluated { reason, not_cached }))
+}
+
+/// The cache at `path` if it exists and belongs to this Piper and project;
+/// Err(why) when it exists but cannot be used.
+fn read(path: &Path, key: &Key) -> std::result::Result<Option<CacheFile>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(warn(path, format!("cannot read it: {e}"))),
+    };
+    let Some(rest) = bytes.strip_prefix(MAGIC) else {
+        return Err(warn(path, "it is not a Piper configuration cache".into()));
+    };
+    if rest.len() < 32 || blake3::hash(&rest[32..]).as_bytes() != &rest[..32] {
+        return Err(warn(path, "it is damaged (checksum mismatch)".into()));
+    }
+    let cache: CacheFile = postcard::from_bytes(&rest[32..])
+        .map_err(|e| warn(path, format!("it cannot be read: {e}")))?;
+    if cache.key.piper != key.piper {
+        return Err("Piper was updated".into());
+    }
+    if cache.key.root != key.root || cache.key.config != key.config {
+        return Err("the project moved".into());
+    }
+    Ok(Some(cache))
+}
+
+/// A cache that exists but is unreadable is worth a warning (it should
+/// not happen); the evaluation that follows is the remedy.
+fn warn(path: &Path, problem: String) -> String {
+    eprintln!(
+        "piper: warning: ignoring the configuration cache {}: {problem}; evaluating the configuration",
+        path.display()
+    );
+    format!("the cache was unusable ({problem})")
+}
+
+fn write(path: &Path, cache: &CacheFile) -> std::io::Result<()> {
+    let payload = postcard::to_stdvec(cache).map_err(std::io::Error::other)?;
+    let mut bytes = Vec::with_capacity(MAGIC.len() + 32 + payload.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(blake3::hash(&payload).as_bytes());
+    bytes.extend_from_slice(&payload);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::fsutil::write_atomic(path, &bytes)
+}
+
+/// The first recorded input that is no longer what the evaluation saw, in
+/// words; None when all are unchanged.
+fn changed_input(root: &Path, inputs: &[Input]) -> Option<String> {
+    let now = now_ns();
+    inputs.iter().find_map(|input| match input {
+        Input::File { path, stamp } => file_change(root, path, stamp.as_ref(), now),
+        Input::Exists { path, exists } => {
+            let now_exists = root.join(path).exists();
+            (now_exists != *exists).then(|| match now_exists {
+                true => format!("{path} was created"),
+                false => format!("{path} was deleted"),
+            })
+        }
+        Input::Glob {
+            patterns,
+            hidden,
+            gitignore,
+            matches,
+        } => glob_change(root, patterns, *hidden, *gitignore, matches),
+        Input::Env { name, value } => {
+            let now = std::env::var(name).ok();
+            (now != *value).then(|| match (value, now) {
+                (None, _) => format!("env var {name} was set"),
+                (_, None) => format!("env var {name} was unset"),
+                _ => format!("env var {name} changed"),
+            })
+        }
+        Input::Command {
+            shell,
+            argv,
+            cwd,
+            result,
+        } => {
+            let command = EvalCommand {
+                shell: shell.clone(),
+                argv: argv.clone(),
+                cwd: cwd.clone(),
+            };
+            match command.run(root) {
+                Ok(now) if now.digest() == *result => None,
+                Ok(_) => Some(format!("`{}` printed something else", command.display())),
+                Err(e) => Some(format!("`{}` could not run: {e}", command.display())),
+            }
+        }
+    })
+}
+
+fn file_change(root: &Path, path: &str, stamp: Option<&FileStamp>, now: i128) -> Option<String> {
+    let full = root.join(path);
+    match (stamp, full.is_file()) {
+        (None, false) => None,
+        (None, true) => Some(format!("{path} was created")),
+        (Some(_), false) => Some(format!("{path} was deleted")),
+        (Some(old), true) => match stamp_file(&full, Some(old), now) {
+            Ok(new) if new.hash == old.hash => None,
+            Ok(_) => Some(format!("{path} changed")),
+            Err(e) => Some(format!("{path} cannot be read: {e}")),
+        },
+    }
+}
+
+fn glob_change(
+    root: &Path,
+    patterns: &[String],
+    hidden: bool,
+    gitignore: bool,
+    matches: &[String],
+) -> Option<String> {
+    let shown = patterns.join(" ");
+    let now = match crate::glob::glob(root, patterns, hidden, gitignore) {
+        Ok(now) => now,
+        Err(e) => return Some(format!("glob {shown} failed: {e}")),
+    };
+    if now == matches {
+        return None;
+    }
+    if let Some(added) = now.iter().find(|f| !matches.contains(f)) {
+        return Some(format!("{added} added to glob {shown}"));
+    }
+    if let Some(removed) = matches.iter().find(|f| !now.contains(f)) {
+        return Some(format!("{removed} removed from glob {shown}"));
+    }
+    Some(format!("glob {shown} matched files in another order"))
+}
