@@ -228,242 +228,344 @@ async fn run_build(
     interrupt: &CancellationToken,
 ) -> BuildOutcome {
     let started = Instant::now();
-    let state = Arc::new(State::load(&graph.root));
-    let stamps = Arc::new(Stamps::new(graph.root.clone(), graph.stamps.clone()));
-    let steps = &plan.steps;
-    let name_of = |i: usize| graph.steps[steps[i].step].name.clone();
-    let _ = events
-        .send(Event::BuildStarted {
-            build,
-            name: plan.name.clone(),
-            targets: plan.targets.clone(),
-            triggered_by,
-            steps: (0..steps.len())
-                .map(|i| PlannedStepInfo {
-                    name: name_of(i),
-                    deps: steps[i].deps.iter().map(|&d| name_of(d)).collect(),
-                })
-                .collect(),
-            dry_run: options.dry_run,
-            warnings: state.warning.iter().cloned().collect(),
-        })
-        .await;
-
-    // Dependents and remaining-dependency counts, by plan index.
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
-    let mut waiting_on: Vec<usize> = steps.iter().map(|s| s.deps.len()).collect();
-    for (i, s) in steps.iter().enumerate() {
-        for &d in &s.deps {
-            dependents[d].push(i);
-        }
-    }
-    let mut status: Vec<Option<StepStatus>> = vec![None; steps.len()];
-    let mut fingerprints: Vec<Option<String>> = vec![None; steps.len()];
-    let mut ready: BTreeSet<usize> = BTreeSet::new();
-    for i in (0..steps.len()).filter(|&i| waiting_on[i] == 0) {
-        ready.insert(i);
-        let _ = events
-            .send(Event::StepQueued {
-                build,
-                step: name_of(i),
-            })
-            .await;
-    }
-
-    let build_cancel = interrupt.child_token();
-    let mut running: JoinSet<StepResult> = JoinSet::new();
-    let mut stop = false;
-    let mut first_failure: Option<(StepStatus, Option<i32>)> = None;
-    let jobs = options.jobs.max(1);
-
+    let mut scheduler = Scheduler::new(graph, plan, build, options, events, interrupt);
+    scheduler.announce(triggered_by).await;
+    scheduler.queue_roots().await;
     loop {
-        while !stop && running.len() < jobs {
-            let Some(i) = ready.pop_first() else { break };
-            let step = &graph.steps[steps[i].step];
-            match evaluate_condition(&graph, steps[i].step) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let message = Some("its `when` condition is false".to_string());
-                    finish_without_running(events, build, &step.name, StepStatus::Skipped, message)
-                        .await;
-                    fingerprints[i] = Some("skipped".into());
-                    status[i] = Some(StepStatus::Skipped);
-                    release(
-                        i,
-                        &dependents,
-                        &mut waiting_on,
-                        &mut ready,
-                        events,
-                        build,
-                        &name_of,
-                    )
-                    .await;
-                    continue;
-                }
-                Err(message) => {
-                    finish_without_running(
-                        events,
-                        build,
-                        &step.name,
-                        StepStatus::Failed,
-                        Some(message),
-                    )
-                    .await;
-                    status[i] = Some(StepStatus::Failed);
-                    first_failure.get_or_insert((StepStatus::Failed, None));
-                    if !options.keep_going {
-                        stop = true;
-                        build_cancel.cancel();
-                    }
-                    continue;
-                }
-            }
-            let job = StepJob {
-                graph: graph.clone(),
-                index: i,
-                step: steps[i].step,
-                env: step_env(&graph, plan, i, options, build),
-                events: events.clone(),
-                build,
-                cancel: build_cancel.child_token(),
-                grace: options.kill_grace,
-                dry_run: options.dry_run,
-                forced: options.force.applies_to(&step.name),
-                unaffected: options
-                    .restrict
-                    .as_ref()
-                    .is_some_and(|only| !only.contains(&step.name)),
-                apart: options.services_apart && step.service,
-                state: state.clone(),
-                dep_fingerprints: steps[i]
-                    .deps
-                    .iter()
-                    .map(|&d| (name_of(d), fingerprints[d].clone().unwrap_or_default()))
-                    .collect(),
-                stamps: stamps.clone(),
-            };
-            running.spawn(job.run());
-        }
-        if running.is_empty() {
+        scheduler.start_ready().await;
+        if scheduler.running.is_empty() {
             break;
         }
         let joined = tokio::select! {
-            joined = running.join_next() => joined,
-            _ = interrupt.cancelled(), if !stop => {
-                stop = true;
-                build_cancel.cancel();
+            joined = scheduler.running.join_next() => joined,
+            _ = interrupt.cancelled(), if !scheduler.stop => {
+                scheduler.stop_starting();
                 continue;
             }
         };
-        let Some(joined) = joined else { break };
-        let result = match joined {
-            Ok(result) => result,
-            Err(e) => {
+        match joined {
+            Some(Ok(result)) => scheduler.on_finished(result).await,
+            Some(Err(e)) => {
                 // A panicking step task is a Piper bug; fail the build, loudly.
                 tracing::error!("step task failed: {e}");
-                stop = true;
-                build_cancel.cancel();
-                first_failure.get_or_insert((StepStatus::Failed, None));
-                continue;
+                scheduler
+                    .first_failure
+                    .get_or_insert((StepStatus::Failed, None));
+                scheduler.stop_starting();
             }
-        };
-        status[result.index] = Some(result.status);
-        fingerprints[result.index] = Some(result.fingerprint);
-        if result.status.satisfies_dependents() {
-            release(
-                result.index,
-                &dependents,
-                &mut waiting_on,
-                &mut ready,
-                events,
-                build,
-                &name_of,
-            )
-            .await;
-        } else if result.status.is_failure() {
-            first_failure.get_or_insert((result.status, result.exit_code));
-            if !options.keep_going {
-                stop = true;
-                build_cancel.cancel();
-            }
+            None => break,
         }
     }
-
-    // Steps that never ran: blocked by a failed dependency, or canceled.
-    for i in 0..steps.len() {
-        if status[i].is_some() {
-            continue;
-        }
-        let blocked_by = steps[i]
-            .deps
-            .iter()
-            .find(|&&d| matches!(status[d], Some(s) if !s.satisfies_dependents()));
-        let (st, message) = match blocked_by {
-            Some(&d) => (
-                StepStatus::Blocked,
-                format!("dependency `{}` did not succeed", name_of(d)),
-            ),
-            None => (
-                StepStatus::Canceled,
-                "not started: the build stopped".to_string(),
-            ),
-        };
-        status[i] = Some(st);
-        finish_without_running(events, build, &name_of(i), st, Some(message)).await;
-    }
-
-    let (build_status, exit_code) = if interrupt.is_cancelled() {
-        (BuildStatus::Canceled, EXIT_INTERRUPTED)
-    } else if let Some((st, code)) = first_failure {
-        let code = match (st, code) {
-            (StepStatus::TimedOut, _) => EXIT_TIMEOUT,
-            (_, Some(c)) if c != 0 => c,
-            _ => 1,
-        };
-        (BuildStatus::Failed, code)
-    } else {
-        (BuildStatus::Success, 0)
-    };
+    scheduler.finish_unstarted().await;
+    let (status, exit_code) = scheduler.outcome(interrupt);
     let _ = events
         .send(Event::BuildFinished {
             build,
             name: plan.name.clone(),
-            status: build_status,
+            status,
             duration_ms: started.elapsed().as_millis() as u64,
             exit_code,
-            chains: firing(plan, build_status)
-                .map(|t| t.pipeline.clone())
-                .collect(),
+            chains: firing(plan, status).map(|t| t.pipeline.clone()).collect(),
         })
         .await;
     BuildOutcome {
         build,
         name: plan.name.clone(),
-        status: build_status,
+        status,
         exit_code,
     }
 }
 
-/// Marks `i` done for its dependents and queues those now ready.
-async fn release(
-    i: usize,
-    dependents: &[Vec<usize>],
-    waiting_on: &mut [usize],
-    ready: &mut BTreeSet<usize>,
-    events: &EventSender,
+/// One build's scheduling state: which steps wait on which, which are
+/// ready, running, done. Plan indices throughout.
+struct Scheduler<'a> {
+    graph: Arc<Graph>,
+    plan: &'a Plan,
     build: u32,
-    name_of: &impl Fn(usize) -> String,
-) {
-    for &d in &dependents[i] {
-        waiting_on[d] -= 1;
-        if waiting_on[d] == 0 {
-            ready.insert(d);
-            let _ = events
+    options: &'a Options,
+    events: &'a EventSender,
+    state: Arc<State>,
+    stamps: Arc<Stamps>,
+    dependents: Vec<Vec<usize>>,
+    waiting_on: Vec<usize>,
+    status: Vec<Option<StepStatus>>,
+    /// What each finished step's dependents fingerprint.
+    fingerprints: Vec<Option<String>>,
+    /// Queued: dependencies done, waiting for a job slot (first defined first).
+    ready: BTreeSet<usize>,
+    running: JoinSet<StepResult>,
+    /// Start nothing more (a failure without keep-going, or Ctrl-C).
+    stop: bool,
+    first_failure: Option<(StepStatus, Option<i32>)>,
+    cancel: CancellationToken,
+}
+
+impl<'a> Scheduler<'a> {
+    fn new(
+        graph: Arc<Graph>,
+        plan: &'a Plan,
+        build: u32,
+        options: &'a Options,
+        events: &'a EventSender,
+        interrupt: &CancellationToken,
+    ) -> Scheduler<'a> {
+        let steps = &plan.steps;
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+        for (i, s) in steps.iter().enumerate() {
+            for &d in &s.deps {
+                dependents[d].push(i);
+            }
+        }
+        Scheduler {
+            state: Arc::new(State::load(&graph.root)),
+            stamps: Arc::new(Stamps::new(graph.root.clone(), graph.stamps.clone())),
+            graph,
+            plan,
+            build,
+            options,
+            events,
+            dependents,
+            waiting_on: steps.iter().map(|s| s.deps.len()).collect(),
+            status: vec![None; steps.len()],
+            fingerprints: vec![None; steps.len()],
+            ready: BTreeSet::new(),
+            running: JoinSet::new(),
+            stop: false,
+            first_failure: None,
+            cancel: interrupt.child_token(),
+        }
+    }
+
+    fn name_of(&self, i: usize) -> String {
+        self.graph.steps[self.plan.steps[i].step].name.clone()
+    }
+
+    async fn announce(&self, triggered_by: Option<TriggeredBy>) {
+        let steps = &self.plan.steps;
+        let _ = self
+            .events
+            .send(Event::BuildStarted {
+                build: self.build,
+                name: self.plan.name.clone(),
+                targets: self.plan.targets.clone(),
+                triggered_by,
+                steps: (0..steps.len())
+                    .map(|i| PlannedStepInfo {
+                        name: self.name_of(i),
+                        deps: steps[i].deps.iter().map(|&d| self.name_of(d)).collect(),
+                    })
+                    .collect(),
+                dry_run: self.options.dry_run,
+                warnings: self.state.warning.iter().cloned().collect(),
+            })
+            .await;
+    }
+
+    async fn queue_roots(&mut self) {
+        let roots: Vec<usize> = (0..self.plan.steps.len())
+            .filter(|&i| self.waiting_on[i] == 0)
+            .collect();
+        self.make_ready(roots).await;
+    }
+
+    /// Steps whose dependencies are all done: an up-to-date one is settled
+    /// here (a stat per input, one event, no task), the others are queued.
+    /// Settling one may make its dependents ready in turn.
+    async fn make_ready(&mut self, mut now_ready: Vec<usize>) {
+        while let Some(i) = now_ready.pop() {
+            if let Some(result) = self.settle_up_to_date(i).await {
+                self.status[i] = Some(result.status);
+                self.fingerprints[i] = Some(result.fingerprint);
+                now_ready.extend(self.release(i));
+                continue;
+            }
+            self.ready.insert(i);
+            let _ = self
+                .events
                 .send(Event::StepQueued {
-                    build,
-                    step: name_of(d),
+                    build: self.build,
+                    step: self.name_of(i),
                 })
                 .await;
+        }
+    }
+
+    /// Marks `i` done for its dependents; those now ready.
+    fn release(&mut self, i: usize) -> Vec<usize> {
+        let mut ready = Vec::new();
+        for &d in &self.dependents[i] {
+            self.waiting_on[d] -= 1;
+            if self.waiting_on[d] == 0 {
+                ready.push(d);
+            }
+        }
+        ready
+    }
+
+    /// The result of step `i` if it is plainly up to date — no condition
+    /// to call, nothing forcing or restricting it — else None.
+    async fn settle_up_to_date(&self, i: usize) -> Option<StepResult> {
+        let step = &self.graph.steps[self.plan.steps[i].step];
+        let conditional = !matches!(step.when, None | Some(Condition::Static(true)));
+        let untracked = step.inputs.is_empty() && step.depfile.is_none();
+        let options = self.options;
+        let special = options.dry_run
+            || options.restrict.is_some()
+            || options.force.applies_to(&step.name)
+            || (options.services_apart && step.service);
+        if conditional || untracked || special || self.stop {
+            return None;
+        }
+        let job = self.job(i);
+        let Ok(Freshness::UpToDate(record)) = job.freshness() else {
+            return None;
+        };
+        Some(job.up_to_date(record, Instant::now()).await)
+    }
+
+    fn job(&self, i: usize) -> StepJob {
+        let planned = &self.plan.steps[i];
+        let step = &self.graph.steps[planned.step];
+        StepJob {
+            graph: self.graph.clone(),
+            index: i,
+            step: planned.step,
+            env: step_env(&self.graph, self.plan, i, self.options, self.build),
+            events: self.events.clone(),
+            build: self.build,
+            cancel: self.cancel.child_token(),
+            grace: self.options.kill_grace,
+            dry_run: self.options.dry_run,
+            forced: self.options.force.applies_to(&step.name),
+            unaffected: (self.options.restrict.as_ref())
+                .is_some_and(|only| !only.contains(&step.name)),
+            apart: self.options.services_apart && step.service,
+            state: self.state.clone(),
+            dep_fingerprints: planned
+                .deps
+                .iter()
+                .map(|&d| {
+                    (
+                        self.name_of(d),
+                        self.fingerprints[d].clone().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+            stamps: self.stamps.clone(),
+        }
+    }
+
+    /// Starts queued steps while job slots are free (a false `when`
+    /// finishes one as skipped instead).
+    async fn start_ready(&mut self) {
+        let jobs = self.options.jobs.max(1);
+        while !self.stop && self.running.len() < jobs {
+            let Some(i) = self.ready.pop_first() else {
+                break;
+            };
+            let step = self.plan.steps[i].step;
+            let name = self.name_of(i);
+            match evaluate_condition(&self.graph, step) {
+                Ok(true) => {
+                    let job = self.job(i);
+                    self.running.spawn(job.run());
+                }
+                Ok(false) => {
+                    let message = Some("its `when` condition is false".to_string());
+                    finish_without_running(
+                        self.events,
+                        self.build,
+                        &name,
+                        StepStatus::Skipped,
+                        message,
+                    )
+                    .await;
+                    self.fingerprints[i] = Some("skipped".into());
+                    self.status[i] = Some(StepStatus::Skipped);
+                    let now_ready = self.release(i);
+                    self.make_ready(now_ready).await;
+                }
+                Err(message) => {
+                    finish_without_running(
+                        self.events,
+                        self.build,
+                        &name,
+                        StepStatus::Failed,
+                        Some(message),
+                    )
+                    .await;
+                    self.status[i] = Some(StepStatus::Failed);
+                    self.fail((StepStatus::Failed, None));
+                }
+            }
+        }
+    }
+
+    async fn on_finished(&mut self, result: StepResult) {
+        self.status[result.index] = Some(result.status);
+        self.fingerprints[result.index] = Some(result.fingerprint);
+        if result.status.satisfies_dependents() {
+            let now_ready = self.release(result.index);
+            self.make_ready(now_ready).await;
+        } else if result.status.is_failure() {
+            self.fail((result.status, result.exit_code));
+        }
+    }
+
+    /// Records the first failure; without keep-going, stops the build.
+    fn fail(&mut self, failure: (StepStatus, Option<i32>)) {
+        self.first_failure.get_or_insert(failure);
+        if !self.options.keep_going {
+            self.stop_starting();
+        }
+    }
+
+    fn stop_starting(&mut self) {
+        self.stop = true;
+        self.cancel.cancel();
+    }
+
+    /// Steps that never ran: blocked by a failed dependency, or canceled.
+    async fn finish_unstarted(&mut self) {
+        for i in 0..self.plan.steps.len() {
+            if self.status[i].is_some() {
+                continue;
+            }
+            let blocked_by = self.plan.steps[i]
+                .deps
+                .iter()
+                .find(|&&d| matches!(self.status[d], Some(s) if !s.satisfies_dependents()));
+            let (status, message) = match blocked_by {
+                Some(&d) => (
+                    StepStatus::Blocked,
+                    format!("dependency `{}` did not succeed", self.name_of(d)),
+                ),
+                None => (
+                    StepStatus::Canceled,
+                    "not started: the build stopped".to_string(),
+                ),
+            };
+            self.status[i] = Some(status);
+            let name = self.name_of(i);
+            finish_without_running(self.events, self.build, &name, status, Some(message)).await;
+        }
+    }
+
+    /// How the build ended, and its exit code.
+    fn outcome(&self, interrupt: &CancellationToken) -> (BuildStatus, i32) {
+        if interrupt.is_cancelled() {
+            return (BuildStatus::Canceled, EXIT_INTERRUPTED);
+        }
+        match self.first_failure {
+            None => (BuildStatus::Success, 0),
+            Some((status, code)) => {
+                let code = match (status, code) {
+                    (StepStatus::TimedOut, _) => EXIT_TIMEOUT,
+                    (_, Some(c)) if c != 0 => c,
+                    _ => 1,
+                };
+                (BuildStatus::Failed, code)
+            }
         }
     }
 }
@@ -567,94 +669,89 @@ struct Attempt {
 impl StepJob {
     async fn run(self) -> StepResult {
         let step = &self.graph.steps[self.step];
-        let out = OutputSink {
-            events: self.events.clone(),
-            build: self.build,
-            step: step.name.clone(),
-        };
         let started = Instant::now();
         if self.apart {
-            finish_without_running(
-                &self.events,
-                self.build,
-                &step.name,
-                StepStatus::Skipped,
-                Some(SERVICE_APART.into()),
-            )
-            .await;
             let fingerprint = format!("service {}", step.name);
-            return StepResult {
-                index: self.index,
-                status: StepStatus::Skipped,
-                exit_code: None,
-                fingerprint,
-            };
+            return self
+                .finish_early(StepStatus::Skipped, SERVICE_APART.into(), fingerprint)
+                .await;
         }
         if self.unaffected {
-            finish_without_running(
-                &self.events,
-                self.build,
-                &step.name,
-                StepStatus::UpToDate,
-                Some("not affected by the change".into()),
-            )
-            .await;
             let fingerprint = match self.state.steps.get(&step.name) {
                 Some(record) => record.fingerprint.clone(),
                 None => format!("unaffected {}", step.name),
             };
-            return StepResult {
-                index: self.index,
-                status: StepStatus::UpToDate,
-                exit_code: None,
-                fingerprint,
-            };
-        }
-        let (record, mut reasons) = match self.freshness() {
-            Err(message) => {
-                finish_without_running(
-                    &self.events,
-                    self.build,
-                    &step.name,
-                    StepStatus::Failed,
-                    Some(message),
-                )
+            let message = "not affected by the change".into();
+            return self
+                .finish_early(StepStatus::UpToDate, message, fingerprint)
                 .await;
-                return StepResult {
-                    index: self.index,
-                    status: StepStatus::Failed,
-                    exit_code: None,
-                    fingerprint: String::new(),
-                };
-            }
-            Ok(Freshness::UpToDate(record)) => {
-                let _ = self
-                    .events
-                    .send(Event::StepFinished {
-                        build: self.build,
-                        step: step.name.clone(),
-                        status: StepStatus::UpToDate,
-                        exit_code: None,
-                        duration_ms: started.elapsed().as_millis() as u64,
-                        attempts: 0,
-                        message: Some(
-                            "inputs, command, variables and dependencies unchanged".into(),
-                        ),
-                    })
+        }
+        let (record, reasons) = match self.freshness() {
+            Err(message) => {
+                return self
+                    .finish_early(StepStatus::Failed, message, String::new())
                     .await;
-                return StepResult {
-                    index: self.index,
-                    status: StepStatus::UpToDate,
-                    exit_code: None,
-                    fingerprint: fingerprint::seen_by_dependents(&record),
-                };
             }
+            Ok(Freshness::UpToDate(record)) => return self.up_to_date(record, started).await,
             Ok(Freshness::Stale(record, reasons)) => (Some(record), reasons),
             Ok(Freshness::Untracked) => (
                 None,
                 vec!["it declares no inputs, so it always runs".to_string()],
             ),
         };
+        let out = OutputSink {
+            events: self.events.clone(),
+            build: self.build,
+            step: step.name.clone(),
+        };
+        let (last, attempts) = self.attempts(&out, reasons).await;
+        self.finish_run(&out, record, last, attempts, started).await
+    }
+
+    /// Ends the step without running it: one event, its result.
+    async fn finish_early(
+        &self,
+        status: StepStatus,
+        message: String,
+        fingerprint: String,
+    ) -> StepResult {
+        let name = &self.graph.steps[self.step].name;
+        finish_without_running(&self.events, self.build, name, status, Some(message)).await;
+        StepResult {
+            index: self.index,
+            status,
+            exit_code: None,
+            fingerprint,
+        }
+    }
+
+    /// The step is up to date: say so, and what its dependents see.
+    async fn up_to_date(&self, record: crate::state::StepRecord, started: Instant) -> StepResult {
+        self.keep_settled_stamps(&record);
+        let _ = self
+            .events
+            .send(Event::StepFinished {
+                build: self.build,
+                step: self.graph.steps[self.step].name.clone(),
+                status: StepStatus::UpToDate,
+                exit_code: None,
+                duration_ms: started.elapsed().as_millis() as u64,
+                attempts: 0,
+                message: Some("inputs, command, variables and dependencies unchanged".into()),
+            })
+            .await;
+        StepResult {
+            index: self.index,
+            status: StepStatus::UpToDate,
+            exit_code: None,
+            fingerprint: fingerprint::seen_by_dependents(&record),
+        }
+    }
+
+    /// Runs attempts until one succeeds, retries are used up, or the step
+    /// is canceled: the last attempt and how many there were.
+    async fn attempts(&self, out: &OutputSink, mut reasons: Vec<String>) -> (Attempt, u32) {
+        let step = &self.graph.steps[self.step];
         let env = self.env_with_stamps().await;
         let max_attempts = step.retries + 1;
         let mut attempt_no = 0;
@@ -669,7 +766,7 @@ impl StepJob {
                     reasons: std::mem::take(&mut reasons),
                 })
                 .await;
-            let attempt = self.attempt(&out, &env).await;
+            let attempt = self.attempt(out, &env).await;
             let retry = attempt.status.is_failure()
                 && attempt_no < max_attempts
                 && !self.cancel.is_cancelled();
@@ -687,6 +784,20 @@ impl StepJob {
                 })
                 .await;
         };
+        (last, attempt_no)
+    }
+
+    /// After the attempts: the status, the record and output digest of a
+    /// success (early cutoff), warnings, and the one `step_finished`.
+    async fn finish_run(
+        &self,
+        out: &OutputSink,
+        record: Option<crate::state::StepRecord>,
+        last: Attempt,
+        attempt_no: u32,
+        started: Instant,
+    ) -> StepResult {
+        let step = &self.graph.steps[self.step];
         let status = if last.status.is_failure() && step.allow_failure {
             StepStatus::AllowedFailure
         } else {
@@ -765,6 +876,19 @@ impl StepJob {
             status,
             exit_code: last.exit_code,
             fingerprint,
+        }
+    }
+
+    /// An input stamped within the racy window has no trusted mtime, so
+    /// every check reads it again; once it has settled, the up-to-date
+    /// record with its mtime is kept, and later checks only stat it.
+    fn keep_settled_stamps(&self, record: &crate::state::StepRecord) {
+        let step = &self.graph.steps[self.step].name;
+        let previous = self.state.steps.get(step);
+        if previous.is_some_and(|p| p.inputs != record.inputs)
+            && let Err(e) = self.state.append(step, record)
+        {
+            tracing::warn!("cannot record the state of step {step}: {e}");
         }
     }
 

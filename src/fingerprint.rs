@@ -206,22 +206,23 @@ pub fn stamp_inputs(
     } else {
         crate::glob::glob(root, &globs, false, true)?
     };
-    files.extend(
-        literal
-            .into_iter()
-            .map(|p| normalize(Path::new(&p)))
-            .filter(|p| root.join(p).is_file()),
-    );
-    files.extend(extra.iter().filter(|p| root.join(p).is_file()).cloned());
+    // Literal paths and discovered ones count only when they are files: one
+    // stat tells, and its metadata is the stamp's.
+    files.extend(literal.into_iter().map(|p| normalize(Path::new(&p))));
+    files.extend(extra.iter().cloned());
     files.sort();
     files.dedup();
     let now_ns = now_ns();
     let mut stamps = BTreeMap::new();
     for rel in files {
         let reuse = previous.and_then(|p| p.inputs.get(&rel));
-        let stamp = stamp_file(&root.join(&rel), reuse, now_ns)
-            .map_err(|e| format!("cannot read {rel}: {e}"))?;
-        stamps.insert(rel, stamp);
+        match stamp_file(&root.join(&rel), reuse, now_ns) {
+            Ok(stamp) => {
+                stamps.insert(rel, stamp);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot read {rel}: {e}")),
+        }
     }
     Ok(stamps)
 }
@@ -242,6 +243,10 @@ pub fn stamp_file(
     now_ns: i128,
 ) -> std::io::Result<FileStamp> {
     let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        // A directory named as an input is not a file input.
+        return Err(std::io::ErrorKind::NotFound.into());
+    }
     let size = meta.len();
     let mtime_ns = mtime_ns(&meta);
     let reuse =

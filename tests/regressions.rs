@@ -316,3 +316,40 @@ fn exec_says_which_required_labels_this_machine_lacks() {
         )
         .run();
 }
+
+/// An input stamped within the racy window (written less than 2 s before
+/// its step ran) has no trusted mtime, so it is hashed again at each check;
+/// it was hashed forever, until the step ran again. Once it has settled,
+/// an up-to-date check keeps its mtime, and later checks only stat it.
+#[test]
+fn a_settled_input_is_trusted_by_its_mtime_again() {
+    let ran = Test::new()
+        .piper_lua(r#"step "a" { inputs = "in.txt", run = "true" }"#)
+        .file("in.txt", "1")
+        .args(["exec", "a"])
+        .stdout_any()
+        .stderr_any()
+        .run();
+    let stamp = |ran: &crate::harness::Ran| {
+        let state: serde_json::Value =
+            serde_json::from_str(&ran.read(".piper/state.json")).unwrap();
+        state["steps"]["a"]["inputs"]["in.txt"]["mtime_ns"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(stamp(&ran), 0, "a file written just now is racy");
+    // The same content, settled an hour ago.
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "1 hour ago", "in.txt"])
+        .current_dir(ran.dir.path())
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let ran = ran
+        .again()
+        .args(["exec", "a"])
+        .stdout_any()
+        .stderr_contains("up to date")
+        .run();
+    assert_ne!(stamp(&ran), 0, "the settled mtime was not kept");
+}
