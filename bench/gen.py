@@ -13,6 +13,7 @@ Workloads:
   output        one step printing ~200 MB of text
 """
 import argparse
+import shutil
 import json
 import os
 
@@ -112,17 +113,56 @@ def gen_watch(out):
     write(d, "trigger.txt", "0\n")
 
 
+def gen_c_library(out, src):
+    """A real C library nobody here wrote (Lua 5.4's sources, from the
+    lua-src crate Piper vendors): one compile per file with depfiles, then
+    an archive. make gets the same pattern rule with -MMD dependencies."""
+    d = os.path.join(out, "clib")
+    os.makedirs(d, exist_ok=True)
+    for name in sorted(os.listdir(src)):
+        if name.endswith((".c", ".h")) and name not in ("lua.c", "luac.c", "onelua.c"):
+            shutil.copy(os.path.join(src, name), os.path.join(d, name))
+    cflags = "-O2 -std=gnu99 -DLUA_USE_LINUX"
+    write(d, "piper.lua", f"""local fs = require "piper.fs"
+local objects = {{}}
+for _, c in ipairs(fs.glob "*.c") do
+  local o = c:gsub("%.c$", ".o")
+  objects[#objects + 1] = step("cc " .. c) {{
+    inputs = c, outputs = o, depfile = (c:gsub("%.c$", ".d")),
+    run = "cc {cflags} -MMD -c " .. c .. " -o " .. o,
+  }}
+end
+local outs = {{}}
+for _, c in ipairs(fs.glob "*.c") do outs[#outs + 1] = (c:gsub("%.c$", ".o")) end
+step "liblua.a" {{ deps = objects, inputs = outs, outputs = "liblua.a",
+                   run = "ar rcs liblua.a " .. table.concat(outs, " ") }}
+pipeline "all" {{ "liblua.a" }}
+""")
+    write(d, "Makefile", f"""SRCS := $(wildcard *.c)
+OBJS := $(SRCS:.c=.o)
+liblua.a: $(OBJS)
+\tar rcs $@ $^
+%.o: %.c
+\tcc {cflags} -MMD -c $< -o $@
+-include $(SRCS:.c=.d)
+""")
+    write(d, ".gitignore", "*.o\n*.d\nliblua.a\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--sizes", default="1000,10000", help="DAG sizes (comma-separated)")
     ap.add_argument("--output-mb", type=int, default=200)
+    ap.add_argument("--c-library", help="a directory of C sources (Lua 5.4's)")
     args = ap.parse_args()
     gen_single(args.out, "overhead", "true")
     for n in (int(x) for x in args.sizes.split(",") if x):
         gen_dag(args.out, n, 50 if n <= 1000 else 100)
     gen_cached(args.out, 1000, 50)
     gen_watch(args.out)
+    if args.c_library:
+        gen_c_library(args.out, args.c_library)
     line = "piper output benchmark line: the quick brown fox jumps over the lazy dog"
     gen_single(args.out, "output", f"yes '{line}' | head -c {args.output_mb * 1000 * 1000}")
 

@@ -463,3 +463,38 @@ fn a_rerun_that_makes_the_same_outputs_leaves_dependents_up_to_date() {
     assert!(out.status.success());
     assert_eq!(runs(dir), ["stamp", "compile"]);
 }
+
+/// Early cutoff with a real compiler: a comment-only edit of a C file
+/// recompiles it, the object comes out byte-identical, and the link (whose
+/// dependency and input is that object) stays up to date.
+#[test]
+fn a_comment_only_c_edit_recompiles_and_does_not_relink() {
+    let test = Test::new()
+        .piper_lua(
+            r#"
+            local cc = step "cc" {
+              inputs = "main.c", outputs = "main.o",
+              run = "cc -O1 -c main.c -o main.o && echo cc >> runs.log",
+            }
+            local link = step "link" {
+              inputs = "main.o", outputs = "app", deps = { cc },
+              run = "cc main.o -o app && echo link >> runs.log",
+            }
+            pipeline "all" { link }
+            "#,
+        )
+        .file("main.c", "int main(void) { return 0; }\n");
+    let dir = test.dir.path();
+    assert_eq!(exec(dir, &[]).0, 0);
+    assert_eq!(runs(dir), ["cc", "link"]);
+    rewrite(
+        &dir.join("main.c"),
+        "int main(void) { return 0; } /* a comment */\n",
+    );
+    let (code, stdout, stderr) = exec(dir, &["--explain"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(runs(dir), ["cc"], "{stdout}{stderr}");
+    rewrite(&dir.join("main.c"), "int main(void) { return 1; }\n");
+    assert_eq!(exec(dir, &[]).0, 0);
+    assert_eq!(runs(dir), ["cc", "link"]);
+}

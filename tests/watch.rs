@@ -400,3 +400,31 @@ fn orphans_that_escape_the_group_are_reaped_while_watching() {
     });
     assert_eq!(w.stop(), 130);
 }
+
+/// Build stamps are computed for each build watch runs, not frozen when
+/// the config was loaded: the stamp reads a file the test changes between
+/// builds, and the step that reruns sees the new value.
+#[test]
+fn build_stamps_are_computed_for_each_build() {
+    let test = Test::new()
+        .piper_lua(
+            r#"
+            local env = require "piper.env"
+            env.stamp { VERSION = "cat version.txt" }
+            step "s" { inputs = "in.txt", run = "echo $VERSION >> runs.log" }
+            "#,
+        )
+        .file("version.txt", "v1")
+        .file("in.txt", "1");
+    let w = Watching::start(&test, &["s"]);
+    w.until("the first build", |w| {
+        w.runs() == ["v1"] && w.stderr().contains("watching for changes")
+    });
+    // version.txt is nobody's input: it changes nothing by itself...
+    w.write("version.txt", "v2");
+    // ...but the next build, caused by an input, reads it again.
+    w.write("in.txt", "2");
+    w.until("the second build", |w| w.runs().len() == 2);
+    assert_eq!(w.runs(), ["v1", "v2"]);
+    assert_eq!(w.stop(), 130);
+}
