@@ -334,7 +334,8 @@ async fn forward_signals(interrupt: CancellationToken) {
 
 fn list(cli: &Cli, args: &ListArgs) -> Result<i32> {
     let graph = load(cli)?;
-    let mut out = std::io::stdout().lock();
+    // Buffered: stdout is line-buffered, a write per step otherwise.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         #[derive(serde::Serialize)]
         struct Listing {
@@ -353,6 +354,7 @@ fn list(cli: &Cli, args: &ListArgs) -> Result<i32> {
         };
         let text = serde_json::to_string_pretty(&listing).unwrap_or_default();
         let _ = writeln!(out, "{text}");
+        let _ = out.flush();
         return Ok(0);
     }
     let width = graph
@@ -371,7 +373,15 @@ fn list(cli: &Cli, args: &ListArgs) -> Result<i32> {
             .unwrap_or_else(|| export::step_info(&graph, i).run.join(" && "));
         let _ = writeln!(out, "    {}  {detail}", render::style::pad(&s.name, width));
     }
+    let _ = out.flush();
+    exit_soon(graph);
     Ok(0)
+}
+
+/// The process is about to exit: freeing a large graph piece by piece
+/// would only delay that (rustc does the same with its arenas).
+fn exit_soon(graph: Graph) {
+    std::mem::forget(graph);
 }
 
 /// `requires` that this machine does not meet: said, not refused (a build
@@ -429,7 +439,10 @@ fn graph(cli: &Cli, args: &GraphArgs) -> Result<i32> {
         GraphFormat::Mermaid => export::mermaid(&graph, &plan),
         GraphFormat::Json => export::json(&graph, &plan),
     };
-    print!("{text}");
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    drop(plan);
+    exit_soon(graph);
     Ok(0)
 }
 

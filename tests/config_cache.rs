@@ -10,11 +10,12 @@ use crate::harness::{PIPER, Ran, Test, git, unindent};
 
 const EVALUATED: &str = "EVALUATED\n";
 
-/// `piper explain s` in `dir`: (was the config evaluated, the explanation
-/// line if any).
-fn explain(dir: &Path, env: &[(&str, &str)]) -> (bool, Option<String>) {
+/// Runs piper with `args` in `dir` (and `env`); it must succeed. Its
+/// stdout and stderr.
+#[track_caller]
+fn run_piper(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
     let out = Command::new(PIPER)
-        .args(["explain", "s"])
+        .args(args)
         .current_dir(dir)
         .env("PIPER_LOG", "warn")
         .env_remove("PIPER_TEST_MODE")
@@ -22,11 +23,18 @@ fn explain(dir: &Path, env: &[(&str, &str)]) -> (bool, Option<String>) {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
-        "explain failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        "piper {args:?} failed:\n{stdout}{stderr}"
     );
+    (stdout, stderr)
+}
+
+/// `piper explain s` in `dir`: (was the config evaluated, the explanation
+/// line if any).
+fn explain(dir: &Path, env: &[(&str, &str)]) -> (bool, Option<String>) {
+    let (stdout, _) = run_piper(dir, &["explain", "s"], env);
     let evaluated = stdout.starts_with(EVALUATED);
     let line = stdout
         .lines()
@@ -160,12 +168,8 @@ fn each_kind_of_input_reevaluates_the_config_and_nothing_else_does() {
     reevaluated(dir, &[], "ci/optional.lua was created");
 
     // --no-config-cache evaluates and leaves the cache alone.
-    let out = Command::new(PIPER)
-        .args(["--no-config-cache", "explain", "s"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with(EVALUATED));
+    let (stdout, _) = run_piper(dir, &["--no-config-cache", "explain", "s"], &[]);
+    assert!(stdout.starts_with(EVALUATED));
     cached(dir);
 }
 
@@ -283,14 +287,7 @@ fn a_damaged_cache_is_a_warning_and_a_fresh_evaluation() {
         ),
     ] {
         std::fs::write(&path, bytes).unwrap();
-        let out = Command::new(PIPER)
-            .args(["exec", "s"])
-            .current_dir(path.parent().unwrap().parent().unwrap())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
+        let (stdout, stderr) = run_piper(ran.dir.path(), &["exec", "s"], &[]);
         assert!(stdout.starts_with(EVALUATED), "{stdout}");
         assert!(
             stderr.contains("warning: ignoring the configuration cache")
@@ -333,22 +330,12 @@ fn killing_piper_while_it_writes_the_cache_leaves_the_next_run_correct() {
         std::thread::sleep(std::time::Duration::from_millis(5 * round as u64));
         let _ = child.kill();
         let _ = child.wait();
-        let out = Command::new(PIPER)
-            .args(["list", "--json"])
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (stdout, stderr) = run_piper(dir, &["list", "--json"], &[]);
+        let listing: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         let steps = listing["steps"].as_array().unwrap();
         assert_eq!(steps.len(), 3001, "round {round}");
         let first = steps[0]["name"].as_str().unwrap();
         assert_eq!(first, format!("r{round}_1"), "round {round}: a stale graph");
-        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("warning"), "round {round}: {stderr}");
     }
     let leftovers: Vec<_> = std::fs::read_dir(dir.join(".piper"))
@@ -390,13 +377,7 @@ fn build_stamps_reach_steps_without_rerunning_them() {
     git(dir, &["commit", "-qm", "first"]);
     git(dir, &["tag", "v1"]);
     let exec = |expect: &str| {
-        let out = Command::new(PIPER)
-            .args(["exec", "s"])
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{stderr}");
+        let (_, stderr) = run_piper(dir, &["exec", "s"], &[]);
         assert!(stderr.contains(expect), "expected {expect:?} in\n{stderr}");
         stderr
     };
