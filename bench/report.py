@@ -645,18 +645,12 @@ def main():
                      f"{cluster['heartbeat']:.0f} s (target ≤ lease + heartbeat: "
                      f"{'met' if cluster['rescue_s'] <= cluster['lease'] + cluster['heartbeat'] else 'missed'})")
     lines += ["", "Where a target is missed, what the profiles show (`perf record`, `strace -c`):", "",
-              "- overhead: `piper exec` of one step is ~1 ms over make: clap, a Lua 5.4 state with the piper "
-              "modules, evaluating piper.lua, the tokio runtime and the `.piper` state check; make only "
-              "parses a Makefile. Plain commands already skip the shell, as make does.",
-              "- cached no-op: about half is evaluating the generated 1000-step piper.lua (a fifth of that is "
-              "Lua parsing 150 KB of source) — Piper runs a program each time where ninja loads a manifest; "
-              "caching evaluation is unsafe while configs may glob, run commands or read git. The rest is "
-              "per step: stat of each input, a blake3 fingerprint, a task and several events.",
+              "- overhead: `piper exec` of one step is ~1.4 ms over make, and most of it is starting the process: `piper --version` alone takes 2.9 ms where make's whole run takes 3.2 ms (page faults and relocations of a 110 MB binary that also holds the agent and the web UI). The rest is clap, the tokio runtime and reading `.piper/` (configuration cache and state); no Lua state is created any more. Plain commands already skip the shell, as make does.",
+              "- cached no-op: evaluation is cached now (79 ms → 37 ms) and up-to-date steps take no task; what remains is ~30 µs per step: a stat of its input and of its output, its variables and blake3 fingerprint, one event rendered, and parsing the 1000 records of `state.json`. The profile has no single hotspot (stat ~25 %, allocation ~20 %); ninja does two stats and a lookup in a binary log per edge.",
               "- output heavy: the direct run never reads its output (`head` writes to /dev/null); Piper "
               "copies every byte out of a pipe, splits ~2.7 M lines (memchr) and writes them prefixed. "
               "System time (pipe copies) dominates.",
-              "- the 10 000-step evaluation target is met in process; the whole-process figure adds startup "
-              "and printing 10 000 steps."]
+              "- evaluation of 10 000 steps: Lua parsing the source and building 10 000 step tables (155 ms in process here); the configuration cache avoids it (47 ms whole process for `graph --format json`, most of it writing 10 000 steps as JSON; `piper list` from the cache ~25 ms)."]
     if agent and agent["p50"] > 20:
         lines.append("- agent pickup p50: a build starts with git processes (fetch into the mirror, "
                      "rev-parse, a worktree checkout beside `describe`) at 3–8 ms each; piperd's own work "

@@ -115,6 +115,41 @@ pub fn run(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
     runtime.block_on(run_async(args, command))
 }
 
+/// The project's repository, for a submit without `--repo`: refused at
+/// once outside git (the agent could only fail), with a warning when the
+/// work tree has changes the agent will not see.
+fn local_repository(git_ref: &str) -> Result<String> {
+    let cwd =
+        std::env::current_dir().map_err(|e| Error::io("cannot read the current directory", e))?;
+    let root = crate::project::Project::locate(&cwd, None)?.root;
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    if git(&["rev-parse", "--is-inside-work-tree"]).as_deref() != Some("true") {
+        return Err(Error::NotARepository { dir: root });
+    }
+    if git_ref == "HEAD"
+        && let Some(changes) = git(&["status", "--porcelain", "--untracked-files=no"])
+        && !changes.is_empty()
+    {
+        let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "HEAD".into());
+        let files = changes.lines().count();
+        eprintln!(
+            "warning: {files} changed file(s) are not committed: the agent builds HEAD ({head}), without them"
+        );
+    }
+    Ok(root.to_string_lossy().into_owned())
+}
+
 async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
     let client = Client::new(args)?;
     let mut out = std::io::stdout();
@@ -128,14 +163,7 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
         } => {
             let repo = match repo {
                 Some(repo) => repo.clone(),
-                None => {
-                    let cwd = std::env::current_dir()
-                        .map_err(|e| Error::io("cannot read the current directory", e))?;
-                    crate::project::Project::locate(&cwd, None)?
-                        .root
-                        .to_string_lossy()
-                        .into_owned()
-                }
+                None => local_repository(git_ref)?,
             };
             let mut vars = std::collections::BTreeMap::new();
             for kv in env {

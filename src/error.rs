@@ -100,6 +100,8 @@ pub enum Error {
     },
     /// piperd could not be reached, or refused a request.
     Remote { message: String },
+    /// `piper submit` without `--repo` outside a git repository.
+    NotARepository { dir: PathBuf },
 }
 
 impl Error {
@@ -243,6 +245,12 @@ impl fmt::Display for Error {
             Error::Setting { name, message } => write!(f, "{name}: {message}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Remote { message } => write!(f, "{message}"),
+            Error::NotARepository { dir } => write!(
+                f,
+                "{} is not in a git repository: an agent builds commits of a repository\n  \
+                 commit the project with git first, or name a repository with --repo URL",
+                dir.display()
+            ),
         }
     }
 }

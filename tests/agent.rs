@@ -1124,3 +1124,45 @@ fn what_the_openapi_document_refuses_the_api_refuses() {
     let list: Value = serde_json::from_slice(&list).unwrap();
     assert_eq!(list["builds"], serde_json::json!([]), "nothing was queued");
 }
+
+/// `piper submit` from the project: outside git it fails at once (the
+/// agent could only fail later); with uncommitted changes it says that the
+/// agent builds HEAD without them, and submits.
+#[test]
+fn submit_refuses_a_project_outside_git_and_warns_about_uncommitted_changes() {
+    let plain = tempfile::tempdir().unwrap();
+    std::fs::write(plain.path().join("piper.lua"), CI).unwrap();
+    let out = Command::new(PIPER)
+        .args(["submit", "ci"])
+        // Nothing listens there: the refusal must come before any request.
+        .env("PIPER_SERVER", "http://127.0.0.1:9")
+        .env("PIPER_TOKEN", "unused-token-unused-token-unused")
+        .current_dir(plain.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not in a git repository"), "{stderr}");
+    assert!(stderr.contains("--repo URL"), "{stderr}");
+
+    let daemon = Daemon::start(None);
+    let dir = repo(&[("piper.lua", CI.as_bytes())]);
+    std::fs::write(dir.path().join("piper.lua"), format!("{CI}\n-- edited\n")).unwrap();
+    let out = Command::new(PIPER)
+        .args(["submit", "ci"])
+        .env("PIPER_SERVER", &daemon.url)
+        .env("PIPER_TOKEN", &daemon.token)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let head = git(dir.path(), &["rev-parse", "--short", "HEAD"]);
+    assert!(
+        stderr.contains(&format!(
+            "warning: 1 changed file(s) are not committed: the agent builds HEAD ({head}), without them"
+        )),
+        "{stderr}"
+    );
+    submitted_id(&stderr);
+}
