@@ -49,6 +49,7 @@
 ---@field always? piper.Trigger|string|(piper.Trigger|string)[] pipelines to run after it, either way
 ---@field schedule? piper.Schedule|string|(piper.Schedule|string)[] cron schedules on which piperd runs it
 ---@field requires? table<string, string|number|boolean> labels a build agent must have to run it, e.g. { os = "linux" }
+---@field default? boolean what a bare `piper exec` runs (at most one pipeline; without one, the only pipeline there is)
 ---@field retry_agent_lost? integer how many times piperd may run it again on another agent when its agent died (0-10, default 0: the build ends `lost`)
 
 ---What a Lua function step receives.

@@ -249,12 +249,23 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
         eprintln!("piper: {line}");
     }
     let graph = Arc::new(graph);
+    let defaulted;
+    let args = match graph.default_pipeline() {
+        Some(name) if args.targets.is_empty() => {
+            defaulted = ExecArgs {
+                targets: vec![name.to_string()],
+                ..args.clone()
+            };
+            &defaulted
+        }
+        _ => args,
+    };
     if args.targets.is_empty() {
         // As `just` does without a default recipe: say what there is.
         let mut err = std::io::stderr().lock();
         let _ = writeln!(
             err,
-            "piper exec: name a pipeline or step to run, e.g. `piper exec <PIPELINE>`"
+            "piper exec: name a pipeline or step to run, e.g. `piper exec <PIPELINE>` (or mark one pipeline `default = true`)"
         );
         let width = graph
             .pipelines

@@ -186,7 +186,7 @@ impl Shell {
     }
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ExecArgs {
     /// Pipelines or steps to run; a name that is both means the pipeline.
     /// Without one, the pipelines are listed

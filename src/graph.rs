@@ -83,6 +83,8 @@ pub struct Pipeline {
     pub retry_agent_lost: u32,
     /// Labels an agent must have to run it.
     pub requires: IndexMap<String, String>,
+    /// What a bare `piper exec` runs (`default = true`; at most one).
+    pub default: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -259,10 +261,12 @@ impl Graph {
                     schedules: p.schedules.clone(),
                     retry_agent_lost: p.retry_agent_lost,
                     requires: p.requires.clone(),
+                    default: p.default,
                 },
             );
         }
         check_trigger_cycles(&pipelines)?;
+        check_one_default(&pipelines)?;
 
         Ok(Graph {
             root: project.root.clone(),
@@ -286,6 +290,17 @@ impl Graph {
             .collect();
         self.lua = LazyLua::deferred(project.clone(), self.step_names());
         self
+    }
+
+    /// What a bare `piper exec` runs: the pipeline marked `default = true`,
+    /// else the only pipeline there is.
+    pub fn default_pipeline(&self) -> Option<&str> {
+        let marked = self.pipelines.values().find(|p| p.default);
+        match (marked, self.pipelines.len()) {
+            (Some(p), _) => Some(&p.name),
+            (None, 1) => self.pipelines.keys().next().map(String::as_str),
+            _ => None,
+        }
     }
 
     pub fn step(&self, name: &str) -> Option<usize> {
@@ -585,6 +600,21 @@ fn check_trigger_cycles(pipelines: &IndexMap<String, Pipeline>) -> Result<()> {
     let mut done = HashSet::new();
     for name in pipelines.keys() {
         visit(name, pipelines, &mut Vec::new(), &mut done)?;
+    }
+    Ok(())
+}
+
+/// `default = true` on two pipelines: which one would a bare `piper exec` run?
+fn check_one_default(pipelines: &IndexMap<String, Pipeline>) -> Result<()> {
+    let mut defaults = pipelines.values().filter(|p| p.default);
+    if let (Some(first), Some(second)) = (defaults.next(), defaults.next()) {
+        return Err(Error::Spec {
+            location: second.location.clone(),
+            message: format!(
+                "pipeline `{}`: `default = true`, but pipeline `{}` ({}) is already the default; mark one",
+                second.name, first.name, first.location
+            ),
+        });
     }
     Ok(())
 }

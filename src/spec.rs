@@ -125,6 +125,8 @@ pub struct RawPipeline {
     pub retry_agent_lost: u32,
     /// Labels an agent must have to run it.
     pub requires: IndexMap<String, String>,
+    /// What a bare `piper exec` runs.
+    pub default: bool,
 }
 
 pub enum Member {
@@ -209,6 +211,7 @@ pub const STEP_FIELDS: &[&str] = &[
 ];
 const PIPELINE_FIELDS: &[&str] = &[
     "desc",
+    "default",
     "env",
     "on_success",
     "on_failure",
@@ -769,6 +772,7 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
         schedules,
         retry_agent_lost,
         requires: f.env("requires")?,
+        default: f.bool("default")?.unwrap_or(false),
     };
     f.finish(PIPELINE_FIELDS)?;
     Ok(pipeline)

@@ -237,7 +237,7 @@ fn exec_without_a_target_lists_the_pipelines() {
         .status(2)
         .stderr(
             "
-            piper exec: name a pipeline or step to run, e.g. `piper exec <PIPELINE>`
+            piper exec: name a pipeline or step to run, e.g. `piper exec <PIPELINE>` (or mark one pipeline `default = true`)
             Pipelines:
                 ci       Test everything [t]
                 release  [t]
@@ -352,4 +352,45 @@ fn a_settled_input_is_trusted_by_its_mtime_again() {
         .stderr_contains("up to date")
         .run();
     assert_ne!(stamp(&ran), 0, "the settled mtime was not kept");
+}
+
+/// 13: a bare `piper exec` runs the pipeline marked `default = true`, or
+/// the only one, as `just` runs its first recipe; two defaults are an error
+/// naming both.
+#[test]
+fn exec_without_a_target_runs_the_default_or_only_pipeline() {
+    Test::new()
+        .piper_lua(
+            r#"
+            local t = step "t" { run = "echo ran-t" }
+            local u = step "u" { run = "echo ran-u" }
+            pipeline "ci" { t }
+            pipeline "release" { u, default = true }
+            "#,
+        )
+        .args(["exec"])
+        .stdout_contains("ran-u")
+        .stdout_lacks("ran-t")
+        .stderr_contains("release succeeded")
+        .run();
+    Test::new()
+        .piper_lua(r#"pipeline "only" { step "t" { run = "echo ran-only" } }"#)
+        .args(["exec"])
+        .stdout_contains("ran-only")
+        .stderr_any()
+        .run();
+    Test::new()
+        .piper_lua(
+            r#"
+            local t = step "t" { run = "true" }
+            pipeline "a" { t, default = true }
+            pipeline "b" { t, default = true }
+            "#,
+        )
+        .args(["exec"])
+        .status(2)
+        .stderr(
+            "error: piper.lua:3: pipeline `b`: `default = true`, but pipeline `a` (piper.lua:2) is already the default; mark one\n",
+        )
+        .run();
 }
