@@ -458,14 +458,14 @@ fn graph(cli: &Cli, args: &GraphArgs) -> Result<i32> {
 }
 
 fn completions(shell: &str) -> Result<i32> {
-    // The registration script calls back into this binary with COMPLETE set,
+    // The registration script calls back into `piper` with COMPLETE set,
     // which `CompleteEnv` answers with names from the current piper.lua.
-    let exe =
-        std::env::current_exe().map_err(|e| Error::io("cannot locate the piper binary", e))?;
+    // By name, from PATH: a script saved in a dotfile keeps working when
+    // piper is upgraded or installed elsewhere.
     // SAFETY: single-threaded at this point; nothing else reads the env.
     unsafe { std::env::set_var("COMPLETE", shell) };
     let done = clap_complete::CompleteEnv::with_factory(Cli::command)
-        .try_complete([exe.into_os_string()], None)
+        .try_complete([std::ffi::OsString::from("piper")], None)
         .map_err(|e| {
             Error::io(
                 "cannot write the completion script",

@@ -85,6 +85,7 @@ pub enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
         /// Pipeline to run
+        #[arg(add = ArgValueCandidates::new(pipeline_candidates))]
         pipeline: String,
         /// Repository: a path or any URL git can fetch [default: this project's root]
         #[arg(long)]
@@ -352,13 +353,24 @@ pub enum GraphFormat {
 /// Dynamic completion: pipeline and step names from the piper.lua governing
 /// the current directory. Silent (no candidates) if it does not evaluate.
 fn target_candidates() -> Vec<CompletionCandidate> {
+    candidates(true)
+}
+
+/// Pipelines only (`piper submit` runs pipelines).
+fn pipeline_candidates() -> Vec<CompletionCandidate> {
+    candidates(false)
+}
+
+fn candidates(with_steps: bool) -> Vec<CompletionCandidate> {
     let Ok(cwd) = std::env::current_dir() else {
         return Vec::new();
     };
     let Ok(project) = crate::project::Project::locate(&cwd, None) else {
         return Vec::new();
     };
-    let Ok(graph) = crate::graph::Graph::load(&project) else {
+    // A key press should not evaluate the config: the cache answers.
+    let mode = crate::config_cache::Mode::Use;
+    let Ok((graph, _)) = crate::config_cache::load(&project, mode) else {
         return Vec::new();
     };
     let pipelines = graph.pipelines.values().map(|p| {
@@ -366,7 +378,7 @@ fn target_candidates() -> Vec<CompletionCandidate> {
             p.desc.clone().unwrap_or_else(|| "pipeline".into()).into(),
         ))
     });
-    let steps = graph.steps.iter().map(|s| {
+    let steps = graph.steps.iter().filter(|_| with_steps).map(|s| {
         CompletionCandidate::new(&s.name)
             .help(Some(s.desc.clone().unwrap_or_else(|| "step".into()).into()))
     });

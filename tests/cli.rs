@@ -108,7 +108,38 @@ fn completions_register_for_each_shell() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let ran = Test::new().args(["completions", shell]).stdout_any().run();
         assert!(ran.stdout.contains("COMPLETE"), "{shell}: {}", ran.stdout);
+        // It calls `piper` from PATH, not the binary that wrote it.
+        assert!(
+            !ran.stdout.contains(crate::harness::PIPER),
+            "{shell}: {}",
+            ran.stdout
+        );
     }
+    let bash = Test::new().args(["completions", "bash"]).stdout_any().run();
+    assert!(bash.stdout.contains("\"piper\" -- "), "{}", bash.stdout);
+}
+
+#[test]
+fn submit_completes_pipeline_names_only() {
+    let ran = Test::new()
+        .piper_lua(CONFIG)
+        .env("COMPLETE", "bash")
+        .env("_CLAP_COMPLETE_INDEX", "2")
+        .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+        .env("_CLAP_COMPLETE_SPACE", "true")
+        .env("_CLAP_IFS", "\n")
+        .args(["--", "piper", "submit", ""])
+        .stdout_any()
+        .run();
+    let names: Vec<&str> = ran.stdout.lines().collect();
+    assert!(
+        names.contains(&"ci") && names.contains(&"deploy"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"lint"),
+        "a step offered to submit: {names:?}"
+    );
 }
 
 #[test]
