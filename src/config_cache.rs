@@ -21,9 +21,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::fingerprint::{now_ns, stamp_file};
+use crate::fingerprint::{now_ns, stamp_content, stamp_file};
 use crate::graph::Graph;
 use crate::project::Project;
+use crate::spec::Command;
 use crate::state::{FileStamp, State};
 
 /// The cache file, in the state directory.
@@ -55,9 +56,7 @@ pub enum Input {
     /// A command run at evaluation time (`piper.shell`, `piper.git`): run
     /// again at each check; its exit code and output are what count.
     Command {
-        shell: Option<String>,
-        argv: Vec<String>,
-        cwd: Option<String>,
+        command: EvalCommand,
         result: String,
     },
 }
@@ -78,24 +77,15 @@ impl Recording {
         }
     }
 
-    /// A file read at `root/rel`; `found` says whether it could be read.
-    pub fn file(&mut self, root: &Path, rel: &str, found: bool) {
-        let stamp = if found {
-            match stamp_file(&root.join(rel), None, now_ns()) {
-                Ok(stamp) => Some(stamp),
-                // Read a moment ago, gone now: nothing sensible to cache.
-                Err(e) => return self.untracked(format!("{rel} vanished while read: {e}")),
-            }
-        } else {
-            None
+    /// A file read at `rel`: its metadata (taken before reading) and the
+    /// content the evaluation used, or None when it could not be read.
+    pub fn file(&mut self, rel: &str, read: Option<(&std::fs::Metadata, &[u8])>) {
+        let stamp = read.map(|(meta, content)| stamp_content(meta, content, now_ns()));
+        let input = Input::File {
+            path: rel.to_string(),
+            stamp,
         };
-        self.push(
-            format!("file\0{rel}"),
-            Input::File {
-                path: rel.to_string(),
-                stamp,
-            },
-        );
+        self.push(format!("file\0{rel}"), input);
     }
 
     pub fn exists(&mut self, path: &str, exists: bool) {
@@ -128,9 +118,7 @@ impl Recording {
     pub fn command(&mut self, command: &EvalCommand, result: &CommandResult) {
         let key = format!("command\0{command:?}");
         let input = Input::Command {
-            shell: command.shell.clone(),
-            argv: command.argv.clone(),
-            cwd: command.cwd.clone(),
+            command: command.clone(),
             result: result.digest(),
         };
         self.push(key, input);
@@ -142,11 +130,11 @@ impl Recording {
     }
 }
 
-/// A command run while the config is evaluated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A command run outside a build's supervision, output captured: while
+/// the config is evaluated, or for a build stamp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EvalCommand {
-    pub shell: Option<String>,
-    pub argv: Vec<String>,
+    pub command: Command,
     /// Relative to the project root.
     pub cwd: Option<String>,
 }
@@ -172,20 +160,20 @@ impl CommandResult {
 impl EvalCommand {
     /// Runs the command in `root` (or its `cwd`), output captured.
     pub fn run(&self, root: &Path) -> std::io::Result<CommandResult> {
-        use std::process::{Command, Stdio};
-        let mut command = match (&self.shell, self.argv.split_first()) {
-            (Some(script), _) => {
-                let mut c = Command::new("/bin/sh");
+        use std::process::Stdio;
+        let mut command = match &self.command {
+            Command::Shell(script) => {
+                let mut c = std::process::Command::new("/bin/sh");
                 c.arg("-c").arg(script);
                 c
             }
-            (None, Some((program, args))) => {
-                let mut c = Command::new(program);
+            Command::Argv(argv) => {
+                let Some((program, args)) = argv.split_first() else {
+                    return Err(std::io::Error::other("expected a non-empty command"));
+                };
+                let mut c = std::process::Command::new(program);
                 c.args(args);
                 c
-            }
-            (None, None) => {
-                return Err(std::io::Error::other("expected a non-empty command"));
             }
         };
         let cwd = match &self.cwd {
@@ -213,13 +201,6 @@ impl EvalCommand {
                     .into_bytes(),
             }),
             Err(e) => Err(e),
-        }
-    }
-
-    fn display(&self) -> String {
-        match &self.shell {
-            Some(script) => script.clone(),
-            None => crate::spec::Command::Argv(self.argv.clone()).to_string(),
         }
     }
 }
@@ -259,11 +240,21 @@ impl Key {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// The file as read back.
+#[derive(Deserialize)]
 struct CacheFile {
     key: Key,
     inputs: Vec<Input>,
     graph: Graph,
+}
+
+/// The file as written: the same fields, borrowed (postcard lays out both
+/// alike), so writing needs no copy of the graph.
+#[derive(Serialize)]
+struct CacheFileRef<'a> {
+    key: &'a Key,
+    inputs: &'a [Input],
+    graph: &'a Graph,
 }
 
 /// How the graph of a run was obtained.
@@ -324,21 +315,20 @@ pub fn load(project: &Project, mode: Mode) -> Result<(Graph, Evaluation)> {
     };
     let (graph, recording) = Graph::load_recorded(project)?;
     let mut not_cached = recording.uncacheable;
-    if mode == Mode::Use && not_cached.is_none() {
-        let cache = CacheFile {
-            key,
-            inputs: recording.inputs,
-            graph,
-        };
-        if let Err(e) = write(&path, &cache) {
-            not_cached = Some(format!("cannot write {}: {e}", path.display()));
+    if mode == Mode::Use {
+        if not_cached.is_some() {
+            // A stale cache must not be used next time either.
+            let _ = std::fs::remove_file(&path);
+        } else {
+            let cache = CacheFileRef {
+                key: &key,
+                inputs: &recording.inputs,
+                graph: &graph,
+            };
+            if let Err(e) = write(&path, &cache) {
+                not_cached = Some(format!("cannot write {}: {e}", path.display()));
+            }
         }
-        let graph = cache.graph;
-        return Ok((graph, Evaluation::Evaluated { reason, not_cached }));
-    }
-    if mode == Mode::Use && not_cached.is_some() {
-        // A stale cache must not be used next time either.
-        let _ = std::fs::remove_file(&path);
     }
     Ok((graph, Evaluation::Evaluated { reason, not_cached }))
 }
@@ -378,7 +368,7 @@ fn warn(path: &Path, problem: String) -> String {
     format!("the cache was unusable ({problem})")
 }
 
-fn write(path: &Path, cache: &CacheFile) -> std::io::Result<()> {
+fn write(path: &Path, cache: &CacheFileRef) -> std::io::Result<()> {
     let payload = postcard::to_stdvec(cache).map_err(std::io::Error::other)?;
     let mut bytes = Vec::with_capacity(MAGIC.len() + 32 + payload.len());
     bytes.extend_from_slice(MAGIC);
@@ -417,37 +407,25 @@ fn changed_input(root: &Path, inputs: &[Input]) -> Option<String> {
                 _ => format!("env var {name} changed"),
             })
         }
-        Input::Command {
-            shell,
-            argv,
-            cwd,
-            result,
-        } => {
-            let command = EvalCommand {
-                shell: shell.clone(),
-                argv: argv.clone(),
-                cwd: cwd.clone(),
-            };
-            match command.run(root) {
-                Ok(now) if now.digest() == *result => None,
-                Ok(_) => Some(format!("`{}` printed something else", command.display())),
-                Err(e) => Some(format!("`{}` could not run: {e}", command.display())),
-            }
-        }
+        Input::Command { command, result } => match command.run(root) {
+            Ok(now) if now.digest() == *result => None,
+            Ok(_) => Some(format!("`{}` printed something else", command.command)),
+            Err(e) => Some(format!("`{}` could not run: {e}", command.command)),
+        },
     })
 }
 
 fn file_change(root: &Path, path: &str, stamp: Option<&FileStamp>, now: i128) -> Option<String> {
-    let full = root.join(path);
-    match (stamp, full.is_file()) {
-        (None, false) => None,
-        (None, true) => Some(format!("{path} was created")),
-        (Some(_), false) => Some(format!("{path} was deleted")),
-        (Some(old), true) => match stamp_file(&full, Some(old), now) {
-            Ok(new) if new.hash == old.hash => None,
-            Ok(_) => Some(format!("{path} changed")),
-            Err(e) => Some(format!("{path} cannot be read: {e}")),
-        },
+    // One stat (inside stamp_file): a missing file or a directory is NotFound.
+    match (stamp, stamp_file(&root.join(path), stamp, now)) {
+        (None, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+        (None, _) => Some(format!("{path} was created")),
+        (Some(_), Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            Some(format!("{path} was deleted"))
+        }
+        (Some(_), Err(e)) => Some(format!("{path} cannot be read: {e}")),
+        (Some(old), Ok(new)) if new.hash == old.hash => None,
+        (Some(_), Ok(_)) => Some(format!("{path} changed")),
     }
 }
 

@@ -293,6 +293,8 @@ struct Scheduler<'a> {
     fingerprints: Vec<Option<String>>,
     /// Queued: dependencies done, waiting for a job slot (first defined first).
     ready: BTreeSet<usize>,
+    /// Jobs of queued steps whose up-to-date check was already done.
+    prepared: Vec<Option<StepJob>>,
     running: JoinSet<StepResult>,
     /// Start nothing more (a failure without keep-going, or Ctrl-C).
     stop: bool,
@@ -329,6 +331,7 @@ impl<'a> Scheduler<'a> {
             status: vec![None; steps.len()],
             fingerprints: vec![None; steps.len()],
             ready: BTreeSet::new(),
+            prepared: (0..steps.len()).map(|_| None).collect(),
             running: JoinSet::new(),
             stop: false,
             first_failure: None,
@@ -373,11 +376,15 @@ impl<'a> Scheduler<'a> {
     /// Settling one may make its dependents ready in turn.
     async fn make_ready(&mut self, mut now_ready: Vec<usize>) {
         while let Some(i) = now_ready.pop() {
-            if let Some(result) = self.settle_up_to_date(i).await {
-                self.status[i] = Some(result.status);
-                self.fingerprints[i] = Some(result.fingerprint);
-                now_ready.extend(self.release(i));
-                continue;
+            match self.settle_up_to_date(i).await {
+                Ok(result) => {
+                    self.status[i] = Some(result.status);
+                    self.fingerprints[i] = Some(result.fingerprint);
+                    now_ready.extend(self.release(i));
+                    continue;
+                }
+                // Checked and stale: the job keeps its check for its start.
+                Err(checked) => self.prepared[i] = checked,
             }
             self.ready.insert(i);
             let _ = self
@@ -403,8 +410,12 @@ impl<'a> Scheduler<'a> {
     }
 
     /// The result of step `i` if it is plainly up to date — no condition
-    /// to call, nothing forcing or restricting it — else None.
-    async fn settle_up_to_date(&self, i: usize) -> Option<StepResult> {
+    /// to call, nothing forcing or restricting it. Otherwise its job when
+    /// it was checked (so the check is not done again at its start).
+    async fn settle_up_to_date(
+        &self,
+        i: usize,
+    ) -> std::result::Result<StepResult, Option<StepJob>> {
         let step = &self.graph.steps[self.plan.steps[i].step];
         let conditional = !matches!(step.when, None | Some(Condition::Static(true)));
         let untracked = step.inputs.is_empty() && step.depfile.is_none();
@@ -414,13 +425,16 @@ impl<'a> Scheduler<'a> {
             || options.force.applies_to(&step.name)
             || (options.services_apart && step.service);
         if conditional || untracked || special || self.stop {
-            return None;
+            return Err(None);
         }
-        let job = self.job(i);
-        let Ok(Freshness::UpToDate(record)) = job.freshness() else {
-            return None;
-        };
-        Some(job.up_to_date(record, Instant::now()).await)
+        let mut job = self.job(i);
+        match job.freshness() {
+            Ok(Freshness::UpToDate(record)) => Ok(job.up_to_date(record, Instant::now()).await),
+            checked => {
+                job.checked = Some(checked);
+                Err(Some(job))
+            }
+        }
     }
 
     fn job(&self, i: usize) -> StepJob {
@@ -452,6 +466,7 @@ impl<'a> Scheduler<'a> {
                 })
                 .collect(),
             stamps: self.stamps.clone(),
+            checked: None,
         }
     }
 
@@ -467,7 +482,7 @@ impl<'a> Scheduler<'a> {
             let name = self.name_of(i);
             match evaluate_condition(&self.graph, step) {
                 Ok(true) => {
-                    let job = self.job(i);
+                    let job = self.prepared[i].take().unwrap_or_else(|| self.job(i));
                     self.running.spawn(job.run());
                 }
                 Ok(false) => {
@@ -657,6 +672,8 @@ struct StepJob {
     state: Arc<State>,
     dep_fingerprints: BTreeMap<String, String>,
     stamps: Arc<Stamps>,
+    /// The up-to-date check, when the scheduler already made it.
+    checked: Option<std::result::Result<Freshness, String>>,
 }
 
 /// How one attempt ended.
@@ -667,7 +684,7 @@ struct Attempt {
 }
 
 impl StepJob {
-    async fn run(self) -> StepResult {
+    async fn run(mut self) -> StepResult {
         let step = &self.graph.steps[self.step];
         let started = Instant::now();
         if self.apart {
@@ -686,7 +703,8 @@ impl StepJob {
                 .finish_early(StepStatus::UpToDate, message, fingerprint)
                 .await;
         }
-        let (record, reasons) = match self.freshness() {
+        let checked = self.checked.take();
+        let (record, reasons) = match checked.unwrap_or_else(|| self.freshness()) {
             Err(message) => {
                 return self
                     .finish_early(StepStatus::Failed, message, String::new())

@@ -247,19 +247,28 @@ pub fn stamp_file(
         // A directory named as an input is not a file input.
         return Err(std::io::ErrorKind::NotFound.into());
     }
-    let size = meta.len();
-    let mtime_ns = mtime_ns(&meta);
+    let mtime = mtime_ns(&meta);
     let reuse =
-        previous.filter(|old| old.size == size && old.mtime_ns == mtime_ns && mtime_ns != 0);
-    let hash = match reuse {
-        Some(old) => old.hash.clone(),
-        None => hash_hex(&std::fs::read(path)?),
-    };
-    Ok(FileStamp {
-        size,
-        mtime_ns: trust_mtime(mtime_ns, now_ns),
-        hash,
-    })
+        previous.filter(|old| old.size == meta.len() && old.mtime_ns == mtime && mtime != 0);
+    match reuse {
+        Some(old) => Ok(FileStamp {
+            size: old.size,
+            mtime_ns: trust_mtime(mtime, now_ns),
+            hash: old.hash.clone(),
+        }),
+        None => Ok(stamp_content(&meta, &std::fs::read(path)?, now_ns)),
+    }
+}
+
+/// The stamp of content already read, with the metadata taken *before*
+/// reading it: a write after the stat moves the mtime, so the next check
+/// hashes again instead of trusting a hash of older content.
+pub fn stamp_content(meta: &std::fs::Metadata, content: &[u8], now_ns: i128) -> FileStamp {
+    FileStamp {
+        size: meta.len(),
+        mtime_ns: trust_mtime(mtime_ns(meta), now_ns),
+        hash: hash_hex(content),
+    }
 }
 
 /// A file's mtime in nanoseconds since the epoch (0 when unknown).

@@ -60,17 +60,9 @@ impl Stamps {
             warnings: Vec::new(),
         };
         for (name, command) in &self.commands {
-            let eval = match command {
-                Command::Shell(script) => EvalCommand {
-                    shell: Some(script.clone()),
-                    argv: Vec::new(),
-                    cwd: None,
-                },
-                Command::Argv(argv) => EvalCommand {
-                    shell: None,
-                    argv: argv.clone(),
-                    cwd: None,
-                },
+            let eval = EvalCommand {
+                command: command.clone(),
+                cwd: None,
             };
             let root = self.root.clone();
             let ran = tokio::task::spawn_blocking(move || eval.run(&root)).await;

@@ -66,13 +66,15 @@ fn evaluate_with(
     project: &Project,
     recording: Option<Recording>,
 ) -> Result<(Lua, RawSpec, Option<Recording>)> {
-    let source = std::fs::read(&project.config)
-        .map_err(|e| Error::io(format!("cannot read {}", project.config.display()), e))?;
+    let cannot_read = |e| Error::io(format!("cannot read {}", project.config.display()), e);
+    // Stat before reading: the cache records both (`stamp_content`).
+    let meta = std::fs::metadata(&project.config).map_err(cannot_read)?;
+    let source = std::fs::read(&project.config).map_err(cannot_read)?;
     let lua = new_state(project.root.clone()).map_err(|e| Error::Lua {
         message: format!("internal: {e}"),
     })?;
     if let Some(mut recording) = recording {
-        recording.file(&project.root, &project.config_display_name(), true);
+        recording.file(&project.config_display_name(), Some((&meta, &source)));
         lua.set_app_data(recording);
     }
     // Evaluation is short and allocates mostly what it keeps: collecting

@@ -14,12 +14,18 @@ pub fn register(lua: &Lua, native: &Table, root: Arc<PathBuf>) -> mlua::Result<(
     native.set(
         "read_file",
         lua.create_function(move |lua, path: String| {
-            let read = std::fs::read(r.join(&path));
+            // Stat before reading: the cache records both (`stamp_content`).
+            let full = r.join(&path);
+            let read = std::fs::metadata(&full).and_then(|meta| Ok((meta, std::fs::read(&full)?)));
             if let Some(mut recording) = lua.app_data_mut::<Recording>() {
-                recording.file(&r, &path, read.is_ok());
+                let used = read
+                    .as_ref()
+                    .ok()
+                    .map(|(meta, bytes)| (meta, bytes.as_slice()));
+                recording.file(&path, used);
             }
             match read {
-                Ok(bytes) => Ok((Value::String(lua.create_string(bytes)?), None)),
+                Ok((_, bytes)) => Ok((Value::String(lua.create_string(bytes)?), None)),
                 Err(e) => Ok((Value::Nil, Some(format!("cannot read {path}: {e}")))),
             }
         })?,

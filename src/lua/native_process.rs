@@ -10,17 +10,22 @@ use std::sync::Arc;
 use mlua::{Lua, Table, Value};
 
 use crate::config_cache::{EvalCommand, Recording};
+use crate::spec::Command;
 
 pub fn register(lua: &Lua, native: &Table, root: Arc<PathBuf>) -> mlua::Result<()> {
     let run = lua.create_function(move |lua, req: Table| {
+        let command = match (
+            req.get::<Option<String>>("shell")?,
+            req.get::<Option<Vec<String>>>("argv")?,
+        ) {
+            (Some(script), _) => Command::Shell(script),
+            (None, Some(argv)) if !argv.is_empty() => Command::Argv(argv),
+            _ => return Ok((Value::Nil, Some("expected a non-empty command".to_string()))),
+        };
         let command = EvalCommand {
-            shell: req.get("shell")?,
-            argv: req.get::<Option<Vec<String>>>("argv")?.unwrap_or_default(),
+            command,
             cwd: req.get("cwd")?,
         };
-        if command.shell.is_none() && command.argv.is_empty() {
-            return Ok((Value::Nil, Some("expected a non-empty command".to_string())));
-        }
         let out = match command.run(&root) {
             Ok(out) => out,
             Err(e) => return Ok((Value::Nil, Some(format!("cannot run command: {e}")))),
