@@ -140,16 +140,7 @@ fn a_step_the_parent_shares_with_the_chained_build_is_built_once() {
         .file("main.c", "int main;");
     let dir = test.dir.path();
     let exec = || {
-        let out = std::process::Command::new(crate::harness::PIPER)
-            .args(["exec", "ci"])
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::harness::piper_in(dir, &["exec", "ci"], &[]);
         let log = std::fs::read_to_string(dir.join("runs.log")).unwrap_or_default();
         std::fs::remove_file(dir.join("runs.log")).ok();
         log

@@ -77,16 +77,7 @@ fn graph_formats() {
 fn init_writes_a_working_starter_and_refuses_to_overwrite() {
     let ran = Test::new().args(["init"]).stderr_contains("created").run();
     assert!(ran.path("piper.lua").exists());
-    let out = std::process::Command::new(PIPER)
-        .args(["exec", "hello"])
-        .current_dir(ran.dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::piper_in(ran.dir.path(), &["exec", "hello"], &[]);
     let again = std::process::Command::new(PIPER)
         .arg("init")
         .current_dir(ran.dir.path())
@@ -119,8 +110,9 @@ fn completions_register_for_each_shell() {
     assert!(bash.stdout.contains("\"piper\" -- "), "{}", bash.stdout);
 }
 
-#[test]
-fn submit_completes_pipeline_names_only() {
+/// What bash completion offers for the empty word after `piper COMMAND`,
+/// in a project with CONFIG: the binary answers as the script asks it.
+fn bash_completions(command: &str) -> Vec<String> {
     let ran = Test::new()
         .piper_lua(CONFIG)
         .env("COMPLETE", "bash")
@@ -128,10 +120,16 @@ fn submit_completes_pipeline_names_only() {
         .env("_CLAP_COMPLETE_COMP_TYPE", "9")
         .env("_CLAP_COMPLETE_SPACE", "true")
         .env("_CLAP_IFS", "\n")
-        .args(["--", "piper", "submit", ""])
+        .args(["--", "piper", command, ""])
         .stdout_any()
         .run();
-    let names: Vec<&str> = ran.stdout.lines().collect();
+    ran.stdout.lines().map(String::from).collect()
+}
+
+#[test]
+fn submit_completes_pipeline_names_only() {
+    let names = bash_completions("submit");
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     assert!(
         names.contains(&"ci") && names.contains(&"deploy"),
         "{names:?}"
@@ -144,21 +142,11 @@ fn submit_completes_pipeline_names_only() {
 
 #[test]
 fn dynamic_completion_offers_pipeline_and_step_names() {
-    let ran = Test::new()
-        .piper_lua(CONFIG)
-        .env("COMPLETE", "bash")
-        .env("_CLAP_COMPLETE_INDEX", "2")
-        .env("_CLAP_COMPLETE_COMP_TYPE", "9")
-        .env("_CLAP_COMPLETE_SPACE", "true")
-        .env("_CLAP_IFS", "\n")
-        .args(["--", "piper", "exec", ""])
-        .stdout_any()
-        .run();
+    let names = bash_completions("exec");
     for name in ["ci", "deploy", "lint", "test", "upload"] {
         assert!(
-            ran.stdout.lines().any(|l| l == name),
-            "{name} missing from {:?}",
-            ran.stdout
+            names.iter().any(|l| l == name),
+            "{name} missing from {names:?}"
         );
     }
 }

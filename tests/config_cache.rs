@@ -6,35 +6,14 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{PIPER, Ran, Test, git, unindent};
+use crate::harness::{PIPER, Ran, Test, git, piper_in, unindent};
 
 const EVALUATED: &str = "EVALUATED\n";
-
-/// Runs piper with `args` in `dir` (and `env`); it must succeed. Its
-/// stdout and stderr.
-#[track_caller]
-fn run_piper(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
-    let out = Command::new(PIPER)
-        .args(args)
-        .current_dir(dir)
-        .env("PIPER_LOG", "warn")
-        .env_remove("PIPER_TEST_MODE")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "piper {args:?} failed:\n{stdout}{stderr}"
-    );
-    (stdout, stderr)
-}
 
 /// `piper explain s` in `dir`: (was the config evaluated, the explanation
 /// line if any).
 fn explain(dir: &Path, env: &[(&str, &str)]) -> (bool, Option<String>) {
-    let (stdout, _) = run_piper(dir, &["explain", "s"], env);
+    let (stdout, _) = piper_in(dir, &["explain", "s"], env);
     let evaluated = stdout.starts_with(EVALUATED);
     let line = stdout
         .lines()
@@ -168,7 +147,7 @@ fn each_kind_of_input_reevaluates_the_config_and_nothing_else_does() {
     reevaluated(dir, &[], "ci/optional.lua was created");
 
     // --no-config-cache evaluates and leaves the cache alone.
-    let (stdout, _) = run_piper(dir, &["--no-config-cache", "explain", "s"], &[]);
+    let (stdout, _) = piper_in(dir, &["--no-config-cache", "explain", "s"], &[]);
     assert!(stdout.starts_with(EVALUATED));
     cached(dir);
 }
@@ -287,7 +266,7 @@ fn a_damaged_cache_is_a_warning_and_a_fresh_evaluation() {
         ),
     ] {
         std::fs::write(&path, bytes).unwrap();
-        let (stdout, stderr) = run_piper(ran.dir.path(), &["exec", "s"], &[]);
+        let (stdout, stderr) = piper_in(ran.dir.path(), &["exec", "s"], &[]);
         assert!(stdout.starts_with(EVALUATED), "{stdout}");
         assert!(
             stderr.contains("warning: ignoring the configuration cache")
@@ -330,7 +309,7 @@ fn killing_piper_while_it_writes_the_cache_leaves_the_next_run_correct() {
         std::thread::sleep(std::time::Duration::from_millis(5 * round as u64));
         let _ = child.kill();
         let _ = child.wait();
-        let (stdout, stderr) = run_piper(dir, &["list", "--json"], &[]);
+        let (stdout, stderr) = piper_in(dir, &["list", "--json"], &[]);
         let listing: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         let steps = listing["steps"].as_array().unwrap();
         assert_eq!(steps.len(), 3001, "round {round}");
@@ -377,7 +356,7 @@ fn build_stamps_reach_steps_without_rerunning_them() {
     git(dir, &["commit", "-qm", "first"]);
     git(dir, &["tag", "v1"]);
     let exec = |expect: &str| {
-        let (_, stderr) = run_piper(dir, &["exec", "s"], &[]);
+        let (_, stderr) = piper_in(dir, &["exec", "s"], &[]);
         assert!(stderr.contains(expect), "expected {expect:?} in\n{stderr}");
         stderr
     };

@@ -271,6 +271,29 @@ impl Test {
     }
 }
 
+/// Runs piper with `args` in `dir` (and `env`), as a test that runs it
+/// again and again in one directory does; it must succeed. Its stdout and
+/// stderr.
+#[track_caller]
+pub fn piper_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let out = Command::new(PIPER)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("NO_COLOR")
+        .env("PIPER_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run piper");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "piper {args:?} failed:\n{stdout}{stderr}"
+    );
+    (stdout, stderr)
+}
+
 /// Whether a process is gone (absent, or a zombie nobody has reaped yet —
 /// a zombie runs nothing).
 pub fn process_gone(pid: i32) -> bool {

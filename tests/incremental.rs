@@ -322,18 +322,8 @@ fn a_header_change_through_a_depfile_reruns_only_the_objects_that_include_it() {
     let dir = ran.dir.path();
     assert_eq!(runs(dir), ["src/a.c", "src/b.c"]);
     let exec_build = |args: &[&str]| {
-        let out = Command::new(PIPER)
-            .args(["exec", "build", "-j1"])
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let args = [&["exec", "build", "-j1"], args].concat();
+        crate::harness::piper_in(dir, &args, &[]).0
     };
     exec_build(&[]);
     assert!(runs(dir).is_empty());
