@@ -238,6 +238,11 @@ pub struct RemoteArgs {
     #[arg(long, env = "PIPER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// piperd's data directory on this machine: its `token` and `piperd.addr` are read from there
+    /// when no token or server is given [default: piperd's default data directory]
+    #[arg(long, env = "PIPERD_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,

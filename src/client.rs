@@ -25,25 +25,37 @@ fn remote_error(message: impl Into<String>) -> Error {
     }
 }
 
+/// A file piperd keeps in its data directory (same machine as the agent),
+/// trimmed; `None` when it is not there or not readable.
+fn agent_file(data: &std::path::Path, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(data.join(name)).ok()?;
+    Some(text.trim().to_string()).filter(|t| !t.is_empty())
+}
+
 impl Client {
     /// Flag, then environment, then `config.toml` (`PIPER_CONFIG` names
-    /// another file), then the defaults.
+    /// another file), then what piperd wrote in its data directory on this
+    /// machine, then the defaults.
     fn new(args: &RemoteArgs) -> Result<Client> {
         let explicit = std::env::var_os("PIPER_CONFIG").map(std::path::PathBuf::from);
         let config: crate::config_file::ClientConfig =
             crate::config_file::load(explicit.as_deref(), "config.toml")?;
+        let data = args
+            .data
+            .clone()
+            .unwrap_or_else(crate::agent::default_data_dir);
         let server = args
             .server
             .clone()
             .or(config.server)
-            .unwrap_or_else(|| "http://127.0.0.1:7117".into());
+            .or_else(|| agent_file(&data, crate::agent::ADDRESS_FILE).map(|a| format!("http://{a}")))
+            .unwrap_or_else(|| format!("http://{}", crate::agent::DEFAULT_LISTEN));
         let base = server.trim_end_matches('/').to_string();
-        // Same machine as the agent: its token file is readable.
-        let token = args.token.clone().or(config.token).or_else(|| {
-            std::fs::read_to_string(crate::agent::default_data_dir().join("token"))
-                .ok()
-                .map(|t| t.trim().to_string())
-        });
+        let token = args
+            .token
+            .clone()
+            .or(config.token)
+            .or_else(|| agent_file(&data, "token"));
         Ok(Client {
             http: reqwest::Client::new(),
             base,

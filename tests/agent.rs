@@ -1166,3 +1166,42 @@ fn submit_refuses_a_project_outside_git_and_warns_about_uncommitted_changes() {
     );
     submitted_id(&stderr);
 }
+
+#[test]
+fn the_cli_finds_token_and_address_in_the_agents_data_directory() {
+    let mut daemon = Daemon::start(None);
+    let home = tempfile::tempdir().unwrap();
+    let piper = |args: &[&str], env: &[(&str, &Path)]| {
+        let mut command = Command::new(PIPER);
+        command
+            .args(args)
+            .env_remove("PIPER_SERVER")
+            .env_remove("PIPER_TOKEN")
+            .env_remove("PIPERD_DATA")
+            .env_remove("PIPER_CONFIG")
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    };
+    let data = daemon.data.to_str().unwrap().to_string();
+    for out in [
+        piper(&["agents", "--json", "--data", &data], &[]),
+        piper(&["agents", "--json"], &[("PIPERD_DATA", &daemon.data)]),
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let agents: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(agents["agents"][0]["name"], "test-agent");
+    }
+
+    // A stopped agent leaves no address behind to send the CLI to.
+    daemon.terminate();
+    assert!(!daemon.data.join("piperd.addr").exists());
+    let out = piper(&["agents", "--data", &data], &[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach piperd"), "{stderr}");
+}

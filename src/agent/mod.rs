@@ -30,6 +30,10 @@ use worker::Agent;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7117";
 
+/// The file in the data directory holding the address piperd listens on
+/// (removed when it stops); the CLI on the same machine reads it.
+pub const ADDRESS_FILE: &str = "piperd.addr";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "piperd",
@@ -552,8 +556,8 @@ async fn serve(
         .local_addr()
         .map_err(|e| Error::io("cannot read the listening address", e))?;
     // Scripts and tests find the port here (useful with --listen ...:0).
-    crate::fsutil::write_atomic(&data.join("piperd.addr"), address.to_string().as_bytes())
-        .map_err(|e| Error::io("cannot write piperd.addr", e))?;
+    crate::fsutil::write_atomic(&data.join(ADDRESS_FILE), address.to_string().as_bytes())
+        .map_err(|e| Error::io(format!("cannot write {ADDRESS_FILE}"), e))?;
     tracing::info!(%address, agent = %name, database = agent.store.backend_name(), "piperd listening");
 
     agent
@@ -640,6 +644,9 @@ async fn serve(
         let _ = worker.await;
     }
     server.abort();
+    // A stopped agent's address would send the CLI to a closed port (or
+    // another program's): say nothing rather than something stale.
+    let _ = std::fs::remove_file(data.join(ADDRESS_FILE));
     heartbeat.abort();
     leases.abort();
     notifications.abort();
