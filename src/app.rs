@@ -28,6 +28,9 @@ const INIT_TEMPLATE: &str = include_str!("../examples/hello/piper.lua");
 /// Entry point of the `piper` binary; returns the process exit status.
 pub fn main() -> i32 {
     // Shell completion requests (COMPLETE=bash piper ...) are answered here.
+    if let Some(shell) = std::env::var_os("COMPLETE") {
+        let _ = crate::cli::COMPLETION_SHELL.set(shell.to_string_lossy().into_owned());
+    }
     clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = Cli::parse();
     init_tracing();

@@ -355,6 +355,10 @@ pub enum GraphFormat {
     Json,
 }
 
+/// The shell asking for completions (`COMPLETE`, which clap_complete
+/// removes from the environment before it calls the candidate functions).
+pub static COMPLETION_SHELL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// Dynamic completion: pipeline and step names from the piper.lua governing
 /// the current directory. Silent (no candidates) if it does not evaluate.
 fn target_candidates() -> Vec<CompletionCandidate> {
@@ -378,14 +382,39 @@ fn candidates(with_steps: bool) -> Vec<CompletionCandidate> {
     let Ok((graph, _)) = crate::config_cache::load(&project, mode) else {
         return Vec::new();
     };
-    let pipelines = graph.pipelines.values().map(|p| {
-        CompletionCandidate::new(&p.name).help(Some(
-            p.desc.clone().unwrap_or_else(|| "pipeline".into()).into(),
-        ))
-    });
-    let steps = graph.steps.iter().filter(|_| with_steps).map(|s| {
-        CompletionCandidate::new(&s.name)
-            .help(Some(s.desc.clone().unwrap_or_else(|| "step".into()).into()))
-    });
+    // bash inserts a candidate as it is, so `build docs` would become two
+    // words; zsh and fish quote what they insert themselves.
+    let bash = COMPLETION_SHELL.get().is_some_and(|shell| shell == "bash");
+    let candidate = |name: &str, desc: &Option<String>, kind: &str| {
+        let value = if bash {
+            escape_for_bash(name)
+        } else {
+            name.to_string()
+        };
+        CompletionCandidate::new(value)
+            .help(Some(desc.as_deref().unwrap_or(kind).to_string().into()))
+    };
+    let pipelines = graph
+        .pipelines
+        .values()
+        .map(|p| candidate(&p.name, &p.desc, "pipeline"));
+    let steps = graph
+        .steps
+        .iter()
+        .filter(|_| with_steps)
+        .map(|s| candidate(&s.name, &s.desc, "step"));
     pipelines.chain(steps).collect()
+}
+
+/// `name` as one bash word: a backslash before each character the shell
+/// would split on or interpret.
+fn escape_for_bash(name: &str) -> String {
+    let mut word = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_whitespace() || "'\"\\$`&|;<>()*?[]{}!#~".contains(c) {
+            word.push('\\');
+        }
+        word.push(c);
+    }
+    word
 }

@@ -48,7 +48,9 @@ impl Client {
             .server
             .clone()
             .or(config.server)
-            .or_else(|| agent_file(&data, crate::agent::ADDRESS_FILE).map(|a| format!("http://{a}")))
+            .or_else(|| {
+                agent_file(&data, crate::agent::ADDRESS_FILE).map(|a| format!("http://{a}"))
+            })
             .unwrap_or_else(|| format!("http://{}", crate::agent::DEFAULT_LISTEN));
         let base = server.trim_end_matches('/').to_string();
         let token = args

@@ -181,3 +181,53 @@ fn usage_errors_exit_2() {
         .stderr_contains("0 is not in 1..")
         .run();
 }
+
+/// A real bash, with the script `piper completions bash` prints, completing
+/// `piper exec WORD<TAB>` in a project whose step names have spaces. WORD
+/// is the text typed, as bash hands it over (quotes and backslashes kept).
+fn bash_complete(dir: &std::path::Path, word: &str) -> Vec<String> {
+    let bin = std::path::Path::new(PIPER).parent().unwrap();
+    let script = format!(
+        r#"source <(piper completions bash)
+COMP_WORDS=(piper exec '{word}'); COMP_CWORD=2; COMP_TYPE=9
+_clap_complete_piper piper '{word}' exec
+for reply in "${{COMPREPLY[@]}}"; do
+  eval "set -- $reply"
+  echo "$#:$reply"
+done"#
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(dir)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim_end().to_string())
+        .collect()
+}
+
+#[test]
+fn step_names_with_spaces_complete_as_one_quoted_word() {
+    let ran = Test::new()
+        .piper_lua(
+            r#"
+            step "build" { run = "true" }
+            step "build docs" { run = "true" }
+            step "it's" { run = "true" }
+            "#,
+        )
+        .args(["list"])
+        .stdout_any()
+        .run();
+    let dir = ran.dir.path();
+    // Each candidate, as bash inserts it, is one word (the number before
+    // the colon) with the name's characters escaped.
+    assert_eq!(bash_complete(dir, "bu"), ["1:build", "1:build\\ docs"]);
+    assert_eq!(bash_complete(dir, "build\\ d"), ["1:build\\ docs"]);
+    assert_eq!(bash_complete(dir, "it"), ["1:it\\'s"]);
+}
