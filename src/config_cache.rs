@@ -347,14 +347,18 @@ fn read(path: &Path, key: &Key) -> std::result::Result<Option<CacheFile>, String
     if rest.len() < 32 || blake3::hash(&rest[32..]).as_bytes() != &rest[..32] {
         return Err(warn(path, "it is damaged (checksum mismatch)".into()));
     }
-    let cache: CacheFile = postcard::from_bytes(&rest[32..])
+    // The key comes first and is read alone: another Piper build may lay
+    // out the rest differently, and that is an update, not damage.
+    let (written_for, _) = postcard::take_from_bytes::<Key>(&rest[32..])
         .map_err(|e| warn(path, format!("it cannot be read: {e}")))?;
-    if cache.key.piper != key.piper {
+    if written_for.piper != key.piper {
         return Err("Piper was updated".into());
     }
-    if cache.key.root != key.root || cache.key.config != key.config {
+    if written_for.root != key.root || written_for.config != key.config {
         return Err("the project moved".into());
     }
+    let cache: CacheFile = postcard::from_bytes(&rest[32..])
+        .map_err(|e| warn(path, format!("it cannot be read: {e}")))?;
     Ok(Some(cache))
 }
 

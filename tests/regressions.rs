@@ -394,3 +394,37 @@ fn exec_without_a_target_runs_the_default_or_only_pipeline() {
         )
         .run();
 }
+
+/// A configuration cache another Piper build wrote (an upgrade, another
+/// checkout's binary) may lay out the graph differently: it is replaced
+/// quietly, as "Piper was updated", not read as a damaged file with a
+/// warning on every first run after an upgrade.
+#[test]
+fn a_cache_of_another_piper_build_is_replaced_without_a_warning() {
+    let ran = Test::new()
+        .piper_lua("print 'EVALUATED'\nstep 's' { run = 'true' }\n")
+        .args(["list"])
+        .stdout_any()
+        .run();
+    let path = ran.path(".piper/config.cache");
+    // postcard: the key's three strings (length-prefixed), then a body this
+    // build cannot read.
+    let mut payload = Vec::new();
+    for text in ["another piper build", "/elsewhere", "/elsewhere/piper.lua"] {
+        payload.push(text.len() as u8);
+        payload.extend_from_slice(text.as_bytes());
+    }
+    payload.extend_from_slice(&[0xff; 8]);
+    let mut bytes = b"piper config cache 1\n".to_vec();
+    bytes.extend_from_slice(blake3::hash(&payload).as_bytes());
+    bytes.extend_from_slice(&payload);
+    std::fs::write(&path, bytes).unwrap();
+
+    let (stdout, stderr) = crate::harness::piper_in(ran.dir.path(), &["explain", "s"], &[]);
+    assert!(stdout.starts_with("EVALUATED"), "{stdout}");
+    assert!(
+        stdout.contains("configuration re-evaluated: Piper was updated"),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
