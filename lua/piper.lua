@@ -50,6 +50,7 @@
 ---@field schedule? piper.Schedule|string|(piper.Schedule|string)[] cron schedules on which piperd runs it
 ---@field requires? table<string, string|number|boolean> labels a build agent must have to run it, e.g. { os = "linux" }
 ---@field default? boolean what a bare `piper exec` runs (at most one pipeline; without one, the only pipeline there is)
+---@field args? string|string[] the arguments it takes after `--`, offered by completion (not enforced)
 ---@field retry_agent_lost? integer how many times piperd may run it again on another agent when its agent died (0-10, default 0: the build ends `lost`)
 
 ---What a Lua function step receives.
@@ -57,6 +58,7 @@
 ---@field step string the step's name
 ---@field dir string its working directory (absolute)
 ---@field env table<string, string> its full environment
+---@field args string[] the arguments after `--` (`piper exec deploy -- prod`); empty without
 local Ctx = {}
 
 ---Runs a shell command as part of the step, its output in the step's log.

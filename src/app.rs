@@ -182,6 +182,7 @@ fn exec_options(graph: &Graph, args: &ExecArgs) -> Result<Options> {
         keep_going: args.keep_going,
         dry_run: args.dry_run,
         env_overrides: parse_env_overrides(&args.env)?,
+        args: args.args.clone().into(),
         ..Options::default()
     };
     options.force = match &args.force {
@@ -437,10 +438,13 @@ fn write_pipelines(graph: &Graph, width: usize, out: &mut impl Write) {
             .iter()
             .map(|&s| graph.steps[s].name.as_str())
             .collect();
-        let detail = match &p.desc {
+        let mut detail = match &p.desc {
             Some(desc) => format!("{desc} [{}]", steps.join(", ")),
             None => format!("[{}]", steps.join(", ")),
         };
+        if !p.args.is_empty() {
+            detail.push_str(&format!(" -- {}", p.args.join("|")));
+        }
         let _ = writeln!(out, "    {}  {detail}", render::style::pad(&p.name, width));
     }
 }

@@ -225,6 +225,11 @@ pub struct ExecArgs {
     /// Set a variable for every step, overriding piper.lua (repeatable)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+
+    /// Arguments for the pipeline, after `--`: `$1`.. and `"$@"` in its shell
+    /// commands, `ctx.args` in its Lua functions, `PIPER_ARGS` in the environment
+    #[arg(last = true, value_name = "ARGS", add = ArgValueCandidates::new(argument_candidates))]
+    pub args: Vec<String>,
 }
 
 /// Where piperd is, for the remote commands.
@@ -362,7 +367,28 @@ pub static COMPLETION_SHELL: std::sync::OnceLock<String> = std::sync::OnceLock::
 /// Dynamic completion: pipeline and step names from the piper.lua governing
 /// the current directory. Silent (no candidates) if it does not evaluate.
 fn target_candidates() -> Vec<CompletionCandidate> {
+    // clap_complete completes the word after `--` as another target; it is
+    // a pipeline argument.
+    if completing_after_separator() {
+        return argument_candidates();
+    }
     candidates(true)
+}
+
+/// The words of the command line being completed, as the shell passed them
+/// (after the completion call's own `--`), and the index of the current one.
+fn completion_words() -> (Vec<String>, usize) {
+    let words: Vec<String> = std::env::args().skip_while(|w| w != "--").skip(1).collect();
+    let current = std::env::var("_CLAP_COMPLETE_INDEX")
+        .ok()
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(words.len().saturating_sub(1));
+    (words, current)
+}
+
+fn completing_after_separator() -> bool {
+    let (words, current) = completion_words();
+    words.iter().take(current).skip(1).any(|w| w == "--")
 }
 
 /// Pipelines only (`piper submit` runs pipelines).
@@ -370,16 +396,39 @@ fn pipeline_candidates() -> Vec<CompletionCandidate> {
     candidates(false)
 }
 
-fn candidates(with_steps: bool) -> Vec<CompletionCandidate> {
-    let Ok(cwd) = std::env::current_dir() else {
+/// After `--`: the `args` the pipelines named on the command line declare.
+/// clap_complete does not tell a candidate function the other words, so
+/// they are read from the command line the shell passed.
+fn argument_candidates() -> Vec<CompletionCandidate> {
+    let Some(graph) = completion_graph() else {
         return Vec::new();
     };
-    let Ok(project) = crate::project::Project::locate(&cwd, None) else {
-        return Vec::new();
-    };
-    // A key press should not evaluate the config: the cache answers.
+    let (words, _) = completion_words();
+    let named = words.iter().skip(1).take_while(|w| *w != "--");
+    let mut offered = Vec::new();
+    for pipeline in named.filter_map(|w| graph.pipelines.get(w)) {
+        for arg in &pipeline.args {
+            if !offered.contains(arg) {
+                offered.push(arg.clone());
+            }
+        }
+    }
+    offered.into_iter().map(CompletionCandidate::new).collect()
+}
+
+/// The graph governing the current directory, from the configuration
+/// cache: a key press should not evaluate the config.
+fn completion_graph() -> Option<crate::graph::Graph> {
+    let cwd = std::env::current_dir().ok()?;
+    let project = crate::project::Project::locate(&cwd, None).ok()?;
     let mode = crate::config_cache::Mode::Use;
-    let Ok((graph, _)) = crate::config_cache::load(&project, mode) else {
+    crate::config_cache::load(&project, mode)
+        .ok()
+        .map(|(graph, _)| graph)
+}
+
+fn candidates(with_steps: bool) -> Vec<CompletionCandidate> {
+    let Some(graph) = completion_graph() else {
         return Vec::new();
     };
     // bash inserts a candidate as it is, so `build docs` would become two

@@ -243,7 +243,8 @@ impl Key {
 /// The file as read back.
 #[derive(Deserialize)]
 struct CacheFile {
-    key: Key,
+    /// Compared before the rest is decoded (see `read`).
+    _key: Key,
     inputs: Vec<Input>,
     graph: Graph,
 }

@@ -36,6 +36,10 @@ pub struct Options {
     pub dry_run: bool,
     /// `--env K=V`: override every other source.
     pub env_overrides: IndexMap<String, String>,
+    /// `piper exec PIPELINE -- ARGS`: `"$@"` in the shell commands and
+    /// `ctx.args` in the Lua functions of the requested build's steps, and
+    /// `PIPER_ARGS` (shell-quoted) in their environment.
+    pub args: Arc<[String]>,
     /// SIGTERM to SIGKILL.
     pub kill_grace: Duration,
     /// Run steps even when they are up to date.
@@ -82,6 +86,7 @@ impl Default for Options {
             keep_going: false,
             dry_run: false,
             env_overrides: IndexMap::new(),
+            args: Arc::from([]),
             kill_grace: Duration::from_secs(5),
             force: Force::Nothing,
             restrict: None,
@@ -151,8 +156,11 @@ pub async fn run(
     // `restrict` names steps of the requested plan (what a change affected
     // and their dependents there); a chained pipeline is a plan of its own,
     // whose steps get the ordinary up-to-date check.
+    // Arguments are for the pipeline they were given to (as a just recipe's
+    // are for that recipe); a chained pipeline gets its trigger's env.
     let chained_options = Options {
         restrict: None,
+        args: Arc::from([]),
         ..options.clone()
     };
     while let Some((plan, triggered_by)) = queue.pop_front() {
@@ -445,6 +453,7 @@ impl<'a> Scheduler<'a> {
             index: i,
             step: planned.step,
             env: step_env(&self.graph, self.plan, i, self.options, self.build),
+            args: self.options.args.clone(),
             events: self.events.clone(),
             build: self.build,
             cancel: self.cancel.child_token(),
@@ -643,6 +652,9 @@ pub fn step_env(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone())),
     );
+    if !options.args.is_empty() {
+        env.insert("PIPER_ARGS".into(), shell_words(&options.args));
+    }
     env.insert("PIPER".into(), "1".into());
     env.insert("PIPER_STEP".into(), step.name.clone());
     env.insert("PIPER_BUILD".into(), build.to_string());
@@ -653,12 +665,27 @@ pub fn step_env(
     env.into_iter().collect()
 }
 
+/// `words` as one shell-quoted string, so `eval set -- $PIPER_ARGS` gives
+/// them back.
+fn shell_words(words: &[String]) -> String {
+    let quote = |word: &String| {
+        let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+        if !word.is_empty() && word.chars().all(plain) {
+            word.clone()
+        } else {
+            format!("'{}'", word.replace('\'', "'\\''"))
+        }
+    };
+    words.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
 /// Everything one step needs to run on its own task.
 struct StepJob {
     graph: Arc<Graph>,
     index: usize,
     step: usize,
     env: Vec<(String, String)>,
+    args: Arc<[String]>,
     events: EventSender,
     build: u32,
     cancel: CancellationToken,
@@ -978,6 +1005,7 @@ impl StepJob {
             function,
             dir: step.dir.clone(),
             env: env.to_vec(),
+            args: self.args.clone(),
             out: out.clone(),
             cancel: token.clone(),
             grace: self.grace,
@@ -1031,7 +1059,9 @@ impl StepJob {
                     if self.dry_run {
                         continue;
                     }
-                    let exit = process::run(command, &step.dir, env, out, &token, self.grace).await;
+                    let exit =
+                        process::run(command, &self.args, &step.dir, env, out, &token, self.grace)
+                            .await;
                     if exit.success() {
                         continue;
                     }

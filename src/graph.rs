@@ -85,6 +85,9 @@ pub struct Pipeline {
     pub requires: IndexMap<String, String>,
     /// What a bare `piper exec` runs (`default = true`; at most one).
     pub default: bool,
+    /// The arguments it takes after `--` (`args = { "prod", "staging" }`):
+    /// offered by completion and shown by `piper list`, never enforced.
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,6 +265,7 @@ impl Graph {
                     retry_agent_lost: p.retry_agent_lost,
                     requires: p.requires.clone(),
                     default: p.default,
+                    args: p.args.clone(),
                 },
             );
         }

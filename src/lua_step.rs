@@ -18,6 +18,8 @@ pub struct LuaStep {
     pub dir: PathBuf,
     /// Variables added to the inherited environment.
     pub env: Vec<(String, String)>,
+    /// `piper exec PIPELINE -- ARGS`: `ctx.args`, and `"$@"` for `ctx.sh`.
+    pub args: std::sync::Arc<[String]>,
     pub out: OutputSink,
     pub cancel: CancellationToken,
     pub grace: Duration,
@@ -84,6 +86,10 @@ impl LuaStep {
             env.set(k.as_str(), v.as_str())?;
         }
         ctx.set("env", env)?;
+        ctx.set(
+            "args",
+            lua.create_sequence_from(self.args.iter().map(String::as_str))?,
+        )?;
 
         let out = self.out.clone();
         ctx.set(
@@ -109,6 +115,7 @@ impl LuaStep {
             let out = self.out.clone();
             let dir = self.dir.clone();
             let env = self.env.clone();
+            let args = self.args.clone();
             let cancel = self.cancel.clone();
             let grace = self.grace;
             let last_exit = last_exit.clone();
@@ -117,6 +124,7 @@ impl LuaStep {
                     let out = out.clone();
                     let dir = dir.clone();
                     let env = env.clone();
+                    let args = args.clone();
                     let cancel = cancel.clone();
                     let last_exit = last_exit.clone();
                     async move {
@@ -154,7 +162,8 @@ impl LuaStep {
                             None => true,
                         };
                         out.command(command.to_string()).await;
-                        let exit = process::run(&command, &dir, &env, &out, &cancel, grace).await;
+                        let exit =
+                            process::run(&command, &args, &dir, &env, &out, &cancel, grace).await;
                         if exit == Exit::Canceled {
                             return Ok((None, Some("canceled".into())));
                         }

@@ -176,9 +176,11 @@ pub fn simple_argv(script: &str) -> Option<Vec<String>> {
     Some(argv)
 }
 
-/// Runs `command` in `dir` with `env` added to the inherited environment.
+/// Runs `command` in `dir` with `env` added to the inherited environment;
+/// a shell command gets `args` as its positional parameters (`$1`, `"$@"`).
 pub async fn run(
     command: &Command,
+    args: &[String],
     dir: &Path,
     env: &[(String, String)],
     out: &OutputSink,
@@ -204,7 +206,7 @@ pub async fn run(
         (Command::Shell(script), None) => {
             let mut c = tokio::process::Command::new("/bin/sh");
             // -e: a multi-line script stops at its first failing line.
-            c.arg("-ec").arg(script);
+            c.arg("-ec").arg(script).arg("piper").args(args);
             ("/bin/sh".to_string(), c)
         }
         (Command::Argv(argv), None) => {

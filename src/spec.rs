@@ -127,6 +127,8 @@ pub struct RawPipeline {
     pub requires: IndexMap<String, String>,
     /// What a bare `piper exec` runs.
     pub default: bool,
+    /// The arguments it takes after `--`, offered by completion.
+    pub args: Vec<String>,
 }
 
 pub enum Member {
@@ -212,6 +214,7 @@ pub const STEP_FIELDS: &[&str] = &[
 const PIPELINE_FIELDS: &[&str] = &[
     "desc",
     "default",
+    "args",
     "env",
     "on_success",
     "on_failure",
@@ -370,30 +373,34 @@ impl Fields {
         }
     }
 
-    /// A string or a list of strings: glob patterns, checked here so a typo
-    /// is reported with the step that wrote it.
-    fn patterns(&mut self, field: &str) -> Result<Vec<String>> {
-        let list = match self.take(field) {
-            None => return Ok(Vec::new()),
-            Some(Value::String(s)) => vec![s.to_string_lossy()],
+    /// A string or a list of strings; `item` says what each one is.
+    fn strings(&mut self, field: &str, item: &str) -> Result<Vec<String>> {
+        match self.take(field) {
+            None => Ok(Vec::new()),
+            Some(Value::String(s)) => Ok(vec![s.to_string_lossy()]),
             Some(Value::Table(t)) => {
                 let mut list = Vec::new();
-                for (i, item) in t.sequence_values::<Value>().enumerate() {
-                    match item.map_err(|e| self.error(e))? {
+                for (i, value) in t.sequence_values::<Value>().enumerate() {
+                    match value.map_err(|e| self.error(e))? {
                         Value::String(s) => list.push(s.to_string_lossy()),
                         other => {
-                            return Err(self.wrong_type(
-                                &format!("{field}[{}]", i + 1),
-                                "a path or glob string",
-                                &other,
-                            ));
+                            let at = format!("{field}[{}]", i + 1);
+                            return Err(self.wrong_type(&at, item, &other));
                         }
                     }
                 }
-                list
+                Ok(list)
             }
-            Some(other) => return Err(self.wrong_type(field, "a glob or a list of globs", &other)),
-        };
+            Some(other) => {
+                Err(self.wrong_type(field, &format!("{item} or a list of them"), &other))
+            }
+        }
+    }
+
+    /// A string or a list of strings: glob patterns, checked here so a typo
+    /// is reported with the step that wrote it.
+    fn patterns(&mut self, field: &str) -> Result<Vec<String>> {
+        let list = self.strings(field, "a path or glob string")?;
         for pattern in &list {
             if let Err(e) = globset::Glob::new(pattern) {
                 return Err(self.error(format_args!(
@@ -773,6 +780,7 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
         retry_agent_lost,
         requires: f.env("requires")?,
         default: f.bool("default")?.unwrap_or(false),
+        args: f.strings("args", "a string")?,
     };
     f.finish(PIPELINE_FIELDS)?;
     Ok(pipeline)

@@ -183,18 +183,30 @@ fn usage_errors_exit_2() {
 }
 
 /// A real bash, with the script `piper completions bash` prints, completing
-/// `piper exec WORD<TAB>` in a project whose step names have spaces. WORD
-/// is the text typed, as bash hands it over (quotes and backslashes kept).
-fn bash_complete(dir: &std::path::Path, word: &str) -> Vec<String> {
+/// `piper WORDS<TAB>` in `dir`, the last word being the one under the
+/// cursor. Words are the text typed, as bash hands it over (quotes and
+/// backslashes kept). Each candidate comes back as `N:candidate`, N the
+/// number of words it makes when inserted.
+fn bash_complete(dir: &std::path::Path, words: &[&str]) -> Vec<String> {
     let bin = std::path::Path::new(PIPER).parent().unwrap();
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let (current, previous) = (
+        &quoted[quoted.len() - 1],
+        quoted
+            .len()
+            .checked_sub(2)
+            .map_or("piper".to_string(), |i| quoted[i].clone()),
+    );
     let script = format!(
         r#"source <(piper completions bash)
-COMP_WORDS=(piper exec '{word}'); COMP_CWORD=2; COMP_TYPE=9
-_clap_complete_piper piper '{word}' exec
+COMP_WORDS=(piper {all}); COMP_CWORD={cword}; COMP_TYPE=9
+_clap_complete_piper piper {current} {previous}
 for reply in "${{COMPREPLY[@]}}"; do
   eval "set -- $reply"
   echo "$#:$reply"
-done"#
+done"#,
+        all = quoted.join(" "),
+        cword = words.len(),
     );
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let out = std::process::Command::new("bash")
@@ -227,7 +239,43 @@ fn step_names_with_spaces_complete_as_one_quoted_word() {
     let dir = ran.dir.path();
     // Each candidate, as bash inserts it, is one word (the number before
     // the colon) with the name's characters escaped.
-    assert_eq!(bash_complete(dir, "bu"), ["1:build", "1:build\\ docs"]);
-    assert_eq!(bash_complete(dir, "build\\ d"), ["1:build\\ docs"]);
-    assert_eq!(bash_complete(dir, "it"), ["1:it\\'s"]);
+    let exec = |word| bash_complete(dir, &["exec", word]);
+    assert_eq!(exec("bu"), ["1:build", "1:build\\ docs"]);
+    assert_eq!(exec("build\\ d"), ["1:build\\ docs"]);
+    assert_eq!(exec("it"), ["1:it\\'s"]);
+}
+
+#[test]
+fn pipeline_arguments_complete_after_the_separator() {
+    let ran = Test::new()
+        .piper_lua(
+            r#"
+            pipeline "deploy" { step "upload" { run = 'echo "$1"' }, args = { "prod", "staging" } }
+            pipeline "bench" { step "b" { run = "true" }, args = "--quick" }
+            "#,
+        )
+        .args(["list"])
+        .stdout_contains("deploy  [upload] -- prod|staging\n")
+        .run();
+    let dir = ran.dir.path();
+    assert_eq!(
+        bash_complete(dir, &["exec", "deploy", "--", ""]),
+        ["1:prod", "1:staging"]
+    );
+    assert_eq!(
+        bash_complete(dir, &["exec", "deploy", "--", "st"]),
+        ["1:staging"]
+    );
+    assert_eq!(
+        bash_complete(dir, &["exec", "-j2", "deploy", "bench", "--", "prod", ""]),
+        ["1:prod", "1:staging", "1:--quick"]
+    );
+    // Before the separator, still pipelines and steps.
+    assert!(bash_complete(dir, &["exec", "dep"]).contains(&"1:deploy".to_string()));
+    Test::new()
+        .piper_lua("pipeline 'p' { step 's' { run = 'true' }, args = { 1 } }")
+        .args(["list"])
+        .status(2)
+        .stderr_contains("`args[1]` must be a string, got")
+        .run();
 }

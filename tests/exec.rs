@@ -415,3 +415,63 @@ fn on_a_terminal_prefixes_are_coloured_and_a_status_line_shows_running_steps() {
         "NO_COLOR still coloured: {plain:?}"
     );
 }
+
+#[test]
+fn arguments_after_the_separator_reach_the_pipelines_steps_only() {
+    let config = r#"
+        local dep = step "dep" { run = 'printf "dep:%s|" "$@" >> log; echo >> log' }
+        pipeline "deploy" {
+          step "shell" { run = 'printf "shell:%s|" "$@" >> log; echo "env:$PIPER_ARGS" >> log', deps = { dep } },
+          step "lua" { run = function(ctx)
+            local f = io.open("log", "a")
+            f:write("lua:" .. table.concat(ctx.args, "|") .. "\n")
+            f:close()
+            ctx.sh 'printf "ctx.sh:%s|" "$@" >> log; echo >> log'
+          end, deps = { "shell" } },
+          on_success = "after",
+        }
+        pipeline "after" { step "chained" { run = 'echo "chained:$#:$PIPER_ARGS" >> log' } }
+    "#;
+    let ran = Test::new()
+        .piper_lua(config)
+        .args([
+            "exec",
+            "deploy",
+            "-j1",
+            "--",
+            "prod",
+            "two words",
+            "--dry-run",
+            "it's",
+        ])
+        .stdout_any()
+        .stderr_any()
+        .run();
+    assert_eq!(
+        ran.read("log"),
+        "dep:prod|dep:two words|dep:--dry-run|dep:it's|\n\
+         shell:prod|shell:two words|shell:--dry-run|shell:it's|env:prod 'two words' --dry-run 'it'\\''s'\n\
+         lua:prod|two words|--dry-run|it's\n\
+         ctx.sh:prod|ctx.sh:two words|ctx.sh:--dry-run|ctx.sh:it's|\n\
+         chained:0:\n"
+    );
+}
+
+#[test]
+fn other_arguments_rerun_an_up_to_date_step() {
+    let config = r#"
+        pipeline "p" { step "s" { run = 'echo "$@" > out', inputs = { "piper.lua" }, outputs = { "out" } } }
+    "#;
+    let ran = Test::new()
+        .piper_lua(config)
+        .args(["exec", "p", "--", "a"])
+        .stdout_any()
+        .stderr_any()
+        .run();
+    assert_eq!(ran.read("out"), "a\n");
+    let dir = ran.dir.path();
+    crate::harness::piper_in(dir, &["exec", "p", "--", "a"], &[]);
+    let (stdout, _) = crate::harness::piper_in(dir, &["exec", "p", "--explain", "--", "b"], &[]);
+    assert!(stdout.contains("env var PIPER_ARGS changed"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(dir.join("out")).unwrap(), "b\n");
+}
