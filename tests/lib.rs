@@ -18,6 +18,7 @@ mod exec;
 mod incremental;
 mod lua_api;
 mod luacats;
+mod monitoring;
 mod pg;
 mod regressions;
 mod store;

@@ -10,6 +10,7 @@
 
 pub mod api;
 mod log_writer;
+pub mod metrics;
 pub mod scheduler;
 pub mod server;
 pub mod store;

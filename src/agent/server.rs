@@ -231,6 +231,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(api)
         .merge(super::ui::routes())
+        .route("/metrics", axum::routing::get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -663,6 +664,24 @@ async fn health(State(state): State<ApiState>) -> axum::Json<Health> {
         agent: state.agent.name.clone(),
         database: state.agent.store.backend_name().into(),
     })
+}
+
+/// `GET /metrics`, for Prometheus (outside `/api/v1`, where scrapers look).
+/// Read access, as the builds it counts: the token, unless `public_read`.
+async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize_read(&state, &headers).await?;
+    let text = (state.agent.metrics)
+        .render(&state.agent.store)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            super::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// `GET /api/v1/agents`: the agents sharing this database.

@@ -254,6 +254,16 @@ pub struct AgentInfo {
     pub running: i64,
 }
 
+/// The cluster's state for `/metrics`, on the database's clock.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterStats {
+    /// (pipeline, status, count) of every build in the database.
+    pub builds: Vec<(String, String, i64)>,
+    pub oldest_queued_age_ms: Option<i64>,
+    pub log_bytes: i64,
+    pub now_ms: i64,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct BuildFilter {
     pub repo: Option<String>,
@@ -1232,6 +1242,31 @@ impl Store {
         );
         on_backend!(self, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).execute(pool).await.map(|_| ())
+        })
+    }
+
+    /// Builds by pipeline and status, the queue's oldest, the log bytes
+    /// stored: what `/metrics` reports of the cluster.
+    pub async fn cluster_stats(&self) -> StoreResult<ClusterStats> {
+        let now = self.now_sql();
+        let totals = format!(
+            "SELECT {now} AS now, \
+             (SELECT {now} - MIN(requested_at) FROM builds WHERE status = 'queued') AS oldest, \
+             (SELECT CAST(COALESCE(SUM(LENGTH(data)), 0) AS BIGINT) FROM log_chunks) AS log_bytes"
+        );
+        let by_status = "SELECT pipeline, status, COUNT(*) AS n FROM builds GROUP BY pipeline, status ORDER BY pipeline, status";
+        on_backend!(self, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(totals.as_str())).fetch_one(pool).await?;
+            let mut stats = ClusterStats {
+                now_ms: row.try_get("now")?,
+                oldest_queued_age_ms: row.try_get("oldest")?,
+                log_bytes: row.try_get("log_bytes")?,
+                builds: Vec::new(),
+            };
+            for row in sqlx::query(by_status).fetch_all(pool).await? {
+                stats.builds.push((row.try_get("pipeline")?, row.try_get("status")?, row.try_get("n")?));
+            }
+            Ok(stats)
         })
     }
 

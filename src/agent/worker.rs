@@ -53,6 +53,8 @@ pub struct Agent {
     git_locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
     /// Longest one git command may take.
     pub git_timeout: Duration,
+    /// The durations of what it ran, for `/metrics`.
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 /// A build this agent holds: the attempt its writes carry, and what stops it.
@@ -106,6 +108,7 @@ impl Agent {
             abandon: CancellationToken::new(),
             git_locks: Mutex::new(HashMap::new()),
             git_timeout: settings.git_timeout,
+            metrics: Arc::default(),
         }
     }
 
@@ -404,6 +407,7 @@ impl Agent {
             version,
             ids: HashMap::new(),
             positions: HashMap::new(),
+            observer: super::metrics::RunObserver::new(self.metrics.clone()),
             log: std::mem::replace(
                 log,
                 LogWriter::new(
@@ -616,6 +620,7 @@ struct Recorder {
     ids: HashMap<u32, i64>,
     positions: HashMap<(i64, String), i64>,
     log: LogWriter,
+    observer: super::metrics::RunObserver,
 }
 
 /// Records the events of one run; returns the log writer (with what it
@@ -645,6 +650,7 @@ impl Recorder {
         // A build's first event creates its row, so it is stored after
         // being handled; every other one before (the last one must land
         // while the row is still running).
+        self.observer.on(&event);
         let first = matches!(event, Event::BuildStarted { .. });
         if !first {
             self.store_event(stored.as_ref()).await;
