@@ -26,6 +26,7 @@ async fn main() {
         secret_env: BTreeMap::new(),
         requested_by: "bench".into(),
         parent_id: None,
+        sha: None,
     };
     for _ in 0..BUILDS {
         store

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::harness::{PIPER, git, process_gone, read_pid, unindent, wait_for_file};
 use crate::pg::Database;
 
-const PIPERD: &str = env!("CARGO_BIN_EXE_piperd");
+pub const PIPERD: &str = env!("CARGO_BIN_EXE_piperd");
 
 /// A running piperd with its own data directory.
 pub struct Daemon {

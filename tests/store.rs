@@ -18,6 +18,7 @@ fn new_build(repo: &str, pipeline: &str) -> NewBuild {
         secret_env: BTreeMap::new(),
         requested_by: "test".into(),
         parent_id: None,
+        sha: None,
     }
 }
 

@@ -69,6 +69,13 @@ pub struct WebhookRequest {
     pub requested_by: Option<String>,
 }
 
+/// What a git host's verified delivery that builds nothing answers (202).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HookIgnored {
+    /// Why nothing was queued.
+    pub ignored: String,
+}
+
 /// An object of variables: what an environment can hold (null: none).
 fn variables_schema() -> utoipa::openapi::schema::Object {
     use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};

@@ -9,6 +9,7 @@
 //! process groups are ended and they are recorded `canceled`).
 
 pub mod api;
+pub mod hooks;
 mod log_writer;
 pub mod metrics;
 pub mod scheduler;
@@ -169,6 +170,9 @@ pub struct FileSettings {
     pub heartbeat: Option<String>,
     pub public_read: Option<bool>,
     pub repositories: Option<Vec<String>>,
+    /// Git hosts' webhooks, one table per repository.
+    #[serde(default)]
+    pub webhooks: Vec<hooks::HookSettings>,
 }
 
 /// What piperd runs with, after flags, environment, config file and defaults.
@@ -187,6 +191,7 @@ pub struct Settings {
     pub heartbeat: Duration,
     pub public_read: bool,
     pub repositories: Option<Vec<String>>,
+    pub webhooks: Vec<hooks::HookSettings>,
 }
 
 impl Settings {
@@ -250,6 +255,7 @@ impl Settings {
             } else {
                 Some(args.repositories)
             },
+            webhooks: file.webhooks,
         })
     }
 }
@@ -479,9 +485,14 @@ fn start(args: StartArgs) -> Result<()> {
         ),
         None => None,
     };
+    let hooks = hooks::Hooks::new(&args.webhooks).map_err(|message| Error::Setting {
+        name: "piperd.toml".into(),
+        message,
+    })?;
     let policy = server::Policy {
         public_read: args.public_read,
         repositories,
+        hooks,
     };
     let database = args
         .database

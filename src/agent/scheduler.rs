@@ -139,6 +139,7 @@ async fn queue_slot(
         secret_env: Default::default(),
         requested_by: format!("schedule {schedule}"),
         parent_id: None,
+        sha: None,
     };
     match agent
         .store

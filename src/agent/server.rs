@@ -53,6 +53,9 @@ pub struct Policy {
     /// `repositories = [patterns]`: when set, only matching repositories
     /// are built; anything else is refused with 403 before git runs.
     pub repositories: Option<RepositoryAllowList>,
+    /// `[[webhooks]]`: the repositories git hosts may push to, with their
+    /// secrets.
+    pub hooks: super::hooks::Hooks,
 }
 
 /// Glob patterns over repository URLs or paths (`*` stays within one
@@ -207,6 +210,14 @@ fn api_routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(cancel))
         .routes(routes!(retrigger))
         .routes(routes!(webhook))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(github_hook))
+                .routes(routes!(gitlab_hook))
+                .routes(routes!(gitea_hook))
+                // A push of many commits is larger than an API request.
+                .layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT)),
+        )
         .routes(routes!(agents))
         .routes(routes!(updates))
         .routes(routes!(log_in, log_out))
@@ -790,6 +801,110 @@ async fn webhook(
     queue(&state, &new, key.as_deref()).await
 }
 
+/// The largest git host delivery taken (GitHub caps its own at 25 MB,
+/// but a push lists at most 20 commits).
+pub const HOOK_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// `POST /api/v1/hooks/github`: GitHub's push (and tag push) webhook.
+#[utoipa::path(post, path = "/api/v1/hooks/github", tag = "builds", params(WebhookQuery),
+    request_body(content = Object, description = "GitHub's `push` payload, signed in `X-Hub-Signature-256` with the repository's secret from piperd.toml", content_type = "application/json"),
+    responses((status = 201, description = "Queued; a redelivery (same `X-GitHub-Delivery`) answers the first build", body = Build), (status = 202, description = "Verified, builds nothing (a ping, another event, a deleted branch)", body = super::api::HookIgnored), (status = 400, description = "Not a push payload; `field` names what is wrong", body = ErrorBody), (status = 401, description = "The signature is missing or does not match", body = ErrorBody), (status = 403, description = "The repository has no `[[webhooks]]` entry, or is off the allow-list", body = ErrorBody), (status = 413, description = "The body is larger than 2 MiB", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
+async fn github_hook(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<WebhookQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    host_hook(super::hooks::Host::GitHub, state, headers, query, body).await
+}
+
+/// `POST /api/v1/hooks/gitlab`: GitLab's push and tag push webhook.
+#[utoipa::path(post, path = "/api/v1/hooks/gitlab", tag = "builds", params(WebhookQuery),
+    request_body(content = Object, description = "GitLab's `Push Hook` or `Tag Push Hook` payload, with the repository's secret from piperd.toml in `X-Gitlab-Token`", content_type = "application/json"),
+    responses((status = 201, description = "Queued; a redelivery (same `X-Gitlab-Event-UUID`) answers the first build", body = Build), (status = 202, description = "Verified, builds nothing (another event, a deleted branch)", body = super::api::HookIgnored), (status = 400, description = "Not a push payload; `field` names what is wrong", body = ErrorBody), (status = 401, description = "The token is missing or wrong", body = ErrorBody), (status = 403, description = "The repository has no `[[webhooks]]` entry, or is off the allow-list", body = ErrorBody), (status = 413, description = "The body is larger than 2 MiB", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
+async fn gitlab_hook(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<WebhookQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    host_hook(super::hooks::Host::GitLab, state, headers, query, body).await
+}
+
+/// `POST /api/v1/hooks/gitea`: Gitea's and Forgejo's push webhook.
+#[utoipa::path(post, path = "/api/v1/hooks/gitea", tag = "builds", params(WebhookQuery),
+    request_body(content = Object, description = "Gitea's or Forgejo's `push` payload, signed in `X-Gitea-Signature` (or `X-Forgejo-Signature`) with the repository's secret from piperd.toml", content_type = "application/json"),
+    responses((status = 201, description = "Queued; a redelivery (same `X-Gitea-Delivery`) answers the first build", body = Build), (status = 202, description = "Verified, builds nothing (another event, a deleted branch)", body = super::api::HookIgnored), (status = 400, description = "Not a push payload; `field` names what is wrong", body = ErrorBody), (status = 401, description = "The signature is missing or does not match", body = ErrorBody), (status = 403, description = "The repository has no `[[webhooks]]` entry, or is off the allow-list", body = ErrorBody), (status = 413, description = "The body is larger than 2 MiB", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
+async fn gitea_hook(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<WebhookQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    host_hook(super::hooks::Host::Gitea, state, headers, query, body).await
+}
+
+/// A git host's delivery: verified with the repository's secret (no API
+/// token), then queued as `queue` queues any build (allow-list included).
+async fn host_hook(
+    host: super::hooks::Host,
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<WebhookQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    use super::hooks::Delivery;
+    let Query(query) = query.map_err(|e| ApiError::bad("pipeline", e.body_text()))?;
+    if query.pipeline.as_ref().is_some_and(|p| p.trim().is_empty()) {
+        return Err(ApiError::bad("pipeline", "`pipeline` is empty"));
+    }
+    let body = body.map_err(|e| ApiError {
+        status: e.status(),
+        message: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the delivery is larger than the limit of {HOOK_BODY_LIMIT} bytes")
+        } else {
+            e.body_text()
+        },
+        field: None,
+    })?;
+    let push = match super::hooks::receive(&state.policy.hooks, host, &headers, &body) {
+        Ok(Delivery::Push(push)) => push,
+        Ok(Delivery::Ignored(why)) => {
+            let body = axum::Json(super::api::HookIgnored { ignored: why });
+            return Ok((StatusCode::ACCEPTED, body).into_response());
+        }
+        Err(refusal) => {
+            tracing::warn!(
+                host = host.name(),
+                status = refusal.status,
+                "webhook refused: {}",
+                refusal.message
+            );
+            return Err(ApiError {
+                status: StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST),
+                message: refusal.message,
+                field: refusal.field,
+            });
+        }
+    };
+    let new = NewBuild {
+        repo: push.repo,
+        pipeline: query
+            .pipeline
+            .or(push.pipeline)
+            .unwrap_or_else(|| "ci".into()),
+        env: super::hooks::push_env(&push.git_ref),
+        git_ref: push.git_ref,
+        sha: Some(push.sha),
+        secret_env: BTreeMap::new(),
+        requested_by: push
+            .pusher
+            .unwrap_or_else(|| format!("{} webhook", host.name())),
+        parent_id: None,
+    };
+    queue(&state, &new, push.delivery.as_deref()).await
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct WebhookQuery {
@@ -916,6 +1031,7 @@ fn parse_request(
         secret_env,
         requested_by,
         parent_id: None,
+        sha: None,
     })
 }
 
@@ -974,7 +1090,9 @@ async fn retrigger(
     let id = parse_id(&id)?;
     let old = find_build(&state, id).await?;
     let new = NewBuild {
-        git_ref: old.sha.clone().unwrap_or(old.git_ref.clone()),
+        // The same commit, still recorded as the branch or tag it was.
+        git_ref: old.git_ref,
+        sha: old.sha,
         repo: old.repo,
         pipeline: old.pipeline,
         env: old.env,

@@ -158,6 +158,9 @@ pub struct NewBuild {
     pub secret_env: BTreeMap<String, String>,
     pub requested_by: String,
     pub parent_id: Option<i64>,
+    /// The commit to build, when the request names it exactly (a git host's
+    /// push): `git_ref` then only says which branch or tag it was.
+    pub sha: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -530,9 +533,9 @@ impl Store {
              ON CONFLICT (repo) DO UPDATE SET last = repo_counters.last + 1 RETURNING last";
         let insert = format!(
             "INSERT INTO builds (number, repo, git_ref, pipeline, status, env, requested_by, requested_at, \
-             parent_id, secret_env, attempt, agent_id, agent, started_at, lease_expires_at) \
+             parent_id, secret_env, attempt, agent_id, agent, started_at, lease_expires_at, sha) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, {now}, $8, $9, $10, $11, $12, \
-             CASE WHEN $10 > 0 THEN {now} END, CASE WHEN $10 > 0 THEN {now} + $13 END) \
+             CASE WHEN $10 > 0 THEN {now} END, CASE WHEN $10 > 0 THEN {now} + $13 END, $14) \
              RETURNING {BUILD_COLUMNS}"
         );
         let attempt = i64::from(holder.is_some());
@@ -587,6 +590,7 @@ impl Store {
                 .bind(holder.map(|h| h.agent_id.as_str()))
                 .bind(holder.map(|h| h.agent_name.as_str()))
                 .bind(holder.map_or(0, |h| h.lease_ms))
+                .bind(new.sha.as_deref())
                 .fetch_all(&mut *tx)
                 .await?;
             let build = build_from_row(rows.first().ok_or(sqlx::Error::RowNotFound)?)?;

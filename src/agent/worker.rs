@@ -329,10 +329,12 @@ impl Agent {
         run: u64,
         log: &mut LogWriter,
     ) -> Result<(), String> {
+        // A build that names its commit (a git host's push) builds exactly
+        // that, even if the branch moved on since.
         let (sha, version) = self
             .checkout_ref(
                 &build.repo,
-                &build.git_ref,
+                build.sha.as_deref().unwrap_or(&build.git_ref),
                 workspace,
                 self.git_limits(token),
             )
@@ -790,6 +792,7 @@ impl Recorder {
                 secret_env: self.build.secret_env.clone(),
                 requested_by: format!("chained from build {parent}"),
                 parent_id: Some(parent),
+                sha: None,
             };
             let store = &self.store;
             let holder = &self.holder;
