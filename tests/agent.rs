@@ -148,6 +148,13 @@ impl Daemon {
         )
     }
 
+    /// Build `id`'s whole log, as stored.
+    pub fn log(&self, id: i64) -> String {
+        let path = format!("/api/v1/builds/{id}/log");
+        let (_, body) = self.http("GET", &path, Some(&self.token), None);
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     pub fn build(&self, id: i64) -> Value {
         let (code, stdout, stderr) = self.piper(&["show", &id.to_string(), "--json"]);
         assert_eq!(code, 0, "{stderr}");

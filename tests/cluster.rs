@@ -68,16 +68,6 @@ fn eventually_or_logs(agents: &[Daemon], what: &str, check: impl Fn() -> bool) {
     }
 }
 
-fn log_of(daemon: &Daemon, id: i64) -> String {
-    let (_, body) = daemon.http(
-        "GET",
-        &format!("/api/v1/builds/{id}/log"),
-        Some(&daemon.token),
-        None,
-    );
-    String::from_utf8_lossy(&body).into_owned()
-}
-
 #[test]
 fn four_agents_run_500_builds_exactly_once() {
     let Some(db) = Database::create("cluster::four_agents_run_500_builds_exactly_once") else {
@@ -200,7 +190,7 @@ fn a_killed_agents_build_is_rescued_and_its_processes_end_when_it_restarts() {
         (Some("success"), Some(2)),
         "{build}"
     );
-    let log = log_of(&agents[survivor], id);
+    let log = agents[survivor].log(id);
     let second = format!("piper: attempt 2 on agent {}", agents[survivor].name());
     assert!(log.contains(&second), "{log}");
     assert!(
@@ -238,7 +228,7 @@ fn a_stalled_agents_late_writes_are_refused_and_it_stops_its_step() {
         (build["status"].as_str(), build["attempt"].as_i64()),
         (Some("success"), Some(2))
     );
-    let log = log_of(&agents[other], id);
+    let log = agents[other].log(id);
     assert!(
         !log.contains(&format!("done-{first}")),
         "a stale write landed:\n{log}"

@@ -67,16 +67,6 @@ fn builds(daemon: &Daemon) -> usize {
     list["builds"].as_array().unwrap().len()
 }
 
-fn log(daemon: &Daemon, id: i64) -> String {
-    let (_, body) = daemon.http(
-        "GET",
-        &format!("/api/v1/builds/{id}/log"),
-        Some(&daemon.token),
-        None,
-    );
-    String::from_utf8_lossy(&body).into_owned()
-}
-
 struct Setup {
     daemon: Daemon,
     repo: tempfile::TempDir,
@@ -171,9 +161,11 @@ fn a_signed_github_push_builds_the_pushed_commit_once() {
     assert_eq!(done["ref"], "refs/heads/main");
     assert_eq!(done["requested_by"], "Codertocat");
     assert!(
-        log(&daemon, id).contains("ref=refs/heads/main branch=main tag= file=one"),
+        daemon
+            .log(id)
+            .contains("ref=refs/heads/main branch=main tag= file=one"),
         "{}",
-        log(&daemon, id)
+        daemon.log(id)
     );
 
     // GitHub redelivers with the same id: the first build answers again.
@@ -348,7 +340,11 @@ fn gitlab_tag_pushes_and_gitea_and_forgejo_pushes_build() {
         ),
         "{done}"
     );
-    assert!(log(&daemon, build["id"].as_i64().unwrap()).contains("tag=v1.0.0 file=one"));
+    assert!(
+        daemon
+            .log(build["id"].as_i64().unwrap())
+            .contains("tag=v1.0.0 file=one")
+    );
 
     // Gitea, then Forgejo's own headers, with a payload larger than an API
     // request may be (a push of many commits).
