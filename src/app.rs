@@ -111,6 +111,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             git_ref,
             env,
             follow,
+            working_tree,
         } => crate::client::run(
             remote,
             &RemoteCommand::Submit {
@@ -119,6 +120,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 git_ref: git_ref.clone(),
                 env: env.clone(),
                 follow: *follow,
+                working_tree: *working_tree,
             },
         ),
         Command::Builds {

@@ -99,6 +99,12 @@ pub enum Command {
         /// Stream the build's log and exit with its status
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Build the working tree as it is: committed, staged, unstaged and
+        /// untracked files (not ignored ones), as a commit on the private
+        /// ref refs/piper/working-tree/SHA; HEAD, the index and branches are
+        /// left alone
+        #[arg(long, conflicts_with_all = ["repo", "git_ref"])]
+        working_tree: bool,
     },
     /// List builds on piperd, newest first
     Builds {
@@ -261,6 +267,7 @@ pub enum RemoteCommand {
         git_ref: String,
         env: Vec<String>,
         follow: bool,
+        working_tree: bool,
     },
     Builds {
         repo: Option<String>,

@@ -130,9 +130,10 @@ pub fn run(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
 }
 
 /// The project's repository, for a submit without `--repo`: refused at
-/// once outside git (the agent could only fail), with a warning when the
-/// work tree has changes the agent will not see.
-fn local_repository(git_ref: &str) -> Result<String> {
+/// once outside git (the agent could only fail). With `--working-tree`,
+/// its ref is a commit of the working tree; else a warning says when the
+/// work tree has changes the agent will not see. Returns (repo, ref).
+fn local_repository(git_ref: &str, working_tree: bool) -> Result<(String, String)> {
     let cwd =
         std::env::current_dir().map_err(|e| Error::io("cannot read the current directory", e))?;
     let root = crate::project::Project::locate(&cwd, None)?.root;
@@ -151,6 +152,24 @@ fn local_repository(git_ref: &str) -> Result<String> {
     if git(&["rev-parse", "--is-inside-work-tree"]).as_deref() != Some("true") {
         return Err(Error::NotARepository { dir: root });
     }
+    let repo = root.to_string_lossy().into_owned();
+    if working_tree {
+        return match crate::working_tree::snapshot(&root)? {
+            Some(snapshot) => {
+                eprintln!(
+                    "submitting the working tree: {} file(s) differ from HEAD, as commit {} ({})",
+                    snapshot.changed,
+                    &snapshot.sha[..12],
+                    snapshot.git_ref
+                );
+                Ok((repo, snapshot.git_ref))
+            }
+            None => {
+                eprintln!("the working tree matches HEAD: submitting HEAD");
+                Ok((repo, "HEAD".into()))
+            }
+        };
+    }
     if git_ref == "HEAD"
         && let Some(changes) = git(&["status", "--porcelain", "--untracked-files=no"])
         && !changes.is_empty()
@@ -158,10 +177,10 @@ fn local_repository(git_ref: &str) -> Result<String> {
         let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "HEAD".into());
         let files = changes.lines().count();
         eprintln!(
-            "warning: {files} changed file(s) are not committed: the agent builds HEAD ({head}), without them"
+            "warning: {files} changed file(s) are not committed: the agent builds HEAD ({head}), without them (--working-tree builds them)"
         );
     }
-    Ok(root.to_string_lossy().into_owned())
+    Ok((repo, git_ref.to_string()))
 }
 
 async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
@@ -174,10 +193,11 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
             git_ref,
             env,
             follow,
+            working_tree,
         } => {
-            let repo = match repo {
-                Some(repo) => repo.clone(),
-                None => local_repository(git_ref)?,
+            let (repo, git_ref) = match repo {
+                Some(repo) => (repo.clone(), git_ref.clone()),
+                None => local_repository(git_ref, *working_tree)?,
             };
             let mut vars = std::collections::BTreeMap::new();
             for kv in env {
@@ -189,7 +209,7 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
             let body = BuildRequest {
                 repo,
                 pipeline: pipeline.clone(),
-                git_ref: Some(git_ref.clone()),
+                git_ref: Some(git_ref),
                 env: vars,
                 secret_env: Default::default(),
                 requested_by: Some(std::env::var("USER").unwrap_or_else(|_| "cli".into())),

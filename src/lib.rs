@@ -39,3 +39,4 @@ pub mod stamps;
 pub mod state;
 pub mod suggest;
 pub mod watch;
+pub mod working_tree;

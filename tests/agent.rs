@@ -1212,3 +1212,90 @@ fn the_cli_finds_token_and_address_in_the_agents_data_directory() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot reach piperd"), "{stderr}");
 }
+
+/// `piper submit` in `dir` against `daemon`.
+fn submit_here(daemon: &Daemon, dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(PIPER)
+        .arg("submit")
+        .args(args)
+        .env("PIPER_SERVER", &daemon.url)
+        .env("PIPER_TOKEN", &daemon.token)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn submit_working_tree_builds_exactly_the_working_tree_and_leaves_git_alone() {
+    let daemon = Daemon::start(None);
+    let config = r#"
+        pipeline "ci" { step "look" { run = [[
+          echo "tracked=$(cat tracked.txt) staged=$(cat sub/staged.txt) untracked=$(cat untracked.txt)"
+          echo "ignored=$(test -e ignored.txt && echo present || echo absent) deleted=$(test -e deleted.txt && echo present || echo absent)"
+        ]] } }
+    "#;
+    let dir = repo(&[
+        ("piper.lua", unindent(config).as_bytes()),
+        ("tracked.txt", b"v1\n"),
+        ("deleted.txt", b"x\n"),
+        (".gitignore", b"ignored.txt\n"),
+    ]);
+    let path = dir.path();
+    std::fs::write(path.join("tracked.txt"), "v2\n").unwrap();
+    std::fs::create_dir(path.join("sub")).unwrap();
+    std::fs::write(path.join("sub/staged.txt"), "yes\n").unwrap();
+    git(path, &["add", "sub/staged.txt"]);
+    std::fs::write(path.join("untracked.txt"), "yes\n").unwrap();
+    std::fs::write(path.join("ignored.txt"), "secret\n").unwrap();
+    std::fs::remove_file(path.join("deleted.txt")).unwrap();
+    let head = git(path, &["rev-parse", "HEAD"]);
+    let status = git(path, &["status", "--porcelain"]);
+    let branches = git(path, &["branch", "--list"]);
+
+    // From a subdirectory: still the whole working tree.
+    let (ok, _, stderr) = submit_here(&daemon, &path.join("sub"), &["ci", "--working-tree", "-f"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("submitting the working tree: 4 file(s) differ from HEAD"),
+        "{stderr}"
+    );
+    let build = daemon.build(submitted_id(&stderr));
+    let log = daemon.log(build["id"].as_i64().unwrap());
+    assert!(
+        log.contains("tracked=v2 staged=yes untracked=yes")
+            && log.contains("ignored=absent deleted=absent"),
+        "{log}"
+    );
+    // The build says it is not a pushed commit: a private ref, a commit
+    // whose parent is HEAD.
+    let git_ref = build["ref"].as_str().unwrap();
+    let sha = build["sha"].as_str().unwrap();
+    assert_eq!(git_ref, format!("refs/piper/working-tree/{sha}"));
+    assert_eq!(git(path, &["rev-parse", &format!("{sha}^")]), head);
+    assert!(git(path, &["log", "-1", "--format=%s", sha]).contains("not committed"));
+
+    // HEAD, the index, the working tree and the branches are as they were.
+    assert_eq!(git(path, &["rev-parse", "HEAD"]), head);
+    assert_eq!(git(path, &["status", "--porcelain"]), status);
+    assert_eq!(git(path, &["branch", "--list"]), branches);
+
+    // A clean tree: HEAD is built.
+    git(path, &["add", "-A"]);
+    git(path, &["commit", "-qm", "all"]);
+    let (ok, _, stderr) = submit_here(&daemon, path, &["ci", "--working-tree"]);
+    assert!(
+        ok && stderr.contains("the working tree matches HEAD"),
+        "{stderr}"
+    );
+    let build = daemon.wait_finished(submitted_id(&stderr));
+    assert_eq!(build["ref"], "HEAD");
+
+    // It builds this checkout: not with --repo or --ref.
+    let (ok, _, stderr) = submit_here(&daemon, path, &["ci", "--working-tree", "--ref", "main"]);
+    assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
+}
