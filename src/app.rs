@@ -248,7 +248,43 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
-    let (graph, evaluation) = load_explained(cli)?;
+    if let Some(id) = args.from_build {
+        return exec_from_build(cli, args, id);
+    }
+    let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
+    exec_project(cli, args, &project, IndexMap::new())
+}
+
+/// `piper exec --from-build N`: the build's commit, pipeline (unless
+/// targets are given) and variables, run here like any local run.
+fn exec_from_build(cli: &Cli, args: &ExecArgs, id: i64) -> Result<i32> {
+    let given = parse_env_overrides(&args.env)?;
+    let build = crate::reproduce::prepare(&args.connection, id, &start_dir(cli)?, &given)?;
+    eprintln!(
+        "piper: build {id}: pipeline {} of {}, checked out in {}",
+        build.pipeline,
+        build.sha_and_ref,
+        build.dir.display()
+    );
+    for line in &build.differences {
+        eprintln!("piper: not as on the agent: {line}");
+    }
+    let project = Project::locate(&build.dir, None)?;
+    let mut args = args.clone();
+    if args.targets.is_empty() {
+        args.targets = vec![build.pipeline.clone()];
+    }
+    exec_project(cli, &args, &project, build.env)
+}
+
+/// Runs `args.targets` of `project`; `base_env` goes under `--env`.
+fn exec_project(
+    cli: &Cli,
+    args: &ExecArgs,
+    project: &Project,
+    base_env: IndexMap<String, String>,
+) -> Result<i32> {
+    let (graph, evaluation) = config_cache::load(project, config_mode(cli))?;
     if args.explain
         && let Some(line) = evaluation.explanation()
     {
@@ -286,7 +322,11 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
     // Fail on unknown targets before starting anything.
     let plan = graph.plan(&args.targets)?;
     warn_missing_labels(&plan);
-    let options = exec_options(&graph, args)?;
+    let mut options = exec_options(&graph, args)?;
+    if !base_env.is_empty() {
+        let given = std::mem::replace(&mut options.env_overrides, base_env);
+        options.env_overrides.extend(given);
+    }
     let renderer = host(cli, args, None);
     runtime()?.block_on(async move {
         let (tx, rx) = event::channel();
@@ -301,6 +341,12 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
 }
 
 fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32> {
+    if args.exec.from_build.is_some() {
+        return Err(Error::Setting {
+            name: "--from-build".into(),
+            message: "is for `piper exec`: `piper watch` runs the files in front of you".into(),
+        });
+    }
     let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
     // A config that does not evaluate at start is an error; later broken
     // edits are reported and watched past.
@@ -408,14 +454,7 @@ fn warn_missing_labels(plan: &crate::graph::Plan) {
     if plan.requires.is_empty() {
         return;
     }
-    let given = std::env::var("PIPER_LABELS").unwrap_or_default();
-    let mut labels = std::collections::BTreeMap::new();
-    for pair in given.split(',').filter(|p| !p.trim().is_empty()) {
-        if let Some((k, v)) = pair.split_once('=') {
-            labels.insert(k.trim().to_string(), v.trim().to_string());
-        }
-    }
-    let labels = crate::agent::labels_and_facts(&labels);
+    let labels = crate::agent::local_labels();
     let missing = Graph::missing_labels(plan, &labels);
     if !missing.is_empty() {
         let have: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

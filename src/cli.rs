@@ -236,12 +236,32 @@ pub struct ExecArgs {
     /// commands, `ctx.args` in its Lua functions, `PIPER_ARGS` in the environment
     #[arg(last = true, value_name = "ARGS", add = ArgValueCandidates::new(argument_candidates))]
     pub args: Vec<String>,
+
+    /// Run build N of piperd here: its commit (checked out in a worktree of
+    /// this clone), its pipeline (or the targets given) and its variables
+    #[arg(long, value_name = "N", help_heading = "Reproducing a piperd build")]
+    pub from_build: Option<i64>,
+
+    #[command(flatten, next_help_heading = "Reproducing a piperd build")]
+    pub connection: Connection,
 }
 
-/// Where piperd is, for the remote commands.
+/// The remote commands' options.
 #[derive(Debug, Clone, Args)]
 pub struct RemoteArgs {
-    /// piperd's address [default: `server` in ~/.config/piper/config.toml, else http://127.0.0.1:7117]
+    #[command(flatten)]
+    pub connection: Connection,
+
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where piperd is, and the token it wants.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Connection {
+    /// piperd's address [default: `server` in ~/.config/piper/config.toml, else the address a
+    /// running piperd wrote in its data directory, else http://127.0.0.1:7117]
     #[arg(long, env = "PIPER_SERVER", value_name = "URL")]
     pub server: Option<String>,
 
@@ -253,10 +273,6 @@ pub struct RemoteArgs {
     /// when no token or server is given [default: piperd's default data directory]
     #[arg(long, env = "PIPERD_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
-
-    /// Print JSON instead of text
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// A remote command without its connection settings.

@@ -10,7 +10,7 @@ use crate::agent::api::{
     StreamPage,
 };
 
-use crate::cli::{RemoteArgs, RemoteCommand};
+use crate::cli::{Connection, RemoteArgs, RemoteCommand};
 use crate::error::{EXIT_INTERRUPTED, Error, Result};
 
 struct Client {
@@ -36,7 +36,7 @@ impl Client {
     /// Flag, then environment, then `config.toml` (`PIPER_CONFIG` names
     /// another file), then what piperd wrote in its data directory on this
     /// machine, then the defaults.
-    fn new(args: &RemoteArgs) -> Result<Client> {
+    fn new(args: &Connection) -> Result<Client> {
         let explicit = std::env::var_os("PIPER_CONFIG").map(std::path::PathBuf::from);
         let config: crate::config_file::ClientConfig =
             crate::config_file::load(explicit.as_deref(), "config.toml")?;
@@ -121,12 +121,36 @@ impl Client {
     }
 }
 
-pub fn run(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::io("cannot start the async runtime", e))?;
-    runtime.block_on(run_async(args, command))
+        .map_err(|e| Error::io("cannot start the async runtime", e))
+}
+
+pub fn run(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
+    runtime()?.block_on(run_async(args, command))
+}
+
+/// Build `id` as piperd recorded it, and the agent that ran it (None when
+/// it has left the agent list): what `piper exec --from-build` reproduces.
+pub fn build_and_agent(
+    connection: &Connection,
+    id: i64,
+) -> Result<(Build, Option<crate::agent::store::AgentInfo>)> {
+    runtime()?.block_on(async {
+        let client = Client::new(connection)?;
+        let path = format!("/builds/{id}");
+        let (detail, _) = client
+            .typed::<BuildDetail>(client.http.get(client.url(&path)))
+            .await?;
+        let (agents, _) = client
+            .typed::<AgentList>(client.http.get(client.url("/agents")))
+            .await?;
+        let build = detail.summary.build;
+        let agent = (agents.agents.into_iter()).find(|a| build.agent_id.as_ref() == Some(&a.id));
+        Ok((build, agent))
+    })
 }
 
 /// The project's repository, for a submit without `--repo`: refused at
@@ -184,7 +208,7 @@ fn local_repository(git_ref: &str, working_tree: bool) -> Result<(String, String
 }
 
 async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
-    let client = Client::new(args)?;
+    let client = Client::new(&args.connection)?;
     let mut out = std::io::stdout();
     match command {
         RemoteCommand::Submit {

@@ -102,6 +102,9 @@ pub enum Error {
     Remote { message: String },
     /// `piper submit` without `--repo` outside a git repository.
     NotARepository { dir: PathBuf },
+    /// `piper exec --from-build`: the build cannot be run here (its commit
+    /// is not in this clone and cannot be fetched, say).
+    CannotReproduce { build: i64, message: String },
 }
 
 impl Error {
@@ -251,6 +254,9 @@ impl fmt::Display for Error {
                  commit the project with git first, or name a repository with --repo URL",
                 dir.display()
             ),
+            Error::CannotReproduce { build, message } => {
+                write!(f, "cannot reproduce build {build}: {message}")
+            }
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod process;
 pub mod project;
 pub mod reaper;
 pub mod render;
+pub mod reproduce;
 pub mod spec;
 pub mod stamps;
 pub mod state;

@@ -1299,3 +1299,107 @@ fn submit_working_tree_builds_exactly_the_working_tree_and_leaves_git_alone() {
     let (ok, _, stderr) = submit_here(&daemon, path, &["ci", "--working-tree", "--ref", "main"]);
     assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
 }
+
+/// `piper exec ARGS` in `dir` against `daemon`: (exit code, stdout, stderr).
+fn exec_here(daemon: &Daemon, dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(PIPER)
+        .arg("exec")
+        .args(args)
+        .env("PIPER_SERVER", &daemon.url)
+        .env("PIPER_TOKEN", &daemon.token)
+        .env_remove("PIPER_LABELS")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn exec_from_build_reruns_an_agent_build_here_and_says_what_differs() {
+    let daemon = Daemon::start(None);
+    let origin = repo(&[("piper.lua", unindent(CI).as_bytes())]);
+    // A clone made before the commit the agent builds: it has to fetch it.
+    let clones = tempfile::tempdir().unwrap();
+    let clone = clones.path().join("clone");
+    git(
+        clones.path(),
+        &["clone", "-q", origin.path().to_str().unwrap(), "clone"],
+    );
+    std::fs::write(origin.path().join("note.txt"), "new\n").unwrap();
+    git(origin.path(), &["add", "-A"]);
+    git(origin.path(), &["commit", "-qm", "note"]);
+    let sha = git(origin.path(), &["rev-parse", "HEAD"]);
+    let id = daemon.queue(&serde_json::json!({
+        "repo": origin.path(), "pipeline": "ci",
+        "env": { "GREETING": "from-agent", "FAIL": "3" },
+        "secret_env": { "API_KEY": "s3cret-value" },
+    }));
+    assert_eq!(daemon.wait_finished(id)["status"], "failed");
+
+    let (code, stdout, stderr) =
+        exec_here(&daemon, &clone, &["--from-build", &id.to_string(), "-j1"]);
+    assert_eq!(code, 3, "the agent's failure, here\n{stdout}\n{stderr}");
+    assert!(stdout.contains("world from-agent"), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "build {id}: pipeline ci of {} (HEAD), checked out in",
+            &sha[..12]
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("not as on the agent: agent test-agent had team=ci (here unset)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("secret variables stay on the agent: API_KEY"),
+        "{stderr}"
+    );
+    let worktree = std::env::temp_dir().join(format!("piper-build-{id}-{}", &sha[..12]));
+    assert_eq!(git(&worktree, &["rev-parse", "HEAD"]), sha);
+    assert!(worktree.join("note.txt").exists());
+
+    // Variables given here win; the worktree is used again; one step of it.
+    let (code, stdout, stderr) = exec_here(
+        &daemon,
+        &clone,
+        &[
+            "--from-build",
+            &id.to_string(),
+            "-e",
+            "FAIL=0",
+            "-e",
+            "API_KEY=x",
+            "world",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("world from-agent"), "{stdout}");
+    assert!(!stderr.contains("API_KEY"), "{stderr}");
+
+    // A repository that never had the commit, whose source is gone.
+    let unrelated = repo(&[("piper.lua", b"step 'x' { run = 'true' }\n")]);
+    let moved = clones.path().join("moved");
+    std::fs::rename(origin.path(), &moved).unwrap();
+    let (code, _, stderr) = exec_here(
+        &daemon,
+        unrelated.path(),
+        &["--from-build", &id.to_string()],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot reproduce build {id}: commit {sha} is not in this clone"
+        )),
+        "{stderr}"
+    );
+    std::fs::rename(&moved, origin.path()).unwrap();
+    git(
+        &clone,
+        &["worktree", "remove", "--force", worktree.to_str().unwrap()],
+    );
+}

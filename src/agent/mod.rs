@@ -750,6 +750,20 @@ pub fn labels_and_facts(
     all
 }
 
+/// This machine's facts and the labels `PIPER_LABELS=k=v,...` gives it: what
+/// a local run compares with a pipeline's `requires` (pairs without `=` are
+/// ignored).
+pub fn local_labels() -> std::collections::BTreeMap<String, String> {
+    let given = std::env::var("PIPER_LABELS").unwrap_or_default();
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in given.split(',').filter(|p| !p.trim().is_empty()) {
+        if let Some((k, v)) = pair.split_once('=') {
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+    }
+    labels_and_facts(&labels)
+}
+
 /// This agent's identity: generated on first start and kept in the data
 /// directory, so two agents with the same name never take each other's
 /// builds, and a restarted agent knows which builds were its own.
