@@ -23,7 +23,8 @@ use crate::event::{BuildStatus, Event, EventSender, PlannedStepInfo, StepStatus,
 use crate::fingerprint::{self, Freshness};
 use crate::graph::{Graph, Plan};
 use crate::lua_step::{LuaOutcome, LuaStep};
-use crate::process::{self, Exit, OutputSink};
+use crate::process::{Exit, OutputSink};
+use crate::runner::{CommandRun, LocalRunner, Runner};
 use crate::spec::{Condition, Run, TriggerOn};
 use crate::stamps::Stamps;
 use crate::state::State;
@@ -52,6 +53,24 @@ pub struct Options {
     /// Watch: `service` steps are not run in the build (reported skipped);
     /// watch runs them beside it.
     pub services_apart: bool,
+    /// How each command runs (local processes unless a host says else).
+    pub runner: SharedRunner,
+}
+
+/// The runner of a run, shared by its steps.
+#[derive(Clone)]
+pub struct SharedRunner(pub Arc<dyn Runner>);
+
+impl Default for SharedRunner {
+    fn default() -> Self {
+        SharedRunner(Arc::new(LocalRunner))
+    }
+}
+
+impl std::fmt::Debug for SharedRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedRunner")
+    }
 }
 
 /// The message of a service step reported skipped because `piper watch`
@@ -92,6 +111,7 @@ impl Default for Options {
             restrict: None,
             first_build: 1,
             services_apart: false,
+            runner: SharedRunner::default(),
         }
     }
 }
@@ -454,6 +474,7 @@ impl<'a> Scheduler<'a> {
             step: planned.step,
             env: step_env(&self.graph, self.plan, i, self.options, self.build),
             args: self.options.args.clone(),
+            runner: self.options.runner.0.clone(),
             events: self.events.clone(),
             build: self.build,
             cancel: self.cancel.child_token(),
@@ -686,6 +707,7 @@ struct StepJob {
     step: usize,
     env: Vec<(String, String)>,
     args: Arc<[String]>,
+    runner: Arc<dyn Runner>,
     events: EventSender,
     build: u32,
     cancel: CancellationToken,
@@ -1006,6 +1028,7 @@ impl StepJob {
             dir: step.dir.clone(),
             env: env.to_vec(),
             args: self.args.clone(),
+            runner: self.runner.clone(),
             out: out.clone(),
             cancel: token.clone(),
             grace: self.grace,
@@ -1059,9 +1082,18 @@ impl StepJob {
                     if self.dry_run {
                         continue;
                     }
-                    let exit =
-                        process::run(command, &self.args, &step.dir, env, out, &token, self.grace)
-                            .await;
+                    let exit = self
+                        .runner
+                        .run(CommandRun {
+                            command,
+                            args: &self.args,
+                            dir: &step.dir,
+                            env,
+                            output: out,
+                            cancel: &token,
+                            grace: self.grace,
+                        })
+                        .await;
                     if exit.success() {
                         continue;
                     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use mlua::{Function, Lua, Table, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::process::{self, Exit, OutputSink};
+use crate::process::{Exit, OutputSink};
 use crate::spec::Command;
 
 pub struct LuaStep {
@@ -20,6 +20,8 @@ pub struct LuaStep {
     pub env: Vec<(String, String)>,
     /// `piper exec PIPELINE -- ARGS`: `ctx.args`, and `"$@"` for `ctx.sh`.
     pub args: std::sync::Arc<[String]>,
+    /// How `ctx.sh` and `ctx.exec` run their commands: the run's runner.
+    pub runner: std::sync::Arc<dyn crate::runner::Runner>,
     pub out: OutputSink,
     pub cancel: CancellationToken,
     pub grace: Duration,
@@ -116,6 +118,7 @@ impl LuaStep {
             let dir = self.dir.clone();
             let env = self.env.clone();
             let args = self.args.clone();
+            let runner = self.runner.clone();
             let cancel = self.cancel.clone();
             let grace = self.grace;
             let last_exit = last_exit.clone();
@@ -125,6 +128,7 @@ impl LuaStep {
                     let dir = dir.clone();
                     let env = env.clone();
                     let args = args.clone();
+                    let runner = runner.clone();
                     let cancel = cancel.clone();
                     let last_exit = last_exit.clone();
                     async move {
@@ -162,8 +166,17 @@ impl LuaStep {
                             None => true,
                         };
                         out.command(command.to_string()).await;
-                        let exit =
-                            process::run(&command, &args, &dir, &env, &out, &cancel, grace).await;
+                        let exit = runner
+                            .run(crate::runner::CommandRun {
+                                command: &command,
+                                args: &args,
+                                dir: &dir,
+                                env: &env,
+                                output: &out,
+                                cancel: &cancel,
+                                grace,
+                            })
+                            .await;
                         if exit == Exit::Canceled {
                             return Ok((None, Some("canceled".into())));
                         }

@@ -16,6 +16,8 @@ pub struct Project {
     pub root: PathBuf,
     /// The config file itself.
     pub config: PathBuf,
+    /// Lua modules the host adds (`require "host.x"`); none for `piper`.
+    pub host: crate::host::HostModules,
 }
 
 impl Project {
@@ -36,7 +38,11 @@ impl Project {
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from("/"));
-            return Ok(Project { root, config });
+            return Ok(Project {
+                root,
+                config,
+                host: Default::default(),
+            });
         }
         let start = absolute(start)?;
         let mut searched = Vec::new();
@@ -47,6 +53,7 @@ impl Project {
                 return Ok(Project {
                     root: dir.to_path_buf(),
                     config: candidate,
+                    host: Default::default(),
                 });
             }
         }

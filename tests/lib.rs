@@ -13,6 +13,7 @@ mod cluster;
 mod config_cache;
 mod doc_snippets;
 mod docs;
+mod embedding;
 mod errors;
 mod examples;
 mod exec;

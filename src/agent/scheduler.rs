@@ -174,6 +174,7 @@ async fn refresh(
         let project = Project {
             root: workspace.clone(),
             config: workspace.join(CONFIG_FILE),
+            host: Default::default(),
         };
         if !project.config.is_file() {
             return Ok(Vec::new());

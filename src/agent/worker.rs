@@ -363,6 +363,7 @@ impl Agent {
         let project = Project {
             root: workspace.to_path_buf(),
             config,
+            host: Default::default(),
         };
         let graph = tokio::task::spawn_blocking(move || Graph::load(&project))
             .await

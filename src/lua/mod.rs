@@ -70,9 +70,11 @@ fn evaluate_with(
     // Stat before reading: the cache records both (`stamp_content`).
     let meta = std::fs::metadata(&project.config).map_err(cannot_read)?;
     let source = std::fs::read(&project.config).map_err(cannot_read)?;
-    let lua = new_state(project.root.clone()).map_err(|e| Error::Lua {
-        message: format!("internal: {e}"),
-    })?;
+    let lua = new_state(project.root.clone())
+        .and_then(|lua| project.host.install(&lua).map(|()| lua))
+        .map_err(|e| Error::Lua {
+            message: format!("internal: {e}"),
+        })?;
     if let Some(mut recording) = recording {
         recording.file(&project.config_display_name(), Some((&meta, &source)));
         lua.set_app_data(recording);

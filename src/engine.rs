@@ -1,0 +1,416 @@
+//! The embedding API: [`Engine`] (what a host adds: Lua modules, a step
+//! runner) loads a [`Project`] (its `piper.lua` evaluated into a validated
+//! graph, through the configuration cache), which a host inspects and
+//! [`run`](Project::run)s; a [`Run`] yields the typed [`Event`] stream and
+//! ends in an [`Outcome`]. `piper exec` is this, with the terminal as the
+//! event sink.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config_cache::{self, Evaluation};
+use crate::error::Result;
+use crate::event::{Event, EventReceiver};
+use crate::executor::{Force, Options, SharedRunner};
+use crate::graph::Graph;
+use crate::host::HostModules;
+use crate::runner::Runner;
+
+pub use crate::executor::{BuildOutcome, RunOutcome as Outcome};
+
+/// Piper, configured by its host. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    host: HostModules,
+    runner: SharedRunner,
+    config_cache: bool,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new()
+    }
+}
+
+impl Engine {
+    /// Local processes, no host modules, the configuration cache on: what
+    /// the `piper` command uses.
+    pub fn new() -> Engine {
+        Engine {
+            host: HostModules::default(),
+            runner: SharedRunner::default(),
+            config_cache: true,
+        }
+    }
+
+    /// Adds the Lua module `name` (`require "host.editor"` in `piper.lua`),
+    /// made by `loader` in each Lua state that requires it. A config that
+    /// requires a host module is evaluated on every load: the
+    /// configuration cache cannot check what a host function returns.
+    pub fn with_module(
+        mut self,
+        name: &str,
+        loader: impl Fn(&mlua::Lua) -> mlua::Result<mlua::Value> + Send + Sync + 'static,
+    ) -> Engine {
+        self.host.add(name, loader);
+        self
+    }
+
+    /// Runs every command of every step through `runner` instead of
+    /// starting local processes.
+    pub fn with_runner(mut self, runner: impl Runner + 'static) -> Engine {
+        self.runner = SharedRunner(Arc::new(runner));
+        self
+    }
+
+    /// Whether to use (and write) the configuration cache in the project's
+    /// `.piper/` (default: yes).
+    pub fn with_config_cache(mut self, enabled: bool) -> Engine {
+        self.config_cache = enabled;
+        self
+    }
+
+    /// Finds `piper.lua` in `dir` or the nearest directory above it and
+    /// evaluates it into a validated graph.
+    pub fn load(&self, dir: impl AsRef<Path>) -> Result<Project> {
+        let mut project = crate::project::Project::locate(dir.as_ref(), None)?;
+        self.load_project(&mut project)
+    }
+
+    /// As [`load`](Engine::load), for the config file `file` (its directory
+    /// is the project's root).
+    pub fn load_file(&self, file: impl AsRef<Path>) -> Result<Project> {
+        let cwd = std::env::current_dir()
+            .map_err(|e| crate::Error::io("cannot read the current directory", e))?;
+        let mut project = crate::project::Project::locate(&cwd, Some(file.as_ref()))?;
+        self.load_project(&mut project)
+    }
+
+    fn load_project(&self, project: &mut crate::project::Project) -> Result<Project> {
+        project.host = self.host.clone();
+        let mode = if self.config_cache {
+            config_cache::Mode::Use
+        } else {
+            config_cache::Mode::Bypass
+        };
+        let (graph, evaluation) = config_cache::load(project, mode)?;
+        Ok(Project {
+            graph: Arc::new(graph),
+            evaluation,
+            runner: self.runner.clone(),
+        })
+    }
+}
+
+/// A loaded project: its pipelines and steps, ready to run.
+pub struct Project {
+    graph: Arc<Graph>,
+    evaluation: Evaluation,
+    runner: SharedRunner,
+}
+
+/// A pipeline, as `piper list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PipelineInfo {
+    /// Its name (`piper exec NAME`).
+    pub name: String,
+    /// Its `desc`.
+    pub desc: Option<String>,
+    /// Its member steps (dependencies run too), by name.
+    pub steps: Vec<String>,
+    /// The pipelines it triggers, after success or failure.
+    pub triggers: Vec<String>,
+}
+
+/// A step, as `piper list --json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StepInfo {
+    /// Its name.
+    pub name: String,
+    /// Its `desc`.
+    pub desc: Option<String>,
+    /// The steps it depends on, by name.
+    pub deps: Vec<String>,
+    /// Its declared input globs.
+    pub inputs: Vec<String>,
+    /// Its declared output globs.
+    pub outputs: Vec<String>,
+    /// What it runs, in words (`cc -c a.c`, `<lua function>`).
+    pub command: String,
+    /// Where it is defined (`piper.lua:12`).
+    pub location: String,
+}
+
+/// Whether a step would run, and why (`piper explain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Explanation {
+    /// The step's name.
+    pub step: String,
+    /// Whether it would run (else it is up to date).
+    pub will_run: bool,
+    /// In words: `file modified: src/a.c`, `up to date`.
+    pub reasons: Vec<String>,
+}
+
+impl Project {
+    /// The directory holding `piper.lua`.
+    pub fn root(&self) -> &Path {
+        &self.graph.root
+    }
+
+    /// Why `piper.lua` was evaluated rather than read from the
+    /// configuration cache, or why its result was not cached (None: it was
+    /// cached, or there is nothing to say).
+    pub fn evaluation(&self) -> Option<String> {
+        self.evaluation.explanation()
+    }
+
+    /// The pipelines, in the order `piper.lua` defines them.
+    pub fn pipelines(&self) -> Vec<PipelineInfo> {
+        let graph = &self.graph;
+        (graph.pipelines.values())
+            .map(|p| PipelineInfo {
+                name: p.name.clone(),
+                desc: p.desc.clone(),
+                steps: p
+                    .steps
+                    .iter()
+                    .map(|&s| graph.steps[s].name.clone())
+                    .collect(),
+                triggers: p.triggers.iter().map(|t| t.pipeline.clone()).collect(),
+            })
+            .collect()
+    }
+
+    /// Every step, in the order `piper.lua` defines them.
+    pub fn steps(&self) -> Vec<StepInfo> {
+        let graph = &self.graph;
+        (graph.steps.iter())
+            .map(|s| StepInfo {
+                name: s.name.clone(),
+                desc: s.desc.clone(),
+                deps: s
+                    .deps
+                    .iter()
+                    .map(|&d| graph.steps[d].name.clone())
+                    .collect(),
+                inputs: s.inputs.clone(),
+                outputs: s.outputs.clone(),
+                command: crate::fingerprint::command_text(s, &graph.root),
+                location: s.location.to_string(),
+            })
+            .collect()
+    }
+
+    /// What [`run`](Project::run) with these targets and options would run,
+    /// and why, without running anything.
+    pub fn explain(&self, targets: &[&str], options: &RunOptions) -> Result<Vec<Explanation>> {
+        let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        let plan = self.graph.plan(&targets)?;
+        let options = options.to_options(&self.runner);
+        Ok(crate::explain::explain(&self.graph, &plan, &options)
+            .into_iter()
+            .map(|v| Explanation {
+                step: v.step,
+                will_run: v.will_run,
+                reasons: v.reasons,
+            })
+            .collect())
+    }
+
+    /// Starts running `targets` (pipelines or steps, with their
+    /// dependencies) on the current tokio runtime; the targets' triggers
+    /// run after them as chained builds. An unknown target is an error
+    /// before anything starts.
+    pub fn run(&self, targets: &[&str], options: RunOptions) -> Result<Run> {
+        let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        self.graph.plan(&targets)?;
+        let options = options.to_options(&self.runner);
+        let (tx, rx) = crate::event::channel();
+        let cancel = CancellationToken::new();
+        let graph = self.graph.clone();
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            crate::executor::run(graph, &targets, &options, &tx, &stop).await
+        });
+        Ok(Run {
+            events: rx,
+            cancel,
+            task: Some(task),
+            result: None,
+        })
+    }
+}
+
+/// How to run: the knobs of `piper exec`. Built with its methods from
+/// `RunOptions::default()`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    jobs: Option<usize>,
+    keep_going: bool,
+    dry_run: bool,
+    force: Force,
+    env: IndexMap<String, String>,
+    only: Option<HashSet<String>>,
+    args: Vec<String>,
+}
+
+impl RunOptions {
+    /// At most `jobs` steps at once (default: the number of CPUs).
+    pub fn jobs(mut self, jobs: usize) -> Self {
+        self.jobs = Some(jobs.max(1));
+        self
+    }
+
+    /// After a failure, keep running what does not depend on it.
+    pub fn keep_going(mut self, keep_going: bool) -> Self {
+        self.keep_going = keep_going;
+        self
+    }
+
+    /// Report what would run; run nothing.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// Run every step even if it is up to date.
+    pub fn force_all(mut self) -> Self {
+        self.force = Force::All;
+        self
+    }
+
+    /// Run `step` even if it is up to date.
+    pub fn force(mut self, step: &str) -> Self {
+        match &mut self.force {
+            Force::Steps(steps) => steps.push(step.to_string()),
+            Force::All => {}
+            Force::Nothing => self.force = Force::Steps(vec![step.to_string()]),
+        }
+        self
+    }
+
+    /// Sets a variable for every step, over everything `piper.lua` sets.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.insert(name.to_string(), value.to_string());
+        self
+    }
+
+    /// Only these steps may run; the others of the plan finish as
+    /// unaffected (what `piper watch` does after a change).
+    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(mut self, steps: I) -> Self {
+        self.only = Some(steps.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The pipeline's arguments (`piper exec p -- ARGS`).
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    fn to_options(&self, runner: &SharedRunner) -> Options {
+        let mut options = Options {
+            keep_going: self.keep_going,
+            dry_run: self.dry_run,
+            force: self.force.clone(),
+            env_overrides: self.env.clone(),
+            restrict: self.only.clone(),
+            args: self.args.clone().into(),
+            runner: runner.clone(),
+            ..Options::default()
+        };
+        if let Some(jobs) = self.jobs {
+            options.jobs = jobs;
+        }
+        options
+    }
+}
+
+/// A running build: its events as they happen, then its outcome.
+pub struct Run {
+    events: EventReceiver,
+    cancel: CancellationToken,
+    /// The executor's task, until it ended; then its result.
+    task: Option<JoinHandle<Result<Outcome>>>,
+    result: Option<Result<Outcome>>,
+}
+
+impl Run {
+    /// The next event; None once the run is over. The run waits while
+    /// events are not taken (the channel is bounded), so take them, or
+    /// call [`wait`](Run::wait).
+    pub async fn next_event(&mut self) -> Option<Event> {
+        // The end is the executor's task ending, not the channel closing:
+        // a Lua state the project keeps may still hold a sender (in a
+        // function step's `ctx`). Every event is sent before the task ends.
+        let Some(task) = self.task.as_mut() else {
+            return self.events.try_recv().ok();
+        };
+        let closed = tokio::select! {
+            biased;
+            event = self.events.recv() => match event {
+                Some(event) => return Some(event),
+                None => None,
+            },
+            ended = &mut *task => Some(ended),
+        };
+        // Every sender gone means the task is ending: wait for it.
+        let ended = match closed {
+            Some(ended) => ended,
+            None => task.await,
+        };
+        self.task = None;
+        self.result = Some(ended.unwrap_or_else(|e| {
+            Err(crate::Error::io(
+                "the run's task ended abnormally",
+                std::io::Error::other(e.to_string()),
+            ))
+        }));
+        self.events.try_recv().ok()
+    }
+
+    /// Stops the run as Ctrl-C does: running steps' process groups are
+    /// ended, nothing new starts; the outcome's exit code is 130.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A token that cancels the run when cancelled (to hand to another
+    /// task).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Waits for the end, dropping the events not taken yet.
+    pub async fn wait(mut self) -> Result<Outcome> {
+        while self.next_event().await.is_some() {}
+        self.finish()
+    }
+
+    /// Feeds every remaining event to `sink`, then the outcome.
+    pub async fn drive(mut self, sink: &mut dyn FnMut(&Event)) -> Result<Outcome> {
+        while let Some(event) = self.next_event().await {
+            sink(&event);
+        }
+        self.finish()
+    }
+
+    /// The outcome, once `next_event` saw the end.
+    fn finish(self) -> Result<Outcome> {
+        self.result.unwrap_or_else(|| {
+            Err(crate::Error::io(
+                "the run has not ended",
+                std::io::Error::other("internal: finish before the end"),
+            ))
+        })
+    }
+}

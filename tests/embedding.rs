@@ -1,0 +1,242 @@
+//! The library API as another program uses it: load a project, inspect
+//! it, run it and read its events; a host Lua module; two step runners
+//! written here, outside the crate (a clean environment through `env -i`,
+//! and a recorder that runs nothing); cancelling a run.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use piper::{
+    Command, CommandRun, Engine, Event, Exit, LocalRunner, RunFuture, RunOptions, Runner,
+    StepStatus,
+};
+
+use crate::harness::unindent;
+
+fn project(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("piper.lua"), unindent(config)).unwrap();
+    dir
+}
+
+/// Runs `targets` of the project in `dir`: (everything the steps printed,
+/// the events, the exit code).
+fn run(
+    engine: &Engine,
+    dir: &Path,
+    targets: &[&str],
+    options: RunOptions,
+) -> (String, Vec<Event>, i32) {
+    let project = engine.load(dir).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut run = project.run(targets, options).unwrap();
+        let mut output = Vec::new();
+        let mut events = Vec::new();
+        while let Some(event) = run.next_event().await {
+            if let Event::StepOutput { data, .. } = &event {
+                output.extend_from_slice(data);
+            }
+            events.push(event);
+        }
+        let outcome = run.wait().await.unwrap();
+        (
+            String::from_utf8(output).unwrap(),
+            events,
+            outcome.exit_code,
+        )
+    })
+}
+
+#[test]
+fn a_host_loads_inspects_explains_and_runs_a_project() {
+    let dir = project(
+        r#"
+        local build = step "build" { run = "echo built > out.txt", inputs = { "piper.lua" }, outputs = { "out.txt" }, desc = "Build it" }
+        pipeline "ci" { step "test" { run = 'echo "testing $MODE"', deps = { build } }, desc = "All of it" }
+        "#,
+    );
+    let engine = Engine::new();
+    let project = engine.load(dir.path()).unwrap();
+    let ci = &project.pipelines()[0];
+    assert_eq!(
+        (ci.name.as_str(), ci.desc.as_deref()),
+        ("ci", Some("All of it"))
+    );
+    assert_eq!(ci.steps, ["test"]);
+    let steps = project.steps();
+    let test = steps.iter().find(|s| s.name == "test").unwrap();
+    assert_eq!(test.deps, ["build"]);
+    assert!(test.location.starts_with("piper.lua:"), "{}", test.location);
+
+    let (output, events, code) = run(
+        &engine,
+        dir.path(),
+        &["ci"],
+        RunOptions::default().env("MODE", "fast"),
+    );
+    assert_eq!((output.as_str(), code), ("testing fast\n", 0));
+    let finished: Vec<(&str, StepStatus)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepFinished { step, status, .. } => Some((step.as_str(), *status)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        finished,
+        [
+            ("build", StepStatus::Success),
+            ("test", StepStatus::Success)
+        ]
+    );
+
+    // The same up-to-date check as `piper explain`: with the same
+    // variables nothing runs; other ones, or forcing, make it run.
+    let project = engine.load(dir.path()).unwrap();
+    let same = RunOptions::default().env("MODE", "fast");
+    let verdicts = project.explain(&["build"], &same).unwrap();
+    assert!(!verdicts[0].will_run, "{verdicts:?}");
+    let other = project.explain(&["build"], &RunOptions::default()).unwrap();
+    assert_eq!(other[0].reasons, ["env var MODE was unset"]);
+    let forced = project.explain(&["build"], &same.force("build")).unwrap();
+    assert!(forced[0].will_run);
+    assert!(project.run(&["nope"], RunOptions::default()).is_err());
+}
+
+#[test]
+fn a_host_module_is_required_by_piper_lua_and_keeps_it_out_of_the_cache() {
+    let dir = project(
+        r#"
+        local editor = require "host.editor"
+        pipeline "p" {
+          step "shell" { run = "echo shell sees " .. editor.name },
+          step "lua" { run = function(ctx) ctx.print("lua sees " .. require("host.editor").version()) end },
+        }
+        "#,
+    );
+    let engine = Engine::new().with_module("host.editor", |lua| {
+        let module = lua.create_table()?;
+        module.set("name", "my-editor")?;
+        module.set("version", lua.create_function(|_, ()| Ok("1.2"))?)?;
+        Ok(piper::mlua::Value::Table(module))
+    });
+    let (output, _, code) = run(&engine, dir.path(), &["p"], RunOptions::default().jobs(1));
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("shell sees my-editor") && output.contains("lua sees 1.2"),
+        "{output}"
+    );
+    let again = engine.load(dir.path()).unwrap();
+    let why = again.evaluation().unwrap_or_default();
+    assert!(why.contains("host module `host.editor`"), "{why}");
+    // Without the host, the module does not exist: a clear config error.
+    let error = Engine::new().load(dir.path()).err().unwrap().to_string();
+    assert!(error.contains("host.editor"), "{error}");
+}
+
+/// Runs every command through `env -i`: only the step's own variables,
+/// nothing inherited from the host process.
+struct CleanEnvironment;
+
+impl Runner for CleanEnvironment {
+    fn run<'a>(&'a self, run: CommandRun<'a>) -> RunFuture<'a> {
+        Box::pin(async move {
+            let mut argv = vec![
+                "env".to_string(),
+                "-i".to_string(),
+                "PATH=/usr/bin:/bin".to_string(),
+            ];
+            argv.extend(run.env.iter().map(|(k, v)| format!("{k}={v}")));
+            match run.command {
+                Command::Shell(script) => {
+                    argv.extend([
+                        "/bin/sh".into(),
+                        "-ec".into(),
+                        script.clone(),
+                        "piper".into(),
+                    ]);
+                    argv.extend(run.args.iter().cloned());
+                }
+                Command::Argv(words) => argv.extend(words.iter().cloned()),
+            }
+            let command = Command::Argv(argv);
+            let mut inner = CommandRun::new(&command, run.dir, &[], run.output, run.cancel);
+            inner.grace = run.grace;
+            LocalRunner.run(inner).await
+        })
+    }
+}
+
+/// Records what would run and runs nothing.
+#[derive(Clone, Default)]
+struct Recorder {
+    commands: Arc<Mutex<Vec<String>>>,
+}
+
+impl Runner for Recorder {
+    fn run<'a>(&'a self, run: CommandRun<'a>) -> RunFuture<'a> {
+        Box::pin(async move {
+            self.commands.lock().unwrap().push(run.command.to_string());
+            run.output.write(b"recorded\n".to_vec()).await;
+            Exit::Code(0)
+        })
+    }
+}
+
+#[test]
+fn step_runners_written_outside_the_crate_run_every_command() {
+    let dir = project(
+        r#"
+        pipeline "p" {
+          step "env" { run = 'echo "home=${HOME:-unset} mine=$MINE"', env = { MINE = "kept" } },
+          step "lua" { run = function(ctx) ctx.sh "echo from-lua" end },
+        }
+        "#,
+    );
+    assert!(std::env::var_os("HOME").is_some());
+    let clean = Engine::new().with_runner(CleanEnvironment);
+    let (output, _, code) = run(&clean, dir.path(), &["p"], RunOptions::default().jobs(1));
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("home=unset mine=kept"), "{output}");
+    assert!(output.contains("from-lua"), "{output}");
+
+    let recorder = Recorder::default();
+    let recording = Engine::new().with_runner(recorder.clone());
+    let (output, _, code) = run(
+        &recording,
+        dir.path(),
+        &["p"],
+        RunOptions::default().jobs(1),
+    );
+    assert_eq!((output.as_str(), code), ("recorded\nrecorded\n", 0));
+    let commands = recorder.commands.lock().unwrap().clone();
+    assert_eq!(
+        commands,
+        [r#"echo "home=${HOME:-unset} mine=$MINE""#, "echo from-lua"]
+    );
+}
+
+#[test]
+fn a_run_is_cancelled_with_its_process_group() {
+    let dir = project(r#"pipeline "p" { step "wait" { run = "echo $$ > pid; exec sleep 30" } }"#);
+    let project = Engine::new().load(dir.path()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let outcome = runtime.block_on(async {
+        let mut run = project.run(&["p"], RunOptions::default()).unwrap();
+        while let Some(event) = run.next_event().await {
+            // The process is there once it wrote its pid.
+            if matches!(event, Event::StepStarted { .. }) {
+                crate::harness::wait_for_file(&dir.path().join("pid"));
+                run.cancel();
+            }
+        }
+        run.wait().await.unwrap()
+    });
+    assert_eq!(outcome.exit_code, 130);
+    let pid = crate::harness::read_pid(&dir.path().join("pid"));
+    assert!(
+        crate::harness::process_gone(pid),
+        "sleep {pid} outlived the cancel"
+    );
+}
