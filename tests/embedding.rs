@@ -240,3 +240,110 @@ fn a_run_is_cancelled_with_its_process_group() {
         "sleep {pid} outlived the cancel"
     );
 }
+
+/// examples/embed (built by `cargo test` with the other examples) run on a
+/// copy of its project: it adds its host module, runs the pipeline and
+/// prints the events its own way.
+#[test]
+fn the_embed_example_runs_its_project() {
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/embed");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/embed/project/piper.lua");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(source, dir.path().join("piper.lua")).unwrap();
+    let out = std::process::Command::new(&example)
+        .arg(dir.path())
+        .arg("hello")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "pipeline hello [greet]",
+        "  build: building for the embedding host",
+        "  greet: hello from a Lua step (via host.greeting)",
+        "  greet: and from a shell",
+        "exit code 0",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line:?} missing from\n{stdout}"
+        );
+    }
+}
+
+/// The public surface, as the source declares it: the crate root's
+/// re-exports and every `pub` item of the API's own modules (a
+/// declaration read up to its `{`, `;` or trailing `,`, whitespace
+/// collapsed).
+fn public_surface() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut items = Vec::new();
+    for file in ["src/lib.rs", "src/engine.rs", "src/runner.rs"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with("//") {
+                continue;
+            }
+            let is_item = line.starts_with("pub ") && !line.starts_with("pub mod ");
+            if current.is_none() && is_item {
+                current = Some(String::new());
+            }
+            if let Some(item) = current.as_mut() {
+                item.push(' ');
+                item.push_str(line);
+                let open = item.matches('(').count() > item.matches(')').count();
+                let ended = if item.trim_start().starts_with("pub use") {
+                    line.ends_with(';')
+                } else {
+                    !open && (line.ends_with('{') || line.ends_with(';') || line.ends_with(','))
+                };
+                if ended {
+                    let words: Vec<&str> = item.split_whitespace().collect();
+                    items.push(format!("{file}: {}", words.join(" ")));
+                    current = None;
+                }
+            }
+        }
+    }
+    items.join("\n") + "\n"
+}
+
+/// docs/public-api.txt is the API as it is: a change to the surface fails
+/// here until the file is updated on purpose (`PIPER_BLESS=1 cargo test
+/// public_api`), so it shows in review.
+#[test]
+fn the_public_api_changes_only_on_purpose() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/public-api.txt");
+    let now = public_surface();
+    if std::env::var_os("PIPER_BLESS").is_some() {
+        std::fs::write(&path, &now).unwrap();
+    }
+    let recorded = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        recorded == now,
+        "the public API changed; if on purpose, run `PIPER_BLESS=1 cargo test public_api` and review docs/public-api.txt:\n{}",
+        now.lines()
+            .filter(|l| !recorded.lines().any(|r| r == *l))
+            .map(|l| format!("+ {l}"))
+            .chain(
+                recorded
+                    .lines()
+                    .filter(|r| !now.lines().any(|l| l == *r))
+                    .map(|r| format!("- {r}"))
+            )
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
