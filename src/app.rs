@@ -3,7 +3,6 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
 use indexmap::IndexMap;
@@ -15,7 +14,7 @@ use crate::cli::{
 };
 use crate::config_cache::{self, Evaluation};
 use crate::error::{EXIT_INTERNAL, Error, Result};
-use crate::executor::{self, Force, Options};
+use crate::executor::{Force, Options};
 use crate::graph::Graph;
 use crate::project::{CONFIG_FILE, Project};
 use crate::render::{self, JsonLines, Render, Terminal};
@@ -277,20 +276,22 @@ fn exec_from_build(cli: &Cli, args: &ExecArgs, id: i64) -> Result<i32> {
     exec_project(cli, &args, &project, build.env)
 }
 
-/// Runs `args.targets` of `project`; `base_env` goes under `--env`.
+/// Runs `args.targets` of `project` through the embedding API (`piper
+/// exec` is a host like any other); `base_env` goes under `--env`.
 fn exec_project(
     cli: &Cli,
     args: &ExecArgs,
     project: &Project,
     base_env: IndexMap<String, String>,
 ) -> Result<i32> {
-    let (graph, evaluation) = config_cache::load(project, config_mode(cli))?;
+    let engine = crate::Engine::new().with_config_cache(!cli.no_config_cache);
+    let loaded = engine.load_located(project.clone())?;
     if args.explain
-        && let Some(line) = evaluation.explanation()
+        && let Some(line) = loaded.evaluation()
     {
         eprintln!("piper: {line}");
     }
-    let graph = Arc::new(graph);
+    let graph = loaded.graph().clone();
     let defaulted;
     let args = match graph.default_pipeline() {
         Some(name) if args.targets.is_empty() => {
@@ -328,15 +329,13 @@ fn exec_project(
         options.env_overrides.extend(given);
     }
     let renderer = host(cli, args, None);
+    drop(plan);
+    drop(graph);
     runtime()?.block_on(async move {
-        let (tx, rx) = event::channel();
-        let host = tokio::spawn(render::drive(rx, renderer));
-        let interrupt = CancellationToken::new();
-        tokio::spawn(forward_signals(interrupt.clone()));
-        let outcome = executor::run(graph, &args.targets, &options, &tx, &interrupt).await;
-        drop(tx);
-        let _ = host.await;
-        Ok(outcome?.exit_code)
+        let mut run = loaded.start(args.targets.clone(), options.into());
+        tokio::spawn(forward_signals(run.cancel_token()));
+        render::drive_run(&mut run, renderer).await;
+        Ok(run.wait().await?.exit_code)
     })
 }
 

@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use indexmap::IndexMap;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -78,8 +77,8 @@ impl Engine {
     /// Finds `piper.lua` in `dir` or the nearest directory above it and
     /// evaluates it into a validated graph.
     pub fn load(&self, dir: impl AsRef<Path>) -> Result<Project> {
-        let mut project = crate::project::Project::locate(dir.as_ref(), None)?;
-        self.load_project(&mut project)
+        let project = crate::project::Project::locate(dir.as_ref(), None)?;
+        self.load_located(project)
     }
 
     /// As [`load`](Engine::load), for the config file `file` (its directory
@@ -87,18 +86,19 @@ impl Engine {
     pub fn load_file(&self, file: impl AsRef<Path>) -> Result<Project> {
         let cwd = std::env::current_dir()
             .map_err(|e| crate::Error::io("cannot read the current directory", e))?;
-        let mut project = crate::project::Project::locate(&cwd, Some(file.as_ref()))?;
-        self.load_project(&mut project)
+        let project = crate::project::Project::locate(&cwd, Some(file.as_ref()))?;
+        self.load_located(project)
     }
 
-    fn load_project(&self, project: &mut crate::project::Project) -> Result<Project> {
+    /// A project found by the CLI's own rules (`-C`, `-f`).
+    pub(crate) fn load_located(&self, mut project: crate::project::Project) -> Result<Project> {
         project.host = self.host.clone();
         let mode = if self.config_cache {
             config_cache::Mode::Use
         } else {
             config_cache::Mode::Bypass
         };
-        let (graph, evaluation) = config_cache::load(project, mode)?;
+        let (graph, evaluation) = config_cache::load(&project, mode)?;
         Ok(Project {
             graph: Arc::new(graph),
             evaluation,
@@ -161,6 +161,11 @@ pub struct Explanation {
 }
 
 impl Project {
+    /// The validated graph (for this package's hosts).
+    pub(crate) fn graph(&self) -> &Arc<Graph> {
+        &self.graph
+    }
+
     /// The directory holding `piper.lua`.
     pub fn root(&self) -> &Path {
         &self.graph.root
@@ -215,7 +220,7 @@ impl Project {
     pub fn explain(&self, targets: &[&str], options: &RunOptions) -> Result<Vec<Explanation>> {
         let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
         let plan = self.graph.plan(&targets)?;
-        let options = options.to_options(&self.runner);
+        let options = options.with_runner(&self.runner);
         Ok(crate::explain::explain(&self.graph, &plan, &options)
             .into_iter()
             .map(|v| Explanation {
@@ -233,7 +238,12 @@ impl Project {
     pub fn run(&self, targets: &[&str], options: RunOptions) -> Result<Run> {
         let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
         self.graph.plan(&targets)?;
-        let options = options.to_options(&self.runner);
+        Ok(self.start(targets, options))
+    }
+
+    /// [`run`](Project::run) of targets already checked.
+    pub(crate) fn start(&self, targets: Vec<String>, options: RunOptions) -> Run {
+        let options = options.with_runner(&self.runner);
         let (tx, rx) = crate::event::channel();
         let cancel = CancellationToken::new();
         let graph = self.graph.clone();
@@ -241,12 +251,12 @@ impl Project {
         let task = tokio::spawn(async move {
             crate::executor::run(graph, &targets, &options, &tx, &stop).await
         });
-        Ok(Run {
+        Run {
             events: rx,
             cancel,
             task: Some(task),
             result: None,
-        })
+        }
     }
 }
 
@@ -254,84 +264,78 @@ impl Project {
 /// `RunOptions::default()`.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    jobs: Option<usize>,
-    keep_going: bool,
-    dry_run: bool,
-    force: Force,
-    env: IndexMap<String, String>,
-    only: Option<HashSet<String>>,
-    args: Vec<String>,
+    options: Options,
+}
+
+impl From<Options> for RunOptions {
+    /// The executor's options as the CLI computed them (`PIPER_KILL_GRACE`
+    /// and the rest).
+    fn from(options: Options) -> RunOptions {
+        RunOptions { options }
+    }
 }
 
 impl RunOptions {
     /// At most `jobs` steps at once (default: the number of CPUs).
     pub fn jobs(mut self, jobs: usize) -> Self {
-        self.jobs = Some(jobs.max(1));
+        self.options.jobs = jobs.max(1);
         self
     }
 
     /// After a failure, keep running what does not depend on it.
     pub fn keep_going(mut self, keep_going: bool) -> Self {
-        self.keep_going = keep_going;
+        self.options.keep_going = keep_going;
         self
     }
 
     /// Report what would run; run nothing.
     pub fn dry_run(mut self, dry_run: bool) -> Self {
-        self.dry_run = dry_run;
+        self.options.dry_run = dry_run;
         self
     }
 
     /// Run every step even if it is up to date.
     pub fn force_all(mut self) -> Self {
-        self.force = Force::All;
+        self.options.force = Force::All;
         self
     }
 
     /// Run `step` even if it is up to date.
     pub fn force(mut self, step: &str) -> Self {
-        match &mut self.force {
+        match &mut self.options.force {
             Force::Steps(steps) => steps.push(step.to_string()),
             Force::All => {}
-            Force::Nothing => self.force = Force::Steps(vec![step.to_string()]),
+            Force::Nothing => self.options.force = Force::Steps(vec![step.to_string()]),
         }
         self
     }
 
     /// Sets a variable for every step, over everything `piper.lua` sets.
     pub fn env(mut self, name: &str, value: &str) -> Self {
-        self.env.insert(name.to_string(), value.to_string());
+        (self.options.env_overrides).insert(name.to_string(), value.to_string());
         self
     }
 
     /// Only these steps may run; the others of the plan finish as
     /// unaffected (what `piper watch` does after a change).
     pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(mut self, steps: I) -> Self {
-        self.only = Some(steps.into_iter().map(Into::into).collect());
+        let only: HashSet<String> = steps.into_iter().map(Into::into).collect();
+        self.options.restrict = Some(only);
         self
     }
 
     /// The pipeline's arguments (`piper exec p -- ARGS`).
     pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
-        self.args = args.into_iter().map(Into::into).collect();
+        let args: Vec<String> = args.into_iter().map(Into::into).collect();
+        self.options.args = args.into();
         self
     }
 
-    fn to_options(&self, runner: &SharedRunner) -> Options {
-        let mut options = Options {
-            keep_going: self.keep_going,
-            dry_run: self.dry_run,
-            force: self.force.clone(),
-            env_overrides: self.env.clone(),
-            restrict: self.only.clone(),
-            args: self.args.clone().into(),
+    fn with_runner(&self, runner: &SharedRunner) -> Options {
+        Options {
             runner: runner.clone(),
-            ..Options::default()
-        };
-        if let Some(jobs) = self.jobs {
-            options.jobs = jobs;
+            ..self.options.clone()
         }
-        options
     }
 }
 
@@ -375,6 +379,11 @@ impl Run {
                 std::io::Error::other(e.to_string()),
             ))
         }));
+        self.events.try_recv().ok()
+    }
+
+    /// An event already sent, without waiting (batching for renderers).
+    pub(crate) fn try_next_event(&mut self) -> Option<Event> {
         self.events.try_recv().ok()
     }
 
