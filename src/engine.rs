@@ -233,11 +233,17 @@ impl Project {
 
     /// Starts running `targets` (pipelines or steps, with their
     /// dependencies) on the current tokio runtime; the targets' triggers
-    /// run after them as chained builds. An unknown target is an error
-    /// before anything starts.
+    /// run after them as chained builds. An unknown target, or no runtime
+    /// to run on, is an error before anything starts.
     pub fn run(&self, targets: &[&str], options: RunOptions) -> Result<Run> {
         let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
         self.graph.plan(&targets)?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(crate::Error::Setting {
+                name: "Project::run".into(),
+                message: "runs on the current tokio runtime: call it inside one (Runtime::block_on, #[tokio::main])".into(),
+            });
+        }
         Ok(self.start(targets, options))
     }
 

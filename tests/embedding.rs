@@ -102,6 +102,9 @@ fn a_host_loads_inspects_explains_and_runs_a_project() {
     let forced = project.explain(&["build"], &same.force("build")).unwrap();
     assert!(forced[0].will_run);
     assert!(project.run(&["nope"], RunOptions::default()).is_err());
+    // Outside a tokio runtime: an error that says so, not a panic.
+    let error = project.run(&["ci"], RunOptions::default()).err().unwrap();
+    assert!(error.to_string().contains("tokio runtime"), "{error}");
 }
 
 #[test]
