@@ -22,40 +22,55 @@ pub trait Render: Send {
     fn flush(&mut self);
 }
 
-/// Feeds every event of `run` to `render` until the run ends (then
-/// `run.wait()` has its outcome); as [`drive`], for a run of the API.
-pub async fn drive_run(run: &mut crate::Run, mut render: Box<dyn Render>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            event = run.next_event() => {
-                let Some(event) = event else { break };
-                render.event(&event);
-                while let Some(event) = run.try_next_event() {
-                    render.event(&event);
-                }
-                render.flush();
-            }
-            _ = tick.tick() => {
-                render.tick();
-                render.flush();
-            }
-        }
+/// Where a renderer's events come from: the executor's channel, or a
+/// [`Run`](crate::Run) of the API.
+pub trait EventSource {
+    /// The next event; None at the end.
+    fn next_event(&mut self) -> impl std::future::Future<Output = Option<Event>> + Send;
+    /// An event already there, without waiting.
+    fn try_next_event(&mut self) -> Option<Event>;
+}
+
+impl EventSource for EventReceiver {
+    fn next_event(&mut self) -> impl std::future::Future<Output = Option<Event>> + Send {
+        self.recv()
     }
-    render.flush();
+
+    fn try_next_event(&mut self) -> Option<Event> {
+        self.try_recv().ok()
+    }
+}
+
+impl EventSource for crate::Run {
+    fn next_event(&mut self) -> impl std::future::Future<Output = Option<Event>> + Send {
+        crate::Run::next_event(self)
+    }
+
+    fn try_next_event(&mut self) -> Option<Event> {
+        crate::Run::try_next_event(self)
+    }
+}
+
+/// Feeds every event of `run` to `render` until the run ends (then
+/// `run.wait()` has its outcome).
+pub async fn drive_run(run: &mut crate::Run, render: Box<dyn Render>) {
+    drive_from(run, render).await
 }
 
 /// Feeds every event to `render` until the executor drops its sender.
-pub async fn drive(mut events: EventReceiver, mut render: Box<dyn Render>) {
+pub async fn drive(mut events: EventReceiver, render: Box<dyn Render>) {
+    drive_from(&mut events, render).await
+}
+
+async fn drive_from(events: &mut impl EventSource, mut render: Box<dyn Render>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
-            event = events.recv() => {
+            event = events.next_event() => {
                 let Some(event) = event else { break };
                 render.event(&event);
-                while let Ok(event) = events.try_recv() {
+                while let Some(event) = events.try_next_event() {
                     render.event(&event);
                 }
                 render.flush();
