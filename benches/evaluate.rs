@@ -11,16 +11,16 @@ fn main() {
         .find(|a| !a.starts_with('-'))
         .map(PathBuf::from)
         .expect("usage: cargo bench --bench evaluate -- PATH/piper.lua");
-    let project =
-        piper::project::Project::locate(&std::env::current_dir().unwrap(), Some(&path)).unwrap();
+    // The API with the configuration cache off: every load evaluates.
+    let engine = piper::Engine::new().with_config_cache(false);
     let runs = 20;
     let mut times = Vec::with_capacity(runs);
     let mut steps = 0;
     for _ in 0..runs {
         let start = Instant::now();
-        let graph = piper::graph::Graph::load(&project).unwrap();
+        let project = engine.load_file(&path).unwrap();
         times.push(start.elapsed().as_secs_f64() * 1000.0);
-        steps = graph.steps.len();
+        steps = project.steps().len();
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(

@@ -30,6 +30,9 @@ Examples:
 Exit status: 0 success; the failing step's exit code; 124 a step timed out;
 2 a configuration or usage error; 130 interrupted.";
 
+// Not API (re-exported only in `piper::internals` for the docs test); a doc
+// comment here would become clap's help text.
+#[allow(missing_docs)]
 #[derive(Debug, Parser)]
 #[command(name = "piper", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
 pub struct Cli {

@@ -20,7 +20,14 @@ pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit status for an internal or I/O failure of Piper itself.
 pub const EXIT_INTERNAL: i32 = 1;
 
+/// Why Piper could not do what it was asked (before a build starts, or
+/// reaching piperd): its `Display` is the message a person reads, naming
+/// the problem and where (`piper.lua:12: ...`); [`Error::exit_code`] is
+/// what `piper` exits with.
 #[derive(Debug)]
+#[non_exhaustive]
+// The fields are named for what they hold; the message is `Display`.
+#[allow(missing_docs)]
 pub enum Error {
     /// No `piper.lua` in the directory or any parent.
     NoConfig {
@@ -108,6 +115,8 @@ pub enum Error {
 }
 
 impl Error {
+    /// What `piper` exits with for it: 2 for a configuration or usage
+    /// error, 1 for an I/O or internal one.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Io { .. } | Error::Remote { .. } => EXIT_INTERNAL,
@@ -115,6 +124,7 @@ impl Error {
         }
     }
 
+    /// An I/O error while doing `context` ("cannot read piper.lua").
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
@@ -263,4 +273,5 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// A result whose error is Piper's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -21,26 +21,43 @@ pub fn channel() -> (EventSender, EventReceiver) {
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
+/// What happens in a run, in order: every host (the terminal, `--json`,
+/// `piper watch`, piperd, an embedding program) reads this one stream.
+/// `docs/reference/events.md` shows each as JSON.
 pub enum Event {
+    /// A build starts: its plan, before any step runs.
     BuildStarted {
+        /// The build within the run: 1 is the one asked for, 2.. the chained ones.
         build: u32,
         /// The targets as asked for, e.g. "ci".
         name: String,
+        /// The pipelines or steps asked for.
         targets: Vec<String>,
+        /// For a chained build: the build and pipeline whose trigger started it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         triggered_by: Option<TriggeredBy>,
         /// Every step of the build, in order of definition.
         steps: Vec<PlannedStepInfo>,
+        /// `--dry-run`: nothing runs.
         dry_run: bool,
         /// Problems that do not stop the build (e.g. unreadable state).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         warnings: Vec<String>,
     },
     /// All dependencies are done; the step waits for a free job slot.
-    StepQueued { build: u32, step: String },
-    StepStarted {
+    StepQueued {
+        /// The build within the run: 1 is the one asked for, 2.. the chained ones.
         build: u32,
+        /// The step's name.
         step: String,
+    },
+    /// The step starts an attempt.
+    StepStarted {
+        /// The build within the run: 1 is the one asked for, 2.. the chained ones.
+        build: u32,
+        /// The step's name.
+        step: String,
+        /// Which attempt this is (1, then 2.. with `retries`).
         attempt: u32,
         /// Why it runs, in words (first attempt only): "file modified: a.c".
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -48,33 +65,50 @@ pub enum Event {
     },
     /// A command of the step is about to run (shown as `$ cmd`).
     StepCommand {
+        /// The build within the run: 1 is the one asked for, 2.. the chained ones.
         build: u32,
+        /// The step's name.
         step: String,
+        /// The command, as written (`cargo test`, or an argv joined).
         command: String,
     },
     /// Output of the step's processes (stdout and stderr share one pipe, so
     /// their order is kept). `data` is UTF-8 (invalid bytes replaced) in JSON.
     StepOutput {
+        /// The build within the run: 1 is the one asked for, 2.. the chained ones.
         build: u32,
+        /// The step's name.
         step: String,
+        /// The bytes, as the processes wrote them.
         #[serde(serialize_with = "lossy_utf8", deserialize_with = "utf8_bytes")]
         #[schema(value_type = String)]
         data: Vec<u8>,
     },
     /// An attempt failed and the step will run again.
     StepRetrying {
+        /// The build within the run: 1 is the one asked for, 2.. the chained ones.
         build: u32,
+        /// The step's name.
         step: String,
+        /// Which attempt this is (1, then 2.. with `retries`).
         attempt: u32,
+        /// Why the attempt failed, in words.
         reason: String,
     },
+    /// The step is over: how it ended.
     StepFinished {
+        /// The build within the run: 1 is the one asked for, 2.. the chained ones.
         build: u32,
+        /// The step's name.
         step: String,
+        /// How it ended.
         status: StepStatus,
+        /// Its last process's exit code, when it had one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exit_code: Option<i32>,
+        /// How long it took, in milliseconds.
         duration_ms: u64,
+        /// How many attempts it took.
         attempts: u32,
         /// Why it failed or was skipped, in words.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,26 +117,39 @@ pub enum Event {
     /// Something to fix that did not fail the step: a declared output the
     /// step did not create (it will run again next time).
     StepWarning {
+        /// The build within the run: 1 is the one asked for, 2.. the chained ones.
         build: u32,
+        /// The step's name.
         step: String,
+        /// In words.
         message: String,
     },
     /// `piper watch`: relevant files changed; `rerun` names the steps that
     /// may run (empty: the whole plan).
     WatchChanged {
+        /// The changed files, relative to the project root.
         paths: Vec<String>,
+        /// The steps that may run again (empty: the whole plan).
         rerun: Vec<String>,
     },
     /// `piper watch`: the config does not evaluate (or a target vanished);
     /// watching goes on until it is fixed.
-    ConfigError { message: String },
+    ConfigError {
+        /// The error, with its `file:line`.
+        message: String,
+    },
     /// `piper watch`: the builds a change started (chained ones included)
     /// are over; waiting for the next change.
     WatchIdle,
+    /// A build is over.
     BuildFinished {
+        /// The build within the run: 1 is the one asked for, 2.. the chained ones.
         build: u32,
+        /// Its name: the targets as asked for, or the pipeline's.
         name: String,
+        /// How it ended.
         status: BuildStatus,
+        /// How long it took, in milliseconds.
         duration_ms: u64,
         /// What `piper` would exit with if this were the last build.
         exit_code: i32,
@@ -115,24 +162,33 @@ pub enum Event {
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlannedStepInfo {
+    /// Its name: the targets as asked for, or the pipeline's.
     pub name: String,
+    /// The steps it depends on, by name.
     pub deps: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TriggeredBy {
+    /// The build whose trigger fired.
     pub build: u32,
+    /// Its pipeline.
     pub pipeline: String,
+    /// When the trigger fires.
     pub on: TriggerOn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+/// How a step ended.
 pub enum StepStatus {
+    /// It ran and succeeded.
     Success,
+    /// It ran and failed (a command's exit code, a Lua error).
     Failed,
     /// Failed, but the step has `allow_failure = true`: the build goes on.
     AllowedFailure,
+    /// Its `timeout` ended it.
     TimedOut,
     /// Its `when` condition was false.
     Skipped,
@@ -161,10 +217,12 @@ impl StepStatus {
         )
     }
 
+    /// Whether it failed the build (failed or timed out).
     pub fn is_failure(self) -> bool {
         matches!(self, StepStatus::Failed | StepStatus::TimedOut)
     }
 
+    /// In words, as the summary shows it (`ok`, `up to date`).
     pub fn label(self) -> &'static str {
         match self {
             StepStatus::Success => "ok",
@@ -182,9 +240,13 @@ impl StepStatus {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+/// How a build ended.
 pub enum BuildStatus {
+    /// Every step succeeded (or was up to date, skipped, allowed to fail).
     Success,
+    /// A step failed.
     Failed,
+    /// Interrupted (Ctrl-C, SIGTERM, `Run::cancel`, piperd's cancel).
     Canceled,
 }
 

@@ -119,6 +119,7 @@ impl Default for Options {
 /// How a whole `piper exec` ended: the requested build and any chained ones.
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
+    /// The requested build, then the chained ones, in the order they ran.
     pub builds: Vec<BuildOutcome>,
     /// 0, the exit code of the first failing step, 124 for a timeout, 1 for
     /// a failure without a code, 130 when interrupted.
@@ -126,10 +127,15 @@ pub struct RunOutcome {
 }
 
 #[derive(Debug, Clone)]
+/// How one build of a run ended.
 pub struct BuildOutcome {
+    /// Its number within the run (as in its events).
     pub build: u32,
+    /// The targets asked for, or the chained pipeline.
     pub name: String,
+    /// How it ended.
     pub status: BuildStatus,
+    /// What `piper` would exit with for it alone.
     pub exit_code: i32,
 }
 

@@ -39,10 +39,6 @@ impl HostModules {
         self.modules.push((name.to_string(), Arc::new(loader)));
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.modules.is_empty()
-    }
-
     /// Puts every module in `lua`'s `package.preload`.
     pub(crate) fn install(&self, lua: &Lua) -> mlua::Result<()> {
         if self.modules.is_empty() {

@@ -55,11 +55,6 @@ impl LazyLua {
         }
     }
 
-    /// Whether a Lua state exists yet (for tests and `--explain`).
-    pub fn is_loaded(&self) -> bool {
-        self.state.get().is_some()
-    }
-
     /// The state and the `run` function of step `index`.
     pub fn run_function(&self, index: usize) -> Result<(&Lua, Function), String> {
         let loaded = self.load()?;

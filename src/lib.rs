@@ -61,77 +61,53 @@ pub use runner::{Command, CommandRun, Exit, LocalRunner, OutputSink, RunFuture, 
 /// ([`Engine::with_module`]): the same `mlua` Piper uses.
 pub use mlua;
 
-// The modules below are Piper's insides. The hosts in this package (the
-// `piper` and `piperd` binaries: `app`, `cli`, `client`, `agent`, `render`,
-// `watch`) and its tests use them; they are not part of the API above and
-// change without notice (docs/embedding.md, "What is stable").
+// The modules below are Piper's insides, private to the crate. Two stay
+// reachable, hidden, because code outside the library calls them: `app`
+// (the `piper` binary's `main`) and `agent` (piperd's `main`, and the store
+// its tests and queue benchmark drive). Neither is part of the API above;
+// they change without notice (docs/embedding.md, "What is stable").
 #[doc(hidden)]
 pub mod agent;
 #[doc(hidden)]
 pub mod app;
+pub(crate) mod cli;
+pub(crate) mod client;
+pub(crate) mod config_cache;
+pub(crate) mod config_file;
+pub(crate) mod cron;
+pub(crate) mod duration;
+pub(crate) mod error;
+pub(crate) mod event;
+pub(crate) mod executor;
+pub(crate) mod explain;
+pub(crate) mod export;
+pub(crate) mod fingerprint;
+pub(crate) mod fsutil;
+pub(crate) mod glob;
+pub(crate) mod graph;
+pub(crate) mod host;
+pub(crate) mod lazy_lua;
+pub(crate) mod location;
+pub(crate) mod lua;
+pub(crate) mod lua_step;
+pub(crate) mod paths;
+pub(crate) mod process;
+pub(crate) mod project;
+pub(crate) mod reaper;
+pub(crate) mod render;
+pub(crate) mod reproduce;
+pub(crate) mod runner;
+pub(crate) mod spec;
+pub(crate) mod stamps;
+pub(crate) mod state;
+pub(crate) mod suggest;
+pub(crate) mod watch;
+pub(crate) mod working_tree;
+
+/// What this package's own tests read of the insides (the step fields the
+/// docs must list, the command line the CLI reference must cover). Not API.
 #[doc(hidden)]
-pub mod cli;
-#[doc(hidden)]
-pub mod client;
-#[doc(hidden)]
-pub mod config_cache;
-#[doc(hidden)]
-pub mod config_file;
-#[doc(hidden)]
-pub mod cron;
-#[doc(hidden)]
-pub mod duration;
-#[doc(hidden)]
-pub mod error;
-#[doc(hidden)]
-pub mod event;
-#[doc(hidden)]
-pub mod executor;
-#[doc(hidden)]
-pub mod explain;
-#[doc(hidden)]
-pub mod export;
-#[doc(hidden)]
-pub mod fingerprint;
-#[doc(hidden)]
-pub mod fsutil;
-#[doc(hidden)]
-pub mod glob;
-#[doc(hidden)]
-pub mod graph;
-#[doc(hidden)]
-pub mod host;
-#[doc(hidden)]
-pub mod lazy_lua;
-#[doc(hidden)]
-pub mod location;
-#[doc(hidden)]
-pub mod lua;
-#[doc(hidden)]
-pub mod lua_step;
-#[doc(hidden)]
-pub mod paths;
-#[doc(hidden)]
-pub mod process;
-#[doc(hidden)]
-pub mod project;
-#[doc(hidden)]
-pub mod reaper;
-#[doc(hidden)]
-pub mod render;
-#[doc(hidden)]
-pub mod reproduce;
-#[doc(hidden)]
-pub mod runner;
-#[doc(hidden)]
-pub mod spec;
-#[doc(hidden)]
-pub mod stamps;
-#[doc(hidden)]
-pub mod state;
-#[doc(hidden)]
-pub mod suggest;
-#[doc(hidden)]
-pub mod watch;
-#[doc(hidden)]
-pub mod working_tree;
+pub mod internals {
+    pub use crate::cli::Cli;
+    pub use crate::spec::STEP_FIELDS;
+}

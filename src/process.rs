@@ -25,12 +25,16 @@ use crate::spec::Command;
 /// Where a step's output goes: the event stream, tagged with the step.
 #[derive(Clone)]
 pub struct OutputSink {
+    /// The run's event channel.
     pub events: EventSender,
+    /// The build of the step (as in its events).
     pub build: u32,
+    /// The step's name.
     pub step: String,
 }
 
 impl OutputSink {
+    /// Sends `data` as the step's output (a `StepOutput` event).
     pub async fn write(&self, data: Vec<u8>) {
         let event = Event::StepOutput {
             build: self.build,
@@ -41,6 +45,7 @@ impl OutputSink {
         let _ = self.events.send(event).await;
     }
 
+    /// Announces a command the step is about to run (a `StepCommand` event).
     pub async fn command(&self, command: String) {
         let event = Event::StepCommand {
             build: self.build,
@@ -54,7 +59,9 @@ impl OutputSink {
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
+    /// It exited with this code.
     Code(i32),
+    /// A signal ended it.
     Signal(i32),
     /// The program does not exist (recorded as exit code 127, as shells do).
     NotFound(String),
@@ -65,6 +72,7 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// Exit code 0.
     pub fn success(&self) -> bool {
         *self == Exit::Code(0)
     }
@@ -80,6 +88,7 @@ impl Exit {
         }
     }
 
+    /// In words: `exited with code 2`, `command not found: cc`.
     pub fn describe(&self) -> String {
         match self {
             Exit::Code(c) => format!("exited with code {c}"),

@@ -94,6 +94,7 @@ pub struct StepFunctions {
     pub when: Option<Function>,
 }
 
+/// One command of a step.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     /// Run by `/bin/sh -c`.

@@ -104,7 +104,7 @@ fn ctx_functions_are_documented() {
 fn every_step_field_is_documented() {
     let doc = read("docs/reference/lua.md");
     let meta = read("lua/piper.lua");
-    for field in piper::spec::STEP_FIELDS {
+    for field in piper::internals::STEP_FIELDS {
         assert!(
             doc.contains(&format!("| `{field}` |")),
             "step field {field} missing from docs/reference/lua.md"
@@ -120,7 +120,7 @@ fn every_step_field_is_documented() {
 fn every_cli_command_and_flag_is_documented() {
     use clap::CommandFactory;
     let doc = read("docs/reference/cli.md");
-    let cli = piper::cli::Cli::command();
+    let cli = piper::internals::Cli::command();
     for arg in cli.get_arguments() {
         if let Some(long) = arg.get_long() {
             assert!(

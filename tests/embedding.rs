@@ -293,6 +293,8 @@ fn public_surface() -> String {
     let mut items = Vec::new();
     for file in ["src/lib.rs", "src/engine.rs", "src/runner.rs"] {
         let text = std::fs::read_to_string(root.join(file)).unwrap();
+        // The hidden `internals` re-exports are not API.
+        let text = text.split("pub mod internals").next().unwrap_or_default();
         let mut current: Option<String> = None;
         for line in text.lines() {
             let line = line.trim();
