@@ -51,6 +51,27 @@ impl Engine {
     /// made by `loader` in each Lua state that requires it. A config that
     /// requires a host module is evaluated on every load: the
     /// configuration cache cannot check what a host function returns.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = std::env::temp_dir().join(format!("piper-doc-module-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// std::fs::write(
+    ///     dir.join("piper.lua"),
+    ///     r#"local editor = require "host.editor"
+    ///        step("open " .. editor.file()) { run = "true" }"#,
+    /// )?;
+    /// let engine = piper::Engine::new().with_module("host.editor", |lua| {
+    ///     let module = lua.create_table()?;
+    ///     module.set("file", lua.create_function(|_, ()| Ok("main.rs"))?)?;
+    ///     Ok(piper::mlua::Value::Table(module))
+    /// });
+    /// let project = engine.load(&dir)?;
+    /// assert_eq!(project.steps()[0].name, "open main.rs");
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_module(
         mut self,
         name: &str,

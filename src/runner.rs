@@ -42,6 +42,23 @@ pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Exit> + Send + 'a>>;
 
 /// Runs the commands of steps. One runner serves every step of a run, from
 /// many tasks at once.
+///
+/// A runner that logs each command, then runs it as Piper would:
+///
+/// ```
+/// use piper::{CommandRun, LocalRunner, RunFuture, Runner};
+///
+/// struct Logged;
+///
+/// impl Runner for Logged {
+///     fn run<'a>(&'a self, run: CommandRun<'a>) -> RunFuture<'a> {
+///         eprintln!("running {} in {}", run.command, run.dir.display());
+///         LocalRunner.run(run)
+///     }
+/// }
+///
+/// let engine = piper::Engine::new().with_runner(Logged);
+/// ```
 pub trait Runner: Send + Sync {
     /// Runs `run.command` to its end and says how it ended.
     fn run<'a>(&'a self, run: CommandRun<'a>) -> RunFuture<'a>;
