@@ -125,7 +125,16 @@ fn journal_add(pgid: i32) {
         return;
     };
     if let Some(started) = start_time(pgid) {
-        let _ = std::fs::write(dir.join(pgid.to_string()), started);
+        // Written aside, then renamed: an entry exists only with its start
+        // time. (`fs::write` creates the file empty first: an agent killed
+        // in between left an entry that matched no process, so its restart
+        // could not end that group.) No fsync: the journal is for a crash
+        // of piperd, not of the machine.
+        let entry = dir.join(pgid.to_string());
+        let aside = dir.join(format!(".{pgid}.new"));
+        if std::fs::write(&aside, started).is_ok() && std::fs::rename(&aside, &entry).is_err() {
+            let _ = std::fs::remove_file(&aside);
+        }
     }
 }
 
