@@ -86,6 +86,12 @@ fn load_explained(cli: &Cli) -> Result<(Graph, Evaluation)> {
     config_cache::load(&project, config_mode(cli))
 }
 
+/// The engine the CLI hosts: local processes, the configuration cache
+/// unless `--no-config-cache`.
+fn engine(cli: &Cli) -> crate::Engine {
+    crate::Engine::new().with_config_cache(!cli.no_config_cache)
+}
+
 fn config_mode(cli: &Cli) -> config_cache::Mode {
     if cli.no_config_cache {
         config_cache::Mode::Bypass
@@ -284,8 +290,7 @@ fn exec_project(
     project: &Project,
     base_env: IndexMap<String, String>,
 ) -> Result<i32> {
-    let engine = crate::Engine::new().with_config_cache(!cli.no_config_cache);
-    let loaded = engine.load_located(project.clone())?;
+    let loaded = engine(cli).load_located(project.clone())?;
     if args.explain
         && let Some(line) = loaded.evaluation()
     {
@@ -522,14 +527,16 @@ fn completions(shell: &str) -> Result<i32> {
     Ok(if done { 0 } else { EXIT_INTERNAL })
 }
 
+/// `piper explain`, a host of the embedding API.
 fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
-    let (graph, evaluation) = load_explained(cli)?;
-    let plan = graph.plan(&args.targets)?;
+    let located = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
+    let project = engine(cli).load_located(located)?;
     let options = Options {
         env_overrides: parse_env_overrides(&args.env)?,
         ..Options::default()
     };
-    let verdicts = crate::explain::explain(&graph, &plan, &options);
+    let targets: Vec<&str> = args.targets.iter().map(String::as_str).collect();
+    let verdicts = project.explain(&targets, &options.into())?;
     let code = i32::from(args.check && verdicts.iter().any(|v| v.will_run));
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -545,7 +552,7 @@ fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
         .map(|v| render::style::width(&v.step))
         .max()
         .unwrap_or(0);
-    if let Some(line) = evaluation.explanation() {
+    if let Some(line) = project.evaluation() {
         let _ = writeln!(out, "{line}");
     }
     for v in &verdicts {

@@ -169,8 +169,9 @@ pub struct StepInfo {
     pub location: String,
 }
 
-/// Whether a step would run, and why (`piper explain`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Whether a step would run, and why (`piper explain`; `--json` prints
+/// these).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Explanation {
     /// The step's name.
