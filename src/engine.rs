@@ -271,9 +271,18 @@ impl Project {
 
     /// [`run`](Project::run) of targets already checked.
     pub(crate) fn start(&self, targets: Vec<String>, options: RunOptions) -> Run {
+        self.start_with(targets, options, CancellationToken::new())
+    }
+
+    /// As `start`, stopped by `cancel` (piperd's token for the build).
+    pub(crate) fn start_with(
+        &self,
+        targets: Vec<String>,
+        options: RunOptions,
+        cancel: CancellationToken,
+    ) -> Run {
         let options = options.with_runner(&self.runner);
         let (tx, rx) = crate::event::channel();
-        let cancel = CancellationToken::new();
         let graph = self.graph.clone();
         let stop = cancel.clone();
         let task = tokio::spawn(async move {

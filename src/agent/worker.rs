@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::log_writer::{LogWriter, Redactor, with_retry};
 use super::store::{Build, BuildState, Holder, NewBuild, Renewal, Store, StoredStep, now_ms};
-use crate::event::{self, BuildStatus, Event};
-use crate::executor::{self, Options};
+use crate::event::{BuildStatus, Event};
+use crate::executor::Options;
 use crate::graph::Graph;
 use crate::project::{CONFIG_FILE, Project};
 
@@ -365,11 +365,14 @@ impl Agent {
             config,
             host: Default::default(),
         };
-        let graph = tokio::task::spawn_blocking(move || Graph::load(&project))
+        // Through the embedding API, as `piper exec` does; evaluated every
+        // time (a workspace is new for each build: nothing to cache).
+        let engine = crate::Engine::new().with_config_cache(false);
+        let project = tokio::task::spawn_blocking(move || engine.load_located(project))
             .await
             .map_err(|e| format!("internal: {e}"))?
             .map_err(|e| e.to_string())?;
-        let graph = Arc::new(graph);
+        let graph = project.graph().clone();
         // Requirements are known now: an agent without them gives the build
         // back, and only agents that have them will claim it.
         if let Ok(plan) = graph.plan(std::slice::from_ref(&build.pipeline)) {
@@ -397,8 +400,7 @@ impl Agent {
             env_overrides: self.build_env(build),
             ..Options::default()
         };
-        let (tx, rx) = event::channel();
-        let recorder = Recorder {
+        let mut recorder = Recorder {
             store: self.store.clone(),
             abandon: self.abandon.clone(),
             holder: self.holder(),
@@ -421,18 +423,15 @@ impl Agent {
                 ),
             ),
         };
-        let recorder = tokio::spawn(record(recorder, rx));
-        let result = executor::run(
-            graph,
-            std::slice::from_ref(&build.pipeline),
-            &options,
-            &tx,
-            token,
-        )
-        .await;
-        drop(tx);
-        *log = recorder.await.map_err(|e| format!("internal: {e}"))?;
-        result.map(|_| ()).map_err(|e| e.to_string())
+        drop(graph);
+        let targets = vec![build.pipeline.clone()];
+        let mut run = project.start_with(targets, options.into(), token.clone());
+        while let Some(event) = run.next_event().await {
+            recorder.on(event).await;
+        }
+        recorder.log.finish_all().await;
+        *log = recorder.log;
+        run.wait().await.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// What the steps of a build see besides their own variables: the
@@ -624,16 +623,6 @@ struct Recorder {
     positions: HashMap<(i64, String), i64>,
     log: LogWriter,
     observer: super::metrics::RunObserver,
-}
-
-/// Records the events of one run; returns the log writer (with what it
-/// could not store) when the executor is done.
-async fn record(mut recorder: Recorder, mut events: event::EventReceiver) -> LogWriter {
-    while let Some(event) = events.recv().await {
-        recorder.on(event).await;
-    }
-    recorder.log.finish_all().await;
-    recorder.log
 }
 
 impl Recorder {
