@@ -11,7 +11,6 @@ use std::time::Duration;
 use super::store::{BuildState, NewBuild};
 use super::worker::Agent;
 use crate::cron::{Schedule, UnixMinute, this_minute};
-use crate::graph::Graph;
 use crate::project::{CONFIG_FILE, Project};
 
 /// A repository's scheduled pipelines, as of one commit.
@@ -179,12 +178,15 @@ async fn refresh(
         if !project.config.is_file() {
             return Ok(Vec::new());
         }
-        let graph = tokio::task::spawn_blocking(move || Graph::load(&project))
+        // Through the API, as a build is loaded (a fresh workspace: no cache).
+        let engine = crate::Engine::new().with_config_cache(false);
+        let project = tokio::task::spawn_blocking(move || engine.load_located(project))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         Ok::<_, String>(
-            graph
+            project
+                .graph()
                 .pipelines
                 .values()
                 .flat_map(|p| p.schedules.iter().map(|s| (p.name.clone(), s.clone())))
