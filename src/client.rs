@@ -161,18 +161,7 @@ fn local_repository(git_ref: &str, working_tree: bool) -> Result<(String, String
     let cwd =
         std::env::current_dir().map_err(|e| Error::io("cannot read the current directory", e))?;
     let root = crate::project::Project::locate(&cwd, None)?.root;
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(&root)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .output()
-            .ok()
-            .filter(|out| out.status.success())
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
+    let git = |args: &[&str]| crate::git::run(&root, args, &[]).ok();
     if git(&["rev-parse", "--is-inside-work-tree"]).as_deref() != Some("true") {
         return Err(Error::NotARepository { dir: root });
     }

@@ -83,6 +83,7 @@ pub(crate) mod explain;
 pub(crate) mod export;
 pub(crate) mod fingerprint;
 pub(crate) mod fsutil;
+pub(crate) mod git;
 pub(crate) mod glob;
 pub(crate) mod graph;
 pub(crate) mod host;

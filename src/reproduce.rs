@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use indexmap::IndexMap;
 
@@ -64,39 +63,13 @@ pub fn prepare(
         dir,
         pipeline: build.pipeline.clone(),
         sha_and_ref: format!("{} ({})", &sha[..sha.len().min(12)], build.git_ref),
-        env: agent_env(&build),
+        env: crate::agent::worker::build_vars(&build, build.agent.as_deref().unwrap_or_default()),
         differences: differences(&build, agent.as_ref(), given),
     })
 }
 
-/// The variables the agent set (`worker::build_env`), secrets aside.
-fn agent_env(build: &Build) -> IndexMap<String, String> {
-    let mut env: IndexMap<String, String> = [
-        ("CI", "true".to_string()),
-        ("PIPER_BUILD_ID", build.id.to_string()),
-        ("PIPER_BUILD_NUMBER", build.number.to_string()),
-        ("PIPER_AGENT", build.agent.clone().unwrap_or_default()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    env.extend(build.env.clone());
-    env
-}
-
 fn git(dir: &Path, args: &[&str]) -> std::result::Result<String, String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run git: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
+    crate::git::run(dir, args, &[])
 }
 
 fn has_commit(clone: &Path, sha: &str) -> bool {

@@ -10,8 +10,8 @@
 //! hashed again) takes `git add -A`, and `write-tree`/`commit-tree` make the
 //! commit: git plumbing, the way `git stash create` works.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
 
@@ -42,16 +42,11 @@ fn git_error(args: &[&str], message: impl std::fmt::Display) -> Error {
 /// Runs git in `root` (with `index` as its index, when given): its trimmed
 /// stdout, or an error with its stderr.
 fn git(root: &Path, index: Option<&Path>, args: &[&str]) -> Result<String> {
-    let mut command = Command::new("git");
-    command.arg("-C").arg(root).args(args).stdin(Stdio::null());
-    if let Some(index) = index {
-        command.env("GIT_INDEX_FILE", index);
-    }
-    let out = command.output().map_err(|e| git_error(args, e))?;
-    if !out.status.success() {
-        return Err(git_error(args, String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let env: Vec<(&str, &OsStr)> = index
+        .map(|index| ("GIT_INDEX_FILE", index.as_os_str()))
+        .into_iter()
+        .collect();
+    crate::git::run(root, args, &env).map_err(|e| git_error(args, e))
 }
 
 /// A temporary index file, removed when dropped.
@@ -126,26 +121,19 @@ pub fn snapshot(root: &Path) -> Result<Option<Snapshot>> {
 /// (a fresh container): the commit is Piper's, not the user's history.
 fn commit_tree(root: &Path, tree: &str, parent: &str, message: &str) -> Result<String> {
     let args = ["commit-tree", tree, "-p", parent, "-m", message];
-    let mut command = Command::new("git");
-    command.arg("-C").arg(root).args(args).stdin(Stdio::null());
-    if git(root, None, &["var", "GIT_COMMITTER_IDENT"]).is_err() {
-        for (name, value) in [
-            ("GIT_AUTHOR_NAME", "piper"),
-            ("GIT_AUTHOR_EMAIL", "piper@localhost"),
-            ("GIT_COMMITTER_NAME", "piper"),
-            ("GIT_COMMITTER_EMAIL", "piper@localhost"),
-        ] {
-            command.env(name, value);
-        }
-    }
-    let out = command.output().map_err(|e| git_error(&args, e))?;
-    if !out.status.success() {
-        return Err(git_error(
-            &args,
-            String::from_utf8_lossy(&out.stderr).trim(),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let piper = OsStr::new("piper");
+    let localhost = OsStr::new("piper@localhost");
+    let stand_in = [
+        ("GIT_AUTHOR_NAME", piper),
+        ("GIT_AUTHOR_EMAIL", localhost),
+        ("GIT_COMMITTER_NAME", piper),
+        ("GIT_COMMITTER_EMAIL", localhost),
+    ];
+    let env: &[(&str, &OsStr)] = match git(root, None, &["var", "GIT_COMMITTER_IDENT"]) {
+        Ok(_) => &[],
+        Err(_) => &stand_in,
+    };
+    crate::git::run(root, &args, env).map_err(|e| git_error(&args, e))
 }
 
 /// Keeps the newest `KEEP` working-tree refs; failures only leave more.

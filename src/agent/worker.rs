@@ -90,6 +90,22 @@ pub struct GitLimits<'a> {
     pub cancel: &'a CancellationToken,
 }
 
+/// The variables `agent` gives every step of `build`, secrets aside:
+/// `CI=true`, the build's id and number, the agent, and the submit's `env`.
+/// `piper exec --from-build` gives the same ones.
+pub fn build_vars(build: &Build, agent: &str) -> indexmap::IndexMap<String, String> {
+    let mut env: indexmap::IndexMap<String, String> = [
+        ("CI".to_string(), "true".to_string()),
+        ("PIPER_BUILD_ID".to_string(), build.id.to_string()),
+        ("PIPER_BUILD_NUMBER".to_string(), build.number.to_string()),
+        ("PIPER_AGENT".to_string(), agent.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    env.extend(build.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
 impl Agent {
     pub fn new(store: Store, settings: AgentSettings) -> Agent {
         Agent {
@@ -438,15 +454,7 @@ impl Agent {
     /// submit's `env` and `secret_env`, and who runs them (as Buildkite and
     /// Woodpecker do: `CI=true`, the build's id and number, the agent).
     fn build_env(&self, build: &Build) -> indexmap::IndexMap<String, String> {
-        let mut env: indexmap::IndexMap<String, String> = [
-            ("CI".to_string(), "true".to_string()),
-            ("PIPER_BUILD_ID".to_string(), build.id.to_string()),
-            ("PIPER_BUILD_NUMBER".to_string(), build.number.to_string()),
-            ("PIPER_AGENT".to_string(), self.name.clone()),
-        ]
-        .into_iter()
-        .collect();
-        env.extend(build.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut env = build_vars(build, &self.name);
         env.extend(build.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
     }
