@@ -240,17 +240,17 @@ impl Key {
     }
 }
 
-/// The file as read back.
+/// The file as read back, after its key (which `read` decodes and compares
+/// first: another Piper build may lay out what follows differently).
 #[derive(Deserialize)]
 struct CacheFile {
-    /// Compared before the rest is decoded (see `read`).
-    _key: Key,
     inputs: Vec<Input>,
     graph: Graph,
 }
 
-/// The file as written: the same fields, borrowed (postcard lays out both
-/// alike), so writing needs no copy of the graph.
+/// The file as written: the key, then `CacheFile`'s fields, borrowed
+/// (postcard lays fields out one after another), so writing needs no copy
+/// of the graph.
 #[derive(Serialize)]
 struct CacheFileRef<'a> {
     key: &'a Key,
@@ -350,7 +350,7 @@ fn read(path: &Path, key: &Key) -> std::result::Result<Option<CacheFile>, String
     }
     // The key comes first and is read alone: another Piper build may lay
     // out the rest differently, and that is an update, not damage.
-    let (written_for, _) = postcard::take_from_bytes::<Key>(&rest[32..])
+    let (written_for, body) = postcard::take_from_bytes::<Key>(&rest[32..])
         .map_err(|e| warn(path, format!("it cannot be read: {e}")))?;
     if written_for.piper != key.piper {
         return Err("Piper was updated".into());
@@ -358,8 +358,8 @@ fn read(path: &Path, key: &Key) -> std::result::Result<Option<CacheFile>, String
     if written_for.root != key.root || written_for.config != key.config {
         return Err("the project moved".into());
     }
-    let cache: CacheFile = postcard::from_bytes(&rest[32..])
-        .map_err(|e| warn(path, format!("it cannot be read: {e}")))?;
+    let cache: CacheFile =
+        postcard::from_bytes(body).map_err(|e| warn(path, format!("it cannot be read: {e}")))?;
     Ok(Some(cache))
 }
 
