@@ -302,7 +302,25 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router) {
 }
 
 fn too_large() -> String {
-    format!("the request body is larger than the limit of {BODY_LIMIT} bytes")
+    too_large_for(BODY_LIMIT)
+}
+
+fn too_large_for(limit: usize) -> String {
+    format!("the request body is larger than the limit of {limit} bytes")
+}
+
+/// The request's body, or the error axum's extractor met (a body over
+/// `limit` bytes says so), as this API's JSON error.
+fn body_within(body: Result<Bytes, BytesRejection>, limit: usize) -> ApiResult<Bytes> {
+    body.map_err(|e| ApiError {
+        status: e.status(),
+        message: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large_for(limit)
+        } else {
+            e.body_text()
+        },
+        field: None,
+    })
 }
 
 /// Errors axum answers itself (a path that is not UTF-8, a body over the
@@ -858,15 +876,7 @@ async fn host_hook(
     if query.pipeline.as_ref().is_some_and(|p| p.trim().is_empty()) {
         return Err(ApiError::bad("pipeline", "`pipeline` is empty"));
     }
-    let body = body.map_err(|e| ApiError {
-        status: e.status(),
-        message: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("the delivery is larger than the limit of {HOOK_BODY_LIMIT} bytes")
-        } else {
-            e.body_text()
-        },
-        field: None,
-    })?;
+    let body = body_within(body, HOOK_BODY_LIMIT)?;
     let push = match super::hooks::receive(&state.policy.hooks, host, &headers, &body) {
         Ok(Delivery::Push(push)) => push,
         Ok(Delivery::Ignored(why)) => {
@@ -953,15 +963,7 @@ fn parse_request(
     body: Result<Bytes, BytesRejection>,
     pipeline: Option<String>,
 ) -> ApiResult<NewBuild> {
-    let body = body.map_err(|e| ApiError {
-        status: e.status(),
-        message: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large()
-        } else {
-            e.body_text()
-        },
-        field: None,
-    })?;
+    let body = body_within(body, BODY_LIMIT)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad("body", format!("malformed JSON: {e}")))?;
     let Value::Object(fields) = value else {
