@@ -12,7 +12,7 @@ use crate::cli::{
     CleanArgs, Cli, ColorChoice, Command, ExecArgs, ExplainArgs, GraphArgs, GraphFormat, ListArgs,
     RemoteCommand, WatchArgs,
 };
-use crate::config_cache::{self, Evaluation};
+use crate::config_cache;
 use crate::error::{EXIT_INTERNAL, Error, Result};
 use crate::executor::{Force, Options};
 use crate::graph::Graph;
@@ -75,15 +75,10 @@ fn start_dir(cli: &Cli) -> Result<PathBuf> {
     })
 }
 
+/// The graph, from the configuration cache unless `--no-config-cache`.
 fn load(cli: &Cli) -> Result<Graph> {
-    Ok(load_explained(cli)?.0)
-}
-
-/// The graph, from the configuration cache unless `--no-config-cache`, and
-/// how it was obtained.
-fn load_explained(cli: &Cli) -> Result<(Graph, Evaluation)> {
     let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
-    config_cache::load(&project, config_mode(cli))
+    Ok(config_cache::load(&project, config_mode(cli))?.0)
 }
 
 /// The engine the CLI hosts: local processes, the configuration cache
