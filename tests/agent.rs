@@ -134,10 +134,18 @@ impl Daemon {
 
     /// Runs `piper` against this agent.
     pub fn piper(&self, args: &[&str]) -> (i32, String, String) {
+        self.piper_in(Path::new(env!("CARGO_MANIFEST_DIR")), args)
+    }
+
+    /// Runs `piper` in `dir` against this agent (no `PIPER_LABELS` from the
+    /// test's environment).
+    pub fn piper_in(&self, dir: &Path, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(PIPER)
             .args(args)
             .env("PIPER_SERVER", &self.url)
             .env("PIPER_TOKEN", &self.token)
+            .env_remove("PIPER_LABELS")
+            .current_dir(dir)
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -1213,23 +1221,6 @@ fn the_cli_finds_token_and_address_in_the_agents_data_directory() {
     assert!(stderr.contains("cannot reach piperd"), "{stderr}");
 }
 
-/// `piper submit` in `dir` against `daemon`.
-fn submit_here(daemon: &Daemon, dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(PIPER)
-        .arg("submit")
-        .args(args)
-        .env("PIPER_SERVER", &daemon.url)
-        .env("PIPER_TOKEN", &daemon.token)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 #[test]
 fn submit_working_tree_builds_exactly_the_working_tree_and_leaves_git_alone() {
     let daemon = Daemon::start(None);
@@ -1258,8 +1249,9 @@ fn submit_working_tree_builds_exactly_the_working_tree_and_leaves_git_alone() {
     let branches = git(path, &["branch", "--list"]);
 
     // From a subdirectory: still the whole working tree.
-    let (ok, _, stderr) = submit_here(&daemon, &path.join("sub"), &["ci", "--working-tree", "-f"]);
-    assert!(ok, "{stderr}");
+    let (code, _, stderr) =
+        daemon.piper_in(&path.join("sub"), &["submit", "ci", "--working-tree", "-f"]);
+    assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains("submitting the working tree: 4 file(s) differ from HEAD"),
         "{stderr}"
@@ -1287,35 +1279,21 @@ fn submit_working_tree_builds_exactly_the_working_tree_and_leaves_git_alone() {
     // A clean tree: HEAD is built.
     git(path, &["add", "-A"]);
     git(path, &["commit", "-qm", "all"]);
-    let (ok, _, stderr) = submit_here(&daemon, path, &["ci", "--working-tree"]);
+    let (code, _, stderr) = daemon.piper_in(path, &["submit", "ci", "--working-tree"]);
     assert!(
-        ok && stderr.contains("the working tree matches HEAD"),
+        code == 0 && stderr.contains("the working tree matches HEAD"),
         "{stderr}"
     );
     let build = daemon.wait_finished(submitted_id(&stderr));
     assert_eq!(build["ref"], "HEAD");
 
     // It builds this checkout: not with --repo or --ref.
-    let (ok, _, stderr) = submit_here(&daemon, path, &["ci", "--working-tree", "--ref", "main"]);
-    assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
-}
-
-/// `piper exec ARGS` in `dir` against `daemon`: (exit code, stdout, stderr).
-fn exec_here(daemon: &Daemon, dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(PIPER)
-        .arg("exec")
-        .args(args)
-        .env("PIPER_SERVER", &daemon.url)
-        .env("PIPER_TOKEN", &daemon.token)
-        .env_remove("PIPER_LABELS")
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    let (code, _, stderr) =
+        daemon.piper_in(path, &["submit", "ci", "--working-tree", "--ref", "main"]);
+    assert!(
+        code != 0 && stderr.contains("cannot be used with"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -1341,7 +1319,7 @@ fn exec_from_build_reruns_an_agent_build_here_and_says_what_differs() {
     assert_eq!(daemon.wait_finished(id)["status"], "failed");
 
     let (code, stdout, stderr) =
-        exec_here(&daemon, &clone, &["--from-build", &id.to_string(), "-j1"]);
+        daemon.piper_in(&clone, &["exec", "--from-build", &id.to_string(), "-j1"]);
     assert_eq!(code, 3, "the agent's failure, here\n{stdout}\n{stderr}");
     assert!(stdout.contains("world from-agent"), "{stdout}");
     assert!(
@@ -1364,10 +1342,10 @@ fn exec_from_build_reruns_an_agent_build_here_and_says_what_differs() {
     assert!(worktree.join("note.txt").exists());
 
     // Variables given here win; the worktree is used again; one step of it.
-    let (code, stdout, stderr) = exec_here(
-        &daemon,
+    let (code, stdout, stderr) = daemon.piper_in(
         &clone,
         &[
+            "exec",
             "--from-build",
             &id.to_string(),
             "-e",
@@ -1385,11 +1363,8 @@ fn exec_from_build_reruns_an_agent_build_here_and_says_what_differs() {
     let unrelated = repo(&[("piper.lua", b"step 'x' { run = 'true' }\n")]);
     let moved = clones.path().join("moved");
     std::fs::rename(origin.path(), &moved).unwrap();
-    let (code, _, stderr) = exec_here(
-        &daemon,
-        unrelated.path(),
-        &["--from-build", &id.to_string()],
-    );
+    let (code, _, stderr) =
+        daemon.piper_in(unrelated.path(), &["exec", "--from-build", &id.to_string()]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains(&format!(
