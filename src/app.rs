@@ -349,9 +349,12 @@ fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32> {
     let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
     // A config that does not evaluate at start is an error; later broken
     // edits are reported and watched past.
-    let (graph, _) = config_cache::load(&project, config_mode(cli))?;
+    let engine = engine(cli);
+    let loaded = engine.load_located(project)?;
+    let graph = loaded.graph().clone();
     graph.plan(&args.exec.targets)?;
     let options = exec_options(&graph, &args.exec)?;
+    drop(graph);
     let renderer = host(cli, &args.exec, Some(args.clear));
     let watch_options = WatchOptions {
         debounce: args.debounce,
@@ -363,10 +366,10 @@ fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32> {
         let interrupt = CancellationToken::new();
         tokio::spawn(forward_signals(interrupt.clone()));
         let code = crate::watch::watch(
-            project,
-            graph,
+            engine,
+            loaded,
             args.exec.targets.clone(),
-            options,
+            options.into(),
             watch_options,
             tx,
             interrupt,

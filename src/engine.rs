@@ -6,12 +6,13 @@
 //! event sink.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::changes::Affected;
 use crate::config_cache::{self, Evaluation};
 use crate::error::Result;
 use crate::event::{Event, EventReceiver};
@@ -114,6 +115,7 @@ impl Engine {
     /// A project found by the CLI's own rules (`-C`, `-f`).
     pub(crate) fn load_located(&self, mut project: crate::project::Project) -> Result<Project> {
         project.host = self.host.clone();
+        let located = project.clone();
         let mode = if self.config_cache {
             config_cache::Mode::Use
         } else {
@@ -124,7 +126,14 @@ impl Engine {
             graph: Arc::new(graph),
             evaluation,
             runner: self.runner.clone(),
+            located,
         })
+    }
+
+    /// Loads `project`'s config again, from the same file (after an edit:
+    /// what [`Change::Config`](crate::Change::Config) asks for).
+    pub fn reload(&self, project: &Project) -> Result<Project> {
+        self.load_located(project.located.clone())
     }
 }
 
@@ -133,6 +142,8 @@ pub struct Project {
     graph: Arc<Graph>,
     evaluation: Evaluation,
     runner: SharedRunner,
+    /// Where it was found, to load it again.
+    located: crate::project::Project,
 }
 
 /// A pipeline, as `piper list` shows it.
@@ -240,8 +251,7 @@ impl Project {
     /// What [`run`](Project::run) with these targets and options would run,
     /// and why, without running anything.
     pub fn explain(&self, targets: &[&str], options: &RunOptions) -> Result<Vec<Explanation>> {
-        let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
-        let plan = self.graph.plan(&targets)?;
+        let plan = self.graph.plan(&owned(targets))?;
         let options = options.with_runner(&self.runner);
         Ok(crate::explain::explain(&self.graph, &plan, &options)
             .into_iter()
@@ -253,12 +263,33 @@ impl Project {
             .collect())
     }
 
+    /// The `service = true` steps (dev servers) a run of `targets`
+    /// includes, in plan order: a host that runs them apart
+    /// ([`RunOptions::skip_services`]) starts each as a run of its own.
+    pub fn services(&self, targets: &[&str]) -> Result<Vec<String>> {
+        let plan = self.graph.plan(&owned(targets))?;
+        Ok((plan.steps.iter())
+            .map(|planned| &self.graph.steps[planned.step])
+            .filter(|step| step.service)
+            .map(|step| step.name.clone())
+            .collect())
+    }
+
+    /// What files that changed (absolute paths) ask of a run of `targets`:
+    /// nothing, loading the config again, the whole plan, or some steps and
+    /// their dependents. Piper's state, git's, gitignored paths and
+    /// declared outputs never ask for anything. `piper watch` reruns by
+    /// this.
+    pub fn affected_by(&self, targets: &[&str], changed: &[PathBuf]) -> Affected {
+        crate::changes::affected_by(&self.graph, &owned(targets), changed)
+    }
+
     /// Starts running `targets` (pipelines or steps, with their
     /// dependencies) on the current tokio runtime; the targets' triggers
     /// run after them as chained builds. An unknown target, or no runtime
     /// to run on, is an error before anything starts.
     pub fn run(&self, targets: &[&str], options: RunOptions) -> Result<Run> {
-        let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        let targets = owned(targets);
         self.graph.plan(&targets)?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(crate::Error::Setting {
@@ -295,6 +326,10 @@ impl Project {
             result: None,
         }
     }
+}
+
+fn owned(targets: &[&str]) -> Vec<String> {
+    targets.iter().map(|t| t.to_string()).collect()
 }
 
 /// How to run: the knobs of `piper exec`. Built with its methods from
@@ -358,6 +393,22 @@ impl RunOptions {
     pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(mut self, steps: I) -> Self {
         let only: HashSet<String> = steps.into_iter().map(Into::into).collect();
         self.options.restrict = Some(only);
+        self
+    }
+
+    /// Numbers this run's builds from `first` (default 1): a host showing
+    /// several runs in one stream, as `piper watch` does, keeps the numbers
+    /// apart.
+    pub fn first_build(mut self, first: u32) -> Self {
+        self.options.first_build = first.max(1);
+        self
+    }
+
+    /// Leaves `service = true` steps out of the run (reported skipped), for
+    /// a host that runs them beside it, each with [`only`](RunOptions::only)
+    /// (see [`Project::services`]).
+    pub fn skip_services(mut self, skip: bool) -> Self {
+        self.options.services_apart = skip;
         self
     }
 

@@ -53,6 +53,7 @@ mod engine;
 pub use engine::{
     BuildOutcome, Engine, Explanation, Outcome, PipelineInfo, Project, Run, RunOptions, StepInfo,
 };
+pub use changes::{Affected, Change};
 pub use error::{Error, Result};
 pub use event::{BuildStatus, Event, StepStatus};
 pub use runner::{Command, CommandRun, Exit, LocalRunner, OutputSink, RunFuture, Runner};
@@ -70,6 +71,7 @@ pub use mlua;
 pub mod agent;
 #[doc(hidden)]
 pub mod app;
+pub(crate) mod changes;
 pub(crate) mod cli;
 pub(crate) mod client;
 pub(crate) mod config_cache;

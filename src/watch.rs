@@ -1,17 +1,20 @@
 //! `piper watch`: runs a pipeline, then reruns what each file change
-//! affects, with the same executor and events as `piper exec`.
+//! affects, with the same executor and events as `piper exec`. A host of
+//! the embedding API like any other: `Project::affected_by` says what a
+//! change asks for, `Project::run` with `RunOptions::only`/`first_build`/
+//! `skip_services` runs it, `Engine::reload` reads an edited config.
 //!
 //! Theory of operation (docs/architecture.md has the long form):
 //! - The project root is watched recursively (inotify, or polling with
 //!   `--poll`). Paths under `.piper/` and `.git/`, gitignored paths,
 //!   declared outputs and `trigger.watch` ignores never trigger, so a step's
-//!   own output cannot loop it.
+//!   own output cannot loop it (`changes.rs` decides).
 //! - Changes are debounced: a batch closes when no event came for the
 //!   debounce time. A batch that touches nothing relevant is dropped
 //!   without disturbing a running build.
 //! - A change to `piper.lua` or a module it required re-evaluates the config
 //!   (a broken edit is reported and watching goes on). A change to a step's
-//!   inputs reruns that step and its dependents (the executor's `restrict`);
+//!   inputs reruns that step and its dependents (`RunOptions::only`);
 //!   a change to a `trigger.watch` path reruns the whole plan.
 //! - Before a rerun, the running build is cancelled and awaited: its process
 //!   groups are gone before anything new starts.
@@ -21,21 +24,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use notify::Watcher;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{EXIT_INTERRUPTED, Error, Result};
 use crate::event::{Event, EventSender};
-use crate::executor::{self, Options, RunOutcome};
-use crate::graph::Graph;
-use crate::project::Project;
-use crate::state::{STATE_DIR, State};
+use crate::{Affected, Change, Engine, Outcome, Project, Run, RunOptions};
 
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
@@ -45,63 +43,48 @@ pub struct WatchOptions {
     pub poll: bool,
 }
 
-/// What a batch of changes asks for.
-#[derive(Debug, PartialEq)]
-enum Change {
-    Nothing,
-    /// The config or a module it required changed: evaluate it again.
-    Reload,
-    /// A `trigger.watch` path changed: rerun the plan.
-    Everything,
-    /// These steps' inputs changed: rerun them and their dependents.
-    Steps(HashSet<String>),
-}
+/// A run in progress: its task (which forwards its events) and how to stop it.
+type Running = (JoinHandle<Result<Outcome>>, CancellationToken);
 
-/// Watches until interrupted; returns the exit status (130).
-/// `graph` is the config as evaluated (and planned) at start, so it is not
-/// evaluated twice.
+/// Watches until interrupted; returns the exit status (130). `project` is
+/// the config as loaded at start, so it is not evaluated twice. Uses only
+/// the embedding API; `events` is the stream its renderer reads, which
+/// every run's events join.
 pub async fn watch(
-    project: Project,
-    graph: Graph,
+    engine: Engine,
+    mut project: Project,
     targets: Vec<String>,
-    base: Options,
+    base: RunOptions,
     options: WatchOptions,
     events: EventSender,
     interrupt: CancellationToken,
 ) -> Result<i32> {
     let (tx, mut changes) = mpsc::unbounded_channel::<PathBuf>();
     // Held for the whole watch: dropping it stops the notifications.
-    let _watcher = start_watcher(&project.root, options.poll, tx)?;
-    let mut graph = Some(Arc::new(graph));
-    let mut restrict: Option<HashSet<String>> = None;
+    let _watcher = start_watcher(project.root(), options.poll, tx)?;
+    // False after an edit broke the config: `project` is then the last
+    // good one, kept to load the config again.
+    let mut valid = true;
+    let mut only: Option<Vec<String>> = None;
     let mut next_build = 1;
-    let base = Options {
-        services_apart: true,
-        ..base
-    };
+    let base = base.skip_services(true);
     let mut services = Services::default();
     loop {
-        let mut running = graph.clone().map(|graph| {
-            let token = interrupt.child_token();
-            let run_options = Options {
-                restrict: restrict.take(),
-                first_build: next_build,
-                ..base.clone()
-            };
-            let (targets, events, run_token) = (targets.clone(), events.clone(), token.clone());
-            let handle = tokio::spawn(async move {
-                executor::run(graph, &targets, &run_options, &events, &run_token).await
-            });
-            (handle, token)
+        let mut running = valid.then(|| {
+            let mut options = base.clone().first_build(next_build);
+            if let Some(only) = only.take() {
+                options = options.only(only);
+            }
+            start(&project, &targets, options, &events)
         });
 
         // Wait for a batch of relevant changes; the build may finish meanwhile.
-        let (change, paths) = loop {
+        let affected = loop {
             tokio::select! {
                 _ = interrupt.cancelled() => {
-                    if let Some((handle, _)) = running.take() {
-                        // The build's token is a child of `interrupt`: it is
-                        // cancelling; wait until its processes are gone.
+                    if let Some((handle, token)) = running.take() {
+                        // Wait until its processes are gone.
+                        token.cancel();
                         let _ = handle.await;
                     }
                     services.stop_all().await;
@@ -111,8 +94,8 @@ pub async fn watch(
                     running = None;
                     let succeeded = matches!(&finished, Ok(Ok(outcome)) if outcome.exit_code == 0);
                     next_build = next_build_number(finished, next_build, &events).await;
-                    if succeeded && let Some(graph) = &graph {
-                        next_build = services.start(graph, &targets, &base, next_build, &events, &interrupt);
+                    if succeeded {
+                        next_build = services.start(&project, &targets, &base, next_build, &events);
                     }
                     // The run (chained builds included) is over: idle now,
                     // unless it ended because of Ctrl-C.
@@ -129,9 +112,14 @@ pub async fn watch(
                     let Some(batch) = debounce(first, &mut changes, options.debounce, &interrupt).await else {
                         continue; // interrupted: the next turn returns
                     };
-                    let (change, paths) = classify(&project, graph.as_deref(), &targets, &batch);
-                    if change != Change::Nothing {
-                        break (change, paths);
+                    let affected = if valid {
+                        let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+                        project.affected_by(&targets, &batch)
+                    } else {
+                        affected_without_config(project.root(), &batch)
+                    };
+                    if affected.change != Change::Nothing {
+                        break affected;
                     }
                 }
             }
@@ -142,16 +130,11 @@ pub async fn watch(
             let finished = handle.await;
             next_build = next_build_number(finished, next_build, &events).await;
         }
-        let rerun = match &change {
-            Change::Steps(direct) => {
-                let affected = graph
-                    .as_deref()
-                    .map(|g| affected(g, &targets, direct))
-                    .unwrap_or_default();
-                let mut names: Vec<String> = affected.iter().cloned().collect();
-                names.sort();
-                services.stop(|name| affected.contains(name)).await;
-                restrict = Some(affected);
+        let rerun = match &affected.change {
+            Change::Steps(steps) => {
+                services.stop(|name| steps.contains(name)).await;
+                let names: Vec<String> = steps.iter().cloned().collect();
+                only = Some(names.clone());
                 names
             }
             _ => {
@@ -159,11 +142,41 @@ pub async fn watch(
                 Vec::new()
             }
         };
+        let paths = affected.paths;
         let _ = events.send(Event::WatchChanged { paths, rerun }).await;
-        if change == Change::Reload {
-            graph = load(&project, &targets, &events).await;
+        if affected.change == Change::Config {
+            match load(&engine, &project, &targets) {
+                Ok(loaded) => (project, valid) = (loaded, true),
+                Err(e) => {
+                    let message = e.to_string();
+                    let _ = events.send(Event::ConfigError { message }).await;
+                    valid = false;
+                }
+            }
         }
     }
+}
+
+/// Starts a run of `targets`; its task forwards the run's events into the
+/// watch's stream and ends with its outcome (or why it could not start).
+fn start(
+    project: &Project,
+    targets: &[String],
+    options: RunOptions,
+    events: &EventSender,
+) -> Running {
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let started = project.run(&targets, options);
+    let token = (started.as_ref()).map_or_else(|_| CancellationToken::new(), Run::cancel_token);
+    let events = events.clone();
+    let handle = tokio::spawn(async move {
+        let mut run = started?;
+        while let Some(event) = run.next_event().await {
+            let _ = events.send(event).await;
+        }
+        run.wait().await
+    });
+    (handle, token)
 }
 
 /// The services of the watched plan that are running, each as a build of
@@ -180,47 +193,32 @@ impl Services {
     /// free build number.
     fn start(
         &mut self,
-        graph: &Arc<Graph>,
+        project: &Project,
         targets: &[String],
-        base: &Options,
+        base: &RunOptions,
         mut next_build: u32,
         events: &EventSender,
-        interrupt: &CancellationToken,
     ) -> u32 {
-        let Ok(plan) = graph.plan(targets) else {
+        let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+        let Ok(names) = project.services(&targets) else {
             return next_build;
         };
-        for planned in &plan.steps {
-            let step = &graph.steps[planned.step];
-            if !step.service || self.tokens.contains_key(&step.name) {
+        for name in names {
+            if self.tokens.contains_key(&name) {
                 continue;
             }
-            let token = interrupt.child_token();
-            let options = Options {
-                restrict: Some(HashSet::from([step.name.clone()])),
-                services_apart: false,
-                first_build: next_build,
-                ..base.clone()
-            };
+            let options = (base.clone())
+                .skip_services(false)
+                .only([name.clone()])
+                .first_build(next_build);
             next_build += 1;
-            let (graph, events, run_token, name) = (
-                graph.clone(),
-                events.clone(),
-                token.clone(),
-                step.name.clone(),
-            );
+            let (handle, token) = start(project, std::slice::from_ref(&name), options, events);
+            let ended = name.clone();
             self.set.spawn(async move {
-                let _ = executor::run(
-                    graph,
-                    std::slice::from_ref(&name),
-                    &options,
-                    &events,
-                    &run_token,
-                )
-                .await;
-                name
+                let _ = handle.await;
+                ended
             });
-            self.tokens.insert(step.name.clone(), token);
+            self.tokens.insert(name, token);
         }
         next_build
     }
@@ -253,7 +251,7 @@ impl Services {
 /// The build after `finished` (which may have failed to plan: then the
 /// error is reported and numbering goes on).
 async fn next_build_number(
-    finished: std::result::Result<Result<RunOutcome>, tokio::task::JoinError>,
+    finished: std::result::Result<Result<Outcome>, tokio::task::JoinError>,
     current: u32,
     events: &EventSender,
 ) -> u32 {
@@ -283,20 +281,32 @@ async fn next_build_number(
     }
 }
 
-/// Evaluates the config; on error reports it and returns None (watching goes on).
-async fn load(project: &Project, targets: &[String], events: &EventSender) -> Option<Arc<Graph>> {
-    let result = Graph::load(project).and_then(|g| g.plan(targets).map(|_| g));
-    match result {
-        Ok(graph) => Some(Arc::new(graph)),
-        Err(e) => {
-            let _ = events
-                .send(Event::ConfigError {
-                    message: e.to_string(),
-                })
-                .await;
-            None
-        }
-    }
+/// Loads the config again after an edit; an error (watching goes on) is
+/// reported by the caller. An unknown target is an error here too.
+fn load(engine: &Engine, project: &Project, targets: &[String]) -> Result<Project> {
+    let loaded = engine.reload(project)?;
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    loaded.services(&targets)?; // plans the targets
+    Ok(loaded)
+}
+
+/// What a change asks when there is no valid config to consult: any Lua
+/// file of the project may fix it, nothing else matters.
+fn affected_without_config(root: &Path, changed: &[PathBuf]) -> Affected {
+    let mut paths: Vec<String> = (changed.iter())
+        .filter(|path| path.extension().is_some_and(|e| e == "lua"))
+        .filter_map(|path| path.strip_prefix(root).ok())
+        .filter(|rel| !crate::changes::is_private(rel))
+        .map(|rel| rel.to_string_lossy().into_owned())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    let change = if paths.is_empty() {
+        Change::Nothing
+    } else {
+        Change::Config
+    };
+    Affected { change, paths }
 }
 
 fn start_watcher(
@@ -356,157 +366,4 @@ async fn debounce(
             }
         }
     }
-}
-
-fn glob_set<'a>(patterns: impl IntoIterator<Item = &'a str>) -> GlobSet {
-    let mut set = GlobSetBuilder::new();
-    for p in patterns {
-        if let Ok(glob) = GlobBuilder::new(p).literal_separator(true).build() {
-            set.add(glob);
-        }
-    }
-    set.build().unwrap_or_else(|_| GlobSet::empty())
-}
-
-/// Sorts a batch of changed paths into what it asks for; also returns the
-/// relevant paths (root-relative) for the separator.
-fn classify(
-    project: &Project,
-    graph: Option<&Graph>,
-    targets: &[String],
-    batch: &[PathBuf],
-) -> (Change, Vec<String>) {
-    let root = &project.root;
-    let mut relevant = Vec::new();
-    let mut reload = false;
-    let mut everything = false;
-    let mut steps = HashSet::new();
-
-    let ignored = crate::paths::IgnoreRules::new(root);
-    let Some(graph) = graph else {
-        // No valid config: any Lua file of the project may fix it.
-        for path in batch {
-            if let Ok(rel) = path.strip_prefix(root)
-                && path.extension().is_some_and(|e| e == "lua")
-                && !is_private(rel)
-            {
-                relevant.push(rel.to_string_lossy().into_owned());
-            }
-        }
-        relevant.sort();
-        relevant.dedup();
-        let change = if relevant.is_empty() {
-            Change::Nothing
-        } else {
-            Change::Reload
-        };
-        return (change, relevant);
-    };
-    let config_files: HashSet<&PathBuf> = graph.files.iter().collect();
-    let ignore_set = glob_set(graph.watch_ignore.iter().map(String::as_str));
-    let extra_set = glob_set(graph.watch_paths.iter().map(String::as_str));
-    let outputs: Vec<String> = graph
-        .steps
-        .iter()
-        .flat_map(|s| s.outputs.iter().cloned())
-        .collect();
-    let output_set = glob_set(outputs.iter().map(String::as_str));
-    let plan = graph.plan(targets).ok();
-    let state = State::load(root);
-    let inputs: Vec<(&str, GlobSet, HashSet<String>)> = plan
-        .iter()
-        .flat_map(|p| p.steps.iter())
-        .map(|planned| {
-            let step = &graph.steps[planned.step];
-            let mut literal: HashSet<String> = step
-                .inputs
-                .iter()
-                .filter(|p| !crate::paths::is_glob(p))
-                .cloned()
-                .collect();
-            if let Some(record) = state.steps.get(&step.name) {
-                literal.extend(record.discovered.iter().cloned());
-            }
-            (
-                step.name.as_str(),
-                glob_set(step.inputs.iter().map(String::as_str)),
-                literal,
-            )
-        })
-        .collect();
-
-    for path in batch {
-        let Ok(rel) = path.strip_prefix(root) else {
-            continue;
-        };
-        if rel.as_os_str().is_empty() || is_private(rel) {
-            continue;
-        }
-        let rel_text = rel.to_string_lossy().into_owned();
-        if config_files.contains(path) {
-            reload = true;
-            relevant.push(rel_text);
-            continue;
-        }
-        if ignore_set.is_match(rel)
-            || output_set.is_match(rel)
-            || ignored.is_ignored(rel, path.is_dir())
-        {
-            continue;
-        }
-        let mut hit = false;
-        for (name, globs, literal) in &inputs {
-            if globs.is_match(rel) || literal.contains(&rel_text) {
-                steps.insert(name.to_string());
-                hit = true;
-            }
-        }
-        if extra_set.is_match(rel) {
-            everything = true;
-            hit = true;
-        }
-        if hit {
-            relevant.push(rel_text);
-        }
-    }
-    relevant.sort();
-    relevant.dedup();
-    let change = if reload {
-        Change::Reload
-    } else if everything {
-        Change::Everything
-    } else if !steps.is_empty() {
-        Change::Steps(steps)
-    } else {
-        Change::Nothing
-    };
-    (change, relevant)
-}
-
-/// Piper's own state and git's never trigger anything.
-fn is_private(rel: &Path) -> bool {
-    rel.components()
-        .next()
-        .is_some_and(|c| c.as_os_str() == STATE_DIR || c.as_os_str() == ".git")
-}
-
-/// `direct` and every step of the plan that depends on one of them.
-fn affected(graph: &Graph, targets: &[String], direct: &HashSet<String>) -> HashSet<String> {
-    let Ok(plan) = graph.plan(targets) else {
-        return direct.clone();
-    };
-    let mut dependents: HashMap<usize, Vec<usize>> = HashMap::new();
-    for planned in &plan.steps {
-        for &d in &graph.steps[planned.step].deps {
-            dependents.entry(d).or_default().push(planned.step);
-        }
-    }
-    let mut out: HashSet<String> = HashSet::new();
-    let mut stack: Vec<usize> = direct.iter().filter_map(|n| graph.step(n)).collect();
-    while let Some(s) = stack.pop() {
-        if out.insert(graph.steps[s].name.clone()) {
-            stack.extend(dependents.get(&s).into_iter().flatten().copied());
-        }
-    }
-    out
 }
