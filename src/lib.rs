@@ -50,10 +50,10 @@
 
 mod engine;
 
+pub use changes::{Affected, Change};
 pub use engine::{
     BuildOutcome, Engine, Explanation, Outcome, PipelineInfo, Project, Run, RunOptions, StepInfo,
 };
-pub use changes::{Affected, Change};
 pub use error::{Error, Result};
 pub use event::{BuildStatus, Event, StepStatus};
 pub use runner::{Command, CommandRun, Exit, LocalRunner, OutputSink, RunFuture, Runner};
@@ -62,18 +62,8 @@ pub use runner::{Command, CommandRun, Exit, LocalRunner, OutputSink, RunFuture, 
 /// ([`Engine::with_module`]): the same `mlua` Piper uses.
 pub use mlua;
 
-// The modules below are Piper's insides, private to the crate. Two stay
-// reachable, hidden, because code outside the library calls them: `app`
-// (the `piper` binary's `main`) and `agent` (piperd's `main`, and the store
-// its tests and queue benchmark drive). Neither is part of the API above;
-// they change without notice (docs/embedding.md, "What is stable").
-#[doc(hidden)]
-pub mod agent;
-#[doc(hidden)]
-pub mod app;
+// The engine: private to the crate, reached through the API above.
 pub(crate) mod changes;
-pub(crate) mod cli;
-pub(crate) mod client;
 pub(crate) mod config_cache;
 pub(crate) mod config_file;
 pub(crate) mod cron;
@@ -82,10 +72,8 @@ pub(crate) mod error;
 pub(crate) mod event;
 pub(crate) mod executor;
 pub(crate) mod explain;
-pub(crate) mod export;
 pub(crate) mod fingerprint;
 pub(crate) mod fsutil;
-pub(crate) mod git;
 pub(crate) mod glob;
 pub(crate) mod graph;
 pub(crate) mod host;
@@ -97,20 +85,27 @@ pub(crate) mod paths;
 pub(crate) mod process;
 pub(crate) mod project;
 pub(crate) mod reaper;
-pub(crate) mod render;
-pub(crate) mod reproduce;
 pub(crate) mod runner;
 pub(crate) mod spec;
 pub(crate) mod stamps;
 pub(crate) mod state;
 pub(crate) mod suggest;
-pub(crate) mod watch;
-pub(crate) mod working_tree;
+
+// The hosts around the engine, each a directory: `cli` (the `piper`
+// command: exec, watch, list, the remote client, the terminal renderer) and
+// `agent` (piperd: HTTP API, store, workers, web UI). They stay reachable,
+// hidden, because the binaries call their `main` (and piperd's tests and
+// queue benchmark drive its store); neither is part of the API above and
+// both change without notice (docs/embedding.md, "What is stable").
+#[doc(hidden)]
+pub mod agent;
+#[doc(hidden)]
+pub mod cli;
 
 /// What this package's own tests read of the insides (the step fields the
 /// docs must list, the command line the CLI reference must cover). Not API.
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::cli::Cli;
+    pub use crate::cli::args::Cli;
     pub use crate::spec::STEP_FIELDS;
 }

@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(piper::app::main());
+    std::process::exit(piper::cli::main());
 }

@@ -297,18 +297,32 @@ fn a_host_learns_what_a_change_affects_and_reruns_only_that() {
         .iter()
         .filter_map(|e| match e {
             Event::StepFinished {
-                build, step, status, ..
+                build,
+                step,
+                status,
+                ..
             } => Some((*build, step.as_str(), *status)),
             _ => None,
         })
         .collect();
     assert!(ran.contains(&(7, "use", StepStatus::Success)), "{ran:?}");
     assert!(ran.contains(&(7, "serve", StepStatus::Skipped)), "{ran:?}");
-    assert!(!ran.iter().any(|(_, step, status)| *step == "lint" && *status == StepStatus::Success), "{ran:?}");
-    assert_eq!(std::fs::read_to_string(dir.path().join("used.txt")).unwrap(), "a");
+    assert!(
+        !ran.iter()
+            .any(|(_, step, status)| *step == "lint" && *status == StepStatus::Success),
+        "{ran:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("used.txt")).unwrap(),
+        "a"
+    );
 
     // The config edited: reload reads the new one.
-    std::fs::write(dir.path().join("piper.lua"), "step \"only\" { run = \"true\" }\n").unwrap();
+    std::fs::write(
+        dir.path().join("piper.lua"),
+        "step \"only\" { run = \"true\" }\n",
+    )
+    .unwrap();
     let reloaded = engine.reload(&project).unwrap();
     assert_eq!(reloaded.steps()[0].name, "only");
 }

@@ -2,7 +2,7 @@
 //! same engine. Its record (repo, commit, pipeline, variables) comes from
 //! the API; its commit is checked out into a git worktree of the clone the
 //! command runs in (fetched from the build's repository when the clone
-//! lacks it); then `app::exec` runs the pipeline there as any local run.
+//! lacks it); then `cli::exec` runs the pipeline there as any local run.
 //! What cannot be the same is said before it starts: the agent's labels
 //! and facts against this machine's, `requires` not met here, secret
 //! variables whose values never leave the agent, another Piper version.
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 
 use crate::agent::store::{AgentInfo, Build};
-use crate::cli::Connection;
+use crate::cli::args::Connection;
 use crate::error::{Error, Result};
 
 /// A build made ready to run here.
@@ -39,7 +39,7 @@ pub fn prepare(
     start: &Path,
     given: &IndexMap<String, String>,
 ) -> Result<Reproduction> {
-    let (build, agent) = crate::client::build_and_agent(connection, id)?;
+    let (build, agent) = crate::cli::client::build_and_agent(connection, id)?;
     let cannot = |message: String| Error::CannotReproduce { build: id, message };
     let sha = build.sha.clone().ok_or_else(|| {
         cannot(format!(
@@ -69,7 +69,7 @@ pub fn prepare(
 }
 
 fn git(dir: &Path, args: &[&str]) -> std::result::Result<String, String> {
-    crate::git::run(dir, args, &[])
+    crate::cli::git::run(dir, args, &[])
 }
 
 fn has_commit(clone: &Path, sha: &str) -> bool {

@@ -10,7 +10,7 @@ use crate::agent::api::{
     StreamPage,
 };
 
-use crate::cli::{Connection, RemoteArgs, RemoteCommand};
+use crate::cli::args::{Connection, RemoteArgs, RemoteCommand};
 use crate::error::{EXIT_INTERRUPTED, Error, Result};
 
 struct Client {
@@ -161,13 +161,13 @@ fn local_repository(git_ref: &str, working_tree: bool) -> Result<(String, String
     let cwd =
         std::env::current_dir().map_err(|e| Error::io("cannot read the current directory", e))?;
     let root = crate::project::Project::locate(&cwd, None)?.root;
-    let git = |args: &[&str]| crate::git::run(&root, args, &[]).ok();
+    let git = |args: &[&str]| crate::cli::git::run(&root, args, &[]).ok();
     if git(&["rev-parse", "--is-inside-work-tree"]).as_deref() != Some("true") {
         return Err(Error::NotARepository { dir: root });
     }
     let repo = root.to_string_lossy().into_owned();
     if working_tree {
-        return match crate::working_tree::snapshot(&root)? {
+        return match crate::cli::working_tree::snapshot(&root)? {
             Some(snapshot) => {
                 eprintln!(
                     "submitting the working tree: {} file(s) differ from HEAD, as commit {} ({})",
@@ -465,7 +465,7 @@ fn clean(text: &str) -> String {
 /// Columns aligned by display width; the columns in `right` (numbers) are
 /// right-aligned. Trailing spaces are trimmed.
 fn table(headers: &[&str], right: &[usize], rows: &[Vec<String>]) -> String {
-    use crate::render::style::{pad, width};
+    use crate::cli::render::style::{pad, width};
     let mut widths: Vec<usize> = headers.iter().map(|h| width(h)).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -579,16 +579,16 @@ async fn follow_rendered(client: &Client, build: i64, follow: bool) -> Result<i3
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let status_line =
         std::io::stderr().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
-    let terminal = crate::render::Terminal::new(
+    let terminal = crate::cli::render::Terminal::new(
         std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout()),
         std::io::stderr(),
-        crate::render::OutputMode::Prefixed,
+        crate::cli::render::OutputMode::Prefixed,
         false,
         color,
         status_line,
     );
     let (tx, rx) = crate::event::channel();
-    let host = tokio::spawn(crate::render::drive(rx, Box::new(terminal)));
+    let host = tokio::spawn(crate::cli::render::drive(rx, Box::new(terminal)));
     let mut queue = std::collections::VecDeque::from([build]);
     let mut followed = Vec::new();
     let mut interrupted = None;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::engine::{ArgValueCandidates, CompletionCandidate};
 
-use crate::render::OutputMode;
+use crate::cli::render::OutputMode;
 
 const ABOUT: &str = "Piper: pipelines as Lua code, run in parallel";
 

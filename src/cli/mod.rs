@@ -1,5 +1,19 @@
-//! Carries out one `piper` command line: finds the project, loads the graph,
-//! and hands work to the executor with the right host for its events.
+//! The `piper` command, a host of the engine: carries out one command line
+//! — finds the project, loads it through the embedding API, runs it with
+//! the terminal or JSON lines as the event sink (`render/`). `watch` reruns
+//! what changes affect; `client` talks to piperd (submit, logs, builds);
+//! `reproduce` and `working_tree` serve `--from-build` and
+//! `--working-tree`; `args` is the one clap definition behind help,
+//! completions and docs/reference/cli.md.
+
+pub(crate) mod args;
+pub(crate) mod client;
+pub(crate) mod export;
+pub(crate) mod git;
+pub(crate) mod render;
+pub(crate) mod reproduce;
+pub(crate) mod watch;
+pub(crate) mod working_tree;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -8,27 +22,27 @@ use clap::{CommandFactory, Parser};
 use indexmap::IndexMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{
+use self::args::{
     CleanArgs, Cli, ColorChoice, Command, ExecArgs, ExplainArgs, GraphArgs, GraphFormat, ListArgs,
     RemoteCommand, WatchArgs,
 };
+use self::render::{JsonLines, Render, Terminal};
+use self::watch::WatchOptions;
 use crate::config_cache;
 use crate::error::{EXIT_INTERNAL, Error, Result};
+use crate::event;
 use crate::executor::{Force, Options};
 use crate::graph::Graph;
 use crate::project::{CONFIG_FILE, Project};
-use crate::render::{self, JsonLines, Render, Terminal};
-use crate::watch::WatchOptions;
-use crate::{event, export};
 
 /// The starter config written by `piper init`.
-const INIT_TEMPLATE: &str = include_str!("../examples/hello/piper.lua");
+const INIT_TEMPLATE: &str = include_str!("../../examples/hello/piper.lua");
 
 /// Entry point of the `piper` binary; returns the process exit status.
 pub fn main() -> i32 {
     // Shell completion requests (COMPLETE=bash piper ...) are answered here.
     if let Some(shell) = std::env::var_os("COMPLETE") {
-        let _ = crate::cli::COMPLETION_SHELL.set(shell.to_string_lossy().into_owned());
+        let _ = self::args::COMPLETION_SHELL.set(shell.to_string_lossy().into_owned());
     }
     clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = Cli::parse();
@@ -112,7 +126,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             env,
             follow,
             working_tree,
-        } => crate::client::run(
+        } => self::client::run(
             remote,
             &RemoteCommand::Submit {
                 pipeline: pipeline.clone(),
@@ -129,7 +143,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             status,
             pipeline,
             limit,
-        } => crate::client::run(
+        } => self::client::run(
             remote,
             &RemoteCommand::Builds {
                 repo: repo.clone(),
@@ -139,7 +153,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             },
         ),
         Command::Show { remote, build } => {
-            crate::client::run(remote, &RemoteCommand::Show { build: *build })
+            self::client::run(remote, &RemoteCommand::Show { build: *build })
         }
         Command::Logs {
             remote,
@@ -147,7 +161,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             step,
             follow,
             raw,
-        } => crate::client::run(
+        } => self::client::run(
             remote,
             &RemoteCommand::Logs {
                 build: *build,
@@ -157,12 +171,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             },
         ),
         Command::Cancel { remote, build } => {
-            crate::client::run(remote, &RemoteCommand::Cancel { build: *build })
+            self::client::run(remote, &RemoteCommand::Cancel { build: *build })
         }
         Command::Retrigger { remote, build } => {
-            crate::client::run(remote, &RemoteCommand::Retrigger { build: *build })
+            self::client::run(remote, &RemoteCommand::Retrigger { build: *build })
         }
-        Command::Agents { remote } => crate::client::run(remote, &RemoteCommand::Agents),
+        Command::Agents { remote } => self::client::run(remote, &RemoteCommand::Agents),
         Command::Init => init(&start_dir(&cli)?),
         Command::Meta { dir } => meta(&start_dir(&cli)?.join(dir)),
     }
@@ -259,7 +273,7 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
 /// targets are given) and variables, run here like any local run.
 fn exec_from_build(cli: &Cli, args: &ExecArgs, id: i64) -> Result<i32> {
     let given = parse_env_overrides(&args.env)?;
-    let build = crate::reproduce::prepare(&args.connection, id, &start_dir(cli)?, &given)?;
+    let build = self::reproduce::prepare(&args.connection, id, &start_dir(cli)?, &given)?;
     eprintln!(
         "piper: build {id}: pipeline {} of {}, checked out in {}",
         build.pipeline,
@@ -365,7 +379,7 @@ fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32> {
         let host = tokio::spawn(render::drive(rx, renderer));
         let interrupt = CancellationToken::new();
         tokio::spawn(forward_signals(interrupt.clone()));
-        let code = crate::watch::watch(
+        let code = self::watch::watch(
             engine,
             loaded,
             args.exec.targets.clone(),

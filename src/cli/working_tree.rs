@@ -46,7 +46,7 @@ fn git(root: &Path, index: Option<&Path>, args: &[&str]) -> Result<String> {
         .map(|index| ("GIT_INDEX_FILE", index.as_os_str()))
         .into_iter()
         .collect();
-    crate::git::run(root, args, &env).map_err(|e| git_error(args, e))
+    crate::cli::git::run(root, args, &env).map_err(|e| git_error(args, e))
 }
 
 /// A temporary index file, removed when dropped.
@@ -133,7 +133,7 @@ fn commit_tree(root: &Path, tree: &str, parent: &str, message: &str) -> Result<S
         Ok(_) => &[],
         Err(_) => &stand_in,
     };
-    crate::git::run(root, &args, env).map_err(|e| git_error(&args, e))
+    crate::cli::git::run(root, &args, env).map_err(|e| git_error(&args, e))
 }
 
 /// Keeps the newest `KEEP` working-tree refs; failures only leave more.
