@@ -3,10 +3,16 @@
 //!
 //! Crash safety: each finished step appends one JSON line to
 //! `.piper/state.log` (a torn last line from a SIGKILL is ignored); at the
-//! end of a build the log is folded into `.piper/state.json`, written to a
+//! end of a build the log is folded into `.piper/state.bin`, written to a
 //! temporary file and renamed over the old one. A state file of another
 //! format version, or one that cannot be parsed, is reported and ignored:
 //! everything is rebuilt, nothing crashes.
+//!
+//! `state.bin` is binary (a header, a blake3 checksum, then the records in
+//! postcard) because every `piper exec` reads all of it before its first
+//! step: parsing the JSON it used to be was a fifth of a cached no-op's
+//! work. `piper explain` shows what is in it in words. A `state.json` left
+//! by an older Piper is read once and replaced.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,6 +23,16 @@ use serde::{Deserialize, Serialize};
 /// Bump when the record format changes; older state is then ignored.
 pub const STATE_VERSION: u32 = 1;
 pub const STATE_DIR: &str = ".piper";
+/// The folded records (binary).
+pub const STATE_FILE: &str = "state.bin";
+/// The records as Piper before 0.2 kept them: read when there is no
+/// `STATE_FILE` yet, removed by the next fold.
+pub const LEGACY_STATE_FILE: &str = "state.json";
+/// The records of steps finished since the last fold (JSON lines).
+pub const STATE_LOG: &str = "state.log";
+/// What `state.bin` starts with: then the format version (u32 LE), the
+/// blake3 of the rest, and the records.
+const MAGIC: &[u8] = b"piper state\n";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStamp {
@@ -38,16 +54,17 @@ pub struct StepRecord {
     pub deps: BTreeMap<String, String>,
     /// Files its depfile listed after the run (root-relative, or absolute
     /// outside the root): inputs next time too.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    #[serde(default)]
     pub discovered: std::collections::BTreeSet<String>,
     /// blake3 of the declared outputs after its last run: what dependents
     /// see of it, so a rerun that made the same outputs leaves them up to
     /// date (early cutoff).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub outputs: Option<String>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// `state.json` as Piper before 0.2 wrote it.
+#[derive(Deserialize)]
 struct StateFile {
     version: u32,
     steps: BTreeMap<String, StepRecord>,
@@ -75,31 +92,16 @@ impl State {
     /// Loads the state of the project at `root`; never fails.
     pub fn load(root: &Path) -> State {
         let dir = Self::dir(root);
+        let (steps, warning) = match read_records(&dir) {
+            Ok(steps) => (steps, None),
+            Err(warning) => (BTreeMap::new(), Some(warning)),
+        };
         let mut state = State {
             dir: dir.clone(),
-            steps: BTreeMap::new(),
-            warning: None,
+            steps,
+            warning,
         };
-        match std::fs::read(dir.join("state.json")) {
-            Err(_) => {}
-            Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
-                Ok(file) if file.version == STATE_VERSION => state.steps = file.steps,
-                Ok(file) => {
-                    state.warning = Some(format!(
-                        "{} is from state format {} (this piper uses {STATE_VERSION}); rebuilding every step",
-                        dir.join("state.json").display(),
-                        file.version
-                    ))
-                }
-                Err(e) => {
-                    state.warning = Some(format!(
-                        "{} is unreadable ({e}); rebuilding every step",
-                        dir.join("state.json").display()
-                    ))
-                }
-            },
-        }
-        if let Ok(text) = std::fs::read_to_string(dir.join("state.log")) {
+        if let Ok(text) = std::fs::read_to_string(dir.join(STATE_LOG)) {
             for line in text.lines() {
                 // A line cut short by a kill does not parse: skip it.
                 if let Ok(entry) = serde_json::from_str::<LogLine>(line)
@@ -123,30 +125,87 @@ impl State {
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("state.log"))?;
+            .open(self.dir.join(STATE_LOG))?;
         // One write call per line: a kill leaves whole lines or a torn tail.
         log.write_all(format!("{line}\n").as_bytes())
     }
 
-    /// Folds the log into state.json (atomically) and removes the log.
+    /// Folds the log into state.bin (atomically) and removes the log.
     pub fn compact(root: &Path) -> std::io::Result<()> {
         let dir = Self::dir(root);
-        // Nothing ran since the last fold (a no-op build): nothing to write.
-        if !dir.join("state.log").exists() {
+        // Nothing ran since the last fold (a no-op build): nothing to write,
+        // unless an older Piper's state.json is still to be replaced.
+        if !dir.join(STATE_LOG).exists() && !dir.join(LEGACY_STATE_FILE).exists() {
             return Ok(());
         }
         let state = State::load(root);
         std::fs::create_dir_all(&dir)?;
-        let file = StateFile {
-            version: STATE_VERSION,
-            steps: state.steps,
-        };
-        crate::fsutil::write_atomic(&dir.join("state.json"), &serde_json::to_vec(&file)?)?;
-        match std::fs::remove_file(dir.join("state.log")) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let payload = postcard::to_stdvec(&state.steps).map_err(std::io::Error::other)?;
+        let mut bytes = Vec::with_capacity(MAGIC.len() + 4 + 32 + payload.len());
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
+        bytes.extend_from_slice(blake3::hash(&payload).as_bytes());
+        bytes.extend_from_slice(&payload);
+        crate::fsutil::write_atomic(&dir.join(STATE_FILE), &bytes)?;
+        for name in [LEGACY_STATE_FILE, STATE_LOG] {
+            match std::fs::remove_file(dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
+        Ok(())
     }
+}
+
+/// The folded records in `dir`: none when there are none yet; Err(warning)
+/// when a file is there but cannot be used.
+fn read_records(dir: &Path) -> Result<BTreeMap<String, StepRecord>, String> {
+    let path = dir.join(STATE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return read_legacy(dir),
+        Err(e) => return Err(rebuilding(&path, &format!("cannot be read ({e})"))),
+    };
+    let unreadable = |why: &str| rebuilding(&path, &format!("is unreadable ({why})"));
+    let rest = bytes
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| unreadable("not a Piper state file"))?;
+    if rest.len() < 36 {
+        return Err(unreadable("cut short"));
+    }
+    let version = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    if version != STATE_VERSION {
+        return Err(other_version(&path, version));
+    }
+    let (checksum, payload) = rest[4..].split_at(32);
+    if blake3::hash(payload).as_bytes() != checksum {
+        return Err(unreadable("checksum mismatch"));
+    }
+    postcard::from_bytes(payload).map_err(|e| unreadable(&e.to_string()))
+}
+
+/// `state.json` of an older Piper, read until the next fold replaces it.
+fn read_legacy(dir: &Path) -> Result<BTreeMap<String, StepRecord>, String> {
+    let path = dir.join(LEGACY_STATE_FILE);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(BTreeMap::new());
+    };
+    match serde_json::from_slice::<StateFile>(&bytes) {
+        Ok(file) if file.version == STATE_VERSION => Ok(file.steps),
+        Ok(file) => Err(other_version(&path, file.version)),
+        Err(e) => Err(rebuilding(&path, &format!("is unreadable ({e})"))),
+    }
+}
+
+fn other_version(path: &Path, version: u32) -> String {
+    rebuilding(
+        path,
+        &format!("is from state format {version} (this piper uses {STATE_VERSION})"),
+    )
+}
+
+fn rebuilding(path: &Path, problem: &str) -> String {
+    format!("{} {problem}; rebuilding every step", path.display())
 }
 
 #[cfg(test)]
@@ -176,9 +235,27 @@ mod tests {
         assert_eq!(State::load(tmp.path()).steps["a"].fingerprint, "2");
         State::compact(tmp.path()).unwrap();
         assert!(!tmp.path().join(".piper/state.log").exists());
+        assert!(tmp.path().join(".piper/state.bin").exists());
         let loaded = State::load(tmp.path());
         assert_eq!(loaded.steps.len(), 1);
         assert!(loaded.warning.is_none());
+    }
+
+    #[test]
+    fn a_state_json_of_an_older_piper_is_read_then_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".piper");
+        std::fs::create_dir_all(&dir).unwrap();
+        // As 0.1 wrote it: empty fields left out.
+        let legacy = r#"{"version":1,"steps":{"a":{"fingerprint":"f","command":"true","env":{},"inputs":{"in.txt":{"size":1,"mtime_ns":5,"hash":"h"}},"deps":{}}}}"#;
+        std::fs::write(dir.join("state.json"), legacy).unwrap();
+        let state = State::load(tmp.path());
+        assert_eq!(state.steps["a"].inputs["in.txt"].mtime_ns, 5);
+        state.append("b", &record("2")).unwrap();
+        State::compact(tmp.path()).unwrap();
+        assert!(!dir.join("state.json").exists());
+        let state = State::load(tmp.path());
+        assert_eq!((state.steps.len(), state.warning), (2, None));
     }
 
     #[test]
@@ -203,5 +280,25 @@ mod tests {
                 .unwrap()
                 .contains("unreadable")
         );
+        // The binary file: damaged, cut short, of another version.
+        let state = State::load(tmp.path());
+        state.append("a", &record("1")).unwrap();
+        State::compact(tmp.path()).unwrap();
+        let path = tmp.path().join(".piper/state.bin");
+        let good = std::fs::read(&path).unwrap();
+        let mut damaged = good.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        let mut other = good.clone();
+        other[MAGIC.len()] = 99;
+        for (bytes, says) in [
+            (damaged, "checksum"),
+            (good[..20].to_vec(), "cut short"),
+            (other, "state format 99"),
+            (b"garbage".to_vec(), "not a Piper state file"),
+        ] {
+            std::fs::write(&path, bytes).unwrap();
+            let warning = State::load(tmp.path()).warning.unwrap();
+            assert!(warning.contains(says), "{warning}");
+        }
     }
 }

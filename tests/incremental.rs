@@ -199,8 +199,11 @@ fn corrupt_or_foreign_state_is_reported_and_everything_rebuilds() {
         .run();
     let dir = ran.dir.path();
     runs(dir);
-    for content in ["{ not json", r#"{"version":999,"steps":{}}"#] {
-        std::fs::write(dir.join(".piper/state.json"), content).unwrap();
+    let mut other_version = b"piper state\n".to_vec();
+    other_version.extend(999u32.to_le_bytes());
+    other_version.extend([0; 32]);
+    for content in [b"{ not state".to_vec(), other_version] {
+        std::fs::write(dir.join(".piper/state.bin"), content).unwrap();
         let (code, _, stderr) = exec(dir, &[]);
         assert_eq!(code, 0);
         assert!(
@@ -227,7 +230,7 @@ fn clean_forgets_state_and_outputs() {
         .unwrap();
     assert!(out.status.success());
     assert!(!dir.join("app.bin").exists() && !dir.join("gen.out").exists());
-    assert!(!dir.join(".piper/state.json").exists());
+    assert!(!dir.join(".piper/state.bin").exists());
     exec(dir, &[]);
     assert_eq!(runs(dir), ["gen", "compile", "lint"]);
 }

@@ -345,12 +345,17 @@ fn exec_project(
     let renderer = host(cli, args, None);
     drop(plan);
     drop(graph);
-    runtime()?.block_on(async move {
+    // piper exits when the run ends: the graph and what the run built are
+    // left to the OS rather than freed one allocation at a time.
+    options.exiting = true;
+    let code = runtime()?.block_on(async {
         let mut run = loaded.start(args.targets.clone(), options.into());
         tokio::spawn(forward_signals(run.cancel_token()));
         render::drive_run(&mut run, renderer).await;
         Ok(run.wait().await?.exit_code)
-    })
+    });
+    std::mem::forget(loaded);
+    code
 }
 
 fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32> {
@@ -595,7 +600,13 @@ fn clean(cli: &Cli, args: &CleanArgs) -> Result<i32> {
         }
     }
     let dir = crate::state::State::dir(&project.root);
-    for name in ["state.json", "state.log", crate::config_cache::FILE] {
+    use crate::state::{LEGACY_STATE_FILE, STATE_FILE, STATE_LOG};
+    for name in [
+        STATE_FILE,
+        LEGACY_STATE_FILE,
+        STATE_LOG,
+        crate::config_cache::FILE,
+    ] {
         match std::fs::remove_file(dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(Error::io(
