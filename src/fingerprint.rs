@@ -330,17 +330,25 @@ pub fn record(
 }
 
 fn fingerprint_of(record: &StepRecord) -> String {
+    // The pieces are fed one by one (no string built per entry): the same
+    // bytes as `\0env\0{k}\0{v}`, so records stay comparable.
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"piper-step-v1\0");
     hasher.update(record.command.as_bytes());
+    let mut entry = |tag: &[u8], key: &str, value: &str| {
+        hasher.update(tag);
+        hasher.update(key.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(value.as_bytes());
+    };
     for (k, v) in &record.env {
-        hasher.update(format!("\0env\0{k}\0{v}").as_bytes());
+        entry(b"\0env\0", k, v);
     }
     for (path, stamp) in &record.inputs {
-        hasher.update(format!("\0in\0{path}\0{}", stamp.hash).as_bytes());
+        entry(b"\0in\0", path, &stamp.hash);
     }
     for (name, fp) in &record.deps {
-        hasher.update(format!("\0dep\0{name}\0{fp}").as_bytes());
+        entry(b"\0dep\0", name, fp);
     }
     hasher.finalize().to_hex().to_string()
 }

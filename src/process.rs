@@ -272,7 +272,8 @@ pub async fn run(
         unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
     }
     let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader);
-    let pump = tokio::spawn(pump_output(reader, out.clone()));
+    let (group_gone, gone) = tokio::sync::oneshot::channel();
+    let pump = tokio::spawn(pump_output(reader, out.clone(), gone));
 
     let exit = tokio::select! {
         status = child.wait() => match status {
@@ -290,23 +291,67 @@ pub async fn run(
     };
     end_group(pgid, grace).await;
     journal_remove(pgid);
-    // The group is gone, so the pipe has no writers left unless a process
-    // escaped into its own session; do not wait for those forever.
-    let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
+    // Every byte the group wrote reaches the host before the step ends,
+    // however slowly the host takes it; the pump bounds only its wait for
+    // processes that escaped the group.
+    let _ = group_gone.send(());
+    let _ = pump.await;
     exit
 }
 
-async fn pump_output(reader: std::io::Result<tokio::net::unix::pipe::Receiver>, out: OutputSink) {
+/// How long a pipe still open after its group ended (a process escaped
+/// into its own session) is read: it is not waited for forever.
+const ESCAPED_WRITERS_GRACE: Duration = Duration::from_secs(2);
+
+/// Forwards the step's output as events, at the pace the host takes them.
+/// Until `group_gone`, it reads to EOF; then it delivers what the pipe
+/// holds (all the group wrote) and gives other writers a short grace.
+async fn pump_output(
+    reader: std::io::Result<tokio::net::unix::pipe::Receiver>,
+    out: OutputSink,
+    mut group_gone: tokio::sync::oneshot::Receiver<()>,
+) {
     let Ok(mut reader) = reader else { return };
     // Large reads keep the per-chunk costs (an event, a wakeup) small next
     // to the bytes moved for output-heavy steps.
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        match reader.read(&mut buf).await {
+        // `read` is cancel-safe: a read that loses the race reads nothing.
+        let read = tokio::select! {
+            biased;
+            read = reader.read(&mut buf) => read,
+            _ = &mut group_gone => break,
+        };
+        match read {
             Ok(0) | Err(_) => return,
+            // The wait here is the host's: never timed out.
             Ok(n) => out.write(buf[..n].to_vec()).await,
         }
     }
+    let mut left = pipe_len(&reader);
+    while left > 0 {
+        let want = left.min(buf.len());
+        match reader.read(&mut buf[..want]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                left -= n;
+                out.write(buf[..n].to_vec()).await;
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + ESCAPED_WRITERS_GRACE;
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout_at(deadline, reader.read(&mut buf)).await {
+        out.write(buf[..n].to_vec()).await;
+    }
+}
+
+/// Bytes waiting in the pipe (FIONREAD); 0 when it cannot tell.
+fn pipe_len(reader: &tokio::net::unix::pipe::Receiver) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut len: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to `len`; the fd is ours and open.
+    let r = unsafe { libc::ioctl(reader.as_raw_fd(), libc::FIONREAD, &mut len) };
+    if r == 0 { len.max(0) as usize } else { 0 }
 }
 
 fn signal_group(pgid: i32, signal: i32) {

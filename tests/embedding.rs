@@ -244,9 +244,45 @@ fn a_run_is_cancelled_with_its_process_group() {
     );
 }
 
-/// examples/embed (built by `cargo test` with the other examples) run on a
-/// copy of its project: it adds its host module, runs the pipeline and
-/// prints the events its own way.
+/// A host that takes its events slowly (a busy database, a terminal
+/// nobody reads) gets every byte a step printed, and the step's end after
+/// them: a step's output used to be given 2 s after its process exited,
+/// then left behind, so a slow host lost the rest of a large log (seen as
+/// piperd storing 5.4 of 8 MB while its disk was full).
+#[test]
+fn a_slow_host_loses_no_output() {
+    let dir = project(
+        r#"step "many" { run = "i=0; while [ $i -lt 20000 ]; do echo line$i; i=$((i+1)); done; echo done > printed" }"#,
+    );
+    let project = Engine::new().load(dir.path()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (output, finished_after_output) = runtime.block_on(async {
+        let mut run = project.run(&["many"], RunOptions::default()).unwrap();
+        // Nothing is read until the process has printed everything and
+        // exited, and longer than the old grace after that.
+        crate::harness::wait_for_file(&dir.path().join("printed"));
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let mut output = Vec::new();
+        let mut finished_after_output = false;
+        while let Some(event) = run.next_event().await {
+            match event {
+                Event::StepOutput { data, .. } => {
+                    finished_after_output = false;
+                    output.extend(data);
+                }
+                Event::StepFinished { .. } => finished_after_output = true,
+                _ => {}
+            }
+        }
+        assert_eq!(run.wait().await.unwrap().exit_code, 0);
+        (String::from_utf8(output).unwrap(), finished_after_output)
+    });
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines.len(), 20000, "last line: {:?}", lines.last());
+    assert_eq!(lines[19999], "line19999");
+    assert!(finished_after_output, "output came after the step's end");
+}
+
 /// What an editor plugin or a watcher asks: which steps does a change to
 /// these files rerun; the config itself edited; numbering several runs
 /// apart; services run on their own.
@@ -327,6 +363,9 @@ fn a_host_learns_what_a_change_affects_and_reruns_only_that() {
     assert_eq!(reloaded.steps()[0].name, "only");
 }
 
+/// examples/embed (built by `cargo test` with the other examples) run on a
+/// copy of its project: it adds its host module, runs the pipeline and
+/// prints the events its own way.
 #[test]
 fn the_embed_example_runs_its_project() {
     let exe = std::env::current_exe().unwrap();

@@ -34,7 +34,8 @@ struct StepView {
     /// The last bytes of its output, for the failure summary. Bytes, not
     /// lines: output-heavy steps must not cost an allocation per line.
     tail: VecDeque<u8>,
-    /// `name | `, coloured, computed once per build.
+    /// `name | `, coloured; made when the step first prints (empty until
+    /// then: most steps of a large up-to-date build never print).
     prefix: Vec<u8>,
     started: Option<Instant>,
 }
@@ -129,7 +130,20 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
         }
     }
 
+    /// Makes `step`'s prefix if it has none yet.
+    fn ensure_prefix(&mut self, step: &str) {
+        if let Some(view) = self.steps.get(step)
+            && view.prefix.is_empty()
+        {
+            let prefix = self.make_prefix(step, view.color).into_bytes();
+            if let Some(view) = self.steps.get_mut(step) {
+                view.prefix = prefix;
+            }
+        }
+    }
+
     fn write_line(&mut self, step: &str, line: &[u8]) {
+        self.ensure_prefix(step);
         if let Some(view) = self.steps.get(step) {
             let _ = self.out.write_all(&view.prefix);
         }
@@ -153,6 +167,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
     fn output(&mut self, step: &str, data: &[u8]) {
         if self.mode == OutputMode::Prefixed {
             self.clear_status();
+            self.ensure_prefix(step);
         }
         let Some(view) = self.steps.get_mut(step) else {
             return;
@@ -414,13 +429,9 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     .min(PREFIX_WIDTH_MAX);
                 if width != self.width {
                     self.width = width;
-                    let names: Vec<String> = self.steps.keys().cloned().collect();
-                    for name in names {
-                        let color = self.steps[&name].color;
-                        let prefix = self.make_prefix(&name, color).into_bytes();
-                        if let Some(view) = self.steps.get_mut(&name) {
-                            view.prefix = prefix;
-                        }
+                    // Made again, at the new width, when next needed.
+                    for view in self.steps.values_mut() {
+                        view.prefix.clear();
                     }
                 }
                 for s in steps {
@@ -431,7 +442,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     self.order.push(s.name.clone());
                     let view = StepView {
                         color,
-                        prefix: self.make_prefix(&s.name, color).into_bytes(),
+                        prefix: Vec::new(),
                         partial: Vec::new(),
                         grouped: Vec::new(),
                         tail: VecDeque::new(),
