@@ -9,7 +9,7 @@
 //! (fail-fast) unless `keep_going`, which lets independent branches finish.
 //! When a build ends, the target pipelines' triggers start chained builds.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use crate::process::{Exit, OutputSink};
 use crate::runner::{CommandRun, LocalRunner, Runner};
 use crate::spec::{Condition, Run, TriggerOn};
 use crate::stamps::Stamps;
-use crate::state::State;
+use crate::state::{SmallMap, State};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -677,30 +677,33 @@ pub fn step_env(
     build: u32,
 ) -> Vec<(String, String)> {
     let step = &graph.steps[plan.steps[i].step];
-    let mut env: IndexMap<String, String> = graph.env.clone();
-    env.extend(
-        plan.steps[i]
-            .pipeline_env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
-    env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env.extend(
-        options
-            .env_overrides
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
+    let layers = [
+        &graph.env,
+        &plan.steps[i].pipeline_env,
+        &step.env,
+        &options.env_overrides,
+    ];
+    let mut piper_vars = vec![
+        ("PIPER".to_string(), "1".to_string()),
+        ("PIPER_STEP".to_string(), step.name.clone()),
+        ("PIPER_BUILD".to_string(), build.to_string()),
+        (
+            "PIPER_ROOT".to_string(),
+            graph.root.to_string_lossy().into_owned(),
+        ),
+    ];
     if !options.args.is_empty() {
-        env.insert("PIPER_ARGS".into(), shell_words(&options.args));
+        piper_vars.insert(0, ("PIPER_ARGS".into(), shell_words(&options.args)));
     }
-    env.insert("PIPER".into(), "1".into());
-    env.insert("PIPER_STEP".into(), step.name.clone());
-    env.insert("PIPER_BUILD".into(), build.to_string());
-    env.insert(
-        "PIPER_ROOT".into(),
-        graph.root.to_string_lossy().into_owned(),
-    );
+    // Most steps set no variables of their own: no map to merge through.
+    if layers.iter().all(|layer| layer.is_empty()) {
+        return piper_vars;
+    }
+    let mut env: IndexMap<String, String> = IndexMap::new();
+    for layer in layers {
+        env.extend(layer.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    env.extend(piper_vars);
     env.into_iter().collect()
 }
 
@@ -737,7 +740,7 @@ struct StepJob {
     /// A service while `Options::services_apart`: report it skipped.
     apart: bool,
     state: Arc<State>,
-    dep_fingerprints: BTreeMap<String, String>,
+    dep_fingerprints: SmallMap<String>,
     stamps: Arc<Stamps>,
     /// The up-to-date check, when the scheduler already made it.
     checked: Option<std::result::Result<Freshness, String>>,

@@ -3,14 +3,12 @@
 //! (`fingerprint::check`), walking the plan in dependency order; a step that
 //! would run makes its dependents run too.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use crate::executor::{self, Options};
 use crate::fingerprint::{self, Freshness};
 use crate::graph::{Graph, Plan};
-use crate::state::State;
+use crate::state::{SmallMap, State};
 
 #[derive(Debug, Serialize)]
 pub struct Verdict {
@@ -29,7 +27,7 @@ pub fn explain(graph: &Graph, plan: &Plan, options: &Options) -> Vec<Verdict> {
     let mut verdicts: Vec<Option<Verdict>> = (0..plan.steps.len()).map(|_| None).collect();
     for i in order {
         let step = &graph.steps[plan.steps[i].step];
-        let deps: BTreeMap<String, String> = plan.steps[i]
+        let deps: SmallMap<String> = plan.steps[i]
             .deps
             .iter()
             .map(|&d| {

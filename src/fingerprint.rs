@@ -7,14 +7,14 @@
 //! every declared output exists. Input files whose size and mtime are
 //! unchanged since that run are not read again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
 use crate::graph::Step;
 use crate::paths::{is_glob, normalize};
 use crate::spec::Run;
-use crate::state::{FileStamp, StepRecord};
+use crate::state::{FileStamp, SmallMap, StepRecord};
 
 /// What a step runs, as text: changes to it are "command changed".
 pub fn command_text(step: &Step, root: &Path) -> String {
@@ -66,7 +66,7 @@ pub fn check(
     root: &Path,
     step: &Step,
     env: &[(String, String)],
-    deps: BTreeMap<String, String>,
+    deps: SmallMap<String>,
     previous: Option<&StepRecord>,
     forced: bool,
 ) -> Result<Freshness, String> {
@@ -76,8 +76,14 @@ pub fn check(
     let discovered = previous.map(|p| p.discovered.clone()).unwrap_or_default();
     let inputs = stamp_inputs(root, &step.inputs, &discovered, previous)
         .map_err(|e| format!("inputs: {e}"))?;
-    let mut record = record(command_text(step, root), env, inputs, deps);
+    let mut record = unhashed_record(command_text(step, root), env, inputs, deps);
     record.discovered = discovered;
+    // The same work as last time has the same fingerprint: no need to hash
+    // it again (most steps of a build are up to date).
+    record.fingerprint = match previous {
+        Some(old) if same_work(old, &record) => old.fingerprint.clone(),
+        _ => fingerprint_of(&record),
+    };
     let missing = missing_outputs(root, &step.outputs);
     let reasons = reasons(previous, &record, &missing, forced);
     Ok(if reasons.is_empty() {
@@ -196,7 +202,7 @@ pub fn stamp_inputs(
     patterns: &[String],
     extra: &BTreeSet<String>,
     previous: Option<&StepRecord>,
-) -> Result<BTreeMap<String, FileStamp>, String> {
+) -> Result<SmallMap<FileStamp>, String> {
     // Literal paths are taken as written (they are often another step's
     // gitignored outputs); only glob patterns honour the ignore rules.
     let (globs, literal): (Vec<String>, Vec<String>) =
@@ -213,7 +219,7 @@ pub fn stamp_inputs(
     files.sort();
     files.dedup();
     let now_ns = now_ns();
-    let mut stamps = BTreeMap::new();
+    let mut stamps = SmallMap::with_capacity(files.len());
     for rel in files {
         let reuse = previous.and_then(|p| p.inputs.get(&rel));
         match stamp_file(&root.join(&rel), reuse, now_ns) {
@@ -295,10 +301,22 @@ pub fn trust_mtime(mtime_ns: i128, now_ns: i128) -> i128 {
 pub fn record(
     command: String,
     env: &[(String, String)],
-    inputs: BTreeMap<String, FileStamp>,
-    deps: BTreeMap<String, String>,
+    inputs: SmallMap<FileStamp>,
+    deps: SmallMap<String>,
 ) -> StepRecord {
-    let env: BTreeMap<String, String> = env
+    let mut record = unhashed_record(command, env, inputs, deps);
+    record.fingerprint = fingerprint_of(&record);
+    record
+}
+
+/// As [`record`], its fingerprint left empty.
+fn unhashed_record(
+    command: String,
+    env: &[(String, String)],
+    inputs: SmallMap<FileStamp>,
+    deps: SmallMap<String>,
+) -> StepRecord {
+    let env: SmallMap<String> = env
         .iter()
         // Piper's own variables say nothing about the work (and PIPER_BUILD
         // changes every run).
@@ -316,7 +334,7 @@ pub fn record(
         })
         .map(|(k, v)| (k.clone(), hash_hex(v.as_bytes())))
         .collect();
-    let mut record = StepRecord {
+    StepRecord {
         fingerprint: String::new(),
         command,
         env,
@@ -324,9 +342,19 @@ pub fn record(
         deps,
         discovered: BTreeSet::new(),
         outputs: None,
-    };
-    record.fingerprint = fingerprint_of(&record);
-    record
+    }
+}
+
+/// Whether `now` is the work `old` recorded: what its fingerprint covers
+/// (command, variables, inputs' content, dependencies) is equal.
+fn same_work(old: &StepRecord, now: &StepRecord) -> bool {
+    old.fingerprint != DEPFILE_MISSING
+        && old.command == now.command
+        && old.env == now.env
+        && old.deps == now.deps
+        && old.inputs.len() == now.inputs.len()
+        && (old.inputs.iter().zip(now.inputs.iter()))
+            .all(|((old_path, old), (path, now))| old_path == path && old.hash == now.hash)
 }
 
 fn fingerprint_of(record: &StepRecord) -> String {
@@ -412,11 +440,11 @@ pub fn reasons(
 /// Declared outputs (root-relative, see `graph::Step::outputs`) that do
 /// not exist; a glob counts as present if it matches something.
 pub fn missing_outputs(root: &Path, outputs: &[String]) -> Vec<String> {
-    outputs
-        .iter()
-        .filter(|pattern| existing_outputs(root, std::slice::from_ref(*pattern)).is_empty())
-        .cloned()
-        .collect()
+    let missing = |pattern: &&String| match is_glob(pattern) {
+        true => existing_outputs(root, std::slice::from_ref(*pattern)).is_empty(),
+        false => !root.join(pattern).exists(),
+    };
+    outputs.iter().filter(missing).cloned().collect()
 }
 
 /// What dependents fingerprint of a step that has a record: the digest of
@@ -525,15 +553,15 @@ mod tests {
     #[test]
     fn reasons_name_what_changed() {
         let env = [("A".to_string(), "1".to_string())];
-        let inputs = BTreeMap::from([
+        let inputs = SmallMap::from_iter([
             ("a.c".to_string(), stamp("x")),
             ("b.c".to_string(), stamp("y")),
         ]);
-        let old = record("cc a.c".into(), &env, inputs, BTreeMap::new());
+        let old = record("cc a.c".into(), &env, inputs, SmallMap::new());
         assert!(reasons(Some(&old), &old, &[], false).is_empty());
 
         let env2 = [("A".to_string(), "2".to_string())];
-        let inputs2 = BTreeMap::from([
+        let inputs2 = SmallMap::from_iter([
             ("a.c".to_string(), stamp("z")),
             ("c.c".to_string(), stamp("w")),
         ]);
@@ -541,7 +569,7 @@ mod tests {
             "cc -O2 a.c".into(),
             &env2,
             inputs2,
-            BTreeMap::from([("gen".into(), "f".into())]),
+            SmallMap::from_iter([("gen".into(), "f".into())]),
         );
         let why = reasons(Some(&old), &now, &["a.o".into()], true);
         assert_eq!(

@@ -18,6 +18,13 @@ pub fn is_glob(pattern: &str) -> bool {
 /// Lexically removes `.` and `a/..` so `src/../include/x.h` matches
 /// `include/x.h`. A leading `..` stays: the path leaves its base.
 pub fn normalize(path: &Path) -> String {
+    // Most paths are normal already (the graph stores them so): no split.
+    if let Some(text) = path.to_str()
+        && !text.is_empty()
+        && !(text.split('/')).any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return text.to_string();
+    }
     let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
     for c in path.components() {
         match c {
