@@ -31,7 +31,9 @@ use crate::state::{SmallMap, State};
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Steps running at once (at least 1).
+    /// Steps running at once; 0: as many as there are CPUs (asked only
+    /// when a second step could start: a one-step build need not read the
+    /// cgroup files `available_parallelism` consults).
     pub jobs: usize,
     pub keep_going: bool,
     pub dry_run: bool,
@@ -104,9 +106,7 @@ impl Force {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            jobs: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            jobs: 0,
             keep_going: false,
             dry_run: false,
             env_overrides: IndexMap::new(),
@@ -518,11 +518,19 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// How many steps may run at once.
+    fn jobs(&self) -> usize {
+        static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        match self.options.jobs {
+            0 => *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            jobs => jobs,
+        }
+    }
+
     /// Starts queued steps while job slots are free (a false `when`
     /// finishes one as skipped instead).
     async fn start_ready(&mut self) {
-        let jobs = self.options.jobs.max(1);
-        while !self.stop && self.running.len() < jobs {
+        while !self.stop && (self.running.is_empty() || self.running.len() < self.jobs()) {
             let Some(i) = self.ready.pop_first() else {
                 break;
             };
