@@ -7,15 +7,69 @@ use serde::Serialize;
 use crate::graph::{Graph, Plan};
 use crate::spec::Run;
 
+/// A step as `piper graph --format json` and `piper list --json` show it;
+/// borrowed from the graph, so 10 000 steps are written without copying
+/// their strings.
 #[derive(Serialize)]
-pub struct StepInfo {
-    pub name: String,
+pub struct StepInfo<'a> {
+    pub name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub desc: Option<String>,
-    pub deps: Vec<String>,
+    pub desc: Option<&'a str>,
+    pub deps: Vec<&'a str>,
     /// The commands, or `["<lua function>"]`.
-    pub run: Vec<String>,
-    pub location: String,
+    pub run: RunText<'a>,
+    #[serde(serialize_with = "as_text")]
+    pub location: &'a crate::location::Location,
+}
+
+/// A step's `run` as a list of command lines.
+pub struct RunText<'a>(&'a Run);
+
+impl RunText<'_> {
+    /// The commands joined with ` && `.
+    pub fn joined(&self) -> String {
+        match self.0 {
+            Run::Commands(commands) => (commands.iter())
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(" && "),
+            Run::Lua(_) => LUA_FUNCTION.into(),
+        }
+    }
+}
+
+const LUA_FUNCTION: &str = "<lua function>";
+
+impl Serialize for RunText<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self.0 {
+            Run::Commands(commands) => {
+                let mut seq = serializer.serialize_seq(Some(commands.len()))?;
+                for command in commands {
+                    seq.serialize_element(&Text(command))?;
+                }
+                seq.end()
+            }
+            Run::Lua(_) => [LUA_FUNCTION].serialize(serializer),
+        }
+    }
+}
+
+/// Serializes a `Display` as a string, without building one first.
+struct Text<'a, T: std::fmt::Display>(&'a T);
+
+impl<T: std::fmt::Display> Serialize for Text<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
+    }
+}
+
+fn as_text<S: serde::Serializer, T: std::fmt::Display>(
+    value: &&T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(*value)
 }
 
 #[derive(Serialize)]
@@ -34,21 +88,16 @@ pub struct TriggerInfo {
     pub pipeline: String,
 }
 
-pub fn step_info(graph: &Graph, index: usize) -> StepInfo {
+pub fn step_info(graph: &Graph, index: usize) -> StepInfo<'_> {
     let step = &graph.steps[index];
     StepInfo {
-        name: step.name.clone(),
-        desc: step.desc.clone(),
-        deps: step
-            .deps
-            .iter()
-            .map(|&d| graph.steps[d].name.clone())
+        name: &step.name,
+        desc: step.desc.as_deref(),
+        deps: (step.deps.iter())
+            .map(|&d| graph.steps[d].name.as_str())
             .collect(),
-        run: match &step.run {
-            Run::Commands(commands) => commands.iter().map(|c| c.to_string()).collect(),
-            Run::Lua(_) => vec!["<lua function>".into()],
-        },
-        location: step.location.to_string(),
+        run: RunText(&step.run),
+        location: &step.location,
     }
 }
 
@@ -122,16 +171,16 @@ pub fn mermaid(graph: &Graph, plan: &Plan) -> String {
 }
 
 #[derive(Serialize)]
-struct GraphJson {
-    name: String,
-    steps: Vec<StepInfo>,
+struct GraphJson<'a> {
+    name: &'a str,
+    steps: Vec<StepInfo<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pipeline: Option<PipelineInfo>,
 }
 
 pub fn json(graph: &Graph, plan: &Plan) -> String {
     let doc = GraphJson {
-        name: plan.name.clone(),
+        name: &plan.name,
         steps: plan
             .steps
             .iter()

@@ -428,9 +428,9 @@ fn list(cli: &Cli, args: &ListArgs) -> Result<i32> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         #[derive(serde::Serialize)]
-        struct Listing {
+        struct Listing<'a> {
             pipelines: Vec<export::PipelineInfo>,
-            steps: Vec<export::StepInfo>,
+            steps: Vec<export::StepInfo<'a>>,
         }
         let listing = Listing {
             pipelines: graph
@@ -460,7 +460,7 @@ fn list(cli: &Cli, args: &ListArgs) -> Result<i32> {
         let detail = s
             .desc
             .clone()
-            .unwrap_or_else(|| export::step_info(&graph, i).run.join(" && "));
+            .unwrap_or_else(|| export::step_info(&graph, i).run.joined());
         let _ = writeln!(out, "    {}  {detail}", render::style::pad(&s.name, width));
     }
     let _ = out.flush();
@@ -527,7 +527,7 @@ fn graph(cli: &Cli, args: &GraphArgs) -> Result<i32> {
     };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
-    drop(plan);
+    std::mem::forget(plan); // as the graph: piper exits now
     exit_soon(graph);
     Ok(0)
 }
