@@ -340,7 +340,7 @@ struct Scheduler<'a> {
     /// Queued: dependencies done, waiting for a job slot (first defined first).
     ready: BTreeSet<usize>,
     /// Jobs of queued steps whose up-to-date check was already done.
-    prepared: Vec<Option<StepJob>>,
+    prepared: Vec<Option<Box<StepJob>>>,
     running: JoinSet<StepResult>,
     /// Start nothing more (a failure without keep-going, or Ctrl-C).
     stop: bool,
@@ -430,7 +430,7 @@ impl<'a> Scheduler<'a> {
                     continue;
                 }
                 // Checked and stale: the job keeps its check for its start.
-                Err(checked) => self.prepared[i] = checked,
+                Err(checked) => self.prepared[i] = checked.map(Box::new),
             }
             self.ready.insert(i);
             let _ = self
@@ -538,7 +538,7 @@ impl<'a> Scheduler<'a> {
             let name = self.name_of(i);
             match evaluate_condition(&self.graph, step) {
                 Ok(true) => {
-                    let job = self.prepared[i].take().unwrap_or_else(|| self.job(i));
+                    let job = (self.prepared[i].take()).map_or_else(|| self.job(i), |job| *job);
                     self.running.spawn(job.run());
                 }
                 Ok(false) => {
