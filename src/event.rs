@@ -12,10 +12,10 @@ use crate::spec::TriggerOn;
 
 /// Events travel through a bounded channel: a slow consumer slows the
 /// producers down instead of buffering unbounded output in memory.
-pub type EventSender = mpsc::Sender<Event>;
-pub type EventReceiver = mpsc::Receiver<Event>;
+pub(crate) type EventSender = mpsc::Sender<Event>;
+pub(crate) type EventReceiver = mpsc::Receiver<Event>;
 
-pub fn channel() -> (EventSender, EventReceiver) {
+pub(crate) fn channel() -> (EventSender, EventReceiver) {
     mpsc::channel(1024)
 }
 
@@ -160,14 +160,16 @@ pub enum Event {
     },
 }
 
+/// A step of a build's plan, as `build_started` lists them.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlannedStepInfo {
-    /// Its name: the targets as asked for, or the pipeline's.
+    /// The step's name.
     pub name: String,
     /// The steps it depends on, by name.
     pub deps: Vec<String>,
 }
 
+/// What chained a build: another build's trigger.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TriggeredBy {
     /// The build whose trigger fired.

@@ -55,8 +55,9 @@ pub use engine::{
     BuildOutcome, Engine, Explanation, Outcome, PipelineInfo, Project, Run, RunOptions, StepInfo,
 };
 pub use error::{Error, Result};
-pub use event::{BuildStatus, Event, StepStatus};
+pub use event::{BuildStatus, Event, PlannedStepInfo, StepStatus, TriggeredBy};
 pub use runner::{Command, CommandRun, Exit, LocalRunner, OutputSink, RunFuture, Runner};
+pub use spec::TriggerOn;
 
 /// The Lua bindings host modules are written with
 /// ([`Engine::with_module`]): the same `mlua` Piper uses.

@@ -145,13 +145,18 @@ pub enum Member {
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
+/// When a pipeline's trigger fires: the field it was given in.
 pub enum TriggerOn {
+    /// `on_success`: the build succeeded.
     Success,
+    /// `on_failure`: the build failed.
     Failure,
+    /// `always`: the build ended either way.
     Always,
 }
 
 impl TriggerOn {
+    /// The `pipeline` field it comes from (`on_success`, ...).
     pub fn field(self) -> &'static str {
         match self {
             TriggerOn::Success => "on_success",
