@@ -1,7 +1,8 @@
 //! What a set of changed files asks of a run: nothing, a new evaluation of
 //! the config, the whole plan, or some steps and their dependents. The
 //! engine answers it from the graph (inputs, outputs, the config's files,
-//! `trigger.watch`) and the state (inputs discovered from depfiles);
+//! `trigger.watch`), what the config's evaluation read (files, globs) and
+//! the state (inputs discovered from depfiles);
 //! `piper watch` is one host asking it (`Project::affected_by`), an editor
 //! saving a file could be another.
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
+use crate::config_cache::Input;
 use crate::graph::Graph;
 use crate::state::{STATE_DIR, State};
 
@@ -42,11 +44,69 @@ pub struct Affected {
     pub paths: Vec<String>,
 }
 
+/// What the evaluation of `piper.lua` read besides the Lua files it
+/// loaded (those are `Graph::files`): files read (`fs.read`, `env.load`),
+/// paths checked (`fs.exists`) and globs expanded (`fs.glob`), as the
+/// configuration cache recorded them. A change to one asks for a new
+/// evaluation: a file added to `fs.glob("src/*.c")` may be a new step.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConfigReads {
+    /// Root-relative paths read or checked.
+    paths: HashSet<String>,
+    /// The globs, each with whether it matches hidden files and honours
+    /// the ignore rules.
+    globs: Vec<(GlobSet, bool, bool)>,
+}
+
+impl ConfigReads {
+    pub(crate) fn of(inputs: &[Input]) -> ConfigReads {
+        let mut reads = ConfigReads::default();
+        for input in inputs {
+            match input {
+                Input::File { path, .. } | Input::Exists { path, .. } => {
+                    reads.paths.insert(path.clone());
+                }
+                Input::Glob {
+                    patterns,
+                    hidden,
+                    gitignore,
+                    ..
+                } => {
+                    let set = glob_set(patterns.iter().map(String::as_str));
+                    reads.globs.push((set, *hidden, *gitignore));
+                }
+                Input::Env { .. } | Input::Command { .. } => {}
+            }
+        }
+        reads
+    }
+
+    /// Whether a change to `rel` may change what the evaluation read.
+    /// `ignored` says whether the ignore rules skip it.
+    fn asks_reload(&self, rel: &Path, rel_text: &str, ignored: impl Fn() -> bool) -> bool {
+        if self.paths.contains(rel_text) {
+            return true;
+        }
+        let hidden_part = || {
+            rel.components()
+                .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+        };
+        self.globs.iter().any(|(set, hidden, gitignore)| {
+            set.is_match(rel) && (*hidden || !hidden_part()) && !(*gitignore && ignored())
+        })
+    }
+}
+
 /// Sorts `changed` (absolute paths) into what they ask of a run of
 /// `targets`. Piper's own state, git's, gitignored paths, declared outputs
 /// and `trigger.watch` ignores never ask for anything, so a step's own
 /// output cannot loop a watcher.
-pub(crate) fn affected_by(graph: &Graph, targets: &[String], changed: &[PathBuf]) -> Affected {
+pub(crate) fn affected_by(
+    graph: &Graph,
+    reads: &ConfigReads,
+    targets: &[String],
+    changed: &[PathBuf],
+) -> Affected {
     let root = &graph.root;
     let config_files: HashSet<&PathBuf> = graph.files.iter().collect();
     let ignored = crate::paths::IgnoreRules::new(root);
@@ -70,7 +130,8 @@ pub(crate) fn affected_by(graph: &Graph, targets: &[String], changed: &[PathBuf]
             continue;
         }
         let rel_text = rel.to_string_lossy().into_owned();
-        if config_files.contains(path) {
+        let is_ignored = || ignored.is_ignored(rel, path.is_dir());
+        if config_files.contains(path) || reads.asks_reload(rel, &rel_text, is_ignored) {
             config = true;
             relevant.push(rel_text);
             continue;

@@ -301,13 +301,25 @@ pub enum Mode {
 /// The graph of `project`: from the cache when every recorded input is
 /// unchanged, else evaluated (and the cache rewritten).
 pub fn load(project: &Project, mode: Mode) -> Result<(Graph, Evaluation)> {
+    load_with_reads(project, mode).map(|(graph, evaluation, _)| (graph, evaluation))
+}
+
+/// As [`load`], with what the evaluation read (the recorded inputs), for a
+/// host that watches them.
+pub fn load_with_reads(
+    project: &Project,
+    mode: Mode,
+) -> Result<(Graph, Evaluation, crate::changes::ConfigReads)> {
     let path = State::dir(&project.root).join(FILE);
     let key = Key::of(project);
     let reason = match mode {
         Mode::Bypass => None,
         Mode::Use => match read(&path, &key) {
             Ok(Some(cache)) => match changed_input(&project.root, &cache.inputs) {
-                None => return Ok((cache.graph.revive(project), Evaluation::Cached)),
+                None => {
+                    let reads = crate::changes::ConfigReads::of(&cache.inputs);
+                    return Ok((cache.graph.revive(project), Evaluation::Cached, reads));
+                }
                 Some(reason) => Some(reason),
             },
             Ok(None) => None,
@@ -331,7 +343,8 @@ pub fn load(project: &Project, mode: Mode) -> Result<(Graph, Evaluation)> {
             }
         }
     }
-    Ok((graph, Evaluation::Evaluated { reason, not_cached }))
+    let reads = crate::changes::ConfigReads::of(&recording.inputs);
+    Ok((graph, Evaluation::Evaluated { reason, not_cached }, reads))
 }
 
 /// The cache at `path` if it exists and belongs to this Piper and project;

@@ -121,10 +121,11 @@ impl Engine {
         } else {
             config_cache::Mode::Bypass
         };
-        let (graph, evaluation) = config_cache::load(&project, mode)?;
+        let (graph, evaluation, reads) = config_cache::load_with_reads(&project, mode)?;
         Ok(Project {
             graph: Arc::new(graph),
             evaluation,
+            reads: Arc::new(reads),
             runner: self.runner.clone(),
             located,
         })
@@ -141,6 +142,9 @@ impl Engine {
 pub struct Project {
     graph: Arc<Graph>,
     evaluation: Evaluation,
+    /// What evaluating `piper.lua` read (files, globs): a change to one
+    /// asks for a reload.
+    reads: Arc<crate::changes::ConfigReads>,
     runner: SharedRunner,
     /// Where it was found, to load it again.
     located: crate::project::Project,
@@ -276,12 +280,13 @@ impl Project {
     }
 
     /// What files that changed (absolute paths) ask of a run of `targets`:
-    /// nothing, loading the config again, the whole plan, or some steps and
-    /// their dependents. Piper's state, git's, gitignored paths and
+    /// nothing, loading the config again (`piper.lua`, a module it required,
+    /// a file it read, or a file added to or removed from a glob it
+    /// expanded), the whole plan, or some steps and their dependents. Piper's state, git's, gitignored paths and
     /// declared outputs never ask for anything. `piper watch` reruns by
     /// this.
     pub fn affected_by(&self, targets: &[&str], changed: &[PathBuf]) -> Affected {
-        crate::changes::affected_by(&self.graph, &owned(targets), changed)
+        crate::changes::affected_by(&self.graph, &self.reads, &owned(targets), changed)
     }
 
     /// Starts running `targets` (pipelines or steps, with their

@@ -244,6 +244,42 @@ fn a_run_is_cancelled_with_its_process_group() {
     );
 }
 
+/// A config that makes a step per file of a glob, and reads a file: a
+/// file added to the glob, or the file read edited, asks for a new
+/// evaluation (a running `piper watch` now sees the new step); other
+/// files do not.
+#[test]
+fn what_the_config_read_asks_for_a_reload() {
+    let dir = project(
+        r#"
+        local fs = require "piper.fs"
+        local version = fs.read("VERSION")
+        for _, src in ipairs(fs.glob "src/*.c") do
+            step("cc " .. src) { run = "true", inputs = { src }, env = { V = version } }
+        end
+        "#,
+    );
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("src/a.c"), "int a;").unwrap();
+    std::fs::write(dir.path().join("VERSION"), "1").unwrap();
+    // Evaluated the first time, read from the configuration cache next:
+    // both know what the evaluation read.
+    for _ in 0..2 {
+        let project = Engine::new().load(dir.path()).unwrap();
+        let root = project.root().to_path_buf();
+        let change = |path: &str| project.affected_by(&[], &[root.join(path)]).change;
+        assert_eq!(
+            change("src/b.c"),
+            Change::Config,
+            "a file added to the glob"
+        );
+        assert_eq!(change("VERSION"), Change::Config, "the file read");
+        assert_eq!(change("src/.b.c"), Change::Nothing, "hidden: not matched");
+        assert_eq!(change("src/b.h"), Change::Nothing);
+        assert_eq!(change("README"), Change::Nothing);
+    }
+}
+
 /// A host that takes its events slowly (a busy database, a terminal
 /// nobody reads) gets every byte a step printed, and the step's end after
 /// them: a step's output used to be given 2 s after its process exited,

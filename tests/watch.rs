@@ -139,6 +139,42 @@ fn editing_piper_lua_reloads_and_a_broken_edit_keeps_watching() {
     assert_eq!(w.stop(), 130);
 }
 
+/// A step per file of a config-time glob: a file added while watching is
+/// a new step, run without restarting `piper watch`; a file the config
+/// reads, edited, re-evaluates it too.
+#[test]
+fn a_file_added_to_a_config_glob_adds_its_step_while_watching() {
+    let test = Test::new()
+        .piper_lua(
+            r#"
+            local fs = require "piper.fs"
+            local mark = fs.read("mark.txt"):gsub("%s+$", "")
+            local steps = {}
+            for _, src in ipairs(fs.glob "src/*.txt") do
+                steps[#steps + 1] = step("copy " .. src) {
+                    inputs = { src },
+                    run = "echo " .. mark .. ":" .. src .. " >> runs.log",
+                }
+            end
+            pipeline "all" { table.unpack(steps) }
+            "#,
+        )
+        .file("src/a.txt", "a")
+        .file("mark.txt", "one");
+    let w = Watching::start(&test, &["all"]);
+    w.until("the first run", |w| w.runs() == ["one:src/a.txt"]);
+    w.write("src/b.txt", "b");
+    w.until("the new file's step", |w| {
+        w.runs().contains(&"one:src/b.txt".to_string())
+    });
+    w.write("mark.txt", "two");
+    w.until("the steps with the new value", |w| {
+        w.runs().contains(&"two:src/a.txt".to_string())
+            && w.runs().contains(&"two:src/b.txt".to_string())
+    });
+    assert_eq!(w.stop(), 130);
+}
+
 #[test]
 fn a_rerun_starts_only_after_the_old_process_group_is_gone() {
     // The step records its start, and on SIGTERM records "term" after a

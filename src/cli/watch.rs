@@ -12,8 +12,9 @@
 //! - Changes are debounced: a batch closes when no event came for the
 //!   debounce time. A batch that touches nothing relevant is dropped
 //!   without disturbing a running build.
-//! - A change to `piper.lua` or a module it required re-evaluates the config
-//!   (a broken edit is reported and watching goes on). A change to a step's
+//! - A change to `piper.lua`, a module it required, a file it read or a
+//!   glob it expanded re-evaluates the config (a broken edit is reported
+//!   and watching goes on). A change to a step's
 //!   inputs reruns that step and its dependents (`RunOptions::only`);
 //!   a change to a `trigger.watch` path reruns the whole plan.
 //! - Before a rerun, the running build is cancelled and awaited: its process
