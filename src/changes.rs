@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::config_cache::Input;
-use crate::graph::Graph;
+use crate::graph::{Graph, Plan};
 use crate::state::{STATE_DIR, State};
 
 /// What a batch of changed files asks of a run of some targets
@@ -117,7 +117,9 @@ pub(crate) fn affected_by(
             .flat_map(|s| s.outputs.iter())
             .map(String::as_str),
     );
-    let inputs = StepInputs::of_plan(graph, targets);
+    // Planned once: whose inputs count, and who depends on whom.
+    let plan = graph.plan(targets).ok();
+    let inputs = StepInputs::of_plan(graph, plan.as_ref());
 
     let mut relevant = Vec::new();
     let (mut config, mut everything) = (false, false);
@@ -157,8 +159,8 @@ pub(crate) fn affected_by(
         Change::Config
     } else if everything {
         Change::Everything
-    } else if !steps.is_empty() {
-        Change::Steps(dependents_of(graph, targets, &steps))
+    } else if let Some(plan) = plan.as_ref().filter(|_| !steps.is_empty()) {
+        Change::Steps(dependents_of(graph, plan, &steps))
     } else {
         Change::Nothing
     };
@@ -175,8 +177,8 @@ struct StepInputs<'a> {
 }
 
 impl<'a> StepInputs<'a> {
-    fn of_plan(graph: &'a Graph, targets: &[String]) -> StepInputs<'a> {
-        let Ok(plan) = graph.plan(targets) else {
+    fn of_plan(graph: &'a Graph, plan: Option<&Plan>) -> StepInputs<'a> {
+        let Some(plan) = plan else {
             return StepInputs { steps: Vec::new() };
         };
         let state = State::load(&graph.root);
@@ -228,10 +230,7 @@ pub(crate) fn is_private(rel: &Path) -> bool {
 }
 
 /// `direct` and every step of the plan that depends on one of them.
-fn dependents_of(graph: &Graph, targets: &[String], direct: &HashSet<String>) -> BTreeSet<String> {
-    let Ok(plan) = graph.plan(targets) else {
-        return direct.iter().cloned().collect();
-    };
+fn dependents_of(graph: &Graph, plan: &Plan, direct: &HashSet<String>) -> BTreeSet<String> {
     let mut dependents: HashMap<usize, Vec<usize>> = HashMap::new();
     for planned in &plan.steps {
         for &d in &graph.steps[planned.step].deps {

@@ -60,6 +60,7 @@ pub async fn watch(
     events: EventSender,
     interrupt: CancellationToken,
 ) -> Result<i32> {
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
     let (tx, mut changes) = mpsc::unbounded_channel::<PathBuf>();
     // Held for the whole watch: dropping it stops the notifications.
     let _watcher = start_watcher(project.root(), options.poll, tx)?;
@@ -114,7 +115,6 @@ pub async fn watch(
                         continue; // interrupted: the next turn returns
                     };
                     let affected = if valid {
-                        let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
                         project.affected_by(&targets, &batch)
                     } else {
                         affected_without_config(project.root(), &batch)
@@ -162,12 +162,11 @@ pub async fn watch(
 /// watch's stream and ends with its outcome (or why it could not start).
 fn start(
     project: &Project,
-    targets: &[String],
+    targets: &[&str],
     options: RunOptions,
     events: &EventSender,
 ) -> Running {
-    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
-    let started = project.run(&targets, options);
+    let started = project.run(targets, options);
     let token = (started.as_ref()).map_or_else(|_| CancellationToken::new(), Run::cancel_token);
     let events = events.clone();
     let handle = tokio::spawn(async move {
@@ -195,13 +194,12 @@ impl Services {
     fn start(
         &mut self,
         project: &Project,
-        targets: &[String],
+        targets: &[&str],
         base: &RunOptions,
         mut next_build: u32,
         events: &EventSender,
     ) -> u32 {
-        let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
-        let Ok(names) = project.services(&targets) else {
+        let Ok(names) = project.services(targets) else {
             return next_build;
         };
         for name in names {
@@ -213,7 +211,7 @@ impl Services {
                 .only([name.clone()])
                 .first_build(next_build);
             next_build += 1;
-            let (handle, token) = start(project, std::slice::from_ref(&name), options, events);
+            let (handle, token) = start(project, &[name.as_str()], options, events);
             let ended = name.clone();
             self.set.spawn(async move {
                 let _ = handle.await;
@@ -284,10 +282,9 @@ async fn next_build_number(
 
 /// Loads the config again after an edit; an error (watching goes on) is
 /// reported by the caller. An unknown target is an error here too.
-fn load(engine: &Engine, project: &Project, targets: &[String]) -> Result<Project> {
+fn load(engine: &Engine, project: &Project, targets: &[&str]) -> Result<Project> {
     let loaded = engine.reload(project)?;
-    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
-    loaded.services(&targets)?; // plans the targets
+    loaded.services(targets)?; // plans the targets
     Ok(loaded)
 }
 
