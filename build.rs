@@ -1,16 +1,52 @@
-//! Links the `piper` command as a position-dependent executable (Linux).
+//! Links the `piper` command for a fast start (Linux): every `piper exec`
+//! of a cached build is mostly process start, so it counts (issue 12
+//! measures a one-step build against make).
 //!
-//! Why: a PIE `piper` spent half of `piper --version` in the dynamic
-//! loader applying ~21,000 relative relocations (and faulting in the pages
-//! they touch) before `main`; non-PIE it has ~300, and a one-step
-//! `piper exec` is ~0.3 ms faster, which is the difference to make that
-//! issue 12 measures. What it gives up is ASLR of the executable's own
-//! code, which buys `piper` little: its input, `piper.lua`, runs commands
-//! by design. `piperd` takes requests from the network and stays PIE.
+//! 1. Position-dependent (`-no-pie`): a PIE `piper` spent half of
+//!    `piper --version` in the dynamic loader applying ~21,000 relative
+//!    relocations (and faulting in the pages they touch) before `main`;
+//!    non-PIE it has ~300, and a one-step `piper exec` is ~0.3 ms faster.
+//!    What it gives up is ASLR of the executable's own code, which buys
+//!    `piper` little: its input, `piper.lua`, runs commands by design.
+//! 2. The unwinder linked in (libgcc_eh) instead of loading libgcc_s.so:
+//!    that library's constructor probes the CPU with `cpuid`, which traps
+//!    to the hypervisor on a VM; with the load itself it cost ~0.1 ms of
+//!    every run. rustc asks for `-lgcc_s` by name, so a directory whose
+//!    `libgcc_s.a` is the static unwinder goes first on the search path.
+//!    Where the compiler has no libgcc_eh.a, `piper` links as before.
+//!
+//! `piperd` takes requests from the network and stays PIE; it starts once.
+use std::path::PathBuf;
+
 fn main() {
-    let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
-    if target_os == "linux" {
-        println!("cargo:rustc-link-arg-bin=piper=-no-pie");
-    }
     println!("cargo:rerun-if-changed=build.rs");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux")
+        || std::env::var("CARGO_CFG_TARGET_ENV").as_deref() != Ok("gnu")
+    {
+        return;
+    }
+    println!("cargo:rustc-link-arg-bin=piper=-no-pie");
+    if let Some(dir) = static_unwinder_dir() {
+        println!("cargo:rustc-link-arg-bin=piper=-L{}", dir.display());
+    }
+}
+
+/// A directory holding `libgcc_s.a` -> the compiler's `libgcc_eh.a`.
+fn static_unwinder_dir() -> Option<PathBuf> {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = std::process::Command::new(cc)
+        .arg("-print-file-name=libgcc_eh.a")
+        .output()
+        .ok()?;
+    let eh = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    // Not found, the compiler prints the bare name back.
+    if !eh.is_absolute() || !eh.exists() {
+        return None;
+    }
+    let dir = PathBuf::from(std::env::var("OUT_DIR").ok()?).join("static-unwinder");
+    std::fs::create_dir_all(&dir).ok()?;
+    let link = dir.join("libgcc_s.a");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&eh, &link).ok()?;
+    Some(dir)
 }

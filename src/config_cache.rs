@@ -24,6 +24,7 @@ use crate::error::Result;
 use crate::fingerprint::{now_ns, stamp_content, stamp_file};
 use crate::graph::Graph;
 use crate::project::Project;
+use crate::root_dir::RootDir;
 use crate::spec::Command;
 use crate::state::{FileStamp, State};
 
@@ -402,8 +403,9 @@ fn write(path: &Path, cache: &CacheFileRef) -> std::io::Result<()> {
 /// words; None when all are unchanged.
 fn changed_input(root: &Path, inputs: &[Input]) -> Option<String> {
     let now = now_ns();
+    let root_dir = RootDir::open(root);
     inputs.iter().find_map(|input| match input {
-        Input::File { path, stamp } => file_change(root, path, stamp.as_ref(), now),
+        Input::File { path, stamp } => file_change(&root_dir, path, stamp.as_ref(), now),
         Input::Exists { path, exists } => {
             let now_exists = root.join(path).exists();
             (now_exists != *exists).then(|| match now_exists {
@@ -433,9 +435,9 @@ fn changed_input(root: &Path, inputs: &[Input]) -> Option<String> {
     })
 }
 
-fn file_change(root: &Path, path: &str, stamp: Option<&FileStamp>, now: i128) -> Option<String> {
+fn file_change(root: &RootDir, path: &str, stamp: Option<&FileStamp>, now: i128) -> Option<String> {
     // One stat (inside stamp_file): a missing file or a directory is NotFound.
-    match (stamp, stamp_file(&root.join(path), stamp, now)) {
+    match (stamp, stamp_file(root, path, stamp, now)) {
         (None, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
         (None, _) => Some(format!("{path} was created")),
         (Some(_), Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -24,6 +24,7 @@ use crate::fingerprint::{self, Freshness};
 use crate::graph::{Graph, Plan};
 use crate::lua_step::{LuaOutcome, LuaStep};
 use crate::process::{Exit, OutputSink};
+use crate::root_dir::RootDir;
 use crate::runner::{CommandRun, LocalRunner, Runner};
 use crate::spec::{Condition, Run, TriggerOn};
 use crate::stamps::Stamps;
@@ -332,6 +333,8 @@ struct Scheduler<'a> {
     events: &'a EventSender,
     state: Arc<State>,
     stamps: Arc<Stamps>,
+    /// The project root held open: the up-to-date checks stat through it.
+    root: Arc<RootDir>,
     dependents: Vec<Vec<usize>>,
     waiting_on: Vec<usize>,
     status: Vec<Option<StepStatus>>,
@@ -367,6 +370,7 @@ impl<'a> Scheduler<'a> {
         Scheduler {
             state: Arc::new(State::load(&graph.root)),
             stamps: Arc::new(Stamps::new(graph.root.clone(), graph.stamps.clone())),
+            root: Arc::new(RootDir::open(&graph.root)),
             graph,
             plan,
             build,
@@ -490,12 +494,13 @@ impl<'a> Scheduler<'a> {
             graph: self.graph.clone(),
             index: i,
             step: planned.step,
-            env: step_env(&self.graph, self.plan, i, self.options, self.build),
+            env: work_env(&self.graph, self.plan, i, self.options),
             args: self.options.args.clone(),
             runner: self.options.runner.0.clone(),
             events: self.events.clone(),
             build: self.build,
-            cancel: self.cancel.child_token(),
+            // The scheduler's token itself: each attempt makes its own child.
+            cancel: self.cancel.clone(),
             grace: self.options.kill_grace,
             dry_run: self.options.dry_run,
             forced: self.options.force.applies_to(&step.name),
@@ -514,6 +519,7 @@ impl<'a> Scheduler<'a> {
                 })
                 .collect(),
             stamps: self.stamps.clone(),
+            root: self.root.clone(),
             checked: None,
         }
     }
@@ -530,7 +536,12 @@ impl<'a> Scheduler<'a> {
     /// Starts queued steps while job slots are free (a false `when`
     /// finishes one as skipped instead).
     async fn start_ready(&mut self) {
-        while !self.stop && (self.running.is_empty() || self.running.len() < self.jobs()) {
+        // Nothing queued asks for no CPU count (a one-step build never reads
+        // the cgroup files behind it).
+        while !self.stop
+            && !self.ready.is_empty()
+            && (self.running.is_empty() || self.running.len() < self.jobs())
+        {
             let Some(i) = self.ready.pop_first() else {
                 break;
             };
@@ -675,15 +686,12 @@ fn evaluate_condition(graph: &Graph, step: usize) -> std::result::Result<bool, S
     }
 }
 
-/// The variables a step's processes get on top of Piper's own environment,
-/// lowest precedence first: `env.set`, pipeline, step, `--env`, PIPER_*.
-pub fn step_env(
-    graph: &Graph,
-    plan: &Plan,
-    i: usize,
-    options: &Options,
-    build: u32,
-) -> Vec<(String, String)> {
+/// The variables that say what a step's work is, lowest precedence
+/// first: `env.set`, pipeline, step, `--env`, then PIPER_ARGS. Its
+/// fingerprint covers them; its processes get them and [`piper_vars`].
+/// Empty (no allocation) for the usual step that sets none: an up-to-date
+/// check needs nothing more.
+pub fn work_env(graph: &Graph, plan: &Plan, i: usize, options: &Options) -> Vec<(String, String)> {
     let step = &graph.steps[plan.steps[i].step];
     let layers = [
         &graph.env,
@@ -691,28 +699,43 @@ pub fn step_env(
         &step.env,
         &options.env_overrides,
     ];
-    let mut piper_vars = vec![
+    let args =
+        (!options.args.is_empty()).then(|| ("PIPER_ARGS".to_string(), shell_words(&options.args)));
+    if layers.iter().all(|layer| layer.is_empty()) {
+        return args.into_iter().collect();
+    }
+    let mut env: IndexMap<String, String> = IndexMap::new();
+    for layer in layers {
+        env.extend(layer.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    env.extend(args);
+    env.into_iter().collect()
+}
+
+/// `work_env` with Piper's own variables on top (PIPER, PIPER_STEP,
+/// PIPER_BUILD, PIPER_ROOT): what a step that runs gets.
+fn with_piper_vars(
+    mut env: Vec<(String, String)>,
+    graph: &Graph,
+    step: &str,
+    build: u32,
+) -> Vec<(String, String)> {
+    let piper_vars = [
         ("PIPER".to_string(), "1".to_string()),
-        ("PIPER_STEP".to_string(), step.name.clone()),
+        ("PIPER_STEP".to_string(), step.to_string()),
         ("PIPER_BUILD".to_string(), build.to_string()),
         (
             "PIPER_ROOT".to_string(),
             graph.root.to_string_lossy().into_owned(),
         ),
     ];
-    if !options.args.is_empty() {
-        piper_vars.insert(0, ("PIPER_ARGS".into(), shell_words(&options.args)));
+    if env.iter().all(|(k, _)| k == "PIPER_ARGS") {
+        env.extend(piper_vars);
+        return env;
     }
-    // Most steps set no variables of their own: no map to merge through.
-    if layers.iter().all(|layer| layer.is_empty()) {
-        return piper_vars;
-    }
-    let mut env: IndexMap<String, String> = IndexMap::new();
-    for layer in layers {
-        env.extend(layer.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
-    env.extend(piper_vars);
-    env.into_iter().collect()
+    let mut merged: IndexMap<String, String> = env.into_iter().collect();
+    merged.extend(piper_vars);
+    merged.into_iter().collect()
 }
 
 /// `words` as one shell-quoted string, so `eval set -- $PIPER_ARGS` gives
@@ -734,6 +757,7 @@ struct StepJob {
     graph: Arc<Graph>,
     index: usize,
     step: usize,
+    /// [`work_env`]; Piper's own variables are added when it runs.
     env: Vec<(String, String)>,
     args: Arc<[String]>,
     runner: Arc<dyn Runner>,
@@ -750,6 +774,8 @@ struct StepJob {
     state: Arc<State>,
     dep_fingerprints: SmallMap<String>,
     stamps: Arc<Stamps>,
+    /// The project root held open: the up-to-date checks stat through it.
+    root: Arc<RootDir>,
     /// The up-to-date check, when the scheduler already made it.
     checked: Option<std::result::Result<Freshness, String>>,
 }
@@ -763,7 +789,8 @@ struct Attempt {
 
 impl StepJob {
     async fn run(mut self) -> StepResult {
-        let step = &self.graph.steps[self.step];
+        let graph = self.graph.clone();
+        let step = &graph.steps[self.step];
         let started = Instant::now();
         if self.apart {
             let fingerprint = format!("service {}", step.name);
@@ -916,7 +943,7 @@ impl StepJob {
         let fingerprint = match &record {
             Some(record) if status == StepStatus::Success => {
                 let (mut record, warning) =
-                    fingerprint::after_run(&self.graph.root, step, record.clone());
+                    fingerprint::after_run(&self.root, step, record.clone());
                 record.outputs = outputs.clone();
                 if let Some(warning) = warning {
                     out.write(format!("piper: warning: {warning}\n").into_bytes())
@@ -939,7 +966,7 @@ impl StepJob {
         // The digest exists when every output does: only without it is
         // there something to look for.
         if succeeded && outputs.is_none() && !step.outputs.is_empty() {
-            for output in fingerprint::missing_outputs(&self.graph.root, &step.outputs) {
+            for output in fingerprint::missing_outputs(&self.root, &step.outputs) {
                 let _ = self
                     .events
                     .send(Event::StepWarning {
@@ -988,16 +1015,17 @@ impl StepJob {
         }
     }
 
-    fn freshness(&self) -> std::result::Result<Freshness, String> {
+    /// Checks once: the dependencies' fingerprints move into the record.
+    fn freshness(&mut self) -> std::result::Result<Freshness, String> {
         if self.dry_run {
             return Ok(Freshness::Untracked);
         }
         let step = &self.graph.steps[self.step];
         fingerprint::check(
-            &self.graph.root,
+            &self.root,
             step,
             &self.env,
-            self.dep_fingerprints.clone(),
+            std::mem::take(&mut self.dep_fingerprints),
             self.state.steps.get(&step.name),
             self.forced,
         )
@@ -1007,9 +1035,10 @@ impl StepJob {
     /// (computed now if it is the build's first step to run something).
     async fn env_with_stamps(&self) -> Vec<(String, String)> {
         let step = &self.graph.steps[self.step];
+        let env = with_piper_vars(self.env.clone(), &self.graph, &step.name, self.build);
         let runs_nothing = matches!(&step.run, Run::Commands(c) if c.is_empty());
         if self.stamps.is_empty() || self.dry_run || runs_nothing {
-            return self.env.clone();
+            return env;
         }
         let (values, first) = self.stamps.values().await;
         if first {
@@ -1024,7 +1053,7 @@ impl StepJob {
                     .await;
             }
         }
-        let mut env = self.env.clone();
+        let mut env = env;
         for (name, value) in &values.vars {
             if !env.iter().any(|(k, _)| k == name) {
                 env.push((name.clone(), value.clone()));

@@ -22,6 +22,7 @@ const WILL_RUN: &str = "will run";
 
 pub fn explain(graph: &Graph, plan: &Plan, options: &Options) -> Vec<Verdict> {
     let state = State::load(&graph.root);
+    let root = crate::root_dir::RootDir::open(&graph.root);
     let order = topological(plan);
     let mut fingerprints: Vec<String> = vec![String::new(); plan.steps.len()];
     let mut verdicts: Vec<Option<Verdict>> = (0..plan.steps.len()).map(|_| None).collect();
@@ -42,10 +43,10 @@ pub fn explain(graph: &Graph, plan: &Plan, options: &Options) -> Vec<Verdict> {
             .filter(|(_, fp)| fp.as_str() == WILL_RUN)
             .map(|(n, _)| n)
             .collect();
-        let env = executor::step_env(graph, plan, i, options, 0);
+        let env = executor::work_env(graph, plan, i, options);
         let forced = options.force.applies_to(&step.name);
         let (will_run, mut reasons, fp) = match fingerprint::check(
-            &graph.root,
+            &root,
             step,
             &env,
             deps.clone(),

@@ -13,6 +13,7 @@ use std::time::UNIX_EPOCH;
 
 use crate::graph::Step;
 use crate::paths::{is_glob, normalize};
+use crate::root_dir::{FileMeta, RootDir};
 use crate::spec::Run;
 use crate::state::{FileStamp, SmallMap, StepRecord};
 
@@ -63,7 +64,7 @@ const DEPFILE_MISSING: &str = "depfile-missing";
 /// Decides whether `step` is up to date, given its variables, what its
 /// dependencies reported in this build, and its last successful run.
 pub fn check(
-    root: &Path,
+    root: &RootDir,
     step: &Step,
     env: &[(String, String)],
     deps: SmallMap<String>,
@@ -76,7 +77,7 @@ pub fn check(
     let discovered = previous.map(|p| p.discovered.clone()).unwrap_or_default();
     let inputs = stamp_inputs(root, &step.inputs, &discovered, previous)
         .map_err(|e| format!("inputs: {e}"))?;
-    let mut record = unhashed_record(command_text(step, root), env, inputs, deps);
+    let mut record = unhashed_record(command_text(step, root.path()), env, inputs, deps);
     record.discovered = discovered;
     // The same work as last time has the same fingerprint: no need to hash
     // it again (most steps of a build are up to date).
@@ -98,7 +99,11 @@ pub fn check(
 /// The record to keep after a successful run: with a depfile, the files it
 /// lists become inputs (stamped now). Returns a warning when the depfile
 /// is missing; the record then makes the step run again next time.
-pub fn after_run(root: &Path, step: &Step, mut record: StepRecord) -> (StepRecord, Option<String>) {
+pub fn after_run(
+    root: &RootDir,
+    step: &Step,
+    mut record: StepRecord,
+) -> (StepRecord, Option<String>) {
     let Some(depfile) = &step.depfile else {
         return (record, None);
     };
@@ -119,7 +124,7 @@ pub fn after_run(root: &Path, step: &Step, mut record: StepRecord) -> (StepRecor
         .into_iter()
         .map(|dep| {
             let abs = step.dir.join(&dep);
-            match abs.strip_prefix(root) {
+            match abs.strip_prefix(root.path()) {
                 Ok(rel) => normalize(rel),
                 Err(_) => abs.to_string_lossy().into_owned(),
             }
@@ -198,23 +203,23 @@ pub fn parse_depfile(text: &str) -> Vec<String> {
 /// Stamps the files matched by `patterns` and the `extra` paths (those that
 /// exist), reusing hashes from `previous` when size and mtime did not change.
 pub fn stamp_inputs(
-    root: &Path,
+    root: &RootDir,
     patterns: &[String],
     extra: &BTreeSet<String>,
     previous: Option<&StepRecord>,
 ) -> Result<SmallMap<FileStamp>, String> {
     // Literal paths are taken as written (they are often another step's
     // gitignored outputs); only glob patterns honour the ignore rules.
-    let (globs, literal): (Vec<String>, Vec<String>) =
-        patterns.iter().cloned().partition(|p| is_glob(p));
-    let mut files = if globs.is_empty() {
-        Vec::new()
+    let mut files = if patterns.iter().any(|p| is_glob(p)) {
+        let globs: Vec<String> = patterns.iter().filter(|p| is_glob(p)).cloned().collect();
+        crate::glob::glob(root.path(), &globs, false, true)?
     } else {
-        crate::glob::glob(root, &globs, false, true)?
+        Vec::with_capacity(patterns.len() + extra.len())
     };
     // Literal paths and discovered ones count only when they are files: one
     // stat tells, and its metadata is the stamp's.
-    files.extend(literal.into_iter().map(|p| normalize(Path::new(&p))));
+    let literal = patterns.iter().filter(|p| !is_glob(p));
+    files.extend(literal.map(|p| normalize(Path::new(p))));
     files.extend(extra.iter().cloned());
     files.sort();
     files.dedup();
@@ -222,7 +227,7 @@ pub fn stamp_inputs(
     let mut stamps = SmallMap::with_capacity(files.len());
     for rel in files {
         let reuse = previous.and_then(|p| p.inputs.get(&rel));
-        match stamp_file(&root.join(&rel), reuse, now_ns) {
+        match stamp_file(root, &rel, reuse, now_ns) {
             Ok(stamp) => {
                 stamps.insert(rel, stamp);
             }
@@ -241,38 +246,44 @@ pub fn now_ns() -> i128 {
         .unwrap_or(0)
 }
 
-/// Size, mtime and content hash of the file at `path`; the hash of
-/// `previous` is reused when size and mtime did not move.
+/// Size, mtime and content hash of the file at `rel` (root-relative or
+/// absolute); the hash of `previous` is reused when size and mtime did not
+/// move.
 pub fn stamp_file(
-    path: &Path,
+    root: &RootDir,
+    rel: &str,
     previous: Option<&FileStamp>,
     now_ns: i128,
 ) -> std::io::Result<FileStamp> {
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
+    let meta = root.stat(rel)?;
+    if !meta.is_file {
         // A directory named as an input is not a file input.
         return Err(std::io::ErrorKind::NotFound.into());
     }
-    let mtime = mtime_ns(&meta);
-    let reuse =
-        previous.filter(|old| old.size == meta.len() && old.mtime_ns == mtime && mtime != 0);
+    let reuse = previous
+        .filter(|old| old.size == meta.size && old.mtime_ns == meta.mtime_ns && meta.mtime_ns != 0);
     match reuse {
         Some(old) => Ok(FileStamp {
             size: old.size,
-            mtime_ns: trust_mtime(mtime, now_ns),
+            mtime_ns: trust_mtime(meta.mtime_ns, now_ns),
             hash: old.hash.clone(),
         }),
-        None => Ok(stamp_content(&meta, &std::fs::read(path)?, now_ns)),
+        None => Ok(stamp_content(
+            meta,
+            &std::fs::read(root.path().join(rel))?,
+            now_ns,
+        )),
     }
 }
 
 /// The stamp of content already read, with the metadata taken *before*
 /// reading it: a write after the stat moves the mtime, so the next check
 /// hashes again instead of trusting a hash of older content.
-pub fn stamp_content(meta: &std::fs::Metadata, content: &[u8], now_ns: i128) -> FileStamp {
+pub fn stamp_content(meta: impl Into<FileMeta>, content: &[u8], now_ns: i128) -> FileStamp {
+    let meta = meta.into();
     FileStamp {
-        size: meta.len(),
-        mtime_ns: trust_mtime(mtime_ns(meta), now_ns),
+        size: meta.size,
+        mtime_ns: trust_mtime(meta.mtime_ns, now_ns),
         hash: hash_hex(content),
     }
 }
@@ -439,10 +450,10 @@ pub fn reasons(
 
 /// Declared outputs (root-relative, see `graph::Step::outputs`) that do
 /// not exist; a glob counts as present if it matches something.
-pub fn missing_outputs(root: &Path, outputs: &[String]) -> Vec<String> {
+pub fn missing_outputs(root: &RootDir, outputs: &[String]) -> Vec<String> {
     let missing = |pattern: &&String| match is_glob(pattern) {
-        true => existing_outputs(root, std::slice::from_ref(*pattern)).is_empty(),
-        false => !root.join(pattern).exists(),
+        true => existing_outputs(root.path(), std::slice::from_ref(*pattern)).is_empty(),
+        false => !root.exists(pattern),
     };
     outputs.iter().filter(missing).cloned().collect()
 }

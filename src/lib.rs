@@ -86,6 +86,7 @@ pub(crate) mod paths;
 pub(crate) mod process;
 pub(crate) mod project;
 pub(crate) mod reaper;
+pub(crate) mod root_dir;
 pub(crate) mod runner;
 pub(crate) mod spec;
 pub(crate) mod stamps;
