@@ -14,7 +14,7 @@
 //! work. `piper explain` shows what is in it in words. A `state.json` left
 //! by an older Piper is read once and replaced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -85,7 +85,10 @@ struct LogLine {
 
 pub struct State {
     dir: PathBuf,
-    pub steps: BTreeMap<String, StepRecord>,
+    /// Hashed, not sorted: a build looks each of its steps up, and a
+    /// thousand-step no-op spent its time in a tree's string comparisons.
+    /// state.bin is written sorted all the same (see `compact`).
+    pub steps: HashMap<String, StepRecord>,
     /// Set when the state on disk could not be used (shown to the user).
     pub warning: Option<String>,
 }
@@ -100,7 +103,7 @@ impl State {
         let dir = Self::dir(root);
         let (steps, warning) = match read_records(&dir) {
             Ok(steps) => (steps, None),
-            Err(warning) => (BTreeMap::new(), Some(warning)),
+            Err(warning) => (HashMap::new(), Some(warning)),
         };
         let mut state = State {
             dir: dir.clone(),
@@ -146,7 +149,10 @@ impl State {
         }
         let state = State::load(root);
         std::fs::create_dir_all(&dir)?;
-        let payload = postcard::to_stdvec(&state.steps).map_err(std::io::Error::other)?;
+        // Sorted by step name: the same state, the same bytes. (A map is
+        // the same postcard whichever kind it is read back into.)
+        let sorted: BTreeMap<&String, &StepRecord> = state.steps.iter().collect();
+        let payload = postcard::to_stdvec(&sorted).map_err(std::io::Error::other)?;
         let mut bytes = Vec::with_capacity(MAGIC.len() + 4 + 32 + payload.len());
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
@@ -165,7 +171,7 @@ impl State {
 
 /// The folded records in `dir`: none when there are none yet; Err(warning)
 /// when a file is there but cannot be used.
-fn read_records(dir: &Path) -> Result<BTreeMap<String, StepRecord>, String> {
+fn read_records(dir: &Path) -> Result<HashMap<String, StepRecord>, String> {
     let path = dir.join(STATE_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -191,13 +197,13 @@ fn read_records(dir: &Path) -> Result<BTreeMap<String, StepRecord>, String> {
 }
 
 /// `state.json` of an older Piper, read until the next fold replaces it.
-fn read_legacy(dir: &Path) -> Result<BTreeMap<String, StepRecord>, String> {
+fn read_legacy(dir: &Path) -> Result<HashMap<String, StepRecord>, String> {
     let path = dir.join(LEGACY_STATE_FILE);
     let Ok(bytes) = std::fs::read(&path) else {
-        return Ok(BTreeMap::new());
+        return Ok(HashMap::new());
     };
     match serde_json::from_slice::<StateFile>(&bytes) {
-        Ok(file) if file.version == STATE_VERSION => Ok(file.steps),
+        Ok(file) if file.version == STATE_VERSION => Ok(file.steps.into_iter().collect()),
         Ok(file) => Err(other_version(&path, file.version)),
         Err(e) => Err(rebuilding(&path, &format!("is unreadable ({e})"))),
     }

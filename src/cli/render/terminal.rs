@@ -27,6 +27,21 @@ const PREFIX_WIDTH_MAX: usize = 24;
 
 struct StepView {
     color: anstyle::Style,
+    started: Option<Instant>,
+    /// Made when the step first prints: most steps of a large up-to-date
+    /// build never do, and a thousand empty buffers cost page faults.
+    io: Option<Box<StepIo>>,
+}
+
+impl StepView {
+    fn io(&mut self) -> &mut StepIo {
+        self.io.get_or_insert_with(Default::default)
+    }
+}
+
+/// A step's output buffers.
+#[derive(Default)]
+struct StepIo {
     /// Bytes after the last newline, waiting for the rest of their line.
     partial: Vec<u8>,
     /// Grouped mode: everything so far.
@@ -34,10 +49,8 @@ struct StepView {
     /// The last bytes of its output, for the failure summary. Bytes, not
     /// lines: output-heavy steps must not cost an allocation per line.
     tail: VecDeque<u8>,
-    /// `name | `, coloured; made when the step first prints (empty until
-    /// then: most steps of a large up-to-date build never print).
+    /// `name | `, coloured; made when the step first prints.
     prefix: Vec<u8>,
-    started: Option<Instant>,
 }
 
 struct Row {
@@ -133,19 +146,19 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
     /// Makes `step`'s prefix if it has none yet.
     fn ensure_prefix(&mut self, step: &str) {
         if let Some(view) = self.steps.get(step)
-            && view.prefix.is_empty()
+            && view.io.as_ref().is_none_or(|io| io.prefix.is_empty())
         {
             let prefix = self.make_prefix(step, view.color).into_bytes();
             if let Some(view) = self.steps.get_mut(step) {
-                view.prefix = prefix;
+                view.io().prefix = prefix;
             }
         }
     }
 
     fn write_line(&mut self, step: &str, line: &[u8]) {
         self.ensure_prefix(step);
-        if let Some(view) = self.steps.get(step) {
-            let _ = self.out.write_all(&view.prefix);
+        if let Some(io) = self.steps.get(step).and_then(|v| v.io.as_ref()) {
+            let _ = self.out.write_all(&io.prefix);
         }
         let _ = self.out.write_all(line);
         let _ = self.out.write_all(b"\n");
@@ -153,11 +166,12 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
 
     fn remember(&mut self, step: &str, line: &[u8]) {
         if let Some(view) = self.steps.get_mut(step) {
+            let tail = &mut view.io().tail;
             let keep = &line[line.len().saturating_sub(TAIL_BYTES)..];
-            view.tail.extend(keep);
-            view.tail.push_back(b'\n');
-            let excess = view.tail.len().saturating_sub(TAIL_BYTES);
-            view.tail.drain(..excess);
+            tail.extend(keep);
+            tail.push_back(b'\n');
+            let excess = tail.len().saturating_sub(TAIL_BYTES);
+            tail.drain(..excess);
         }
     }
 
@@ -172,6 +186,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
         let Some(view) = self.steps.get_mut(step) else {
             return;
         };
+        let view = view.io();
         if self.mode == OutputMode::Grouped {
             view.grouped.extend_from_slice(data);
         }
@@ -201,7 +216,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
 
     /// A step ended: print what is left of its output.
     fn flush_step(&mut self, step: &str) {
-        let Some(view) = self.steps.get_mut(step) else {
+        let Some(view) = self.steps.get_mut(step).and_then(|v| v.io.as_mut()) else {
             return;
         };
         let partial = std::mem::take(&mut view.partial);
@@ -305,7 +320,7 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
                 self.paint(style::FAILURE, "first failure:"),
                 row.step
             );
-            if let Some(view) = self.steps.get(&row.step)
+            if let Some(view) = self.steps.get(&row.step).and_then(|v| v.io.as_ref())
                 && !view.tail.is_empty()
             {
                 let _ = writeln!(self.err, "  last lines of {}:", row.step);
@@ -419,7 +434,8 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     self.width = 0;
                     self.build_started = Instant::now();
                 }
-                self.rows.insert(*build, Vec::new());
+                self.rows.insert(*build, Vec::with_capacity(steps.len()));
+                self.steps.reserve(steps.len());
                 let width = steps
                     .iter()
                     .map(|s| style::width(&s.name))
@@ -430,8 +446,8 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 if width != self.width {
                     self.width = width;
                     // Made again, at the new width, when next needed.
-                    for view in self.steps.values_mut() {
-                        view.prefix.clear();
+                    for io in self.steps.values_mut().filter_map(|v| v.io.as_mut()) {
+                        io.prefix.clear();
                     }
                 }
                 for s in steps {
@@ -442,11 +458,8 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     self.order.push(s.name.clone());
                     let view = StepView {
                         color,
-                        prefix: Vec::new(),
-                        partial: Vec::new(),
-                        grouped: Vec::new(),
-                        tail: VecDeque::new(),
                         started: None,
+                        io: None,
                     };
                     self.steps.insert(s.name.clone(), view);
                 }
@@ -480,8 +493,9 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     let painted = self.paint(style::DIM, &line);
                     self.write_line(step, painted.as_bytes());
                 } else if let Some(v) = self.steps.get_mut(step) {
-                    v.grouped.extend_from_slice(line.as_bytes());
-                    v.grouped.push(b'\n');
+                    let grouped = &mut v.io().grouped;
+                    grouped.extend_from_slice(line.as_bytes());
+                    grouped.push(b'\n');
                 }
             }
             Event::StepOutput { step, data, .. } => self.output(step, data),
@@ -539,12 +553,14 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                     let painted = self.paint(style::RED, &format!("✗ {text}"));
                     self.write_line(step, painted.as_bytes());
                 }
+                // The summary reads the message of a failure or a skip only.
+                let done = matches!(status, StepStatus::Success | StepStatus::UpToDate);
                 self.rows.entry(*build).or_default().push(Row {
                     step: step.clone(),
                     status: *status,
                     exit_code: *exit_code,
                     duration_ms: *duration_ms,
-                    message: message.clone(),
+                    message: message.clone().filter(|_| !done),
                 });
             }
             Event::StepWarning {
