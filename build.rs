@@ -16,10 +16,21 @@
 //!    Where the compiler has no libgcc_eh.a, `piper` links as before.
 //!
 //! `piperd` takes requests from the network and stays PIE; it starts once.
-use std::path::PathBuf;
+//!
+//! It also digests the embedded Lua stdlib (`PIPER_STDLIB_DIGEST`): the
+//! configuration cache's key must change with it, and hashing ~100 KB of
+//! sources at every start cost a one-step build a tenth of its
+//! instructions.
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=stdlib");
+    println!(
+        "cargo:rustc-env=PIPER_STDLIB_DIGEST={:016x}",
+        stdlib_digest()
+    );
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux")
         || std::env::var("CARGO_CFG_TARGET_ENV").as_deref() != Ok("gnu")
     {
@@ -49,4 +60,30 @@ fn static_unwinder_dir() -> Option<PathBuf> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&eh, &link).ok()?;
     Some(dir)
+}
+
+/// A digest of every file under `stdlib/` (path and content, in path
+/// order). SipHash with fixed keys: it only tells one build's stdlib from
+/// another's, nothing adversarial.
+fn stdlib_digest() -> u64 {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("stdlib/ is readable") {
+            let path = entry.expect("stdlib/ is readable").path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(Path::new("stdlib"), &mut files);
+    files.sort();
+    #[allow(deprecated)] // SipHasher: stable output for fixed keys, which is all this needs.
+    let mut hasher = std::hash::SipHasher::new();
+    for file in files {
+        hasher.write(file.to_string_lossy().as_bytes());
+        hasher.write(&std::fs::read(&file).expect("stdlib file is readable"));
+    }
+    hasher.finish()
 }

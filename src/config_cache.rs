@@ -219,11 +219,8 @@ impl Key {
     fn of(project: &Project) -> Key {
         let mut hasher = blake3::Hasher::new();
         hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
-        for (name, _, source) in crate::lua::stdlib::MODULES {
-            hasher.update(name.as_bytes());
-            hasher.update(source.as_bytes());
-        }
-        hasher.update(crate::lua::stdlib::BOOT.1.as_bytes());
+        // The embedded stdlib, digested at build time (build.rs).
+        hasher.update(env!("PIPER_STDLIB_DIGEST").as_bytes());
         // A rebuilt binary may read the graph differently with the same
         // version number (development builds): its size and mtime say so.
         if let Some(meta) = std::env::current_exe()

@@ -63,7 +63,11 @@ pub enum ColorChoice {
     Never,
 }
 
+/// Each subcommand's arguments are built only when it is the one given
+/// (`defer`): building all of them was a third of the instructions of a
+/// one-step `piper exec`. Whatever inspects the tree calls `build()` first.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Run pipelines or steps (with their dependencies)
     #[command(visible_alias = "run")]
