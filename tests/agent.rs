@@ -211,7 +211,7 @@ impl Daemon {
         body: Option<Vec<u8>>,
     ) -> (u16, Vec<u8>) {
         crate::harness::block_on(async {
-            let client = reqwest::Client::new();
+            let client = crate::harness::http();
             let url = format!("{}{path}", self.url);
             let mut request = match method {
                 "POST" => client.post(url),
@@ -662,7 +662,7 @@ fn openapi_document_is_generated_current_and_every_route_is_served() {
         if path == "/api/v1/updates" {
             // An endless stream: its headers say it is served.
             let status = crate::harness::block_on(async {
-                reqwest::Client::new()
+                crate::harness::http()
                     .get(format!("{}{path}", daemon.url))
                     .bearer_auth(&daemon.token)
                     .send()
@@ -704,7 +704,7 @@ fn events_stream_the_log_live_and_end_with_the_status() {
 
     let (log, end) = crate::harness::block_on(async {
         let url = format!("{}/api/v1/builds/{id}/events?step=talk", daemon.url);
-        let mut stream = reqwest::Client::new()
+        let mut stream = crate::harness::http()
             .get(url)
             .bearer_auth(&daemon.token)
             .send()

@@ -535,7 +535,7 @@ fn odd_requests_get_json_errors_naming_the_problem() {
         );
     }
     let (status, _) = crate::harness::block_on(async {
-        let response = reqwest::Client::new()
+        let response = crate::harness::http()
             .get(format!("{}/api/v1/builds", daemon.url))
             .header("authorization", format!("bearer {}", daemon.token))
             .send()

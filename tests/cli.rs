@@ -279,3 +279,30 @@ fn pipeline_arguments_complete_after_the_separator() {
         .stderr_contains("`args[1]` must be a string, got")
         .run();
 }
+
+/// The remote CLI speaks HTTPS with the crypto provider it installs
+/// (reqwest is built without one): a TLS handshake against a peer that
+/// hangs up is an error to report, never a panic for want of a provider.
+#[test]
+fn an_https_server_that_hangs_up_is_reported_not_a_panic() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hang_up = std::thread::spawn(move || {
+        // Read the ClientHello, then close: the handshake really started.
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut hello = [0u8; 5];
+        std::io::Read::read_exact(&mut stream, &mut hello).unwrap();
+        hello[0]
+    });
+    let out = std::process::Command::new(PIPER)
+        .args(["builds", "--server", &format!("https://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach piperd at https://"),
+        "{stderr}"
+    );
+    assert_eq!(hang_up.join().unwrap(), 0x16, "a TLS handshake record");
+}

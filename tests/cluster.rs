@@ -29,7 +29,7 @@ fn agents(db: &Database, n: usize, extra: &[&str]) -> Vec<Daemon> {
 /// `get`, or None when the agent does not answer (it just died).
 fn try_get(daemon: &Daemon, path: &str) -> Option<Value> {
     crate::harness::block_on(async {
-        let response = reqwest::Client::new()
+        let response = crate::harness::http()
             .get(format!("{}{path}", daemon.url))
             .bearer_auth(&daemon.token)
             .send()
@@ -285,7 +285,7 @@ fn three_hundred_concurrent_submits_over_two_agents_all_succeed() {
         .build()
         .unwrap();
     let statuses: Vec<u16> = runtime.block_on(async {
-        let client = reqwest::Client::new();
+        let client = crate::harness::http();
         let requests = (0..300).map(|i| {
             let agent = &agents[i % 2];
             client
@@ -326,7 +326,7 @@ fn repeated_requests_with_one_key_create_one_build() {
         .build()
         .unwrap();
     let ids: Vec<(u16, i64, bool)> = runtime.block_on(async {
-        let client = reqwest::Client::new();
+        let client = crate::harness::http();
         let requests = (0..20).map(|i| {
             let agent = &agents[i % 2];
             client
@@ -359,7 +359,7 @@ fn repeated_requests_with_one_key_create_one_build() {
     );
     let webhook = |agent: &Daemon| {
         let (status, body) = runtime.block_on(async {
-            let response = reqwest::Client::new()
+            let response = crate::harness::http()
                 .post(format!("{}/api/v1/webhook", agent.url))
                 .bearer_auth(&agent.token)
                 .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")

@@ -425,3 +425,16 @@ pub fn eventually(limit: std::time::Duration, what: &str, check: impl Fn() -> bo
     }
     panic!("timed out waiting for {what}");
 }
+
+/// An HTTP client for the tests' requests to piperd. TLS is rustls with
+/// ring, installed as the process's provider as `piper` itself does
+/// (reqwest has no built-in provider in this build).
+pub fn http() -> reqwest::Client {
+    http_builder().build().expect("an HTTP client")
+}
+
+/// As [`http`], to configure further.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}

@@ -34,7 +34,7 @@ fn hmac_hex(body: &[u8]) -> String {
 /// POSTs `body` to `path` with `headers`: the status and the JSON answer.
 fn deliver(daemon: &Daemon, path: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Value) {
     crate::harness::block_on(async {
-        let mut request = reqwest::Client::new()
+        let mut request = crate::harness::http()
             .post(format!("{}{path}", daemon.url))
             .header("content-type", "application/json")
             .body(body);

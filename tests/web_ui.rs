@@ -420,7 +420,7 @@ fn with_cookie(
 ) -> (u16, String) {
     crate::harness::block_on(async {
         // Redirects are what is checked: not followed.
-        let client = reqwest::Client::builder()
+        let client = crate::harness::http_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
@@ -442,7 +442,7 @@ fn with_cookie(
 
 fn log_in(daemon: &Daemon, token: &str) -> (u16, Option<String>) {
     crate::harness::block_on(async {
-        let response = reqwest::Client::new()
+        let response = crate::harness::http()
             .post(format!("{}/api/v1/session", daemon.url))
             .json(&json!({ "token": token }))
             .send()
@@ -482,7 +482,7 @@ fn the_session_cookie_is_http_only_strict_and_checked_with_its_origin() {
     let body = json!({ "repo": project.path(), "pipeline": "ci" }).to_string();
     let submit = |origin: Option<&str>| {
         crate::harness::block_on(async {
-            let mut request = reqwest::Client::new()
+            let mut request = crate::harness::http()
                 .post(format!("{}/api/v1/builds", daemon.url))
                 .header("cookie", &session)
                 .header("content-type", "application/json")
@@ -538,7 +538,7 @@ fn a_huge_log_is_served_by_its_tail_and_downloads_whole() {
 
     let get = |path: &str| {
         crate::harness::block_on(async {
-            let response = reqwest::Client::new()
+            let response = crate::harness::http()
                 .get(format!("{}{path}", daemon.url))
                 .bearer_auth(&daemon.token)
                 .send()

@@ -59,7 +59,7 @@ impl Client {
             .or(config.token)
             .or_else(|| agent_file(&data, "token"));
         Ok(Client {
-            http: reqwest::Client::new(),
+            http: http_client(),
             base,
             token,
         })
@@ -761,4 +761,12 @@ fn exit_code_of(build: &BuildDetail) -> i32 {
             })
             .unwrap_or(1),
     }
+}
+
+/// An HTTP client; TLS is rustls with ring (Cargo.toml says why not
+/// aws-lc), installed as the process's default provider unless the process
+/// already has one.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
