@@ -462,7 +462,8 @@ def main():
     d = os.path.join(args.work, "overhead")
     m = hyperfine(d, peer_cmds([("piper", f"{piper} exec all"), ("make", "make -s"),
                                 ("ninja", "ninja -j1 --quiet"), ("just", "just")]), runs=30 if q else 100)
-    rows.append(("overhead: 1 step `true`", m, "≤ 1.0× just, ≤ 1.2× make", [("just", 1.0), ("make", 1.2)]))
+    # Issue 12 tightened the make target from 1.2× to 1.0× (configuration cached).
+    rows.append(("overhead: 1 step `true`", m, "≤ 1.0× just, ≤ 1.0× make", [("just", 1.0), ("make", 1.0)]))
 
     # 2. Wide and deep DAGs, -j2.
     for n, runs in ((1000, 5 if q else 15), (10000, 2 if q else 5)):
@@ -644,9 +645,31 @@ def main():
                      f"{cluster['rescue_s']:.2f} s with lease {cluster['lease']:.0f} s and heartbeat "
                      f"{cluster['heartbeat']:.0f} s (target ≤ lease + heartbeat: "
                      f"{'met' if cluster['rescue_s'] <= cluster['lease'] + cluster['heartbeat'] else 'missed'})")
-    lines += ["", "Where a target is missed, what the profiles show (`perf record`, `strace -c`):", "",
-              "- overhead: `piper exec` of one step is ~0.3 ms over make, and all of it is starting the process: `piper --version` takes ~1.2 ms where `make --version` and a Rust hello-world take ~0.9 ms (the loader mapping a 12 MB program, libm and libgcc_s; clap building the command line). The run itself (configuration cache, state, spawning `true` without a shell, output) costs what make's does. The `piper` executable is linked non-PIE (build.rs), which removed ~21,000 startup relocations.",
-              "- cached no-op: after start-up and the configuration cache (`piper list` of the same project takes ~2 ms), ~5 µs per step: reading its record from the binary `.piper/state.bin`, a stat of its input and of its output, the record compared field by field (the fingerprint is not recomputed for unchanged work), one event rendered; malloc is a quarter of the instructions. ninja reads a compact binary log and does two stats per edge with no per-edge allocation; getting there needs records that are not decoded into owned strings (an mmapped, zero-copy state) and no event per up-to-date step.",
+    def over(workload, peer, limit):
+        for name, m, _, _ in rows:
+            if name == workload and m.get("piper") and m.get(peer):
+                return m["piper"] / m[peer] > limit
+        return False
+
+    lines += ["", "Where a target is missed, what the profiles show (`perf record`, `strace -c`):", ""]
+    if over("overhead: 1 step `true`", "make", 1.0):
+        lines.append(
+            "- overhead: `piper exec` of one step runs fewer instructions than make (~0.9 M against "
+            "~2.4 M, callgrind) and is still slower: its process touches ~60 more pages (a 12 MB "
+            "program; tokio's runtime, the configuration cache and the terminal renderer), and on a VM "
+            "every `cpuid` traps to the hypervisor, which aws-lc's constructor (linked for HTTPS to "
+            "piperd) and std's feature detection (blake3) do at start. Done so far: non-PIE (~21,000 "
+            "relocations less), the unwinder linked in (no libgcc_s and its `cpuid` constructor), clap "
+            "building only the given subcommand, the stdlib digested at build time, no CPU count for one "
+            "step. Left: ring instead of aws-lc, a lighter tracing subscriber, a static glibc (the "
+            "loader's symbol lookups are ~0.27 M instructions).")
+    if over("cached no-op rerun: 1000 steps, all up to date", "ninja", 1.5):
+        lines.append(
+            "- cached no-op: after start-up and the configuration cache, ~4 µs per step: its record read "
+            "from `.piper/state.bin` (owned strings: 0.85 MB of heap for 1000 records), two `fstatat`s "
+            "relative to the project root, the record compared field by field, one event rendered. ninja "
+            "reads a compact binary log and does two stats per edge with no per-edge allocation.")
+    lines += [
               "- output heavy: the direct run never reads its output (`head` writes to /dev/null); Piper "
               "copies every byte out of a pipe, splits ~2.7 M lines (memchr) and writes them prefixed. "
               "System time (pipe copies) dominates.",
