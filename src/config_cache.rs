@@ -32,7 +32,11 @@ use crate::state::{FileStamp, State};
 pub const FILE: &str = "config.cache";
 
 /// First bytes of the file; bump the number when the format changes.
-const MAGIC: &[u8] = b"piper config cache 1\n";
+/// Then the checksum of the rest (`fsutil::checksum`), the key, the body.
+const MAGIC: &[u8] = b"piper config cache 2\n";
+/// What earlier formats start with: a cache an older Piper wrote, to be
+/// replaced like any other Piper build's, without a warning.
+const OLDER_MAGIC: &[u8] = b"piper config cache ";
 
 /// One thing the evaluation read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,7 +221,7 @@ struct Key {
 
 impl Key {
     fn of(project: &Project) -> Key {
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
         // The embedded stdlib, digested at build time (build.rs).
         hasher.update(env!("PIPER_STDLIB_DIGEST").as_bytes());
@@ -231,7 +235,7 @@ impl Key {
             hasher.update(&crate::fingerprint::mtime_ns(&meta).to_le_bytes());
         }
         Key {
-            piper: hasher.finalize().to_hex().to_string(),
+            piper: format!("{:016x}", hasher.digest()),
             root: project.root.clone(),
             config: project.config.clone(),
         }
@@ -354,14 +358,17 @@ fn read(path: &Path, key: &Key) -> std::result::Result<Option<CacheFile>, String
         Err(e) => return Err(warn(path, format!("cannot read it: {e}"))),
     };
     let Some(rest) = bytes.strip_prefix(MAGIC) else {
+        if bytes.starts_with(OLDER_MAGIC) {
+            return Err("Piper was updated".into());
+        }
         return Err(warn(path, "it is not a Piper configuration cache".into()));
     };
-    if rest.len() < 32 || blake3::hash(&rest[32..]).as_bytes() != &rest[..32] {
+    if rest.len() < 8 || crate::fsutil::checksum(&rest[8..]) != rest[..8] {
         return Err(warn(path, "it is damaged (checksum mismatch)".into()));
     }
     // The key comes first and is read alone: another Piper build may lay
     // out the rest differently, and that is an update, not damage.
-    let (written_for, body) = postcard::take_from_bytes::<Key>(&rest[32..])
+    let (written_for, body) = postcard::take_from_bytes::<Key>(&rest[8..])
         .map_err(|e| warn(path, format!("it cannot be read: {e}")))?;
     if written_for.piper != key.piper {
         return Err("Piper was updated".into());
@@ -386,9 +393,9 @@ fn warn(path: &Path, problem: String) -> String {
 
 fn write(path: &Path, cache: &CacheFileRef) -> std::io::Result<()> {
     let payload = postcard::to_stdvec(cache).map_err(std::io::Error::other)?;
-    let mut bytes = Vec::with_capacity(MAGIC.len() + 32 + payload.len());
+    let mut bytes = Vec::with_capacity(MAGIC.len() + 8 + payload.len());
     bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(blake3::hash(&payload).as_bytes());
+    bytes.extend_from_slice(&crate::fsutil::checksum(&payload));
     bytes.extend_from_slice(&payload);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

@@ -1,4 +1,5 @@
-//! File writes that never leave a half-written file behind.
+//! File writes that never leave a half-written file behind, and the
+//! checksum Piper's own files (`state.bin`, `config.cache`) carry.
 
 use std::io::Write;
 use std::path::Path;
@@ -22,4 +23,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The checksum of Piper's own binary files: xxh3-64, little-endian. It
+/// guards against damage, not tampering, and unlike blake3 it needs no
+/// run-time CPU detection (which traps to the hypervisor on a VM: most of
+/// the checksums' cost when a run reads only small files).
+pub fn checksum(bytes: &[u8]) -> [u8; 8] {
+    xxhash_rust::xxh3::xxh3_64(bytes).to_le_bytes()
 }

@@ -31,8 +31,11 @@ pub const LEGACY_STATE_FILE: &str = "state.json";
 /// The records of steps finished since the last fold (JSON lines).
 pub const STATE_LOG: &str = "state.log";
 /// What `state.bin` starts with: then the format version (u32 LE), the
-/// blake3 of the rest, and the records.
-const MAGIC: &[u8] = b"piper state\n";
+/// checksum of the rest (`fsutil::checksum`), and the records.
+const MAGIC: &[u8] = b"piper state 2\n";
+/// The same layout with a blake3 checksum (32 bytes), as Piper wrote it
+/// before: still read, replaced by the next fold.
+const MAGIC_BLAKE3: &[u8] = b"piper state\n";
 
 /// The maps of a record: a few entries each, kept as a sorted vector. A
 /// `BTreeMap` allocates a whole 11-entry node even for one entry (~1 KB a
@@ -153,10 +156,10 @@ impl State {
         // the same postcard whichever kind it is read back into.)
         let sorted: BTreeMap<&String, &StepRecord> = state.steps.iter().collect();
         let payload = postcard::to_stdvec(&sorted).map_err(std::io::Error::other)?;
-        let mut bytes = Vec::with_capacity(MAGIC.len() + 4 + 32 + payload.len());
+        let mut bytes = Vec::with_capacity(MAGIC.len() + 4 + 8 + payload.len());
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
-        bytes.extend_from_slice(blake3::hash(&payload).as_bytes());
+        bytes.extend_from_slice(&crate::fsutil::checksum(&payload));
         bytes.extend_from_slice(&payload);
         crate::fsutil::write_atomic(&dir.join(STATE_FILE), &bytes)?;
         for name in [LEGACY_STATE_FILE, STATE_LOG] {
@@ -179,18 +182,26 @@ fn read_records(dir: &Path) -> Result<HashMap<String, StepRecord>, String> {
         Err(e) => return Err(rebuilding(&path, &format!("cannot be read ({e})"))),
     };
     let unreadable = |why: &str| rebuilding(&path, &format!("is unreadable ({why})"));
-    let rest = bytes
-        .strip_prefix(MAGIC)
-        .ok_or_else(|| unreadable("not a Piper state file"))?;
-    if rest.len() < 36 {
+    let (rest, checksum_len) = match bytes.strip_prefix(MAGIC) {
+        Some(rest) => (rest, 8),
+        None => match bytes.strip_prefix(MAGIC_BLAKE3) {
+            Some(rest) => (rest, 32),
+            None => return Err(unreadable("not a Piper state file")),
+        },
+    };
+    if rest.len() < 4 + checksum_len {
         return Err(unreadable("cut short"));
     }
     let version = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
     if version != STATE_VERSION {
         return Err(other_version(&path, version));
     }
-    let (checksum, payload) = rest[4..].split_at(32);
-    if blake3::hash(payload).as_bytes() != checksum {
+    let (checksum, payload) = rest[4..].split_at(checksum_len);
+    let intact = match checksum_len {
+        8 => crate::fsutil::checksum(payload) == checksum,
+        _ => blake3::hash(payload).as_bytes() == checksum,
+    };
+    if !intact {
         return Err(unreadable("checksum mismatch"));
     }
     postcard::from_bytes(payload).map_err(|e| unreadable(&e.to_string()))
@@ -312,5 +323,29 @@ mod tests {
             let warning = State::load(tmp.path()).warning.unwrap();
             assert!(warning.contains(says), "{warning}");
         }
+    }
+
+    #[test]
+    fn state_an_older_piper_wrote_with_a_blake3_checksum_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = State::load(tmp.path());
+        state.append("a", &record("1")).unwrap();
+        State::compact(tmp.path()).unwrap();
+        let path = tmp.path().join(".piper/state.bin");
+        let good = std::fs::read(&path).unwrap();
+        let payload = &good[MAGIC.len() + 4 + 8..];
+        let mut older = MAGIC_BLAKE3.to_vec();
+        older.extend_from_slice(&STATE_VERSION.to_le_bytes());
+        older.extend_from_slice(blake3::hash(payload).as_bytes());
+        older.extend_from_slice(payload);
+        std::fs::write(&path, &older).unwrap();
+        let read = State::load(tmp.path());
+        assert_eq!(read.warning, None);
+        assert_eq!(read.steps["a"], record("1"));
+        // Damage in the older layout is still seen.
+        *older.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, &older).unwrap();
+        let warning = State::load(tmp.path()).warning.unwrap();
+        assert!(warning.contains("checksum"), "{warning}");
     }
 }

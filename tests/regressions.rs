@@ -422,16 +422,21 @@ fn a_cache_of_another_piper_build_is_replaced_without_a_warning() {
         payload.extend_from_slice(text.as_bytes());
     }
     payload.extend_from_slice(&[0xff; 8]);
-    let mut bytes = b"piper config cache 1\n".to_vec();
-    bytes.extend_from_slice(blake3::hash(&payload).as_bytes());
+    let mut bytes = b"piper config cache 2\n".to_vec();
+    bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
     bytes.extend_from_slice(&payload);
-    std::fs::write(&path, bytes).unwrap();
-
-    let (stdout, stderr) = crate::harness::piper_in(ran.dir.path(), &["explain", "s"], &[]);
-    assert!(stdout.starts_with("EVALUATED"), "{stdout}");
-    assert!(
-        stdout.contains("configuration re-evaluated: Piper was updated"),
-        "{stdout}"
-    );
-    assert!(!stderr.contains("warning"), "{stderr}");
+    // And the format before it (a blake3 checksum): an older Piper's.
+    let mut older = b"piper config cache 1\n".to_vec();
+    older.extend_from_slice(blake3::hash(&payload).as_bytes());
+    older.extend_from_slice(&payload);
+    for cache in [bytes, older] {
+        std::fs::write(&path, cache).unwrap();
+        let (stdout, stderr) = crate::harness::piper_in(ran.dir.path(), &["explain", "s"], &[]);
+        assert!(stdout.starts_with("EVALUATED"), "{stdout}");
+        assert!(
+            stdout.contains("configuration re-evaluated: Piper was updated"),
+            "{stdout}"
+        );
+        assert!(!stderr.contains("warning"), "{stderr}");
+    }
 }
