@@ -12,6 +12,7 @@ pub(crate) mod export;
 pub(crate) mod git;
 pub(crate) mod render;
 pub(crate) mod reproduce;
+pub(crate) mod warnings;
 pub(crate) mod watch;
 pub(crate) mod working_tree;
 
@@ -73,9 +74,13 @@ fn parse_args() -> Cli {
     cli
 }
 
+/// `PIPER_LOG=debug` (any EnvFilter directive): tracing's full log on
+/// stderr; unset, only warnings and errors, as Piper's messages.
 fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("PIPER_LOG").unwrap_or_else(|_| "warn".into());
+    let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("PIPER_LOG") else {
+        let _ = tracing::subscriber::set_global_default(warnings::Warnings);
+        return;
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
