@@ -135,15 +135,19 @@ pub fn start() {
         use tokio::signal::unix::{SignalKind, signal};
         let _running = ClearOnDrop;
         let mut sigchld = signal(SignalKind::child()).ok();
+        // A pass after each SIGCHLD (or every 5 s), not one at start: a run
+        // has no orphans yet, and the scan of /proc was ~10 syscalls of
+        // every `piper exec`. (A zombie inherited across exec is reaped by
+        // the first pass.)
         loop {
-            while !reap_orphans() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
             match sigchld.as_mut() {
                 Some(s) => {
                     let _ = tokio::time::timeout(Duration::from_secs(5), s.recv()).await;
                 }
                 None => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+            while !reap_orphans() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     });
