@@ -688,7 +688,8 @@ fn evaluate_condition(graph: &Graph, step: usize) -> std::result::Result<bool, S
 
 /// The variables that say what a step's work is, lowest precedence
 /// first: `env.set`, pipeline, step, `--env`, then PIPER_ARGS. Its
-/// fingerprint covers them; its processes get them and [`piper_vars`].
+/// fingerprint covers them; its processes get them and Piper's own
+/// ([`with_piper_vars`]).
 /// Empty (no allocation) for the usual step that sets none: an up-to-date
 /// check needs nothing more.
 pub fn work_env(graph: &Graph, plan: &Plan, i: usize, options: &Options) -> Vec<(String, String)> {
