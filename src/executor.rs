@@ -477,14 +477,45 @@ impl<'a> Scheduler<'a> {
         if conditional || untracked || special || self.stop {
             return Err(None);
         }
-        let mut job = self.job(i);
-        match job.freshness() {
-            Ok(Freshness::UpToDate(record)) => Ok(job.up_to_date(record, Instant::now()).await),
+        // Checked with borrowed parts: a job (a dozen handles cloned) is
+        // made only for a step that will run.
+        let checked = fingerprint::check(
+            &self.root,
+            step,
+            &work_env(&self.graph, self.plan, i, self.options),
+            self.dep_fingerprints(i),
+            self.state.steps.get(&step.name),
+            false,
+        );
+        match checked {
+            Ok(Freshness::UpToDate(record)) => {
+                let ending = UpToDate {
+                    events: self.events,
+                    state: &self.state,
+                    build: self.build,
+                    index: i,
+                    step: &step.name,
+                };
+                Ok(ending.finish(record, 0).await)
+            }
             checked => {
+                let mut job = self.job(i);
                 job.checked = Some(checked);
                 Err(Some(job))
             }
         }
+    }
+
+    /// What step `i`'s dependencies reported in this build, by name.
+    fn dep_fingerprints(&self, i: usize) -> SmallMap<String> {
+        (self.plan.steps[i].deps.iter())
+            .map(|&d| {
+                (
+                    self.name_of(d),
+                    self.fingerprints[d].clone().unwrap_or_default(),
+                )
+            })
+            .collect()
     }
 
     fn job(&self, i: usize) -> StepJob {
@@ -508,16 +539,7 @@ impl<'a> Scheduler<'a> {
                 .is_some_and(|only| !only.contains(&step.name)),
             apart: self.options.services_apart && step.service,
             state: self.state.clone(),
-            dep_fingerprints: planned
-                .deps
-                .iter()
-                .map(|&d| {
-                    (
-                        self.name_of(d),
-                        self.fingerprints[d].clone().unwrap_or_default(),
-                    )
-                })
-                .collect(),
+            dep_fingerprints: self.dep_fingerprints(i),
             stamps: self.stamps.clone(),
             root: self.root.clone(),
             checked: None,
@@ -788,6 +810,54 @@ struct Attempt {
     message: Option<String>,
 }
 
+/// How a step found up to date ends, whether the scheduler settled it
+/// where it became ready or its job found it so.
+struct UpToDate<'a> {
+    events: &'a EventSender,
+    state: &'a State,
+    build: u32,
+    index: usize,
+    step: &'a str,
+}
+
+impl UpToDate<'_> {
+    /// Keeps settled stamps, says so in one event, and returns what its
+    /// dependents see.
+    async fn finish(self, record: crate::state::StepRecord, duration_ms: u64) -> StepResult {
+        self.keep_settled_stamps(&record);
+        let _ = self
+            .events
+            .send(Event::StepFinished {
+                build: self.build,
+                step: self.step.to_string(),
+                status: StepStatus::UpToDate,
+                exit_code: None,
+                duration_ms,
+                attempts: 0,
+                message: Some("inputs, command, variables and dependencies unchanged".into()),
+            })
+            .await;
+        StepResult {
+            index: self.index,
+            status: StepStatus::UpToDate,
+            exit_code: None,
+            fingerprint: fingerprint::seen_by_dependents(&record),
+        }
+    }
+
+    /// An input stamped within the racy window has no trusted mtime, so
+    /// every check reads it again; once it has settled, the up-to-date
+    /// record with its mtime is kept, and later checks only stat it.
+    fn keep_settled_stamps(&self, record: &crate::state::StepRecord) {
+        let previous = self.state.steps.get(self.step);
+        if previous.is_some_and(|p| p.inputs != record.inputs)
+            && let Err(e) = self.state.append(self.step, record)
+        {
+            tracing::warn!("cannot record the state of step {}: {e}", self.step);
+        }
+    }
+}
+
 impl StepJob {
     async fn run(mut self) -> StepResult {
         let graph = self.graph.clone();
@@ -851,25 +921,16 @@ impl StepJob {
 
     /// The step is up to date: say so, and what its dependents see.
     async fn up_to_date(&self, record: crate::state::StepRecord, started: Instant) -> StepResult {
-        self.keep_settled_stamps(&record);
-        let _ = self
-            .events
-            .send(Event::StepFinished {
-                build: self.build,
-                step: self.graph.steps[self.step].name.clone(),
-                status: StepStatus::UpToDate,
-                exit_code: None,
-                duration_ms: started.elapsed().as_millis() as u64,
-                attempts: 0,
-                message: Some("inputs, command, variables and dependencies unchanged".into()),
-            })
-            .await;
-        StepResult {
+        let ending = UpToDate {
+            events: &self.events,
+            state: &self.state,
+            build: self.build,
             index: self.index,
-            status: StepStatus::UpToDate,
-            exit_code: None,
-            fingerprint: fingerprint::seen_by_dependents(&record),
-        }
+            step: &self.graph.steps[self.step].name,
+        };
+        ending
+            .finish(record, started.elapsed().as_millis() as u64)
+            .await
     }
 
     /// Runs attempts until one succeeds, retries are used up, or the step
@@ -1000,19 +1061,6 @@ impl StepJob {
             status,
             exit_code: last.exit_code,
             fingerprint,
-        }
-    }
-
-    /// An input stamped within the racy window has no trusted mtime, so
-    /// every check reads it again; once it has settled, the up-to-date
-    /// record with its mtime is kept, and later checks only stat it.
-    fn keep_settled_stamps(&self, record: &crate::state::StepRecord) {
-        let step = &self.graph.steps[self.step].name;
-        let previous = self.state.steps.get(step);
-        if previous.is_some_and(|p| p.inputs != record.inputs)
-            && let Err(e) = self.state.append(step, record)
-        {
-            tracing::warn!("cannot record the state of step {step}: {e}");
         }
     }
 
