@@ -461,7 +461,7 @@ def main():
     # 1. Overhead: one step running `true`.
     d = os.path.join(args.work, "overhead")
     m = hyperfine(d, peer_cmds([("piper", f"{piper} exec all"), ("make", "make -s"),
-                                ("ninja", "ninja -j1 --quiet"), ("just", "just")]), runs=30 if q else 100)
+                                ("ninja", "ninja -j1 --quiet"), ("just", "just")]), runs=100 if q else 300)
     # Issue 12 tightened the make target from 1.2× to 1.0× (configuration cached).
     rows.append(("overhead: 1 step `true`", m, "≤ 1.0× just, ≤ 1.0× make", [("just", 1.0), ("make", 1.0)]))
 
@@ -482,7 +482,7 @@ def main():
         if warm[0] == piper or present.get(warm[0]):
             subprocess.run(warm, cwd=d, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     m = hyperfine(d, peer_cmds([("piper", f"{piper} exec all -j2"), ("make", "make -s -j2"),
-                                ("ninja", "ninja -j2 --quiet")]), runs=10 if q else 30)
+                                ("ninja", "ninja -j2 --quiet")]), runs=40 if q else 100)
     rows.append(("cached no-op rerun: 1000 steps, all up to date", m, "≤ 1.5× ninja", [("ninja", 1.5)]))
 
     # 4. Evaluation of a 10 000-step piper.lua: evaluated, and from the
@@ -655,14 +655,16 @@ def main():
     if over("overhead: 1 step `true`", "make", 1.0):
         lines.append(
             "- overhead: `piper exec` of one step runs fewer instructions than make (~0.9 M against "
-            "~2.4 M, callgrind) and is still slower: its process touches ~60 more pages (a 12 MB "
-            "program; tokio's runtime, the configuration cache and the terminal renderer), and on a VM "
-            "every `cpuid` traps to the hypervisor, which aws-lc's constructor (linked for HTTPS to "
-            "piperd) and std's feature detection (blake3) do at start. Done so far: non-PIE (~21,000 "
-            "relocations less), the unwinder linked in (no libgcc_s and its `cpuid` constructor), clap "
-            "building only the given subcommand, the stdlib digested at build time, no CPU count for one "
-            "step. Left: ring instead of aws-lc, a lighter tracing subscriber, a static glibc (the "
-            "loader's symbol lookups are ~0.27 M instructions).")
+            "~2.4 M, callgrind) and is still slower: its kernel time is higher (page faults on a larger "
+            "program: `next_uptodate_folio`, the fault-around of its text, is most of the difference; "
+            "tokio's runtime, the configuration cache and the terminal touch more pages). Done: non-PIE "
+            "(~21,000 relocations less), the unwinder linked in (no libgcc_s and its `cpuid` "
+            "constructor, which traps on a VM), ring instead of aws-lc (whose constructor probed the "
+            "CPU at every start), xxh3 checksums (no CPU detection for blake3), clap building only the "
+            "given subcommand, the stdlib digested at build time, no tracing registry, no CPU count or "
+            "/proc scan for one step. Left: a smaller `piper` (the remote client and its HTTP/TLS "
+            "stack in a separate binary or behind a feature) and a static glibc (the loader's symbol "
+            "lookups are ~0.27 M instructions).")
     if over("cached no-op rerun: 1000 steps, all up to date", "ninja", 1.5):
         lines.append(
             "- cached no-op: after start-up and the configuration cache, ~4 µs per step: its record read "
