@@ -8,7 +8,7 @@
 //! (`fingerprint::check`) stat through a [`RootDir`] the executor opens
 //! once per build.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -67,7 +67,18 @@ impl RootDir {
         let Some(fd) = &self.fd else {
             return std::fs::metadata(self.path.join(rel)).map(|m| FileMeta::from(&m));
         };
-        let name = CString::new(rel).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // The path as a C string, on the stack when it fits (thousands of
+        // stats a build: no allocation each).
+        let mut buffer = [0u8; 256];
+        let owned;
+        let name: &CStr = if rel.len() < buffer.len() {
+            buffer[..rel.len()].copy_from_slice(rel.as_bytes());
+            CStr::from_bytes_with_nul(&buffer[..=rel.len()])
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?
+        } else {
+            owned = CString::new(rel).map_err(|_| io::ErrorKind::InvalidInput)?;
+            &owned
+        };
         let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
         // SAFETY: `name` is NUL-terminated and `st` is written by the call
         // before it is read (only on success).
@@ -116,6 +127,23 @@ mod tests {
             io::ErrorKind::NotFound
         );
         assert!(root.exists("sub") && !root.exists("missing"));
+    }
+
+    #[test]
+    fn long_paths_and_nul_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "d".repeat(200);
+        std::fs::create_dir_all(dir.path().join(&long).join(&long)).unwrap();
+        let file = format!("{long}/{long}/f");
+        std::fs::write(dir.path().join(&file), b"x").unwrap();
+        let root = RootDir::open(dir.path());
+        assert_eq!(root.stat(&file).unwrap().size, 1);
+        for bad in ["a\0b", &format!("{file}\0")] {
+            assert_eq!(
+                root.stat(bad).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
+        }
     }
 
     #[test]
