@@ -411,7 +411,7 @@ fn changed_input(root: &Path, inputs: &[Input]) -> Option<String> {
     inputs.iter().find_map(|input| match input {
         Input::File { path, stamp } => file_change(&root_dir, path, stamp.as_ref(), now),
         Input::Exists { path, exists } => {
-            let now_exists = root.join(path).exists();
+            let now_exists = root_dir.exists(path);
             (now_exists != *exists).then(|| match now_exists {
                 true => format!("{path} was created"),
                 false => format!("{path} was deleted"),

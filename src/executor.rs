@@ -479,10 +479,11 @@ impl<'a> Scheduler<'a> {
         }
         // Checked with borrowed parts: a job (a dozen handles cloned) is
         // made only for a step that will run.
+        let env = work_env(&self.graph, self.plan, i, self.options);
         let checked = fingerprint::check(
             &self.root,
             step,
-            &work_env(&self.graph, self.plan, i, self.options),
+            &env,
             self.dep_fingerprints(i),
             self.state.steps.get(&step.name),
             false,
@@ -498,11 +499,7 @@ impl<'a> Scheduler<'a> {
                 };
                 Ok(ending.finish(record, 0).await)
             }
-            checked => {
-                let mut job = self.job(i);
-                job.checked = Some(checked);
-                Err(Some(job))
-            }
+            checked => Err(Some(self.job_with(i, env, Some(checked)))),
         }
     }
 
@@ -519,13 +516,25 @@ impl<'a> Scheduler<'a> {
     }
 
     fn job(&self, i: usize) -> StepJob {
+        self.job_with(i, work_env(&self.graph, self.plan, i, self.options), None)
+    }
+
+    /// The job of step `i`, given its [`work_env`] and the up-to-date check
+    /// when it was already made (its dependencies' fingerprints, which only
+    /// that check reads, are then not gathered again).
+    fn job_with(
+        &self,
+        i: usize,
+        env: Vec<(String, String)>,
+        checked: Option<std::result::Result<Freshness, String>>,
+    ) -> StepJob {
         let planned = &self.plan.steps[i];
         let step = &self.graph.steps[planned.step];
         StepJob {
             graph: self.graph.clone(),
             index: i,
             step: planned.step,
-            env: work_env(&self.graph, self.plan, i, self.options),
+            env,
             args: self.options.args.clone(),
             runner: self.options.runner.0.clone(),
             events: self.events.clone(),
@@ -539,10 +548,13 @@ impl<'a> Scheduler<'a> {
                 .is_some_and(|only| !only.contains(&step.name)),
             apart: self.options.services_apart && step.service,
             state: self.state.clone(),
-            dep_fingerprints: self.dep_fingerprints(i),
+            dep_fingerprints: match checked {
+                Some(_) => SmallMap::new(),
+                None => self.dep_fingerprints(i),
+            },
             stamps: self.stamps.clone(),
             root: self.root.clone(),
-            checked: None,
+            checked,
         }
     }
 

@@ -18,8 +18,7 @@ pub struct StepInfo<'a> {
     pub deps: Vec<&'a str>,
     /// The commands, or `["<lua function>"]`.
     pub run: RunText<'a>,
-    #[serde(serialize_with = "as_text")]
-    pub location: &'a crate::location::Location,
+    pub location: Text<'a, crate::location::Location>,
 }
 
 /// A step's `run` as a list of command lines.
@@ -57,19 +56,12 @@ impl Serialize for RunText<'_> {
 }
 
 /// Serializes a `Display` as a string, without building one first.
-struct Text<'a, T: std::fmt::Display>(&'a T);
+pub struct Text<'a, T: std::fmt::Display>(&'a T);
 
 impl<T: std::fmt::Display> Serialize for Text<'_, T> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self.0)
     }
-}
-
-fn as_text<S: serde::Serializer, T: std::fmt::Display>(
-    value: &&T,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(*value)
 }
 
 #[derive(Serialize)]
@@ -97,7 +89,7 @@ pub fn step_info(graph: &Graph, index: usize) -> StepInfo<'_> {
             .map(|&d| graph.steps[d].name.as_str())
             .collect(),
         run: RunText(&step.run),
-        location: &step.location,
+        location: Text(&step.location),
     }
 }
 
