@@ -673,11 +673,10 @@ def main():
             "~2.4 M, callgrind) and can still be slower: its kernel time is higher (page faults on a "
             "larger program: `next_uptodate_folio`, the fault-around of its text, is most of the "
             "difference; tokio's runtime, the configuration cache and the terminal touch more pages). "
-            "Done: non-PIE, the unwinder and glibc linked in (no loader work for libc and libm), ring "
-            "instead of aws-lc, xxh3 checksums, clap building only the given subcommand, the stdlib "
-            "digested at build time, no tracing registry, no CPU count or /proc scan for one step. "
+            "Done: non-PIE, the unwinder linked in, ring instead of aws-lc, xxh3 checksums, clap "
+            "building only the given subcommand, the stdlib digested at build time, no tracing registry, no CPU count or /proc scan for one step. "
             "Left: a smaller `piper` (the remote client and its HTTP/TLS stack in a separate binary "
-            "or behind a feature).")
+            "or behind a feature). Not kept: a static glibc (std then spawns with `fork`).")
     if over("cached no-op rerun: 1000 steps, all up to date", "ninja", 1.5):
         lines.append(
             "- cached no-op: after start-up and the configuration cache, ~4 µs per step: its record read "
