@@ -55,9 +55,10 @@ fn static_unwinder_dir() -> Option<PathBuf> {
         return None;
     }
     let dir = PathBuf::from(std::env::var("OUT_DIR").ok()?).join("static-unwinder");
+    // Made afresh: anything else left in it would be linked in too.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).ok()?;
     let link = dir.join("libgcc_s.a");
-    let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&eh, &link).ok()?;
     Some(dir)
 }
