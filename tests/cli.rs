@@ -283,6 +283,88 @@ fn pipeline_arguments_complete_after_the_separator() {
 /// The remote CLI speaks HTTPS with the crypto provider it installs
 /// (reqwest is built without one): a TLS handshake against a peer that
 /// hangs up is an error to report, never a panic for want of a provider.
+/// Answers one HTTP request with `status` (and `headers`, each ending in
+/// CRLF) and returns the request's first line.
+fn answer_one_request(
+    listener: std::net::TcpListener,
+    status: &'static str,
+    headers: String,
+) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = std::io::BufReader::new(&stream);
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut first).unwrap();
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 2 {
+            line.clear();
+        }
+        let body = r#"{"error":"no such thing"}"#;
+        let response = format!(
+            "HTTP/1.1 {status}\r\n{headers}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        std::io::Write::write_all(&mut &stream, response.as_bytes()).unwrap();
+        first
+    })
+}
+
+#[test]
+fn an_http_server_is_reached_without_the_systems_ca_certificates() {
+    // A container without ca-certificates: plain HTTP needs none, and
+    // loading them used to panic before any request was made.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = answer_one_request(listener, "404 Not Found", String::new());
+    let out = std::process::Command::new(PIPER)
+        .args(["builds", "--server", &format!("http://127.0.0.1:{port}")])
+        .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+        .env("SSL_CERT_DIR", "/nonexistent")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("404"), "{stderr}");
+    assert!(server.join().unwrap().starts_with("GET /api/v1/builds"));
+}
+
+#[test]
+fn a_redirect_from_http_to_https_is_reported_not_followed() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = answer_one_request(
+        listener,
+        "301 Moved Permanently",
+        "location: https://127.0.0.1:9/api/v1/builds\r\n".to_string(),
+    );
+    let out = std::process::Command::new(PIPER)
+        .args(["builds", "--server", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("301"), "{stderr}");
+    assert!(server.join().unwrap().starts_with("GET /api/v1/builds"));
+}
+
+#[test]
+fn https_without_ca_certificates_is_a_clear_error_not_a_panic() {
+    let out = std::process::Command::new(PIPER)
+        .args(["builds", "--server", "https://127.0.0.1:9"])
+        .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+        .env("SSL_CERT_DIR", "/nonexistent")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot set up HTTPS"), "{stderr}");
+    assert!(stderr.contains("CA certificates"), "{stderr}");
+}
+
 #[test]
 fn an_https_server_that_hangs_up_is_reported_not_a_panic() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -59,7 +59,7 @@ impl Client {
             .or(config.token)
             .or_else(|| agent_file(&data, "token"));
         Ok(Client {
-            http: http_client(),
+            http: http_client(&base)?,
             base,
             token,
         })
@@ -763,10 +763,48 @@ fn exit_code_of(build: &BuildDetail) -> i32 {
     }
 }
 
-/// An HTTP client; TLS is rustls with ring (Cargo.toml says why not
-/// aws-lc), installed as the process's default provider unless the process
-/// already has one.
-pub fn http_client() -> reqwest::Client {
+/// An HTTP client for piperd at `base`; TLS is rustls with ring (Cargo.toml
+/// says why not aws-lc), installed as the process's default provider
+/// unless the process already has one.
+///
+/// Plain `http://` reads no CA certificates: a container without them (or
+/// a wrong `SSL_CERT_FILE`) made building any client fail, and loading
+/// them was ~150 files per command. Such a client follows redirects only
+/// to `http://`; one to `https://` is reported as piperd's answer.
+pub fn http_client(base: &str) -> Result<reqwest::Client> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    let builder = reqwest::Client::builder();
+    let builder = if base.starts_with("http://") {
+        builder
+            .tls_certs_only([])
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.url().scheme() == "http" && attempt.previous().len() < 10 {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }))
+    } else {
+        builder
+    };
+    builder.build().map_err(|e| {
+        remote_error(format!(
+            "cannot set up HTTPS for {base}: {}\n\
+             hint: install the system's CA certificates, or point SSL_CERT_FILE or SSL_CERT_DIR at them",
+            error_chain(&e)
+        ))
+    })
+}
+
+/// An error and its sources, `: `-separated (reqwest's own text for a
+/// builder error is only "builder error").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
