@@ -309,6 +309,22 @@ fn answer_one_request(
     })
 }
 
+/// `piper builds --server server` where no CA certificate can be found;
+/// asserts it failed as a command (exit 1), not by a panic. Its stderr.
+fn builds_without_ca_certificates(server: &str) -> String {
+    let out = std::process::Command::new(PIPER)
+        .args(["builds", "--server", server])
+        .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+        .env("SSL_CERT_DIR", "/nonexistent")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 #[test]
 fn an_http_server_is_reached_without_the_systems_ca_certificates() {
     // A container without ca-certificates: plain HTTP needs none, and
@@ -316,16 +332,7 @@ fn an_http_server_is_reached_without_the_systems_ca_certificates() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = answer_one_request(listener, "404 Not Found", String::new());
-    let out = std::process::Command::new(PIPER)
-        .args(["builds", "--server", &format!("http://127.0.0.1:{port}")])
-        .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
-        .env("SSL_CERT_DIR", "/nonexistent")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = builds_without_ca_certificates(&format!("http://127.0.0.1:{port}"));
     assert!(stderr.contains("404"), "{stderr}");
     assert!(server.join().unwrap().starts_with("GET /api/v1/builds"));
 }
@@ -351,16 +358,7 @@ fn a_redirect_from_http_to_https_is_reported_not_followed() {
 
 #[test]
 fn https_without_ca_certificates_is_a_clear_error_not_a_panic() {
-    let out = std::process::Command::new(PIPER)
-        .args(["builds", "--server", "https://127.0.0.1:9"])
-        .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
-        .env("SSL_CERT_DIR", "/nonexistent")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = builds_without_ca_certificates("https://127.0.0.1:9");
     assert!(stderr.contains("cannot set up HTTPS"), "{stderr}");
     assert!(stderr.contains("CA certificates"), "{stderr}");
 }
