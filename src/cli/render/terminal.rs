@@ -21,6 +21,30 @@ pub enum OutputMode {
 /// Lines of a failed step shown again in the summary.
 const TAIL_LINES: usize = 15;
 const TAIL_BYTES: usize = 4096;
+
+/// Keeps the last `TAIL_BYTES` of `tail` followed by `first` and `second`.
+fn remember_tail(tail: &mut VecDeque<u8>, first: &[u8], second: &[u8]) {
+    let from_second = second.len().min(TAIL_BYTES);
+    let from_first = (TAIL_BYTES - from_second).min(first.len());
+    tail.extend(&first[first.len() - from_first..]);
+    tail.extend(&second[second.len() - from_second..]);
+    let excess = tail.len().saturating_sub(TAIL_BYTES);
+    tail.drain(..excess);
+}
+
+/// Writes each `\n`-terminated line of `block` behind `prefix` (a `\r`
+/// before the newline dropped).
+fn write_prefixed_lines(out: &mut impl Write, prefix: &[u8], block: &[u8]) {
+    let mut start = 0;
+    for newline in memchr::memchr_iter(b'\n', block) {
+        let line = &block[start..newline];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let _ = out.write_all(prefix);
+        let _ = out.write_all(line);
+        let _ = out.write_all(b"\n");
+        start = newline + 1;
+    }
+}
 /// Above this many steps the summary lists only the ones that did not succeed.
 const FULL_SUMMARY_MAX: usize = 30;
 const PREFIX_WIDTH_MAX: usize = 24;
@@ -166,18 +190,15 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
 
     fn remember(&mut self, step: &str, line: &[u8]) {
         if let Some(view) = self.steps.get_mut(step) {
-            let tail = &mut view.io().tail;
-            let keep = &line[line.len().saturating_sub(TAIL_BYTES)..];
-            tail.extend(keep);
-            tail.push_back(b'\n');
-            let excess = tail.len().saturating_sub(TAIL_BYTES);
-            tail.drain(..excess);
+            remember_tail(&mut view.io().tail, line, b"\n");
         }
     }
 
     /// Output of a step: complete lines are printed now, a trailing partial
     /// line waits for the rest. One lookup and one tail update per chunk, not
-    /// per line: output-heavy steps print millions of lines.
+    /// per line: output-heavy steps print millions of lines. Only the line
+    /// the previous chunk left open is copied; the rest is printed from
+    /// `data` itself.
     fn output(&mut self, step: &str, data: &[u8]) {
         if self.mode == OutputMode::Prefixed {
             self.clear_status();
@@ -194,24 +215,20 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
             view.partial.extend_from_slice(data);
             return;
         };
-        let mut block = std::mem::take(&mut view.partial);
-        block.extend_from_slice(&data[..=last_newline]);
-        view.partial.extend_from_slice(&data[last_newline + 1..]);
-        let keep = &block[block.len().saturating_sub(TAIL_BYTES)..];
-        view.tail.extend(keep);
-        let excess = view.tail.len().saturating_sub(TAIL_BYTES);
-        view.tail.drain(..excess);
+        let (complete, rest) = data.split_at(last_newline + 1);
+        let first_newline = memchr::memchr(b'\n', complete).unwrap_or(last_newline);
+        let (head, body) = complete.split_at(first_newline + 1);
+        let mut opened = std::mem::take(&mut view.partial);
+        opened.extend_from_slice(head);
+        remember_tail(&mut view.tail, &opened, body);
         if self.mode == OutputMode::Prefixed {
-            let mut start = 0;
-            for newline in memchr::memchr_iter(b'\n', &block) {
-                let line = &block[start..newline];
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                let _ = self.out.write_all(&view.prefix);
-                let _ = self.out.write_all(line);
-                let _ = self.out.write_all(b"\n");
-                start = newline + 1;
-            }
+            write_prefixed_lines(&mut self.out, &view.prefix, &opened);
+            write_prefixed_lines(&mut self.out, &view.prefix, body);
         }
+        // The open line's buffer is kept for the next one.
+        opened.clear();
+        opened.extend_from_slice(rest);
+        view.partial = opened;
     }
 
     /// A step ended: print what is left of its output.
@@ -644,5 +661,91 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
         let _ = self.out.flush();
         self.draw_status();
         let _ = self.err.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prefixed terminal writing to memory, with one step `s` known.
+    fn terminal() -> Terminal<Vec<u8>, Vec<u8>> {
+        let mut t = Terminal::new(
+            Vec::new(),
+            Vec::new(),
+            OutputMode::Prefixed,
+            false,
+            false,
+            false,
+        );
+        t.order.push("s".into());
+        t.steps.insert(
+            "s".into(),
+            StepView {
+                color: anstyle::Style::new(),
+                started: None,
+                io: None,
+            },
+        );
+        t
+    }
+
+    #[test]
+    fn lines_split_across_chunks_print_whole_and_in_order() {
+        let mut t = terminal();
+        for chunk in [&b"one\ntw"[..], b"o\r\nthr", b"ee", b"\nfour\nfi", b"ve"] {
+            t.output("s", chunk);
+        }
+        t.flush_step("s");
+        let out = String::from_utf8(t.out.clone()).unwrap();
+        let prefix = String::from_utf8(t.steps["s"].io.as_ref().unwrap().prefix.clone()).unwrap();
+        let lines: Vec<&str> = out
+            .lines()
+            .map(|l| l.strip_prefix(&prefix).unwrap())
+            .collect();
+        assert_eq!(lines, ["one", "two", "three", "four", "five"]);
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_bytes_of_complete_lines_and_the_rest() {
+        let mut t = terminal();
+        let long = "x".repeat(TAIL_BYTES);
+        t.output("s", format!("first\n{long}\nlast-open").as_bytes());
+        let tail: Vec<u8> = t.steps["s"]
+            .io
+            .as_ref()
+            .unwrap()
+            .tail
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(tail.len(), TAIL_BYTES);
+        assert!(
+            tail.ends_with(b"xxx\n"),
+            "the open line is not in the tail yet"
+        );
+        // An open line completed by the next chunk joins the tail whole.
+        t.output("s", b"-line\n");
+        let tail: Vec<u8> = t.steps["s"]
+            .io
+            .as_ref()
+            .unwrap()
+            .tail
+            .iter()
+            .copied()
+            .collect();
+        assert!(tail.ends_with(b"x\nlast-open-line\n"));
+        // At the end, a last line without a newline is remembered too.
+        t.output("s", b"unterminated");
+        t.flush_step("s");
+        let tail: Vec<u8> = t.steps["s"]
+            .io
+            .as_ref()
+            .unwrap()
+            .tail
+            .iter()
+            .copied()
+            .collect();
+        assert!(tail.ends_with(b"last-open-line\nunterminated\n"));
     }
 }
