@@ -15,6 +15,10 @@
 //!    `libgcc_s.a` is the static unwinder goes first on the search path.
 //!    Where the compiler has no libgcc_eh.a, `piper` links as before.
 //!
+//! glibc itself stays shared: linked in statically, std cannot find
+//! `posix_spawn_file_actions_addchdir_np` (it asks `dlsym`) and spawns every
+//! step with `fork` (a 1000-step build was 1.6x slower; docs/architecture.md).
+//!
 //! `piperd` takes requests from the network and stays PIE; it starts once.
 //!
 //! It also digests the embedded Lua stdlib (`PIPER_STDLIB_DIGEST`): the

@@ -690,6 +690,17 @@ mod tests {
         t
     }
 
+    fn tail_of(t: &Terminal<Vec<u8>, Vec<u8>>) -> Vec<u8> {
+        t.steps["s"]
+            .io
+            .as_ref()
+            .unwrap()
+            .tail
+            .iter()
+            .copied()
+            .collect()
+    }
+
     #[test]
     fn lines_split_across_chunks_print_whole_and_in_order() {
         let mut t = terminal();
@@ -711,14 +722,7 @@ mod tests {
         let mut t = terminal();
         let long = "x".repeat(TAIL_BYTES);
         t.output("s", format!("first\n{long}\nlast-open").as_bytes());
-        let tail: Vec<u8> = t.steps["s"]
-            .io
-            .as_ref()
-            .unwrap()
-            .tail
-            .iter()
-            .copied()
-            .collect();
+        let tail = tail_of(&t);
         assert_eq!(tail.len(), TAIL_BYTES);
         assert!(
             tail.ends_with(b"xxx\n"),
@@ -726,26 +730,12 @@ mod tests {
         );
         // An open line completed by the next chunk joins the tail whole.
         t.output("s", b"-line\n");
-        let tail: Vec<u8> = t.steps["s"]
-            .io
-            .as_ref()
-            .unwrap()
-            .tail
-            .iter()
-            .copied()
-            .collect();
+        let tail = tail_of(&t);
         assert!(tail.ends_with(b"x\nlast-open-line\n"));
         // At the end, a last line without a newline is remembered too.
         t.output("s", b"unterminated");
         t.flush_step("s");
-        let tail: Vec<u8> = t.steps["s"]
-            .io
-            .as_ref()
-            .unwrap()
-            .tail
-            .iter()
-            .copied()
-            .collect();
+        let tail = tail_of(&t);
         assert!(tail.ends_with(b"last-open-line\nunterminated\n"));
     }
 }
