@@ -108,8 +108,9 @@ fn children() -> Vec<u32> {
 const PASS_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Makes this process a child subreaper and, inside a tokio runtime, starts
-/// the task that reaps orphans on every SIGCHLD (and every few seconds, in
-/// case a signal was coalesced while a spawn was in flight). Idempotent.
+/// the task that reaps orphans after SIGCHLD (at most once per
+/// [`PASS_INTERVAL`]; and every few seconds, in case a signal was coalesced
+/// while a spawn was in flight). Idempotent.
 pub fn start() {
     static SUBREAPER: std::sync::Once = std::sync::Once::new();
     SUBREAPER.call_once(|| {

@@ -22,6 +22,10 @@ pub enum OutputMode {
 const TAIL_LINES: usize = 15;
 const TAIL_BYTES: usize = 4096;
 
+/// Above this many steps the summary lists only the ones that did not succeed.
+const FULL_SUMMARY_MAX: usize = 30;
+const PREFIX_WIDTH_MAX: usize = 24;
+
 /// Keeps the last `TAIL_BYTES` of `tail` followed by `first` and `second`.
 fn remember_tail(tail: &mut VecDeque<u8>, first: &[u8], second: &[u8]) {
     let from_second = second.len().min(TAIL_BYTES);
@@ -45,9 +49,6 @@ fn write_prefixed_lines(out: &mut impl Write, prefix: &[u8], block: &[u8]) {
         start = newline + 1;
     }
 }
-/// Above this many steps the summary lists only the ones that did not succeed.
-const FULL_SUMMARY_MAX: usize = 30;
-const PREFIX_WIDTH_MAX: usize = 24;
 
 struct StepView {
     color: anstyle::Style,
