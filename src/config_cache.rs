@@ -33,7 +33,7 @@ pub const FILE: &str = "config.cache";
 
 /// First bytes of the file; bump the number when the format changes.
 /// Then the checksum of the rest (`fsutil::checksum`), the key, the body.
-const MAGIC: &[u8] = b"piper config cache 2\n";
+const MAGIC: &[u8] = b"piper config cache 3\n";
 /// What earlier formats start with: a cache an older Piper wrote, to be
 /// replaced like any other Piper build's, without a warning.
 const OLDER_MAGIC: &[u8] = b"piper config cache ";

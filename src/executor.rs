@@ -18,6 +18,7 @@ use indexmap::IndexMap;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::digest::Digest;
 use crate::error::{EXIT_INTERRUPTED, EXIT_TIMEOUT, Result};
 use crate::event::{BuildStatus, Event, EventSender, PlannedStepInfo, StepStatus, TriggeredBy};
 use crate::fingerprint::{self, Freshness};
@@ -259,7 +260,7 @@ struct StepResult {
     status: StepStatus,
     exit_code: Option<i32>,
     /// What dependents see of this step in their own fingerprints.
-    fingerprint: String,
+    fingerprint: Digest,
 }
 
 async fn run_build(
@@ -339,7 +340,7 @@ struct Scheduler<'a> {
     waiting_on: Vec<usize>,
     status: Vec<Option<StepStatus>>,
     /// What each finished step's dependents fingerprint.
-    fingerprints: Vec<Option<String>>,
+    fingerprints: Vec<Option<Digest>>,
     /// Queued: dependencies done, waiting for a job slot (first defined first).
     ready: BTreeSet<usize>,
     /// Jobs of queued steps whose up-to-date check was already done.
@@ -504,14 +505,9 @@ impl<'a> Scheduler<'a> {
     }
 
     /// What step `i`'s dependencies reported in this build, by name.
-    fn dep_fingerprints(&self, i: usize) -> SmallMap<String> {
+    fn dep_fingerprints(&self, i: usize) -> SmallMap<Digest> {
         (self.plan.steps[i].deps.iter())
-            .map(|&d| {
-                (
-                    self.name_of(d),
-                    self.fingerprints[d].clone().unwrap_or_default(),
-                )
-            })
+            .map(|&d| (self.name_of(d), self.fingerprints[d].unwrap_or_default()))
             .collect()
     }
 
@@ -596,7 +592,7 @@ impl<'a> Scheduler<'a> {
                         message,
                     )
                     .await;
-                    self.fingerprints[i] = Some("skipped".into());
+                    self.fingerprints[i] = Some(Digest::of(b"skipped"));
                     self.status[i] = Some(StepStatus::Skipped);
                     let now_ready = self.release(i);
                     self.make_ready(now_ready).await;
@@ -807,7 +803,7 @@ struct StepJob {
     /// A service while `Options::services_apart`: report it skipped.
     apart: bool,
     state: Arc<State>,
-    dep_fingerprints: SmallMap<String>,
+    dep_fingerprints: SmallMap<Digest>,
     stamps: Arc<Stamps>,
     /// The project root held open: the up-to-date checks stat through it.
     root: Arc<RootDir>,
@@ -876,15 +872,15 @@ impl StepJob {
         let step = &graph.steps[self.step];
         let started = Instant::now();
         if self.apart {
-            let fingerprint = format!("service {}", step.name);
+            let fingerprint = Digest::of(format!("service {}", step.name).as_bytes());
             return self
                 .finish_early(StepStatus::Skipped, SERVICE_APART.into(), fingerprint)
                 .await;
         }
         if self.unaffected {
             let fingerprint = match self.state.steps.get(&step.name) {
-                Some(record) => record.fingerprint.clone(),
-                None => format!("unaffected {}", step.name),
+                Some(record) => record.fingerprint,
+                None => Digest::of(format!("unaffected {}", step.name).as_bytes()),
             };
             let message = "not affected by the change".into();
             return self
@@ -895,7 +891,7 @@ impl StepJob {
         let (record, reasons) = match checked.unwrap_or_else(|| self.freshness()) {
             Err(message) => {
                 return self
-                    .finish_early(StepStatus::Failed, message, String::new())
+                    .finish_early(StepStatus::Failed, message, Digest::default())
                     .await;
             }
             Ok(Freshness::UpToDate(record)) => return self.up_to_date(record, started).await,
@@ -919,7 +915,7 @@ impl StepJob {
         &self,
         status: StepStatus,
         message: String,
-        fingerprint: String,
+        fingerprint: Digest,
     ) -> StepResult {
         let name = &self.graph.steps[self.step].name;
         finish_without_running(&self.events, self.build, name, status, Some(message)).await;
@@ -1018,7 +1014,7 @@ impl StepJob {
             Some(record) if status == StepStatus::Success => {
                 let (mut record, warning) =
                     fingerprint::after_run(&self.root, step, record.clone());
-                record.outputs = outputs.clone();
+                record.outputs = outputs;
                 if let Some(warning) = warning {
                     out.write(format!("piper: warning: {warning}\n").into_bytes())
                         .await;
@@ -1028,12 +1024,15 @@ impl StepJob {
                 }
                 fingerprint::seen_by_dependents(&record)
             }
-            _ => match &outputs {
-                Some(digest) => fingerprint::seen_outputs(digest),
-                None => format!(
-                    "ran in build {} of process {}",
-                    self.build,
-                    std::process::id()
+            _ => match outputs {
+                Some(digest) => digest,
+                None => Digest::of(
+                    format!(
+                        "ran in build {} of process {}",
+                        self.build,
+                        std::process::id()
+                    )
+                    .as_bytes(),
                 ),
             },
         };

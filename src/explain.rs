@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use crate::digest::Digest;
 use crate::executor::{self, Options};
 use crate::fingerprint::{self, Freshness};
 use crate::graph::{Graph, Plan};
@@ -18,29 +19,29 @@ pub struct Verdict {
 }
 
 /// A marker no recorded fingerprint can equal.
-const WILL_RUN: &str = "will run";
+const WILL_RUN: Digest = Digest([0xee; 32]);
 
 pub fn explain(graph: &Graph, plan: &Plan, options: &Options) -> Vec<Verdict> {
     let state = State::load(&graph.root);
     let root = crate::root_dir::RootDir::open(&graph.root);
     let order = topological(plan);
-    let mut fingerprints: Vec<String> = vec![String::new(); plan.steps.len()];
+    let mut fingerprints: Vec<Digest> = vec![Digest::default(); plan.steps.len()];
     let mut verdicts: Vec<Option<Verdict>> = (0..plan.steps.len()).map(|_| None).collect();
     for i in order {
         let step = &graph.steps[plan.steps[i].step];
-        let deps: SmallMap<String> = plan.steps[i]
+        let deps: SmallMap<Digest> = plan.steps[i]
             .deps
             .iter()
             .map(|&d| {
                 (
                     graph.steps[plan.steps[d].step].name.clone(),
-                    fingerprints[d].clone(),
+                    fingerprints[d],
                 )
             })
             .collect();
         let waiting_on: Vec<&String> = deps
             .iter()
-            .filter(|(_, fp)| fp.as_str() == WILL_RUN)
+            .filter(|(_, fp)| **fp == WILL_RUN)
             .map(|(n, _)| n)
             .collect();
         let env = executor::work_env(graph, plan, i, options);
@@ -56,16 +57,16 @@ pub fn explain(graph: &Graph, plan: &Plan, options: &Options) -> Vec<Verdict> {
             Ok(Freshness::UpToDate(record)) => {
                 (false, Vec::new(), fingerprint::seen_by_dependents(&record))
             }
-            Ok(Freshness::Stale(_, reasons)) => (true, reasons, WILL_RUN.to_string()),
+            Ok(Freshness::Stale(_, reasons)) => (true, reasons, WILL_RUN),
             Ok(Freshness::Untracked) => (
                 true,
                 vec!["it declares no inputs, so it always runs".into()],
-                WILL_RUN.to_string(),
+                WILL_RUN,
             ),
             Err(e) => (
                 true,
                 vec![format!("its inputs cannot be read: {e}")],
-                WILL_RUN.to_string(),
+                WILL_RUN,
             ),
         };
         // "upstream changed" is known more precisely here: it will run.

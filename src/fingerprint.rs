@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
+use crate::digest::Digest;
 use crate::graph::Step;
 use crate::paths::{is_glob, normalize};
 use crate::root_dir::{FileMeta, RootDir};
@@ -41,10 +42,6 @@ pub fn command_text(step: &Step, root: &Path) -> String {
     }
 }
 
-pub fn hash_hex(data: &[u8]) -> String {
-    blake3::hash(data).to_hex().to_string()
-}
-
 /// Whether a tracked step must run: its would-be record, and why.
 pub enum Freshness {
     /// No `inputs` and no `depfile`: it always runs.
@@ -58,8 +55,9 @@ pub enum Freshness {
 /// seconds on some filesystems), so an edit within it may not move them.
 const RACY_WINDOW_NS: i128 = 2_000_000_000;
 
-/// Fingerprint value of a record whose depfile was missing after its run.
-const DEPFILE_MISSING: &str = "depfile-missing";
+/// Fingerprint of a record whose depfile was missing after its run (no
+/// blake3 output this side of a collision).
+pub const DEPFILE_MISSING: Digest = Digest([0xff; 32]);
 
 /// Decides whether `step` is up to date, given its variables, what its
 /// dependencies reported in this build, and its last successful run.
@@ -67,7 +65,7 @@ pub fn check(
     root: &RootDir,
     step: &Step,
     env: &[(String, String)],
-    deps: SmallMap<String>,
+    deps: SmallMap<Digest>,
     previous: Option<&StepRecord>,
     forced: bool,
 ) -> Result<Freshness, String> {
@@ -82,14 +80,14 @@ pub fn check(
     // The same work as last time has the same fingerprint: no need to hash
     // it again (most steps of a build are up to date).
     record.fingerprint = match previous {
-        Some(old) if same_work(old, &record) => old.fingerprint.clone(),
+        Some(old) if same_work(old, &record) => old.fingerprint,
         _ => fingerprint_of(&record),
     };
     let missing = missing_outputs(root, &step.outputs);
     let reasons = reasons(previous, &record, &missing, forced);
     Ok(if reasons.is_empty() {
         // Its outputs are as that run left them.
-        record.outputs = previous.and_then(|p| p.outputs.clone());
+        record.outputs = previous.and_then(|p| p.outputs);
         Freshness::UpToDate(record)
     } else {
         Freshness::Stale(record, reasons)
@@ -111,7 +109,7 @@ pub fn after_run(
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) => {
-            record.fingerprint = DEPFILE_MISSING.into();
+            record.fingerprint = DEPFILE_MISSING;
             return (
                 record,
                 Some(format!(
@@ -142,7 +140,7 @@ pub fn after_run(
             (fresh, None)
         }
         Err(e) => {
-            record.fingerprint = DEPFILE_MISSING.into();
+            record.fingerprint = DEPFILE_MISSING;
             (
                 record,
                 Some(format!(
@@ -266,7 +264,7 @@ pub fn stamp_file(
         Some(old) => Ok(FileStamp {
             size: old.size,
             mtime_ns: trust_mtime(meta.mtime_ns, now_ns),
-            hash: old.hash.clone(),
+            hash: old.hash,
         }),
         None => Ok(stamp_content(
             meta,
@@ -284,7 +282,7 @@ pub fn stamp_content(meta: impl Into<FileMeta>, content: &[u8], now_ns: i128) ->
     FileStamp {
         size: meta.size,
         mtime_ns: trust_mtime(meta.mtime_ns, now_ns),
-        hash: hash_hex(content),
+        hash: Digest::of(content),
     }
 }
 
@@ -313,7 +311,7 @@ pub fn record(
     command: String,
     env: &[(String, String)],
     inputs: SmallMap<FileStamp>,
-    deps: SmallMap<String>,
+    deps: SmallMap<Digest>,
 ) -> StepRecord {
     let mut record = unhashed_record(command, env, inputs, deps);
     record.fingerprint = fingerprint_of(&record);
@@ -325,9 +323,9 @@ fn unhashed_record(
     command: String,
     env: &[(String, String)],
     inputs: SmallMap<FileStamp>,
-    deps: SmallMap<String>,
+    deps: SmallMap<Digest>,
 ) -> StepRecord {
-    let env: SmallMap<String> = env
+    let env: SmallMap<Digest> = env
         .iter()
         // Piper's own variables say nothing about the work (and PIPER_BUILD
         // changes every run).
@@ -343,10 +341,10 @@ fn unhashed_record(
                     | "PIPER_AGENT"
             )
         })
-        .map(|(k, v)| (k.clone(), hash_hex(v.as_bytes())))
+        .map(|(k, v)| (k.clone(), Digest::of(v.as_bytes())))
         .collect();
     StepRecord {
-        fingerprint: String::new(),
+        fingerprint: Digest::default(),
         command,
         env,
         inputs,
@@ -368,17 +366,18 @@ fn same_work(old: &StepRecord, now: &StepRecord) -> bool {
             .all(|((old_path, old), (path, now))| old_path == path && old.hash == now.hash)
 }
 
-fn fingerprint_of(record: &StepRecord) -> String {
-    // The pieces are fed one by one (no string built per entry): the same
-    // bytes as `\0env\0{k}\0{v}`, so records stay comparable.
+fn fingerprint_of(record: &StepRecord) -> Digest {
+    // The pieces are fed one by one (no string built per entry). A step
+    // whose work is unchanged keeps its recorded fingerprint (`same_work`),
+    // so these bytes can change without rerunning what is up to date.
     let mut hasher = blake3::Hasher::new();
-    hasher.update(b"piper-step-v1\0");
+    hasher.update(b"piper-step-v2\0");
     hasher.update(record.command.as_bytes());
-    let mut entry = |tag: &[u8], key: &str, value: &str| {
+    let mut entry = |tag: &[u8], key: &str, value: &Digest| {
         hasher.update(tag);
         hasher.update(key.as_bytes());
         hasher.update(b"\0");
-        hasher.update(value.as_bytes());
+        hasher.update(&value.0);
     };
     for (k, v) in &record.env {
         entry(b"\0env\0", k, v);
@@ -389,7 +388,7 @@ fn fingerprint_of(record: &StepRecord) -> String {
     for (name, fp) in &record.deps {
         entry(b"\0dep\0", name, fp);
     }
-    hasher.finalize().to_hex().to_string()
+    Digest::from_hasher(&hasher)
 }
 
 /// Why the step must run, in words; empty when it is up to date.
@@ -461,22 +460,14 @@ pub fn missing_outputs(root: &RootDir, outputs: &[String]) -> Vec<String> {
 /// What dependents fingerprint of a step that has a record: the digest of
 /// its outputs when it declares some (early cutoff: the same outputs, the
 /// same value, however it got there), else its own fingerprint.
-pub fn seen_by_dependents(record: &StepRecord) -> String {
-    match &record.outputs {
-        Some(digest) => seen_outputs(digest),
-        None => record.fingerprint.clone(),
-    }
-}
-
-/// What dependents fingerprint of a step whose outputs have `digest`.
-pub fn seen_outputs(digest: &str) -> String {
-    format!("outputs {digest}")
+pub fn seen_by_dependents(record: &StepRecord) -> Digest {
+    record.outputs.unwrap_or(record.fingerprint)
 }
 
 /// blake3 over the declared outputs' contents (files under an output
 /// directory included), in path order; None when a step declares none or
 /// one is missing or unreadable (dependents then see that it ran).
-pub fn outputs_digest(root: &Path, outputs: &[String]) -> Option<String> {
+pub fn outputs_digest(root: &Path, outputs: &[String]) -> Option<Digest> {
     if outputs.is_empty() {
         return None;
     }
@@ -503,7 +494,7 @@ pub fn outputs_digest(root: &Path, outputs: &[String]) -> Option<String> {
         hasher.update_reader(&mut reader).ok()?;
         hasher.update(b"\0");
     }
-    Some(hasher.finalize().to_hex().to_string())
+    Some(Digest::from_hasher(&hasher))
 }
 
 fn collect_files(path: &Path, files: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
@@ -540,7 +531,7 @@ mod tests {
         FileStamp {
             size: 1,
             mtime_ns: 1,
-            hash: hash.into(),
+            hash: Digest::of(hash.as_bytes()),
         }
     }
 
@@ -580,7 +571,7 @@ mod tests {
             "cc -O2 a.c".into(),
             &env2,
             inputs2,
-            SmallMap::from_iter([("gen".into(), "f".into())]),
+            SmallMap::from_iter([("gen".into(), Digest::of(b"f"))]),
         );
         let why = reasons(Some(&old), &now, &["a.o".into()], true);
         assert_eq!(

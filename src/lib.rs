@@ -68,6 +68,7 @@ pub(crate) mod changes;
 pub(crate) mod config_cache;
 pub(crate) mod config_file;
 pub(crate) mod cron;
+pub(crate) mod digest;
 pub(crate) mod duration;
 pub(crate) mod error;
 pub(crate) mod event;

@@ -20,8 +20,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Bump when the record format changes; older state is then ignored.
-pub const STATE_VERSION: u32 = 1;
+use crate::digest::Digest;
+
+mod v1;
+
+/// Bump when the record format changes. Format 1 (digests as hex text) is
+/// still read and converted; any other is ignored (everything reruns).
+pub const STATE_VERSION: u32 = 2;
 pub const STATE_DIR: &str = ".piper";
 /// The folded records (binary).
 pub const STATE_FILE: &str = "state.bin";
@@ -47,20 +52,21 @@ pub type SmallMap<V> = litemap::LiteMap<String, V>;
 pub struct FileStamp {
     pub size: u64,
     pub mtime_ns: i128,
-    pub hash: String,
+    pub hash: Digest,
 }
 
 /// The last successful run of a step.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
-    pub fingerprint: String,
+    pub fingerprint: Digest,
     /// What ran (the command lines, or the Lua function's source).
     pub command: String,
     /// blake3 of each variable's value (values may be secrets).
-    pub env: SmallMap<String>,
+    pub env: SmallMap<Digest>,
     pub inputs: SmallMap<FileStamp>,
-    /// Fingerprints of the dependencies it ran after.
-    pub deps: SmallMap<String>,
+    /// What the dependencies it ran after showed their dependents
+    /// (`fingerprint::seen_by_dependents`).
+    pub deps: SmallMap<Digest>,
     /// Files its depfile listed after the run (root-relative, or absolute
     /// outside the root): inputs next time too.
     #[serde(default)]
@@ -69,21 +75,14 @@ pub struct StepRecord {
     /// see of it, so a rerun that made the same outputs leaves them up to
     /// date (early cutoff).
     #[serde(default)]
-    pub outputs: Option<String>,
-}
-
-/// `state.json` as Piper before 0.2 wrote it.
-#[derive(Deserialize)]
-struct StateFile {
-    version: u32,
-    steps: BTreeMap<String, StepRecord>,
+    pub outputs: Option<Digest>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct LogLine {
+struct LogLine<R> {
     version: u32,
     step: String,
-    record: StepRecord,
+    record: R,
 }
 
 pub struct State {
@@ -114,14 +113,8 @@ impl State {
             warning,
         };
         if let Ok(text) = std::fs::read_to_string(dir.join(STATE_LOG)) {
-            for line in text.lines() {
-                // A line cut short by a kill does not parse: skip it.
-                if let Ok(entry) = serde_json::from_str::<LogLine>(line)
-                    && entry.version == STATE_VERSION
-                {
-                    state.steps.insert(entry.step, entry.record);
-                }
-            }
+            // A line cut short by a kill does not parse: skipped.
+            state.steps.extend(text.lines().filter_map(parse_log_line));
         }
         state
     }
@@ -132,7 +125,7 @@ impl State {
         let line = serde_json::to_string(&LogLine {
             version: STATE_VERSION,
             step: step.to_string(),
-            record: record.clone(),
+            record,
         })?;
         let mut log = std::fs::OpenOptions::new()
             .create(true)
@@ -146,8 +139,11 @@ impl State {
     pub fn compact(root: &Path) -> std::io::Result<()> {
         let dir = Self::dir(root);
         // Nothing ran since the last fold (a no-op build): nothing to write,
-        // unless an older Piper's state.json is still to be replaced.
-        if !dir.join(STATE_LOG).exists() && !dir.join(LEGACY_STATE_FILE).exists() {
+        // unless what an older Piper wrote is still to be replaced.
+        if !dir.join(STATE_LOG).exists()
+            && !dir.join(LEGACY_STATE_FILE).exists()
+            && !in_older_format(&dir.join(STATE_FILE))
+        {
             return Ok(());
         }
         let state = State::load(root);
@@ -193,7 +189,7 @@ fn read_records(dir: &Path) -> Result<HashMap<String, StepRecord>, String> {
         return Err(unreadable("cut short"));
     }
     let version = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-    if version != STATE_VERSION {
+    if version != STATE_VERSION && version != 1 {
         return Err(other_version(&path, version));
     }
     let (checksum, payload) = rest[4..].split_at(checksum_len);
@@ -204,7 +200,34 @@ fn read_records(dir: &Path) -> Result<HashMap<String, StepRecord>, String> {
     if !intact {
         return Err(unreadable("checksum mismatch"));
     }
-    postcard::from_bytes(payload).map_err(|e| unreadable(&e.to_string()))
+    let records = match version {
+        1 => postcard::from_bytes::<HashMap<String, v1::StepRecord>>(payload)
+            .map(|steps| steps.into_iter().map(v1::upgrade).collect()),
+        _ => postcard::from_bytes(payload),
+    };
+    records.map_err(|e| unreadable(&e.to_string()))
+}
+
+/// Whether `path` is a state file of format 1, to be rewritten in this
+/// one (reads its header only: this runs after every build).
+fn in_older_format(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0; MAGIC.len() + 4];
+    let read = std::fs::File::open(path).and_then(|mut file| file.read_exact(&mut head));
+    read.is_ok()
+        && (head.starts_with(MAGIC_BLAKE3)
+            || head[..MAGIC.len()] == *MAGIC && head[MAGIC.len()] == 1)
+}
+
+/// One line of `state.log`, of this format or of format 1.
+fn parse_log_line(line: &str) -> Option<(String, StepRecord)> {
+    if let Ok(entry) = serde_json::from_str::<LogLine<StepRecord>>(line)
+        && entry.version == STATE_VERSION
+    {
+        return Some((entry.step, entry.record));
+    }
+    let entry = serde_json::from_str::<LogLine<v1::StepRecord>>(line).ok()?;
+    (entry.version == 1).then(|| v1::upgrade((entry.step, entry.record)))
 }
 
 /// `state.json` of an older Piper, read until the next fold replaces it.
@@ -213,8 +236,8 @@ fn read_legacy(dir: &Path) -> Result<HashMap<String, StepRecord>, String> {
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(HashMap::new());
     };
-    match serde_json::from_slice::<StateFile>(&bytes) {
-        Ok(file) if file.version == STATE_VERSION => Ok(file.steps.into_iter().collect()),
+    match serde_json::from_slice::<v1::StateFile>(&bytes) {
+        Ok(file) if file.version == 1 => Ok(file.steps.into_iter().map(v1::upgrade).collect()),
         Ok(file) => Err(other_version(&path, file.version)),
         Err(e) => Err(rebuilding(&path, &format!("is unreadable ({e})"))),
     }
@@ -235,9 +258,9 @@ fn rebuilding(path: &Path, problem: &str) -> String {
 mod tests {
     use super::*;
 
-    fn record(fp: &str) -> StepRecord {
+    fn record(fp: u8) -> StepRecord {
         StepRecord {
-            fingerprint: fp.into(),
+            fingerprint: Digest([fp; 32]),
             ..StepRecord::default()
         }
     }
@@ -246,16 +269,16 @@ mod tests {
     fn log_survives_and_compacts() {
         let tmp = tempfile::tempdir().unwrap();
         let state = State::load(tmp.path());
-        state.append("a", &record("1")).unwrap();
-        state.append("a", &record("2")).unwrap();
+        state.append("a", &record(1)).unwrap();
+        state.append("a", &record(2)).unwrap();
         // A torn line, as a SIGKILL mid-write would leave.
         let mut log = std::fs::OpenOptions::new()
             .append(true)
             .open(tmp.path().join(".piper/state.log"))
             .unwrap();
-        log.write_all(b"{\"version\":1,\"step\":\"b\",\"rec")
+        log.write_all(b"{\"version\":2,\"step\":\"b\",\"rec")
             .unwrap();
-        assert_eq!(State::load(tmp.path()).steps["a"].fingerprint, "2");
+        assert_eq!(State::load(tmp.path()).steps["a"], record(2));
         State::compact(tmp.path()).unwrap();
         assert!(!tmp.path().join(".piper/state.log").exists());
         assert!(tmp.path().join(".piper/state.bin").exists());
@@ -274,7 +297,7 @@ mod tests {
         std::fs::write(dir.join("state.json"), legacy).unwrap();
         let state = State::load(tmp.path());
         assert_eq!(state.steps["a"].inputs.get("in.txt").unwrap().mtime_ns, 5);
-        state.append("b", &record("2")).unwrap();
+        state.append("b", &record(2)).unwrap();
         State::compact(tmp.path()).unwrap();
         assert!(!dir.join("state.json").exists());
         let state = State::load(tmp.path());
@@ -305,7 +328,7 @@ mod tests {
         );
         // The binary file: damaged, cut short, of another version.
         let state = State::load(tmp.path());
-        state.append("a", &record("1")).unwrap();
+        state.append("a", &record(1)).unwrap();
         State::compact(tmp.path()).unwrap();
         let path = tmp.path().join(".piper/state.bin");
         let good = std::fs::read(&path).unwrap();
@@ -329,7 +352,7 @@ mod tests {
     fn state_an_older_piper_wrote_with_a_blake3_checksum_is_read() {
         let tmp = tempfile::tempdir().unwrap();
         let state = State::load(tmp.path());
-        state.append("a", &record("1")).unwrap();
+        state.append("a", &record(1)).unwrap();
         State::compact(tmp.path()).unwrap();
         let path = tmp.path().join(".piper/state.bin");
         let good = std::fs::read(&path).unwrap();
@@ -341,7 +364,7 @@ mod tests {
         std::fs::write(&path, &older).unwrap();
         let read = State::load(tmp.path());
         assert_eq!(read.warning, None);
-        assert_eq!(read.steps["a"], record("1"));
+        assert_eq!(read.steps["a"], record(1));
         // Damage in the older layout is still seen.
         *older.last_mut().unwrap() ^= 1;
         std::fs::write(&path, &older).unwrap();

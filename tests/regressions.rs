@@ -422,14 +422,19 @@ fn a_cache_of_another_piper_build_is_replaced_without_a_warning() {
         payload.extend_from_slice(text.as_bytes());
     }
     payload.extend_from_slice(&[0xff; 8]);
-    let mut bytes = b"piper config cache 2\n".to_vec();
-    bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
-    bytes.extend_from_slice(&payload);
-    // And the format before it (a blake3 checksum): an older Piper's.
+    let checksummed = |magic: &[u8]| {
+        let mut bytes = magic.to_vec();
+        bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        bytes
+    };
+    let bytes = checksummed(b"piper config cache 3\n");
+    // And the formats before it: digests as text, and a blake3 checksum.
+    let text_digests = checksummed(b"piper config cache 2\n");
     let mut older = b"piper config cache 1\n".to_vec();
     older.extend_from_slice(blake3::hash(&payload).as_bytes());
     older.extend_from_slice(&payload);
-    for cache in [bytes, older] {
+    for cache in [bytes, text_digests, older] {
         std::fs::write(&path, cache).unwrap();
         let (stdout, stderr) = crate::harness::piper_in(ran.dir.path(), &["explain", "s"], &[]);
         assert!(stdout.starts_with("EVALUATED"), "{stdout}");
