@@ -879,7 +879,9 @@ impl StepJob {
         }
         if self.unaffected {
             let fingerprint = match self.state.steps.get(&step.name) {
-                Some(record) => record.fingerprint,
+                // What a full build shows of it (its outputs' digest when
+                // it declares outputs), or dependents would rerun for it.
+                Some(record) => fingerprint::seen_by_dependents(record),
                 None => Digest::of(format!("unaffected {}", step.name).as_bytes()),
             };
             let message = "not affected by the change".into();

@@ -528,3 +528,50 @@ fn the_public_api_changes_only_on_purpose() {
             .join("\n")
     );
 }
+
+/// Regression: a step a watcher's rerun leaves out (`only`) showed its
+/// dependents its fingerprint, where a full build shows the digest of its
+/// outputs. A dependent then reran for "upstream step changed" although
+/// nothing it uses had changed, and again at the next full build.
+#[test]
+fn a_step_left_out_of_a_rerun_shows_dependents_what_a_full_build_shows() {
+    let dir = project(
+        r#"
+        local gen = step "gen" { run = "cp g.in g.out", inputs = { "g.in" }, outputs = { "g.out" } }
+        local fixed = step "fixed" { run = "echo same > f.out", inputs = { "f.in" }, outputs = { "f.out" } }
+        local use = step "use" {
+            run = "echo use >> runs.log && touch u.out",
+            inputs = { "u.in" }, outputs = { "u.out" }, deps = { gen, fixed },
+        }
+        pipeline "all" { use }
+        "#,
+    );
+    for file in ["g.in", "f.in", "u.in"] {
+        std::fs::write(dir.path().join(file), file).unwrap();
+    }
+    let engine = Engine::new();
+    let runs = || std::fs::read_to_string(dir.path().join("runs.log")).unwrap();
+    let status_of = |events: &[Event], name: &str| {
+        events.iter().find_map(|e| match e {
+            Event::StepFinished { step, status, .. } if step == name => Some(*status),
+            _ => None,
+        })
+    };
+    assert_eq!(
+        run(&engine, dir.path(), &["all"], RunOptions::default()).2,
+        0
+    );
+    assert_eq!(runs(), "use\n");
+
+    // `fixed` reruns and makes the same output: `use` stays up to date,
+    // whether `gen` is in the rerun or left out of it.
+    std::fs::write(dir.path().join("f.in"), "edited").unwrap();
+    let only = RunOptions::default().only(["fixed", "use"]);
+    let (_, events, code) = run(&engine, dir.path(), &["all"], only);
+    assert_eq!(code, 0);
+    assert_eq!(status_of(&events, "fixed"), Some(StepStatus::Success));
+    assert_eq!(status_of(&events, "use"), Some(StepStatus::UpToDate));
+    let (_, events, _) = run(&engine, dir.path(), &["all"], RunOptions::default());
+    assert_eq!(status_of(&events, "use"), Some(StepStatus::UpToDate));
+    assert_eq!(runs(), "use\n");
+}
