@@ -21,11 +21,16 @@ use crate::state::{FileStamp, SmallMap, StepRecord};
 /// What a step runs, as text: changes to it are "command changed".
 pub fn command_text(step: &Step, root: &Path) -> String {
     match &step.run {
-        Run::Commands(commands) => commands
-            .iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join("\n"),
+        // Written into one string: this runs for every step of every build.
+        Run::Commands(commands) => {
+            use std::fmt::Write;
+            let mut text = String::new();
+            for (i, command) in commands.iter().enumerate() {
+                let separator = if i == 0 { "" } else { "\n" };
+                let _ = write!(text, "{separator}{command}");
+            }
+            text
+        }
         Run::Lua(source) => {
             let (file, first, last) = (&source.file, source.first_line, source.last_line);
             let body = std::fs::read_to_string(root.join(file))
