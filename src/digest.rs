@@ -33,12 +33,18 @@ impl Digest {
     }
 }
 
+impl Digest {
+    /// The 64 hex digits, in `buffer`.
+    fn hex<'a>(&self, buffer: &'a mut [u8; 64]) -> &'a str {
+        // Cannot fail: the buffer is twice the bytes, and hex is ASCII.
+        let _ = hex::encode_to_slice(self.0, buffer);
+        std::str::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = [0; 64];
-        // Cannot fail: the buffer is twice the bytes.
-        let _ = hex::encode_to_slice(self.0, &mut text);
-        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
+        f.write_str(self.hex(&mut [0; 64]))
     }
 }
 
@@ -51,7 +57,9 @@ impl fmt::Debug for Digest {
 impl Serialize for Digest {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if serializer.is_human_readable() {
-            serializer.collect_str(self)
+            // One string, not `collect_str`: serde_json escapes what that
+            // writes piece by piece (~1200 instructions a digest).
+            serializer.serialize_str(self.hex(&mut [0; 64]))
         } else {
             // Bytes, not a [u8; 32] tuple: postcard then reads one slice
             // instead of 32 separate bytes (one length byte more on disk).
