@@ -377,14 +377,17 @@ impl Graph {
                 pipeline_env: env,
             });
         }
-        requires.extend(steps.iter().map(|p| {
-            let step = &self.steps[p.step];
-            (
-                &step.requires,
-                &step.location,
-                format!("step `{}`", step.name),
-            )
-        }));
+        // Only steps that require something: the label is a string made
+        // for an error message, and most steps of a large plan have none.
+        requires.extend(
+            steps
+                .iter()
+                .map(|p| &self.steps[p.step])
+                .filter_map(|step| {
+                    let label = || format!("step `{}`", step.name);
+                    (!step.requires.is_empty()).then(|| (&step.requires, &step.location, label()))
+                }),
+        );
         let requires = combine_requires(&requires)?;
         for planned in &mut steps {
             planned.deps = self.steps[planned.step]
