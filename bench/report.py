@@ -678,13 +678,27 @@ def main():
             "Done: non-PIE, the unwinder linked in, ring instead of aws-lc, xxh3 checksums, clap "
             "building only the given subcommand, the stdlib digested at build time, no tracing registry, no CPU count or /proc scan for one step. "
             "Left: a smaller `piper` (the remote client and its HTTP/TLS stack in a separate binary "
-            "or behind a feature). Not kept: a static glibc (std then spawns with `fork`).")
+            "or behind a feature); clap's parse is still ~a quarter of the instructions. Not kept: a static "
+            "glibc (std then spawns with `fork`); mimalloc (its start-up faults in huge pages: one step "
+            "3.5 → 5.5–7.7 ms on the VM where it was tried).")
+    if over("DAG: 1000 no-op steps, -j2", "ninja", 1.2):
+        lines.append(
+            "- DAG: each spawn copies the whole environment: Piper sets `PIPER_*` variables per step, so "
+            "std's `Command` reads every variable into a map and writes them back out as an envp array "
+            "(~72 K instructions a step, a third of a 1000-step build, callgrind). Spawning with an "
+            "environment built once per build (posix_spawn directly) would remove it; not done.")
     if over("cached no-op rerun: 1000 steps, all up to date", "ninja", 1.5):
         lines.append(
             "- cached no-op: after start-up and the configuration cache, ~4 µs per step: its record read "
-            "from `.piper/state.bin` (owned strings: 0.85 MB of heap for 1000 records), two `fstatat`s "
+            "from `.piper/state.bin` (digests as bytes since format 2, names and paths as owned strings), two `fstatat`s "
             "relative to the project root, the record compared field by field, one event rendered. ninja "
             "reads a compact binary log and does two stats per edge with no per-edge allocation.")
+    cached = next((m for name, m, _, _ in rows if name.startswith("10 000 steps from the configuration cache")), {})
+    if (cached.get("piper graph --format json") or 0) > 0.020:
+        lines.append(
+            "- 10 000 steps from the configuration cache: decoding the graph makes ~10 allocations a step "
+            "(glibc's malloc costs ~180 instructions each in a process that has freed nothing yet), then "
+            "`graph` writes 1.7 MB of indented JSON.")
     lines += [
               "- output heavy: the direct run never reads its output (`head` writes to /dev/null); Piper "
               "copies every byte out of a pipe, splits ~2.7 M lines (memchr) and writes them prefixed. "
