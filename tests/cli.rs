@@ -386,3 +386,40 @@ fn an_https_server_that_hangs_up_is_reported_not_a_panic() {
     );
     assert_eq!(hang_up.join().unwrap(), 0x16, "a TLS handshake record");
 }
+
+/// piper started with its standard streams closed (`<&- >&- 2>&-`, as a
+/// cron job or a daemon's child may be): it runs, and its cache, state and
+/// outputs are intact. (main.rs reopens closed streams on /dev/null, as
+/// std's own start-up does, so that piper's files can never take
+/// descriptors 0-2; this run passes without that too, because the async
+/// runtime's descriptors are the first opened.)
+#[test]
+fn closed_standard_streams_do_not_land_in_pipers_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("piper.lua"),
+        "step 'copy' { run = 'echo copying; cp in.txt out.txt', inputs = { 'in.txt' }, outputs = { 'out.txt' } }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("in.txt"), "in").unwrap();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec '{PIPER}' exec copy <&- >&- 2>&-"))
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The cache, the state and the output are intact: the next run reads
+    // them without a warning and finds the step up to date.
+    let (stdout, stderr) = crate::harness::piper_in(dir.path(), &["exec", "copy"], &[]);
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(!stdout.contains("copying"), "{stdout}");
+    assert!(
+        stderr.contains("up to date") || stdout.contains("up to date"),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "in"
+    );
+}
