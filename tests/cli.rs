@@ -394,7 +394,7 @@ fn an_https_server_that_hangs_up_is_reported_not_a_panic() {
 /// descriptors 0-2; this run passes without that too, because the async
 /// runtime's descriptors are the first opened.)
 #[test]
-fn closed_standard_streams_do_not_land_in_pipers_files() {
+fn piper_runs_with_its_standard_streams_closed() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("piper.lua"),
