@@ -31,9 +31,7 @@ impl Digest {
         hex::decode_to_slice(text, &mut bytes).ok()?;
         Some(Digest(bytes))
     }
-}
 
-impl Digest {
     /// The 64 hex digits, in `buffer`.
     fn hex<'a>(&self, buffer: &'a mut [u8; 64]) -> &'a str {
         // Cannot fail: the buffer is twice the bytes, and hex is ASCII.

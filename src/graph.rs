@@ -380,12 +380,14 @@ impl Graph {
         // Only steps that require something: the label is a string made
         // for an error message, and most steps of a large plan have none.
         requires.extend(
-            steps
-                .iter()
-                .map(|p| &self.steps[p.step])
-                .filter_map(|step| {
-                    let label = || format!("step `{}`", step.name);
-                    (!step.requires.is_empty()).then(|| (&step.requires, &step.location, label()))
+            (steps.iter().map(|p| &self.steps[p.step]))
+                .filter(|step| !step.requires.is_empty())
+                .map(|step| {
+                    (
+                        &step.requires,
+                        &step.location,
+                        format!("step `{}`", step.name),
+                    )
                 }),
         );
         let requires = combine_requires(&requires)?;
