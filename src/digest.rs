@@ -21,6 +21,26 @@ impl Digest {
         Digest(*blake3::hash(data).as_bytes())
     }
 
+    /// A digest no earlier run recorded: what a step without outputs shows
+    /// its dependents after it ran, so that they run too. Made of the
+    /// time, the process and a count, not hashed: neither the build number
+    /// nor the process id alone is unique (each `run` of a host starts at
+    /// build 1; in a container piper is often process 1), and one step
+    /// needs no hash function (blake3's CPU probe traps on a VM).
+    pub fn unique() -> Digest {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut bytes = [0; 32];
+        bytes[..8].copy_from_slice(b"piperran");
+        bytes[8..24].copy_from_slice(&now.to_le_bytes());
+        bytes[24..28].copy_from_slice(&std::process::id().to_le_bytes());
+        bytes[28..].copy_from_slice(&count.to_le_bytes());
+        Digest(bytes)
+    }
+
     pub fn from_hasher(hasher: &blake3::Hasher) -> Digest {
         Digest(*hasher.finalize().as_bytes())
     }
@@ -112,5 +132,12 @@ mod tests {
         assert_eq!(postcard::from_bytes::<Digest>(&bytes).unwrap(), digest);
         assert!(serde_json::from_str::<Digest>("\"not hex\"").is_err());
         assert!(postcard::from_bytes::<Digest>(&[2, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn unique_digests_differ_within_a_process() {
+        let digests: std::collections::HashSet<Digest> =
+            (0..1000).map(|_| Digest::unique()).collect();
+        assert_eq!(digests.len(), 1000);
     }
 }

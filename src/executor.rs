@@ -1028,14 +1028,7 @@ impl StepJob {
             }
             _ => match outputs {
                 Some(digest) => digest,
-                None => Digest::of(
-                    format!(
-                        "ran in build {} of process {}",
-                        self.build,
-                        std::process::id()
-                    )
-                    .as_bytes(),
-                ),
+                None => Digest::unique(),
             },
         };
         // The digest exists when every output does: only without it is

@@ -575,3 +575,30 @@ fn a_step_left_out_of_a_rerun_shows_dependents_what_a_full_build_shows() {
     assert_eq!(status_of(&events, "use"), Some(StepStatus::UpToDate));
     assert_eq!(runs(), "use\n");
 }
+
+/// A step without `outputs` that runs makes its dependents run, in every
+/// build: also in a second build of the same process that got the same
+/// build number (each `run` of a host starts at build 1), and in a
+/// container where piper is always process 1.
+#[test]
+fn a_step_without_outputs_that_runs_makes_its_dependents_run_in_every_build() {
+    let dir = project(
+        r#"
+        local gen = step "gen" { run = "echo gen >> runs.log" }
+        local use = step "use" {
+            run = "echo use >> runs.log", inputs = { "u.in" }, deps = { gen },
+        }
+        pipeline "all" { use }
+        "#,
+    );
+    std::fs::write(dir.path().join("u.in"), "u").unwrap();
+    let engine = Engine::new();
+    for _ in 0..2 {
+        assert_eq!(
+            run(&engine, dir.path(), &["all"], RunOptions::default()).2,
+            0
+        );
+    }
+    let runs = std::fs::read_to_string(dir.path().join("runs.log")).unwrap();
+    assert_eq!(runs, "gen\nuse\ngen\nuse\n");
+}
