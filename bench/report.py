@@ -675,7 +675,7 @@ def main():
             "~2.4 M, callgrind) and can still be slower: its kernel time is higher (page faults on a "
             "larger program: `next_uptodate_folio`, the fault-around of its text, is most of the "
             "difference; tokio's runtime, the configuration cache and the terminal touch more pages). "
-            "Done: non-PIE, the unwinder linked in, ring instead of aws-lc, xxh3 checksums, clap "
+            "Done: non-PIE, the unwinder linked in, executed functions placed together (link/piper.symbol-order), ring instead of aws-lc, xxh3 checksums, clap "
             "building only the given subcommand, the stdlib digested at build time, no tracing registry, no CPU count or /proc scan for one step. "
             "Left: a smaller `piper` (the remote client and its HTTP/TLS stack in a separate binary "
             "or behind a feature); clap's parse is still ~a quarter of the instructions. Not kept: a static "
