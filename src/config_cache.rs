@@ -317,12 +317,15 @@ pub fn load_with_reads(
     let reason = match mode {
         Mode::Bypass => None,
         Mode::Use => match read(&path, &key) {
-            Ok(Some(cache)) => match changed_input(&project.root, &cache.inputs) {
-                None => {
+            Ok(Some(mut cache)) => match changed_input(&project.root, &mut cache.inputs) {
+                Unchanged { settled } => {
+                    if settled {
+                        keep_settled_stamps(&path, &key, &cache);
+                    }
                     let reads = crate::changes::ConfigReads::of(&cache.inputs);
                     return Ok((cache.graph.revive(project), Evaluation::Cached, reads));
                 }
-                Some(reason) => Some(reason),
+                Changed(reason) => Some(reason),
             },
             Ok(None) => None,
             Err(reason) => Some(reason),
@@ -403,13 +406,56 @@ fn write(path: &Path, cache: &CacheFileRef) -> std::io::Result<()> {
     crate::fsutil::write_atomic(path, &bytes)
 }
 
-/// The first recorded input that is no longer what the evaluation saw, in
-/// words; None when all are unchanged.
-fn changed_input(root: &Path, inputs: &[Input]) -> Option<String> {
+/// A cached file stamped within the racy window has no trusted mtime, so
+/// every check read and hashed it (a generated 10 000-step piper.lua is
+/// 800 KB); once it has settled, the cache is written again with its mtime,
+/// and later checks only stat it. A failure to write loses only that.
+fn keep_settled_stamps(path: &Path, key: &Key, cache: &CacheFile) {
+    let settled = CacheFileRef {
+        key,
+        inputs: &cache.inputs,
+        graph: &cache.graph,
+    };
+    if let Err(e) = write(path, &settled) {
+        tracing::warn!("cannot write {}: {e}", path.display());
+    }
+}
+
+enum Check {
+    /// Every input is what the evaluation saw; `settled` when a file
+    /// stamped without a trusted mtime now has one (in `inputs`).
+    Unchanged { settled: bool },
+    /// The first input that changed, in words.
+    Changed(String),
+}
+use Check::{Changed, Unchanged};
+
+/// Whether every recorded input is still what the evaluation saw.
+fn changed_input(root: &Path, inputs: &mut [Input]) -> Check {
     let now = now_ns();
     let root_dir = RootDir::open(root);
-    inputs.iter().find_map(|input| match input {
-        Input::File { path, stamp } => file_change(&root_dir, path, stamp.as_ref(), now),
+    let mut settled = false;
+    for input in inputs.iter_mut() {
+        if let Some(reason) = input_change(&root_dir, input, now, &mut settled) {
+            return Changed(reason);
+        }
+    }
+    Unchanged { settled }
+}
+
+/// How `input` changed, in words; None when it did not.
+fn input_change(
+    root_dir: &RootDir,
+    input: &mut Input,
+    now: i128,
+    settled: &mut bool,
+) -> Option<String> {
+    let root = root_dir.path();
+    if let Input::File { path, stamp } = input {
+        return file_change(root_dir, path, stamp, now, settled);
+    }
+    match &*input {
+        Input::File { .. } => None,
         Input::Exists { path, exists } => {
             let now_exists = root_dir.exists(path);
             (now_exists != *exists).then(|| match now_exists {
@@ -436,19 +482,31 @@ fn changed_input(root: &Path, inputs: &[Input]) -> Option<String> {
             Ok(_) => Some(format!("`{}` printed something else", command.command)),
             Err(e) => Some(format!("`{}` could not run: {e}", command.command)),
         },
-    })
+    }
 }
 
-fn file_change(root: &RootDir, path: &str, stamp: Option<&FileStamp>, now: i128) -> Option<String> {
+fn file_change(
+    root: &RootDir,
+    path: &str,
+    stamp: &mut Option<FileStamp>,
+    now: i128,
+    settled: &mut bool,
+) -> Option<String> {
     // One stat (inside stamp_file): a missing file or a directory is NotFound.
-    match (stamp, stamp_file(root, path, stamp, now)) {
+    match (stamp.as_ref(), stamp_file(root, path, stamp.as_ref(), now)) {
         (None, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
         (None, _) => Some(format!("{path} was created")),
         (Some(_), Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             Some(format!("{path} was deleted"))
         }
         (Some(_), Err(e)) => Some(format!("{path} cannot be read: {e}")),
-        (Some(old), Ok(new)) if new.hash == old.hash => None,
+        (Some(old), Ok(new)) if new.hash == old.hash => {
+            if old.mtime_ns == 0 && new.mtime_ns != 0 {
+                *settled = true;
+                *stamp = Some(new);
+            }
+            None
+        }
         (Some(_), Ok(_)) => Some(format!("{path} changed")),
     }
 }

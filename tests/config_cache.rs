@@ -399,3 +399,34 @@ fn build_stamps_reach_steps_without_rerunning_them() {
     );
     assert_eq!(stamp_runs(), 2);
 }
+
+/// A config recorded within seconds of its last edit is stamped without
+/// its mtime ("racy", as git says) and read and hashed at every check.
+/// Once the edit has settled, the next check that finds it unchanged
+/// writes the cache once more with the mtime, so later checks are a stat.
+#[test]
+fn a_config_cached_right_after_an_edit_is_stamped_again_once_it_settled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write(
+        dir,
+        "piper.lua",
+        "print \"EVALUATED\"\nstep \"s\" { run = \"true\" }\n",
+    );
+    assert!(explain(dir, &[]).0, "the first run evaluates");
+    let cache = dir.join(".piper/config.cache");
+    let racy = std::fs::read(&cache).unwrap();
+
+    let settled = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let file = std::fs::File::options()
+        .write(true)
+        .open(dir.join("piper.lua"))
+        .unwrap();
+    file.set_modified(settled).unwrap();
+    drop(file);
+    cached(dir);
+    let stamped = std::fs::read(&cache).unwrap();
+    assert_ne!(stamped, racy, "the settled stamp is written");
+    cached(dir);
+    assert_eq!(std::fs::read(&cache).unwrap(), stamped, "and written once");
+}
