@@ -541,13 +541,14 @@ fn write_pipelines(graph: &Graph, width: usize, out: &mut impl Write) {
 fn graph(cli: &Cli, args: &GraphArgs) -> Result<i32> {
     let graph = load(cli)?;
     let plan = graph.plan(std::slice::from_ref(&args.target))?;
-    let text = match args.format {
-        GraphFormat::Dot => export::dot(&graph, &plan),
-        GraphFormat::Mermaid => export::mermaid(&graph, &plan),
-        GraphFormat::Json => export::json(&graph, &plan),
-    };
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
+    // Buffered here: stdout alone is line-buffered, a write per line.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    let _ = match args.format {
+        GraphFormat::Dot => out.write_all(export::dot(&graph, &plan).as_bytes()),
+        GraphFormat::Mermaid => out.write_all(export::mermaid(&graph, &plan).as_bytes()),
+        GraphFormat::Json => export::write_json(&graph, &plan, &mut out),
+    }
+    .and_then(|()| out.flush());
     std::mem::forget(plan); // as the graph: piper exits now
     exit_soon(graph);
     Ok(0)
