@@ -242,7 +242,6 @@ impl RawSpec {
         let internal = |e: mlua::Error| Error::Lua {
             message: format!("internal: {e}"),
         };
-        let steps: Table = registry.get("steps").map_err(internal)?;
         let pipelines: Table = registry.get("pipelines").map_err(internal)?;
         let env: Table = registry.get("env").map_err(internal)?;
         let files: Vec<String> = registry.get("files").map_err(internal)?;
@@ -267,10 +266,11 @@ impl RawSpec {
             watch_paths,
             watch_ignore,
         };
-        for record in steps.sequence_values::<Table>() {
-            let record = record.map_err(internal)?;
-            spec.steps.push(read_step(&record)?);
+        let defined = lua.remove_app_data::<DefinedSteps>().unwrap_or_default();
+        if let Some(error) = defined.error {
+            return Err(error);
         }
+        spec.steps = defined.steps;
         for record in pipelines.sequence_values::<Table>() {
             let record = record.map_err(internal)?;
             spec.pipelines.push(read_pipeline(&record)?);
@@ -539,17 +539,40 @@ fn handle(value: &Value, key: &str) -> Option<String> {
     }
 }
 
-fn read_step(record: &Table) -> Result<RawStep> {
-    let location = location_of(record);
-    let name: String = record.get("name").map_err(|e| Error::Spec {
-        location: location.clone(),
-        message: e.to_string(),
-    })?;
-    let spec: Table = record.get("spec").map_err(|e| Error::Spec {
-        location: location.clone(),
-        message: e.to_string(),
-    })?;
-    let mut f = Fields::read(format!("step `{name}`"), location.clone(), &spec)?;
+/// The steps of a config, read as each `step "x" { ... }` is called
+/// (`piper._native.define_step`), kept in the Lua state's app data until
+/// evaluation ends. Read then, a step is what its table held then: a list
+/// the config goes on appending to does not change it. Only the first
+/// error is kept; it is reported once evaluation has succeeded, as an
+/// error of the Lua code itself comes first.
+#[derive(Default)]
+pub struct DefinedSteps {
+    steps: Vec<RawStep>,
+    error: Option<Error>,
+}
+
+impl DefinedSteps {
+    /// Reads the step `name` defined at `location` by `spec`.
+    pub fn define(lua: &Lua, name: String, spec: &Table, location: Location) {
+        if lua
+            .app_data_ref::<DefinedSteps>()
+            .is_none_or(|d| d.error.is_some())
+        {
+            return;
+        }
+        // Read before borrowing: reading calls into Lua.
+        let read = read_step(name, location, spec);
+        if let Some(mut defined) = lua.app_data_mut::<DefinedSteps>() {
+            match read {
+                Ok(step) => defined.steps.push(step),
+                Err(error) => defined.error = Some(error),
+            }
+        }
+    }
+}
+
+fn read_step(name: String, location: Location, spec: &Table) -> Result<RawStep> {
+    let mut f = Fields::read(format!("step `{name}`"), location.clone(), spec)?;
     if let Some(item) = f.items.first() {
         return Err(f.error(format_args!(
             "unexpected list item ({}); fields are written as `name = value`, e.g. run = \"make\"",

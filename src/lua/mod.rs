@@ -7,6 +7,7 @@
 //! called in it at build time (see `executor.rs`).
 
 pub mod meta;
+mod native_define;
 mod native_env;
 mod native_fs;
 mod native_process;
@@ -33,6 +34,7 @@ pub fn new_state(root: PathBuf) -> mlua::Result<Lua> {
     native_fs::register(&lua, &native, root.clone())?;
     native_env::register(&lua, &native)?;
     native_env::register_where(&lua, &native)?;
+    native_define::register(&lua, &native)?;
     native.set("root", root.to_string_lossy().as_ref())?;
 
     let package: Table = lua.globals().get("package")?;

@@ -1,8 +1,7 @@
 -- Internal: what evaluating piper.lua defines, read by the Rust core after
--- evaluation. Arrays keep the order of definition (Lua tables do not).
+-- evaluation (steps excepted: native.define_step reads each one as it is
+-- defined). Arrays keep the order of definition (Lua tables do not).
 return {
-  ---@type { name: string, spec: table, file: string, line: integer }[]
-  steps = {},
   ---@type { name: string, spec: table, file: string, line: integer }[]
   pipelines = {},
   ---@type table<string, string> variables set with piper.env.set for every step

@@ -31,7 +31,8 @@ local function snapshot(t, depth)
   return copy
 end
 
-local function definer(kind, list, handle_key, mt)
+-- `define(name, spec, file, line)` keeps what the table holds now.
+local function definer(kind, define, handle_key, mt)
   return function(name)
     if type(name) ~= "string" or name == "" then
       error(("%s: expected a name, like %s \"build\" { ... }, got %s"):format(kind, kind, type(name)), 2)
@@ -41,10 +42,17 @@ local function definer(kind, list, handle_key, mt)
       if type(spec) ~= "table" then
         error(("%s %q: expected a table { ... } after the name, got %s"):format(kind, name, type(spec)), 2)
       end
-      list[#list + 1] = { name = name, spec = snapshot(spec, 3), file = file, line = line }
+      define(name, spec, file, line)
       return setmetatable({ [handle_key] = name }, mt)
     end
   end
+end
+
+-- Steps are read by the Rust side as they are defined (there can be
+-- thousands); pipelines are recorded and read when evaluation ends.
+local function define_pipeline(name, spec, file, line)
+  local list = registry.pipelines
+  list[#list + 1] = { name = name, spec = snapshot(spec, 3), file = file, line = line }
 end
 
 --- Defines a step. Call it with a name, then a table of fields.
@@ -55,7 +63,7 @@ end
 --- ```
 ---@param name string unique step name
 ---@return fun(spec: piper.StepSpec): piper.Step
-M.step = definer("step", registry.steps, "__piper_step", StepHandle)
+M.step = definer("step", native.define_step, "__piper_step", StepHandle)
 
 --- Defines a pipeline: a named group of steps (their dependencies come along)
 --- with triggers that chain other pipelines.
@@ -65,6 +73,6 @@ M.step = definer("step", registry.steps, "__piper_step", StepHandle)
 --- ```
 ---@param name string unique pipeline name
 ---@return fun(spec: piper.PipelineSpec): piper.Pipeline
-M.pipeline = definer("pipeline", registry.pipelines, "__piper_pipeline", PipelineHandle)
+M.pipeline = definer("pipeline", define_pipeline, "__piper_pipeline", PipelineHandle)
 
 return M
