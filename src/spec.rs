@@ -307,55 +307,70 @@ fn read_stamps(registry: &Table) -> mlua::Result<IndexMap<String, Command>> {
 /// Named fields are a list searched by their bytes, not a map: a step has
 /// a handful, and ~15 lookups of a 10 000-step config each hashed its key
 /// and allocated its name.
-struct Fields {
-    owner: String,
-    location: Location,
-    named: Vec<(mlua::LuaString, Value)>,
+struct Fields<'a> {
+    /// `step` or `pipeline`, and its name: what errors say it is.
+    kind: &'static str,
+    name: &'a str,
+    location: &'a Location,
+    named: Vec<(String, Value)>,
     items: Vec<Value>,
 }
 
-impl Fields {
-    fn read(owner: String, location: Location, table: &Table) -> Result<Fields> {
+impl<'a> Fields<'a> {
+    fn read(
+        kind: &'static str,
+        name: &'a str,
+        location: &'a Location,
+        table: &Table,
+    ) -> Result<Fields<'a>> {
         let mut named = Vec::new();
         let mut keyed_items = Vec::new();
-        for pair in table.pairs::<Value, Value>() {
-            let (k, v) = pair.map_err(|e| Error::Spec {
+        let mut bad_key = None;
+        // One protected traversal (`pairs` protects each step of it).
+        table
+            .for_each::<Value, Value>(|k, v| {
+                match k {
+                    Value::String(s) => named.push((s.to_string_lossy(), v)),
+                    Value::Integer(i) => keyed_items.push((i, v)),
+                    other => bad_key = bad_key.or(Some(other.type_name())),
+                }
+                Ok(())
+            })
+            .map_err(|e| Error::Spec {
                 location: location.clone(),
                 message: e.to_string(),
             })?;
-            match k {
-                Value::String(s) => named.push((s, v)),
-                Value::Integer(i) => keyed_items.push((i, v)),
-                other => {
-                    return Err(Error::Spec {
-                        location,
-                        message: format!(
-                            "{owner}: keys must be field names, got a {}",
-                            other.type_name()
-                        ),
-                    });
-                }
-            }
+        if let Some(type_name) = bad_key {
+            return Err(Error::Spec {
+                location: location.clone(),
+                message: format!("{kind} `{name}`: keys must be field names, got a {type_name}"),
+            });
         }
         keyed_items.sort_by_key(|(i, _)| *i);
         let items = keyed_items.into_iter().map(|(_, v)| v).collect();
         Ok(Fields {
-            owner,
+            kind,
+            name,
             location,
             named,
             items,
         })
     }
 
+    /// What errors say it is: step `build`.
+    fn owner(&self) -> String {
+        format!("{} `{}`", self.kind, self.name)
+    }
+
     fn take(&mut self, field: &str) -> Option<Value> {
-        let at = (self.named.iter()).position(|(name, _)| *name.as_bytes() == *field.as_bytes())?;
+        let at = (self.named.iter()).position(|(name, _)| name == field)?;
         Some(self.named.remove(at).1).filter(|v| !v.is_nil())
     }
 
     fn error(&self, message: impl fmt::Display) -> Error {
         Error::Spec {
             location: self.location.clone(),
-            message: format!("{}: {message}", self.owner),
+            message: format!("{}: {message}", self.owner()),
         }
     }
 
@@ -434,11 +449,10 @@ impl Fields {
     /// Fails on any field not consumed, suggesting the nearest known one.
     fn finish(self, known: &[&str]) -> Result<()> {
         if let Some((field, _)) = self.named.into_iter().next() {
-            let field = field.to_string_lossy();
             return Err(Error::UnknownField {
                 suggestion: suggest::closest(&field, known.iter().copied()),
-                location: self.location,
-                owner: self.owner,
+                location: self.location.clone(),
+                owner: format!("{} `{}`", self.kind, self.name),
                 field,
             });
         }
@@ -572,7 +586,7 @@ impl DefinedSteps {
 }
 
 fn read_step(name: String, location: Location, spec: &Table) -> Result<RawStep> {
-    let mut f = Fields::read(format!("step `{name}`"), location.clone(), spec)?;
+    let mut f = Fields::read("step", &name, &location, spec)?;
     if let Some(item) = f.items.first() {
         return Err(f.error(format_args!(
             "unexpected list item ({}); fields are written as `name = value`, e.g. run = \"make\"",
@@ -690,8 +704,9 @@ fn read_step(name: String, location: Location, spec: &Table) -> Result<RawStep> 
         depfile: f.string("depfile")?,
         service: f.bool("service")?.unwrap_or(false),
         requires: f.env("requires")?,
-        name,
-        location,
+        // Moved in once `f`, which borrows them for its errors, is done.
+        name: String::new(),
+        location: Location::new(String::new(), 0),
         run,
         deps,
         timeout,
@@ -700,7 +715,11 @@ fn read_step(name: String, location: Location, spec: &Table) -> Result<RawStep> 
         functions,
     };
     f.finish(STEP_FIELDS)?;
-    Ok(step)
+    Ok(RawStep {
+        name,
+        location,
+        ..step
+    })
 }
 
 fn argv_of(f: &Fields, field: &str, value: &Value) -> Result<Vec<String>> {
@@ -733,7 +752,7 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
         location: location.clone(),
         message: e.to_string(),
     })?;
-    let mut f = Fields::read(format!("pipeline `{name}`"), location.clone(), &spec)?;
+    let mut f = Fields::read("pipeline", &name, &location, &spec)?;
 
     let mut members = Vec::new();
     for (i, item) in std::mem::take(&mut f.items).into_iter().enumerate() {
@@ -777,7 +796,7 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
                         == Some("schedule") =>
                 {
                     let cron: String = t.get("cron").map_err(|e| f.error(e))?;
-                    (cron, recorded_location(t, &f.location))
+                    (cron, recorded_location(t, f.location))
                 }
                 other => {
                     return Err(f.wrong_type(
@@ -805,8 +824,8 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
     let pipeline = RawPipeline {
         desc: f.string("desc")?,
         env: f.env("env")?,
-        name,
-        location,
+        name: String::new(),
+        location: Location::new(String::new(), 0),
         members,
         triggers,
         schedules,
@@ -816,7 +835,11 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
         args: f.strings("args", "a string")?,
     };
     f.finish(PIPELINE_FIELDS)?;
-    Ok(pipeline)
+    Ok(RawPipeline {
+        name,
+        location,
+        ..pipeline
+    })
 }
 
 /// A trigger (or schedule) value, or a list of them: always a list.
@@ -862,7 +885,7 @@ fn read_trigger(f: &Fields, on: TriggerOn, value: &Value) -> Result<RawTrigger> 
                     .map_err(|m| f.error(format_args!("`{}` env: {m}", on.field())))?,
                 None => IndexMap::new(),
             };
-            let location = recorded_location(t, &f.location);
+            let location = recorded_location(t, f.location);
             Ok(RawTrigger {
                 on,
                 pipeline,
