@@ -668,6 +668,11 @@ def main():
                 return m["piper"] / m[peer] > limit
         return False
 
+    def slower_than(workload, seconds):
+        """Whether piper's `graph --format json` row starting `workload` took longer."""
+        m = next((m for name, m, _, _ in rows if name.startswith(workload)), {})
+        return (m.get("piper graph --format json") or 0) > seconds
+
     lines += ["", "Where a target is missed, what the profiles show (`perf record`, `strace -c`):", ""]
     if over("overhead: 1 step `true`", "make", 1.0):
         lines.append(
@@ -693,8 +698,7 @@ def main():
             "from `.piper/state.bin` (digests as bytes since format 2, names and paths as owned strings), two `fstatat`s "
             "relative to the project root, the record compared field by field, one event rendered. ninja "
             "reads a compact binary log and does two stats per edge with no per-edge allocation.")
-    cached = next((m for name, m, _, _ in rows if name.startswith("10 000 steps from the configuration cache")), {})
-    if (cached.get("piper graph --format json") or 0) > 0.020:
+    if slower_than("10 000 steps from the configuration cache", 0.020):
         lines.append(
             "- 10 000 steps from the configuration cache: decoding the graph makes ~10 allocations a step "
             "(glibc's malloc costs ~180 instructions each in a process that has freed nothing yet), then "
@@ -703,8 +707,7 @@ def main():
         "- output heavy: the direct run never reads its output (`head` writes to /dev/null); Piper "
         "copies every byte out of a pipe, splits ~2.7 M lines (memchr) and writes them prefixed. "
         "System time (pipe copies) dominates.")
-    evaluated = next((m for name, m, _, _ in rows if name.startswith("evaluate 10 000 steps")), {})
-    if (evaluated.get("piper graph --format json") or 0) > 0.100:
+    if slower_than("evaluate 10 000 steps", 0.100):
         lines.append(
             "- evaluation of 10 000 steps (~460 M instructions, callgrind): Lua's parser is 30% of it, "
             "reading each step's table into Rust as it is defined a quarter (mostly mlua's calls: ~800 "
