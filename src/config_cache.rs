@@ -317,7 +317,7 @@ pub fn load_with_reads(
     let reason = match mode {
         Mode::Bypass => None,
         Mode::Use => match read(&path, &key) {
-            Ok(Some(mut cache)) => match changed_input(&project.root, &mut cache.inputs) {
+            Ok(Some(mut cache)) => match check_inputs(&project.root, &mut cache.inputs) {
                 Unchanged { settled } => {
                     if settled {
                         keep_settled_stamps(&path, &key, &cache);
@@ -431,7 +431,7 @@ enum Check {
 use Check::{Changed, Unchanged};
 
 /// Whether every recorded input is still what the evaluation saw.
-fn changed_input(root: &Path, inputs: &mut [Input]) -> Check {
+fn check_inputs(root: &Path, inputs: &mut [Input]) -> Check {
     let now = now_ns();
     let root_dir = RootDir::open(root);
     let mut settled = false;

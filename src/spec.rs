@@ -304,9 +304,9 @@ fn read_stamps(registry: &Table) -> mlua::Result<IndexMap<String, Command>> {
 /// The fields of one `step "x" { ... }` or `pipeline "x" { ... }` table,
 /// consumed one by one so that leftovers can be reported as unknown.
 ///
-/// Named fields are a list searched by their bytes, not a map: a step has
-/// a handful, and ~15 lookups of a 10 000-step config each hashed its key
-/// and allocated its name.
+/// Named fields are a list searched by name, not a map: a step has a
+/// handful, and the ~15 lookups of each step of a 10 000-step config each
+/// hashed its key.
 struct Fields<'a> {
     /// `step` or `pipeline`, and its name: what errors say it is.
     kind: &'static str,
@@ -448,12 +448,12 @@ impl<'a> Fields<'a> {
 
     /// Fails on any field not consumed, suggesting the nearest known one.
     fn finish(self, known: &[&str]) -> Result<()> {
-        if let Some((field, _)) = self.named.into_iter().next() {
+        if let Some((field, _)) = self.named.first() {
             return Err(Error::UnknownField {
-                suggestion: suggest::closest(&field, known.iter().copied()),
+                suggestion: suggest::closest(field, known.iter().copied()),
                 location: self.location.clone(),
-                owner: format!("{} `{}`", self.kind, self.name),
-                field,
+                owner: self.owner(),
+                field: field.clone(),
             });
         }
         Ok(())
