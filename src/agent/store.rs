@@ -1084,15 +1084,26 @@ impl Store {
         with_output: bool,
     ) -> StoreResult<Vec<(i64, StreamItem)>> {
         const BATCH: i64 = 500;
+        let postgres = matches!(self.backend, Backend::Postgres(_));
         let (events, chunks) = on_backend!(self, pool => {
+            // Both tables from one snapshot: read in two statements, an
+            // event committed between them was skipped for good once a
+            // later chunk moved the reader past it. SQLite's transaction
+            // reads one snapshot; PostgreSQL's needs REPEATABLE READ.
+            let mut tx = pool.begin().await?;
+            if postgres {
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .execute(&mut *tx).await?;
+            }
             let events = sqlx::query("SELECT seq, body FROM build_events WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
-                .bind(build_id).bind(after).bind(BATCH).fetch_all(pool).await?;
+                .bind(build_id).bind(after).bind(BATCH).fetch_all(&mut *tx).await?;
             let chunks = if with_output {
                 sqlx::query("SELECT seq, step, data FROM log_chunks WHERE build_id = $1 AND seq > $2 AND NOT annotation ORDER BY seq LIMIT $3")
-                    .bind(build_id).bind(after).bind(BATCH).fetch_all(pool).await?
+                    .bind(build_id).bind(after).bind(BATCH).fetch_all(&mut *tx).await?
             } else {
                 Vec::new()
             };
+            tx.commit().await?;
             let events = events.iter().map(|r| Ok((r.try_get::<i64, _>("seq")?, StreamItem::Event(r.try_get("body")?)))).collect::<StoreResult<Vec<_>>>()?;
             let chunks = chunks.iter().map(|r| Ok((r.try_get::<i64, _>("seq")?, StreamItem::Output { step: r.try_get("step")?, data: r.try_get("data")? }))).collect::<StoreResult<Vec<_>>>()?;
             (events, chunks)
