@@ -178,21 +178,18 @@ fn read_records(dir: &Path) -> Result<HashMap<String, StepRecord>, String> {
         Err(e) => return Err(rebuilding(&path, &format!("cannot be read ({e})"))),
     };
     let unreadable = |why: &str| rebuilding(&path, &format!("is unreadable ({why})"));
-    let (rest, checksum_len) = match bytes.strip_prefix(MAGIC) {
-        Some(rest) => (rest, 8),
-        None => match bytes.strip_prefix(MAGIC_BLAKE3) {
-            Some(rest) => (rest, 32),
-            None => return Err(unreadable("not a Piper state file")),
-        },
-    };
-    if rest.len() < 4 + checksum_len {
+    let Header {
+        version,
+        checksum_len,
+        rest,
+    } = header(&bytes).map_err(unreadable)?;
+    if rest.len() < checksum_len {
         return Err(unreadable("cut short"));
     }
-    let version = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
     if version != STATE_VERSION && version != 1 {
         return Err(other_version(&path, version));
     }
-    let (checksum, payload) = rest[4..].split_at(checksum_len);
+    let (checksum, payload) = rest.split_at(checksum_len);
     let intact = match checksum_len {
         8 => crate::fsutil::checksum(payload) == checksum,
         _ => blake3::hash(payload).as_bytes() == checksum,
@@ -208,15 +205,42 @@ fn read_records(dir: &Path) -> Result<HashMap<String, StepRecord>, String> {
     records.map_err(|e| unreadable(&e.to_string()))
 }
 
+/// What `state.bin` starts with, in either layout.
+struct Header<'a> {
+    version: u32,
+    /// 8 (`fsutil::checksum`), or 32 in the older blake3 layout.
+    checksum_len: usize,
+    /// The bytes after the version: the checksum, then the records.
+    rest: &'a [u8],
+}
+
+/// The header `bytes` start with; Err says what is wrong with it.
+fn header(bytes: &[u8]) -> Result<Header<'_>, &'static str> {
+    let (rest, checksum_len) = match bytes.strip_prefix(MAGIC) {
+        Some(rest) => (rest, 8),
+        None => (
+            bytes
+                .strip_prefix(MAGIC_BLAKE3)
+                .ok_or("not a Piper state file")?,
+            32,
+        ),
+    };
+    let (version, rest) = rest.split_first_chunk::<4>().ok_or("cut short")?;
+    Ok(Header {
+        version: u32::from_le_bytes(*version),
+        checksum_len,
+        rest,
+    })
+}
+
 /// Whether `path` is a state file of format 1, to be rewritten in this
-/// one (reads its header only: this runs after every build).
+/// one (reads its header only: this runs after every build). Every file
+/// of the blake3 layout is.
 fn in_older_format(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0; MAGIC.len() + 4];
     let read = std::fs::File::open(path).and_then(|mut file| file.read_exact(&mut head));
-    read.is_ok()
-        && (head.starts_with(MAGIC_BLAKE3)
-            || head[..MAGIC.len()] == *MAGIC && head[MAGIC.len()] == 1)
+    read.is_ok() && header(&head).is_ok_and(|h| h.version == 1 || h.checksum_len == 32)
 }
 
 /// One line of `state.log`, of this format or of format 1.
