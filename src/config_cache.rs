@@ -451,11 +451,8 @@ fn input_change(
     settled: &mut bool,
 ) -> Option<String> {
     let root = root_dir.path();
-    if let Input::File { path, stamp } = input {
-        return file_change(root_dir, path, stamp, now, settled);
-    }
-    match &*input {
-        Input::File { .. } => None,
+    match input {
+        Input::File { path, stamp } => file_change(root_dir, path, stamp, now, settled),
         Input::Exists { path, exists } => {
             let now_exists = root_dir.exists(path);
             (now_exists != *exists).then(|| match now_exists {
@@ -470,8 +467,8 @@ fn input_change(
             matches,
         } => glob_change(root, patterns, *hidden, *gitignore, matches),
         Input::Env { name, value } => {
-            let now = std::env::var(name).ok();
-            (now != *value).then(|| match (value, now) {
+            let now = std::env::var(&*name).ok();
+            (now != *value).then(|| match (&*value, now) {
                 (None, _) => format!("env var {name} was set"),
                 (_, None) => format!("env var {name} was unset"),
                 _ => format!("env var {name} changed"),
