@@ -6,6 +6,7 @@ mod hooks;
 
 mod agent;
 mod agent_faults;
+mod agent_leases;
 mod bench_gen;
 mod chaining;
 mod cli;

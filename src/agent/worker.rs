@@ -198,6 +198,9 @@ impl Agent {
             match self.store.renew(id, held.attempt, lease_ms).await {
                 Ok(Renewal::Held) => {}
                 Ok(Renewal::CancelRequested) => held.token.cancel(),
+                // A build this run finished while the renewal was under
+                // way is no longer running: that is its end, not a loss.
+                Ok(Renewal::Lost) if !self.holds(id, held.attempt) => {}
                 Ok(Renewal::Lost) => {
                     tracing::warn!(
                         build = id,
@@ -224,6 +227,16 @@ impl Agent {
             }
             Err(e) => tracing::warn!("cannot rescue expired builds: {e}"),
         }
+    }
+
+    /// Whether this agent still holds `attempt` of build `id` (it has not
+    /// finished it).
+    fn holds(&self, id: i64, attempt: i64) -> bool {
+        self.running
+            .lock()
+            .unwrap()
+            .get(&id)
+            .is_some_and(|held| held.attempt == attempt)
     }
 
     /// Cancels a build running on this agent; false if it is not running here.
@@ -312,6 +325,7 @@ impl Agent {
             log.write(build.id, "", format!("piper: {message}\n").as_bytes())
                 .await;
             log.finish_all().await;
+            self.running.lock().unwrap().remove(&build.id);
             let state = if token.is_cancelled() {
                 BuildState::Canceled
             } else {
@@ -891,6 +905,10 @@ impl Recorder {
             BuildStatus::Canceled => (BuildState::Canceled, None),
         };
         let attempt = self.attempt_of(id);
+        // No longer held before its end is written: a renewal that finds it
+        // ended must not take that for a lost lease, which would stop the
+        // whole run (the builds it chains share the run's token).
+        self.running.lock().unwrap().remove(&id);
         finish(
             &self.store,
             &self.abandon,
