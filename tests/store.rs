@@ -423,3 +423,53 @@ fn a_stream_read_while_it_is_written_misses_nothing_on_postgres() {
     };
     block_on(async { stream_story(Store::open(&db.url).await.unwrap()).await });
 }
+
+/// 26.3: the claim read the 64 oldest queued builds and took the first it
+/// could run: with more than 64 waiting for a label nobody has, a
+/// runnable build behind them never started.
+async fn waiting_story(store: Store) {
+    let gpu = BTreeMap::from([("gpu".to_string(), "yes".to_string())]);
+    let mut waiting = Vec::new();
+    for _ in 0..500 {
+        let build = store
+            .create_build(&new_build("/repo/w", "train"), BuildState::Queued, None)
+            .await
+            .unwrap();
+        waiting.push(build.id);
+    }
+    // Each was read by an agent without a GPU and given back.
+    for _ in &waiting {
+        let claimed = store.claim_next(&holder("cpu", 60_000)).await.unwrap();
+        let claimed = claimed.expect("a build whose requirements are unknown yet");
+        assert!(store.unclaim(claimed.id, 1, &gpu).await.unwrap());
+        // 26.7: given back, it has not started (its next claim starts it).
+        let back = store.get_build(claimed.id).await.unwrap().unwrap();
+        assert_eq!((back.status, back.started_at), (BuildState::Queued, None));
+    }
+    let runnable = store
+        .create_build(&new_build("/repo/r", "ci"), BuildState::Queued, None)
+        .await
+        .unwrap();
+    let claimed = store.claim_next(&holder("cpu", 60_000)).await.unwrap();
+    assert_eq!(claimed.map(|b| b.id), Some(runnable.id));
+    // And an agent with the label takes the oldest waiting one.
+    let mut with_gpu = holder("gpu", 60_000);
+    with_gpu.labels = gpu;
+    let claimed = store.claim_next(&with_gpu).await.unwrap();
+    assert_eq!(claimed.map(|b| b.id), Some(waiting[0]));
+}
+
+#[test]
+fn a_runnable_build_starts_however_many_wait_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("piperd.db").display());
+    block_on(async { waiting_story(Store::open(&url).await.unwrap()).await });
+}
+
+#[test]
+fn a_runnable_build_starts_however_many_wait_on_postgres() {
+    let Some(db) = Database::create("store::a_runnable_build_starts_however_many_wait") else {
+        return;
+    };
+    block_on(async { waiting_story(Store::open(&db.url).await.unwrap()).await });
+}

@@ -662,18 +662,27 @@ impl Store {
     /// Takes the oldest queued build for `holder`: its next attempt, with
     /// a lease on the database's clock.
     pub async fn claim_next(&self, holder: &Holder) -> StoreResult<Option<Build>> {
-        // The oldest queued builds this agent can run: requirements unknown
-        // (it will read them) or met by its labels. Builds it cannot run do
-        // not hold up the others.
-        let candidates = match self.backend {
+        // The oldest queued build this agent can run: requirements unknown
+        // (it will read them) or each met by its labels, decided in the
+        // query, so builds it cannot run never hide one it can, however
+        // many wait (a window of the oldest few did: 64 waiting for a label
+        // nobody has stalled the queue).
+        let candidate = match self.backend {
             Backend::Sqlite(_) => {
-                "SELECT id, requires FROM builds WHERE status = 'queued' ORDER BY id LIMIT 64"
+                "SELECT id FROM builds WHERE status = 'queued' AND (requires IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM json_each(builds.requires) AS wanted WHERE NOT EXISTS ( \
+                     SELECT 1 FROM json_each($1) AS has \
+                     WHERE has.key = wanted.key AND has.value = wanted.value))) \
+                 ORDER BY id LIMIT 1"
             }
             // Several agents: each claims a different build.
             Backend::Postgres(_) => {
-                "SELECT id, requires FROM builds WHERE status = 'queued' ORDER BY id LIMIT 64 FOR UPDATE SKIP LOCKED"
+                "SELECT id FROM builds WHERE status = 'queued' \
+                 AND (requires IS NULL OR requires::jsonb <@ $1::jsonb) \
+                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
             }
         };
+        let labels = serde_json::to_string(&holder.labels).unwrap_or_else(|_| "{}".into());
         let now = self.now_sql();
         let sql = format!(
             "UPDATE builds SET status = 'running', agent = $1, agent_id = $2, \
@@ -681,22 +690,11 @@ impl Store {
              lease_expires_at = {now} + $3 \
              WHERE id = $4 AND status = 'queued' RETURNING {BUILD_COLUMNS}"
         );
-        let fits = |requires: Option<String>| {
-            let Some(text) = requires else { return true };
-            let wanted: BTreeMap<String, String> = serde_json::from_str(&text).unwrap_or_default();
-            wanted.iter().all(|(k, v)| holder.labels.get(k) == Some(v))
-        };
         // As in `create_build`: the claim counts only once committed.
         on_backend!(self, pool => {
             let mut tx = pool.begin().await?;
-            let rows = sqlx::query(candidates).fetch_all(&mut *tx).await?;
-            let mut pick = None;
-            for row in &rows {
-                if fits(row.try_get("requires")?) {
-                    pick = Some(row.try_get::<i64, _>("id")?);
-                    break;
-                }
-            }
+            let rows = sqlx::query(candidate).bind(&labels).fetch_all(&mut *tx).await?;
+            let pick = rows.first().map(|row| row.try_get::<i64, _>("id")).transpose()?;
             let Some(id) = pick else {
                 tx.commit().await?;
                 return Ok(None);
@@ -715,7 +713,7 @@ impl Store {
 
     /// Gives a claimed build back to the queue, recording what it requires
     /// (this agent read its piper.lua and does not have it): the claim does
-    /// not count as an attempt.
+    /// not count as an attempt, nor as the build's start.
     pub async fn unclaim(
         &self,
         id: i64,
@@ -727,7 +725,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             let done = sqlx::query(
                 "UPDATE builds SET status = 'queued', attempt = attempt - 1, agent = NULL, agent_id = NULL, \
-                 lease_expires_at = NULL, requires = $1 WHERE id = $2 AND attempt = $3 AND status = 'running'",
+                 started_at = NULL, lease_expires_at = NULL, requires = $1 WHERE id = $2 AND attempt = $3 AND status = 'running'",
             )
             .bind(&requires)
             .bind(id)
