@@ -105,3 +105,83 @@ fn a_chained_build_outlives_its_parents_lease_on_postgres() {
     };
     a_chained_build_outlives_its_parents_lease(Some(&db.url));
 }
+
+/// 26.4: a second piperd on the same data directory ended the first one's
+/// steps, re-queued its builds, deleted its workspaces and took over
+/// `piperd.addr`. Now it exits at once, naming who holds the directory.
+#[test]
+fn a_second_agent_on_one_data_dir_exits_and_touches_nothing() {
+    let first = Daemon::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(&[(
+        "piper.lua",
+        br#"step "s" { run = "echo $$ > $DIR/pid; while [ ! -f $DIR/go ]; do sleep 0.01; done; echo done" }"#,
+    )]);
+    let id = first.queue(
+        &serde_json::json!({ "repo": repo.path(), "pipeline": "s", "env": { "DIR": dir.path() } }),
+    );
+    wait_for_file_to_exist(&dir.path().join("pid"));
+    let step = read_pid(&dir.path().join("pid"));
+    let address = std::fs::read_to_string(first.data.join("piperd.addr")).unwrap();
+    let second = std::process::Command::new(crate::agent::PIPERD)
+        .args([
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "intruder",
+            "--data",
+        ])
+        .arg(&first.data)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    let data = first.data.canonicalize().unwrap();
+    for expected in [
+        data.display().to_string(),
+        format!("pid {}", first.pid()),
+        address.trim().to_string(),
+    ] {
+        assert!(stderr.contains(&expected), "`{expected}` in {stderr}");
+    }
+    // The first agent's step, address, name and build are as they were.
+    assert!(!process_gone(step));
+    assert_eq!(
+        std::fs::read_to_string(first.data.join("piperd.addr")).unwrap(),
+        address
+    );
+    let agents = get(&first, "/api/v1/agents");
+    assert_eq!(agents["agents"][0]["name"], "test-agent", "{agents}");
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    assert_eq!(first.wait_finished(id)["status"], "success");
+}
+
+/// 26.5: a restart with a new `--name` failed on the unique hash of the
+/// agent's own token. A rename keeps the identity, token and builds.
+#[test]
+fn an_agent_restarted_with_a_new_name_keeps_its_identity() {
+    let data = tempfile::tempdir().unwrap();
+    let repo = repo(&[("piper.lua", br#"step "s" { run = "echo hi" }"#)]);
+    let (id, agent_id) = {
+        let old = Daemon::start_with(None, &["--name", "old-name"], Some(data.path().into()));
+        let id = old.queue(&serde_json::json!({ "repo": repo.path(), "pipeline": "s" }));
+        assert_eq!(old.wait_finished(id)["status"], "success");
+        let agents = get(&old, "/api/v1/agents");
+        (id, agents["agents"][0]["id"].as_str().unwrap().to_string())
+    };
+    let new = Daemon::start_with(None, &["--name", "new-name"], Some(data.path().into()));
+    let agents = get(&new, "/api/v1/agents");
+    let agents = agents["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert_eq!(
+        (agents[0]["id"].as_str(), agents[0]["name"].as_str()),
+        (Some(agent_id.as_str()), Some("new-name"))
+    );
+    let build = new.build(id);
+    assert_eq!(build["agent_id"].as_str(), Some(agent_id.as_str()));
+    let log = std::fs::read_to_string(&new.log).unwrap();
+    assert!(log.contains("agent renamed"), "{log}");
+    assert!(log.contains("old-name"), "{log}");
+}

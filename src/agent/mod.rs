@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod hooks;
+pub mod lock;
 mod log_writer;
 pub mod metrics;
 pub mod scheduler;
@@ -475,6 +476,8 @@ fn start(args: StartArgs) -> Result<()> {
     let data = data
         .canonicalize()
         .map_err(|e| Error::io(format!("cannot resolve {}", data.display()), e))?;
+    // Before anything in it is read or changed: one agent per data dir.
+    let lock = lock::DataDirLock::acquire(&data)?;
     let token = token(&data)?;
     let repositories = match &args.repositories {
         Some(patterns) => Some(
@@ -503,12 +506,13 @@ fn start(args: StartArgs) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
-    runtime.block_on(serve(args, data, database, name, token, policy))
+    runtime.block_on(serve(args, data, lock, database, name, token, policy))
 }
 
 async fn serve(
     args: Settings,
     data: PathBuf,
+    mut lock: lock::DataDirLock,
     database: String,
     name: String,
     token: String,
@@ -567,11 +571,24 @@ async fn serve(
     let address = listener
         .local_addr()
         .map_err(|e| Error::io("cannot read the listening address", e))?;
+    lock.record(Some(&address.to_string()))?;
     // Scripts and tests find the port here (useful with --listen ...:0).
     crate::fsutil::write_atomic(&data.join(ADDRESS_FILE), address.to_string().as_bytes())
         .map_err(|e| Error::io(format!("cannot write {ADDRESS_FILE}"), e))?;
     tracing::info!(%address, agent = %name, database = agent.store.backend_name(), "piperd listening");
 
+    // A new --name on the same data dir is a rename: the identity (and so
+    // the builds it ran and its token) stays.
+    if let Ok(known) = agent.store.agents().await
+        && let Some(before) = known.iter().find(|a| a.id == agent.id)
+        && before.name != name
+    {
+        tracing::info!(
+            from = %before.name,
+            to = %name,
+            "agent renamed; its identity, token and builds are kept"
+        );
+    }
     agent
         .store
         .register_agent(

@@ -1372,7 +1372,9 @@ impl Store {
     }
 
     /// Adds a token; false when the name is taken. With `replace`, a token
-    /// of that name is replaced instead (an agent's own file token).
+    /// of that name is replaced instead, and the same token under another
+    /// name is renamed (an agent's own file token: its row is named after
+    /// the agent, who may have been renamed since).
     pub async fn add_token(&self, name: &str, hash: &str, replace: bool) -> StoreResult<bool> {
         let sql = format!(
             "INSERT INTO api_tokens (name, hash, created_at) VALUES ($1, $2, {}) ON CONFLICT (name) {}",
@@ -1384,12 +1386,23 @@ impl Store {
             }
         );
         on_backend!(self, pool => {
-            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            let mut tx = pool.begin().await?;
+            if replace {
+                sqlx::query("DELETE FROM api_tokens WHERE hash = $1 AND name <> $2")
+                    .bind(hash)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let added = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(name)
                 .bind(hash)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected() == 1)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            tx.commit().await?;
+            Ok(added)
         })
     }
 
