@@ -236,8 +236,13 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            // SAFETY: signalling our own child. A test that stopped it
+            // (SIGSTOP) and failed before it continued it: a stopped
+            // process only takes the SIGTERM once continued.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+                libc::kill(child.id() as i32, libc::SIGCONT);
+            }
             let _ = child.wait();
         }
     }

@@ -65,6 +65,10 @@ pipeline "child" { step "c" { run = "touch $DIR/started; while [ ! -f $DIR/go ];
         &serde_json::json!({ "repo": repo.path(), "pipeline": "parent", "env": { "DIR": dir.path() } }),
     );
     wait_for_file_to_exist(&dir.path().join("started"));
+    // The step may start before the agent has stored its chained build.
+    eventually_or_logs(&[&daemon], "the chained build's row", || {
+        !children(&daemon, parent).is_empty()
+    });
     let child = children(&daemon, parent)[0]["id"].as_i64().unwrap();
     eventually_or_logs(&[&daemon], "the parent to finish", || {
         daemon.build(parent)["status"] == "success"
@@ -184,4 +188,214 @@ fn an_agent_restarted_with_a_new_name_keeps_its_identity() {
     let log = std::fs::read_to_string(&new.log).unwrap();
     assert!(log.contains("agent renamed"), "{log}");
     assert!(log.contains("old-name"), "{log}");
+}
+
+/// A pipeline whose step notes any earlier attempt's step still running
+/// (`overlap`), records its attempt and fencing token, and waits for `go`.
+const GUARDED: &[u8] = br#"
+pipeline "ci" {
+  step "s" { run = [[
+    if [ -f "$DIR/pid" ]; then
+      state=$(cut -d' ' -f3 "/proc/$(cat "$DIR/pid")/stat" 2>/dev/null || true)
+      if [ -n "$state" ] && [ "$state" != Z ]; then echo "$PIPER_ATTEMPT" >> "$DIR/overlap"; fi
+    fi
+    echo $$ > "$DIR/pid"
+    echo "$PIPER_ATTEMPT $PIPER_FENCING_TOKEN $PIPER_AGENT" >> "$DIR/attempts"
+    while [ ! -f "$DIR/go" ]; do sleep 0.01; done
+    echo "done on $PIPER_AGENT"
+  ]] },
+  retry_agent_lost = 1,
+}
+"#;
+
+/// Short leases: a lost agent is noticed within a second or two.
+const FAST: &[&str] = &["--lease", "1500ms", "--heartbeat", "300ms"];
+
+/// (attempt, fencing token, agent) of each attempt's step, in order.
+fn attempts(dir: &Path) -> Vec<(i64, i64, String)> {
+    std::fs::read_to_string(dir.join("attempts"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let mut parts = line.split(' ');
+            let mut number = || parts.next().unwrap().parse::<i64>().unwrap();
+            (
+                number(),
+                number(),
+                line.rsplit(' ').next().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Starts `agent` alone on `db`, queues a GUARDED build and waits for its
+/// step: (build id, the step's pid).
+fn first_attempt(agent: &Daemon, repo: &Path, dir: &Path) -> (i64, i32) {
+    let id =
+        agent.queue(&serde_json::json!({ "repo": repo, "pipeline": "ci", "env": { "DIR": dir } }));
+    eventually_or_logs(&[agent], "the first attempt's step", || {
+        attempts(dir).len() == 1
+    });
+    let step = read_pid(&dir.join("pid"));
+    // The agent journals the step's group just after starting it.
+    wait_for_file_to_exist(&agent.data.join("process-groups").join(step.to_string()));
+    (id, step)
+}
+
+/// The second attempt ran to success on `other`, never beside the first:
+/// attempts 1 then 2, fencing tokens increasing, no overlap.
+fn second_attempt_alone(other: &Daemon, id: i64, dir: &Path) {
+    eventually_or_logs(
+        &[other],
+        "the second attempt's step (or the build's end)",
+        || {
+            attempts(dir).len() == 2
+                || !matches!(
+                    other.build(id)["status"].as_str(),
+                    Some("queued" | "running")
+                )
+        },
+    );
+    assert_eq!(
+        attempts(dir).len(),
+        2,
+        "{}\n{}",
+        other.build(id),
+        other.log(id)
+    );
+    std::fs::write(dir.join("go"), "").unwrap();
+    let build = other.wait_finished(id);
+    assert_eq!(
+        (build["status"].as_str(), build["attempt"].as_i64()),
+        (Some("success"), Some(2)),
+        "{build}"
+    );
+    let seen = attempts(dir);
+    assert_eq!((seen[0].0, seen[1].0), (1, 2), "{seen:?}");
+    assert!(seen[1].1 > seen[0].1, "fencing tokens grow: {seen:?}");
+    assert_eq!(seen[1].2, other.name());
+    assert!(
+        !dir.join("overlap").exists(),
+        "attempt 2 ran while attempt 1's step still ran"
+    );
+}
+
+/// 26.6: SIGKILL of piperd left its step running on its own; now the
+/// guard ends the step's group as soon as piperd is gone.
+#[test]
+fn a_killed_agents_steps_end_with_it() {
+    let mut daemon = Daemon::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(&[("piper.lua", GUARDED)]);
+    let (_, step) = first_attempt(&daemon, repo.path(), dir.path());
+    daemon.kill_hard();
+    eventually_or_logs(&[&daemon], "the dead agent's step to end", || {
+        process_gone(step)
+    });
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        log.contains("piperd guard: piperd exited: ended 1 step process group(s)"),
+        "{log}"
+    );
+}
+
+/// 26.6: with SIGSTOP of piperd, the first attempt's processes stayed
+/// alive while the second attempt ran on another agent. The guard ends
+/// them at the stopped agent's fencing deadline, before its lease expires.
+#[test]
+fn a_stopped_agents_steps_end_before_another_agent_runs_them_again() {
+    let Some(db) = Database::create("agent_leases::a_stopped_agents_steps_end") else {
+        return;
+    };
+    let stopped = Daemon::start_with(
+        Some(&db.url),
+        &[FAST, &["--name", "stopped"]].concat(),
+        None,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(&[("piper.lua", GUARDED)]);
+    let (id, step) = first_attempt(&stopped, repo.path(), dir.path());
+    let other = Daemon::start_with(Some(&db.url), &[FAST, &["--name", "other"]].concat(), None);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(stopped.pid(), libc::SIGSTOP) };
+    eventually_or_logs(
+        &[&stopped, &other],
+        "the stopped agent's step to end",
+        || process_gone(step),
+    );
+    second_attempt_alone(&other, id, dir.path());
+    // SAFETY: as above.
+    unsafe { libc::kill(stopped.pid(), libc::SIGCONT) };
+    let log = std::fs::read_to_string(&stopped.log).unwrap();
+    assert!(
+        log.contains("piperd guard: piperd did not renew its leases in time"),
+        "{log}"
+    );
+    let build_log = other.log(id);
+    assert!(
+        build_log.contains("agent stopped stopped renewing the lease of attempt 1"),
+        "{build_log}"
+    );
+}
+
+/// `url` with its host and port replaced by `proxy`'s.
+fn through(proxy: &crate::proxy::Proxy, url: &str) -> String {
+    let (scheme_user, rest) = url.split_once('@').unwrap();
+    let (_, path) = rest.split_once('/').unwrap();
+    format!("{scheme_user}@{}/{path}", proxy.addr)
+}
+
+/// The PostgreSQL server's address in `url`.
+fn server_of(url: &str) -> std::net::SocketAddr {
+    let rest = url.split_once('@').unwrap().1;
+    let host = rest.split_once('/').unwrap().0;
+    std::net::ToSocketAddrs::to_socket_addrs(host)
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
+/// 26.6: an agent cut off from the database (a partition: no answers, no
+/// resets) kept its step running while another agent ran the build again.
+/// It now fences itself: it ends the step before its lease can expire,
+/// and says so; the build runs again elsewhere, once at a time.
+#[test]
+fn an_agent_cut_off_from_the_database_ends_its_steps_before_its_lease_expires() {
+    let Some(db) = Database::create("agent_leases::an_agent_cut_off_from_the_database") else {
+        return;
+    };
+    let proxy = crate::proxy::Proxy::start(server_of(&db.url));
+    let cut_off = Daemon::start_with(
+        Some(&through(&proxy, &db.url)),
+        &[FAST, &["--name", "cut-off"]].concat(),
+        None,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(&[("piper.lua", GUARDED)]);
+    let (id, step) = first_attempt(&cut_off, repo.path(), dir.path());
+    let other = Daemon::start_with(Some(&db.url), &[FAST, &["--name", "other"]].concat(), None);
+    proxy.cut();
+    eventually_or_logs(
+        &[&cut_off, &other],
+        "the cut-off agent's step to end",
+        || process_gone(step),
+    );
+    second_attempt_alone(&other, id, dir.path());
+    proxy.heal();
+    eventually_or_logs(
+        &[&cut_off, &other],
+        "the cut-off agent to say it fenced itself",
+        || {
+            std::fs::read_to_string(&cut_off.log)
+                .unwrap()
+                .contains("self-fenced: no lease renewal for")
+        },
+    );
+    let build_log = other.log(id);
+    assert!(
+        build_log.contains("agent cut-off stopped renewing the lease of attempt 1"),
+        "{build_log}"
+    );
+    assert!(build_log.contains("done on other"), "{build_log}");
+    assert!(!build_log.contains("done on cut-off"), "{build_log}");
 }

@@ -23,6 +23,7 @@ mod lua_api;
 mod luacats;
 mod monitoring;
 mod pg;
+mod proxy;
 mod regressions;
 mod store;
 mod supervision;

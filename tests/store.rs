@@ -31,6 +31,12 @@ fn holder(id: &str, lease_ms: i64) -> Holder {
     }
 }
 
+/// What a rescue by `tester` did: (id, new status) of each build.
+async fn rescued(store: &Store, only: Option<&str>) -> Vec<(i64, BuildState)> {
+    let rescued = store.rescue(only, "tester").await.unwrap();
+    rescued.iter().map(|r| (r.id, r.status)).collect()
+}
+
 async fn story(store: Store) {
     let a1 = store
         .create_build(&new_build("/repo/a", "ci"), BuildState::Queued, None)
@@ -241,11 +247,8 @@ async fn story(store: Store) {
 
     // agent-2 died with a2 running: its lease expired, so any agent's
     // rescue ends it (one attempt allowed) — once.
-    assert_eq!(
-        store.rescue(None).await.unwrap(),
-        [(a2.id, BuildState::Lost)]
-    );
-    assert!(store.rescue(None).await.unwrap().is_empty());
+    assert_eq!(rescued(&store, None).await, [(a2.id, BuildState::Lost)]);
+    assert!(rescued(&store, None).await.is_empty());
     assert_eq!(
         store.get_build(a2.id).await.unwrap().unwrap().status,
         BuildState::Lost
@@ -264,9 +267,14 @@ async fn story(store: Store) {
         .unwrap();
     store.set_max_attempts(c.id, 2).await.unwrap();
     store.claim_next(&holder("agent-3", -1)).await.unwrap();
-    assert_eq!(
-        store.rescue(None).await.unwrap(),
-        [(c.id, BuildState::Queued)]
+    assert_eq!(rescued(&store, None).await, [(c.id, BuildState::Queued)]);
+    // 26.2: the rescue says why in the build's log, and what became of it.
+    let log = store.read_log(c.id, None, 0, 1 << 20).await.unwrap();
+    let log = String::from_utf8(log.data).unwrap();
+    assert!(
+        log.contains("piper: agent name of agent-3 stopped renewing the lease of attempt 1")
+            && log.contains("rescued by agent tester; queued again for attempt 2 of 2"),
+        "{log}"
     );
     let again = store
         .claim_next(&holder("agent-4", 60_000))
@@ -291,7 +299,7 @@ async fn story(store: Store) {
         Renewal::CancelRequested
     );
     assert_eq!(
-        store.rescue(Some("agent-4")).await.unwrap(),
+        rescued(&store, Some("agent-4")).await,
         [(c.id, BuildState::Canceled)]
     );
     assert!(store.get_build(9_999).await.unwrap().is_none());
@@ -337,6 +345,13 @@ async fn bridge_story(url: &str, backend: &str) {
     run("DROP TABLE _sqlx_migrations").await;
     // The old runner knew migrations 1 to 10; later ones come new.
     run("DROP TABLE sessions").await;
+    if backend == "sqlite" {
+        run("DROP INDEX builds_fence").await;
+    } else {
+        run("DROP SEQUENCE build_fence").await;
+    }
+    run("ALTER TABLE builds DROP COLUMN fence").await;
+    run("ALTER TABLE builds DROP COLUMN renewed_at").await;
     run("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)").await;
     run("INSERT INTO schema_migrations (version) VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
         .await;

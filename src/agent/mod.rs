@@ -9,6 +9,8 @@
 //! process groups are ended and they are recorded `canceled`).
 
 pub mod api;
+mod fence;
+mod guard;
 pub mod hooks;
 pub mod lock;
 mod log_writer;
@@ -56,6 +58,14 @@ pub enum DaemonCommand {
     Token(TokenArgs),
     /// Print the API's OpenAPI document (as served at /api/v1/openapi.json)
     Openapi,
+    /// The guard process `start` runs beside itself (not for people): ends
+    /// the agent's step process groups when piperd exits or stops renewing
+    #[command(hide = true)]
+    Guard {
+        /// The agent's journal of process groups
+        #[arg(long, value_name = "DIR")]
+        groups: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -219,7 +229,7 @@ impl Settings {
         // 0: an agent that serves the API (takes submits, streams logs)
         // and runs no builds; the others of the cluster run them.
         let workers = args.workers.or(file.workers).unwrap_or(2);
-        Ok(Settings {
+        let settings = Settings {
             listen,
             data: args.data.or(file.data).unwrap_or_else(default_data_dir),
             database: args.database.or(file.database),
@@ -257,7 +267,14 @@ impl Settings {
                 Some(args.repositories)
             },
             webhooks: file.webhooks,
-        })
+        };
+        fence::check_timing(settings.lease, settings.heartbeat).map_err(|message| {
+            Error::Setting {
+                name: "--heartbeat / --lease".into(),
+                message,
+            }
+        })?;
+        Ok(settings)
     }
 }
 
@@ -303,6 +320,7 @@ pub fn main() -> i32 {
             println!("{}", server::openapi_json());
             Ok(())
         }
+        DaemonCommand::Guard { groups } => return guard::main(&groups),
     };
     match result {
         Ok(()) => 0,
@@ -536,21 +554,26 @@ async fn serve(
     if ended > 0 {
         tracing::warn!("ended {ended} process group(s) a previous run of this agent left running");
     }
-    crate::process::journal_groups_in(groups);
+    crate::process::journal_groups_in(groups.clone());
+    // The guard ends the steps when this process no longer can: it exits,
+    // however, or stops renewing its leases (stopped, wedged).
+    let guard = guard::Guard::spawn(&groups)
+        .map_err(|e| Error::io("cannot start the guard process (piperd guard)", e))?;
     let _ = std::fs::remove_dir_all(data.join("workspaces"));
     // Builds the previous run of this agent left running: re-queued or
     // ended now, without waiting for their leases to expire.
-    let rescued = store.rescue(Some(&id)).await.map_err(|e| {
+    let rescued = store.rescue(Some(&id), &name).await.map_err(|e| {
         Error::io(
             "cannot recover builds",
             std::io::Error::other(e.to_string()),
         )
     })?;
-    for (build, state) in &rescued {
+    for done in &rescued {
         tracing::warn!(
-            build,
-            status = state.as_str(),
-            "left running by a previous run of this agent"
+            build = done.id,
+            status = done.status.as_str(),
+            "left running by a previous run of this agent: {}",
+            done.reason
         );
     }
     let agent = Arc::new(Agent::new(
@@ -563,6 +586,7 @@ async fn serve(
             git_timeout: args.git_timeout,
             lease: args.lease,
             heartbeat: args.heartbeat,
+            guard: Some(guard),
         },
     ));
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -617,6 +641,7 @@ async fn serve(
         })
     };
     let leases = tokio::spawn(agent.clone().keep_leases());
+    let fenced = tokio::spawn(agent.clone().keep_fenced());
     let notifications = tokio::spawn(listen(agent.clone()));
     let scheduler = tokio::spawn(scheduler::run(agent.clone(), args.schedule_check));
     let mut workers = Vec::new();
@@ -678,6 +703,7 @@ async fn serve(
     let _ = std::fs::remove_file(data.join(ADDRESS_FILE));
     heartbeat.abort();
     leases.abort();
+    fenced.abort();
     notifications.abort();
     let _ = scheduler.await;
     Ok(())

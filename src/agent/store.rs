@@ -40,6 +40,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = migrations!("sqlite":
     9 => "0009_leader.sql",
     10 => "0010_build_events.sql",
     11 => "0011_sessions.sql",
+    12 => "0012_fencing.sql",
 );
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     1 => "0001_builds.sql",
@@ -53,6 +54,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     9 => "0009_leader.sql",
     10 => "0010_build_events.sql",
     11 => "0011_sessions.sql",
+    12 => "0012_fencing.sql",
 );
 
 #[derive(Clone)]
@@ -198,6 +200,12 @@ pub struct Build {
     /// Labels an agent must have to run it; None until an agent read its
     /// piper.lua (any agent may claim it to do so).
     pub requires: Option<BTreeMap<String, String>>,
+    /// Taken by each claim (an attempt), larger than every token handed
+    /// out before it on this database: steps get it as
+    /// `PIPER_FENCING_TOKEN`, for a system they act on to refuse a stale
+    /// attempt. None for a build never claimed.
+    #[serde(default)]
+    pub fencing_token: Option<i64>,
     /// Serialized as the names only: the values never leave the agent.
     #[serde(
         rename = "secret_env_names",
@@ -298,7 +306,7 @@ pub fn now_ms() -> i64 {
 
 const BUILD_COLUMNS: &str = "id, number, repo, git_ref, sha, version, pipeline, status, env, requested_by, \
      requested_at, started_at, finished_at, agent, parent_id, error, secret_env, \
-     attempt, max_attempts, lease_expires_at, cancel_requested, agent_id, requires";
+     attempt, max_attempts, lease_expires_at, cancel_requested, agent_id, requires, fence";
 
 fn build_from_row<R: Row>(row: &R) -> StoreResult<Build>
 where
@@ -338,7 +346,145 @@ where
         requires: row
             .try_get::<Option<String>, _>("requires")?
             .and_then(|text| serde_json::from_str(&text).ok()),
+        fencing_token: row.try_get("fence")?,
     })
+}
+
+/// A build taken back from the agent that held it: its new status and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescued {
+    pub id: i64,
+    pub status: BuildState,
+    /// The line written into its log (without `piper: `).
+    pub reason: String,
+}
+
+/// What a hand-back reads of a running build.
+const HELD_COLUMNS: &str =
+    "id, agent, attempt, max_attempts, cancel_requested, renewed_at, lease_expires_at";
+
+struct HeldRow {
+    id: i64,
+    agent: String,
+    attempt: i64,
+    max_attempts: i64,
+    cancel_requested: bool,
+    renewed_at: Option<i64>,
+    lease_expires_at: Option<i64>,
+}
+
+impl HeldRow {
+    fn from_row<R: Row>(row: &R) -> StoreResult<HeldRow>
+    where
+        for<'r> &'r str: sqlx::ColumnIndex<R>,
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(HeldRow {
+            id: row.try_get("id")?,
+            agent: row
+                .try_get::<Option<String>, _>("agent")?
+                .unwrap_or_else(|| "?".into()),
+            attempt: row.try_get("attempt")?,
+            max_attempts: row.try_get("max_attempts")?,
+            cancel_requested: row.try_get("cancel_requested")?,
+            renewed_at: row.try_get("renewed_at")?,
+            lease_expires_at: row.try_get("lease_expires_at")?,
+        })
+    }
+
+    /// What becomes of it, and the words for that.
+    fn outcome(&self) -> (BuildState, String) {
+        if self.cancel_requested {
+            (
+                BuildState::Canceled,
+                "ended canceled: a cancel was asked for".into(),
+            )
+        } else if self.attempt < self.max_attempts {
+            (
+                BuildState::Queued,
+                format!(
+                    "queued again for attempt {} of {} (retry_agent_lost)",
+                    self.attempt + 1,
+                    self.max_attempts
+                ),
+            )
+        } else {
+            (
+                BuildState::Lost,
+                format!(
+                    "ended lost: {} of {} attempts taken (retry_agent_lost)",
+                    self.attempt, self.max_attempts
+                ),
+            )
+        }
+    }
+}
+
+/// Unix milliseconds as an RFC 3339 time (UTC), for messages.
+fn clock(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "never".into())
+}
+
+/// Hands `$held` back in transaction `$tx` (`$now`: the database clock as
+/// SQL): queued again, or ended, fenced by its attempt, with `$cause` and
+/// the outcome written into its log (the stream's next sequence number, a
+/// line of the build's own). `Some(Rescued)`, or None when the row moved
+/// on meanwhile.
+macro_rules! hand_back {
+    ($tx:ident, $now:expr, $held:expr, $cause:expr) => {{
+        let held: &HeldRow = $held;
+        let (status, outcome) = held.outcome();
+        let reason = format!("{}; {outcome}", $cause);
+        let ended = (status != BuildState::Queued).then(|| reason.clone());
+        let update = format!(
+            "UPDATE builds SET status = $1, error = $2, lease_expires_at = NULL, \
+             finished_at = CASE WHEN $1 = 'queued' THEN NULL ELSE {} END \
+             WHERE id = $3 AND attempt = $4 AND status = 'running'",
+            $now
+        );
+        let moved = sqlx::query(sqlx::AssertSqlSafe(update.as_str()))
+            .bind(status.as_str())
+            .bind(ended)
+            .bind(held.id)
+            .bind(held.attempt)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if moved {
+            let at = sqlx::query(
+                "SELECT (SELECT COALESCE(MAX(seq), -1) FROM log_chunks WHERE build_id = $1) AS chunk, \
+                        (SELECT COALESCE(MAX(seq), -1) FROM build_events WHERE build_id = $1) AS event, \
+                        (SELECT CAST(COALESCE(SUM(LENGTH(data)), 0) AS BIGINT) FROM log_chunks WHERE build_id = $1) AS total, \
+                        (SELECT CAST(COALESCE(SUM(LENGTH(data)), 0) AS BIGINT) FROM log_chunks WHERE build_id = $1 AND step = '') AS own",
+            )
+            .bind(held.id)
+            .fetch_one(&mut *$tx)
+            .await?;
+            let seq = at.try_get::<i64, _>("chunk")?.max(at.try_get::<i64, _>("event")?) + 1;
+            let line = format!("piper: {reason}\n");
+            sqlx::query(
+                "INSERT INTO log_chunks (build_id, seq, step, build_offset, step_offset, data, annotation) \
+                 VALUES ($1, $2, '', $3, $4, $5, $6)",
+            )
+            .bind(held.id)
+            .bind(seq)
+            .bind(at.try_get::<i64, _>("total")?)
+            .bind(at.try_get::<i64, _>("own")?)
+            .bind(line.into_bytes())
+            .bind(false)
+            .execute(&mut *$tx)
+            .await?;
+            Some(Rescued { id: held.id, status, reason })
+        } else {
+            None
+        }
+    }};
 }
 
 impl Store {
@@ -395,6 +541,15 @@ impl Store {
         match self.backend {
             Backend::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
             Backend::Postgres(_) => "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+        }
+    }
+
+    /// The next fencing token, as SQL: a sequence on PostgreSQL; on
+    /// SQLite (one writer at a time) one more than the largest so far.
+    fn next_fence_sql(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "(SELECT COALESCE(MAX(fence), 0) + 1 FROM builds)",
+            Backend::Postgres(_) => "nextval('build_fence')",
         }
     }
 
@@ -527,15 +682,18 @@ impl Store {
         let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
         let secret_env = serde_json::to_string(&new.secret_env).unwrap_or_else(|_| "{}".into());
         let now = self.now_sql();
+        let fence = self.next_fence_sql();
         // The counter row serializes concurrent submits to one repository
         // (its row lock), so numbering never fails under contention.
         let count = "INSERT INTO repo_counters (repo, last) VALUES ($1, 1) \
              ON CONFLICT (repo) DO UPDATE SET last = repo_counters.last + 1 RETURNING last";
         let insert = format!(
             "INSERT INTO builds (number, repo, git_ref, pipeline, status, env, requested_by, requested_at, \
-             parent_id, secret_env, attempt, agent_id, agent, started_at, lease_expires_at, sha) \
+             parent_id, secret_env, attempt, agent_id, agent, started_at, lease_expires_at, sha, \
+             renewed_at, fence) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, {now}, $8, $9, $10, $11, $12, \
-             CASE WHEN $10 > 0 THEN {now} END, CASE WHEN $10 > 0 THEN {now} + $13 END, $14) \
+             CASE WHEN $10 > 0 THEN {now} END, CASE WHEN $10 > 0 THEN {now} + $13 END, $14, \
+             CASE WHEN $10 > 0 THEN {now} END, CASE WHEN $10 > 0 THEN {fence} END) \
              RETURNING {BUILD_COLUMNS}"
         );
         let attempt = i64::from(holder.is_some());
@@ -684,10 +842,11 @@ impl Store {
         };
         let labels = serde_json::to_string(&holder.labels).unwrap_or_else(|_| "{}".into());
         let now = self.now_sql();
+        let fence = self.next_fence_sql();
         let sql = format!(
             "UPDATE builds SET status = 'running', agent = $1, agent_id = $2, \
              started_at = COALESCE(started_at, {now}), attempt = attempt + 1, \
-             lease_expires_at = {now} + $3 \
+             lease_expires_at = {now} + $3, renewed_at = {now}, fence = {fence} \
              WHERE id = $4 AND status = 'queued' RETURNING {BUILD_COLUMNS}"
         );
         // As in `create_build`: the claim counts only once committed.
@@ -747,7 +906,7 @@ impl Store {
     pub async fn renew(&self, id: i64, attempt: i64, lease_ms: i64) -> StoreResult<Renewal> {
         let now = self.now_sql();
         let sql = format!(
-            "UPDATE builds SET lease_expires_at = {now} + $1 \
+            "UPDATE builds SET lease_expires_at = {now} + $1, renewed_at = {now} \
              WHERE id = $2 AND attempt = $3 AND status = 'running' RETURNING cancel_requested"
         );
         on_backend!(self, pool => {
@@ -766,11 +925,13 @@ impl Store {
     }
 
     /// Ends or re-queues running builds whose lease expired (their agent
-    /// died or stalled), re-checking the lease in the same statement so a
-    /// build that just finished or was renewed is never touched. `only`
-    /// limits it to one agent's builds, whatever their lease (that agent
-    /// starting again). Returns (id, new status) of each.
-    pub async fn rescue(&self, only: Option<&str>) -> StoreResult<Vec<(i64, BuildState)>> {
+    /// died, stalled or was cut off), re-checking the lease in the same
+    /// transaction so a build that just finished or was renewed is never
+    /// touched. `only` limits it to one agent's builds, whatever their
+    /// lease (that agent starting again). `by` names the agent rescuing.
+    /// Each build's log says why (which agent, when it last renewed, when
+    /// the lease expired) and what became of it.
+    pub async fn rescue(&self, only: Option<&str>, by: &str) -> StoreResult<Vec<Rescued>> {
         let now = self.now_sql();
         // One agent's builds whatever their lease, or every expired one.
         let which = match self.backend {
@@ -780,36 +941,87 @@ impl Store {
             Backend::Sqlite(_) => "($1 IS NULL AND lease_expires_at < NOW_MS OR agent_id = $1)",
         }
         .replace("NOW_MS", now);
-        let sql = format!(
-            "UPDATE builds SET \
-               status = CASE WHEN cancel_requested THEN 'canceled' \
-                             WHEN attempt < max_attempts THEN 'queued' ELSE 'lost' END, \
-               finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN {now} END, \
-               error = CASE WHEN cancel_requested THEN 'canceled; its agent stopped before it ended' \
-                            WHEN attempt < max_attempts THEN NULL \
-                            ELSE 'the agent running it stopped before it finished' END, \
-               lease_expires_at = NULL \
-             WHERE status = 'running' AND {which} RETURNING id, status"
+        let select = format!(
+            "SELECT {HELD_COLUMNS}, {now} AS now FROM builds WHERE status = 'running' AND {which}{}",
+            self.lock_rows()
         );
         on_backend!(self, pool => {
             let mut tx = pool.begin().await?;
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            let rows = sqlx::query(sqlx::AssertSqlSafe(select.as_str()))
                 .bind(only)
                 .fetch_all(&mut *tx)
                 .await?;
-            let rescued = rows
-                .iter()
-                .map(|row| {
-                    let status: String = row.try_get("status")?;
-                    Ok((row.try_get::<i64, _>("id")?, BuildState::parse(&status).unwrap_or(BuildState::Lost)))
-                })
-                .collect::<StoreResult<Vec<_>>>()?;
-            if self.is_postgres() && rescued.iter().any(|(_, s)| *s == BuildState::Queued) {
+            let mut rescued = Vec::new();
+            for row in &rows {
+                let held = HeldRow::from_row(row)?;
+                let cause = match only {
+                    Some(_) => format!(
+                        "agent {} started again after it stopped while running attempt {}",
+                        held.agent, held.attempt
+                    ),
+                    None => format!(
+                        "agent {} stopped renewing the lease of attempt {} (last renewed {}, expired {}, database clock); rescued by agent {by}",
+                        held.agent,
+                        held.attempt,
+                        clock(held.renewed_at),
+                        clock(held.lease_expires_at),
+                    ),
+                };
+                if let Some(done) = hand_back!(tx, now, &held, &cause) {
+                    rescued.push(done);
+                }
+            }
+            if self.is_postgres() && rescued.iter().any(|r| r.status == BuildState::Queued) {
                 sqlx::query("SELECT pg_notify('piper_builds', '')").execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(rescued)
         })
+    }
+
+    /// `attempt` of build `id` is given up by the agent holding it, for
+    /// `cause` (it could not renew the lease in time and ended its steps):
+    /// handed back as a rescue would, saying why in its log. None when the
+    /// attempt no longer holds the build (already rescued).
+    pub async fn give_up(
+        &self,
+        id: i64,
+        attempt: i64,
+        cause: &str,
+    ) -> StoreResult<Option<Rescued>> {
+        let now = self.now_sql();
+        let select = format!(
+            "SELECT {HELD_COLUMNS}, {now} AS now FROM builds \
+             WHERE id = $1 AND attempt = $2 AND status = 'running'{}",
+            self.lock_rows()
+        );
+        on_backend!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(select.as_str()))
+                .bind(id)
+                .bind(attempt)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut given = None;
+            if let Some(row) = rows.first() {
+                let held = HeldRow::from_row(row)?;
+                given = hand_back!(tx, now, &held, cause);
+            }
+            if self.is_postgres() && given.as_ref().is_some_and(|r| r.status == BuildState::Queued) {
+                sqlx::query("SELECT pg_notify('piper_builds', '')").execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(given)
+        })
+    }
+
+    /// ` FOR UPDATE` where rows read in a transaction must stay as read
+    /// until it ends (PostgreSQL; SQLite's writer holds the whole file).
+    fn lock_rows(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "",
+            Backend::Postgres(_) => " FOR UPDATE",
+        }
     }
 
     /// Asks the agent running a build to cancel it (PostgreSQL: notified

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::fence::Fence;
 use super::log_writer::{LogWriter, Redactor, with_retry};
 use super::store::{Build, BuildState, Holder, NewBuild, Renewal, Store, StoredStep, now_ms};
 use crate::event::{BuildStatus, Event};
@@ -55,6 +56,9 @@ pub struct Agent {
     pub git_timeout: Duration,
     /// The durations of what it ran, for `/metrics`.
     pub metrics: Arc<super::metrics::Metrics>,
+    /// When each held build's lease was last renewed: what the self-fence
+    /// (and the guard process) go by.
+    pub fence: Arc<Fence>,
 }
 
 /// A build this agent holds: the attempt its writes carry, and what stops it.
@@ -64,6 +68,24 @@ pub struct Held {
     pub token: CancellationToken,
     /// Which run of the executor holds it (a build and its chained ones).
     run: u64,
+    /// Set when the agent gave this attempt up (it could not renew the
+    /// lease in time): nothing more is written for it but why.
+    fenced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Held {
+    fn new(attempt: i64, token: CancellationToken, run: u64) -> Held {
+        Held {
+            attempt,
+            token,
+            run,
+            fenced: Arc::default(),
+        }
+    }
+
+    fn is_fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 fn next_run() -> u64 {
@@ -80,6 +102,8 @@ pub struct AgentSettings {
     pub git_timeout: Duration,
     pub lease: Duration,
     pub heartbeat: Duration,
+    /// The guard process that ends the steps when piperd cannot.
+    pub guard: Option<super::guard::Guard>,
 }
 
 /// What ends a git command early: its timeout, and a cancel (of the build
@@ -99,6 +123,10 @@ pub fn build_vars(build: &Build, agent: &str) -> indexmap::IndexMap<String, Stri
         ("PIPER_BUILD_ID".to_string(), build.id.to_string()),
         ("PIPER_BUILD_NUMBER".to_string(), build.number.to_string()),
         ("PIPER_AGENT".to_string(), agent.to_string()),
+        (
+            "PIPER_ATTEMPT".to_string(),
+            build.attempt.max(1).to_string(),
+        ),
     ]
     .into_iter()
     .collect();
@@ -125,6 +153,7 @@ impl Agent {
             git_locks: Mutex::new(HashMap::new()),
             git_timeout: settings.git_timeout,
             metrics: Arc::default(),
+            fence: Arc::new(Fence::new(settings.lease, settings.guard)),
         }
     }
 
@@ -142,12 +171,21 @@ impl Agent {
     /// elsewhere; then rescues other agents' expired builds. Every
     /// `heartbeat`, until the agent stops.
     pub async fn keep_leases(self: Arc<Self>) {
+        // Since when this agent has reached the database without a failure
+        // (CLOCK_BOOTTIME ms): a leader rescues only after a full lease of
+        // it, so that after an outage that cut every agent off alike, the
+        // others renew (or give up with their reason) before any rescue.
+        let mut reached_since: Option<i64> = Some(Fence::now());
         loop {
             let lease_ms = self.holder().lease_ms;
             let leading = match self.store.lead(&self.id, lease_ms).await {
-                Ok(leading) => leading,
+                Ok(leading) => {
+                    reached_since.get_or_insert_with(Fence::now);
+                    leading
+                }
                 Err(e) => {
                     tracing::warn!("cannot renew the leadership: {e}");
+                    reached_since = None;
                     false
                 }
             };
@@ -158,7 +196,8 @@ impl Agent {
                 tracing::info!(leading, "cluster leadership (rescue, schedules)");
             }
             self.renew_leases(lease_ms).await;
-            if leading {
+            let settled = reached_since.is_some_and(|since| Fence::now() - since >= lease_ms);
+            if leading && settled {
                 self.rescue_expired().await;
             }
             tokio::time::sleep(self.heartbeat).await;
@@ -195,9 +234,16 @@ impl Agent {
             .map(|(id, h)| (*id, h.clone()))
             .collect();
         for (id, held) in held {
+            if held.is_fenced() {
+                continue;
+            }
+            let started = Fence::now();
             match self.store.renew(id, held.attempt, lease_ms).await {
-                Ok(Renewal::Held) => {}
-                Ok(Renewal::CancelRequested) => held.token.cancel(),
+                Ok(Renewal::Held) => self.fence.renewed(id, started),
+                Ok(Renewal::CancelRequested) => {
+                    self.fence.renewed(id, started);
+                    held.token.cancel();
+                }
                 // A build this run finished while the renewal was under
                 // way is no longer running: that is its end, not a loss.
                 Ok(Renewal::Lost) if !self.holds(id, held.attempt) => {}
@@ -215,17 +261,59 @@ impl Agent {
     }
 
     async fn rescue_expired(&self) {
-        match self.store.rescue(None).await {
+        match self.store.rescue(None, &self.name).await {
             Ok(rescued) => {
-                for (id, state) in rescued {
+                for done in rescued {
                     tracing::warn!(
-                        build = id,
-                        status = state.as_str(),
-                        "rescued a build whose agent stopped renewing its lease"
+                        build = done.id,
+                        status = done.status.as_str(),
+                        "rescued: {}",
+                        done.reason
                     );
                 }
             }
             Err(e) => tracing::warn!("cannot rescue expired builds: {e}"),
+        }
+    }
+
+    /// Gives up the builds whose lease could not be renewed in time, before
+    /// it can expire on the database: their steps end now (the guard
+    /// process does the same if piperd is too stopped to). Until the agent
+    /// stops.
+    pub async fn keep_fenced(self: Arc<Self>) {
+        loop {
+            let now = Fence::now();
+            for (id, since) in self.fence.overdue(now) {
+                self.self_fence(id, now - since);
+            }
+            let next = self
+                .fence
+                .next_due_in(Fence::now())
+                .unwrap_or(Duration::MAX)
+                .min(Duration::from_millis(100));
+            tokio::time::sleep(next).await;
+        }
+    }
+
+    /// Stops the run holding `id` (and the builds it chained, which share
+    /// its processes): `silent_ms` without a successful renewal.
+    fn self_fence(&self, id: i64, silent_ms: i64) {
+        let running = self.running.lock().unwrap();
+        let Some(run) = running.get(&id).map(|held| held.run) else {
+            return;
+        };
+        for (other, held) in running.iter().filter(|(_, h)| h.run == run) {
+            held.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+            held.token.cancel();
+            self.fence.forget(*other);
+            tracing::warn!(
+                build = other,
+                attempt = held.attempt,
+                "self-fenced: no lease renewal for {} (lease {}, margin {}); ending its steps before the lease can expire",
+                crate::duration::format(Duration::from_millis(silent_ms.max(0) as u64)),
+                crate::duration::format(Duration::from_millis(self.fence.lease_ms() as u64)),
+                crate::duration::format(Duration::from_millis(self.fence.margin_ms() as u64)),
+            );
         }
     }
 
@@ -267,8 +355,9 @@ impl Agent {
             if self.stop_claiming.is_cancelled() {
                 return;
             }
+            let started = Fence::now();
             match self.store.claim_next(&self.holder()).await {
-                Ok(Some(build)) => self.run(build).await,
+                Ok(Some(build)) => self.run(build, started).await,
                 Ok(None) => {
                     tokio::select! {
                         _ = self.wake.notified() => {}
@@ -285,19 +374,18 @@ impl Agent {
         }
     }
 
-    async fn run(&self, build: Build) {
+    /// Runs a build claimed by a claim that started at `claimed` (the
+    /// start of its lease, for the self-fence).
+    async fn run(&self, build: Build, claimed: i64) {
         let started = std::time::Instant::now();
         tracing::info!(build = build.id, attempt = build.attempt, repo = %build.repo, pipeline = %build.pipeline, agent = %self.name, "build claimed");
         let token = CancellationToken::new();
         let run = next_run();
-        self.running.lock().unwrap().insert(
-            build.id,
-            Held {
-                attempt: build.attempt,
-                token: token.clone(),
-                run,
-            },
-        );
+        self.fence.renewed(build.id, claimed);
+        self.running
+            .lock()
+            .unwrap()
+            .insert(build.id, Held::new(build.attempt, token.clone(), run));
         let mut log = LogWriter::new(
             self.store.clone(),
             self.abandon.clone(),
@@ -322,31 +410,48 @@ impl Agent {
             .checkout_and_run(&build, &workspace, &token, run, &mut log)
             .await;
         if let Err(message) = outcome {
-            log.write(build.id, "", format!("piper: {message}\n").as_bytes())
+            let held = self.running.lock().unwrap().remove(&build.id);
+            self.fence.forget(build.id);
+            if held.as_ref().is_some_and(Held::is_fenced) {
+                log.finish_all().await;
+                give_up(
+                    &self.store,
+                    &self.abandon,
+                    &self.name,
+                    build.id,
+                    build.attempt,
+                )
                 .await;
-            log.finish_all().await;
-            self.running.lock().unwrap().remove(&build.id);
-            let state = if token.is_cancelled() {
-                BuildState::Canceled
             } else {
-                BuildState::Failed
-            };
-            finish(
-                &self.store,
-                &self.abandon,
-                build.id,
-                build.attempt,
-                state,
-                Some(&message),
-            )
-            .await;
+                log.write(build.id, "", format!("piper: {message}\n").as_bytes())
+                    .await;
+                log.finish_all().await;
+                let state = if token.is_cancelled() {
+                    BuildState::Canceled
+                } else {
+                    BuildState::Failed
+                };
+                finish(
+                    &self.store,
+                    &self.abandon,
+                    build.id,
+                    build.attempt,
+                    state,
+                    Some(&message),
+                )
+                .await;
+            }
             log.notified_at_end(build.id);
             log.written(build.id).await;
         }
-        self.running
-            .lock()
-            .unwrap()
-            .retain(|_, held| held.run != run);
+        let fence = &self.fence;
+        self.running.lock().unwrap().retain(|id, held| {
+            let keep = held.run != run;
+            if !keep {
+                fence.forget(*id);
+            }
+            keep
+        });
         self.release_workspace(&build.repo, &workspace).await;
         tracing::info!(build = build.id, took = %crate::duration::format(started.elapsed()), "build done");
     }
@@ -433,6 +538,8 @@ impl Agent {
         let mut recorder = Recorder {
             store: self.store.clone(),
             abandon: self.abandon.clone(),
+            fence: self.fence.clone(),
+            agent_name: self.name.clone(),
             holder: self.holder(),
             running: self.running.clone(),
             token: token.clone(),
@@ -469,6 +576,9 @@ impl Agent {
     /// Woodpecker do: `CI=true`, the build's id and number, the agent).
     fn build_env(&self, build: &Build) -> indexmap::IndexMap<String, String> {
         let mut env = build_vars(build, &self.name);
+        if let Some(token) = build.fencing_token {
+            env.insert("PIPER_FENCING_TOKEN".into(), token.to_string());
+        }
         env.extend(build.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
     }
@@ -629,6 +739,8 @@ async fn git(dir: &Path, args: &[&str], limits: GitLimits<'_>) -> Result<String,
 struct Recorder {
     store: Store,
     abandon: CancellationToken,
+    fence: Arc<Fence>,
+    agent_name: String,
     /// The agent (chained builds are created held by it) and its map of
     /// held builds, which chained builds join so their leases are renewed.
     holder: Holder,
@@ -808,6 +920,7 @@ impl Recorder {
             };
             let store = &self.store;
             let holder = &self.holder;
+            let claimed = Fence::now();
             let created = with_retry("recording a chained build", &self.abandon, || {
                 store.create_build(&chained, BuildState::Running, Some(holder))
             })
@@ -824,13 +937,10 @@ impl Recorder {
                 store.set_revision(created.id, created.attempt, sha, version)
             })
             .await;
+            self.fence.renewed(created.id, claimed);
             self.running.lock().unwrap().insert(
                 created.id,
-                Held {
-                    attempt: created.attempt,
-                    token: self.token.clone(),
-                    run: self.run,
-                },
+                Held::new(created.attempt, self.token.clone(), self.run),
             );
             self.log.hold(created.id, created.attempt);
             tracing::info!(build = created.id, parent, pipeline = %created.pipeline, "chained build started");
@@ -908,7 +1018,14 @@ impl Recorder {
         // No longer held before its end is written: a renewal that finds it
         // ended must not take that for a lost lease, which would stop the
         // whole run (the builds it chains share the run's token).
-        self.running.lock().unwrap().remove(&id);
+        let held = self.running.lock().unwrap().remove(&id);
+        self.fence.forget(id);
+        if held.as_ref().is_some_and(Held::is_fenced) {
+            give_up(&self.store, &self.abandon, &self.agent_name, id, attempt).await;
+            self.log.notified_at_end(id);
+            self.log.written(id).await;
+            return;
+        }
         finish(
             &self.store,
             &self.abandon,
@@ -921,6 +1038,32 @@ impl Recorder {
         // Followers waiting for more learn that it ended.
         self.log.notified_at_end(id);
         self.log.written(id).await;
+    }
+}
+
+/// Hands back an attempt the agent gave up (self-fenced), with why, once
+/// the store answers again; unless it was rescued meanwhile.
+async fn give_up(store: &Store, abandon: &CancellationToken, agent: &str, id: i64, attempt: i64) {
+    let cause = format!(
+        "agent {agent} could not renew the lease of attempt {attempt} in time and ended its steps before the lease could expire (self-fenced)"
+    );
+    match with_retry("giving up a build", abandon, || {
+        store.give_up(id, attempt, &cause)
+    })
+    .await
+    {
+        Ok(Some(done)) => tracing::warn!(
+            build = id,
+            status = done.status.as_str(),
+            "gave up: {}",
+            done.reason
+        ),
+        Ok(None) => tracing::warn!(
+            build = id,
+            attempt,
+            "gave up an attempt another agent had rescued already"
+        ),
+        Err(e) => tracing::error!("{e}"),
     }
 }
 
