@@ -36,7 +36,10 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("piperd.log");
         let data = data.unwrap_or_else(|| dir.path().join("data"));
-        let mut args = vec!["--grace".into(), "2s".into()];
+        let mut args: Vec<String> = Vec::new();
+        if !extra.contains(&"--grace") {
+            args.extend(["--grace".to_string(), "2s".to_string()]);
+        }
         if !extra.contains(&"--labels") {
             args.extend(["--labels".to_string(), "team=ci,os=linux".to_string()]);
         }

@@ -399,3 +399,109 @@ fn an_agent_cut_off_from_the_database_ends_its_steps_before_its_lease_expires() 
     assert!(build_log.contains("done on other"), "{build_log}");
     assert!(!build_log.contains("done on cut-off"), "{build_log}");
 }
+
+/// The agent list as `GET /agents` gives it: (name, status, leader).
+fn agent_states(daemon: &Daemon) -> Vec<(String, String, bool)> {
+    get(daemon, "/api/v1/agents")["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_string(),
+                a["status"].as_str().unwrap().to_string(),
+                a["leader"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// 26.7: `online` meant a heartbeat in the last 30 s whatever the lease;
+/// a draining agent looked like any other and a stopped one stayed online
+/// for 30 s; the leader was not shown.
+#[test]
+fn the_agent_list_shows_draining_offline_and_the_leader() {
+    let Some(db) = Database::create("agent_leases::the_agent_list_shows") else {
+        return;
+    };
+    let mut first = Daemon::start_with(
+        Some(&db.url),
+        &[FAST, &["--name", "first", "--grace", "60s"]].concat(),
+        None,
+    );
+    // A build on `first` keeps it draining after SIGTERM.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(&[(
+        "piper.lua",
+        br#"step "s" { run = "touch $DIR/started; while [ ! -f $DIR/go ]; do sleep 0.01; done" }"#,
+    )]);
+    let id = first.queue(
+        &serde_json::json!({ "repo": repo.path(), "pipeline": "s", "env": { "DIR": dir.path() } }),
+    );
+    wait_for_file_to_exist(&dir.path().join("started"));
+    let second = Daemon::start_with(Some(&db.url), &[FAST, &["--name", "second"]].concat(), None);
+    eventually_or_logs(
+        &[&first, &second],
+        "one leader among two online agents",
+        || {
+            let states = agent_states(&second);
+            states.len() == 2
+                && states.iter().all(|a| a.1 == "online")
+                && states.iter().filter(|a| a.2).count() == 1
+        },
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.pid(), libc::SIGTERM) };
+    eventually_or_logs(&[&first, &second], "first to show draining", || {
+        agent_states(&second)
+            .iter()
+            .any(|a| a.0 == "first" && a.1 == "draining")
+    });
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    assert_eq!(first.terminate(), 0);
+    assert_eq!(second.build(id)["status"], "success");
+    // Offline as soon as it has stopped, not a lease later.
+    let states = agent_states(&second);
+    assert!(
+        states.contains(&("first".into(), "offline".into(), false)),
+        "{states:?}"
+    );
+    eventually_or_logs(&[&second], "second to lead", || {
+        agent_states(&second).contains(&("second".into(), "online".into(), true))
+    });
+    let (code, stdout, stderr) = second.piper(&["agents"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("online (leader)") && stdout.contains("offline"),
+        "{stdout}"
+    );
+}
+
+/// 26.7: health answered 200 while the agent could not reach its
+/// database; a load balancer kept sending requests to it.
+#[test]
+fn health_answers_503_while_the_database_is_cut_off() {
+    let Some(db) = Database::create("agent_leases::health_answers_503") else {
+        return;
+    };
+    let proxy = crate::proxy::Proxy::start(server_of(&db.url));
+    let daemon = Daemon::start_with(Some(&through(&proxy, &db.url)), FAST, None);
+    let (status, _) = daemon.http("GET", "/api/v1/health", None, None);
+    assert_eq!(status, 200);
+    proxy.cut();
+    let (status, body) = daemon.http("GET", "/api/v1/health", None, None);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("database"),
+        "{body}"
+    );
+    proxy.heal();
+    eventually_or_logs(&[&daemon], "health to answer 200 again", || {
+        daemon.http("GET", "/api/v1/health", None, None).0 == 200
+    });
+}

@@ -5,3 +5,9 @@
 ALTER TABLE builds ADD COLUMN fence BIGINT;
 ALTER TABLE builds ADD COLUMN renewed_at BIGINT;
 CREATE SEQUENCE build_fence;
+
+-- An agent's own lease (its --lease: when it counts as offline without a
+-- heartbeat) and its state: running, draining (stopping after SIGTERM) or
+-- stopped.
+ALTER TABLE agents ADD COLUMN lease_ms BIGINT NOT NULL DEFAULT 30000;
+ALTER TABLE agents ADD COLUMN state TEXT NOT NULL DEFAULT 'running';

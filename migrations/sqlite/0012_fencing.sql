@@ -5,3 +5,9 @@
 ALTER TABLE builds ADD COLUMN fence INTEGER;
 ALTER TABLE builds ADD COLUMN renewed_at INTEGER;
 CREATE INDEX builds_fence ON builds (fence);
+
+-- An agent's own lease (its --lease: when it counts as offline without a
+-- heartbeat) and its state: running, draining (stopping after SIGTERM) or
+-- stopped.
+ALTER TABLE agents ADD COLUMN lease_ms INTEGER NOT NULL DEFAULT 30000;
+ALTER TABLE agents ADD COLUMN state TEXT NOT NULL DEFAULT 'running';

@@ -136,8 +136,12 @@ pub struct AgentList {
 /// `GET /api/v1/health`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// Always `ok` when it answers.
+    /// `ok`, or `unavailable` when the agent cannot reach its database
+    /// (answered with 503, so a load balancer sends no more requests).
     pub status: String,
+    /// Why it is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub version: String,
     /// This agent's name.
     pub agent: String,

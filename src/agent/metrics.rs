@@ -123,13 +123,14 @@ impl Metrics {
         let heartbeat = Family::<Labels, Seconds>::default();
         for agent in &agents {
             let labels = vec![("agent", agent.name.clone()), ("id", agent.id.clone())];
-            up.get_or_create(&labels).set(i64::from(agent.online));
+            up.get_or_create(&labels)
+                .set(i64::from(agent.status != "offline"));
             let age = (stats.now_ms - agent.last_seen).max(0) as f64 / 1000.0;
             heartbeat.get_or_create(&labels).set(age);
         }
         registry.register(
             "piper_agent_up",
-            "1 for an agent that sent a heartbeat in the last 30 s, 0 for one seen in the last hour",
+            "1 for an agent running or draining, with a heartbeat within its lease; 0 for one stopped or silent, seen in the last hour",
             up,
         );
         registry.register(

@@ -621,6 +621,7 @@ async fn serve(
             &address.to_string(),
             i64::from(args.workers),
             &agent.labels,
+            args.lease.as_millis() as i64,
         )
         .await
         .map_err(|e| {
@@ -677,6 +678,14 @@ async fn serve(
                 args.grace
             );
             agent.stop_claiming.cancel();
+            // Shown as `draining` in the agent list meanwhile.
+            let draining = agent.store.set_agent_state(&agent.id, "draining");
+            if tokio::time::timeout(Duration::from_secs(2), draining)
+                .await
+                .is_err()
+            {
+                tracing::warn!("cannot record that the agent drains: the database does not answer");
+            }
         }
     };
     // Keep serving (status, logs) while running builds finish.
@@ -698,6 +707,14 @@ async fn serve(
         let _ = worker.await;
     }
     server.abort();
+    // Offline in the agent list at once, not after its lease.
+    let stopped = agent.store.set_agent_state(&agent.id, "stopped");
+    if tokio::time::timeout(Duration::from_secs(2), stopped)
+        .await
+        .is_err()
+    {
+        tracing::warn!("cannot record that the agent stopped: the database does not answer");
+    }
     // A stopped agent's address would send the CLI to a closed port (or
     // another program's): say nothing rather than something stale.
     let _ = std::fs::remove_file(data.join(ADDRESS_FILE));

@@ -685,14 +685,31 @@ async fn updates(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult
 }
 
 #[utoipa::path(get, path = "/api/v1/health", tag = "agent",
-    responses((status = 200, description = "The agent answers", body = Health)))]
-async fn health(State(state): State<ApiState>) -> axum::Json<Health> {
-    axum::Json(Health {
-        status: "ok".into(),
+    responses((status = 200, description = "The agent answers and reaches its database", body = Health),
+              (status = 503, description = "The agent cannot reach its database (error says why)", body = Health)))]
+async fn health(State(state): State<ApiState>) -> Response {
+    // A database that does not answer (a partition) would hang the check:
+    // it gets what a load balancer's probe allows, 2 s.
+    let ping =
+        tokio::time::timeout(std::time::Duration::from_secs(2), state.agent.store.ping()).await;
+    let error = match ping {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("the database does not answer: {e}")),
+        Err(_) => Some("the database did not answer within 2s".to_string()),
+    };
+    let code = if error.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = Health {
+        status: if error.is_some() { "unavailable" } else { "ok" }.into(),
+        error,
         version: env!("CARGO_PKG_VERSION").into(),
         agent: state.agent.name.clone(),
         database: state.agent.store.backend_name().into(),
-    })
+    };
+    (code, axum::Json(body)).into_response()
 }
 
 /// `GET /metrics`, for Prometheus (outside `/api/v1`, where scrapers look).

@@ -259,8 +259,14 @@ pub struct AgentInfo {
     pub version: String,
     pub started_at: i64,
     pub last_seen: i64,
-    /// Seen within the last 30 s.
+    /// Running, with a heartbeat within its lease (its `--lease`).
     pub online: bool,
+    /// `online`, `draining` (stopping after SIGTERM: no new builds, its
+    /// running ones finish) or `offline` (stopped, or no heartbeat within
+    /// its lease).
+    pub status: String,
+    /// It does the cluster's periodic work now (rescue, schedules).
+    pub leader: bool,
     /// Builds it holds now.
     pub running: i64,
 }
@@ -1436,15 +1442,17 @@ impl Store {
         address: &str,
         workers: i64,
         labels: &BTreeMap<String, String>,
+        lease_ms: i64,
     ) -> StoreResult<()> {
         let labels = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
         let now = self.now_sql();
         let sql = format!(
-            "INSERT INTO agents (id, name, address, workers, labels, version, started_at, last_seen) \
-             VALUES ($1, $2, $3, $4, $5, $6, {now}, {now}) \
+            "INSERT INTO agents (id, name, address, workers, labels, version, started_at, last_seen, lease_ms, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, {now}, {now}, $7, 'running') \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, address = excluded.address, \
              workers = excluded.workers, labels = excluded.labels, version = excluded.version, \
-             started_at = excluded.started_at, last_seen = excluded.last_seen"
+             started_at = excluded.started_at, last_seen = excluded.last_seen, \
+             lease_ms = excluded.lease_ms, state = excluded.state"
         );
         on_backend!(self, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
@@ -1454,9 +1462,30 @@ impl Store {
                 .bind(workers)
                 .bind(&labels)
                 .bind(env!("CARGO_PKG_VERSION"))
+                .bind(lease_ms)
                 .execute(pool)
                 .await
                 .map(|_| ())
+        })
+    }
+
+    /// Records that an agent drains (`draining`: stopping, its running
+    /// builds finish) or has stopped (`stopped`: offline at once).
+    pub async fn set_agent_state(&self, id: &str, state: &str) -> StoreResult<()> {
+        on_backend!(self, pool => {
+            sqlx::query("UPDATE agents SET state = $1 WHERE id = $2")
+                .bind(state)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    /// Whether the database answers: one trivial query.
+    pub async fn ping(&self) -> StoreResult<()> {
+        on_backend!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
         })
     }
 
@@ -1501,7 +1530,9 @@ impl Store {
         let now = self.now_sql();
         let sql = format!(
             "SELECT a.id, a.name, a.address, a.workers, a.labels, a.version, a.started_at, a.last_seen, \
-             {now} AS now, (SELECT COUNT(*) FROM builds b WHERE b.agent_id = a.id AND b.status = 'running') AS running \
+             a.lease_ms, a.state, {now} AS now, \
+             (SELECT COUNT(*) FROM builds b WHERE b.agent_id = a.id AND b.status = 'running') AS running, \
+             (SELECT COUNT(*) FROM cluster_leader l WHERE l.agent_id = a.id AND l.expires_at > {now}) AS leads \
              FROM agents a WHERE a.last_seen > {now} - 3600000 ORDER BY a.name, a.id"
         );
         on_backend!(self, pool => {
@@ -1513,6 +1544,14 @@ impl Store {
                     let labels: String = row.try_get("labels")?;
                     let last_seen: i64 = row.try_get("last_seen")?;
                     let now: i64 = row.try_get("now")?;
+                    let lease_ms: i64 = row.try_get("lease_ms")?;
+                    let state: String = row.try_get("state")?;
+                    let alive = state != "stopped" && now - last_seen < lease_ms;
+                    let status = match (alive, state.as_str()) {
+                        (false, _) => "offline",
+                        (true, "draining") => "draining",
+                        (true, _) => "online",
+                    };
                     Ok(AgentInfo {
                         id: row.try_get("id")?,
                         name: row.try_get("name")?,
@@ -1522,7 +1561,9 @@ impl Store {
                         version: row.try_get("version")?,
                         started_at: row.try_get("started_at")?,
                         last_seen,
-                        online: now - last_seen < 30_000,
+                        online: status == "online",
+                        status: status.into(),
+                        leader: alive && row.try_get::<i64, _>("leads")? > 0,
                         running: row.try_get("running")?,
                     })
                 })

@@ -416,11 +416,16 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
                         .iter()
                         .map(|(k, v)| format!("{}={}", clean(k), clean(v)))
                         .collect();
-                    let state = if a.online { "alive" } else { "gone" };
+                    // The leader does the cluster's rescue and schedules.
+                    let state = if a.leader {
+                        format!("{} (leader)", a.status)
+                    } else {
+                        a.status.clone()
+                    };
                     let age = (crate::agent::store::now_ms() - a.last_seen).max(0) as u64;
                     vec![
                         clean(&a.name),
-                        state.to_string(),
+                        state,
                         format!(
                             "{} ago",
                             crate::duration::format(Duration::from_millis(age))

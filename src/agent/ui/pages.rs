@@ -328,7 +328,14 @@ pub fn agents(chrome: &Chrome, agents: &[AgentView], now: i64) -> Markup {
                         @for agent in agents {
                             tr {
                                 th scope="row" { (agent.name) }
-                                td { @if agent.online { span class="badge status-success" { "online" } } @else { span class="badge status-lost" { "offline" } } }
+                                td {
+                                    @match agent.status.as_str() {
+                                        "online" => span class="badge status-success" { "online" },
+                                        "draining" => span class="badge status-running" { "draining" },
+                                        _ => span class="badge status-lost" { "offline" },
+                                    }
+                                    @if agent.leader { " " span class="badge" title="does the cluster's rescue and schedules" { "leader" } }
+                                }
                                 td { (view::age(now - agent.last_seen)) }
                                 td { a href=(format!("/?agent={}&status=running", super::urlencode(&agent.name))) { (agent.running) " of " (agent.workers) } }
                                 td { @for (k, v) in &agent.labels { code class="label" { (k) "=" (v) } " " } }
