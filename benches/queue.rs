@@ -27,6 +27,7 @@ async fn main() {
         requested_by: "bench".into(),
         parent_id: None,
         sha: None,
+        args: Vec::new(),
     };
     for _ in 0..BUILDS {
         store

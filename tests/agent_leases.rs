@@ -505,3 +505,63 @@ fn health_answers_503_while_the_database_is_cut_off() {
         daemon.http("GET", "/api/v1/health", None, None).0 == 200
     });
 }
+
+/// 26.8: `piper submit PIPELINE -- ARGS` dropped the arguments on the way
+/// to the agent. They reach the steps as they do in `piper exec`, and a
+/// retrigger keeps them.
+#[test]
+fn submitted_pipeline_arguments_reach_the_steps() {
+    let daemon = Daemon::start(None);
+    let repo = repo(&[(
+        "piper.lua",
+        br#"
+pipeline "deploy" {
+  step "sh" { run = [[echo "first=$1 second=$2 all=$PIPER_ARGS"]] },
+  step "lua" { run = function(ctx) ctx.print("lua args: " .. table.concat(ctx.args, "|")) end },
+}
+"#,
+    )]);
+    let (code, stdout, stderr) = crate::agent::submit(
+        &daemon,
+        repo.path(),
+        "deploy",
+        &["--follow", "--", "prod", "two words"],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("first=prod second=two words all=prod 'two words'"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("lua args: prod|two words"), "{stdout}");
+    let id = crate::agent::submitted_id(&stderr);
+    assert_eq!(
+        daemon.build(id)["args"],
+        serde_json::json!(["prod", "two words"])
+    );
+    let (status, body) = daemon.http(
+        "POST",
+        &format!("/api/v1/builds/{id}/retrigger"),
+        Some(&daemon.token),
+        None,
+    );
+    assert_eq!(status, 201);
+    let again: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(again["args"], serde_json::json!(["prod", "two words"]));
+    // Not a list of strings: refused, naming the field.
+    let (status, body) = daemon.http(
+        "POST",
+        "/api/v1/builds",
+        Some(&daemon.token),
+        Some(
+            serde_json::json!({ "repo": repo.path(), "pipeline": "deploy", "args": ["ok", 7] })
+                .to_string()
+                .into_bytes(),
+        ),
+    );
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("args[1]")),
+        "{body}"
+    );
+}

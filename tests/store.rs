@@ -19,6 +19,7 @@ fn new_build(repo: &str, pipeline: &str) -> NewBuild {
         requested_by: "test".into(),
         parent_id: None,
         sha: None,
+        args: Vec::new(),
     }
 }
 

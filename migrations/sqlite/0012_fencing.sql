@@ -11,3 +11,7 @@ CREATE INDEX builds_fence ON builds (fence);
 -- stopped.
 ALTER TABLE agents ADD COLUMN lease_ms INTEGER NOT NULL DEFAULT 30000;
 ALTER TABLE agents ADD COLUMN state TEXT NOT NULL DEFAULT 'running';
+
+-- The pipeline's arguments (`piper submit PIPELINE -- ARGS`), as a JSON
+-- list: "$1".. in its shell commands, ctx.args in its Lua functions.
+ALTER TABLE builds ADD COLUMN args TEXT NOT NULL DEFAULT '[]';

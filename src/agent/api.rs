@@ -42,6 +42,10 @@ pub struct BuildRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 1, pattern = r"\S")]
     pub requested_by: Option<String>,
+    /// The pipeline's arguments: `"$1"`.. and `"$@"` in its shell commands,
+    /// `ctx.args` in its Lua functions, `PIPER_ARGS` (no NUL bytes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 /// `POST /api/v1/webhook`: what a git host sends on a push. The pipeline

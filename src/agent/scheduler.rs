@@ -139,6 +139,7 @@ async fn queue_slot(
         requested_by: format!("schedule {schedule}"),
         parent_id: None,
         sha: None,
+        args: Vec::new(),
     };
     match agent
         .store

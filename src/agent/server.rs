@@ -928,6 +928,7 @@ async fn host_hook(
             .pusher
             .unwrap_or_else(|| format!("{} webhook", host.name())),
         parent_id: None,
+        args: Vec::new(),
     };
     queue(&state, &new, push.delivery.as_deref()).await
 }
@@ -993,6 +994,7 @@ fn parse_request(
         "env",
         "secret_env",
         "requested_by",
+        "args",
     ];
     if let Some(unknown) = fields.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(ApiError::bad(
@@ -1042,6 +1044,25 @@ fn parse_request(
             format!("`{both}` is in both `env` and `secret_env`"),
         ));
     }
+    let args = match fields.get("args") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(s) if s.contains('\0') => Err(ApiError::bad(
+                    &format!("args[{i}]"),
+                    format!("`args[{i}]` contains a NUL byte"),
+                )),
+                Value::String(s) => Ok(s.clone()),
+                _ => Err(ApiError::bad(
+                    &format!("args[{i}]"),
+                    format!("`args[{i}]` must be a string"),
+                )),
+            })
+            .collect::<ApiResult<Vec<String>>>()?,
+        Some(_) => return Err(ApiError::bad("args", "`args` must be a list of strings")),
+    };
     Ok(NewBuild {
         repo,
         git_ref,
@@ -1051,6 +1072,7 @@ fn parse_request(
         requested_by,
         parent_id: None,
         sha: None,
+        args,
     })
 }
 
@@ -1118,6 +1140,7 @@ async fn retrigger(
         secret_env: old.secret_env,
         requested_by: format!("retrigger of build {id}"),
         parent_id: Some(id),
+        args: old.args,
     };
     let key = header_key(&headers, "idempotency-key", &format!("retrigger-{id}"))?;
     queue(&state, &new, key.as_deref()).await

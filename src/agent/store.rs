@@ -163,6 +163,8 @@ pub struct NewBuild {
     /// The commit to build, when the request names it exactly (a git host's
     /// push): `git_ref` then only says which branch or tag it was.
     pub sha: Option<String>,
+    /// The pipeline's arguments: `"$1"`.., `ctx.args`, `PIPER_ARGS`.
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -200,6 +202,9 @@ pub struct Build {
     /// Labels an agent must have to run it; None until an agent read its
     /// piper.lua (any agent may claim it to do so).
     pub requires: Option<BTreeMap<String, String>>,
+    /// The pipeline's arguments (`piper submit PIPELINE -- ARGS`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
     /// Taken by each claim (an attempt), larger than every token handed
     /// out before it on this database: steps get it as
     /// `PIPER_FENCING_TOKEN`, for a system they act on to refuse a stale
@@ -312,7 +317,7 @@ pub fn now_ms() -> i64 {
 
 const BUILD_COLUMNS: &str = "id, number, repo, git_ref, sha, version, pipeline, status, env, requested_by, \
      requested_at, started_at, finished_at, agent, parent_id, error, secret_env, \
-     attempt, max_attempts, lease_expires_at, cancel_requested, agent_id, requires, fence";
+     attempt, max_attempts, lease_expires_at, cancel_requested, agent_id, requires, fence, args";
 
 fn build_from_row<R: Row>(row: &R) -> StoreResult<Build>
 where
@@ -353,6 +358,7 @@ where
             .try_get::<Option<String>, _>("requires")?
             .and_then(|text| serde_json::from_str(&text).ok()),
         fencing_token: row.try_get("fence")?,
+        args: serde_json::from_str(&row.try_get::<String, _>("args")?).unwrap_or_default(),
     })
 }
 
@@ -687,6 +693,7 @@ impl Store {
     ) -> StoreResult<(Build, bool)> {
         let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
         let secret_env = serde_json::to_string(&new.secret_env).unwrap_or_else(|_| "{}".into());
+        let args = serde_json::to_string(&new.args).unwrap_or_else(|_| "[]".into());
         let now = self.now_sql();
         let fence = self.next_fence_sql();
         // The counter row serializes concurrent submits to one repository
@@ -696,10 +703,10 @@ impl Store {
         let insert = format!(
             "INSERT INTO builds (number, repo, git_ref, pipeline, status, env, requested_by, requested_at, \
              parent_id, secret_env, attempt, agent_id, agent, started_at, lease_expires_at, sha, \
-             renewed_at, fence) \
+             renewed_at, fence, args) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, {now}, $8, $9, $10, $11, $12, \
              CASE WHEN $10 > 0 THEN {now} END, CASE WHEN $10 > 0 THEN {now} + $13 END, $14, \
-             CASE WHEN $10 > 0 THEN {now} END, CASE WHEN $10 > 0 THEN {fence} END) \
+             CASE WHEN $10 > 0 THEN {now} END, CASE WHEN $10 > 0 THEN {fence} END, $15) \
              RETURNING {BUILD_COLUMNS}"
         );
         let attempt = i64::from(holder.is_some());
@@ -755,6 +762,7 @@ impl Store {
                 .bind(holder.map(|h| h.agent_name.as_str()))
                 .bind(holder.map_or(0, |h| h.lease_ms))
                 .bind(new.sha.as_deref())
+                .bind(&args)
                 .fetch_all(&mut *tx)
                 .await?;
             let build = build_from_row(rows.first().ok_or(sqlx::Error::RowNotFound)?)?;

@@ -533,6 +533,7 @@ impl Agent {
         }
         let options = Options {
             env_overrides: self.build_env(build),
+            args: build.args.clone().into(),
             ..Options::default()
         };
         let mut recorder = Recorder {
@@ -917,6 +918,8 @@ impl Recorder {
                 requested_by: format!("chained from build {parent}"),
                 parent_id: Some(parent),
                 sha: None,
+                // As `piper exec`: arguments are the requested pipeline's.
+                args: Vec::new(),
             };
             let store = &self.store;
             let holder = &self.holder;

@@ -112,6 +112,10 @@ pub enum Command {
         /// left alone
         #[arg(long, conflicts_with_all = ["repo", "git_ref"])]
         working_tree: bool,
+        /// Arguments for the pipeline, after `--`: `$1`.. and `"$@"` in its
+        /// shell commands, `ctx.args` in its Lua functions, as for `exec`
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
     },
     /// List builds on piperd, newest first
     Builds {
@@ -291,6 +295,7 @@ pub enum RemoteCommand {
         env: Vec<String>,
         follow: bool,
         working_tree: bool,
+        args: Vec<String>,
     },
     Builds {
         repo: Option<String>,

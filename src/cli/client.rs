@@ -207,6 +207,7 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
             env,
             follow,
             working_tree,
+            args: pipeline_args,
         } => {
             let (repo, git_ref) = match repo {
                 Some(repo) => (repo.clone(), git_ref.clone()),
@@ -226,6 +227,7 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
                 env: vars,
                 secret_env: Default::default(),
                 requested_by: Some(std::env::var("USER").unwrap_or_else(|_| "cli".into())),
+                args: pipeline_args.clone(),
             };
             let (build, text) = client
                 .typed::<Build>(client.http.post(client.url("/builds")).json(&body))

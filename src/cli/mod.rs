@@ -147,6 +147,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             env,
             follow,
             working_tree,
+            args,
         } => self::client::run(
             remote,
             &RemoteCommand::Submit {
@@ -156,6 +157,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 env: env.clone(),
                 follow: *follow,
                 working_tree: *working_tree,
+                args: args.clone(),
             },
         ),
         Command::Builds {
@@ -308,6 +310,10 @@ fn exec_from_build(cli: &Cli, args: &ExecArgs, id: i64) -> Result<i32> {
     let mut args = args.clone();
     if args.targets.is_empty() {
         args.targets = vec![build.pipeline.clone()];
+    }
+    // The build's own arguments, unless new ones are given after `--`.
+    if args.args.is_empty() {
+        args.args = build.args.clone();
     }
     exec_project(cli, &args, &project, build.env)
 }

@@ -26,6 +26,8 @@ pub struct Reproduction {
     pub sha_and_ref: String,
     /// The variables the agent gave every step.
     pub env: IndexMap<String, String>,
+    /// The pipeline's arguments it was submitted with.
+    pub args: Vec<String>,
     /// What differs from the agent's run, one line each.
     pub differences: Vec<String>,
 }
@@ -64,6 +66,7 @@ pub fn prepare(
         pipeline: build.pipeline.clone(),
         sha_and_ref: format!("{} ({})", &sha[..sha.len().min(12)], build.git_ref),
         env: crate::agent::worker::build_vars(&build, build.agent.as_deref().unwrap_or_default()),
+        args: build.args.clone(),
         differences: differences(&build, agent.as_ref(), given),
     })
 }
