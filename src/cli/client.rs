@@ -712,39 +712,68 @@ async fn follow_one(
 
 /// The builds `parent` chained, oldest first. Following, waits (up to
 /// 30 s) for all `expected` of them: they are created as they start, just
-/// after the parent ended.
+/// after the parent ended. It waits on the agent's update stream (`GET
+/// /updates`, one event per build written), listing again when told, not
+/// on a timer.
 async fn chained_builds(
     client: &Client,
     parent: i64,
     expected: usize,
     follow: bool,
 ) -> Result<Vec<i64>> {
+    let ids = chained_now(client, parent).await?;
+    if ids.len() >= expected || !follow {
+        return Ok(ids);
+    }
+    use futures_util::StreamExt;
+    let mut updates = client
+        .send(client.http.get(client.url("/updates")))
+        .await?
+        .bytes_stream();
+    // What was created before the subscription: listed once more.
+    let mut ids = chained_now(client, parent).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let list: BuildList = client
-            .get(
-                client
-                    .http
-                    .get(client.url("/builds"))
-                    .query(&[("parent", parent.to_string()), ("limit", "500".into())]),
-            )
-            .await?;
-        // Retriggers are children too; chained builds say where from.
-        let mut ids: Vec<i64> = list
-            .builds
-            .iter()
-            .filter(|b| b.build.requested_by.starts_with("chained from build"))
-            .map(|b| b.build.id)
-            .collect();
-        ids.sort_unstable();
-        if ids.len() >= expected || !follow || tokio::time::Instant::now() > deadline {
-            return Ok(ids);
-        }
+    let mut pending = Vec::new();
+    while ids.len() < expected {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ids),
+            chunk = updates.next() => match chunk {
+                Some(Ok(bytes)) => {
+                    pending.extend_from_slice(&bytes);
+                    // One or more whole events (each ends with a blank line).
+                    if let Some(end) = memchr::memmem::rfind(&pending, b"\n\n") {
+                        pending.drain(..end + 2);
+                        ids = chained_now(client, parent).await?;
+                    }
+                }
+                // The stream ended or broke: what is there is all.
+                _ => return chained_now(client, parent).await,
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tokio::signal::ctrl_c() => break,
         }
     }
+    Ok(ids)
+}
+
+/// The builds `parent` chained so far, oldest first.
+async fn chained_now(client: &Client, parent: i64) -> Result<Vec<i64>> {
+    let list: BuildList = client
+        .get(
+            client
+                .http
+                .get(client.url("/builds"))
+                .query(&[("parent", parent.to_string()), ("limit", "500".into())]),
+        )
+        .await?;
+    // Retriggers are children too; chained builds say where from.
+    let mut ids: Vec<i64> = list
+        .builds
+        .iter()
+        .filter(|b| b.build.requested_by.starts_with("chained from build"))
+        .map(|b| b.build.id)
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// The exit status a local run of the same build would have had: 0, the
