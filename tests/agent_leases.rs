@@ -209,7 +209,7 @@ pipeline "ci" {
 "#;
 
 /// Short leases: a lost agent is noticed within a second or two.
-const FAST: &[&str] = &["--lease", "1500ms", "--heartbeat", "300ms"];
+const FAST: &[&str] = &["--lease", "3s", "--heartbeat", "500ms"];
 
 /// (attempt, fencing token, agent) of each attempt's step, in order.
 fn attempts(dir: &Path) -> Vec<(i64, i64, String)> {

@@ -13,7 +13,7 @@ use crate::harness::{eventually, process_gone, read_pid, wait_for_file_to_exist}
 use crate::pg::Database;
 
 /// Short leases, so a dead agent is noticed within a second or two.
-const FAST: &[&str] = &["--lease", "1500ms", "--heartbeat", "300ms"];
+const FAST: &[&str] = &["--lease", "3s", "--heartbeat", "500ms"];
 
 fn agents(db: &Database, n: usize, extra: &[&str]) -> Vec<Daemon> {
     (0..n)

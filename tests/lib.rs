@@ -7,6 +7,7 @@ mod hooks;
 mod agent;
 mod agent_faults;
 mod agent_leases;
+mod agent_security;
 mod bench_gen;
 mod chaining;
 mod cli;

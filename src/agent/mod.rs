@@ -8,6 +8,7 @@
 //! running ones finish within the grace period, then cancels them (their
 //! process groups are ended and they are recorded `canceled`).
 
+pub mod allow_list;
 pub mod api;
 mod fence;
 mod guard;

@@ -58,33 +58,8 @@ pub struct Policy {
     pub hooks: super::hooks::Hooks,
 }
 
-/// Glob patterns over repository URLs or paths (`*` stays within one
-/// `/`-separated part, `**` crosses them).
-pub struct RepositoryAllowList {
-    patterns: Vec<String>,
-    set: globset::GlobSet,
-}
-
-impl RepositoryAllowList {
-    pub fn new(patterns: &[String]) -> Result<RepositoryAllowList, String> {
-        let mut set = globset::GlobSetBuilder::new();
-        for pattern in patterns {
-            let glob = globset::GlobBuilder::new(pattern)
-                .literal_separator(true)
-                .build()
-                .map_err(|e| format!("`{pattern}`: {}", e.kind()))?;
-            set.add(glob);
-        }
-        Ok(RepositoryAllowList {
-            patterns: patterns.to_vec(),
-            set: set.build().map_err(|e| e.to_string())?,
-        })
-    }
-
-    pub fn allows(&self, repo: &str) -> bool {
-        self.set.is_match(repo)
-    }
-}
+use super::allow_list::Refusal;
+pub use super::allow_list::RepositoryAllowList;
 
 /// An error as the client sees it: a status and a JSON body naming the
 /// problem (and the field, when one is to blame). Internal errors are
@@ -942,19 +917,27 @@ struct WebhookQuery {
 }
 
 async fn queue(state: &ApiState, new: &NewBuild, key: Option<&str>) -> ApiResult<Response> {
-    if let Some(allowed) = &state.policy.repositories
-        && !allowed.allows(&new.repo)
-    {
-        return Err(ApiError {
-            status: StatusCode::FORBIDDEN,
-            message: format!(
-                "repository `{}` is not on this agent's allow-list (`repositories` in piperd.toml: {})",
-                new.repo,
-                allowed.patterns.join(", ")
-            ),
-            field: Some("repo".into()),
-        });
-    }
+    // With an allow-list, the repository is matched — and then built — in
+    // its normal form (allow_list.rs): `..` never escapes a pattern.
+    let admitted;
+    let new = match &state.policy.repositories {
+        None => new,
+        Some(allowed) => {
+            let repo = allowed.admit(&new.repo).map_err(|refusal| match refusal {
+                Refusal::Unclean(message) => ApiError::bad("repo", message),
+                Refusal::NotAllowed(message) => ApiError {
+                    status: StatusCode::FORBIDDEN,
+                    message,
+                    field: Some("repo".into()),
+                },
+            })?;
+            admitted = NewBuild {
+                repo,
+                ..new.clone()
+            };
+            &admitted
+        }
+    };
     // 201 only for a row that committed: a store error is a 5xx.
     let store = &state.agent.store;
     let (build, replayed) =

@@ -1,0 +1,215 @@
+//! Which repositories an agent builds (`--repository`, `repositories` in
+//! piperd.toml): glob patterns over repository URLs or local paths, matched
+//! against the repository's *normal form*, never the text as submitted.
+//!
+//! A pattern like `/srv/repos/**` must not admit `/srv/repos/../outside`,
+//! nor `https://git.example/acme/**` admit `https://git.example/acme/../x`:
+//! the text matches, the repository git would fetch does not. So a
+//! repository is first brought to one form — a URL parsed and normalised
+//! (scheme and host lower-cased, default port dropped), a local path
+//! resolved to its canonical path (symlinks followed) — and what does not
+//! normalise cleanly is refused outright: `.` or `..` segments, and
+//! percent-encoded dots, slashes or backslashes, which a server may decode
+//! into them. The normal form is also what the agent then builds, so a
+//! symlink swapped after the check changes nothing.
+
+/// Glob patterns over repository URLs or paths (`*` stays within one
+/// `/`-separated part, `**` crosses them).
+pub struct RepositoryAllowList {
+    pub(crate) patterns: Vec<String>,
+    set: globset::GlobSet,
+}
+
+/// Why a repository was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// It has no single normal form (dot segments, encoded separators, a
+    /// relative or missing path): a 400.
+    Unclean(String),
+    /// Its normal form matches no pattern: a 403.
+    NotAllowed(String),
+}
+
+impl RepositoryAllowList {
+    pub fn new(patterns: &[String]) -> Result<RepositoryAllowList, String> {
+        let mut set = globset::GlobSetBuilder::new();
+        for pattern in patterns {
+            let glob = globset::GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("`{pattern}`: {}", e.kind()))?;
+            set.add(glob);
+        }
+        Ok(RepositoryAllowList {
+            patterns: patterns.to_vec(),
+            set: set.build().map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// The repository to build, in its normal form, if a pattern admits it.
+    pub fn admit(&self, repo: &str) -> Result<String, Refusal> {
+        let normal = normal_form(repo).map_err(Refusal::Unclean)?;
+        if self.set.is_match(&normal) {
+            Ok(normal)
+        } else {
+            let shown = if normal == repo {
+                format!("repository `{repo}`")
+            } else {
+                format!("repository `{repo}` (that is, `{normal}`)")
+            };
+            Err(Refusal::NotAllowed(format!(
+                "{shown} is not on this agent's allow-list (`repositories` in piperd.toml: {})",
+                self.patterns.join(", ")
+            )))
+        }
+    }
+}
+
+/// `repo` in its one normal form: a URL normalised, an scp-like address
+/// (`git@host:org/app.git`) as it is, a local path canonical.
+pub fn normal_form(repo: &str) -> Result<String, String> {
+    if repo.contains("://") {
+        let (_, rest) = repo.split_once("://").unwrap_or_default();
+        let path = rest.find('/').map_or("", |at| &rest[at..]);
+        check_segments(path, "URL")?;
+        let url =
+            url::Url::parse(repo).map_err(|e| format!("`{repo}` is not a URL git can use: {e}"))?;
+        return Ok(url.to_string());
+    }
+    if let Some((host, path)) = scp_like(repo) {
+        check_segments(path, "address")?;
+        return Ok(format!("{host}:{path}"));
+    }
+    let path = std::path::Path::new(repo);
+    if !path.is_absolute() {
+        return Err(format!(
+            "`{repo}` is not an absolute path: give a local repository by its absolute path"
+        ));
+    }
+    check_segments(repo, "path")?;
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| format!("`{repo}` cannot be resolved: {e}"))?;
+    canonical
+        .to_str()
+        .map(String::from)
+        .ok_or_else(|| format!("`{repo}` resolves to a path that is not UTF-8"))
+}
+
+/// `host:path` of git's scp-like syntax (`[user@]host:path`, the host
+/// without a slash before the colon), as git tells it from a local path.
+fn scp_like(repo: &str) -> Option<(&str, &str)> {
+    let (host, path) = repo.split_once(':')?;
+    (!host.is_empty() && !host.contains('/')).then_some((host, path))
+}
+
+/// Refuses `.`/`..` segments and percent-encoded dots and separators (a
+/// server may decode `%2e%2e` into `..`), and backslashes (which some
+/// read as separators).
+fn check_segments(path: &str, what: &str) -> Result<(), String> {
+    let lower = path.to_ascii_lowercase();
+    if let Some(encoded) = ["%2e", "%2f", "%5c"].iter().find(|e| lower.contains(*e)) {
+        return Err(format!(
+            "the {what} `{path}` holds `{encoded}`, an encoded dot or separator: write it plainly"
+        ));
+    }
+    if path.contains('\\') {
+        return Err(format!("the {what} `{path}` holds a backslash"));
+    }
+    if let Some(dots) = path.split('/').find(|s| *s == "." || *s == "..") {
+        return Err(format!(
+            "the {what} `{path}` holds a `{dots}` segment: give the repository without `.` or `..`"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(patterns: &[&str]) -> RepositoryAllowList {
+        RepositoryAllowList::new(&patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+            .unwrap()
+    }
+
+    #[test]
+    fn dot_segments_and_encoded_separators_are_refused() {
+        let urls = list(&["http://git.example/acme/**"]);
+        for repo in [
+            "http://git.example/acme/../evilorg/evil",
+            "http://git.example/acme/./app",
+            "http://git.example/acme/%2e%2e/evil",
+            "http://git.example/acme/%2E%2e/evil",
+            "http://git.example/acme%2f..%2fevil",
+            "http://git.example/acme/x\\..\\y",
+        ] {
+            assert!(
+                matches!(urls.admit(repo), Err(Refusal::Unclean(_))),
+                "{repo}: {:?}",
+                urls.admit(repo)
+            );
+        }
+        let scp = list(&["git@git.example:acme/**"]);
+        assert!(matches!(
+            scp.admit("git@git.example:acme/../evil"),
+            Err(Refusal::Unclean(_))
+        ));
+        assert_eq!(
+            scp.admit("git@git.example:acme/app.git").unwrap(),
+            "git@git.example:acme/app.git"
+        );
+    }
+
+    #[test]
+    fn urls_match_in_their_normal_form() {
+        let urls = list(&["http://git.example/acme/**"]);
+        assert_eq!(
+            urls.admit("HTTP://Git.Example:80/acme/app").unwrap(),
+            "http://git.example/acme/app"
+        );
+        assert!(matches!(
+            urls.admit("http://git.example/evil/app"),
+            Err(Refusal::NotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn local_paths_match_as_resolved() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let allowed = root.join("repos");
+        std::fs::create_dir_all(allowed.join("app")).unwrap();
+        std::fs::create_dir_all(root.join("outside")).unwrap();
+        // A symlink inside the allowed tree that leads out of it.
+        std::os::unix::fs::symlink(root.join("outside"), allowed.join("link")).unwrap();
+        let paths = list(&[&format!("{}/**", allowed.display())]);
+        let app = allowed.join("app");
+        assert_eq!(
+            paths.admit(app.to_str().unwrap()).unwrap(),
+            app.to_str().unwrap()
+        );
+        for repo in [
+            format!("{}/../outside", allowed.display()),
+            format!("{}/app/../../outside", allowed.display()),
+        ] {
+            assert!(
+                matches!(paths.admit(&repo), Err(Refusal::Unclean(_))),
+                "{repo}"
+            );
+        }
+        let link = allowed.join("link");
+        assert!(
+            matches!(
+                paths.admit(link.to_str().unwrap()),
+                Err(Refusal::NotAllowed(_))
+            ),
+            "a symlink out of the tree"
+        );
+        assert!(matches!(paths.admit("repos/app"), Err(Refusal::Unclean(_))));
+        assert!(matches!(
+            paths.admit(allowed.join("missing").to_str().unwrap()),
+            Err(Refusal::Unclean(_))
+        ));
+    }
+}
