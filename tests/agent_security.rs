@@ -74,3 +74,53 @@ fn the_allow_list_cannot_be_escaped_with_dot_segments_or_symlinks() {
     assert_eq!(daemon.wait_finished(id)["status"], "success");
     assert!(!outside.path().join("pwned").exists());
 }
+
+/// Reads until the server closes the connection: true when it did (within
+/// the 30 s bound), false when the read timed out with it still open.
+fn closed_by_server(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).is_ok()
+}
+
+/// 27.2: ~1,100 connections that sent nothing made the agent unreachable
+/// (health unanswered for 60 s), and a single silent socket stayed open
+/// for good: the header timeout started only at the first byte.
+#[test]
+fn silent_connections_are_dropped_and_never_lock_the_agent_out() {
+    use std::io::Write;
+    let daemon = Daemon::start(None);
+    let address = daemon.url.trim_start_matches("http://").to_string();
+    // More silent connections than may wait: the agent still answers.
+    let silent: Vec<std::net::TcpStream> = (0..600)
+        .map(|_| std::net::TcpStream::connect(&address).unwrap())
+        .collect();
+    let health = crate::harness::block_on(async {
+        crate::harness::http_builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .unwrap()
+            .get(format!("{}/api/v1/health", daemon.url))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    assert_eq!(health.as_ref().ok(), Some(&200), "{health:?}");
+    // A silent connection is closed by the agent.
+    let mut last = silent.into_iter().last().unwrap();
+    assert!(
+        closed_by_server(&mut last),
+        "a silent connection stayed open"
+    );
+    // So is one idle after its request (keep-alive).
+    let mut idle = std::net::TcpStream::connect(&address).unwrap();
+    idle.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(
+        closed_by_server(&mut idle),
+        "an idle keep-alive connection stayed open"
+    );
+}

@@ -480,8 +480,28 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "agent".into())
 }
 
+/// Raises this process's limit of open files to its hard limit (as Go's
+/// runtime does): the connections the server allows, the database pool,
+/// git and the steps' pipes all take descriptors, and a soft limit of 1024
+/// would run out first.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn start(args: StartArgs) -> Result<()> {
     let args = Settings::resolve(args)?;
+    raise_open_files_limit();
     let data = args.data.clone();
     std::fs::create_dir_all(&data)
         .map_err(|e| Error::io(format!("cannot create {}", data.display()), e))?;
