@@ -124,3 +124,58 @@ fn silent_connections_are_dropped_and_never_lock_the_agent_out() {
         "an idle keep-alive connection stayed open"
     );
 }
+
+/// An HTTP server on 127.0.0.1 that answers every request with `text` as
+/// a smart-HTTP git server's error (`ERR` in a pkt-line), which git prints
+/// as `fatal: remote error: TEXT`; its URL.
+fn answering_server(text: &'static str) -> String {
+    let line = format!("ERR {text}\n");
+    let body: &'static str = Box::leak(format!("{:04x}{line}", line.len() + 4).into_boxed_str());
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/latest/meta-data", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// 27.3: `fd::17` hung a worker until the git timeout, and what a remote
+/// answered (a metadata service's text) landed in the build's `error`,
+/// which `--public-read` visitors read.
+#[test]
+fn git_uses_plain_transports_and_never_reports_what_a_remote_said() {
+    let daemon = Daemon::start(None);
+    for repo in ["fd::17", "ext::sh -c id", "gopher://127.0.0.1/x"] {
+        let (status, body) = post_build(
+            &daemon,
+            &serde_json::json!({ "repo": repo, "pipeline": "ci" }),
+        );
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (400, Some("repo")),
+            "{repo}: {body}"
+        );
+    }
+    let url = answering_server("AKIA-SECRET-CREDENTIALS of the instance role");
+    let (status, build) = post_build(
+        &daemon,
+        &serde_json::json!({ "repo": url, "pipeline": "ci" }),
+    );
+    assert_eq!(status, 201, "{build}");
+    let build = daemon.wait_finished(build["id"].as_i64().unwrap());
+    assert_eq!(build["status"], "failed", "{build}");
+    let error = build["error"].as_str().unwrap();
+    assert!(!error.contains("AKIA-SECRET"), "{error}");
+    let log = daemon.log(build["id"].as_i64().unwrap());
+    assert!(!log.contains("AKIA-SECRET"), "{log}");
+}

@@ -65,6 +65,44 @@ impl RepositoryAllowList {
     }
 }
 
+/// The transports the agent's git may use for a submitted repository:
+/// `http(s)://`, `ssh://`, `git://`, scp-like `host:path`, and `file://` or
+/// a local path only where `local` allows. Never a remote helper
+/// (`fd::17`, `ext::cmd`): git's default lets some through, and one hung a
+/// worker until the git timeout.
+pub fn check_transport(repo: &str, local: bool) -> Result<(), Refusal> {
+    if repo.chars().any(char::is_control) {
+        return Err(Refusal::Unclean(
+            "`repo` holds a control character".to_string(),
+        ));
+    }
+    if let Some((helper, _)) = repo.split_once("::")
+        && !helper.contains('/')
+    {
+        return Err(Refusal::Unclean(format!(
+            "`{helper}::` is a git remote helper, which this agent does not use: give an http(s), ssh or git URL"
+        )));
+    }
+    let local_refused = || {
+        Refusal::NotAllowed(
+            "this agent listens beyond loopback without an allow-list, so it builds no local paths: give a URL, or set `repositories` (docs/daemon.md)".to_string(),
+        )
+    };
+    match repo.split_once("://") {
+        Some((scheme, _)) => match scheme.to_ascii_lowercase().as_str() {
+            "http" | "https" | "ssh" | "git" => Ok(()),
+            "file" if local => Ok(()),
+            "file" => Err(local_refused()),
+            other => Err(Refusal::Unclean(format!(
+                "`{other}://` is not a transport this agent uses: http, https, ssh or git"
+            ))),
+        },
+        None if scp_like(repo).is_some() => Ok(()),
+        None if local => Ok(()),
+        None => Err(local_refused()),
+    }
+}
+
 /// `repo` in its one normal form: a URL normalised, an scp-like address
 /// (`git@host:org/app.git`) as it is, a local path canonical.
 pub fn normal_form(repo: &str) -> Result<String, String> {
@@ -159,6 +197,35 @@ mod tests {
             scp.admit("git@git.example:acme/app.git").unwrap(),
             "git@git.example:acme/app.git"
         );
+    }
+
+    #[test]
+    fn only_plain_transports_are_used() {
+        for repo in ["fd::17", "ext::sh -c touch% /tmp/x", "gopher://x/y", "a\nb"] {
+            let repo = repo.replace("\\n", "\n");
+            assert!(
+                matches!(check_transport(&repo, true), Err(Refusal::Unclean(_))),
+                "{repo}"
+            );
+        }
+        for repo in [
+            "https://h/a.git",
+            "ssh://git@h/a",
+            "git://h/a",
+            "git@h:a.git",
+            "/srv/a",
+        ] {
+            assert_eq!(check_transport(repo, true), Ok(()), "{repo}");
+        }
+        assert!(matches!(
+            check_transport("/srv/a", false),
+            Err(Refusal::NotAllowed(_))
+        ));
+        assert!(matches!(
+            check_transport("file:///srv/a", false),
+            Err(Refusal::NotAllowed(_))
+        ));
+        assert_eq!(check_transport("https://h/a.git", false), Ok(()));
     }
 
     #[test]

@@ -531,10 +531,22 @@ fn start(args: StartArgs) -> Result<()> {
         name: "piperd.toml".into(),
         message,
     })?;
+    // Local repositories (git's `file` transport) are built by an agent
+    // that only its own machine reaches, or that has an allow-list (which
+    // says which paths); one that listens beyond loopback without one
+    // would let anyone who reaches it read any repository on its disk.
+    let local_repositories = args.listen.ip().is_loopback() || repositories.is_some();
+    if !args.listen.ip().is_loopback() && repositories.is_none() {
+        tracing::warn!(
+            listen = %args.listen,
+            "listening beyond loopback without an allow-list: submits may name any git URL, and local paths are refused; set `repositories` (--repository) to say which are built"
+        );
+    }
     let policy = server::Policy {
         public_read: args.public_read,
         repositories,
         hooks,
+        local_repositories,
     };
     let database = args
         .database
@@ -597,6 +609,7 @@ async fn serve(
             done.reason
         );
     }
+    let local_repositories = policy.local_repositories;
     let agent = Arc::new(Agent::new(
         store,
         worker::AgentSettings {
@@ -605,6 +618,7 @@ async fn serve(
             labels: labels_and_facts(&args.labels),
             data: data.clone(),
             git_timeout: args.git_timeout,
+            local_repositories,
             lease: args.lease,
             heartbeat: args.heartbeat,
             guard: Some(guard),

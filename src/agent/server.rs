@@ -59,6 +59,8 @@ pub struct Policy {
     /// `[[webhooks]]`: the repositories git hosts may push to, with their
     /// secrets.
     pub hooks: super::hooks::Hooks,
+    /// Whether local paths may be built (git's `file` transport).
+    pub local_repositories: bool,
 }
 
 use super::allow_list::Refusal;
@@ -975,6 +977,16 @@ struct WebhookQuery {
 async fn queue(state: &ApiState, new: &NewBuild, key: Option<&str>) -> ApiResult<Response> {
     // With an allow-list, the repository is matched — and then built — in
     // its normal form (allow_list.rs): `..` never escapes a pattern.
+    super::allow_list::check_transport(&new.repo, state.policy.local_repositories).map_err(
+        |refusal| match refusal {
+            Refusal::Unclean(message) => ApiError::bad("repo", message),
+            Refusal::NotAllowed(message) => ApiError {
+                status: StatusCode::FORBIDDEN,
+                message,
+                field: Some("repo".into()),
+            },
+        },
+    )?;
     let admitted;
     let new = match &state.policy.repositories {
         None => new,

@@ -54,6 +54,8 @@ pub struct Agent {
     git_locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
     /// Longest one git command may take.
     pub git_timeout: Duration,
+    /// The transports git may use (`GIT_ALLOW_PROTOCOL`).
+    pub git_protocols: &'static str,
     /// The durations of what it ran, for `/metrics`.
     pub metrics: Arc<super::metrics::Metrics>,
     /// When each held build's lease was last renewed: what the self-fence
@@ -100,6 +102,8 @@ pub struct AgentSettings {
     pub labels: std::collections::BTreeMap<String, String>,
     pub data: PathBuf,
     pub git_timeout: Duration,
+    /// Whether git may read local repositories (the `file` transport).
+    pub local_repositories: bool,
     pub lease: Duration,
     pub heartbeat: Duration,
     /// The guard process that ends the steps when piperd cannot.
@@ -112,6 +116,8 @@ pub struct AgentSettings {
 pub struct GitLimits<'a> {
     pub timeout: Duration,
     pub cancel: &'a CancellationToken,
+    /// `GIT_ALLOW_PROTOCOL`: no `ext::`, `fd::` or other remote helpers.
+    pub protocols: &'static str,
 }
 
 /// The variables `agent` gives every step of `build`, secrets aside:
@@ -152,6 +158,11 @@ impl Agent {
             abandon: CancellationToken::new(),
             git_locks: Mutex::new(HashMap::new()),
             git_timeout: settings.git_timeout,
+            git_protocols: if settings.local_repositories {
+                "file:git:http:https:ssh"
+            } else {
+                "git:http:https:ssh"
+            },
             metrics: Arc::default(),
             fence: Arc::new(Fence::new(settings.lease, settings.guard)),
         }
@@ -218,6 +229,7 @@ impl Agent {
         GitLimits {
             timeout: self.git_timeout,
             cancel,
+            protocols: self.git_protocols,
         }
     }
 
@@ -699,6 +711,10 @@ async fn git(dir: &Path, args: &[&str], limits: GitLimits<'_>) -> Result<String,
         .args(args)
         .current_dir(dir)
         .env("GIT_TERMINAL_PROMPT", "0")
+        // Only these transports, for the command and every fetch it makes
+        // (submodules, redirects): git's own default lets `fd::` and other
+        // helpers through, and a request could name one.
+        .env("GIT_ALLOW_PROTOCOL", limits.protocols)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -731,7 +747,40 @@ async fn git(dir: &Path, args: &[&str], limits: GitLimits<'_>) -> Result<String,
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        tracing::warn!(args = ?args, "git failed: {}", stderr.trim());
+        Err(git_said(&stderr))
+    }
+}
+
+/// What of git's stderr may go into a build's `error` (which visitors may
+/// read): git's own `fatal:`/`error:` lines, never what the remote sent
+/// (`remote:` lines, `remote error: ...`, the bytes of a bad answer), at
+/// most 300 characters. The whole of it is in the agent's log.
+fn git_said(stderr: &str) -> String {
+    const REMOTE_TEXT: [&str; 3] = ["remote error:", "protocol error:", "bad line length"];
+    let own: Vec<String> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("fatal:") || line.starts_with("error:"))
+        .map(
+            |line| match REMOTE_TEXT.iter().filter_map(|m| line.find(m)).min() {
+                Some(at) => format!(
+                    "{}the remote's answer is not repeated here (see the agent's log)",
+                    &line[..at]
+                ),
+                None => line.to_string(),
+            },
+        )
+        .collect();
+    let text = if own.is_empty() {
+        "git failed (its output is in the agent's log)".to_string()
+    } else {
+        own.join("; ")
+    };
+    match text.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
     }
 }
 
