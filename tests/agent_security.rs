@@ -179,3 +179,34 @@ fn git_uses_plain_transports_and_never_reports_what_a_remote_said() {
     let log = daemon.log(build["id"].as_i64().unwrap());
     assert!(!log.contains("AKIA-SECRET"), "{log}");
 }
+
+/// 27.4: pipeline names and `requested_by` went into piperd's log as
+/// they came: a newline forged a log line; CR, ESC and OSC passed.
+#[test]
+fn request_strings_cannot_forge_or_repaint_the_agents_log() {
+    let daemon = Daemon::start(None);
+    let repo = repo(&[("piper.lua", br#"step "s" { run = "true" }"#)]);
+    let (status, _) = post_build(
+        &daemon,
+        &serde_json::json!({
+            "repo": repo.path(),
+            "pipeline": "ci\nFORGED INFO piper::agent: all builds deleted",
+            "requested_by": "mallory\r\u{1b}]0;owned\u{7}\u{1b}[2J",
+        }),
+    );
+    assert_eq!(status, 201);
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(!log.lines().any(|l| l.starts_with("FORGED")), "{log}");
+    assert!(log.contains("ci\\nFORGED"), "{log}");
+    assert!(!log.contains('\u{1b}') && !log.contains('\r'), "{log:?}");
+}
+
+/// 27.5: "created the API token ... (printed once)" put the whole token
+/// into whatever stderr went to (a log file, the journal).
+#[test]
+fn the_agent_never_writes_its_token_into_its_log() {
+    let daemon = Daemon::start(None);
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(log.contains("created the API token in"), "{log}");
+    assert!(!log.contains(&daemon.token), "{log}");
+}

@@ -10,6 +10,7 @@
 
 pub mod allow_list;
 pub mod api;
+mod escaped;
 mod fence;
 mod guard;
 pub mod hooks;
@@ -389,8 +390,10 @@ fn token(data: &Path) -> Result<String> {
     let _ = std::fs::remove_file(&tmp);
     match written {
         Ok(()) => {
+            // Where it is, not the token itself: stderr is often a log
+            // file or the journal, readable by more than the agent's user.
             eprintln!(
-                "piperd: created the API token in {} (printed once):\n  {token}",
+                "piperd: created the API token in {} (mode 0600): `piper` on this machine reads it from there; elsewhere pass it as --token or PIPER_TOKEN",
                 path.display()
             );
             Ok(token)

@@ -147,7 +147,7 @@ async fn queue_slot(
         .await
     {
         Ok(build) => {
-            tracing::info!(build = build.id, %repo, %pipeline, "scheduled build queued");
+            tracing::info!(build = build.id, repo = %super::escaped::Escaped(repo), pipeline = %super::escaped::Escaped(pipeline), "scheduled build queued");
             agent.wake.notify_one();
         }
         Err(e) => tracing::error!("cannot queue the scheduled build: {e}"),

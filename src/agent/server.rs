@@ -65,6 +65,7 @@ pub struct Policy {
 
 use super::allow_list::Refusal;
 pub use super::allow_list::RepositoryAllowList;
+use super::escaped::Escaped;
 
 /// An error as the client sees it: a status and a JSON body naming the
 /// problem (and the field, when one is to blame). Internal errors are
@@ -1020,7 +1021,13 @@ async fn queue(state: &ApiState, new: &NewBuild, key: Option<&str>) -> ApiResult
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
         return Ok(response);
     }
-    tracing::info!(build = build.id, repo = %build.repo, pipeline = %build.pipeline, requested_by = %build.requested_by, "build queued");
+    tracing::info!(
+        build = build.id,
+        repo = %Escaped(&build.repo),
+        pipeline = %Escaped(&build.pipeline),
+        requested_by = %Escaped(&build.requested_by),
+        "build queued"
+    );
     state.agent.wake.notify_one();
     let _ = state.agent.written.send(build.id);
     Ok((StatusCode::CREATED, axum::Json(build)).into_response())

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::escaped::Escaped;
 use super::fence::Fence;
 use super::log_writer::{LogWriter, Redactor, with_retry};
 use super::store::{Build, BuildState, Holder, NewBuild, Renewal, Store, StoredStep, now_ms};
@@ -390,7 +391,14 @@ impl Agent {
     /// start of its lease, for the self-fence).
     async fn run(&self, build: Build, claimed: i64) {
         let started = std::time::Instant::now();
-        tracing::info!(build = build.id, attempt = build.attempt, repo = %build.repo, pipeline = %build.pipeline, agent = %self.name, "build claimed");
+        tracing::info!(
+            build = build.id,
+            attempt = build.attempt,
+            repo = %Escaped(&build.repo),
+            pipeline = %Escaped(&build.pipeline),
+            agent = %self.name,
+            "build claimed"
+        );
         let token = CancellationToken::new();
         let run = next_run();
         self.fence.renewed(build.id, claimed);
@@ -525,7 +533,7 @@ impl Agent {
         if let Ok(plan) = graph.plan(std::slice::from_ref(&build.pipeline)) {
             let missing = Graph::missing_labels(&plan, &self.labels);
             if !missing.is_empty() {
-                tracing::info!(build = build.id, missing = %missing.join(","), "build needs labels this agent lacks: back to the queue");
+                tracing::info!(build = build.id, missing = %Escaped(&missing.join(",")), "build needs labels this agent lacks: back to the queue");
                 with_retry("giving the build back", &self.abandon, || {
                     self.store.unclaim(build.id, build.attempt, &plan.requires)
                 })
@@ -748,7 +756,7 @@ async fn git(dir: &Path, args: &[&str], limits: GitLimits<'_>) -> Result<String,
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        tracing::warn!(args = ?args, "git failed: {}", stderr.trim());
+        tracing::warn!(args = ?args, "git failed: {}", Escaped(stderr.trim()));
         Err(git_said(&stderr))
     }
 }
@@ -995,7 +1003,7 @@ impl Recorder {
                 Held::new(created.attempt, self.token.clone(), self.run),
             );
             self.log.hold(created.id, created.attempt);
-            tracing::info!(build = created.id, parent, pipeline = %created.pipeline, "chained build started");
+            tracing::info!(build = created.id, parent, pipeline = %Escaped(&created.pipeline), "chained build started");
             created.id
         };
         self.ids.insert(n, id);
