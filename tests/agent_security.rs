@@ -210,3 +210,60 @@ fn the_agent_never_writes_its_token_into_its_log() {
     assert!(log.contains("created the API token in"), "{log}");
     assert!(!log.contains(&daemon.token), "{log}");
 }
+
+/// 27.8: a `repo` with NUL was accepted (201) and then failed; a `ref`
+/// with a leading space was accepted; a 10 MB login body answered 400
+/// where every other oversized body answers 413; `stream?after=-5`
+/// answered 200 where `log?offset=-1` answers 400.
+#[test]
+fn odd_input_is_refused_naming_the_field() {
+    let daemon = Daemon::start(None);
+    let repo = repo(&[("piper.lua", br#"step "s" { run = "true" }"#)]);
+    let path = repo.path().display().to_string();
+    for (body, field) in [
+        (
+            serde_json::json!({ "repo": format!("{path}\u{0}x"), "pipeline": "s" }),
+            "repo",
+        ),
+        (
+            serde_json::json!({ "repo": format!(" {path}"), "pipeline": "s" }),
+            "repo",
+        ),
+        (
+            serde_json::json!({ "repo": path, "pipeline": "s", "ref": " --upload-pack=x" }),
+            "ref",
+        ),
+        (
+            serde_json::json!({ "repo": path, "pipeline": "s", "ref": "main --x" }),
+            "ref",
+        ),
+    ] {
+        let (status, answer) = post_build(&daemon, &body);
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {answer}"
+        );
+    }
+    let big = format!("{{\"token\": \"{}\"}}", "x".repeat(100 * 1024));
+    let (status, _) = daemon.http("POST", "/api/v1/session", None, Some(big.into_bytes()));
+    assert_eq!(status, 413);
+    let (status, build) = post_build(
+        &daemon,
+        &serde_json::json!({ "repo": path, "pipeline": "s" }),
+    );
+    assert_eq!(status, 201, "{build}");
+    let id = build["id"].as_i64().unwrap();
+    let (status, answer) = daemon.http(
+        "GET",
+        &format!("/api/v1/builds/{id}/stream?after=-5"),
+        Some(&daemon.token),
+        None,
+    );
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (400, Some("after")),
+        "{answer}"
+    );
+}

@@ -177,6 +177,22 @@ fn a_signed_github_push_builds_the_pushed_commit_once() {
     );
     assert_eq!((status, again["id"].as_i64()), (201, Some(id)));
     assert_eq!(builds(&daemon), 1);
+    // 27.8: the same signed body replayed with a new delivery id started
+    // another build each time; without the id, it started one too.
+    let (status, replayed) = github(&daemon, "push", "a-new-id-from-a-replayer", &push);
+    assert_eq!((status, replayed["id"].as_i64()), (201, Some(id)));
+    let body = serde_json::to_vec(&push).unwrap();
+    let headers = [
+        ("x-github-event", "push".to_string()),
+        ("x-hub-signature-256", format!("sha256={}", hmac_hex(&body))),
+    ];
+    let (status, answer) = deliver(&daemon, "/api/v1/hooks/github", &headers, body);
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (400, Some("x-github-delivery")),
+        "{answer}"
+    );
+    assert_eq!(builds(&daemon), 1);
 
     // A ping when the hook is created, and a deleted branch: verified,
     // nothing to build.

@@ -48,7 +48,16 @@ impl RepositoryAllowList {
 
     /// The repository to build, in its normal form, if a pattern admits it.
     pub fn admit(&self, repo: &str) -> Result<String, Refusal> {
-        let normal = normal_form(repo).map_err(Refusal::Unclean)?;
+        // A local path off the list as written is refused as such, whether
+        // or not it exists (dot segments are refused before this, so the
+        // text already names the one place).
+        let local = !repo.contains("://") && scp_like(repo).is_none();
+        let plain = local && std::path::Path::new(repo).is_absolute();
+        let normal = if plain && check_segments(repo, "path").is_ok() && !self.set.is_match(repo) {
+            repo.to_string()
+        } else {
+            normal_form(repo).map_err(Refusal::Unclean)?
+        };
         if self.set.is_match(&normal) {
             Ok(normal)
         } else {

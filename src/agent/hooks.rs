@@ -30,6 +30,15 @@ pub enum Host {
 }
 
 impl Host {
+    /// As people write it.
+    pub fn title(self) -> &'static str {
+        match self {
+            Host::GitHub => "GitHub",
+            Host::GitLab => "GitLab",
+            Host::Gitea => "Gitea",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Host::GitHub => "github",
@@ -178,8 +187,6 @@ pub struct Push {
     pub pusher: Option<String>,
     /// `[[webhooks]]`'s pipeline, if it names one.
     pub pipeline: Option<String>,
-    /// The host's id of this delivery (`github:<uuid>`), for idempotency.
-    pub delivery: Option<String>,
 }
 
 /// The first of `names` present with a value.
@@ -224,15 +231,23 @@ pub fn receive(
         ));
     };
     verify(host, headers, body, &hook.secret)?;
+    // GitHub and Gitea send a delivery id with every delivery: one
+    // without is not theirs as sent (a replayed body with the header cut).
+    if host != Host::GitLab && header(headers, host.delivery_headers()).is_none() {
+        let name = host.delivery_headers()[0];
+        return Err(refuse(
+            400,
+            Some(name),
+            format!(
+                "missing the `{name}` header, which {} sends with every delivery",
+                host.title()
+            ),
+        ));
+    }
     if let Some(ignored) = ignored_event(host, &event, &payload) {
         return Ok(Delivery::Ignored(ignored));
     }
-    let push = read_push(host, &payload, hook)?;
-    Ok(Delivery::Push(Push {
-        delivery: header(headers, host.delivery_headers())
-            .map(|id| format!("{}:{id}", host.name())),
-        ..push
-    }))
+    Ok(Delivery::Push(read_push(host, &payload, hook)?))
 }
 
 fn verify(host: Host, headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Result<(), Refusal> {
@@ -345,7 +360,6 @@ fn read_push(host: Host, payload: &Value, hook: &Hook) -> Result<Push, Refusal> 
         sha: sha.to_string(),
         pusher: pusher.filter(|p| !p.trim().is_empty()).map(String::from),
         pipeline: hook.pipeline.clone(),
-        delivery: None,
     })
 }
 

@@ -613,6 +613,7 @@ fn same_origin(headers: &HeaderMap) -> ApiResult<()> {
 #[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = LogIn,
     responses((status = 204, description = "Logged in: `Set-Cookie: piper_session=...; HttpOnly; SameSite=Strict`"),
         (status = 400, description = "The body is not `{\"token\": \"...\"}`", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
         (status = 401, description = "The token is not valid", body = ErrorBody), (status = 403, description = "A session cookie without this origin, or a repository off the allow-list", body = ErrorBody)))]
 async fn log_in(
     State(state): State<ApiState>,
@@ -623,7 +624,8 @@ async fn log_in(
     if headers.contains_key(header::ORIGIN) {
         same_origin(&headers)?;
     }
-    let body = body.map_err(|e| ApiError::bad("body", e.body_text()))?;
+    // Over the limit: 413, as every other body (it was a 400).
+    let body = body_within(body, BODY_LIMIT)?;
     let LogIn { token } = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad("token", format!("expected {{\"token\": \"...\"}}: {e}")))?;
     let token = token.trim();
@@ -875,7 +877,11 @@ async fn webhook(
 pub const HOOK_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// `POST /api/v1/hooks/github`: GitHub's push (and tag push) webhook.
-#[utoipa::path(post, path = "/api/v1/hooks/github", tag = "builds", params(WebhookQuery),
+#[utoipa::path(post, path = "/api/v1/hooks/github", tag = "builds",
+    params(WebhookQuery,
+        ("X-GitHub-Event" = String, Header, description = "The event: `push` builds, `ping` and others are acknowledged"),
+        ("X-GitHub-Delivery" = String, Header, description = "The delivery's id"),
+        ("X-Hub-Signature-256" = String, Header, description = "`sha256=` HMAC of the body with the repository's secret")),
     request_body(content = Object, description = "GitHub's `push` payload, signed in `X-Hub-Signature-256` with the repository's secret from piperd.toml", content_type = "application/json"),
     responses((status = 201, description = "Queued; a redelivery (same `X-GitHub-Delivery`) answers the first build", body = Build), (status = 202, description = "Verified, builds nothing (a ping, another event, a deleted branch)", body = super::api::HookIgnored), (status = 400, description = "Not a push payload; `field` names what is wrong", body = ErrorBody), (status = 401, description = "The signature is missing or does not match", body = ErrorBody), (status = 403, description = "The repository has no `[[webhooks]]` entry, or is off the allow-list", body = ErrorBody), (status = 413, description = "The body is larger than 2 MiB", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
 async fn github_hook(
@@ -888,7 +894,10 @@ async fn github_hook(
 }
 
 /// `POST /api/v1/hooks/gitlab`: GitLab's push and tag push webhook.
-#[utoipa::path(post, path = "/api/v1/hooks/gitlab", tag = "builds", params(WebhookQuery),
+#[utoipa::path(post, path = "/api/v1/hooks/gitlab", tag = "builds",
+    params(WebhookQuery,
+        ("X-Gitlab-Event" = String, Header, description = "The event: `Push Hook` and `Tag Push Hook` build"),
+        ("X-Gitlab-Token" = String, Header, description = "The repository's secret token")),
     request_body(content = Object, description = "GitLab's `Push Hook` or `Tag Push Hook` payload, with the repository's secret from piperd.toml in `X-Gitlab-Token`", content_type = "application/json"),
     responses((status = 201, description = "Queued; a redelivery (same `X-Gitlab-Event-UUID`) answers the first build", body = Build), (status = 202, description = "Verified, builds nothing (another event, a deleted branch)", body = super::api::HookIgnored), (status = 400, description = "Not a push payload; `field` names what is wrong", body = ErrorBody), (status = 401, description = "The token is missing or wrong", body = ErrorBody), (status = 403, description = "The repository has no `[[webhooks]]` entry, or is off the allow-list", body = ErrorBody), (status = 413, description = "The body is larger than 2 MiB", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
 async fn gitlab_hook(
@@ -901,7 +910,11 @@ async fn gitlab_hook(
 }
 
 /// `POST /api/v1/hooks/gitea`: Gitea's and Forgejo's push webhook.
-#[utoipa::path(post, path = "/api/v1/hooks/gitea", tag = "builds", params(WebhookQuery),
+#[utoipa::path(post, path = "/api/v1/hooks/gitea", tag = "builds",
+    params(WebhookQuery,
+        ("X-Gitea-Event" = String, Header, description = "The event (Forgejo also sends `X-Forgejo-Event`): `push` builds"),
+        ("X-Gitea-Delivery" = String, Header, description = "The delivery's id (or `X-Forgejo-Delivery`)"),
+        ("X-Gitea-Signature" = String, Header, description = "HMAC-SHA256 of the body with the repository's secret, hex (or `X-Forgejo-Signature`)")),
     request_body(content = Object, description = "Gitea's or Forgejo's `push` payload, signed in `X-Gitea-Signature` (or `X-Forgejo-Signature`) with the repository's secret from piperd.toml", content_type = "application/json"),
     responses((status = 201, description = "Queued; a redelivery (same `X-Gitea-Delivery`) answers the first build", body = Build), (status = 202, description = "Verified, builds nothing (another event, a deleted branch)", body = super::api::HookIgnored), (status = 400, description = "Not a push payload; `field` names what is wrong", body = ErrorBody), (status = 401, description = "The signature is missing or does not match", body = ErrorBody), (status = 403, description = "The repository has no `[[webhooks]]` entry, or is off the allow-list", body = ErrorBody), (status = 413, description = "The body is larger than 2 MiB", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
 async fn gitea_hook(
@@ -964,7 +977,11 @@ async fn host_hook(
         parent_id: None,
         args: Vec::new(),
     };
-    queue(&state, &new, push.delivery.as_deref()).await
+    // Once per body, whatever delivery id comes with it: a signed body
+    // replayed with a new (or no) id answers the first build instead of
+    // starting another. (A host's redelivery sends the same body.)
+    let key = format!("{}:body:{}", host.name(), blake3::hash(&body).to_hex());
+    queue(&state, &new, Some(&key)).await
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -1084,7 +1101,8 @@ fn parse_request(
         None => string("pipeline", true)?.unwrap_or_default(),
     };
     let git_ref = string("ref", false)?.unwrap_or_else(|| "HEAD".into());
-    // Both end up on git's command line: never let one read as an option.
+    // Both end up on git's command line: never let one read as an option,
+    // nor hide one behind a space (` --upload-pack=x`).
     for (field, value) in [("repo", &repo), ("ref", &git_ref)] {
         if value.starts_with('-') {
             return Err(ApiError::bad(
@@ -1092,6 +1110,19 @@ fn parse_request(
                 format!("`{field}` must not start with `-`"),
             ));
         }
+        if value.trim() != value || value.chars().any(char::is_control) {
+            return Err(ApiError::bad(
+                field,
+                format!("`{field}` has spaces around it or a control character"),
+            ));
+        }
+    }
+    // No git ref or revision holds a space (git check-ref-format).
+    if git_ref.chars().any(char::is_whitespace) {
+        return Err(ApiError::bad(
+            "ref",
+            format!("`{git_ref}` is not a git ref or revision: it holds a space"),
+        ));
     }
     let requested_by = string("requested_by", false)?.unwrap_or_else(|| "api".into());
     let env = variables(&fields, "env")?;
@@ -1585,7 +1616,14 @@ pub(crate) async fn read_stream(
     authorize_read(&state, &headers).await?;
     let id = parse_id(&id)?;
     let Query(query) = query.map_err(|e| ApiError::bad("after", e.body_text()))?;
+    // -1 (or none) is the start; nothing comes before it.
     let after = query.after.unwrap_or(-1);
+    if after < -1 {
+        return Err(ApiError::bad(
+            "after",
+            format!("`after` is {after}: -1 (the start) or a sequence number the stream gave"),
+        ));
+    }
     let with_output = query.output != Some(false);
     let mut written = state.agent.written.subscribe();
     // Read the status first: if it is final, everything is stored already.
