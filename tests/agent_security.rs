@@ -267,3 +267,76 @@ fn odd_input_is_refused_naming_the_field() {
         "{answer}"
     );
 }
+
+/// A raw request with exactly these headers (reqwest sets Host itself):
+/// the status code.
+fn raw_status(daemon: &Daemon, request: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(daemon.url.trim_start_matches("http://")).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+/// 27.6: `Host: evil.example:7711` with `Origin: http://evil.example:7711`
+/// passed the Origin check, `Origin: https://…` passed on a plain-HTTP
+/// agent, and `Host` was never checked: DNS rebinding against a
+/// `--public-read` agent read its builds.
+#[test]
+fn browsers_reach_the_agent_only_by_its_own_names_and_origins() {
+    let daemon = Daemon::start_with(
+        None,
+        &["--public-read", "--public-url", "https://ci.example.com"],
+        None,
+    );
+    let get = |host: &str, browser: bool| {
+        let fetch = if browser {
+            "Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: cors\r\n"
+        } else {
+            ""
+        };
+        raw_status(
+            &daemon,
+            &format!(
+                "GET /api/v1/builds HTTP/1.1\r\nHost: {host}\r\n{fetch}Connection: close\r\n\r\n"
+            ),
+        )
+    };
+    // A rebound name, from a browser: refused. The same from the CLI, by
+    // address, localhost or the public name: served.
+    assert_eq!(get("evil.example:7711", true), 421);
+    assert_eq!(get("evil.example:7711", false), 200);
+    assert_eq!(get("127.0.0.1:7117", true), 200);
+    assert_eq!(get("localhost:7117", true), 200);
+    assert_eq!(get("ci.example.com", true), 200);
+    // Writes with the session cookie: only from the agent's own origins,
+    // scheme included.
+    let (status, _) = daemon.http(
+        "POST",
+        "/api/v1/session",
+        None,
+        Some(format!("{{\"token\": \"{}\"}}", daemon.token).into_bytes()),
+    );
+    assert_eq!(status, 204);
+    let post = |host: &str, origin: &str| {
+        raw_status(
+            &daemon,
+            &format!(
+                "POST /api/v1/builds/1/cancel HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nCookie: piper_session=not-checked-before-origin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    };
+    let address = daemon.url.trim_start_matches("http://");
+    assert_eq!(post("evil.example:7711", "http://evil.example:7711"), 421);
+    assert_eq!(post(address, &format!("https://{address}")), 403);
+    assert_eq!(post(address, "http://evil.example"), 403);
+    // Its own origin gets past the check (to the session's own: 401).
+    assert_eq!(post(address, &format!("http://{address}")), 401);
+    assert_eq!(post("ci.example.com", "https://ci.example.com"), 401);
+}

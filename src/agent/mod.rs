@@ -17,6 +17,7 @@ pub mod hooks;
 pub mod lock;
 mod log_writer;
 pub mod metrics;
+pub mod origin;
 pub mod scheduler;
 pub mod server;
 pub mod store;
@@ -164,6 +165,13 @@ pub struct StartArgs {
     /// within one `/` part, `**` crosses them) [default: any]
     #[arg(long = "repository", value_name = "PATTERN")]
     pub repositories: Vec<String>,
+
+    /// A URL people's browsers reach this agent by, e.g.
+    /// https://ci.example.com behind a proxy (repeatable): its name is
+    /// served to browsers, its origin may post with the session cookie
+    /// [default: the agent's addresses and localhost only]
+    #[arg(long = "public-url", value_name = "URL")]
+    pub public_urls: Vec<String>,
 }
 
 /// `piperd.toml`: the same settings as the flags (which win over it).
@@ -183,6 +191,7 @@ pub struct FileSettings {
     pub heartbeat: Option<String>,
     pub public_read: Option<bool>,
     pub repositories: Option<Vec<String>>,
+    pub public_urls: Option<Vec<String>>,
     /// Git hosts' webhooks, one table per repository.
     #[serde(default)]
     pub webhooks: Vec<hooks::HookSettings>,
@@ -204,6 +213,7 @@ pub struct Settings {
     pub heartbeat: Duration,
     pub public_read: bool,
     pub repositories: Option<Vec<String>>,
+    pub public_urls: Vec<String>,
     pub webhooks: Vec<hooks::HookSettings>,
 }
 
@@ -267,6 +277,11 @@ impl Settings {
                 file.repositories
             } else {
                 Some(args.repositories)
+            },
+            public_urls: if args.public_urls.is_empty() {
+                file.public_urls.unwrap_or_default()
+            } else {
+                args.public_urls
             },
             webhooks: file.webhooks,
         };
@@ -545,11 +560,16 @@ fn start(args: StartArgs) -> Result<()> {
             "listening beyond loopback without an allow-list: submits may name any git URL, and local paths are refused; set `repositories` (--repository) to say which are built"
         );
     }
+    let served = origin::Served::new(&args.public_urls).map_err(|message| Error::Setting {
+        name: "--public-url".into(),
+        message,
+    })?;
     let policy = server::Policy {
         public_read: args.public_read,
         repositories,
         hooks,
         local_repositories,
+        served,
     };
     let database = args
         .database

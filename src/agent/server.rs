@@ -61,6 +61,8 @@ pub struct Policy {
     pub hooks: super::hooks::Hooks,
     /// Whether local paths may be built (git's `file` transport).
     pub local_repositories: bool,
+    /// The names and origins browsers may use (`--public-url`).
+    pub served: super::origin::Served,
 }
 
 use super::allow_list::Refusal;
@@ -225,6 +227,10 @@ pub fn router(state: ApiState) -> Router {
         .merge(super::ui::routes())
         .route("/metrics", axum::routing::get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -465,7 +471,7 @@ pub(crate) async fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResul
     if bearer(headers).is_none()
         && let Some(session) = session_cookie(headers)
     {
-        same_origin(headers)?;
+        same_origin(state, headers)?;
         return check_session(state, session).await;
     }
     check_bearer(state, headers).await
@@ -589,23 +595,47 @@ async fn check_session(state: &ApiState, session: &str) -> ApiResult<()> {
 /// that relies on it must come from a page of this origin: `Origin` must
 /// name the host the request was sent to (SameSite=Strict is the other
 /// half of the defence).
-fn same_origin(headers: &HeaderMap) -> ApiResult<()> {
+fn same_origin(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let origin_host = origin
-        .and_then(|o| o.split_once("://"))
-        .map(|(_, rest)| rest);
-    match (host, origin_host) {
-        (Some(host), Some(origin)) if host.eq_ignore_ascii_case(origin) => Ok(()),
+    match origin {
+        Some(origin) if state.policy.served.origin_allowed(origin, host) => Ok(()),
         _ => Err(ApiError {
             status: StatusCode::FORBIDDEN,
             message: format!(
-                "refused: a call with the session cookie must come from this agent's own pages (Origin {} is not this host)",
+                "refused: a call with the session cookie must come from this agent's own pages (Origin {} is not one of its origins; see --public-url)",
                 origin.unwrap_or("missing")
             ),
             field: None,
         }),
     }
+}
+
+/// Refuses a browser's request whose `Host` names a host the agent does
+/// not serve (DNS rebinding: `origin.rs`), with 421.
+async fn check_host(
+    State(state): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.policy.served.host_allowed(request.headers()) {
+        return next.run(request).await;
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    ApiError {
+        status: StatusCode::MISDIRECTED_REQUEST,
+        message: format!(
+            "this agent does not serve the host `{}` to browsers: reach it by its address, or give the name as --public-url",
+            Escaped(&host)
+        ),
+        field: None,
+    }
+    .into_response()
 }
 
 /// `POST /api/v1/session` `{token}`: checks the token and answers with an
@@ -622,7 +652,7 @@ async fn log_in(
 ) -> ApiResult<Response> {
     // Refuse a login posted from another site (login CSRF).
     if headers.contains_key(header::ORIGIN) {
-        same_origin(&headers)?;
+        same_origin(&state, &headers)?;
     }
     // Over the limit: 413, as every other body (it was a 400).
     let body = body_within(body, BODY_LIMIT)?;
@@ -673,7 +703,7 @@ async fn log_in(
     responses((status = 204, description = "Logged out; the cookie is cleared"), (status = 403, description = "A session cookie without this origin, or a repository off the allow-list", body = ErrorBody)))]
 async fn log_out(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
     if let Some(session) = session_cookie(&headers) {
-        same_origin(&headers)?;
+        same_origin(&state, &headers)?;
         state
             .agent
             .store
