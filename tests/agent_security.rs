@@ -340,3 +340,48 @@ fn browsers_reach_the_agent_only_by_its_own_names_and_origins() {
     assert_eq!(post(address, &format!("http://{address}")), 401);
     assert_eq!(post("ci.example.com", "https://ci.example.com"), 401);
 }
+
+/// 27.7: `secret_env` was stored in plain text and kept after the build
+/// ended (a retrigger reused it). Now its values are blanked when the
+/// build ends; the names stay, and a retrigger asks for them again.
+#[test]
+fn secret_values_are_not_kept_once_a_build_ends() {
+    let daemon = Daemon::start(None);
+    let repo = repo(&[(
+        "piper.lua",
+        br#"step "s" { run = "test -n \"$DEPLOY_KEY\"" }"#,
+    )]);
+    let (status, build) = post_build(
+        &daemon,
+        &serde_json::json!({ "repo": repo.path(), "pipeline": "s", "secret_env": { "DEPLOY_KEY": "hunter2-is-the-key" } }),
+    );
+    assert_eq!(status, 201, "{build}");
+    let id = build["id"].as_i64().unwrap();
+    let done = daemon.wait_finished(id);
+    assert_eq!(done["status"], "success", "the step had its secret: {done}");
+    assert_eq!(done["secret_env_names"], serde_json::json!(["DEPLOY_KEY"]));
+    // The row keeps the name, not the value.
+    let url = format!("sqlite://{}", daemon.data.join("piperd.db").display());
+    let stored: String = crate::harness::block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT secret_env FROM builds WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    });
+    assert_eq!(stored, r#"{"DEPLOY_KEY":""}"#);
+    let (status, body) = daemon.http(
+        "POST",
+        &format!("/api/v1/builds/{id}/retrigger"),
+        Some(&daemon.token),
+        None,
+    );
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("DEPLOY_KEY"),
+        "{body}"
+    );
+}

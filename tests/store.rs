@@ -353,6 +353,9 @@ async fn bridge_story(url: &str, backend: &str) {
     }
     run("ALTER TABLE builds DROP COLUMN fence").await;
     run("ALTER TABLE builds DROP COLUMN renewed_at").await;
+    run("ALTER TABLE builds DROP COLUMN args").await;
+    run("ALTER TABLE agents DROP COLUMN lease_ms").await;
+    run("ALTER TABLE agents DROP COLUMN state").await;
     run("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)").await;
     run("INSERT INTO schema_migrations (version) VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
         .await;
@@ -488,4 +491,77 @@ fn a_runnable_build_starts_however_many_wait_on_postgres() {
         return;
     };
     block_on(async { waiting_story(Store::open(&db.url).await.unwrap()).await });
+}
+
+/// 27.7: a build that ends keeps its secrets' names, never their values
+/// (finished, canceled while queued, or lost in a rescue); one queued
+/// again keeps them for its next attempt.
+async fn secrets_story(store: Store) {
+    let mut new = new_build("/repo/s", "deploy");
+    new.secret_env = BTreeMap::from([("KEY".to_string(), "value-1".to_string())]);
+    let blank = BTreeMap::from([("KEY".to_string(), String::new())]);
+    let secrets = |id| {
+        let store = store.clone();
+        async move { store.get_build(id).await.unwrap().unwrap().secret_env }
+    };
+    let finished = store
+        .create_build(&new, BuildState::Queued, None)
+        .await
+        .unwrap();
+    store
+        .claim_next(&holder("a", 60_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .finish_build(finished.id, 1, BuildState::Success, None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(secrets(finished.id).await, blank);
+    let canceled = store
+        .create_build(&new, BuildState::Queued, None)
+        .await
+        .unwrap();
+    assert!(store.cancel_queued(canceled.id).await.unwrap());
+    assert_eq!(secrets(canceled.id).await, blank);
+    let retried = store
+        .create_build(&new, BuildState::Queued, None)
+        .await
+        .unwrap();
+    store.set_max_attempts(retried.id, 2).await.unwrap();
+    store
+        .claim_next(&holder("dead", -1))
+        .await
+        .unwrap()
+        .unwrap();
+    store.rescue(None, "tester").await.unwrap();
+    assert_eq!(
+        secrets(retried.id).await,
+        new.secret_env,
+        "kept for attempt 2"
+    );
+    store
+        .claim_next(&holder("dead", -1))
+        .await
+        .unwrap()
+        .unwrap();
+    store.rescue(None, "tester").await.unwrap();
+    assert_eq!(secrets(retried.id).await, blank, "lost: blanked");
+}
+
+#[test]
+fn secrets_are_blanked_when_a_build_ends_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("piperd.db").display());
+    block_on(async { secrets_story(Store::open(&url).await.unwrap()).await });
+}
+
+#[test]
+fn secrets_are_blanked_when_a_build_ends_on_postgres() {
+    let Some(db) = Database::create("store::secrets_are_blanked") else {
+        return;
+    };
+    block_on(async { secrets_story(Store::open(&db.url).await.unwrap()).await });
 }

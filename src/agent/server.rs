@@ -1240,7 +1240,7 @@ fn variables(
 /// `POST /api/v1/builds/{id}/retrigger`: a new build of the same commit
 /// (the same ref when the old one never resolved), linked to the old one.
 #[utoipa::path(post, path = "/api/v1/builds/{id}/retrigger", tag = "builds", params(("id" = i64, Path, description = "The build's id")), security(("bearer" = []), ("session" = [])),
-    responses((status = 201, description = "A new build of the same commit, linked to this one", body = Build), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 403, description = "A session cookie without this origin, or a repository off the allow-list", body = ErrorBody), (status = 404, description = "No such build", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
+    responses((status = 201, description = "A new build of the same commit, linked to this one", body = Build), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 409, description = "The build had secret_env, whose values are not kept once it ended: submit it again", body = ErrorBody), (status = 403, description = "A session cookie without this origin, or a repository off the allow-list", body = ErrorBody), (status = 404, description = "No such build", body = ErrorBody), (status = 503, description = "The database did not accept the change; nothing was recorded", body = ErrorBody)))]
 async fn retrigger(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -1249,6 +1249,19 @@ async fn retrigger(
     authorize(&state, &headers).await?;
     let id = parse_id(&id)?;
     let old = find_build(&state, id).await?;
+    // An ended build keeps its secrets' names, not their values (the
+    // store blanks them): they cannot be given again from here.
+    if !old.secret_env.is_empty() && old.secret_env.values().all(String::is_empty) {
+        let names: Vec<&str> = old.secret_env.keys().map(String::as_str).collect();
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!(
+                "build {id} had secret_env ({}), whose values are not kept once a build ends: submit it again with them",
+                names.join(", ")
+            ),
+            field: None,
+        });
+    }
     let new = NewBuild {
         // The same commit, still recorded as the branch or tag it was.
         git_ref: old.git_ref,

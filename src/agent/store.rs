@@ -443,21 +443,23 @@ fn clock(ms: Option<i64>) -> String {
 }
 
 /// Hands `$held` back in transaction `$tx` (`$now`: the database clock as
-/// SQL): queued again, or ended, fenced by its attempt, with `$cause` and
+/// SQL; `$blank`: its secrets blanked, as SQL): queued again, or ended
+/// (its secrets blanked), fenced by its attempt, with `$cause` and
 /// the outcome written into its log (the stream's next sequence number, a
 /// line of the build's own). `Some(Rescued)`, or None when the row moved
 /// on meanwhile.
 macro_rules! hand_back {
-    ($tx:ident, $now:expr, $held:expr, $cause:expr) => {{
+    ($tx:ident, $now:expr, $blank:expr, $held:expr, $cause:expr) => {{
         let held: &HeldRow = $held;
         let (status, outcome) = held.outcome();
         let reason = format!("{}; {outcome}", $cause);
         let ended = (status != BuildState::Queued).then(|| reason.clone());
         let update = format!(
             "UPDATE builds SET status = $1, error = $2, lease_expires_at = NULL, \
-             finished_at = CASE WHEN $1 = 'queued' THEN NULL ELSE {} END \
+             finished_at = CASE WHEN $1 = 'queued' THEN NULL ELSE {} END, \
+             secret_env = CASE WHEN $1 = 'queued' THEN secret_env ELSE {} END \
              WHERE id = $3 AND attempt = $4 AND status = 'running'",
-            $now
+            $now, $blank
         );
         let moved = sqlx::query(sqlx::AssertSqlSafe(update.as_str()))
             .bind(status.as_str())
@@ -981,7 +983,7 @@ impl Store {
                         clock(held.lease_expires_at),
                     ),
                 };
-                if let Some(done) = hand_back!(tx, now, &held, &cause) {
+                if let Some(done) = hand_back!(tx, now, self.blank_secrets_sql(), &held, &cause) {
                     rescued.push(done);
                 }
             }
@@ -1019,7 +1021,7 @@ impl Store {
             let mut given = None;
             if let Some(row) = rows.first() {
                 let held = HeldRow::from_row(row)?;
-                given = hand_back!(tx, now, &held, cause);
+                given = hand_back!(tx, now, self.blank_secrets_sql(), &held, cause);
             }
             if self.is_postgres() && given.as_ref().is_some_and(|r| r.status == BuildState::Queued) {
                 sqlx::query("SELECT pg_notify('piper_builds', '')").execute(&mut *tx).await?;
@@ -1027,6 +1029,20 @@ impl Store {
             tx.commit().await?;
             Ok(given)
         })
+    }
+
+    /// `secret_env` with its values blanked, as SQL: a build that ended
+    /// keeps the names of its secrets (shown, and a retrigger can say which
+    /// to give again), never their values.
+    fn blank_secrets_sql(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => {
+                "(SELECT COALESCE(json_group_object(key, ''), '{}') FROM json_each(builds.secret_env))"
+            }
+            Backend::Postgres(_) => {
+                "(SELECT COALESCE(jsonb_object_agg(key, ''), '{}'::jsonb)::text FROM jsonb_each_text(builds.secret_env::jsonb))"
+            }
+        }
     }
 
     /// ` FOR UPDATE` where rows read in a transaction must stay as read
@@ -1106,11 +1122,13 @@ impl Store {
     /// Cancels a build that no agent has claimed yet; false when it is no
     /// longer queued (claimed meanwhile, or ended).
     pub async fn cancel_queued(&self, id: i64) -> StoreResult<bool> {
+        let sql = format!(
+            "UPDATE builds SET status = 'canceled', finished_at = $1, secret_env = {}, \
+             error = 'canceled before it started' WHERE id = $2 AND status = 'queued'",
+            self.blank_secrets_sql()
+        );
         on_backend!(self, pool => {
-            sqlx::query(
-                "UPDATE builds SET status = 'canceled', finished_at = $1, \
-                 error = 'canceled before it started' WHERE id = $2 AND status = 'queued'",
-            )
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(now_ms())
             .bind(id)
             .execute(pool)
@@ -1152,9 +1170,11 @@ impl Store {
         error: Option<&str>,
     ) -> StoreResult<bool> {
         let now = self.now_sql();
+        let blank = self.blank_secrets_sql();
         let sql = format!(
             "UPDATE builds SET status = $1, error = COALESCE($2, error), finished_at = {now}, \
-             lease_expires_at = NULL WHERE id = $3 AND attempt = $4 AND status = 'running'"
+             lease_expires_at = NULL, secret_env = {blank} \
+             WHERE id = $3 AND attempt = $4 AND status = 'running'"
         );
         on_backend!(self, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
