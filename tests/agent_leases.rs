@@ -565,3 +565,51 @@ pipeline "deploy" {
         "{body}"
     );
 }
+
+/// 26.8: `--working-tree` (and any submit from a project) sent the
+/// repository's path, which only an agent on the same machine can read.
+/// `--send` (the default when piperd is not on loopback) sends the commit
+/// as a git bundle: an agent that never saw the path builds it.
+#[test]
+fn a_working_tree_sent_as_a_bundle_builds_where_its_path_cannot_be_read() {
+    let Some(db) = Database::create("agent_leases::a_working_tree_sent_as_a_bundle") else {
+        return;
+    };
+    // Takes the submit, runs nothing.
+    let front = Daemon::start_with(Some(&db.url), &["--workers", "0", "--name", "front"], None);
+    let dir = repo(&[
+        ("piper.lua", br#"pipeline "ci" { step "look" { run = "echo tracked=$(cat tracked.txt) untracked=$(cat new.txt)" } }"#),
+        ("tracked.txt", b"v1\n"),
+    ]);
+    std::fs::write(dir.path().join("tracked.txt"), "v2\n").unwrap();
+    std::fs::write(dir.path().join("new.txt"), "yes\n").unwrap();
+    let (code, _, stderr) =
+        front.piper_in(dir.path(), &["submit", "ci", "--working-tree", "--send"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("as a git bundle"), "{stderr}");
+    let id = crate::agent::submitted_id(&stderr);
+    let build = front.build(id);
+    assert!(
+        build["repo"].as_str().unwrap().starts_with("bundle:"),
+        "{build}"
+    );
+    // The path is gone before any agent that could build it exists.
+    let moved = tempfile::tempdir().unwrap();
+    std::fs::rename(dir.path(), moved.path().join("elsewhere")).unwrap();
+    let builder = Daemon::start_with(Some(&db.url), &["--name", "builder"], None);
+    let done = builder.wait_finished(id);
+    assert_eq!(done["status"], "success", "{done}\n{}", builder.log(id));
+    assert!(
+        builder.log(id).contains("tracked=v2 untracked=yes"),
+        "{}",
+        builder.log(id)
+    );
+    assert!(
+        done["ref"]
+            .as_str()
+            .unwrap()
+            .starts_with("refs/piper/working-tree/"),
+        "{done}"
+    );
+    std::fs::rename(moved.path().join("elsewhere"), dir.path()).unwrap();
+}

@@ -15,3 +15,12 @@ ALTER TABLE agents ADD COLUMN state TEXT NOT NULL DEFAULT 'running';
 -- The pipeline's arguments (`piper submit PIPELINE -- ARGS`), as a JSON
 -- list: "$1".. in its shell commands, ctx.args in its Lua functions.
 ALTER TABLE builds ADD COLUMN args TEXT NOT NULL DEFAULT '[]';
+
+-- Commits sent over the API (`piper submit` to an agent on another
+-- machine): a git bundle by the blake3 digest of its bytes; a build names
+-- it as its repository, `bundle:DIGEST`.
+CREATE TABLE bundles (
+    digest     TEXT PRIMARY KEY,
+    data       BYTEA NOT NULL,
+    created_at BIGINT NOT NULL
+);

@@ -74,6 +74,15 @@ impl RepositoryAllowList {
     }
 }
 
+/// A repository sent over the API as a git bundle: `bundle:DIGEST`.
+pub const BUNDLE_PREFIX: &str = "bundle:";
+
+/// The digest of a `bundle:DIGEST` repository (64 hex digits).
+pub fn bundle_digest(repo: &str) -> Option<&str> {
+    repo.strip_prefix(BUNDLE_PREFIX)
+        .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// The transports the agent's git may use for a submitted repository:
 /// `http(s)://`, `ssh://`, `git://`, scp-like `host:path`, and `file://` or
 /// a local path only where `local` allows. Never a remote helper
@@ -97,6 +106,14 @@ pub fn check_transport(repo: &str, local: bool) -> Result<(), Refusal> {
             "this agent listens beyond loopback without an allow-list, so it builds no local paths: give a URL, or set `repositories` (docs/daemon.md)".to_string(),
         )
     };
+    if repo.starts_with(BUNDLE_PREFIX) {
+        return match bundle_digest(repo) {
+            Some(_) => Ok(()),
+            None => Err(Refusal::Unclean(format!(
+                "`{repo}` is not a bundle this agent gave out: `bundle:` and 64 hex digits"
+            ))),
+        };
+    }
     match repo.split_once("://") {
         Some((scheme, _)) => match scheme.to_ascii_lowercase().as_str() {
             "http" | "https" | "ssh" | "git" => Ok(()),

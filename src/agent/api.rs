@@ -73,6 +73,14 @@ pub struct WebhookRequest {
     pub requested_by: Option<String>,
 }
 
+/// `POST /api/v1/bundles`: where the sent commits are kept.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BundleStored {
+    /// What a build names as its `repo` to build from them:
+    /// `bundle:DIGEST`.
+    pub repo: String,
+}
+
 /// What a git host's verified delivery that builds nothing answers (202).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HookIgnored {

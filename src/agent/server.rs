@@ -195,6 +195,11 @@ fn api_routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhook))
         .merge(
             OpenApiRouter::new()
+                .routes(routes!(put_bundle))
+                .layer(DefaultBodyLimit::max(BUNDLE_LIMIT)),
+        )
+        .merge(
+            OpenApiRouter::new()
                 .routes(routes!(github_hook))
                 .routes(routes!(gitlab_hook))
                 .routes(routes!(gitea_hook))
@@ -830,6 +835,42 @@ fn parse_id(text: &str) -> ApiResult<i64> {
 }
 
 /// `POST /api/v1/builds`: `{repo, pipeline, ref?, env?, requested_by?}`.
+/// The largest git bundle taken.
+pub const BUNDLE_LIMIT: usize = 128 * 1024 * 1024;
+
+/// `POST /api/v1/bundles`: commits sent as a git bundle, kept in the
+/// database by digest, so any agent of the cluster can build them
+/// (`piper submit` to an agent on another machine sends its commit so).
+#[utoipa::path(post, path = "/api/v1/bundles", tag = "builds",
+    request_body(content = Vec<u8>, description = "A git bundle (`git bundle create`), at most 128 MiB", content_type = "application/octet-stream"),
+    security(("bearer" = []), ("session" = [])),
+    responses((status = 201, description = "Kept (or kept already): build it as `repo`", body = super::api::BundleStored),
+        (status = 400, description = "Not a git bundle", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "A session cookie without this origin", body = ErrorBody), (status = 413, description = "The body is over 128 MiB", body = ErrorBody),
+        (status = 503, description = "The database did not accept it; nothing was recorded", body = ErrorBody)))]
+async fn put_bundle(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers).await?;
+    let body = body_within(body, BUNDLE_LIMIT)?;
+    if !(body.starts_with(b"# v2 git bundle\n") || body.starts_with(b"# v3 git bundle\n")) {
+        return Err(ApiError::bad(
+            "body",
+            "not a git bundle (`git bundle create` writes one: it starts with `# v2 git bundle`)",
+        ));
+    }
+    let digest = blake3::hash(&body).to_hex().to_string();
+    while_busy(|| state.agent.store.put_bundle(&digest, &body))
+        .await
+        .map_err(ApiError::unavailable)?;
+    let stored = super::api::BundleStored {
+        repo: format!("{}{digest}", super::allow_list::BUNDLE_PREFIX),
+    };
+    Ok((StatusCode::CREATED, axum::Json(stored)).into_response())
+}
+
 #[utoipa::path(post, path = "/api/v1/builds", tag = "builds", request_body = BuildRequest,
     params(("Idempotency-Key" = Option<String>, Header, max_length = 200, pattern = r"^[\t\x20-\x7e]*[\x21-\x7e][\t\x20-\x7e]*$",
         description = "The same key within a day returns the first answer (`idempotent-replayed: true`) instead of queuing again")),

@@ -1510,6 +1510,53 @@ impl Store {
         })
     }
 
+    /// Keeps a git bundle under its digest (once: the same bytes again
+    /// change nothing).
+    pub async fn put_bundle(&self, digest: &str, data: &[u8]) -> StoreResult<()> {
+        let sql = format!(
+            "INSERT INTO bundles (digest, data, created_at) VALUES ($1, $2, {}) \
+             ON CONFLICT (digest) DO NOTHING",
+            self.now_sql()
+        );
+        on_backend!(self, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(digest)
+                .bind(data)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    /// The bundle kept under `digest`.
+    pub async fn bundle(&self, digest: &str) -> StoreResult<Option<Vec<u8>>> {
+        on_backend!(self, pool => {
+            let rows = sqlx::query("SELECT data FROM bundles WHERE digest = $1")
+                .bind(digest)
+                .fetch_all(pool)
+                .await?;
+            rows.first().map(|row| row.try_get("data")).transpose()
+        })
+    }
+
+    /// Deletes bundles older than `age_ms` that no queued or running build
+    /// names (a retrigger of an older build then says its bundle is gone).
+    pub async fn prune_bundles(&self, age_ms: i64) -> StoreResult<u64> {
+        let sql = format!(
+            "DELETE FROM bundles WHERE created_at < {} - $1 AND NOT EXISTS ( \
+             SELECT 1 FROM builds WHERE builds.repo = 'bundle:' || bundles.digest \
+             AND builds.status IN ('queued', 'running'))",
+            self.now_sql()
+        );
+        on_backend!(self, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(age_ms)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })
+    }
+
     /// Whether the database answers: one trivial query.
     pub async fn ping(&self) -> StoreResult<()> {
         on_backend!(self, pool => {

@@ -274,6 +274,11 @@ impl Agent {
     }
 
     async fn rescue_expired(&self) {
+        // Bundles a week old that no queued or running build needs.
+        const BUNDLE_AGE_MS: i64 = 7 * 24 * 3600 * 1000;
+        if let Err(e) = self.store.prune_bundles(BUNDLE_AGE_MS).await {
+            tracing::warn!("cannot prune old bundles: {e}");
+        }
         match self.store.rescue(None, &self.name).await {
             Ok(rescued) => {
                 for done in rescued {
@@ -624,6 +629,20 @@ impl Agent {
             guard = lock.lock() => guard,
             _ = limits.cancel.cancelled() => return Err("canceled".into()),
         };
+        // Commits sent over the API: cloned from the bundle, a file of the
+        // agent's own (the one `file` fetch allowed whatever the policy).
+        let (repo, limits) = match super::allow_list::bundle_digest(repo) {
+            Some(digest) => {
+                let file = self.bundle_file(digest).await?;
+                let limits = GitLimits {
+                    protocols: "file",
+                    ..limits
+                };
+                (file.to_string_lossy().into_owned(), limits)
+            }
+            None => (repo.to_string(), limits),
+        };
+        let repo = repo.as_str();
         if cache.join("HEAD").exists() {
             git(&cache, &["fetch", "--quiet", "--prune", "origin"], limits)
                 .await
@@ -657,6 +676,29 @@ impl Agent {
         )
         .await
         .map_err(|_| format!("ref `{git_ref}` does not exist in {repo}"))
+    }
+
+    /// The bundle `digest` as a file in the data directory, written from
+    /// the database the first time.
+    async fn bundle_file(&self, digest: &str) -> Result<PathBuf, String> {
+        let file = self.data.join("bundles").join(format!("{digest}.bundle"));
+        if file.is_file() {
+            return Ok(file);
+        }
+        let data = with_retry("reading a bundle", &self.abandon, || {
+            self.store.bundle(digest)
+        })
+        .await?
+        .ok_or_else(|| {
+            format!("the commits sent as bundle {digest} are no longer kept (pruned): submit again")
+        })?;
+        let dir = self.data.join("bundles");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        crate::fsutil::write_atomic(&file, &data)
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        Ok(file)
     }
 
     /// Fetches `repo`, checks `git_ref` out into `workspace`; returns the

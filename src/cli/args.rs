@@ -112,6 +112,11 @@ pub enum Command {
         /// left alone
         #[arg(long, conflicts_with_all = ["repo", "git_ref"])]
         working_tree: bool,
+        /// Send the commit to piperd as a git bundle instead of this
+        /// repository's path [default: when piperd is not on this machine,
+        /// i.e. its URL is not a loopback address]
+        #[arg(long, conflicts_with = "repo")]
+        send: bool,
         /// Arguments for the pipeline, after `--`: `$1`.. and `"$@"` in its
         /// shell commands, `ctx.args` in its Lua functions, as for `exec`
         #[arg(last = true, value_name = "ARGS")]
@@ -295,6 +300,7 @@ pub enum RemoteCommand {
         env: Vec<String>,
         follow: bool,
         working_tree: bool,
+        send: bool,
         args: Vec<String>,
     },
     Builds {

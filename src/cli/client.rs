@@ -69,6 +69,20 @@ impl Client {
         format!("{}/api/v1{path}", self.base)
     }
 
+    /// Whether piperd is on this machine: its URL's host is a loopback
+    /// address or `localhost` (it can then read this machine's paths).
+    fn is_on_this_machine(&self) -> bool {
+        let Ok(url) = url::Url::parse(&self.base) else {
+            return false;
+        };
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name == "localhost",
+            None => false,
+        }
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
@@ -153,11 +167,62 @@ pub fn build_and_agent(
     })
 }
 
+/// Sends the commit `git_ref` of the repository at `root` (and the history
+/// behind it) to piperd as a git bundle: (the `bundle:DIGEST` repository to
+/// build, the commit). For an agent that cannot read this machine's paths.
+async fn send_commit(
+    client: &Client,
+    root: &std::path::Path,
+    git_ref: &str,
+) -> Result<(String, String)> {
+    let git_error =
+        |args: &str, e: String| Error::io(format!("git {args}"), std::io::Error::other(e));
+    let spec = format!("{git_ref}^{{commit}}");
+    let sha = crate::cli::git::run(
+        root,
+        &["rev-parse", "--verify", "--end-of-options", &spec],
+        &[],
+    )
+    .map_err(|e| git_error("rev-parse", e))?;
+    // A bundle lists refs: a full ref name (a working tree's private ref)
+    // goes as it is and stays the build's ref; anything else (HEAD, a
+    // branch, a commit) as a private ref for the time it takes, and the
+    // build names the commit.
+    let (bundle, built_ref) = if git_ref.starts_with("refs/") {
+        let bundle = crate::cli::git::bytes(root, &["bundle", "create", "--quiet", "-", git_ref]);
+        (bundle, git_ref.to_string())
+    } else {
+        let temporary = format!("refs/piper/send/{sha}");
+        crate::cli::git::run(root, &["update-ref", &temporary, &sha], &[])
+            .map_err(|e| git_error("update-ref", e))?;
+        let bundle =
+            crate::cli::git::bytes(root, &["bundle", "create", "--quiet", "-", &temporary]);
+        let _ = crate::cli::git::run(root, &["update-ref", "-d", &temporary], &[]);
+        (bundle, sha.clone())
+    };
+    let bundle = bundle.map_err(|e| git_error("bundle create", e))?;
+    eprintln!(
+        "sending commit {} to piperd as a git bundle ({} KiB)",
+        &sha[..sha.len().min(12)],
+        bundle.len().div_ceil(1024)
+    );
+    let (stored, _) = client
+        .typed::<crate::agent::api::BundleStored>(
+            client
+                .http
+                .post(client.url("/bundles"))
+                .header("content-type", "application/octet-stream")
+                .body(bundle),
+        )
+        .await?;
+    Ok((stored.repo, built_ref))
+}
+
 /// The project's repository, for a submit without `--repo`: refused at
 /// once outside git (the agent could only fail). With `--working-tree`,
 /// its ref is a commit of the working tree; else a warning says when the
-/// work tree has changes the agent will not see. Returns (repo, ref).
-fn local_repository(git_ref: &str, working_tree: bool) -> Result<(String, String)> {
+/// work tree has changes the agent will not see. Returns (its root, ref).
+fn local_repository(git_ref: &str, working_tree: bool) -> Result<(std::path::PathBuf, String)> {
     let cwd =
         std::env::current_dir().map_err(|e| Error::io("cannot read the current directory", e))?;
     let root = crate::project::Project::locate(&cwd, None)?.root;
@@ -165,7 +230,7 @@ fn local_repository(git_ref: &str, working_tree: bool) -> Result<(String, String
     if git(&["rev-parse", "--is-inside-work-tree"]).as_deref() != Some("true") {
         return Err(Error::NotARepository { dir: root });
     }
-    let repo = root.to_string_lossy().into_owned();
+    let repo = root.clone();
     if working_tree {
         return match crate::cli::working_tree::snapshot(&root)? {
             Some(snapshot) => {
@@ -207,11 +272,19 @@ async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
             env,
             follow,
             working_tree,
+            send,
             args: pipeline_args,
         } => {
             let (repo, git_ref) = match repo {
                 Some(repo) => (repo.clone(), git_ref.clone()),
-                None => local_repository(git_ref, *working_tree)?,
+                None => {
+                    let (root, git_ref) = local_repository(git_ref, *working_tree)?;
+                    if *send || !client.is_on_this_machine() {
+                        send_commit(&client, &root, &git_ref).await?
+                    } else {
+                        (root.to_string_lossy().into_owned(), git_ref)
+                    }
+                }
             };
             let mut vars = std::collections::BTreeMap::new();
             for kv in env {

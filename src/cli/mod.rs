@@ -147,6 +147,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             env,
             follow,
             working_tree,
+            send,
             args,
         } => self::client::run(
             remote,
@@ -157,6 +158,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 env: env.clone(),
                 follow: *follow,
                 working_tree: *working_tree,
+                send: *send,
                 args: args.clone(),
             },
         ),
