@@ -356,6 +356,7 @@ async fn bridge_story(url: &str, backend: &str) {
     run("ALTER TABLE builds DROP COLUMN args").await;
     run("ALTER TABLE agents DROP COLUMN lease_ms").await;
     run("ALTER TABLE agents DROP COLUMN state").await;
+    run("DROP TABLE bundles").await;
     run("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)").await;
     run("INSERT INTO schema_migrations (version) VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
         .await;
