@@ -251,6 +251,51 @@ impl Drop for Daemon {
     }
 }
 
+/// `GET path` with the token; the JSON answer (any status but 200 fails).
+pub fn get(daemon: &Daemon, path: &str) -> Value {
+    let (status, body) = daemon.http("GET", path, Some(&daemon.token), None);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// `POST /api/v1/builds` with `body` and the token: (status, JSON answer).
+pub fn post_build(daemon: &Daemon, body: &Value) -> (u16, Value) {
+    let (status, body) = daemon.http(
+        "POST",
+        "/api/v1/builds",
+        Some(&daemon.token),
+        Some(body.to_string().into_bytes()),
+    );
+    let answer = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+    (status, answer)
+}
+
+/// `eventually` (60 s), and on a time-out the agents' logs, to say why.
+pub fn eventually_or_logs<A: std::borrow::Borrow<Daemon>>(
+    agents: &[A],
+    what: &str,
+    check: impl Fn() -> bool,
+) {
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::harness::eventually(Duration::from_secs(60), what, check)
+    }));
+    if caught.is_err() {
+        let logs: Vec<String> = agents
+            .iter()
+            .map(|a| {
+                let a = a.borrow();
+                format!(
+                    "--- {} ---\n{}",
+                    a.name(),
+                    std::fs::read_to_string(&a.log).unwrap_or_default()
+                )
+            })
+            .collect();
+        panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+    }
+}
+
 /// A git repository in a temp dir with `files`, committed and tagged v1.0.0.
 pub fn repo(files: &[(&str, &[u8])]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::agent::{Daemon, repo, submit, submitted_id};
+use crate::agent::{Daemon, post_build, repo, submit, submitted_id};
 use crate::harness::{eventually, skip, unindent, wait_for_file_to_exist};
 use crate::pg::{Database, PrivateServer};
 
@@ -18,16 +18,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 fn json(body: &[u8]) -> Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
-
-fn post_build(daemon: &Daemon, body: &Value) -> (u16, Value) {
-    let (status, body) = daemon.http(
-        "POST",
-        "/api/v1/builds",
-        Some(&daemon.token),
-        Some(body.to_string().into_bytes()),
-    );
-    (status, json(&body))
 }
 
 /// Children of `pid` that are zombies (exited, never waited for).

@@ -4,42 +4,12 @@
 //! signals; waits are bounded polls for evidence.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::agent::{Daemon, repo};
-use crate::harness::{eventually, process_gone, read_pid, wait_for_file_to_exist};
+use crate::agent::{Daemon, eventually_or_logs, get, repo};
+use crate::harness::{process_gone, read_pid, wait_for_file_to_exist};
 use crate::pg::Database;
-
-/// How long a wait for evidence may take here.
-const LIMIT: Duration = Duration::from_secs(60);
-
-fn get(daemon: &Daemon, path: &str) -> Value {
-    let (status, body) = daemon.http("GET", path, Some(&daemon.token), None);
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    serde_json::from_slice(&body).unwrap()
-}
-
-/// `eventually`, and on a time-out the agents' logs, to say why.
-fn eventually_or_logs(agents: &[&Daemon], what: &str, check: impl Fn() -> bool) {
-    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        eventually(LIMIT, what, check)
-    }));
-    if caught.is_err() {
-        let logs: Vec<String> = agents
-            .iter()
-            .map(|a| {
-                format!(
-                    "--- {} ---\n{}",
-                    a.name(),
-                    std::fs::read_to_string(&a.log).unwrap_or_default()
-                )
-            })
-            .collect();
-        panic!("timed out waiting for {what}\n{}", logs.join("\n"));
-    }
-}
 
 /// The builds `parent` triggered.
 fn children(daemon: &Daemon, parent: i64) -> Vec<Value> {

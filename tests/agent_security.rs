@@ -3,17 +3,7 @@
 
 use serde_json::Value;
 
-use crate::agent::{Daemon, repo};
-
-fn post_build(daemon: &Daemon, body: &Value) -> (u16, Value) {
-    let (status, body) = daemon.http(
-        "POST",
-        "/api/v1/builds",
-        Some(&daemon.token),
-        Some(body.to_string().into_bytes()),
-    );
-    (status, serde_json::from_slice(&body).unwrap())
-}
+use crate::agent::{Daemon, post_build, repo};
 
 /// 27.1: with `--repository '/srv/repos/**'`, `/srv/repos/../outside` was
 /// accepted (201) and *its* piper.lua ran; a URL escaped the same way.
