@@ -572,3 +572,57 @@ fn a_huge_log_is_served_by_its_tail_and_downloads_whole() {
     assert_eq!(whole.len(), expected.len());
     assert!(whole == expected.as_bytes());
 }
+
+/// Issue 28.1: every page's `/api/v1/updates` stream stayed open in the
+/// back/forward cache, so after a few navigations the browser's six
+/// connections to the agent were taken and a Retrigger click waited ~55 s
+/// for one. Now a hidden page closes its streams: after ten navigations,
+/// Retrigger lands on the new build within the 20 s bound. (28.6: and the
+/// browser's `/favicon.ico` is served.)
+#[test]
+fn after_ten_navigations_retrigger_answers_at_once() {
+    let test = "web_ui::after_ten_navigations_retrigger_answers_at_once";
+    runtime().block_on(async {
+        let Some(browser) = Browser::start(test).await else {
+            return;
+        };
+        let daemon = Daemon::start(None);
+        let project = repo(&[("piper.lua", br#"step "s" { run = "echo done" }"#)]);
+        let body = json!({ "repo": project.path().to_str().unwrap(), "pipeline": "s" });
+        let id = off_runtime(|| daemon.queue(&body));
+        off_runtime(|| daemon.wait_finished(id));
+        browser.goto(&format!("{}/login", daemon.url)).await;
+        browser.fill("#token", &daemon.token).await;
+        browser.click("#login button[type=submit]").await;
+        browser.wait_text("h1", "Builds").await;
+        // Ten pages, each with its live stream, left by navigating on,
+        // then Retrigger. Each page loads at once when nothing holds the
+        // connections (about 5 s in all here); with the defect, page loads
+        // and the click waited for a free connection (123 s in all). The
+        // bound is a hang detector, far above either.
+        let navigations = async {
+            for i in 0..10 {
+                let page = if i % 2 == 0 { format!("/builds/{id}") } else { "/".to_string() };
+                browser.goto(&format!("{}{page}", daemon.url)).await;
+                browser.wait_text("h1", if i % 2 == 0 { "Build" } else { "Builds" }).await;
+            }
+            browser.goto(&format!("{}/builds/{id}", daemon.url)).await;
+            browser.wait_text("#build h1 .badge", "success").await;
+            browser.click("button[data-action=retrigger]").await;
+            browser
+                .wait_url(
+                    move |u| u.contains("/builds/") && !u.ends_with(&format!("/builds/{id}")),
+                    "the retriggered build's page",
+                )
+                .await;
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), navigations).await.is_ok(),
+            "ten navigations and a Retrigger did not finish within 60 s: hidden pages hold the connections"
+        );
+        let (status, icon) = off_runtime(|| daemon.http("GET", "/favicon.ico", None, None));
+        assert_eq!(status, 200);
+        assert!(String::from_utf8_lossy(&icon).starts_with("<svg"));
+        browser.client.clone().close().await.unwrap();
+    });
+}

@@ -36,6 +36,14 @@ pub fn routes() -> Router<ApiState> {
         .route("/login", get(login_page))
         .route("/assets/app.css", get(css))
         .route("/assets/app.js", get(js))
+        .route("/favicon.ico", get(favicon))
+}
+
+/// Browsers ask every site for `/favicon.ico`: a small mark, not a 404.
+const FAVICON: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#2f6f4f"/><path d="M5 12V4h3.5a2.5 2.5 0 0 1 0 5H5" fill="none" stroke="#fff" stroke-width="1.8"/></svg>"##;
+
+async fn favicon() -> Response {
+    asset("image/svg+xml", FAVICON)
 }
 
 const CSS: &str = include_str!("assets/app.css");

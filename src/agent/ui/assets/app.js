@@ -26,8 +26,16 @@ async function api(method, path, body) {
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
-  const text = await response.text();
+  // A request the agent has not answered within a few seconds says so,
+  // rather than leaving a disabled button and nothing else.
+  const slow = setTimeout(() => notice("Still waiting for the agent to answer…"), 3000);
+  let response, text;
+  try {
+    response = await fetch(path, init);
+    text = await response.text();
+  } finally {
+    clearTimeout(slow);
+  }
   let json = null;
   try { json = text ? JSON.parse(text) : null; } catch (_) { json = null; }
   if (!response.ok) {
@@ -160,14 +168,33 @@ function scheduleRefresh() {
   timer = setTimeout(refreshLive, 150);
 }
 
-if ($("[data-live]")) {
-  const updates = new EventSource("/api/v1/updates");
-  updates.addEventListener("build", (e) => {
+// One update stream per page while it is shown. A page the browser keeps
+// in its back/forward cache closes its stream (`pagehide`) and opens it
+// again when shown (`pageshow`): open streams of hidden pages took the
+// browser's six connections to the agent, and the next request waited.
+let updates = null;
+function openUpdates() {
+  if (updates) return;
+  const source = new EventSource("/api/v1/updates");
+  source.addEventListener("build", (e) => {
     try { if (concerns(JSON.parse(e.data).id)) scheduleRefresh(); } catch (_) { /* ignore */ }
   });
-  updates.addEventListener("lagged", scheduleRefresh);
-  // After a reconnect, something may have been missed.
-  updates.addEventListener("open", () => { if (updates.seenOpen) scheduleRefresh(); updates.seenOpen = true; });
+  source.addEventListener("lagged", scheduleRefresh);
+  // What was written between the page's rendering and this stream's
+  // start was announced to nobody: read the page once more when the
+  // stream opens (unless all it shows has ended), and after a reconnect.
+  source.addEventListener("open", () => {
+    const settled = $$("[data-live]").every((region) => region.dataset.final === "true");
+    if (source.seenOpen || !settled) scheduleRefresh();
+    source.seenOpen = true;
+  });
+  updates = source;
+}
+
+if ($("[data-live]")) {
+  openUpdates();
+  window.addEventListener("pagehide", () => { if (updates) { updates.close(); updates = null; } });
+  window.addEventListener("pageshow", (e) => { if (e.persisted) { openUpdates(); scheduleRefresh(); } });
 }
 
 // ---- running times -------------------------------------------------------
@@ -364,6 +391,14 @@ class LogViewer {
   follow() {
     const step = encodeURIComponent(this.step);
     const source = new EventSource(`/api/v1/builds/${this.build}/events?step=${step}&offset=${this.next}`);
+    // Closed while the page is hidden (back/forward cache), as the update
+    // stream is; taken up again from where it was when shown.
+    this.source = source;
+    if (!this.hideListener) {
+      this.hideListener = true;
+      window.addEventListener("pagehide", () => { if (this.source) { this.source.close(); this.source = null; this.resume = true; } });
+      window.addEventListener("pageshow", (e) => { if (e.persisted && this.resume) { this.resume = false; this.follow(); } });
+    }
     this.status.textContent = "Streaming…";
     source.addEventListener("chunk", (e) => {
       const chunk = JSON.parse(e.data);
@@ -376,6 +411,7 @@ class LogViewer {
     });
     source.addEventListener("end", (e) => {
       source.close();
+      this.source = null;
       const status = JSON.parse(e.data).status;
       this.status.textContent = `The build ended: ${status}.`;
       this.followButton.setAttribute("aria-pressed", "false");
@@ -384,8 +420,10 @@ class LogViewer {
     source.onerror = () => {
       // Reconnect from where we are, not from the URL's old offset.
       source.close();
+      this.source = null;
       this.status.textContent = "Connection lost; reconnecting…";
-      setTimeout(() => this.follow(), 1000);
+      // Not for a page hidden meanwhile: its `pageshow` takes it up.
+      setTimeout(() => { if (!this.resume) this.follow(); }, 1000);
     };
   }
 
