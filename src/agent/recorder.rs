@@ -299,24 +299,15 @@ impl Recorder {
             BuildStatus::Canceled => (BuildState::Canceled, None),
         };
         let attempt = self.attempt_of(id);
-        // No longer held before its end is written: a renewal that finds it
-        // ended must not take that for a lost lease, which would stop the
-        // whole run (the builds it chains share the run's token).
-        let held = self.running.lock().unwrap().remove(&id);
-        self.fence.forget(id);
-        if held.as_ref().is_some_and(Held::is_fenced) {
-            give_up(&self.store, &self.abandon, &self.agent_name, id, attempt).await;
-            self.log.notified_at_end(id);
-            self.log.written(id).await;
-            return;
-        }
-        finish(
+        let given_up = release(&self.running, &self.fence, id);
+        let ending = (!given_up).then_some((state, error.as_deref()));
+        end_attempt(
             &self.store,
             &self.abandon,
+            &self.agent_name,
             id,
             attempt,
-            state,
-            error.as_deref(),
+            ending,
         )
         .await;
         // Followers waiting for more learn that it ended.
@@ -325,15 +316,36 @@ impl Recorder {
     }
 }
 
-/// Hands back an attempt the agent gave up (self-fenced), with why, once
-/// the store answers again; unless it was rescued meanwhile.
-pub(super) async fn give_up(
+/// Lets go of build `id`: no longer held, no fencing deadline. Done before
+/// its end is written: a renewal that finds it ended must not take that
+/// for a lost lease, which would stop the whole run (the builds it chains
+/// share the run's token). Whether the agent had given it up.
+pub(super) fn release(running: &Mutex<HashMap<i64, Held>>, fence: &Fence, id: i64) -> bool {
+    let held = running.lock().unwrap().remove(&id);
+    fence.forget(id);
+    held.as_ref().is_some_and(Held::is_fenced)
+}
+
+/// Records the end of `attempt` of build `id`: `ending` (its state and
+/// error), or, for an attempt the agent gave up (None), hands it back with
+/// why. Retried until the store answers.
+pub(super) async fn end_attempt(
     store: &Store,
     abandon: &CancellationToken,
     agent: &str,
     id: i64,
     attempt: i64,
+    ending: Option<(BuildState, Option<&str>)>,
 ) {
+    match ending {
+        Some((state, error)) => finish(store, abandon, id, attempt, state, error).await,
+        None => give_up(store, abandon, agent, id, attempt).await,
+    }
+}
+
+/// Hands back an attempt the agent gave up (self-fenced), with why, once
+/// the store answers again; unless it was rescued meanwhile.
+async fn give_up(store: &Store, abandon: &CancellationToken, agent: &str, id: i64, attempt: i64) {
     let cause = format!(
         "agent {agent} could not renew the lease of attempt {attempt} in time and ended its steps before the lease could expire (self-fenced)"
     );
@@ -358,7 +370,7 @@ pub(super) async fn give_up(
 }
 
 /// Records the end of a build, retrying until the store answers.
-pub(super) async fn finish(
+async fn finish(
     store: &Store,
     abandon: &CancellationToken,
     id: i64,

@@ -118,6 +118,21 @@ impl ApiError {
     }
 }
 
+/// A repository refused (`allow_list.rs`): 400 when it has no clean form,
+/// 403 when it is not allowed; either names the `repo` field.
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        match refusal {
+            Refusal::Unclean(message) => ApiError::bad("repo", message),
+            Refusal::NotAllowed(message) => ApiError {
+                status: StatusCode::FORBIDDEN,
+                message,
+                field: Some("repo".into()),
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({ "error": self.message });
@@ -1066,28 +1081,12 @@ struct WebhookQuery {
 async fn queue(state: &ApiState, new: &NewBuild, key: Option<&str>) -> ApiResult<Response> {
     // With an allow-list, the repository is matched — and then built — in
     // its normal form (allow_list.rs): `..` never escapes a pattern.
-    super::allow_list::check_transport(&new.repo, state.policy.local_repositories).map_err(
-        |refusal| match refusal {
-            Refusal::Unclean(message) => ApiError::bad("repo", message),
-            Refusal::NotAllowed(message) => ApiError {
-                status: StatusCode::FORBIDDEN,
-                message,
-                field: Some("repo".into()),
-            },
-        },
-    )?;
+    super::allow_list::check_transport(&new.repo, state.policy.local_repositories)?;
     let admitted;
     let new = match &state.policy.repositories {
         None => new,
         Some(allowed) => {
-            let repo = allowed.admit(&new.repo).map_err(|refusal| match refusal {
-                Refusal::Unclean(message) => ApiError::bad("repo", message),
-                Refusal::NotAllowed(message) => ApiError {
-                    status: StatusCode::FORBIDDEN,
-                    message,
-                    field: Some("repo".into()),
-                },
-            })?;
+            let repo = allowed.admit(&new.repo)?;
             admitted = NewBuild {
                 repo,
                 ..new.clone()

@@ -16,7 +16,7 @@ use super::escaped::Escaped;
 use super::fence::Fence;
 use super::held::Held;
 use super::log_writer::{LogWriter, Redactor, with_retry};
-use super::recorder::{Recorder, finish, give_up};
+use super::recorder::{Recorder, end_attempt, release};
 use super::store::{Build, BuildState, Holder, Renewal, Store};
 use crate::executor::Options;
 use crate::graph::Graph;
@@ -409,37 +409,28 @@ impl Agent {
             .checkout_and_run(&build, &workspace, &token, run, &mut log)
             .await;
         if let Err(message) = outcome {
-            let held = self.running.lock().unwrap().remove(&build.id);
-            self.fence.forget(build.id);
-            if held.as_ref().is_some_and(Held::is_fenced) {
-                log.finish_all().await;
-                give_up(
-                    &self.store,
-                    &self.abandon,
-                    &self.name,
-                    build.id,
-                    build.attempt,
-                )
-                .await;
-            } else {
+            let given_up = release(&self.running, &self.fence, build.id);
+            // A given-up attempt writes nothing more but why (end_attempt).
+            if !given_up {
                 log.write(build.id, "", format!("piper: {message}\n").as_bytes())
                     .await;
-                log.finish_all().await;
-                let state = if token.is_cancelled() {
-                    BuildState::Canceled
-                } else {
-                    BuildState::Failed
-                };
-                finish(
-                    &self.store,
-                    &self.abandon,
-                    build.id,
-                    build.attempt,
-                    state,
-                    Some(&message),
-                )
-                .await;
             }
+            log.finish_all().await;
+            let state = if token.is_cancelled() {
+                BuildState::Canceled
+            } else {
+                BuildState::Failed
+            };
+            let ending = (!given_up).then_some((state, Some(message.as_str())));
+            end_attempt(
+                &self.store,
+                &self.abandon,
+                &self.name,
+                build.id,
+                build.attempt,
+                ending,
+            )
+            .await;
             log.notified_at_end(build.id);
             log.written(build.id).await;
         }
