@@ -10,6 +10,7 @@
 
 pub mod allow_list;
 pub mod api;
+mod connections;
 mod escaped;
 mod fence;
 mod guard;
@@ -526,7 +527,7 @@ async fn serve(
     };
     // Keep serving (status, logs) while running builds finish.
     let server = tokio::spawn(async move {
-        server::serve(listener, server::router(state)).await;
+        connections::serve(listener, server::router(state)).await;
     });
     shutdown.await;
     let deadline = tokio::time::Instant::now() + args.grace;
