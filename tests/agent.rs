@@ -1431,3 +1431,121 @@ fn exec_from_build_reruns_an_agent_build_here_and_says_what_differs() {
         &["worktree", "remove", "--force", worktree.to_str().unwrap()],
     );
 }
+
+/// Issue 28.2/28.4: where a line of a stored log is, asked of the server
+/// (`/log/locate`) without reading the log: by byte offset, by number, by
+/// text and as the first error; the log's size; bad queries named. Chunks
+/// stored before their lines were counted (migration 13) are counted when
+/// first needed. One story, on SQLite and on PostgreSQL.
+fn locate_story(database: Option<&str>, sqlite: bool) {
+    let daemon = Daemon::start(database);
+    // 100,000 numbered lines (~590 KB: several chunks), one of them an
+    // error, after the line of the command (which spells it in pieces, so
+    // that it matches neither search).
+    let config = unindent(
+        r#"
+        pipeline "ci" { step "lines" { run = "seq 1 100000 | sed 's/^77777$/err'or': seventy/'" } }
+        "#,
+    );
+    let project = repo(&[("piper.lua", config.as_bytes())]);
+    let id = daemon.queue(&serde_json::json!({ "repo": project.path(), "pipeline": "ci" }));
+    assert_eq!(daemon.wait_finished(id)["status"], "success");
+    let (_, whole) = daemon.http(
+        "GET",
+        &format!("/api/v1/builds/{id}/log?step=lines&download=true"),
+        Some(&daemon.token),
+        None,
+    );
+    // Where each line starts, read off the log itself.
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(
+            whole
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| i + 1),
+        )
+        .filter(|&at| at < whole.len())
+        .collect();
+    assert_eq!(starts.len(), 100001, "the command's line and 100,000 more");
+    let locate = |query: &str| {
+        let (status, body) = daemon.http(
+            "GET",
+            &format!("/api/v1/builds/{id}/log/locate?step=lines&{query}"),
+            Some(&daemon.token),
+            None,
+        );
+        (status, serde_json::from_slice::<Value>(&body).unwrap())
+    };
+    let check = |query: &str, line: usize, found: bool| {
+        let (status, at) = locate(query);
+        assert_eq!(status, 200, "{query}: {at}");
+        assert_eq!(at["line"], line, "{query}: {at}");
+        assert_eq!(at["offset"], starts[line - 1], "{query}: {at}");
+        assert_eq!(at["found"], found, "{query}: {at}");
+        assert_eq!(at["length"], whole.len(), "{query}: {at}");
+        assert_eq!(at["lines"], 100001, "{query}: {at}");
+    };
+    let story = || {
+        check("line=1", 1, true);
+        check("line=50001", 50001, true);
+        check("line=999999", 100001, true);
+        check(&format!("offset={}", starts[4321] + 2), 4322, true);
+        check(&format!("offset={}", whole.len() + 10), 100001, true);
+        check("find=99999", 100000, true);
+        check(
+            &format!("find=99999&from={}", starts[100000]),
+            100001,
+            false,
+        );
+        check("find=ERROR", 77778, true);
+        check("error=true", 77778, true);
+        check(&format!("error=true&from={}", starts[77778]), 77779, false);
+    };
+    story();
+    for (query, field) in [
+        ("line=0", "line"),
+        ("offset=-1", "offset"),
+        ("find=", "find"),
+        ("line=3&offset=4", "query"),
+        ("", "query"),
+        ("error=true&from=-5", "from"),
+    ] {
+        let (status, body) = locate(query);
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (400, Some(field)),
+            "{query}: {body}"
+        );
+    }
+    // As a database of before migration 13 has them: uncounted.
+    let url = match database {
+        Some(url) => url.to_string(),
+        None => format!("sqlite://{}", daemon.data.join("piperd.db").display()),
+    };
+    crate::harness::block_on(async {
+        use sqlx::Connection;
+        let forget = "UPDATE log_chunks SET lines = NULL";
+        if sqlite {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query(forget).execute(&mut conn).await.unwrap();
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query(forget).execute(&mut conn).await.unwrap();
+        }
+    });
+    story();
+}
+
+#[test]
+fn lines_of_a_log_are_located_without_reading_it_on_sqlite() {
+    locate_story(None, true);
+}
+
+#[test]
+fn lines_of_a_log_are_located_without_reading_it_on_postgres() {
+    let Some(db) = Database::create("agent::lines_of_a_log_are_located") else {
+        return;
+    };
+    locate_story(Some(&db.url), false);
+}

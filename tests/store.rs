@@ -344,7 +344,7 @@ async fn bridge_story(url: &str, backend: &str) {
         }
     };
     run("DROP TABLE _sqlx_migrations").await;
-    // The old runner knew migrations 1 to 10; later ones come new.
+    // The old runner knew migrations 1 to 10; later ones (to 13) come new.
     run("DROP TABLE sessions").await;
     if backend == "sqlite" {
         run("DROP INDEX builds_fence").await;
@@ -357,6 +357,7 @@ async fn bridge_story(url: &str, backend: &str) {
     run("ALTER TABLE agents DROP COLUMN lease_ms").await;
     run("ALTER TABLE agents DROP COLUMN state").await;
     run("DROP TABLE bundles").await;
+    run("ALTER TABLE log_chunks DROP COLUMN lines").await;
     run("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)").await;
     run("INSERT INTO schema_migrations (version) VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
         .await;

@@ -213,6 +213,23 @@ pub struct LogChunk {
     pub data: String,
 }
 
+/// `GET /api/v1/builds/{id}/log/locate`: a place in a log, and the log's
+/// size, for a view that shows a window of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogPosition {
+    /// The offset of the first byte of the line found.
+    pub offset: i64,
+    /// Its number, from 1.
+    pub line: i64,
+    /// False when a search (`find`, `error`) found nothing: `offset` and
+    /// `line` are then where it started.
+    pub found: bool,
+    /// The log's length in bytes, so far.
+    pub length: i64,
+    /// How many lines the log has, so far.
+    pub lines: i64,
+}
+
 /// `POST /api/v1/session`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LogIn {

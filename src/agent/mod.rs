@@ -17,6 +17,7 @@ mod guard;
 mod held;
 pub mod hooks;
 pub mod lock;
+mod log_lines;
 mod log_writer;
 pub mod metrics;
 pub mod origin;

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 #[allow(unused_imports)] // some are named only in #[utoipa::path] attributes
 use super::api::{
     AgentList, Build, BuildDetail, BuildList, BuildRequest, BuildSummary, ErrorBody, Health,
-    LogChunk, LogIn, OutputChunk, Progress, StreamItem, StreamPage, WebhookRequest,
+    LogChunk, LogIn, LogPosition, OutputChunk, Progress, StreamItem, StreamPage, WebhookRequest,
 };
 use super::store::{BuildFilter, BuildState, NewBuild};
 use super::worker::Agent;
@@ -196,6 +196,7 @@ fn api_routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(list_builds, submit))
         .routes(routes!(show_build))
         .routes(routes!(read_log))
+        .routes(routes!(locate_in_log))
         .routes(routes!(follow_log))
         .routes(routes!(read_stream))
         .routes(routes!(cancel))
@@ -1504,6 +1505,123 @@ pub(crate) async fn read_log(
         HeaderValue::from_static(build.status.as_str()),
     );
     Ok(response)
+}
+
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct LocateQuery {
+    /// One step's log instead of the whole build's.
+    pub(crate) step: Option<String>,
+    /// The line holding this byte.
+    #[param(minimum = 0)]
+    pub(crate) offset: Option<i64>,
+    /// This line (from 1; past the end: the last line).
+    #[param(minimum = 1)]
+    pub(crate) line: Option<i64>,
+    /// The first line at or after `from` holding this text (case aside).
+    pub(crate) find: Option<String>,
+    /// `true`: the first line at or after `from` that reads as an error
+    /// (error, failed, fatal, panicked, exception…).
+    pub(crate) error: Option<bool>,
+    /// Where `find` or `error` starts, in bytes (default 0).
+    #[param(minimum = 0)]
+    pub(crate) from: Option<i64>,
+}
+
+/// Longest `find` text accepted.
+const FIND_LIMIT: usize = 1000;
+
+/// `GET /api/v1/builds/{id}/log/locate`: the start and number of a line,
+/// chosen by `offset`, `line`, `find` or `error` (exactly one), and the
+/// log's size: how a view of part of a huge log moves through it.
+#[utoipa::path(get, path = "/api/v1/builds/{id}/log/locate", tag = "logs", params(("id" = i64, Path, description = "The build's id"), LocateQuery), security(("bearer" = []), ("session" = []), ()),
+    responses((status = 200, description = "Where the line is, and the log's size", body = LogPosition), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 404, description = "No such build", body = ErrorBody)))]
+pub(crate) async fn locate_in_log(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<LocateQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::Json<LogPosition>> {
+    use super::log_lines::{LineIndex, error_pattern, find, text_pattern};
+    authorize_read(&state, &headers).await?;
+    let id = parse_id(&id)?;
+    let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let chosen = [
+        query.offset.is_some(),
+        query.line.is_some(),
+        query.find.is_some(),
+        query.error == Some(true),
+    ];
+    if chosen.iter().filter(|&&c| c).count() != 1 {
+        return Err(ApiError::bad(
+            "query",
+            "give exactly one of `offset`, `line`, `find` and `error=true`",
+        ));
+    }
+    if query.offset.is_some_and(|o| o < 0) {
+        return Err(ApiError::bad("offset", "`offset` must not be negative"));
+    }
+    if query.line.is_some_and(|l| l < 1) {
+        return Err(ApiError::bad("line", "`line` counts from 1"));
+    }
+    if query.from.is_some_and(|f| f < 0) {
+        return Err(ApiError::bad("from", "`from` must not be negative"));
+    }
+    let pattern = match &query.find {
+        Some(text) if text.is_empty() => return Err(ApiError::bad("find", "`find` is empty")),
+        Some(text) if text.len() > FIND_LIMIT => {
+            return Err(ApiError::bad(
+                "find",
+                format!("`find` is longer than {FIND_LIMIT} bytes"),
+            ));
+        }
+        Some(text) => Some(text_pattern(text).map_err(|e| ApiError::bad("find", e.to_string()))?),
+        None if query.error == Some(true) => Some(error_pattern()),
+        None => None,
+    };
+    let build = find_build(&state, id).await?;
+    check_step(&state, &build, query.step.as_deref()).await?;
+    let store = &state.agent.store;
+    let step = query.step.as_deref();
+    let index = LineIndex::load(store, id, step)
+        .await
+        .map_err(ApiError::internal)?;
+    let (offset, found) = match (&pattern, query.line) {
+        (Some(pattern), _) => {
+            let from = query.from.unwrap_or(0).min(index.length());
+            match find(store, &index, step, from, pattern)
+                .await
+                .map_err(ApiError::internal)?
+            {
+                Some(at) => (at, true),
+                None => (from, false),
+            }
+        }
+        (None, Some(line)) => (
+            index
+                .line_start(store, line)
+                .await
+                .map_err(ApiError::internal)?,
+            true,
+        ),
+        (None, None) => (query.offset.unwrap_or(0), true),
+    };
+    let line = index
+        .line_of(store, offset)
+        .await
+        .map_err(ApiError::internal)?;
+    // The start of the line found (an offset may point into it).
+    let offset = index
+        .line_start(store, line)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(axum::Json(LogPosition {
+        offset,
+        line,
+        found,
+        length: index.length(),
+        lines: index.lines(),
+    }))
 }
 
 /// The whole log (of the build or one step), streamed page by page.

@@ -41,6 +41,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = migrations!("sqlite":
     10 => "0010_build_events.sql",
     11 => "0011_sessions.sql",
     12 => "0012_fencing.sql",
+    13 => "0013_log_lines.sql",
 );
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     1 => "0001_builds.sql",
@@ -55,6 +56,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     10 => "0010_build_events.sql",
     11 => "0011_sessions.sql",
     12 => "0012_fencing.sql",
+    13 => "0013_log_lines.sql",
 );
 
 #[derive(Clone)]
@@ -308,6 +310,17 @@ pub struct LogSlice {
     pub next_offset: i64,
 }
 
+/// One stored chunk of a log, without its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkLines {
+    pub seq: i64,
+    /// Its first byte's offset in the log it was read for.
+    pub start: i64,
+    pub len: i64,
+    /// Newlines in it; `None` if stored before they were counted.
+    pub lines: Option<i64>,
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -483,15 +496,16 @@ macro_rules! hand_back {
             let seq = at.try_get::<i64, _>("chunk")?.max(at.try_get::<i64, _>("event")?) + 1;
             let line = format!("piper: {reason}\n");
             sqlx::query(
-                "INSERT INTO log_chunks (build_id, seq, step, build_offset, step_offset, data, annotation) \
-                 VALUES ($1, $2, '', $3, $4, $5, $6)",
+                "INSERT INTO log_chunks (build_id, seq, step, build_offset, step_offset, data, annotation, lines) \
+                 VALUES ($1, $2, '', $3, $4, $5, $6, $7)",
             )
             .bind(held.id)
             .bind(seq)
             .bind(at.try_get::<i64, _>("total")?)
             .bind(at.try_get::<i64, _>("own")?)
-            .bind(line.into_bytes())
+            .bind(line.clone().into_bytes())
             .bind(false)
+            .bind(line.matches('\n').count() as i64)
             .execute(&mut *$tx)
             .await?;
             Some(Rescued { id: held.id, status, reason })
@@ -1264,8 +1278,8 @@ impl Store {
     ) -> StoreResult<bool> {
         on_backend!(self, pool => {
             sqlx::query(
-                "INSERT INTO log_chunks (build_id, seq, step, build_offset, step_offset, data, annotation) \
-                 SELECT $1, $2, $3, $4, $5, $6, $8 \
+                "INSERT INTO log_chunks (build_id, seq, step, build_offset, step_offset, data, annotation, lines) \
+                 SELECT $1, $2, $3, $4, $5, $6, $8, $9 \
                  WHERE EXISTS (SELECT 1 FROM builds WHERE id = $1 AND attempt = $7 AND status = 'running')",
             )
             .bind(build_id)
@@ -1276,6 +1290,7 @@ impl Store {
             .bind(data)
             .bind(attempt)
             .bind(annotation)
+            .bind(memchr::memchr_iter(b'\n', data).count() as i64)
             .execute(pool)
             .await
             .map(|r| r.rows_affected() == 1)
@@ -1380,6 +1395,11 @@ impl Store {
         Ok(kept)
     }
 
+    /// The log (of the build, or of one step) from `offset`: at least
+    /// `limit` bytes where there are that many (the last chunk read may
+    /// run past it). The chunks' sizes are read first and then only the
+    /// bytes wanted: a read of 1 MiB from a log of 256 KiB chunks must not
+    /// fetch hundreds of chunks to return four.
     pub async fn read_log(
         &self,
         build_id: i64,
@@ -1387,56 +1407,154 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> StoreResult<LogSlice> {
-        // Batches of chunks until `limit` bytes (not a fixed number of
-        // chunks: a log of many small chunks must come back whole).
+        const BATCH: usize = 256;
         let sql = match step {
             None => {
-                "SELECT seq, build_offset AS start, data FROM log_chunks WHERE build_id = $1 \
-                 AND build_offset + LENGTH(data) > $2 AND seq > $3 ORDER BY seq LIMIT 256"
+                "SELECT seq, build_offset AS start, CAST(LENGTH(data) AS BIGINT) AS len FROM log_chunks \
+                 WHERE build_id = $1 AND build_offset + LENGTH(data) > $2 AND seq > $3 ORDER BY seq LIMIT 256"
             }
             Some(_) => {
-                "SELECT seq, step_offset AS start, data FROM log_chunks WHERE build_id = $1 \
-                 AND step_offset + LENGTH(data) > $2 AND seq > $3 AND step = $4 ORDER BY seq LIMIT 256"
+                "SELECT seq, step_offset AS start, CAST(LENGTH(data) AS BIGINT) AS len FROM log_chunks \
+                 WHERE build_id = $1 AND step_offset + LENGTH(data) > $2 AND seq > $3 AND step = $4 ORDER BY seq LIMIT 256"
             }
         };
         let mut data = Vec::new();
         let mut next = offset;
         let mut after_seq = -1;
-        'batches: loop {
-            let rows: Vec<(i64, i64, Vec<u8>)> = on_backend!(self, pool => {
+        loop {
+            let rows: Vec<(i64, i64, i64)> = on_backend!(self, pool => {
                 let mut query = sqlx::query(sql).bind(build_id).bind(offset).bind(after_seq);
                 if let Some(step) = step {
                     query = query.bind(step);
                 }
                 let rows = query.fetch_all(pool).await?;
                 rows.iter()
-                    .map(|row| Ok((
-                        row.try_get::<i64, _>("seq")?,
-                        row.try_get::<i64, _>("start")?,
-                        row.try_get::<Vec<u8>, _>("data")?,
-                    )))
+                    .map(|row| Ok((row.try_get("seq")?, row.try_get("start")?, row.try_get("len")?)))
                     .collect::<StoreResult<Vec<_>>>()?
             });
-            let full_batch = rows.len() == 256;
-            for (seq, start, chunk) in rows {
+            let full_batch = rows.len() == BATCH;
+            // The chunks wanted: contiguous from `next`, until `limit`.
+            let (mut first, mut last, mut end, mut stop) = (None, None, next, false);
+            for (seq, start, len) in rows {
                 after_seq = seq;
-                let skip = (next - start).max(0) as usize;
-                if start > next || skip > chunk.len() {
-                    break 'batches; // stop at what is contiguous
+                if start > end || end - start > len {
+                    stop = true; // stop at what is contiguous
+                    break;
                 }
-                data.extend_from_slice(&chunk[skip..]);
-                next = start + chunk.len() as i64;
-                if data.len() as i64 >= limit {
-                    break 'batches;
+                first.get_or_insert(seq);
+                last = Some(seq);
+                end = start + len;
+                if end - offset >= limit {
+                    stop = true;
+                    break;
                 }
             }
-            if !full_batch {
+            if let (Some(first), Some(last)) = (first, last) {
+                for (start, chunk) in self.log_chunks_in(build_id, step, first, last).await? {
+                    let skip = ((next - start).max(0) as usize).min(chunk.len());
+                    data.extend_from_slice(&chunk[skip..]);
+                    next = start + chunk.len() as i64;
+                }
+            }
+            if stop || !full_batch {
                 break;
             }
         }
         Ok(LogSlice {
             data,
             next_offset: next,
+        })
+    }
+
+    /// The chunks `first..=last` (by sequence number) of the log of the
+    /// build (or of one step), in order: where each starts, and its bytes.
+    pub async fn log_chunks_in(
+        &self,
+        build_id: i64,
+        step: Option<&str>,
+        first: i64,
+        last: i64,
+    ) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+        let sql = match step {
+            None => {
+                "SELECT build_offset AS start, data FROM log_chunks \
+                 WHERE build_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq"
+            }
+            Some(_) => {
+                "SELECT step_offset AS start, data FROM log_chunks \
+                 WHERE build_id = $1 AND seq >= $2 AND seq <= $3 AND step = $4 ORDER BY seq"
+            }
+        };
+        on_backend!(self, pool => {
+            let mut query = sqlx::query(sql).bind(build_id).bind(first).bind(last);
+            if let Some(step) = step {
+                query = query.bind(step);
+            }
+            let rows = query.fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get("start")?, row.try_get("data")?)))
+                .collect::<StoreResult<Vec<_>>>()
+        })
+    }
+
+    /// The chunks of the log of the build (or of one step), in order:
+    /// where each starts, how long it is, how many newlines it holds
+    /// (`None` for chunks stored before migration 13). No log bytes are
+    /// read: this is what a line number is found with.
+    pub async fn log_chunk_lines(
+        &self,
+        build_id: i64,
+        step: Option<&str>,
+    ) -> StoreResult<Vec<ChunkLines>> {
+        let sql = match step {
+            None => {
+                "SELECT seq, build_offset AS start, CAST(LENGTH(data) AS BIGINT) AS len, lines \
+                 FROM log_chunks WHERE build_id = $1 ORDER BY seq"
+            }
+            Some(_) => {
+                "SELECT seq, step_offset AS start, CAST(LENGTH(data) AS BIGINT) AS len, lines \
+                 FROM log_chunks WHERE build_id = $1 AND step = $2 ORDER BY seq"
+            }
+        };
+        on_backend!(self, pool => {
+            let mut query = sqlx::query(sql).bind(build_id);
+            if let Some(step) = step {
+                query = query.bind(step);
+            }
+            let rows = query.fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| Ok(ChunkLines {
+                    seq: row.try_get("seq")?,
+                    start: row.try_get("start")?,
+                    len: row.try_get("len")?,
+                    lines: row.try_get("lines")?,
+                }))
+                .collect::<StoreResult<Vec<_>>>()
+        })
+    }
+
+    /// The bytes of one log chunk (empty if there is none).
+    pub async fn log_chunk(&self, build_id: i64, seq: i64) -> StoreResult<Vec<u8>> {
+        on_backend!(self, pool => {
+            let row = sqlx::query("SELECT data FROM log_chunks WHERE build_id = $1 AND seq = $2")
+                .bind(build_id)
+                .bind(seq)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|row| row.try_get("data")).transpose().map(Option::unwrap_or_default)
+        })
+    }
+
+    /// Records the newline count of a chunk stored before it was counted.
+    pub async fn set_chunk_lines(&self, build_id: i64, seq: i64, lines: i64) -> StoreResult<()> {
+        on_backend!(self, pool => {
+            sqlx::query("UPDATE log_chunks SET lines = $3 WHERE build_id = $1 AND seq = $2")
+                .bind(build_id)
+                .bind(seq)
+                .bind(lines)
+                .execute(pool)
+                .await
+                .map(|_| ())
         })
     }
 

@@ -297,13 +297,34 @@ pub fn step(chrome: &Chrome, build: &BuildView, step: &StepView) -> Markup {
                 @if let Some(code) = step.exit_code { " · exit code " (code) }
                 @if let Some(m) = &step.message { " · " (m) } }
         }
-        div class="toolbar" role="toolbar" aria-label="Log" {
-            button type="button" id="follow" aria-pressed=(if step.is_final() { "false" } else { "true" }) { "Follow" }
-            button type="button" id="first-error" { "Jump to first error" }
-            button type="button" id="earlier" hidden { "Load earlier output" }
-            a href=(raw) download { "Download raw" }
+        // Kept in view while the log scrolls (position: sticky).
+        div class="log-controls" {
+            div class="toolbar" role="toolbar" aria-label="Log" {
+                button type="button" id="follow" aria-pressed=(if step.is_final() { "false" } else { "true" }) { "Follow" }
+                button type="button" id="top" data-log-move disabled { "Top" }
+                button type="button" id="earlier" data-log-move disabled { "Load earlier" }
+                button type="button" id="later" data-log-move disabled { "Load later" }
+                button type="button" id="bottom" data-log-move { "Bottom" }
+                button type="button" id="first-error" data-log-move { "Jump to first error" }
+                a href=(raw) download { "Download raw" }
+            }
+            div class="toolbar" {
+                form id="goto" class="inline" {
+                    select name="kind" aria-label="Go to a line or a byte offset" {
+                        option value="line" { "Line" }
+                        option value="offset" { "Byte offset" }
+                    }
+                    input name="where" type="number" min="0" inputmode="numeric" required aria-label="Line or byte offset to go to";
+                    button type="submit" data-log-move { "Go" }
+                }
+                form id="find" class="inline" role="search" {
+                    input name="text" type="search" required placeholder="Find in the whole log" aria-label="Text to find in the whole log";
+                    button type="submit" data-log-move { "Find next" }
+                }
+            }
+            p id="log-position" class="muted" {}
+            p id="log-status" class="muted" aria-live="polite" {}
         }
-        p id="log-status" class="muted" aria-live="polite" {}
         pre id="log" class="log" tabindex="0" aria-label=(format!("Log of {}", step.name))
             data-build=(build.id) data-step=(step.name) data-final=(step.is_final() || build.is_final()) {}
         noscript { p { "The log needs JavaScript to stream; " a href=(raw) { "download it" } " instead." } }

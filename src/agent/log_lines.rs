@@ -1,0 +1,182 @@
+//! Lines of a stored log, found without reading the whole log: the web
+//! UI's log view shows a window of a log that may be hundreds of megabytes
+//! and goes to a line number, a byte offset, a match or the first error
+//! (`GET /api/v1/builds/{id}/log/locate`).
+//!
+//! Each stored chunk carries its newline count (migration 13), so a line
+//! number is a sum over the chunks' counts plus one chunk read; a search
+//! reads the log page by page from where it starts and stops at the first
+//! hit. Sits on the store; the server's handler is its only caller.
+
+use memchr::{memchr_iter, memrchr};
+use regex::bytes::{Regex, RegexBuilder};
+
+use super::store::{ChunkLines, Store, StoreResult};
+
+/// How much of the log one search step reads.
+const PAGE: i64 = 1024 * 1024;
+
+/// A line longer than this is searched in pieces (a match across a piece's
+/// edge can be missed: such a line is not text a person reads).
+const LONGEST_LINE: usize = 4 * 1024 * 1024;
+
+/// Where the lines of one log (a build's or one step's) are.
+pub struct LineIndex {
+    build: i64,
+    chunks: Vec<ChunkLines>,
+    /// Newlines before each chunk.
+    before: Vec<i64>,
+    newlines: i64,
+    length: i64,
+    /// Whether the log's last byte is a newline (its last line closed).
+    closed: bool,
+}
+
+impl LineIndex {
+    /// Reads the chunks' counts; chunks stored before they were counted
+    /// are counted now, and the count is stored for next time.
+    pub async fn load(store: &Store, build: i64, step: Option<&str>) -> StoreResult<LineIndex> {
+        let mut chunks = store.log_chunk_lines(build, step).await?;
+        for chunk in chunks.iter_mut().filter(|c| c.lines.is_none()) {
+            let data = store.log_chunk(build, chunk.seq).await?;
+            let lines = memchr_iter(b'\n', &data).count() as i64;
+            store.set_chunk_lines(build, chunk.seq, lines).await?;
+            chunk.lines = Some(lines);
+        }
+        let mut before = Vec::with_capacity(chunks.len());
+        let mut newlines = 0;
+        for chunk in &chunks {
+            before.push(newlines);
+            newlines += chunk.lines.unwrap_or(0);
+        }
+        let length = chunks.last().map_or(0, |c| c.start + c.len);
+        let closed = match chunks.last() {
+            Some(last) => store.log_chunk(build, last.seq).await?.last() == Some(&b'\n'),
+            None => true,
+        };
+        Ok(LineIndex {
+            build,
+            chunks,
+            before,
+            newlines,
+            length,
+            closed,
+        })
+    }
+
+    /// The log's length in bytes.
+    pub fn length(&self) -> i64 {
+        self.length
+    }
+
+    /// How many lines the log has (a last line without its newline
+    /// counts).
+    pub fn lines(&self) -> i64 {
+        let ends_open = self.length > 0 && !self.ends_with_newline();
+        self.newlines + i64::from(ends_open)
+    }
+
+    fn ends_with_newline(&self) -> bool {
+        self.closed
+    }
+
+    /// The (1-based) number of the line holding byte `offset`; an offset
+    /// at or past the end is the last line.
+    pub async fn line_of(&self, store: &Store, offset: i64) -> StoreResult<i64> {
+        if offset >= self.length {
+            return Ok(self.lines().max(1));
+        }
+        let i = self.chunks.partition_point(|c| c.start + c.len <= offset);
+        let Some(chunk) = self.chunks.get(i) else {
+            return Ok(self.lines().max(1));
+        };
+        let data = store.log_chunk(self.build, chunk.seq).await?;
+        let within = ((offset - chunk.start).max(0) as usize).min(data.len());
+        Ok(self.before[i] + memchr_iter(b'\n', &data[..within]).count() as i64 + 1)
+    }
+
+    /// The offset of the first byte of line `line` (1-based; past the end:
+    /// the last line).
+    pub async fn line_start(&self, store: &Store, line: i64) -> StoreResult<i64> {
+        let line = line.clamp(1, self.lines().max(1));
+        // The (line - 1)th newline ends the line before.
+        let wanted = line - 1;
+        if wanted == 0 {
+            return Ok(0);
+        }
+        let i = self.before.partition_point(|&b| b < wanted) - 1;
+        let chunk = &self.chunks[i];
+        let data = store.log_chunk(self.build, chunk.seq).await?;
+        let nth = (wanted - self.before[i] - 1) as usize;
+        match memchr_iter(b'\n', &data).nth(nth) {
+            Some(at) => Ok(chunk.start + at as i64 + 1),
+            None => Ok(chunk.start + data.len() as i64),
+        }
+    }
+}
+
+/// What "the first error" of a log is: a line with one of these words
+/// (case aside), also right after a colour escape (`\e[31merror`).
+pub fn error_pattern() -> Regex {
+    RegexBuilder::new(
+        r"(?:^|[^0-9A-Za-z_\n]|\x1b\[[0-9;]*m)(?:error|errors|failed|failure|fatal|panicked|exception)(?:[^0-9A-Za-z_]|$)",
+    )
+    .case_insensitive(true)
+    .multi_line(true)
+    .unicode(false)
+    .build()
+    .expect("the error pattern is valid")
+}
+
+/// A search for `text` as typed, case aside.
+pub fn text_pattern(text: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(&regex::escape(text))
+        .case_insensitive(true)
+        .unicode(!text.is_ascii())
+        .build()
+}
+
+/// The offset of the start of the first line at or after `from` (a line's
+/// start) in which `pattern` matches, reading about a page of chunks at a
+/// time (by their sequence numbers, from the index: no offset scan).
+pub async fn find(
+    store: &Store,
+    index: &LineIndex,
+    step: Option<&str>,
+    from: i64,
+    pattern: &Regex,
+) -> StoreResult<Option<i64>> {
+    let chunks = &index.chunks;
+    let mut next = chunks.partition_point(|c| c.start + c.len <= from);
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut buffer_start = from;
+    while next < chunks.len() {
+        let first = next;
+        let mut bytes = 0;
+        while next < chunks.len() && bytes < PAGE {
+            bytes += chunks[next].len;
+            next += 1;
+        }
+        let read = store
+            .log_chunks_in(index.build, step, chunks[first].seq, chunks[next - 1].seq)
+            .await?;
+        for (start, data) in read {
+            let skip = ((from - start).max(0) as usize).min(data.len());
+            buffer.extend_from_slice(&data[skip..]);
+        }
+        let done = next == chunks.len();
+        // Whole lines only, so that a match is never cut by a page's edge.
+        let searchable = if done || buffer.len() > LONGEST_LINE {
+            buffer.len()
+        } else {
+            memrchr(b'\n', &buffer).map_or(0, |at| at + 1)
+        };
+        if let Some(hit) = pattern.find(&buffer[..searchable]) {
+            let line = memrchr(b'\n', &buffer[..hit.start()]).map_or(0, |at| at + 1);
+            return Ok(Some(buffer_start + line as i64));
+        }
+        buffer.drain(..searchable);
+        buffer_start += searchable as i64;
+    }
+    Ok(None)
+}
