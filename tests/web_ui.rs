@@ -933,3 +933,53 @@ fn line_lengths(daemon: &Daemon, id: i64) -> (u64, u64) {
     let (one, two) = (ends.next().unwrap(), ends.next().unwrap());
     (one + 1, two - one)
 }
+
+/// Issue 28.1: a tab holds one stream at most. A step's page follows only
+/// its log's stream (the agent counts one live follower, not two), and
+/// that stream's `update` events re-read the header: a step that ends
+/// while its build runs on shows it, before the build ends.
+#[test]
+fn a_step_page_holds_one_stream_and_sees_its_step_end() {
+    let test = "web_ui::a_step_page_holds_one_stream_and_sees_its_step_end";
+    runtime().block_on(async {
+        let Some(browser) = Browser::start(test).await else {
+            return;
+        };
+        let daemon = Daemon::start(None);
+        let config = unindent(
+            r#"
+            local a = step "a" { run = 'echo a started; while [ ! -e "$GATE_A" ]; do sleep 0.02; done; echo a done' }
+            local b = step "b" { run = 'while [ ! -e "$GATE_B" ]; do sleep 0.02; done' }
+            pipeline "both" { a, b }
+            "#,
+        );
+        let project = repo(&[("piper.lua", config.as_bytes())]);
+        let gates = tempfile::tempdir().unwrap();
+        let (gate_a, gate_b) = (gates.path().join("a"), gates.path().join("b"));
+        let body = json!({
+            "repo": project.path().to_str().unwrap(), "pipeline": "both",
+            "env": { "GATE_A": gate_a.to_str().unwrap(), "GATE_B": gate_b.to_str().unwrap() },
+        });
+        let id = off_runtime(|| daemon.queue(&body));
+        browser.goto(&format!("{}/login", daemon.url)).await;
+        browser.fill("#token", &daemon.token).await;
+        browser.click("#login button[type=submit]").await;
+        browser.wait_text("h1", "Builds").await;
+        browser.goto(&format!("{}/builds/{id}/steps/a", daemon.url)).await;
+        browser.wait_text("#log", "a started").await;
+        browser.wait_text("#log-status", "Streaming").await;
+        let followers = || {
+            let (_, text) = daemon.http("GET", "/metrics", Some(&daemon.token), None);
+            let text = String::from_utf8(text).unwrap();
+            let line = text.lines().find(|l| l.starts_with("piper_live_followers ")).unwrap().to_string();
+            line.rsplit(' ').next().unwrap().parse::<u32>().unwrap()
+        };
+        assert_eq!(off_runtime(followers), 1, "one stream for the tab");
+        std::fs::write(&gate_a, "").unwrap();
+        browser.wait_text("#step-head .badge", "success").await;
+        assert_eq!(off_runtime(|| daemon.build(id))["status"], "running", "b still runs");
+        std::fs::write(&gate_b, "").unwrap();
+        browser.wait_text("#log-status", "The build ended: success").await;
+        browser.client.clone().close().await.unwrap();
+    });
+}

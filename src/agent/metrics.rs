@@ -72,8 +72,9 @@ impl Metrics {
             .observe(duration_ms as f64 / 1000.0);
     }
 
-    /// The scrape: the cluster's state from `store`, then the histograms.
-    pub async fn render(&self, store: &Store) -> StoreResult<String> {
+    /// The scrape: the cluster's state from `store`, this agent's live
+    /// followers, then the histograms.
+    pub async fn render(&self, store: &Store, followers: usize) -> StoreResult<String> {
         let stats = store.cluster_stats().await?;
         let agents = store.agents().await?;
         let mut registry = Registry::default();
@@ -117,6 +118,12 @@ impl Metrics {
             "piper_log_stored_bytes",
             "Bytes of build logs in the database",
             stats.log_bytes,
+        );
+        register_gauge(
+            &mut registry,
+            "piper_live_followers",
+            "Streams following builds live on this agent (log and update streams, waiting stream reads)",
+            followers as i64,
         );
 
         let up = Family::<Labels, Gauge>::default();

@@ -259,7 +259,8 @@ impl Recorder {
         })
         .await
         {
-            Ok(true) => {}
+            // Followers (a step's page) re-read the step's state.
+            Ok(true) => self.log.written(id).await,
             Ok(false) => self.fenced(id),
             Err(e) => tracing::error!("{e}"),
         }

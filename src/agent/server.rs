@@ -320,10 +320,12 @@ async fn openapi() -> Response {
 
 /// `GET /api/v1/builds/{id}/events?offset=N&step=NAME`: the log as
 /// Server-Sent Events while the build runs. `chunk` events carry
-/// `{offset, next, data}` (data base64-encoded: logs are bytes); one `end`
-/// event carries the final `{status}`, then the stream closes.
+/// `{offset, next, data}` (data base64-encoded: logs are bytes); `update`
+/// events say that something else of the build was written (a step's
+/// state, other output); one `end` event carries the final `{status}`,
+/// then the stream closes.
 #[utoipa::path(get, path = "/api/v1/builds/{id}/events", tag = "logs", params(("id" = i64, Path, description = "The build's id"), LogQuery), security(("bearer" = []), ("session" = []), ()),
-    responses((status = 200, description = "Server-Sent Events: `chunk` events carry a LogChunk; one `end` event carries `{\"status\"}`, then the stream closes",
+    responses((status = 200, description = "Server-Sent Events: `chunk` events carry a LogChunk; `update` events say something else of the build was written; one `end` event carries `{\"status\"}`, then the stream closes",
         content_type = "text/event-stream", body = LogChunk), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 404, description = "No such build", body = ErrorBody)))]
 async fn follow_log(
     State(state): State<ApiState>,
@@ -344,6 +346,7 @@ async fn follow_log(
         let step = query.step.clone();
         async move {
             let (offset, mut written) = position?;
+            let mut woken = false;
             loop {
                 let slice = match store
                     .read_log(id, step.as_deref(), offset, LOG_READ_LIMIT)
@@ -374,7 +377,14 @@ async fn follow_log(
                             .data(json!({ "status": build.status }).to_string());
                         return Some((Ok(event), None));
                     }
-                    Ok(_) => wait_for_write(&mut written, id).await,
+                    // Something else of the build was written (a step's
+                    // state, another step's output): say so, so that a
+                    // page following this log needs no second stream.
+                    Ok(_) if woken => {
+                        let event = Event::default().event("update").data("{}");
+                        return Some((Ok(event), Some((offset, written))));
+                    }
+                    Ok(_) => woken = wait_for_write(&mut written, id).await,
                     Err(_) => return None,
                 }
             }
@@ -704,7 +714,7 @@ async fn health(State(state): State<ApiState>) -> Response {
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
     authorize_read(&state, &headers).await?;
     let text = (state.agent.metrics)
-        .render(&state.agent.store)
+        .render(&state.agent.store, state.agent.written.receiver_count())
         .await
         .map_err(ApiError::unavailable)?;
     Ok((
@@ -1683,8 +1693,10 @@ pub(crate) struct StreamQuery {
 /// Waits until `build`'s log or events grew, as announced by the agent that
 /// writes it (here, or relayed from PostgreSQL's `NOTIFY piper_log`), or
 /// 5 s passed: the fallback if an announcement was lost.
-async fn wait_for_write(written: &mut tokio::sync::broadcast::Receiver<i64>, build: i64) {
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+/// True when something of `build` was written (or may have been: the
+/// receiver lagged); false after 5 s without.
+async fn wait_for_write(written: &mut tokio::sync::broadcast::Receiver<i64>, build: i64) -> bool {
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
         loop {
             match written.recv().await {
                 Ok(id) if id == build => return,
@@ -1697,7 +1709,8 @@ async fn wait_for_write(written: &mut tokio::sync::broadcast::Receiver<i64>, bui
             }
         }
     })
-    .await;
+    .await
+    .is_ok()
 }
 
 /// `GET /api/v1/builds/{id}/stream?after=SEQ`: the build's typed events in

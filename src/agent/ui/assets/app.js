@@ -192,7 +192,9 @@ function openUpdates() {
   updates = source;
 }
 
-if ($("[data-live]")) {
+// A step's page follows its log's stream, which also says when anything
+// else of the build was written: one stream per tab, not two.
+if ($("[data-live]") && !$("#log")) {
   openUpdates();
   window.addEventListener("pagehide", () => { if (updates) { updates.close(); updates = null; } });
   window.addEventListener("pageshow", (e) => { if (e.persisted) { openUpdates(); scheduleRefresh(); } });
@@ -705,6 +707,9 @@ class LogViewer {
       window.addEventListener("pageshow", (e) => { if (e.persisted && this.resume) { this.resume = false; this.follow(); } });
     }
     this.status.textContent = "Streaming…";
+    // What was written between the page's rendering and this stream's
+    // start (or while it was cut off) was announced to nobody.
+    source.addEventListener("open", () => scheduleRefresh());
     source.addEventListener("chunk", (e) => {
       const chunk = JSON.parse(e.data);
       let bytes = fromBase64(chunk.data);
@@ -722,6 +727,13 @@ class LogViewer {
         for (let i = 0; i < bytes.length; i++) if (bytes[i] === 10) this.lines++;
         if (!this.busy) this.controls();
       }
+    });
+    // Something else of the build was written (the step's state, say):
+    // the header re-reads, at most every 300 ms (other steps may write
+    // all the time).
+    source.addEventListener("update", () => {
+      if (this.updateTimer) return;
+      this.updateTimer = setTimeout(() => { this.updateTimer = null; refreshLive(); }, 300);
     });
     source.addEventListener("end", (e) => {
       source.close();
