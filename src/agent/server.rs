@@ -1552,7 +1552,7 @@ pub(crate) async fn locate_in_log(
     Path(id): Path<String>,
     query: Result<Query<LocateQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<axum::Json<LogPosition>> {
-    use super::log_lines::{LineIndex, error_pattern, find, text_pattern};
+    use super::log_lines::{LineIndex, Pattern, find};
     authorize_read(&state, &headers).await?;
     let id = parse_id(&id)?;
     let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
@@ -1585,8 +1585,8 @@ pub(crate) async fn locate_in_log(
                 format!("`find` is longer than {FIND_LIMIT} bytes"),
             ));
         }
-        Some(text) => Some(text_pattern(text).map_err(|e| ApiError::bad("find", e.to_string()))?),
-        None if query.error == Some(true) => Some(error_pattern()),
+        Some(text) => Some(Pattern::text(text).map_err(|e| ApiError::bad("find", e.to_string()))?),
+        None if query.error == Some(true) => Some(Pattern::error()),
         None => None,
     };
     let build = find_build(&state, id).await?;
