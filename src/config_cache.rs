@@ -302,6 +302,7 @@ pub enum Mode {
 
 /// The graph of `project`: from the cache when every recorded input is
 /// unchanged, else evaluated (and the cache rewritten).
+#[cfg(feature = "cli")]
 pub fn load(project: &Project, mode: Mode) -> Result<(Graph, Evaluation)> {
     load_with_reads(project, mode).map(|(graph, evaluation, _)| (graph, evaluation))
 }

@@ -49,6 +49,7 @@ pub fn load<T: DeserializeOwned + Default>(explicit: Option<&Path>, name: &str) 
     })
 }
 
+#[cfg(feature = "cli")]
 /// The CLI's `config.toml`.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

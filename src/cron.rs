@@ -8,11 +8,14 @@
 
 use std::fmt;
 
+#[cfg(feature = "agent")]
 use chrono::{DateTime, Local, TimeZone};
 
 #[derive(Clone)]
 pub struct Schedule {
     text: String,
+    // Read by the agent's scheduler; the engine only checks the syntax.
+    #[cfg_attr(not(feature = "agent"), allow(dead_code))]
     cron: croner::Cron,
 }
 
@@ -50,6 +53,7 @@ impl fmt::Display for Schedule {
 
 /// A minute, as Unix minutes (seconds / 60): what agents agree on when
 /// they queue a scheduled run once per slot.
+#[cfg(feature = "agent")]
 pub type UnixMinute = i64;
 
 impl Schedule {
@@ -71,6 +75,7 @@ impl Schedule {
     }
 
     /// Whether the schedule fires in `minute`, read in local time.
+    #[cfg(feature = "agent")]
     pub fn matches(&self, minute: UnixMinute) -> bool {
         match Local.timestamp_opt(minute * 60, 0) {
             chrono::LocalResult::Single(at) | chrono::LocalResult::Ambiguous(at, _) => {
@@ -80,12 +85,14 @@ impl Schedule {
         }
     }
 
+    #[cfg(feature = "agent")]
     fn matches_at(&self, at: &DateTime<Local>) -> bool {
         self.cron.is_time_matching(at).unwrap_or(false)
     }
 }
 
 /// The current minute, from one clock reading.
+#[cfg(feature = "agent")]
 pub fn this_minute() -> UnixMinute {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

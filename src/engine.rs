@@ -199,6 +199,7 @@ pub struct Explanation {
 
 impl Project {
     /// The validated graph (for this package's hosts).
+    #[cfg(any(feature = "cli", feature = "agent"))]
     pub(crate) fn graph(&self) -> &Arc<Graph> {
         &self.graph
     }
@@ -476,6 +477,7 @@ impl Run {
     }
 
     /// An event already sent, without waiting (batching for renderers).
+    #[cfg(feature = "cli")]
     pub(crate) fn try_next_event(&mut self) -> Option<Event> {
         self.events.try_recv().ok()
     }

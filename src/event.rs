@@ -19,7 +19,8 @@ pub(crate) fn channel() -> (EventSender, EventReceiver) {
     mpsc::channel(1024)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "agent", derive(utoipa::ToSchema))]
 #[serde(tag = "event", rename_all = "snake_case")]
 /// What happens in a run, in order: every host (the terminal, `--json`,
 /// `piper watch`, piperd, an embedding program) reads this one stream.
@@ -81,7 +82,7 @@ pub enum Event {
         step: String,
         /// The bytes, as the processes wrote them.
         #[serde(serialize_with = "lossy_utf8", deserialize_with = "utf8_bytes")]
-        #[schema(value_type = String)]
+        #[cfg_attr(feature = "agent", schema(value_type = String))]
         data: Vec<u8>,
     },
     /// An attempt failed and the step will run again.
@@ -161,7 +162,8 @@ pub enum Event {
 }
 
 /// A step of a build's plan, as `build_started` lists them.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "agent", derive(utoipa::ToSchema))]
 pub struct PlannedStepInfo {
     /// The step's name.
     pub name: String,
@@ -170,7 +172,8 @@ pub struct PlannedStepInfo {
 }
 
 /// What chained a build: another build's trigger.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "agent", derive(utoipa::ToSchema))]
 pub struct TriggeredBy {
     /// The build whose trigger fired.
     pub build: u32,
@@ -180,7 +183,8 @@ pub struct TriggeredBy {
     pub on: TriggerOn,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "agent", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 /// How a step ended.
 pub enum StepStatus {
@@ -240,7 +244,8 @@ impl StepStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "agent", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 /// How a build ended.
 pub enum BuildStatus {

@@ -107,6 +107,7 @@ pub struct Plan {
     pub triggers: Vec<Trigger>,
     /// What an agent must have to run this build: the `requires` of the
     /// target pipelines and of every planned step, together.
+    #[cfg_attr(not(feature = "agent"), allow(dead_code))]
     pub requires: std::collections::BTreeMap<String, String>,
 }
 
@@ -121,6 +122,7 @@ pub struct PlannedStep {
 
 impl Graph {
     /// Evaluates the project's config (no cache; see `config_cache.rs`).
+    #[cfg(feature = "cli")]
     pub fn load(project: &Project) -> Result<Graph> {
         let (lua, spec) = crate::lua::evaluate(project)?;
         let mut graph = Graph::validate(project, spec, lua)?;
@@ -298,6 +300,7 @@ impl Graph {
 
     /// What a bare `piper exec` runs: the pipeline marked `default = true`,
     /// else the only pipeline there is.
+    #[cfg(feature = "cli")]
     pub fn default_pipeline(&self) -> Option<&str> {
         let marked = self.pipelines.values().find(|p| p.default);
         match (marked, self.pipelines.len()) {
@@ -409,6 +412,7 @@ impl Graph {
 
     /// The labels missing from `labels` for `plan` to run there, as
     /// `key=value` words (empty: it can run).
+    #[cfg(feature = "agent")]
     pub fn missing_labels(
         plan: &Plan,
         labels: &std::collections::BTreeMap<String, String>,

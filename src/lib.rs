@@ -66,6 +66,7 @@ pub use mlua;
 // The engine: private to the crate, reached through the API above.
 pub(crate) mod changes;
 pub(crate) mod config_cache;
+#[cfg(any(feature = "cli", feature = "agent"))]
 pub(crate) mod config_file;
 pub(crate) mod cron;
 pub(crate) mod digest;
@@ -100,13 +101,16 @@ pub(crate) mod suggest;
 // hidden, because the binaries call their `main` (and piperd's tests and
 // queue benchmark drive its store); neither is part of the API above and
 // both change without notice (docs/embedding.md, "What is stable").
+#[cfg(feature = "agent")]
 #[doc(hidden)]
 pub mod agent;
+#[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod cli;
 
 /// What this package's own tests read of the insides (the step fields the
 /// docs must list, the command line the CLI reference must cover). Not API.
+#[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod internals {
     pub use crate::cli::args::Cli;

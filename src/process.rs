@@ -106,6 +106,7 @@ impl Exit {
 static GROUP_JOURNAL: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
 /// Records every process group started from now on in `dir`.
+#[cfg(feature = "agent")]
 pub fn journal_groups_in(dir: std::path::PathBuf) {
     let _ = std::fs::create_dir_all(&dir);
     let _ = GROUP_JOURNAL.set(dir);
@@ -147,6 +148,7 @@ fn journal_remove(pgid: i32) {
 /// Ends (SIGKILL) the process groups a previous run recorded in `dir`
 /// whose leader is still the process it started, and forgets them all.
 /// Returns how many groups were ended.
+#[cfg(feature = "agent")]
 pub fn end_leftover_groups(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;

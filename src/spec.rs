@@ -141,9 +141,8 @@ pub enum Member {
     Name(String),
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "agent", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 /// When a pipeline's trigger fires: the field it was given in.
 pub enum TriggerOn {

@@ -6,6 +6,8 @@
 //! The state outlives evaluation: steps whose `run` is a Lua function are
 //! called in it at build time (see `executor.rs`).
 
+// The editor definitions `piper init` writes.
+#[cfg(feature = "cli")]
 pub mod meta;
 mod native_define;
 mod native_env;

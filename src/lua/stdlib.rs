@@ -46,4 +46,5 @@ pub const BOOT: (&str, &str) = ("@stdlib/boot.lua", include_str!("../../stdlib/b
 
 /// The hand-written `---@meta` file: globals, spec types and `ctx`, which
 /// have no Lua source. The module definitions are generated (`meta.rs`).
+#[cfg(feature = "cli")]
 pub const CORE_META: &str = include_str!("../../lua/piper.lua");
