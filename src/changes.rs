@@ -9,10 +9,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::GlobSet;
 
-use crate::config_cache::Input;
+use crate::glob::glob_set;
 use crate::graph::{Graph, Plan};
+use crate::recording::ConfigReads;
 use crate::state::{STATE_DIR, State};
 
 /// What a batch of changed files asks of a run of some targets
@@ -42,59 +43,6 @@ pub struct Affected {
     /// The changed paths that matter, relative to the root, sorted (what
     /// `piper watch` prints before a rerun).
     pub paths: Vec<String>,
-}
-
-/// What the evaluation of `piper.lua` read besides the Lua files it
-/// loaded (those are `Graph::files`): files read (`fs.read`, `env.load`),
-/// paths checked (`fs.exists`) and globs expanded (`fs.glob`), as the
-/// configuration cache recorded them. A change to one asks for a new
-/// evaluation: a file added to `fs.glob("src/*.c")` may be a new step.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ConfigReads {
-    /// Root-relative paths read or checked.
-    paths: HashSet<String>,
-    /// The globs, each with whether it matches hidden files and honours
-    /// the ignore rules.
-    globs: Vec<(GlobSet, bool, bool)>,
-}
-
-impl ConfigReads {
-    pub(crate) fn of(inputs: &[Input]) -> ConfigReads {
-        let mut reads = ConfigReads::default();
-        for input in inputs {
-            match input {
-                Input::File { path, .. } | Input::Exists { path, .. } => {
-                    reads.paths.insert(path.clone());
-                }
-                Input::Glob {
-                    patterns,
-                    hidden,
-                    gitignore,
-                    ..
-                } => {
-                    let set = glob_set(patterns.iter().map(String::as_str));
-                    reads.globs.push((set, *hidden, *gitignore));
-                }
-                Input::Env { .. } | Input::Command { .. } => {}
-            }
-        }
-        reads
-    }
-
-    /// Whether a change to `rel` may change what the evaluation read.
-    /// `ignored` says whether the ignore rules skip it.
-    fn asks_reload(&self, rel: &Path, rel_text: &str, ignored: impl Fn() -> bool) -> bool {
-        if self.paths.contains(rel_text) {
-            return true;
-        }
-        let hidden_part = || {
-            rel.components()
-                .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
-        };
-        self.globs.iter().any(|(set, hidden, gitignore)| {
-            set.is_match(rel) && (*hidden || !hidden_part()) && !(*gitignore && ignored())
-        })
-    }
 }
 
 /// Sorts `changed` (absolute paths) into what they ask of a run of
@@ -210,16 +158,6 @@ impl<'a> StepInputs<'a> {
         }
         hit
     }
-}
-
-fn glob_set<'a>(patterns: impl IntoIterator<Item = &'a str>) -> GlobSet {
-    let mut set = GlobSetBuilder::new();
-    for p in patterns {
-        if let Ok(glob) = GlobBuilder::new(p).literal_separator(true).build() {
-            set.add(glob);
-        }
-    }
-    set.build().unwrap_or_else(|_| GlobSet::empty())
 }
 
 /// Piper's own state and git's never ask for anything.

@@ -8,25 +8,25 @@
 //!
 //! Sits between `project.rs` (which file) and `graph.rs` (what it means);
 //! hosts call [`load`]. The record is collected by the native functions in
-//! `lua/` while a [`Recording`] is in the state's app data.
+//! `lua/` while a [`Recording`](crate::recording::Recording) is in the
+//! state's app data.
 //!
 //! Never a wrong graph: what the record cannot see (`io.open`, `os.time`,
 //! `math.random`, ... at evaluation time) makes the configuration
 //! uncacheable for that run, and an unreadable or foreign cache file is a
 //! warning and a fresh evaluation.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::fingerprint::{now_ns, stamp_content, stamp_file};
+use crate::file_stamp::{FileStamp, now_ns, stamp_file};
 use crate::graph::Graph;
 use crate::project::Project;
+use crate::recording::{ConfigReads, Input};
 use crate::root_dir::RootDir;
-use crate::spec::Command;
-use crate::state::{FileStamp, State};
+use crate::state::State;
 
 /// The cache file, in the state directory.
 pub const FILE: &str = "config.cache";
@@ -37,178 +37,6 @@ const MAGIC: &[u8] = b"piper config cache 3\n";
 /// What earlier formats start with: a cache an older Piper wrote, to be
 /// replaced like any other Piper build's, without a warning.
 const OLDER_MAGIC: &[u8] = b"piper config cache ";
-
-/// One thing the evaluation read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Input {
-    /// A file read (`piper.lua`, a required module, `fs.read`, `env.load`):
-    /// its stamp, or None when it was absent.
-    File {
-        path: String,
-        stamp: Option<FileStamp>,
-    },
-    /// `fs.exists`.
-    Exists { path: String, exists: bool },
-    /// `fs.glob` (and the files it matched).
-    Glob {
-        patterns: Vec<String>,
-        hidden: bool,
-        gitignore: bool,
-        matches: Vec<String>,
-    },
-    /// `env.get` / `os.getenv` of a variable not set by the config.
-    Env { name: String, value: Option<String> },
-    /// A command run at evaluation time (`piper.shell`, `piper.git`): run
-    /// again at each check; its exit code and output are what count.
-    Command {
-        command: EvalCommand,
-        result: String,
-    },
-}
-
-/// What an evaluation read, collected while it runs.
-#[derive(Debug, Default)]
-pub struct Recording {
-    inputs: Vec<Input>,
-    seen: BTreeSet<String>,
-    /// Why the result must not be cached (the first untracked call).
-    pub uncacheable: Option<String>,
-}
-
-impl Recording {
-    fn push(&mut self, key: String, input: Input) {
-        if self.seen.insert(key) {
-            self.inputs.push(input);
-        }
-    }
-
-    /// A file read at `rel`: its metadata (taken before reading) and the
-    /// content the evaluation used, or None when it could not be read.
-    pub fn file(&mut self, rel: &str, read: Option<(&std::fs::Metadata, &[u8])>) {
-        let stamp = read.map(|(meta, content)| stamp_content(meta, content, now_ns()));
-        let input = Input::File {
-            path: rel.to_string(),
-            stamp,
-        };
-        self.push(format!("file\0{rel}"), input);
-    }
-
-    pub fn exists(&mut self, path: &str, exists: bool) {
-        let input = Input::Exists {
-            path: path.to_string(),
-            exists,
-        };
-        self.push(format!("exists\0{path}"), input);
-    }
-
-    pub fn glob(&mut self, patterns: &[String], hidden: bool, gitignore: bool, matches: &[String]) {
-        let key = format!("glob\0{}\0{hidden}\0{gitignore}", patterns.join("\0"));
-        let input = Input::Glob {
-            patterns: patterns.to_vec(),
-            hidden,
-            gitignore,
-            matches: matches.to_vec(),
-        };
-        self.push(key, input);
-    }
-
-    pub fn env(&mut self, name: &str, value: Option<&str>) {
-        let input = Input::Env {
-            name: name.to_string(),
-            value: value.map(str::to_string),
-        };
-        self.push(format!("env\0{name}"), input);
-    }
-
-    pub fn command(&mut self, command: &EvalCommand, result: &CommandResult) {
-        let key = format!("command\0{command:?}");
-        let input = Input::Command {
-            command: command.clone(),
-            result: result.digest(),
-        };
-        self.push(key, input);
-    }
-
-    /// Something the record cannot see happened: do not cache this result.
-    pub fn untracked(&mut self, why: String) {
-        self.uncacheable.get_or_insert(why);
-    }
-}
-
-/// A command run outside a build's supervision, output captured: while
-/// the config is evaluated, or for a build stamp.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EvalCommand {
-    pub command: Command,
-    /// Relative to the project root.
-    pub cwd: Option<String>,
-}
-
-/// How an evaluation-time command ended.
-pub struct CommandResult {
-    pub code: Option<i32>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-}
-
-impl CommandResult {
-    fn digest(&self) -> String {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(format!("{:?}\0", self.code).as_bytes());
-        hasher.update(&(self.stdout.len() as u64).to_le_bytes());
-        hasher.update(&self.stdout);
-        hasher.update(&self.stderr);
-        hasher.finalize().to_hex().to_string()
-    }
-}
-
-impl EvalCommand {
-    /// Runs the command in `root` (or its `cwd`), output captured.
-    pub fn run(&self, root: &Path) -> std::io::Result<CommandResult> {
-        use std::process::Stdio;
-        let mut command = match &self.command {
-            Command::Shell(script) => {
-                let mut c = std::process::Command::new("/bin/sh");
-                c.arg("-c").arg(script);
-                c
-            }
-            Command::Argv(argv) => {
-                let Some((program, args)) = argv.split_first() else {
-                    return Err(std::io::Error::other("expected a non-empty command"));
-                };
-                let mut c = std::process::Command::new(program);
-                c.args(args);
-                c
-            }
-        };
-        let cwd = match &self.cwd {
-            Some(dir) => root.join(dir),
-            None => root.to_path_buf(),
-        };
-        command
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let output = crate::reaper::spawn_owned(|| command.spawn(), |c| Some(c.id()))
-            .and_then(|(child, _owned)| child.wait_with_output());
-        match output {
-            Ok(out) => Ok(CommandResult {
-                code: out.status.code(),
-                stdout: out.stdout,
-                stderr: out.stderr,
-            }),
-            // Same convention as a shell: 127 is "command not found".
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CommandResult {
-                code: Some(127),
-                stdout: Vec::new(),
-                stderr: format!("command not found: {}", command.get_program().display())
-                    .into_bytes(),
-            }),
-            Err(e) => Err(e),
-        }
-    }
-}
 
 /// What the cache is valid for besides its inputs: this Piper (its
 /// version, build and embedded Lua) and this project's place.
@@ -232,7 +60,7 @@ impl Key {
             .and_then(|exe| std::fs::metadata(exe).ok())
         {
             hasher.update(&meta.len().to_le_bytes());
-            hasher.update(&crate::fingerprint::mtime_ns(&meta).to_le_bytes());
+            hasher.update(&crate::fsutil::mtime_ns(&meta).to_le_bytes());
         }
         Key {
             piper: format!("{:016x}", hasher.digest()),
@@ -309,10 +137,7 @@ pub fn load(project: &Project, mode: Mode) -> Result<(Graph, Evaluation)> {
 
 /// As [`load`], with what the evaluation read (the recorded inputs), for a
 /// host that watches them.
-pub fn load_with_reads(
-    project: &Project,
-    mode: Mode,
-) -> Result<(Graph, Evaluation, crate::changes::ConfigReads)> {
+pub fn load_with_reads(project: &Project, mode: Mode) -> Result<(Graph, Evaluation, ConfigReads)> {
     let path = State::dir(&project.root).join(FILE);
     let key = Key::of(project);
     let reason = match mode {
@@ -323,7 +148,7 @@ pub fn load_with_reads(
                     if settled {
                         keep_settled_stamps(&path, &key, &cache);
                     }
-                    let reads = crate::changes::ConfigReads::of(&cache.inputs);
+                    let reads = ConfigReads::of(&cache.inputs);
                     return Ok((cache.graph.revive(project), Evaluation::Cached, reads));
                 }
                 Changed(reason) => Some(reason),
@@ -349,7 +174,7 @@ pub fn load_with_reads(
             }
         }
     }
-    let reads = crate::changes::ConfigReads::of(&recording.inputs);
+    let reads = ConfigReads::of(&recording.inputs);
     Ok((graph, Evaluation::Evaluated { reason, not_cached }, reads))
 }
 

@@ -117,6 +117,10 @@ impl Visitor<'_> for DigestVisitor {
     }
 }
 
+/// Fingerprint of a record whose depfile was missing after its run (no
+/// blake3 output this side of a collision).
+pub const DEPFILE_MISSING: Digest = Digest([0xff; 32]);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -144,7 +144,7 @@ pub struct Project {
     evaluation: Evaluation,
     /// What evaluating `piper.lua` read (files, globs): a change to one
     /// asks for a reload.
-    reads: Arc<crate::changes::ConfigReads>,
+    reads: Arc<crate::recording::ConfigReads>,
     runner: SharedRunner,
     /// Where it was found, to load it again.
     located: crate::project::Project,

@@ -9,14 +9,14 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::UNIX_EPOCH;
 
-use crate::digest::Digest;
+use crate::digest::{DEPFILE_MISSING, Digest};
+use crate::file_stamp::{FileStamp, now_ns, stamp_file};
 use crate::graph::Step;
 use crate::paths::{is_glob, normalize};
-use crate::root_dir::{FileMeta, RootDir};
+use crate::root_dir::RootDir;
 use crate::spec::Run;
-use crate::state::{FileStamp, SmallMap, StepRecord};
+use crate::state::{SmallMap, StepRecord};
 
 /// What a step runs, as text: changes to it are "command changed".
 pub fn command_text(step: &Step, root: &Path) -> String {
@@ -54,15 +54,6 @@ pub enum Freshness {
     UpToDate(StepRecord),
     Stale(StepRecord, Vec<String>),
 }
-
-/// Files modified less than this before they were stamped are re-read on
-/// the next check: file timestamps come from a coarse clock (a kernel tick,
-/// seconds on some filesystems), so an edit within it may not move them.
-const RACY_WINDOW_NS: i128 = 2_000_000_000;
-
-/// Fingerprint of a record whose depfile was missing after its run (no
-/// blake3 output this side of a collision).
-pub const DEPFILE_MISSING: Digest = Digest([0xff; 32]);
 
 /// Decides whether `step` is up to date, given its variables, what its
 /// dependencies reported in this build, and its last successful run.
@@ -239,76 +230,6 @@ pub fn stamp_inputs(
         }
     }
     Ok(stamps)
-}
-
-/// Nanoseconds since the Unix epoch, for [`stamp_file`].
-pub fn now_ns() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
-}
-
-/// Size, mtime and content hash of the file at `rel` (root-relative or
-/// absolute); the hash of `previous` is reused when size and mtime did not
-/// move.
-pub fn stamp_file(
-    root: &RootDir,
-    rel: &str,
-    previous: Option<&FileStamp>,
-    now_ns: i128,
-) -> std::io::Result<FileStamp> {
-    let meta = root.stat(rel)?;
-    if !meta.is_file {
-        // A directory named as an input is not a file input.
-        return Err(std::io::ErrorKind::NotFound.into());
-    }
-    let reuse = previous
-        .filter(|old| old.size == meta.size && old.mtime_ns == meta.mtime_ns && meta.mtime_ns != 0);
-    match reuse {
-        Some(old) => Ok(FileStamp {
-            size: old.size,
-            mtime_ns: trust_mtime(meta.mtime_ns, now_ns),
-            hash: old.hash,
-        }),
-        None => Ok(stamp_content(
-            meta,
-            &std::fs::read(root.path().join(rel))?,
-            now_ns,
-        )),
-    }
-}
-
-/// The stamp of content already read, with the metadata taken *before*
-/// reading it: a write after the stat moves the mtime, so the next check
-/// hashes again instead of trusting a hash of older content.
-pub fn stamp_content(meta: impl Into<FileMeta>, content: &[u8], now_ns: i128) -> FileStamp {
-    let meta = meta.into();
-    FileStamp {
-        size: meta.size,
-        mtime_ns: trust_mtime(meta.mtime_ns, now_ns),
-        hash: Digest::of(content),
-    }
-}
-
-/// A file's mtime in nanoseconds since the epoch (0 when unknown).
-pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
-    meta.modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
-}
-
-/// "Racy clean" (git's rule): a file modified so recently that a same-size
-/// rewrite could keep its mtime is stamped without one (0), so the next
-/// check reads it again instead of trusting the mtime.
-pub fn trust_mtime(mtime_ns: i128, now_ns: i128) -> i128 {
-    if now_ns - mtime_ns < RACY_WINDOW_NS {
-        0
-    } else {
-        mtime_ns
-    }
 }
 
 /// The record a run of the step now would leave (fingerprint included).

@@ -32,3 +32,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 pub fn checksum(bytes: &[u8]) -> [u8; 8] {
     xxhash_rust::xxh3::xxh3_64(bytes).to_le_bytes()
 }
+
+/// A file's mtime in nanoseconds since the epoch (0 when unknown).
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}

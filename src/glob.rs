@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use globset::{GlobBuilder, GlobSetBuilder};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 /// Files under `root` matching any pattern, as sorted root-relative paths.
 pub fn glob(
@@ -71,6 +71,18 @@ fn literal_prefix(pattern: &str) -> PathBuf {
         prefix.push(part);
     }
     prefix
+}
+
+/// A set of glob patterns (`*` does not cross `/`); a pattern that does
+/// not parse matches nothing.
+pub(crate) fn glob_set<'a>(patterns: impl IntoIterator<Item = &'a str>) -> GlobSet {
+    let mut set = GlobSetBuilder::new();
+    for p in patterns {
+        if let Ok(glob) = GlobBuilder::new(p).literal_separator(true).build() {
+            set.add(glob);
+        }
+    }
+    set.build().unwrap_or_else(|_| GlobSet::empty())
 }
 
 #[cfg(test)]

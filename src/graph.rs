@@ -131,7 +131,7 @@ impl Graph {
     }
 
     /// As [`Graph::load`], with what the evaluation read.
-    pub fn load_recorded(project: &Project) -> Result<(Graph, crate::config_cache::Recording)> {
+    pub fn load_recorded(project: &Project) -> Result<(Graph, crate::recording::Recording)> {
         let (lua, spec, recording) = crate::lua::evaluate_recorded(project)?;
         let mut graph = Graph::validate(project, spec, lua)?;
         graph.files.insert(0, project.config.clone());

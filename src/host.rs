@@ -50,7 +50,7 @@ impl HostModules {
             let loader = loader.clone();
             let module = name.clone();
             let function = lua.create_function(move |lua, ()| {
-                if let Some(mut recording) = lua.app_data_mut::<crate::config_cache::Recording>() {
+                if let Some(mut recording) = lua.app_data_mut::<crate::recording::Recording>() {
                     recording.untracked(format!(
                         "piper.lua requires the host module `{module}`, which the cache cannot check"
                     ));

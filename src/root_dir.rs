@@ -27,7 +27,7 @@ impl From<&std::fs::Metadata> for FileMeta {
         FileMeta {
             is_file: meta.is_file(),
             size: meta.len(),
-            mtime_ns: crate::fingerprint::mtime_ns(meta),
+            mtime_ns: crate::fsutil::mtime_ns(meta),
         }
     }
 }

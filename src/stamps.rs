@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use indexmap::IndexMap;
 use tokio::sync::OnceCell;
 
-use crate::config_cache::EvalCommand;
+use crate::recording::EvalCommand;
 use crate::spec::Command;
 
 pub struct Stamps {

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::file_stamp::FileStamp;
+
 use crate::digest::Digest;
 
 mod v1;
@@ -47,13 +49,6 @@ const MAGIC_BLAKE3: &[u8] = b"piper state\n";
 /// record, most of a cached no-op's memory at 1000 steps); the bytes on
 /// disk are the same (a map).
 pub type SmallMap<V> = litemap::LiteMap<String, V>;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileStamp {
-    pub size: u64,
-    pub mtime_ns: i128,
-    pub hash: Digest,
-}
 
 /// The last successful run of a step.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,7 +194,7 @@ fn read_records(dir: &Path) -> Result<HashMap<String, StepRecord>, String> {
     }
     let records = match version {
         1 => postcard::from_bytes::<HashMap<String, v1::StepRecord>>(payload)
-            .map(|steps| steps.into_iter().map(v1::upgrade).collect()),
+            .map(|steps| steps.into_iter().map(upgrade_v1).collect()),
         _ => postcard::from_bytes(payload),
     };
     records.map_err(|e| unreadable(&e.to_string()))
@@ -251,7 +246,7 @@ fn parse_log_line(line: &str) -> Option<(String, StepRecord)> {
         return Some((entry.step, entry.record));
     }
     let entry = serde_json::from_str::<LogLine<v1::StepRecord>>(line).ok()?;
-    (entry.version == 1).then(|| v1::upgrade((entry.step, entry.record)))
+    (entry.version == 1).then(|| upgrade_v1((entry.step, entry.record)))
 }
 
 /// `state.json` of an older Piper, read until the next fold replaces it.
@@ -261,7 +256,7 @@ fn read_legacy(dir: &Path) -> Result<HashMap<String, StepRecord>, String> {
         return Ok(HashMap::new());
     };
     match serde_json::from_slice::<v1::StateFile>(&bytes) {
-        Ok(file) if file.version == 1 => Ok(file.steps.into_iter().map(v1::upgrade).collect()),
+        Ok(file) if file.version == 1 => Ok(file.steps.into_iter().map(upgrade_v1).collect()),
         Ok(file) => Err(other_version(&path, file.version)),
         Err(e) => Err(rebuilding(&path, &format!("is unreadable ({e})"))),
     }
@@ -278,9 +273,109 @@ fn rebuilding(path: &Path, problem: &str) -> String {
     format!("{} {problem}; rebuilding every step", path.display())
 }
 
+/// A named format-1 record (`v1.rs`) as this format keeps it.
+fn upgrade_v1((step, old): (String, v1::StepRecord)) -> (String, StepRecord) {
+    let digest = v1::digest;
+    let digests = |map: SmallMap<String>| map.into_iter().map(|(k, v)| (k, digest(&v))).collect();
+    let inputs = (old.inputs.into_iter())
+        .map(|(path, stamp)| {
+            let stamp = FileStamp {
+                size: stamp.size,
+                mtime_ns: stamp.mtime_ns,
+                hash: digest(&stamp.hash),
+            };
+            (path, stamp)
+        })
+        .collect();
+    let record = StepRecord {
+        fingerprint: digest(&old.fingerprint),
+        command: old.command,
+        env: digests(old.env),
+        inputs,
+        deps: digests(old.deps),
+        discovered: old.discovered,
+        outputs: old.outputs.as_deref().map(digest),
+    };
+    (step, record)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record whose every digest is distinct, with both kinds of
+    /// dependency (one showing its outputs), and the same record as
+    /// format 1 wrote it.
+    fn both_formats() -> (StepRecord, v1::StepRecord) {
+        let d = |n: u8| Digest([n; 32]);
+        let hex = |n: u8| d(n).to_string();
+        let mut record = StepRecord {
+            fingerprint: d(1),
+            command: "cc -c a.c".into(),
+            outputs: Some(d(2)),
+            ..Default::default()
+        };
+        record.env.insert("CC".into(), d(3));
+        record.deps.insert("gen".into(), d(4));
+        record.deps.insert("tool".into(), d(5));
+        let stamp = FileStamp {
+            size: 9,
+            mtime_ns: 7,
+            hash: d(6),
+        };
+        record.inputs.insert("a.c".into(), stamp);
+        record.discovered.insert("a.h".into());
+        let mut old = v1::StepRecord {
+            fingerprint: hex(1),
+            command: "cc -c a.c".into(),
+            env: [("CC".to_string(), hex(3))].into_iter().collect(),
+            inputs: SmallMap::new(),
+            deps: SmallMap::new(),
+            discovered: ["a.h".to_string()].into_iter().collect(),
+            outputs: Some(hex(2)),
+        };
+        old.deps.insert("gen".into(), format!("outputs {}", hex(4)));
+        old.deps.insert("tool".into(), hex(5));
+        let stamp = v1::FileStamp {
+            size: 9,
+            mtime_ns: 7,
+            hash: hex(6),
+        };
+        old.inputs.insert("a.c".into(), stamp);
+        (record, old)
+    }
+
+    #[test]
+    fn format_1_is_read_from_the_log_and_the_binary_file_without_loss() {
+        let (record, old) = both_formats();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = State::dir(tmp.path());
+        std::fs::create_dir_all(&dir).unwrap();
+        let line = serde_json::json!({"version": 1, "step": "cc", "record": &old});
+        std::fs::write(dir.join(STATE_LOG), format!("{line}\n")).unwrap();
+        assert_eq!(State::load(tmp.path()).steps["cc"], record);
+        std::fs::remove_file(dir.join(STATE_LOG)).unwrap();
+
+        let steps: std::collections::BTreeMap<&str, &v1::StepRecord> = [("cc", &old)].into();
+        let payload = postcard::to_stdvec(&steps).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&crate::fsutil::checksum(&payload));
+        bytes.extend_from_slice(&payload);
+        std::fs::write(dir.join(STATE_FILE), &bytes).unwrap();
+        let state = State::load(tmp.path());
+        assert_eq!(
+            (state.steps["cc"].clone(), state.warning),
+            (record.clone(), None)
+        );
+        // With nothing to fold, the next build's end still rewrites it in
+        // this format, once.
+        State::compact(tmp.path()).unwrap();
+        let now = std::fs::read(dir.join(STATE_FILE)).unwrap();
+        assert_ne!(now, bytes);
+        assert_eq!(now[MAGIC.len()], 2);
+        assert_eq!(State::load(tmp.path()).steps["cc"], record);
+    }
 
     fn record(fp: u8) -> StepRecord {
         StepRecord {

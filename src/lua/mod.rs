@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use mlua::{Lua, Table};
 
-use crate::config_cache::Recording;
 use crate::error::{Error, Result};
 use crate::project::Project;
+use crate::recording::Recording;
 use crate::spec::RawSpec;
 
 /// A new Lua 5.4 state for the project at `root`: standard libraries, the

@@ -3,7 +3,7 @@
 
 use mlua::{Lua, Table};
 
-use crate::config_cache::Recording;
+use crate::recording::Recording;
 
 pub fn register(lua: &Lua, native: &Table) -> mlua::Result<()> {
     native.set(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use mlua::{Lua, Table, Value};
 
-use crate::config_cache::Recording;
+use crate::recording::Recording;
 
 pub fn register(lua: &Lua, native: &Table, root: Arc<PathBuf>) -> mlua::Result<()> {
     let r = root.clone();

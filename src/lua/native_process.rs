@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use mlua::{Lua, Table, Value};
 
-use crate::config_cache::{EvalCommand, Recording};
+use crate::recording::{EvalCommand, Recording};
 use crate::spec::Command;
 
 pub fn register(lua: &Lua, native: &Table, root: Arc<PathBuf>) -> mlua::Result<()> {
