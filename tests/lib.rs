@@ -20,6 +20,7 @@ mod errors;
 mod examples;
 mod exec;
 mod incremental;
+mod layers;
 mod lua_api;
 mod luacats;
 mod monitoring;
