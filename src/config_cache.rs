@@ -95,19 +95,33 @@ pub enum Evaluation {
     Cached,
     /// Evaluated; `reason` says why the cache was not used (None: there
     /// was no cache, or it was bypassed), `not_cached` why the result was
-    /// not stored.
+    /// not stored, `warning` what a host should show (an unreadable cache).
     Evaluated {
         reason: Option<String>,
         not_cached: Option<String>,
+        warning: Option<String>,
     },
 }
 
 impl Evaluation {
+    /// What a host should show the user about the cache, if anything.
+    pub fn warning(&self) -> Option<&str> {
+        match self {
+            Evaluation::Evaluated {
+                warning: Some(warning),
+                ..
+            } => Some(warning),
+            _ => None,
+        }
+    }
+
     /// The line `piper explain` prints, when there is something to say.
     pub fn explanation(&self) -> Option<String> {
         match self {
             Evaluation::Cached => None,
-            Evaluation::Evaluated { reason, not_cached } => {
+            Evaluation::Evaluated {
+                reason, not_cached, ..
+            } => {
                 let mut parts = Vec::new();
                 if let Some(reason) = reason {
                     parts.push(format!("configuration re-evaluated: {reason}"));
@@ -140,6 +154,7 @@ pub fn load(project: &Project, mode: Mode) -> Result<(Graph, Evaluation)> {
 pub fn load_with_reads(project: &Project, mode: Mode) -> Result<(Graph, Evaluation, ConfigReads)> {
     let path = State::dir(&project.root).join(FILE);
     let key = Key::of(project);
+    let mut warning = None;
     let reason = match mode {
         Mode::Bypass => None,
         Mode::Use => match read(&path, &key) {
@@ -154,7 +169,10 @@ pub fn load_with_reads(project: &Project, mode: Mode) -> Result<(Graph, Evaluati
                 Changed(reason) => Some(reason),
             },
             Ok(None) => None,
-            Err(reason) => Some(reason),
+            Err(unused) => {
+                warning = unused.warning;
+                Some(unused.reason)
+            }
         },
     };
     let (graph, recording) = Graph::load_recorded(project)?;
@@ -175,12 +193,17 @@ pub fn load_with_reads(project: &Project, mode: Mode) -> Result<(Graph, Evaluati
         }
     }
     let reads = ConfigReads::of(&recording.inputs);
-    Ok((graph, Evaluation::Evaluated { reason, not_cached }, reads))
+    let evaluated = Evaluation::Evaluated {
+        reason,
+        not_cached,
+        warning,
+    };
+    Ok((graph, evaluated, reads))
 }
 
 /// The cache at `path` if it exists and belongs to this Piper and project;
 /// Err(why) when it exists but cannot be used.
-fn read(path: &Path, key: &Key) -> std::result::Result<Option<CacheFile>, String> {
+fn read(path: &Path, key: &Key) -> std::result::Result<Option<CacheFile>, Unused> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -188,7 +211,7 @@ fn read(path: &Path, key: &Key) -> std::result::Result<Option<CacheFile>, String
     };
     let Some(rest) = bytes.strip_prefix(MAGIC) else {
         if bytes.starts_with(OLDER_MAGIC) {
-            return Err("Piper was updated".into());
+            return Err(Unused::because("Piper was updated"));
         }
         return Err(warn(path, "it is not a Piper configuration cache".into()));
     };
@@ -200,24 +223,41 @@ fn read(path: &Path, key: &Key) -> std::result::Result<Option<CacheFile>, String
     let (written_for, body) = postcard::take_from_bytes::<Key>(&rest[8..])
         .map_err(|e| warn(path, format!("it cannot be read: {e}")))?;
     if written_for.piper != key.piper {
-        return Err("Piper was updated".into());
+        return Err(Unused::because("Piper was updated"));
     }
     if written_for.root != key.root || written_for.config != key.config {
-        return Err("the project moved".into());
+        return Err(Unused::because("the project moved"));
     }
     let cache: CacheFile =
         postcard::from_bytes(body).map_err(|e| warn(path, format!("it cannot be read: {e}")))?;
     Ok(Some(cache))
 }
 
-/// A cache that exists but is unreadable is worth a warning (it should
-/// not happen); the evaluation that follows is the remedy.
-fn warn(path: &Path, problem: String) -> String {
-    eprintln!(
-        "piper: warning: ignoring the configuration cache {}: {problem}; evaluating the configuration",
-        path.display()
-    );
-    format!("the cache was unusable ({problem})")
+/// Why a cache file was not used, and, when it exists but is unreadable
+/// (which should not happen), the warning a host shows: the evaluation
+/// that follows is the remedy. The library prints nothing itself.
+struct Unused {
+    reason: String,
+    warning: Option<String>,
+}
+
+impl Unused {
+    fn because(reason: &str) -> Unused {
+        Unused {
+            reason: reason.to_string(),
+            warning: None,
+        }
+    }
+}
+
+fn warn(path: &Path, problem: String) -> Unused {
+    Unused {
+        warning: Some(format!(
+            "ignoring the configuration cache {}: {problem}; evaluating the configuration",
+            path.display()
+        )),
+        reason: format!("the cache was unusable ({problem})"),
+    }
 }
 
 fn write(path: &Path, cache: &CacheFileRef) -> std::io::Result<()> {

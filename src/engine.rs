@@ -98,6 +98,11 @@ impl Engine {
 
     /// Finds `piper.lua` in `dir` or the nearest directory above it and
     /// evaluates it into a validated graph.
+    ///
+    /// This blocks: it runs Lua (and any command the config runs at
+    /// evaluation time) and stats the files the configuration cache
+    /// recorded. From async code, call it in
+    /// [`spawn_blocking`](tokio::task::spawn_blocking), as piperd does.
     pub fn load(&self, dir: impl AsRef<Path>) -> Result<Project> {
         let project = crate::project::Project::locate(dir.as_ref(), None)?;
         self.load_located(project)
@@ -132,7 +137,8 @@ impl Engine {
     }
 
     /// Loads `project`'s config again, from the same file (after an edit:
-    /// what [`Change::Config`](crate::Change::Config) asks for).
+    /// what [`Change::Config`](crate::Change::Config) asks for). Blocks,
+    /// as [`load`](Engine::load) does.
     pub fn reload(&self, project: &Project) -> Result<Project> {
         self.load_located(project.located.clone())
     }
@@ -216,6 +222,18 @@ impl Project {
         self.evaluation.explanation()
     }
 
+    /// What loading noticed that the user should know, as one sentence
+    /// each (an unreadable configuration cache, ignored and rebuilt). The
+    /// library prints nothing itself: a host shows these as it shows
+    /// warnings (`piper` prints `piper: warning: ...`).
+    pub fn warnings(&self) -> Vec<String> {
+        self.evaluation
+            .warning()
+            .map(String::from)
+            .into_iter()
+            .collect()
+    }
+
     /// The pipelines, in the order `piper.lua` defines them.
     pub fn pipelines(&self) -> Vec<PipelineInfo> {
         let graph = &self.graph;
@@ -285,9 +303,19 @@ impl Project {
     /// a file it read, or a file added to or removed from a glob it
     /// expanded), the whole plan, or some steps and their dependents. Piper's state, git's, gitignored paths and
     /// declared outputs never ask for anything. `piper watch` reruns by
-    /// this.
-    pub fn affected_by(&self, targets: &[&str], changed: &[PathBuf]) -> Affected {
-        crate::changes::affected_by(&self.graph, &self.reads, &owned(targets), changed)
+    /// this. An unknown target is an error (as for [`run`](Project::run)),
+    /// not a run that nothing affects; no targets means the whole graph.
+    pub fn affected_by(&self, targets: &[&str], changed: &[PathBuf]) -> Result<Affected> {
+        let targets = owned(targets);
+        if !targets.is_empty() {
+            self.graph.plan(&targets)?;
+        }
+        Ok(crate::changes::affected_by(
+            &self.graph,
+            &self.reads,
+            &targets,
+            changed,
+        ))
     }
 
     /// Starts running `targets` (pipelines or steps, with their

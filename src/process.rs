@@ -58,6 +58,7 @@ impl OutputSink {
 
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Exit {
     /// It exited with this code.
     Code(i32),
@@ -212,6 +213,9 @@ pub async fn run(
             "working directory {} does not exist",
             dir.display()
         ));
+    }
+    if matches!(command, Command::Argv(argv) if argv.is_empty()) {
+        return Exit::SpawnFailed("an empty command (an argv list needs a program)".into());
     }
     let direct = match command {
         Command::Shell(script) => simple_argv(script),

@@ -4,7 +4,7 @@
 //! default, [`LocalRunner`], starts a local process in its own process
 //! group under supervision (`process.rs`). A host can put another behind
 //! the same seam — a container, a remote machine, a recorder — through
-//! [`RunOptions::runner`](crate::RunOptions::runner).
+//! [`Engine::with_runner`](crate::Engine::with_runner).
 
 use std::future::Future;
 use std::path::Path;

@@ -96,8 +96,12 @@ pub struct StepFunctions {
 
 /// One command of a step.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub enum Command {
-    /// Run by `/bin/sh -c`.
+    /// A shell script: run by `/bin/sh -ec` (its first failing line stops
+    /// it), with the pipeline's arguments as `$1`...; a script that is one
+    /// plain command (no quoting, expansion or operators) is started
+    /// directly, without a shell.
     Shell(String),
     /// Run directly, no shell: program and arguments.
     Argv(Vec<String>),

@@ -162,6 +162,9 @@ impl Runner for CleanEnvironment {
                     argv.extend(run.args.iter().cloned());
                 }
                 Command::Argv(words) => argv.extend(words.iter().cloned()),
+                _ => {
+                    return Exit::SpawnFailed("a kind of command this runner does not know".into());
+                }
             }
             let command = Command::Argv(argv);
             let mut inner = CommandRun::new(&command, run.dir, &[], run.output, run.cancel);
@@ -267,7 +270,7 @@ fn what_the_config_read_asks_for_a_reload() {
     for _ in 0..2 {
         let project = Engine::new().load(dir.path()).unwrap();
         let root = project.root().to_path_buf();
-        let change = |path: &str| project.affected_by(&[], &[root.join(path)]).change;
+        let change = |path: &str| project.affected_by(&[], &[root.join(path)]).unwrap().change;
         assert_eq!(
             change("src/b.c"),
             Change::Config,
@@ -339,7 +342,7 @@ fn a_host_learns_what_a_change_affects_and_reruns_only_that() {
     let root = project.root().to_path_buf();
     let affected = |paths: &[&str]| {
         let changed: Vec<_> = paths.iter().map(|p| root.join(p)).collect();
-        project.affected_by(&["dev"], &changed)
+        project.affected_by(&["dev"], &changed).unwrap()
     };
 
     let edit = affected(&["src/a.txt", "README"]);
@@ -601,4 +604,41 @@ fn a_step_without_outputs_that_runs_makes_its_dependents_run_in_every_build() {
     }
     let runs = std::fs::read_to_string(dir.path().join("runs.log")).unwrap();
     assert_eq!(runs, "gen\nuse\ngen\nuse\n");
+}
+
+/// Issue 29: `LocalRunner` given an empty argv (a runner that delegates
+/// may build one) panicked indexing it; now the step fails, saying why.
+#[test]
+fn an_empty_command_fails_its_step_instead_of_panicking() {
+    struct Emptying;
+    impl Runner for Emptying {
+        fn run<'a>(&'a self, run: CommandRun<'a>) -> RunFuture<'a> {
+            Box::pin(async move {
+                let command = Command::Argv(Vec::new());
+                let mut inner = CommandRun::new(&command, run.dir, &[], run.output, run.cancel);
+                inner.grace = run.grace;
+                LocalRunner.run(inner).await
+            })
+        }
+    }
+    let dir = project(r#"step "s" { run = "echo hi" }"#);
+    let engine = Engine::new().with_runner(Emptying);
+    let (_, events, code) = run(&engine, dir.path(), &["s"], RunOptions::default());
+    assert_ne!(code, 0);
+    let said = events.iter().any(|e| {
+        matches!(e, Event::StepFinished { status: StepStatus::Failed, message: Some(m), .. }
+            if m.contains("empty command"))
+    });
+    assert!(said, "{events:?}");
+}
+
+/// Issue 29: `affected_by` answered "nothing" for a target the project
+/// does not have; it is an error naming it, as for `run`.
+#[test]
+fn what_a_change_asks_of_an_unknown_target_is_an_error() {
+    let dir = project(r#"step "build" { run = "true" }"#);
+    let project = Engine::new().load(dir.path()).unwrap();
+    let err = project.affected_by(&["biuld"], &[]).unwrap_err();
+    assert!(err.to_string().contains("biuld"), "{err}");
+    assert!(project.affected_by(&["build"], &[]).is_ok());
 }

@@ -210,6 +210,9 @@ impl Test {
         cmd
     }
 
+    /// Runs piper and checks what was asked; a failure points at the
+    /// test's own line, not here.
+    #[track_caller]
     pub fn run(self) -> Ran {
         let Output {
             status,
@@ -231,7 +234,10 @@ impl Test {
         if let Some(expected) = expected_stdout {
             assert_eq!(stdout, expected, "stdout differs\n{context}");
         }
-        let stderr_unchecked = self.stderr.is_none() && self.stderr_contains.is_empty();
+        // As stdout: asking what stderr lacks (or holds) is checking it.
+        let stderr_unchecked = self.stderr.is_none()
+            && self.stderr_contains.is_empty()
+            && self.stderr_lacks.is_empty();
         let expected_stderr = match &self.stderr {
             None if stderr_unchecked && !self.stderr_any => Some(""),
             other => other.as_deref(),

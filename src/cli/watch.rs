@@ -114,10 +114,10 @@ pub async fn watch(
                     let Some(batch) = debounce(first, &mut changes, options.debounce, &interrupt).await else {
                         continue; // interrupted: the next turn returns
                     };
-                    let affected = if valid {
-                        project.affected_by(&targets, &batch)
-                    } else {
-                        affected_without_config(project.root(), &batch)
+                    // The targets were planned when this config loaded.
+                    let affected = match valid.then(|| project.affected_by(&targets, &batch)) {
+                        Some(Ok(affected)) => affected,
+                        _ => affected_without_config(project.root(), &batch),
                     };
                     if affected.change != Change::Nothing {
                         break affected;
@@ -284,6 +284,7 @@ async fn next_build_number(
 /// reported by the caller. An unknown target is an error here too.
 fn load(engine: &Engine, project: &Project, targets: &[&str]) -> Result<Project> {
     let loaded = engine.reload(project)?;
+    super::show_warnings(&loaded);
     loaded.services(targets)?; // plans the targets
     Ok(loaded)
 }
