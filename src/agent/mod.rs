@@ -1,6 +1,6 @@
 //! `piperd`, the build agent: a thin host around the engine. It receives
 //! build requests over HTTP (`server.rs`), keeps builds, steps and logs in a
-//! database (`store.rs`), and runs them with the same executor as
+//! database (`store/`), and runs them with the same executor as
 //! `piper exec` (`worker.rs`).
 //!
 //! Lifecycle: at start, builds this agent left `running` (it was killed)
