@@ -1,6 +1,6 @@
 //! How piperd's HTTP server takes connections: hyper with limits, so that
 //! silent or slow clients cannot make the agent unreachable. The API and
-//! the UI it serves are `server.rs`'s router.
+//! the UI it serves are `server/`'s router.
 
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
 //! `piperd`, the build agent: a thin host around the engine. It receives
-//! build requests over HTTP (`server.rs`), keeps builds, steps and logs in a
+//! build requests over HTTP (`server/`), keeps builds, steps and logs in a
 //! database (`store/`), and runs them with the same executor as
 //! `piper exec` (`worker.rs`).
 //!

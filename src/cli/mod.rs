@@ -329,7 +329,7 @@ fn exec_project(
     base_env: IndexMap<String, String>,
 ) -> Result<i32> {
     let loaded = engine(cli).load_located(project.clone())?;
-    show_warnings(&loaded);
+    warnings::show_loaded(&loaded);
     if args.explain
         && let Some(line) = loaded.evaluation()
     {
@@ -406,7 +406,7 @@ fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32> {
     // edits are reported and watched past.
     let engine = engine(cli);
     let loaded = engine.load_located(project)?;
-    show_warnings(&loaded);
+    warnings::show_loaded(&loaded);
     let graph = loaded.graph().clone();
     graph.plan(&args.exec.targets)?;
     let options = exec_options(&graph, &args.exec)?;
@@ -582,18 +582,11 @@ fn completions(shell: &str) -> Result<i32> {
     Ok(if done { 0 } else { EXIT_INTERNAL })
 }
 
-/// What loading a project warned about, on stderr as piper's warnings are.
-pub(crate) fn show_warnings(loaded: &crate::Project) {
-    for warning in loaded.warnings() {
-        eprintln!("piper: warning: {warning}");
-    }
-}
-
 /// `piper explain`, a host of the embedding API.
 fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
     let located = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
     let project = engine(cli).load_located(located)?;
-    show_warnings(&project);
+    warnings::show_loaded(&project);
     let options = Options {
         env_overrides: parse_env_overrides(&args.env)?,
         ..Options::default()

@@ -15,6 +15,14 @@ use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
+/// What loading a project warned about (`Project::warnings`), on stderr
+/// as piper's other warnings are.
+pub fn show_loaded(loaded: &crate::Project) {
+    for warning in loaded.warnings() {
+        eprintln!("piper: warning: {warning}");
+    }
+}
+
 /// Prints WARN and ERROR events; spans are not tracked.
 pub struct Warnings;
 

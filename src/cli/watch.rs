@@ -284,7 +284,7 @@ async fn next_build_number(
 /// reported by the caller. An unknown target is an error here too.
 fn load(engine: &Engine, project: &Project, targets: &[&str]) -> Result<Project> {
     let loaded = engine.reload(project)?;
-    super::show_warnings(&loaded);
+    super::warnings::show_loaded(&loaded);
     loaded.services(targets)?; // plans the targets
     Ok(loaded)
 }

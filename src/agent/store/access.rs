@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{Backend, Store, StoreResult};
+use super::backend::{Backend, Store, StoreResult};
 
 impl Store {
     /// The name of the API token whose hash is `hash`, if any.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
+use super::backend::{Backend, Store, StoreResult};
 use super::model::*;
-use super::{Backend, Store, StoreResult};
 
 impl Store {
     /// Records this agent as started (or restarted).

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
+use super::backend::{Backend, Store, StoreResult};
 use super::model::*;
-use super::{Backend, Store, StoreResult};
 
 impl Store {
     /// Where the stored log of a build ends: the next sequence number, its

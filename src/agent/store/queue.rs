@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
+use super::backend::{Backend, Store, StoreResult, now_ms};
 use super::model::*;
-use super::{Backend, Store, StoreResult, now_ms};
 
 /// What a hand-back reads of a running build.
 const HELD_COLUMNS: &str =

@@ -2,7 +2,7 @@
 //! little hand-written JavaScript, all embedded in the binary.
 //!
 //! It has no data of its own. Each page calls the `/api/v1` handlers in
-//! `server.rs` in-process, with the browser's credentials (the session
+//! `server/` in-process, with the browser's credentials (the session
 //! cookie), and renders what they answer; the page's script talks to the
 //! same public API over HTTP (`/api/v1/updates` and `/events` for live
 //! updates, `POST`s for retrigger, cancel, submit and login). So what a
