@@ -4,7 +4,7 @@
 //! [`RawSpec`](crate::spec::RawSpec).
 //!
 //! The state outlives evaluation: steps whose `run` is a Lua function are
-//! called in it at build time (see `executor.rs`).
+//! called in it at build time (see `executor/job.rs`).
 
 // The editor definitions `piper init` writes.
 #[cfg(feature = "cli")]
