@@ -163,14 +163,25 @@ impl Browser {
         field.send_keys(text).await.unwrap();
     }
 
+    /// Clicks the element. A live region re-rendered between finding the
+    /// element and clicking it leaves a stale element (the click never
+    /// happened): it is found again and clicked.
     async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let element = (self.client.find(Locator::Css(css)).await)
+                .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"));
+            match element.click().await {
+                Ok(()) => return,
+                Err(e) if e.to_string().contains("stale element") && Instant::now() < deadline => {
+                    continue;
+                }
+                Err(e) => {
+                    self.screenshot("failure").await;
+                    panic!("cannot click `{css}`: {e}");
+                }
+            }
+        }
     }
 
     /// Saves a PNG of the page under target/ui-screenshots/NAME.png.
