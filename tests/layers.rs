@@ -1,7 +1,8 @@
-//! The engine's modules import one way (docs/architecture.md, "Module
-//! map"): read from the `crate::` and `super::` paths in `src/`, no file
-//! of the engine reaches itself again through the others (no import
-//! cycle), and none reaches up into a host (`cli/`, `agent/`). A text
+//! The crate's modules import one way (docs/architecture.md, "Modules"):
+//! read from the `crate::` and `super::` paths in `src/`, no file reaches
+//! itself again through the others (no import cycle, in the engine or in
+//! a host), and no file of the engine reaches up into a host (`cli/`,
+//! `agent/`). A text
 //! reading, as `../shared/tools/module-cycles` does it: macros and
 //! re-exports are not followed; test modules do not count.
 
@@ -114,13 +115,13 @@ fn is_host(module: &Module) -> bool {
     matches!(module.first().map(String::as_str), Some("cli" | "agent"))
 }
 
-/// The files of the engine that reach `from` again through the others.
+/// The files that reach `from` again through the others.
 fn cycle_through(edges: &BTreeMap<Module, BTreeSet<Module>>, from: &Module) -> Option<Vec<Module>> {
     // Depth-first from `from`'s imports, remembering the way back.
     let mut came_from: BTreeMap<Module, Module> = BTreeMap::new();
     let mut stack: Vec<Module> = vec![from.clone()];
     while let Some(at) = stack.pop() {
-        for next in edges.get(&at).into_iter().flatten().filter(|m| !is_host(m)) {
+        for next in edges.get(&at).into_iter().flatten() {
             if next == from {
                 let mut way = vec![at.clone()];
                 while let Some(back) = came_from.get(way.last().unwrap()) {
@@ -139,7 +140,7 @@ fn cycle_through(edges: &BTreeMap<Module, BTreeSet<Module>>, from: &Module) -> O
 }
 
 #[test]
-fn the_engine_imports_one_way_and_never_up_into_a_host() {
+fn modules_import_one_way_and_the_engine_never_up_into_a_host() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let files = files(&src);
     let edges = edges(&files);
@@ -147,10 +148,10 @@ fn the_engine_imports_one_way_and_never_up_into_a_host() {
     let mut problems = Vec::new();
     for (module, imports) in &edges {
         // The crate root declares every module, the hosts too.
-        if module.is_empty() || is_host(module) {
+        if module.is_empty() {
             continue;
         }
-        for up in imports.iter().filter(|m| is_host(m)) {
+        for up in imports.iter().filter(|m| is_host(m) && !is_host(module)) {
             problems.push(format!(
                 "{} imports the host module {}",
                 name(module),

@@ -21,13 +21,17 @@ mod log_lines;
 mod log_writer;
 pub mod metrics;
 pub mod origin;
+mod random;
 mod recorder;
+mod router;
 pub mod scheduler;
 pub mod server;
 mod settings;
 pub mod store;
 mod ui;
 pub mod worker;
+
+use random::random_hex;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -264,18 +268,6 @@ fn token_command(args: TokenArgs) -> Result<()> {
         }
         Ok(())
     })
-}
-
-/// `bytes` random bytes from the OS, as hex.
-pub(crate) fn random_hex(bytes: usize) -> Result<String> {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).map_err(|e| {
-        Error::io(
-            "cannot get random bytes",
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Raises this process's limit of open files to its hard limit (as Go's
@@ -528,7 +520,7 @@ async fn serve(
     };
     // Keep serving (status, logs) while running builds finish.
     let server = tokio::spawn(async move {
-        connections::serve(listener, server::router(state)).await;
+        connections::serve(listener, router::router(state)).await;
     });
     shutdown.await;
     let deadline = tokio::time::Instant::now() + args.grace;

@@ -144,7 +144,7 @@ pub(super) fn same_origin(state: &ApiState, headers: &HeaderMap) -> ApiResult<()
 
 /// Refuses a browser's request whose `Host` names a host the agent does
 /// not serve (DNS rebinding: `origin.rs`), with 421.
-pub(super) async fn check_host(
+pub(crate) async fn check_host(
     State(state): State<ApiState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -206,7 +206,7 @@ pub(super) async fn log_in(
             ..unauthorized("the token is not valid")
         });
     };
-    let session = crate::agent::random_hex(32).map_err(ApiError::internal)?;
+    let session = crate::agent::random::random_hex(32).map_err(ApiError::internal)?;
     state
         .agent
         .store

@@ -72,7 +72,7 @@ impl utoipa::Modify for Credentials {
 }
 
 /// The API's routes and their OpenAPI document, from one list.
-fn api_routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+pub(crate) fn api_routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     use utoipa::OpenApi;
     use utoipa_axum::{router::OpenApiRouter, routes};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -117,40 +117,10 @@ pub fn openapi_json() -> String {
     DOCUMENT.clone()
 }
 
-pub fn router(state: ApiState) -> Router {
-    let (api, _) = api_routes();
-    let api = api.layer(axum::middleware::map_response(errors_as_json));
-    // The web UI beside the API: its pages call the handlers above.
-    Router::new()
-        .merge(api)
-        .merge(super::ui::routes())
-        .route("/metrics", axum::routing::get(metrics))
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            check_host,
-        ))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
-        .with_state(state)
-}
-
-/// A JSON 404 under `/api/`, the UI's page elsewhere.
-async fn not_found(uri: axum::http::Uri) -> Response {
-    if uri.path().starts_with("/api/") {
-        ApiError::not_found("no such API route; see /api/v1/openapi.json").into_response()
-    } else {
-        super::ui::not_found_page()
-    }
-}
-
 /// Errors axum answers itself (a path that is not UTF-8, a body over the
 /// limit, a wrong method) come as plain text: every error of this API is
 /// JSON, `{"error": ...}`, whoever wrote it.
-async fn errors_as_json(response: Response) -> Response {
+pub(crate) async fn errors_as_json(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -239,7 +209,10 @@ async fn health(State(state): State<ApiState>) -> Response {
 
 /// `GET /metrics`, for Prometheus (outside `/api/v1`, where scrapers look).
 /// Read access, as the builds it counts: the token, unless `public_read`.
-async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
+pub(crate) async fn metrics(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     authorize_read(&state, &headers).await?;
     let text = (state.agent.metrics)
         .render(&state.agent.store, state.agent.written.receiver_count())

@@ -88,7 +88,7 @@ pub fn svg(build_id: i64, planned: &[PlannedStepInfo], steps: &[StepView]) -> Ma
             @for step in planned {
                 @if let Some(&(x, y)) = position.get(step.name.as_str()) {
                     @let status = status_of(&step.name);
-                    a href=(format!("/builds/{build_id}/steps/{}", super::urlencode(&step.name))) {
+                    a href=(format!("/builds/{build_id}/steps/{}", super::view::urlencode(&step.name))) {
                         g class=(format!("node status-{status}")) data-step=(step.name) {
                             title { (step.name) ": " (status.replace('_', " ")) }
                             rect x=(x) y=(y) width=(NODE_W) height=(NODE_H) rx="6" {}

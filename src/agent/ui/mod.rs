@@ -23,9 +23,9 @@ use serde::Deserialize;
 
 use super::api::StreamItem;
 use super::server::{self, ApiError, ApiState, ListQuery, LogQuery, StreamQuery};
-use view::{BuildList, BuildView, EventsView};
+use view::{BuildList, BuildView, EventsView, Excerpt, urlencode};
 
-/// The UI's routes; merged beside the API's in `server::router`.
+/// The UI's routes; merged beside the API's in `router.rs`.
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/", get(builds_page))
@@ -118,18 +118,6 @@ fn api_failure(error: ApiError, here: &str, chrome: &pages::Chrome) -> Response 
     )
 }
 
-fn urlencode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 /// `/`: builds, newest first, filtered like `GET /api/v1/builds`.
 async fn builds_page(
     State(state): State<ApiState>,
@@ -175,12 +163,6 @@ async fn build_page(
         ),
         Err(e) => api_failure(e, &here, &chrome),
     }
-}
-
-/// The first failed step's name and the last lines of its log.
-pub struct Excerpt {
-    pub step: String,
-    pub text: String,
 }
 
 type LoadedBuild = (BuildView, EventsView, Vec<BuildView>, Option<Excerpt>);

@@ -6,7 +6,7 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-use super::Excerpt;
+use super::view::Excerpt;
 use super::view::{self, AgentView, BuildList, BuildView, EventsView, Filter, StepView};
 
 /// What the frame around every page needs.
@@ -206,7 +206,7 @@ pub fn build(
             }
             @if let Some(excerpt) = excerpt {
                 div class="failure" {
-                    h2 { "First failure: " a href=(format!("/builds/{}/steps/{}", build.id, super::urlencode(&excerpt.step))) { (excerpt.step) } }
+                    h2 { "First failure: " a href=(format!("/builds/{}/steps/{}", build.id, super::view::urlencode(&excerpt.step))) { (excerpt.step) } }
                     pre class="log" { (super::ansi::to_html(&excerpt.text)) }
                 }
             }
@@ -264,7 +264,7 @@ pub fn build(
 fn step_row(build: i64, step: &StepView, events: &EventsView, now: i64) -> Markup {
     html! {
         tr data-step=(step.name) {
-            th scope="row" { a href=(format!("/builds/{build}/steps/{}", super::urlencode(&step.name))) { (step.name) } }
+            th scope="row" { a href=(format!("/builds/{build}/steps/{}", super::view::urlencode(&step.name))) { (step.name) } }
             td { (badge(&step.status))
                 @if let Some(code) = step.exit_code { @if code != 0 { " " span class="muted" { "exit " (code) } } }
                 @if let Some(n) = events.attempts.get(&step.name) { @if *n > 1 { " " span class="muted" { (n) " attempts" } } } }
@@ -287,7 +287,7 @@ pub fn step(chrome: &Chrome, build: &BuildView, step: &StepView) -> Markup {
     let raw = format!(
         "/api/v1/builds/{}/log?step={}&download=true",
         build.id,
-        super::urlencode(&step.name)
+        super::view::urlencode(&step.name)
     );
     let body = html! {
         p class="crumbs" { a href=(format!("/builds/{}", build.id)) { "← Build #" (build.id) " · " (build.pipeline) } }
@@ -358,7 +358,7 @@ pub fn agents(chrome: &Chrome, agents: &[AgentView], now: i64) -> Markup {
                                     @if agent.leader { " " span class="badge" title="does the cluster's rescue and schedules" { "leader" } }
                                 }
                                 td { (view::age(now - agent.last_seen)) }
-                                td { a href=(format!("/?agent={}&status=running", super::urlencode(&agent.name))) { (agent.running) " of " (agent.workers) } }
+                                td { a href=(format!("/?agent={}&status=running", super::view::urlencode(&agent.name))) { (agent.running) " of " (agent.workers) } }
                                 td { @for (k, v) in &agent.labels { code class="label" { (k) "=" (v) } " " } }
                                 td { code { (agent.address) } }
                                 td { (agent.version) }

@@ -114,8 +114,8 @@ pub struct Filter {
     pub agent: String,
 }
 
-impl From<&super::ListQuery> for Filter {
-    fn from(q: &super::ListQuery) -> Filter {
+impl From<&crate::agent::server::ListQuery> for Filter {
+    fn from(q: &crate::agent::server::ListQuery) -> Filter {
         Filter {
             repo: q.repo.clone().unwrap_or_default(),
             pipeline: q.pipeline.clone().unwrap_or_default(),
@@ -136,7 +136,7 @@ impl Filter {
             ("agent", &self.agent),
         ] {
             if !value.is_empty() {
-                parts.push(format!("{name}={}", super::urlencode(value)));
+                parts.push(format!("{name}={}", urlencode(value)));
             }
         }
         parts.join("&")
@@ -187,4 +187,22 @@ pub fn age(ms: i64) -> String {
     } else {
         format!("{} days ago", s / 86400)
     }
+}
+
+/// The first failed step's name and the last lines of its log.
+pub struct Excerpt {
+    pub step: String,
+    pub text: String,
+}
+
+pub(crate) fn urlencode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use super::Render;
+use super::sink::Render;
 use crate::event::Event;
 
 pub struct JsonLines<W: Write + Send> {

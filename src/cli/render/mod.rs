@@ -4,23 +4,17 @@
 //! burst rather than once per chunk.
 
 mod json;
+mod sink;
 pub mod style;
 mod terminal;
 
 use std::time::Duration;
 
 pub use json::JsonLines;
+pub use sink::Render;
 pub use terminal::{OutputMode, Terminal};
 
 use crate::event::{Event, EventReceiver};
-
-pub trait Render: Send {
-    fn event(&mut self, event: &Event);
-    /// Called every 100 ms: redraw anything time-based (the status line).
-    fn tick(&mut self) {}
-    /// Called after each burst of events.
-    fn flush(&mut self);
-}
 
 /// Where a renderer's events come from: the executor's channel, or a
 /// [`Run`](crate::Run) of the API.

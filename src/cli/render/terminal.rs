@@ -6,7 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use super::{Render, style};
+use super::sink::Render;
+use super::style;
 use crate::duration;
 use crate::event::{BuildStatus, Event, StepStatus};
 
