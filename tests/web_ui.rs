@@ -184,6 +184,15 @@ impl Browser {
         }
     }
 
+    /// Logs in to `daemon` with its token, as a user does, and waits for
+    /// the builds page.
+    async fn log_in(&self, daemon: &Daemon) {
+        self.goto(&format!("{}/login", daemon.url)).await;
+        self.fill("#token", &daemon.token).await;
+        self.click("#login button[type=submit]").await;
+        self.wait_text("h1", "Builds").await;
+    }
+
     /// Saves a PNG of the page under target/ui-screenshots/NAME.png.
     async fn screenshot(&self, name: &str) -> PathBuf {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
@@ -376,10 +385,7 @@ fn on_a_phone_in_dark_mode_pages_fit_and_every_control_is_labelled() {
         let id = off_runtime(|| daemon.queue(&body));
         off_runtime(|| daemon.wait_finished(id));
 
-        browser.goto(&format!("{}/login", daemon.url)).await;
-        browser.fill("#token", &daemon.token).await;
-        browser.click("#login button[type=submit]").await;
-        browser.wait_text("h1", "Builds").await;
+        browser.log_in(&daemon).await;
         for (path, name) in [
             ("/".to_string(), "phone-builds"),
             (format!("/builds/{id}"), "phone-build"),
@@ -602,10 +608,7 @@ fn after_ten_navigations_retrigger_answers_at_once() {
         let body = json!({ "repo": project.path().to_str().unwrap(), "pipeline": "s" });
         let id = off_runtime(|| daemon.queue(&body));
         off_runtime(|| daemon.wait_finished(id));
-        browser.goto(&format!("{}/login", daemon.url)).await;
-        browser.fill("#token", &daemon.token).await;
-        browser.click("#login button[type=submit]").await;
-        browser.wait_text("h1", "Builds").await;
+        browser.log_in(&daemon).await;
         // Ten pages, each with its live stream, left by navigating on,
         // then Retrigger. Each page loads at once when nothing holds the
         // connections (about 5 s in all here); with the defect, page loads
@@ -806,10 +809,7 @@ fn a_200_mb_log_is_a_window_that_goes_anywhere_in_bounded_memory() {
         let body = json!({ "repo": project.path().to_str().unwrap(), "pipeline": "ci" });
         let id = off_runtime(|| daemon.queue(&body));
         assert_eq!(off_runtime(|| daemon.wait_finished(id))["status"], "success");
-        browser.goto(&format!("{}/login", daemon.url)).await;
-        browser.fill("#token", &daemon.token).await;
-        browser.click("#login button[type=submit]").await;
-        browser.wait_text("h1", "Builds").await;
+        browser.log_in(&daemon).await;
 
         let (mut largest_pss, mut largest_before) = (0, 0);
         let mut moves = Vec::new();
@@ -972,10 +972,7 @@ fn a_step_page_holds_one_stream_and_sees_its_step_end() {
             "env": { "GATE_A": gate_a.to_str().unwrap(), "GATE_B": gate_b.to_str().unwrap() },
         });
         let id = off_runtime(|| daemon.queue(&body));
-        browser.goto(&format!("{}/login", daemon.url)).await;
-        browser.fill("#token", &daemon.token).await;
-        browser.click("#login button[type=submit]").await;
-        browser.wait_text("h1", "Builds").await;
+        browser.log_in(&daemon).await;
         browser.goto(&format!("{}/builds/{id}/steps/a", daemon.url)).await;
         browser.wait_text("#log", "a started").await;
         browser.wait_text("#log-status", "Streaming").await;
