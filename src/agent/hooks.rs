@@ -1,7 +1,7 @@
 //! Git hosts' webhooks: the push (and tag push) payloads of GitHub, GitLab
 //! and Gitea/Forgejo, as their documentation defines them, verified the
 //! way each host signs them with a per-repository secret from piperd.toml
-//! (`[[webhooks]]`). The handlers in `server/builds.rs` turn a verified push into
+//! (`[[webhooks]]`). The handlers in `server/webhooks.rs` turn a verified push into
 //! a queued build; no API token is involved.
 //!
 //! - GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`,

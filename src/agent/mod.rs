@@ -13,6 +13,7 @@ pub mod api;
 mod connections;
 mod escaped;
 mod fence;
+pub mod git;
 mod guard;
 mod held;
 pub mod hooks;
@@ -407,7 +408,7 @@ async fn serve(
     let local_repositories = policy.local_repositories;
     let agent = Arc::new(Agent::new(
         store,
-        worker::AgentSettings {
+        settings::AgentSettings {
             id,
             name: name.clone(),
             labels: labels_and_facts(&args.labels),

@@ -234,3 +234,18 @@ fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "agent".into())
 }
+
+/// What to run an agent with, besides its store.
+pub struct AgentSettings {
+    pub id: String,
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub data: std::path::PathBuf,
+    pub git_timeout: std::time::Duration,
+    /// Whether git may read local repositories (the `file` transport).
+    pub local_repositories: bool,
+    pub lease: std::time::Duration,
+    pub heartbeat: std::time::Duration,
+    /// The guard process that ends the steps when piperd cannot.
+    pub guard: Option<super::guard::Guard>,
+}

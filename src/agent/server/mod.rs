@@ -15,11 +15,13 @@ mod auth;
 mod builds;
 mod logs;
 mod shared;
+mod webhooks;
 
 pub(crate) use auth::*;
 pub(crate) use builds::*;
 pub(crate) use logs::*;
 pub(crate) use shared::*;
+pub(crate) use webhooks::*;
 
 pub use super::allow_list::RepositoryAllowList;
 

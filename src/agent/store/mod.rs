@@ -31,6 +31,7 @@ mod cluster;
 mod logs;
 mod model;
 mod queue;
+mod steps;
 
 pub use backend::{Store, StoreResult, now_ms};
 pub use model::*;
