@@ -1436,7 +1436,9 @@ fn exec_from_build_reruns_an_agent_build_here_and_says_what_differs() {
 /// (`/log/locate`) without reading the log: by byte offset, by number, by
 /// text and as the first error; the log's size; bad queries named. Chunks
 /// stored before their lines were counted (migration 13) are counted when
-/// first needed. One story, on SQLite and on PostgreSQL.
+/// first needed; the first error is looked for only in the chunks marked as
+/// ending an error word (migration 14), or not marked at all (stored
+/// before). One story, on SQLite and on PostgreSQL.
 fn locate_story(database: Option<&str>, sqlite: bool) {
     let daemon = Daemon::start(database);
     // 100,000 numbered lines (~590 KB: several chunks), one of them an
@@ -1503,6 +1505,40 @@ fn locate_story(database: Option<&str>, sqlite: bool) {
         check(&format!("error=true&from={}", starts[77778]), 77779, false);
     };
     story();
+    // The writer marked the one chunk an error word ends in (migration
+    // 14), and the first error is looked for in marked chunks only: with
+    // every mark taken away, it is not found.
+    let sql = |statement: &'static str| -> i64 {
+        let url = match database {
+            Some(url) => url.to_string(),
+            None => format!("sqlite://{}", daemon.data.join("piperd.db").display()),
+        };
+        crate::harness::block_on(async {
+            use sqlx::{Connection, Row};
+            if sqlite {
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                let row = sqlx::query(statement)
+                    .fetch_optional(&mut conn)
+                    .await
+                    .unwrap();
+                row.map_or(0, |r| r.get::<i64, _>(0))
+            } else {
+                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                let row = sqlx::query(statement)
+                    .fetch_optional(&mut conn)
+                    .await
+                    .unwrap();
+                row.map_or(0, |r| r.get::<i64, _>(0))
+            }
+        })
+    };
+    let count = "SELECT CAST(COUNT(*) AS BIGINT) FROM log_chunks WHERE has_error";
+    assert!(sql("SELECT CAST(COUNT(*) AS BIGINT) FROM log_chunks") > 3);
+    assert_eq!(sql(count), 1, "one chunk holds the error");
+    sql("UPDATE log_chunks SET has_error = false");
+    let (_, at) = locate("error=true");
+    assert_eq!(at["found"], false, "{at}");
+    check("find=ERROR", 77778, true);
     for (query, field) in [
         ("line=0", "line"),
         ("offset=-1", "offset"),
@@ -1518,22 +1554,9 @@ fn locate_story(database: Option<&str>, sqlite: bool) {
             "{query}: {body}"
         );
     }
-    // As a database of before migration 13 has them: uncounted.
-    let url = match database {
-        Some(url) => url.to_string(),
-        None => format!("sqlite://{}", daemon.data.join("piperd.db").display()),
-    };
-    crate::harness::block_on(async {
-        use sqlx::Connection;
-        let forget = "UPDATE log_chunks SET lines = NULL";
-        if sqlite {
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            sqlx::query(forget).execute(&mut conn).await.unwrap();
-        } else {
-            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-            sqlx::query(forget).execute(&mut conn).await.unwrap();
-        }
-    });
+    // As a database of before migrations 13 and 14 has them: uncounted
+    // and unmarked.
+    sql("UPDATE log_chunks SET lines = NULL, has_error = NULL");
     story();
 }
 

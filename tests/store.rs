@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use piper::agent::store::{BuildFilter, BuildState, Holder, NewBuild, Renewal, Store, StoredStep};
+use piper::agent::store::{
+    BuildFilter, BuildState, Holder, NewBuild, NewChunk, Renewal, Store, StoredStep,
+};
 
 use crate::harness::block_on;
 use crate::pg::Database;
@@ -20,6 +22,28 @@ fn new_build(repo: &str, pipeline: &str) -> NewBuild {
         parent_id: None,
         sha: None,
         args: Vec::new(),
+    }
+}
+
+/// A plain output chunk of `step` at `(build offset, step offset)`.
+fn chunk<'a>(
+    build_id: i64,
+    attempt: i64,
+    seq: i64,
+    step: &'a str,
+    (build_offset, step_offset): (i64, i64),
+    data: &'a [u8],
+) -> NewChunk<'a> {
+    NewChunk {
+        build_id,
+        attempt,
+        seq,
+        step,
+        build_offset,
+        step_offset,
+        data,
+        annotation: false,
+        has_error: false,
     }
 }
 
@@ -133,16 +157,14 @@ async fn story(store: Store) {
         let step_offset = offsets.entry(*step).or_insert(0i64);
         assert!(
             store
-                .append_log(
+                .append_log(chunk(
                     a1.id,
                     1,
                     seq as i64,
                     step,
-                    build_offset,
-                    *step_offset,
-                    data,
-                    false
-                )
+                    (build_offset, *step_offset),
+                    data
+                ))
                 .await
                 .unwrap()
         );
@@ -151,7 +173,7 @@ async fn story(store: Store) {
     }
     assert!(
         !store
-            .append_log(a1.id, 7, 3, "lint", 7, 2, b"zz", false)
+            .append_log(chunk(a1.id, 7, 3, "lint", (7, 2), b"zz"))
             .await
             .unwrap()
     );
@@ -358,6 +380,7 @@ async fn bridge_story(url: &str, backend: &str) {
     run("ALTER TABLE agents DROP COLUMN state").await;
     run("DROP TABLE bundles").await;
     run("ALTER TABLE log_chunks DROP COLUMN lines").await;
+    run("ALTER TABLE log_chunks DROP COLUMN has_error").await;
     run("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)").await;
     run("INSERT INTO schema_migrations (version) VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
         .await;
@@ -403,7 +426,7 @@ async fn stream_story(store: Store) {
                 store.append_event(build.id, 1, seq, "{}").await.unwrap()
             } else {
                 let at = seq / 2;
-                (store.append_log(build.id, 1, seq, "s", at, at, b"x", false))
+                (store.append_log(chunk(build.id, 1, seq, "s", (at, at), b"x")))
                     .await
                     .unwrap()
             };

@@ -6,7 +6,9 @@
 //! Each stored chunk carries its newline count (migration 13), so a line
 //! number is a sum over the chunks' counts plus one chunk read; a search
 //! reads the log page by page from where it starts and stops at the first
-//! hit. Sits on the store; the server's handler is its only caller.
+//! hit. The first error reads only from the chunks its writer marked as
+//! ending an error word (migration 14) on. Sits on the store; the
+//! server's handler is its only caller (and the writer, for the marks).
 
 use memchr::{memchr_iter, memrchr};
 use regex::bytes::{Regex, RegexBuilder};
@@ -120,6 +122,9 @@ pub struct Pattern {
     regex: Regex,
     /// Only matches that are whole words count (see `is_word_at`).
     words: bool,
+    /// Stored chunks say whether a match ends in them
+    /// (`NewChunk::has_error`): a search skips the others.
+    marked: bool,
 }
 
 impl Pattern {
@@ -135,7 +140,11 @@ impl Pattern {
             .unicode(false)
             .build()
             .expect("the error pattern is valid");
-        Pattern { regex, words: true }
+        Pattern {
+            regex,
+            words: true,
+            marked: true,
+        }
     }
 
     /// `text` as typed, case aside.
@@ -147,6 +156,18 @@ impl Pattern {
         Ok(Pattern {
             regex,
             words: false,
+            marked: false,
+        })
+    }
+
+    /// Whether a match in `haystack` starts at or after `start` and ends
+    /// after `end`. A match at the haystack's end counts whatever follows
+    /// (a chunk's next bytes are not known yet).
+    pub fn matches(&self, haystack: &[u8], start: usize, end: usize) -> bool {
+        self.regex.find_iter(haystack).any(|m| {
+            m.start() >= start
+                && m.end() > end
+                && (!self.words || is_word_at(haystack, m.start(), m.end()))
         })
     }
 
@@ -193,7 +214,10 @@ fn is_word_at(haystack: &[u8], start: usize, end: usize) -> bool {
 
 /// The offset of the start of the first line at or after `from` (a line's
 /// start) in which `pattern` matches, reading about a page of chunks at a
-/// time (by their sequence numbers, from the index: no offset scan).
+/// time (by their sequence numbers, from the index: no offset scan). For
+/// a pattern the chunks are marked for, the chunks before the next marked
+/// one are not read: the search goes on from the start of the line that
+/// holds the marked chunk's first byte.
 pub async fn find(
     store: &Store,
     index: &LineIndex,
@@ -202,10 +226,26 @@ pub async fn find(
     pattern: &Pattern,
 ) -> StoreResult<Option<i64>> {
     let chunks = &index.chunks;
+    let mut from = from;
     let mut next = chunks.partition_point(|c| c.start + c.len <= from);
     let mut buffer: Vec<u8> = Vec::new();
     let mut buffer_start = from;
+    // The unsearched line carried in `buffer` has bytes of a marked chunk:
+    // it cannot be skipped.
+    let mut carried_marked = false;
     while next < chunks.len() {
+        if pattern.marked && !carried_marked {
+            match skip_to_marked(store, index, next).await? {
+                Skip::Nothing => {}
+                Skip::ToEnd => return Ok(None),
+                Skip::To { chunk, line_start } => {
+                    next = chunk;
+                    from = line_start;
+                    buffer.clear();
+                    buffer_start = line_start;
+                }
+            }
+        }
         let first = next;
         let mut bytes = 0;
         while next < chunks.len() && bytes < PAGE {
@@ -232,8 +272,43 @@ pub async fn find(
         }
         buffer.drain(..searchable);
         buffer_start += searchable as i64;
+        carried_marked = !buffer.is_empty()
+            && (carried_marked
+                || chunks[first..next]
+                    .iter()
+                    .any(|c| c.has_error != Some(false)));
     }
     Ok(None)
+}
+
+/// Where a search for a marked pattern goes on from chunk `next`.
+enum Skip {
+    /// Read on: `next` may hold a match, or the line it is in began before.
+    Nothing,
+    /// No chunk from `next` on holds a match.
+    ToEnd,
+    /// Read from `line_start`, in chunk `chunk` (a later one than `next`).
+    To { chunk: usize, line_start: i64 },
+}
+
+async fn skip_to_marked(store: &Store, index: &LineIndex, next: usize) -> StoreResult<Skip> {
+    let chunks = &index.chunks;
+    // A chunk stored before chunks were marked may hold anything.
+    let Some(marked) = (next..chunks.len()).find(|&i| chunks[i].has_error != Some(false)) else {
+        return Ok(Skip::ToEnd);
+    };
+    // The line holding the marked chunk's first byte starts after the last
+    // newline before it; from a chunk before `next`, read on as it is.
+    let Some(with_newline) = (next..marked).rev().find(|&i| chunks[i].lines != Some(0)) else {
+        return Ok(Skip::Nothing);
+    };
+    let chunk = &chunks[with_newline];
+    let data = store.log_chunk(index.build, chunk.seq).await?;
+    let line_start = chunk.start + memrchr(b'\n', &data).map_or(0, |at| at + 1) as i64;
+    Ok(Skip::To {
+        chunk: with_newline,
+        line_start,
+    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::store::{Store, StoreResult};
+use super::log_lines::Pattern;
+use super::store::{NewChunk, Store, StoreResult};
 
 /// Values shorter than this are not masked: masking `1` or `on` everywhere
 /// would destroy the log and hide nothing.
@@ -117,6 +118,34 @@ impl Redactor {
     }
 }
 
+/// How many of a step's last bytes are kept to find an error word that
+/// began in its previous chunk: the longest word, and the colour escape
+/// before it that `Pattern::error` looks behind.
+const TAIL: usize = 32;
+
+/// Whether an error word ends in `data`, which follows `tail` (the step's
+/// previous bytes; updated to end with `data`'s). The chunk is searched in
+/// place: only its first bytes are joined to the tail, for a word that
+/// began before it.
+fn error_ends_in(tail: &mut Vec<u8>, data: &[u8]) -> bool {
+    static ERROR: std::sync::OnceLock<Pattern> = std::sync::OnceLock::new();
+    let error = ERROR.get_or_init(Pattern::error);
+    let kept = tail.len();
+    tail.extend_from_slice(&data[..data.len().min(2 * TAIL)]);
+    // A word starting in the chunk's first TAIL bytes ends in the joined
+    // part; one starting later has its look-behind in the chunk.
+    let found =
+        error.matches(tail, 0, kept) || (data.len() > 2 * TAIL && error.matches(data, TAIL, 0));
+    if data.len() >= TAIL {
+        tail.clear();
+        tail.extend_from_slice(&data[data.len() - TAIL..]);
+    } else {
+        let cut = tail.len().saturating_sub(TAIL);
+        tail.drain(..cut);
+    }
+    found
+}
+
 /// Appends log chunks with the counters the store's readers rely on
 /// (sequence, build offset, step offset), contiguous whatever happens.
 pub struct LogWriter {
@@ -131,6 +160,9 @@ pub struct LogWriter {
     build_offset: HashMap<i64, i64>,
     step_offset: HashMap<(i64, String), i64>,
     pending: HashMap<(i64, String), Vec<u8>>,
+    /// The last bytes each step wrote: an error word may begin in one
+    /// chunk and end in the next (`NewChunk::has_error`).
+    tails: HashMap<(i64, String), Vec<u8>>,
     /// Bytes given up per build (only after `abandon`).
     lost: HashMap<i64, u64>,
     /// Where a stored write is announced (live followers on this agent),
@@ -156,6 +188,7 @@ impl LogWriter {
             build_offset: HashMap::new(),
             step_offset: HashMap::new(),
             pending: HashMap::new(),
+            tails: HashMap::new(),
             lost: HashMap::new(),
             announce: None,
             notified: HashMap::new(),
@@ -302,22 +335,24 @@ impl LogWriter {
             return;
         }
         let attempt = self.attempts.get(&build).copied().unwrap_or(0);
+        let tail = self.tails.entry((build, step.to_string())).or_default();
+        let has_error = error_ends_in(tail, &data);
+        let chunk = NewChunk {
+            build_id: build,
+            attempt,
+            seq,
+            step,
+            build_offset,
+            step_offset,
+            data: &data,
+            annotation,
+            has_error,
+        };
         let store = &self.store;
         let stored = with_retry(
             &format!("storing the log of build {build}"),
             &self.abandon,
-            || {
-                store.append_log(
-                    build,
-                    attempt,
-                    seq,
-                    step,
-                    build_offset,
-                    step_offset,
-                    &data,
-                    annotation,
-                )
-            },
+            || store.append_log(chunk),
         )
         .await;
         match stored {
@@ -352,6 +387,32 @@ impl LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Marks per chunk, for one step's chunks in order.
+    fn marks(chunks: &[&[u8]]) -> Vec<bool> {
+        let mut tail = Vec::new();
+        chunks.iter().map(|c| error_ends_in(&mut tail, c)).collect()
+    }
+
+    #[test]
+    fn a_chunk_is_marked_where_an_error_word_ends_also_across_chunks() {
+        let filler = [b'.'; 100];
+        assert_eq!(
+            marks(&[b"ok\n", b"error: x\n", b"fine\n"]),
+            [false, true, false]
+        );
+        // Begun in one chunk, ended in the next (also after a colour).
+        assert_eq!(marks(&[b"ok\nerr", b"or: x\n"]), [false, true]);
+        assert_eq!(
+            marks(&[b"\x1b[1;3", b"1mFAIL", b"ED\n"]),
+            [false, false, true]
+        );
+        // Deep in a long chunk, and not a word.
+        let long = [&filler[..], b" panicked at", &filler[..]].concat();
+        assert_eq!(marks(&[&long[..]]), [true]);
+        let long = [&filler[..], b" terrors", &filler[..]].concat();
+        assert_eq!(marks(&[&filler[..], &long[..]]), [false, false]);
+    }
 
     fn redact_in_chunks(redactor: &Redactor, chunks: &[&str]) -> String {
         let mut pending = Vec::new();

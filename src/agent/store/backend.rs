@@ -34,6 +34,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = migrations!("sqlite":
     11 => "0011_sessions.sql",
     12 => "0012_fencing.sql",
     13 => "0013_log_lines.sql",
+    14 => "0014_log_errors.sql",
 );
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     1 => "0001_builds.sql",
@@ -49,6 +50,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     11 => "0011_sessions.sql",
     12 => "0012_fencing.sql",
     13 => "0013_log_lines.sql",
+    14 => "0014_log_errors.sql",
 );
 
 #[derive(Clone)]

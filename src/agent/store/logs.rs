@@ -44,39 +44,27 @@ impl Store {
         })
     }
 
-    /// Appends a chunk. The writer of a build (its agent) keeps the counters:
-    /// `seq` orders chunks, the offsets are where the chunk starts in the
-    /// build's log and in its step's log.
-    /// Appends a chunk of `attempt`'s log; false when the attempt is stale
-    /// (the chunk is not stored). An `annotation` repeats an event for the
-    /// raw log (`$ command`): event streams leave it out.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn append_log(
-        &self,
-        build_id: i64,
-        attempt: i64,
-        seq: i64,
-        step: &str,
-        build_offset: i64,
-        step_offset: i64,
-        data: &[u8],
-        annotation: bool,
-    ) -> StoreResult<bool> {
+    /// Appends a chunk; false when its attempt is stale (the chunk is not
+    /// stored). The writer of a build (its agent) keeps the counters: `seq`
+    /// orders chunks, the offsets are where the chunk starts in the build's
+    /// log and in its step's log.
+    pub async fn append_log(&self, chunk: NewChunk<'_>) -> StoreResult<bool> {
         on_backend!(self, pool => {
             sqlx::query(
-                "INSERT INTO log_chunks (build_id, seq, step, build_offset, step_offset, data, annotation, lines) \
-                 SELECT $1, $2, $3, $4, $5, $6, $8, $9 \
+                "INSERT INTO log_chunks (build_id, seq, step, build_offset, step_offset, data, annotation, lines, has_error) \
+                 SELECT $1, $2, $3, $4, $5, $6, $8, $9, $10 \
                  WHERE EXISTS (SELECT 1 FROM builds WHERE id = $1 AND attempt = $7 AND status = 'running')",
             )
-            .bind(build_id)
-            .bind(seq)
-            .bind(step)
-            .bind(build_offset)
-            .bind(step_offset)
-            .bind(data)
-            .bind(attempt)
-            .bind(annotation)
-            .bind(memchr::memchr_iter(b'\n', data).count() as i64)
+            .bind(chunk.build_id)
+            .bind(chunk.seq)
+            .bind(chunk.step)
+            .bind(chunk.build_offset)
+            .bind(chunk.step_offset)
+            .bind(chunk.data)
+            .bind(chunk.attempt)
+            .bind(chunk.annotation)
+            .bind(memchr::memchr_iter(b'\n', chunk.data).count() as i64)
+            .bind(chunk.has_error)
             .execute(pool)
             .await
             .map(|r| r.rows_affected() == 1)
@@ -294,11 +282,11 @@ impl Store {
     ) -> StoreResult<Vec<ChunkLines>> {
         let sql = match step {
             None => {
-                "SELECT seq, build_offset AS start, CAST(LENGTH(data) AS BIGINT) AS len, lines \
+                "SELECT seq, build_offset AS start, CAST(LENGTH(data) AS BIGINT) AS len, lines, has_error \
                  FROM log_chunks WHERE build_id = $1 ORDER BY seq"
             }
             Some(_) => {
-                "SELECT seq, step_offset AS start, CAST(LENGTH(data) AS BIGINT) AS len, lines \
+                "SELECT seq, step_offset AS start, CAST(LENGTH(data) AS BIGINT) AS len, lines, has_error \
                  FROM log_chunks WHERE build_id = $1 AND step = $2 ORDER BY seq"
             }
         };
@@ -314,6 +302,7 @@ impl Store {
                     start: row.try_get("start")?,
                     len: row.try_get("len")?,
                     lines: row.try_get("lines")?,
+                    has_error: row.try_get("has_error")?,
                 }))
                 .collect::<StoreResult<Vec<_>>>()
         })

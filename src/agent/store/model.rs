@@ -246,6 +246,32 @@ pub struct ChunkLines {
     pub len: i64,
     /// Newlines in it; `None` if stored before they were counted.
     pub lines: Option<i64>,
+    /// Whether an error word ends in it (`NewChunk::has_error`); `None` if
+    /// stored before that was recorded.
+    pub has_error: Option<bool>,
+}
+
+/// A chunk of a build's log, as its writer appends it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewChunk<'a> {
+    pub build_id: i64,
+    /// The attempt writing it: the chunk of an attempt that no longer
+    /// holds the build is not stored (fencing).
+    pub attempt: i64,
+    /// Its place in the sequence of the build's chunks and events.
+    pub seq: i64,
+    pub step: &'a str,
+    /// Where it starts in the build's log, and in its step's.
+    pub build_offset: i64,
+    pub step_offset: i64,
+    pub data: &'a [u8],
+    /// It repeats an event for the raw log (`$ command`): event streams
+    /// leave it out.
+    pub annotation: bool,
+    /// An error word (as "the first error" of the web UI finds them) ends
+    /// in it, maybe begun in the step's previous chunk: a search for the
+    /// first error reads only such chunks.
+    pub has_error: bool,
 }
 
 pub(super) const BUILD_COLUMNS: &str = "id, number, repo, git_ref, sha, version, pipeline, status, env, requested_by, \
