@@ -1,6 +1,6 @@
 //! Terminal colours (SGR escape sequences) as HTML spans, for the log
 //! excerpts the server renders. The live log viewer does the same in
-//! `assets/app.js` with the same class names (`fg-N`, `bg-N`, `b`, `i`,
+//! `assets/log/ansi.js` with the same class names (`fg-N`, `bg-N`, `b`, `i`,
 //! `u`, `dim`), so both look alike. Other escape sequences are dropped.
 
 use maud::{Markup, PreEscaped, html};

@@ -36,6 +36,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/login", get(login_page))
         .route("/assets/app.css", get(css))
         .route("/assets/app.js", get(js))
+        .route("/assets/log.js", get(log_js))
         .route("/favicon.ico", get(favicon))
 }
 
@@ -48,6 +49,12 @@ async fn favicon() -> Response {
 
 const CSS: &str = include_str!("assets/app.css");
 const JS: &str = include_str!("assets/app.js");
+/// The log viewer, three files served as one script.
+const LOG_JS: &str = concat!(
+    include_str!("assets/log/ansi.js"),
+    include_str!("assets/log/window.js"),
+    include_str!("assets/log/viewer.js"),
+);
 
 async fn css() -> Response {
     asset("text/css; charset=utf-8", CSS)
@@ -55,6 +62,11 @@ async fn css() -> Response {
 
 async fn js() -> Response {
     asset("text/javascript; charset=utf-8", JS)
+}
+
+/// The log viewer: only a step's page loads it.
+async fn log_js() -> Response {
+    asset("text/javascript; charset=utf-8", LOG_JS)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

@@ -328,6 +328,8 @@ pub fn step(chrome: &Chrome, build: &BuildView, step: &StepView) -> Markup {
         pre id="log" class="log" tabindex="0" aria-label=(format!("Log of {}", step.name))
             data-build=(build.id) data-step=(step.name) data-final=(step.is_final() || build.is_final()) {}
         noscript { p { "The log needs JavaScript to stream; " a href=(raw) { "download it" } " instead." } }
+        // Deferred scripts run in order: after app.js, whose helpers it uses.
+        script src="/assets/log.js" defer {}
     };
     layout(
         chrome,
