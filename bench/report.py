@@ -382,6 +382,7 @@ def measure_big_log(base, token, repo, env, call, sid, driver_pid):
     with open(os.path.join(repo, "piper.lua"), "a") as f:
         f.write('step "big" { run = [[awk \'BEGIN { for (i = 2; i <= 2500001; i++) { '
                 'if (i == 1800001) print "err" "or: the boom"; '
+                'else if (i == 1200001) print "nee" "dle in the haystack"; '
                 'else printf "\\033[32m%07d\\033[0m a line of a long log, padded to about eighty bytes .........\\n", i '
                 '} }\']] }\n')
     subprocess.run(["git", "commit", "-qam", "big"], cwd=repo, check=True, env=env)
@@ -414,7 +415,10 @@ def measure_big_log(base, token, repo, env, call, sid, driver_pid):
     pss = [renderer_pss_kib(driver_pid)]
     go = ("const f = document.getElementById('goto'); f.kind.value = 'line'; "
           "f.where.value = '1234567'; f.requestSubmit();")
+    # Find searches from the window's start: from the top, ~100 MB are read.
     for name, script in [("top", "document.getElementById('top').click()"),
+                         ("find from the top (line 1,200,001)", "const f = document.getElementById('find'); "
+                                                                "f.text.value = 'NEEDLE'; f.requestSubmit();"),
                          ("line 1,234,567", go),
                          ("first error", "document.getElementById('first-error').click()"),
                          ("bottom", "document.getElementById('bottom').click()")]:
