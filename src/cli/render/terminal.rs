@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::sink::Render;
 use super::style;
 use crate::duration;
-use crate::event::{BuildStatus, Event, StepStatus};
+use crate::event::{BuildStatus, Event, PlannedStepInfo, StepStatus, TriggeredBy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputMode {
@@ -110,6 +110,155 @@ pub struct Terminal<O: Write + Send, E: Write + Send> {
 }
 
 impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
+    // ---- what each event shows (`Render::event` picks)
+
+    fn warn_all(&mut self, warnings: &[String]) {
+        for warning in warnings {
+            self.clear_status();
+            let label = self.paint(style::WARNING, "warning:");
+            let _ = writeln!(self.err, "{label} {warning}");
+        }
+    }
+
+    /// A build begins: its steps get a colour and a place in the order,
+    /// and the prefixes a width that fits them all.
+    fn build_started(&mut self, build: u32, steps: &[PlannedStepInfo]) {
+        if self.rows.is_empty() {
+            // No other build is live: start from a clean slate.
+            self.steps.clear();
+            self.order.clear();
+            self.width = 0;
+            self.build_started = Instant::now();
+        }
+        self.rows.insert(build, Vec::with_capacity(steps.len()));
+        self.steps.reserve(steps.len());
+        let width = steps
+            .iter()
+            .map(|s| style::width(&s.name))
+            .max()
+            .unwrap_or(0)
+            .max(self.width)
+            .min(PREFIX_WIDTH_MAX);
+        if width != self.width {
+            self.width = width;
+            // Made again, at the new width, when next needed.
+            for io in self.steps.values_mut().filter_map(|v| v.io.as_mut()) {
+                io.prefix.clear();
+            }
+        }
+        for s in steps {
+            if self.steps.contains_key(&s.name) {
+                continue;
+            }
+            let color = style::PALETTE[self.order.len() % style::PALETTE.len()];
+            self.order.push(s.name.clone());
+            let view = StepView {
+                color,
+                started: None,
+                io: None,
+            };
+            self.steps.insert(s.name.clone(), view);
+        }
+    }
+
+    /// The heading of a build that another one's end chained.
+    fn chained(&mut self, build: u32, name: &str, by: &TriggeredBy) {
+        self.clear_status();
+        let on = match by.on {
+            crate::spec::TriggerOn::Success => "succeeded",
+            crate::spec::TriggerOn::Failure => "failed",
+            crate::spec::TriggerOn::Always => "finished",
+        };
+        let text = format!("▶ {name} (build {build}): {} {on}, chaining", by.pipeline);
+        let _ = writeln!(self.err, "\n{}", self.paint(style::BOLD, &text));
+    }
+
+    fn step_started(&mut self, step: &str, reasons: &[String]) {
+        if let Some(v) = self.steps.get_mut(step) {
+            v.started = Some(Instant::now());
+        }
+        if self.explain && !reasons.is_empty() {
+            let text = format!("runs because {}", reasons.join("; "));
+            self.step_note(step, style::CYAN, &text);
+        }
+    }
+
+    fn step_command(&mut self, step: &str, command: &str) {
+        let line = format!("$ {command}");
+        if self.mode == OutputMode::Prefixed {
+            self.step_note(step, style::DIM, &line);
+        } else if let Some(v) = self.steps.get_mut(step) {
+            let grouped = &mut v.io().grouped;
+            grouped.extend_from_slice(line.as_bytes());
+            grouped.push(b'\n');
+        }
+    }
+
+    /// A line of Piper's own about a step, in its place among the step's
+    /// output.
+    fn step_note(&mut self, step: &str, color: anstyle::Style, text: &str) {
+        self.clear_status();
+        let painted = self.paint(color, text);
+        self.write_line(step, painted.as_bytes());
+    }
+
+    /// What the end of a step says: why it did not run (with `--explain`),
+    /// or how it failed.
+    fn explain_finished(&mut self, step: &str, status: StepStatus, message: Option<&str>) {
+        if let Some(v) = self.steps.get_mut(step) {
+            v.started = None;
+        }
+        let unchanged = crate::executor::OUTPUTS_UNCHANGED;
+        if self.explain && status == StepStatus::Success && message == Some(unchanged) {
+            self.step_note(step, style::CYAN, unchanged);
+        }
+        if self.explain && status == StepStatus::UpToDate {
+            let text = "up to date: inputs, command, variables and dependencies unchanged";
+            self.step_note(step, style::CYAN, text);
+        }
+        if matches!(
+            status,
+            StepStatus::Failed | StepStatus::TimedOut | StepStatus::AllowedFailure
+        ) {
+            let text = message.unwrap_or(status.label());
+            self.step_note(step, style::RED, &format!("✗ {text}"));
+        }
+    }
+
+    fn watch_changed(&mut self, paths: &[String], rerun: &[String]) {
+        self.clear_status();
+        if self.watch == Some(true) {
+            let _ = self.err.write_all(b"\x1b[2J\x1b[H");
+        }
+        let mut shown: Vec<&str> = paths.iter().take(5).map(String::as_str).collect();
+        let more = paths.len().saturating_sub(shown.len());
+        let more_text = format!("+{more}");
+        if more > 0 {
+            shown.push(&more_text);
+        }
+        let target = if rerun.is_empty() {
+            "everything".to_string()
+        } else {
+            rerun.join(", ")
+        };
+        let text = format!(
+            "── {} · changed: {} · rerunning: {target} ──",
+            clock(),
+            shown.join(", ")
+        );
+        let _ = writeln!(self.err, "\n{}", self.paint(style::SEPARATOR, &text));
+    }
+
+    fn config_error(&mut self, message: &str) {
+        self.clear_status();
+        let label = self.paint(style::FAILURE, "error:");
+        let _ = writeln!(self.err, "{label} {message}");
+        if self.watch.is_some() {
+            let text = self.paint(style::DIM, "waiting for a fix… (Ctrl-C to stop)");
+            let _ = writeln!(self.err, "{text}");
+        }
+    }
+
     /// `color`: ANSI colours; `status_line`: stderr is a terminal that can
     /// show a redrawn line of running steps.
     pub fn new(
@@ -438,85 +587,15 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 warnings,
                 ..
             } => {
-                for warning in warnings {
-                    self.clear_status();
-                    let _ = writeln!(
-                        self.err,
-                        "{} {warning}",
-                        self.paint(style::WARNING, "warning:")
-                    );
-                }
-                if self.rows.is_empty() {
-                    // No other build is live: start from a clean slate.
-                    self.steps.clear();
-                    self.order.clear();
-                    self.width = 0;
-                    self.build_started = Instant::now();
-                }
-                self.rows.insert(*build, Vec::with_capacity(steps.len()));
-                self.steps.reserve(steps.len());
-                let width = steps
-                    .iter()
-                    .map(|s| style::width(&s.name))
-                    .max()
-                    .unwrap_or(0)
-                    .max(self.width)
-                    .min(PREFIX_WIDTH_MAX);
-                if width != self.width {
-                    self.width = width;
-                    // Made again, at the new width, when next needed.
-                    for io in self.steps.values_mut().filter_map(|v| v.io.as_mut()) {
-                        io.prefix.clear();
-                    }
-                }
-                for s in steps {
-                    if self.steps.contains_key(&s.name) {
-                        continue;
-                    }
-                    let color = style::PALETTE[self.order.len() % style::PALETTE.len()];
-                    self.order.push(s.name.clone());
-                    let view = StepView {
-                        color,
-                        started: None,
-                        io: None,
-                    };
-                    self.steps.insert(s.name.clone(), view);
-                }
+                self.warn_all(warnings);
+                self.build_started(*build, steps);
                 if let Some(by) = triggered_by {
-                    self.clear_status();
-                    let on = match by.on {
-                        crate::spec::TriggerOn::Success => "succeeded",
-                        crate::spec::TriggerOn::Failure => "failed",
-                        crate::spec::TriggerOn::Always => "finished",
-                    };
-                    let text = format!("▶ {name} (build {build}): {} {on}, chaining", by.pipeline);
-                    let _ = writeln!(self.err, "\n{}", self.paint(style::BOLD, &text));
+                    self.chained(*build, name, by);
                 }
             }
             Event::StepQueued { .. } => {}
-            Event::StepStarted { step, reasons, .. } => {
-                if let Some(v) = self.steps.get_mut(step) {
-                    v.started = Some(Instant::now());
-                }
-                if self.explain && !reasons.is_empty() {
-                    self.clear_status();
-                    let text =
-                        self.paint(style::CYAN, &format!("runs because {}", reasons.join("; ")));
-                    self.write_line(step, text.as_bytes());
-                }
-            }
-            Event::StepCommand { step, command, .. } => {
-                let line = format!("$ {command}");
-                if self.mode == OutputMode::Prefixed {
-                    self.clear_status();
-                    let painted = self.paint(style::DIM, &line);
-                    self.write_line(step, painted.as_bytes());
-                } else if let Some(v) = self.steps.get_mut(step) {
-                    let grouped = &mut v.io().grouped;
-                    grouped.extend_from_slice(line.as_bytes());
-                    grouped.push(b'\n');
-                }
-            }
+            Event::StepStarted { step, reasons, .. } => self.step_started(step, reasons),
+            Event::StepCommand { step, command, .. } => self.step_command(step, command),
             Event::StepOutput { step, data, .. } => self.output(step, data),
             Event::StepRetrying {
                 step,
@@ -525,12 +604,8 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 ..
             } => {
                 self.flush_step(step);
-                self.clear_status();
-                let text = self.paint(
-                    style::YELLOW,
-                    &format!("attempt {attempt} failed ({reason}); retrying"),
-                );
-                self.write_line(step, text.as_bytes());
+                let text = format!("attempt {attempt} failed ({reason}); retrying");
+                self.step_note(step, style::YELLOW, &text);
             }
             Event::StepFinished {
                 build,
@@ -542,36 +617,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 ..
             } => {
                 self.flush_step(step);
-                if let Some(v) = self.steps.get_mut(step) {
-                    v.started = None;
-                }
-                if self.explain
-                    && *status == StepStatus::Success
-                    && message.as_deref() == Some(crate::executor::OUTPUTS_UNCHANGED)
-                {
-                    self.clear_status();
-                    let text = self.paint(style::CYAN, crate::executor::OUTPUTS_UNCHANGED);
-                    self.write_line(step, text.as_bytes());
-                }
-                if self.explain && *status == StepStatus::UpToDate {
-                    self.clear_status();
-                    let text = self.paint(
-                        style::CYAN,
-                        "up to date: inputs, command, variables and dependencies unchanged",
-                    );
-                    self.write_line(step, text.as_bytes());
-                }
-                if matches!(
-                    status,
-                    StepStatus::Failed | StepStatus::TimedOut | StepStatus::AllowedFailure
-                ) {
-                    self.clear_status();
-                    let text = message
-                        .clone()
-                        .unwrap_or_else(|| status.label().to_string());
-                    let painted = self.paint(style::RED, &format!("✗ {text}"));
-                    self.write_line(step, painted.as_bytes());
-                }
+                self.explain_finished(step, *status, message.as_deref());
                 // The summary reads the message of a failure or a skip only.
                 let done = matches!(status, StepStatus::Success | StepStatus::UpToDate);
                 self.rows.entry(*build).or_default().push(Row {
@@ -588,9 +634,7 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 message,
             } => {
                 self.flush_step(step);
-                self.clear_status();
-                let text = self.paint(style::YELLOW, &format!("warning: {message}"));
-                self.write_line(step, text.as_bytes());
+                self.step_note(step, style::YELLOW, &format!("warning: {message}"));
                 self.warnings
                     .entry(*build)
                     .or_default()
@@ -598,50 +642,11 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
             }
             Event::WatchIdle => {
                 self.clear_status();
-                let _ = writeln!(
-                    self.err,
-                    "{}",
-                    self.paint(style::DIM, "watching for changes… (Ctrl-C to stop)")
-                );
+                let text = self.paint(style::DIM, "watching for changes… (Ctrl-C to stop)");
+                let _ = writeln!(self.err, "{text}");
             }
-            Event::WatchChanged { paths, rerun } => {
-                self.clear_status();
-                if self.watch == Some(true) {
-                    let _ = self.err.write_all(b"\x1b[2J\x1b[H");
-                }
-                let mut shown: Vec<&str> = paths.iter().take(5).map(String::as_str).collect();
-                let more = paths.len().saturating_sub(shown.len());
-                let more_text = format!("+{more}");
-                if more > 0 {
-                    shown.push(&more_text);
-                }
-                let target = if rerun.is_empty() {
-                    "everything".to_string()
-                } else {
-                    rerun.join(", ")
-                };
-                let text = format!(
-                    "── {} · changed: {} · rerunning: {target} ──",
-                    clock(),
-                    shown.join(", ")
-                );
-                let _ = writeln!(self.err, "\n{}", self.paint(style::SEPARATOR, &text));
-            }
-            Event::ConfigError { message } => {
-                self.clear_status();
-                let _ = writeln!(
-                    self.err,
-                    "{} {message}",
-                    self.paint(style::FAILURE, "error:")
-                );
-                if self.watch.is_some() {
-                    let _ = writeln!(
-                        self.err,
-                        "{}",
-                        self.paint(style::DIM, "waiting for a fix… (Ctrl-C to stop)")
-                    );
-                }
-            }
+            Event::WatchChanged { paths, rerun } => self.watch_changed(paths, rerun),
+            Event::ConfigError { message } => self.config_error(message),
             Event::BuildFinished {
                 build,
                 name,
