@@ -88,94 +88,19 @@ pub enum Command {
         shell: Shell,
     },
     /// Submit a build to piperd (the build agent)
-    Submit {
-        #[command(flatten)]
-        remote: RemoteArgs,
-        /// Pipeline to run
-        #[arg(add = ArgValueCandidates::new(pipeline_candidates))]
-        pipeline: String,
-        /// Repository: a path or any URL git can fetch [default: this project's root]
-        #[arg(long)]
-        repo: Option<String>,
-        /// Branch, tag or commit
-        #[arg(long = "ref", default_value = "HEAD", value_name = "REF")]
-        git_ref: String,
-        /// Set a variable for every step (repeatable)
-        #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-        env: Vec<String>,
-        /// Stream the build's log and exit with its status
-        #[arg(short = 'f', long)]
-        follow: bool,
-        /// Build the working tree as it is: committed, staged, unstaged and
-        /// untracked files (not ignored ones), as a commit on the private
-        /// ref refs/piper/working-tree/SHA; HEAD, the index and branches are
-        /// left alone
-        #[arg(long, conflicts_with_all = ["repo", "git_ref"])]
-        working_tree: bool,
-        /// Send the commit to piperd as a git bundle instead of this
-        /// repository's path [default: when piperd is not on this machine,
-        /// i.e. its URL is not a loopback address]
-        #[arg(long, conflicts_with = "repo")]
-        send: bool,
-        /// Arguments for the pipeline, after `--`: `$1`.. and `"$@"` in its
-        /// shell commands, `ctx.args` in its Lua functions, as for `exec`
-        #[arg(last = true, value_name = "ARGS")]
-        args: Vec<String>,
-    },
+    Submit(SubmitArgs),
     /// List builds on piperd, newest first
-    Builds {
-        #[command(flatten)]
-        remote: RemoteArgs,
-        /// Only this repository
-        #[arg(long)]
-        repo: Option<String>,
-        /// Only this status (queued, running, success, failed, canceled, lost)
-        #[arg(long)]
-        status: Option<String>,
-        /// Only this pipeline
-        #[arg(long)]
-        pipeline: Option<String>,
-        /// At most this many
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-    },
+    Builds(BuildsArgs),
     /// Show a build on piperd with its steps
-    Show {
-        #[command(flatten)]
-        remote: RemoteArgs,
-        build: i64,
-    },
+    Show(OneBuildArgs),
     /// Print a build from piperd as `piper exec` shows it (or its raw log)
-    Logs {
-        #[command(flatten)]
-        remote: RemoteArgs,
-        build: i64,
-        /// Only this step's output, raw
-        step: Option<String>,
-        /// Keep printing until the build ends
-        #[arg(short = 'f', long)]
-        follow: bool,
-        /// The stored log bytes as they are, not rendered
-        #[arg(long)]
-        raw: bool,
-    },
+    Logs(LogsArgs),
     /// Cancel a build on piperd
-    Cancel {
-        #[command(flatten)]
-        remote: RemoteArgs,
-        build: i64,
-    },
+    Cancel(OneBuildArgs),
     /// Run a build on piperd again: same commit, linked to the old build
-    Retrigger {
-        #[command(flatten)]
-        remote: RemoteArgs,
-        build: i64,
-    },
+    Retrigger(OneBuildArgs),
     /// List the agents sharing piperd's database
-    Agents {
-        #[command(flatten)]
-        remote: RemoteArgs,
-    },
+    Agents(RemoteArgs),
     /// Forget what ran: remove the build state and the configuration cache in .piper/ (and outputs with --outputs)
     Clean(CleanArgs),
     /// Create a starter piper.lua in the current directory
@@ -291,40 +216,81 @@ pub struct Connection {
     pub data: Option<PathBuf>,
 }
 
-/// A remote command without its connection settings.
-pub enum RemoteCommand {
-    Submit {
-        pipeline: String,
-        repo: Option<String>,
-        git_ref: String,
-        env: Vec<String>,
-        follow: bool,
-        working_tree: bool,
-        send: bool,
-        args: Vec<String>,
-    },
-    Builds {
-        repo: Option<String>,
-        status: Option<String>,
-        pipeline: Option<String>,
-        limit: u32,
-    },
-    Show {
-        build: i64,
-    },
-    Logs {
-        build: i64,
-        step: Option<String>,
-        follow: bool,
-        raw: bool,
-    },
-    Cancel {
-        build: i64,
-    },
-    Retrigger {
-        build: i64,
-    },
-    Agents,
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Pipeline to run
+    #[arg(add = ArgValueCandidates::new(pipeline_candidates))]
+    pub pipeline: String,
+    /// Repository: a path or any URL git can fetch [default: this project's root]
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// Branch, tag or commit
+    #[arg(long = "ref", default_value = "HEAD", value_name = "REF")]
+    pub git_ref: String,
+    /// Set a variable for every step (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Stream the build's log and exit with its status
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Build the working tree as it is: committed, staged, unstaged and
+    /// untracked files (not ignored ones), as a commit on the private
+    /// ref refs/piper/working-tree/SHA; HEAD, the index and branches are
+    /// left alone
+    #[arg(long, conflicts_with_all = ["repo", "git_ref"])]
+    pub working_tree: bool,
+    /// Send the commit to piperd as a git bundle instead of this
+    /// repository's path [default: when piperd is not on this machine,
+    /// i.e. its URL is not a loopback address]
+    #[arg(long, conflicts_with = "repo")]
+    pub send: bool,
+    /// Arguments for the pipeline, after `--`: `$1`.. and `"$@"` in its
+    /// shell commands, `ctx.args` in its Lua functions, as for `exec`
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildsArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Only this repository
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// Only this status (queued, running, success, failed, canceled, lost)
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only this pipeline
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// At most this many
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+}
+
+/// `show`, `cancel` and `retrigger`: one build.
+#[derive(Debug, Args)]
+pub struct OneBuildArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    pub build: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    pub build: i64,
+    /// Only this step's output, raw
+    pub step: Option<String>,
+    /// Keep printing until the build ends
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// The stored log bytes as they are, not rendered
+    #[arg(long)]
+    pub raw: bool,
 }
 
 #[derive(Debug, Args)]

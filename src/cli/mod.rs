@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::args::{
     CleanArgs, Cli, ColorChoice, Command, ExecArgs, ExplainArgs, GraphArgs, GraphFormat, ListArgs,
-    RemoteCommand, WatchArgs,
+    WatchArgs,
 };
 use self::render::{JsonLines, Render, Terminal};
 use self::watch::WatchOptions;
@@ -139,69 +139,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Clean(args) => clean(&cli, args),
         Command::Explain(args) => explain(&cli, args),
         Command::Watch(args) => watch(&cli, args),
-        Command::Submit {
-            remote,
-            pipeline,
-            repo,
-            git_ref,
-            env,
-            follow,
-            working_tree,
-            send,
-            args,
-        } => self::client::run(
-            remote,
-            &RemoteCommand::Submit {
-                pipeline: pipeline.clone(),
-                repo: repo.clone(),
-                git_ref: git_ref.clone(),
-                env: env.clone(),
-                follow: *follow,
-                working_tree: *working_tree,
-                send: *send,
-                args: args.clone(),
-            },
-        ),
-        Command::Builds {
-            remote,
-            repo,
-            status,
-            pipeline,
-            limit,
-        } => self::client::run(
-            remote,
-            &RemoteCommand::Builds {
-                repo: repo.clone(),
-                status: status.clone(),
-                pipeline: pipeline.clone(),
-                limit: *limit,
-            },
-        ),
-        Command::Show { remote, build } => {
-            self::client::run(remote, &RemoteCommand::Show { build: *build })
-        }
-        Command::Logs {
-            remote,
-            build,
-            step,
-            follow,
-            raw,
-        } => self::client::run(
-            remote,
-            &RemoteCommand::Logs {
-                build: *build,
-                step: step.clone(),
-                follow: *follow,
-                raw: *raw,
-            },
-        ),
-        Command::Cancel { remote, build } => {
-            self::client::run(remote, &RemoteCommand::Cancel { build: *build })
-        }
-        Command::Retrigger { remote, build } => {
-            self::client::run(remote, &RemoteCommand::Retrigger { build: *build })
-        }
-        Command::Agents { remote } => self::client::run(remote, &RemoteCommand::Agents),
+        Command::Submit(args) => self::client::submit(args),
+        Command::Builds(args) => self::client::builds(args),
+        Command::Show(args) => self::client::show(args),
+        Command::Logs(args) => self::client::logs(args),
+        Command::Cancel(args) => self::client::cancel(args),
+        Command::Retrigger(args) => self::client::retrigger(args),
+        Command::Agents(args) => self::client::agents(args),
         Command::Init => init(&start_dir(&cli)?),
         Command::Meta { dir } => meta(&start_dir(&cli)?.join(dir)),
     }

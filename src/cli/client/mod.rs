@@ -5,9 +5,9 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crate::agent::api::{AgentList, Build, BuildDetail, BuildList, BuildRequest};
+use crate::agent::api::{AgentList, Build, BuildDetail, BuildList, BuildRequest, BuildSummary};
 
-use crate::cli::args::{Connection, RemoteArgs, RemoteCommand};
+use crate::cli::args::{BuildsArgs, Connection, LogsArgs, OneBuildArgs, RemoteArgs, SubmitArgs};
 use crate::error::{Error, Result};
 
 mod follow;
@@ -17,10 +17,6 @@ mod send;
 use follow::*;
 use http::*;
 use send::*;
-
-pub fn run(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
-    runtime()?.block_on(run_async(args, command))
-}
 
 /// Build `id` as piperd recorded it, and the agent that ran it (None when
 /// it has left the agent list): what `piper exec --from-build` reproduces.
@@ -43,270 +39,269 @@ pub fn build_and_agent(
     })
 }
 
-async fn run_async(args: &RemoteArgs, command: &RemoteCommand) -> Result<i32> {
-    let client = Client::new(&args.connection)?;
-    let mut out = std::io::stdout();
-    match command {
-        RemoteCommand::Submit {
-            pipeline,
-            repo,
-            git_ref,
-            env,
-            follow,
-            working_tree,
-            send,
-            args: pipeline_args,
-        } => {
-            let (repo, git_ref) = match repo {
-                Some(repo) => (repo.clone(), git_ref.clone()),
-                None => {
-                    let (root, git_ref) = local_repository(git_ref, *working_tree)?;
-                    if *send || !client.is_on_this_machine() {
-                        send_commit(&client, &root, &git_ref).await?
-                    } else {
-                        (root.to_string_lossy().into_owned(), git_ref)
-                    }
+/// Runs one remote command on a runtime of its own.
+fn block_on(command: impl std::future::Future<Output = Result<i32>>) -> Result<i32> {
+    runtime()?.block_on(command)
+}
+
+/// Prints the API's JSON answer as it came, for `--json`.
+fn print_json(text: &str) -> Result<i32> {
+    let _ = writeln!(std::io::stdout(), "{text}");
+    Ok(0)
+}
+
+/// `piper submit`: the commit (this repository's, or `--repo`'s), sent
+/// as a bundle when piperd is elsewhere; then, with `--follow`, its log.
+pub fn submit(args: &SubmitArgs) -> Result<i32> {
+    block_on(async {
+        let client = Client::new(&args.remote.connection)?;
+        let (repo, git_ref) = match &args.repo {
+            Some(repo) => (repo.clone(), args.git_ref.clone()),
+            None => {
+                let (root, git_ref) = local_repository(&args.git_ref, args.working_tree)?;
+                if args.send || !client.is_on_this_machine() {
+                    send_commit(&client, &root, &git_ref).await?
+                } else {
+                    (root.to_string_lossy().into_owned(), git_ref)
                 }
+            }
+        };
+        let mut vars = std::collections::BTreeMap::new();
+        for kv in &args.env {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(Error::BadEnvOverride { value: kv.clone() });
             };
-            let mut vars = std::collections::BTreeMap::new();
-            for kv in env {
-                let Some((k, v)) = kv.split_once('=') else {
-                    return Err(Error::BadEnvOverride { value: kv.clone() });
-                };
-                vars.insert(k.to_string(), v.to_string());
-            }
-            let body = BuildRequest {
-                repo,
-                pipeline: pipeline.clone(),
-                git_ref: Some(git_ref),
-                env: vars,
-                secret_env: Default::default(),
-                requested_by: Some(std::env::var("USER").unwrap_or_else(|_| "cli".into())),
-                args: pipeline_args.clone(),
-            };
-            let (build, text) = client
-                .typed::<Build>(client.http.post(client.url("/builds")).json(&body))
-                .await?;
-            let id = build.id;
-            if args.json && !follow {
-                let _ = writeln!(out, "{text}");
-                return Ok(0);
-            }
-            eprintln!(
-                "submitted build {id} ({} #{})",
-                clean(&build.repo),
-                build.number
-            );
-            if *follow {
-                return follow_rendered(&client, id, true).await;
-            }
-            Ok(0)
+            vars.insert(k.to_string(), v.to_string());
         }
-        RemoteCommand::Builds {
+        let body = BuildRequest {
             repo,
-            status,
-            pipeline,
-            limit,
-        } => {
-            let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
-            for (key, value) in [("repo", repo), ("status", status), ("pipeline", pipeline)] {
-                if let Some(v) = value {
-                    query.push((key, v.clone()));
-                }
+            pipeline: args.pipeline.clone(),
+            git_ref: Some(git_ref),
+            env: vars,
+            secret_env: Default::default(),
+            requested_by: Some(std::env::var("USER").unwrap_or_else(|_| "cli".into())),
+            args: args.args.clone(),
+        };
+        let (build, text) = client
+            .typed::<Build>(client.http.post(client.url("/builds")).json(&body))
+            .await?;
+        if args.remote.json && !args.follow {
+            return print_json(&text);
+        }
+        let id = build.id;
+        eprintln!(
+            "submitted build {id} ({} #{})",
+            clean(&build.repo),
+            build.number
+        );
+        if args.follow {
+            return follow_rendered(&client, id, true).await;
+        }
+        Ok(0)
+    })
+}
+
+/// `piper builds`: newest first, as a table.
+pub fn builds(args: &BuildsArgs) -> Result<i32> {
+    block_on(async {
+        let client = Client::new(&args.remote.connection)?;
+        let mut query: Vec<(&str, String)> = vec![("limit", args.limit.to_string())];
+        for (key, value) in [
+            ("repo", &args.repo),
+            ("status", &args.status),
+            ("pipeline", &args.pipeline),
+        ] {
+            if let Some(v) = value {
+                query.push((key, v.clone()));
             }
-            let (list, text) = client
-                .typed::<BuildList>(client.http.get(client.url("/builds")).query(&query))
-                .await?;
-            if args.json {
-                let _ = writeln!(out, "{text}");
+        }
+        let (list, text) = client
+            .typed::<BuildList>(client.http.get(client.url("/builds")).query(&query))
+            .await?;
+        if args.remote.json {
+            return print_json(&text);
+        }
+        let rows: Vec<Vec<String>> = list.builds.iter().map(build_row).collect();
+        let headers = ["ID", "STATUS", "PIPELINE", "SHA", "VERSION", "REPO"];
+        let _ = std::io::stdout().write_all(table(&headers, &[0], &rows).as_bytes());
+        Ok(0)
+    })
+}
+
+fn build_row(summary: &BuildSummary) -> Vec<String> {
+    let b = &summary.build;
+    let sha = b
+        .sha
+        .as_deref()
+        .map(|s| &s[..s.len().min(9)])
+        .unwrap_or("-");
+    let status = match &summary.waiting_for {
+        Some(labels) => format!("waiting for an agent with {}", clean(labels)),
+        None => b.status.as_str().to_string(),
+    };
+    vec![
+        b.id.to_string(),
+        status,
+        clean(&b.pipeline),
+        clean(sha),
+        b.version.as_deref().map_or("-".into(), clean),
+        format!("{} #{}", clean(&b.repo), b.number),
+    ]
+}
+
+/// `piper show`: a build and its steps.
+pub fn show(args: &OneBuildArgs) -> Result<i32> {
+    block_on(async {
+        let client = Client::new(&args.remote.connection)?;
+        let path = format!("/builds/{}", args.build);
+        let (detail, text) = client
+            .typed::<BuildDetail>(client.http.get(client.url(&path)))
+            .await?;
+        if args.remote.json {
+            return print_json(&text);
+        }
+        let mut out = std::io::stdout();
+        let b = &detail.summary.build;
+        let _ = writeln!(
+            out,
+            "build {}: {} #{}  {}",
+            b.id,
+            clean(&b.repo),
+            b.number,
+            b.status.as_str()
+        );
+        let _ = writeln!(
+            out,
+            "  pipeline {}  ref {}  sha {}  version {}",
+            clean(&b.pipeline),
+            clean(&b.git_ref),
+            b.sha.as_deref().map_or("-".into(), clean),
+            b.version.as_deref().map_or("-".into(), clean)
+        );
+        if let Some(error) = &b.error {
+            let _ = writeln!(out, "  error: {}", clean(error));
+        }
+        if let Some(labels) = &detail.summary.waiting_for {
+            let _ = writeln!(out, "  waiting for an agent with {}", clean(labels));
+        }
+        let rows: Vec<Vec<String>> = detail
+            .steps
+            .iter()
+            .map(|s| {
+                let code = s
+                    .exit_code
+                    .filter(|&c| c != 0)
+                    .map(|c| format!("exit {c}"))
+                    .unwrap_or_default();
+                // The same words as a local run's summary: `up to date`.
+                vec![clean(&s.name), clean(&s.status).replace('_', " "), code]
+            })
+            .collect();
+        for line in table(&["", "", ""], &[], &rows).lines().skip(1) {
+            let _ = writeln!(out, "  {}", line.trim_end());
+        }
+        Ok(0)
+    })
+}
+
+/// `piper logs`: rendered as `piper exec` shows a build, or a step's (or
+/// the whole) raw log; `--follow` until the build ends.
+pub fn logs(args: &LogsArgs) -> Result<i32> {
+    block_on(async {
+        let client = Client::new(&args.remote.connection)?;
+        let (build, step) = (args.build, args.step.as_deref());
+        if !args.raw && step.is_none() {
+            return follow_rendered(&client, build, args.follow).await;
+        }
+        if args.follow {
+            return follow_build(&client, build, step).await;
+        }
+        let mut offset = 0i64;
+        loop {
+            let (data, next, _) = read_log(&client, build, step, offset).await?;
+            if data.is_empty() {
                 return Ok(0);
             }
-            let rows: Vec<Vec<String>> = list
-                .builds
-                .iter()
-                .map(|summary| {
-                    let b = &summary.build;
-                    let sha = b
-                        .sha
-                        .as_deref()
-                        .map(|s| &s[..s.len().min(9)])
-                        .unwrap_or("-");
-                    let status = match &summary.waiting_for {
-                        Some(labels) => format!("waiting for an agent with {}", clean(labels)),
-                        None => b.status.as_str().to_string(),
-                    };
-                    vec![
-                        b.id.to_string(),
-                        status,
-                        clean(&b.pipeline),
-                        clean(sha),
-                        b.version.as_deref().map_or("-".into(), clean),
-                        format!("{} #{}", clean(&b.repo), b.number),
-                    ]
-                })
-                .collect();
-            let _ = out.write_all(
-                table(
-                    &["ID", "STATUS", "PIPELINE", "SHA", "VERSION", "REPO"],
-                    &[0],
-                    &rows,
-                )
-                .as_bytes(),
-            );
-            Ok(0)
+            let _ = std::io::stdout().write_all(&data);
+            offset = next;
         }
-        RemoteCommand::Show { build } => {
-            let (detail, text) = client
-                .typed::<BuildDetail>(client.http.get(client.url(&format!("/builds/{build}"))))
-                .await?;
-            if args.json {
-                let _ = writeln!(out, "{text}");
-                return Ok(0);
-            }
-            let b = &detail.summary.build;
-            let _ = writeln!(
-                out,
-                "build {}: {} #{}  {}",
-                b.id,
-                clean(&b.repo),
-                b.number,
-                b.status.as_str()
-            );
-            let _ = writeln!(
-                out,
-                "  pipeline {}  ref {}  sha {}  version {}",
-                clean(&b.pipeline),
-                clean(&b.git_ref),
-                b.sha.as_deref().map_or("-".into(), clean),
-                b.version.as_deref().map_or("-".into(), clean)
-            );
-            if let Some(error) = &b.error {
-                let _ = writeln!(out, "  error: {}", clean(error));
-            }
-            if let Some(labels) = &detail.summary.waiting_for {
-                let _ = writeln!(out, "  waiting for an agent with {}", clean(labels));
-            }
-            let rows: Vec<Vec<String>> = detail
-                .steps
-                .iter()
-                .map(|s| {
-                    let code = s
-                        .exit_code
-                        .filter(|&c| c != 0)
-                        .map(|c| format!("exit {c}"))
-                        .unwrap_or_default();
-                    // The same words as a local run's summary: `up to date`.
-                    vec![clean(&s.name), clean(&s.status).replace('_', " "), code]
-                })
-                .collect();
-            for line in table(&["", "", ""], &[], &rows).lines().skip(1) {
-                let _ = writeln!(out, "  {}", line.trim_end());
-            }
-            Ok(0)
+    })
+}
+
+/// `piper cancel`.
+pub fn cancel(args: &OneBuildArgs) -> Result<i32> {
+    build_action(args, "cancel", |build, b| {
+        format!("build {build}: {}", b.status.as_str())
+    })
+}
+
+/// `piper retrigger`.
+pub fn retrigger(args: &OneBuildArgs) -> Result<i32> {
+    build_action(args, "retrigger", |build, b| {
+        format!("submitted build {} (retrigger of build {build})", b.id)
+    })
+}
+
+/// POSTs `/builds/{id}/{action}` and says what came of it.
+fn build_action(args: &OneBuildArgs, action: &str, said: fn(i64, &Build) -> String) -> Result<i32> {
+    block_on(async {
+        let client = Client::new(&args.remote.connection)?;
+        let path = format!("/builds/{}/{action}", args.build);
+        let (b, text) = client
+            .typed::<Build>(client.http.post(client.url(&path)))
+            .await?;
+        if args.remote.json {
+            return print_json(&text);
         }
-        RemoteCommand::Logs {
-            build,
-            step,
-            follow,
-            raw,
-        } => {
-            if !*raw && step.is_none() {
-                return follow_rendered(&client, *build, *follow).await;
-            }
-            if *follow {
-                return follow_build(&client, *build, step.as_deref()).await;
-            }
-            let mut offset = 0i64;
-            loop {
-                let (data, next, _) = read_log(&client, *build, step.as_deref(), offset).await?;
-                if data.is_empty() {
-                    return Ok(0);
-                }
-                let _ = out.write_all(&data);
-                offset = next;
-            }
+        eprintln!("{}", said(args.build, &b));
+        Ok(0)
+    })
+}
+
+/// `piper agents`: the agents sharing the database, as a table.
+pub fn agents(args: &RemoteArgs) -> Result<i32> {
+    block_on(async {
+        let client = Client::new(&args.connection)?;
+        let (list, text) = client
+            .typed::<AgentList>(client.http.get(client.url("/agents")))
+            .await?;
+        if args.json {
+            return print_json(&text);
         }
-        RemoteCommand::Cancel { build } => {
-            let (b, text) = client
-                .typed::<Build>(
-                    client
-                        .http
-                        .post(client.url(&format!("/builds/{build}/cancel"))),
-                )
-                .await?;
-            if args.json {
-                let _ = writeln!(out, "{text}");
-            } else {
-                eprintln!("build {build}: {}", b.status.as_str());
-            }
-            Ok(0)
-        }
-        RemoteCommand::Retrigger { build } => {
-            let (b, text) = client
-                .typed::<Build>(
-                    client
-                        .http
-                        .post(client.url(&format!("/builds/{build}/retrigger"))),
-                )
-                .await?;
-            if args.json {
-                let _ = writeln!(out, "{text}");
-            } else {
-                eprintln!("submitted build {} (retrigger of build {build})", b.id);
-            }
-            Ok(0)
-        }
-        RemoteCommand::Agents => {
-            let (list, text) = client
-                .typed::<AgentList>(client.http.get(client.url("/agents")))
-                .await?;
-            if args.json {
-                let _ = writeln!(out, "{text}");
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = list
-                .agents
-                .iter()
-                .map(|a| {
-                    let labels: Vec<String> = a
-                        .labels
-                        .iter()
-                        .map(|(k, v)| format!("{}={}", clean(k), clean(v)))
-                        .collect();
-                    // The leader does the cluster's rescue and schedules.
-                    let state = if a.leader {
-                        format!("{} (leader)", a.status)
-                    } else {
-                        a.status.clone()
-                    };
-                    let age = (crate::agent::store::now_ms() - a.last_seen).max(0) as u64;
-                    vec![
-                        clean(&a.name),
-                        state,
-                        format!(
-                            "{} ago",
-                            crate::duration::format(Duration::from_millis(age))
-                        ),
-                        a.running.to_string(),
-                        a.workers.to_string(),
-                        clean(&a.address),
-                        labels.join(","),
-                    ]
-                })
-                .collect();
-            let _ = out.write_all(
-                table(
-                    &[
-                        "NAME", "STATE", "SEEN", "RUNNING", "WORKERS", "ADDRESS", "LABELS",
-                    ],
-                    &[3, 4],
-                    &rows,
-                )
-                .as_bytes(),
-            );
-            Ok(0)
-        }
-    }
+        let rows: Vec<Vec<String>> = list.agents.iter().map(agent_row).collect();
+        let headers = [
+            "NAME", "STATE", "SEEN", "RUNNING", "WORKERS", "ADDRESS", "LABELS",
+        ];
+        let _ = std::io::stdout().write_all(table(&headers, &[3, 4], &rows).as_bytes());
+        Ok(0)
+    })
+}
+
+fn agent_row(a: &crate::agent::store::AgentInfo) -> Vec<String> {
+    let labels: Vec<String> = a
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{}={}", clean(k), clean(v)))
+        .collect();
+    // The leader does the cluster's rescue and schedules.
+    let state = if a.leader {
+        format!("{} (leader)", a.status)
+    } else {
+        a.status.clone()
+    };
+    let age = (crate::agent::store::now_ms() - a.last_seen).max(0) as u64;
+    vec![
+        clean(&a.name),
+        state,
+        format!(
+            "{} ago",
+            crate::duration::format(Duration::from_millis(age))
+        ),
+        a.running.to_string(),
+        a.workers.to_string(),
+        clean(&a.address),
+        labels.join(","),
+    ]
 }
 
 /// Columns aligned by display width; the columns in `right` (numbers) are
