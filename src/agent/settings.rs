@@ -249,3 +249,37 @@ pub struct AgentSettings {
     /// The guard process that ends the steps when piperd cannot.
     pub guard: Option<super::guard::Guard>,
 }
+
+/// What an agent advertises: the facts it detects about its machine
+/// (`os`, `arch`, `cpus`), then its configured labels, which win.
+pub fn labels_and_facts(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut all = std::collections::BTreeMap::from([
+        ("os".to_string(), std::env::consts::OS.to_string()),
+        ("arch".to_string(), std::env::consts::ARCH.to_string()),
+        (
+            "cpus".to_string(),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .to_string(),
+        ),
+    ]);
+    all.extend(labels.clone());
+    all
+}
+
+/// This machine's facts and the labels `PIPER_LABELS=k=v,...` gives it: what
+/// a local run compares with a pipeline's `requires` (pairs without `=` are
+/// ignored).
+pub fn local_labels() -> std::collections::BTreeMap<String, String> {
+    let given = std::env::var("PIPER_LABELS").unwrap_or_default();
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in given.split(',').filter(|p| !p.trim().is_empty()) {
+        if let Some((k, v)) = pair.split_once('=') {
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+    }
+    labels_and_facts(&labels)
+}
