@@ -139,97 +139,23 @@ impl Graph {
     }
 
     pub fn validate(project: &Project, mut spec: RawSpec, lua: Lua) -> Result<Graph> {
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for (i, step) in spec.steps.iter().enumerate() {
-            if let Some(&first) = index.get(&step.name) {
-                return Err(Error::Duplicate {
-                    kind: "step",
-                    name: step.name.clone(),
-                    first: spec.steps[first].location.clone(),
-                    second: step.location.clone(),
-                });
-            }
-            index.insert(step.name.clone(), i);
-        }
+        let index = index_unique("step", &spec.steps, |s| &s.name, |s| &s.location)?;
         let step_names: Vec<String> = spec.steps.iter().map(|s| s.name.clone()).collect();
-
         let mut steps = Vec::with_capacity(spec.steps.len());
         let mut functions = Vec::with_capacity(spec.steps.len());
-        for raw in std::mem::take(&mut spec.steps) {
-            functions.push(raw.functions);
-            let mut deps = Vec::with_capacity(raw.deps.len());
-            for dep in &raw.deps {
-                let Some(&d) = index.get(dep) else {
-                    return Err(Error::UnknownDependency {
-                        suggestion: suggest::closest(dep, step_names.iter().map(String::as_str)),
-                        location: raw.location,
-                        step: raw.name,
-                        dependency: dep.clone(),
-                    });
-                };
-                if !deps.contains(&d) {
-                    deps.push(d);
-                }
-            }
-            let rel_dir = PathBuf::from(raw.dir.as_deref().unwrap_or(""));
-            let dir = project.root.join(&rel_dir);
-            let mut outputs = Vec::with_capacity(raw.outputs.len());
-            for output in &raw.outputs {
-                outputs.push(
-                    crate::paths::resolve_in(&rel_dir, output).map_err(|message| Error::Spec {
-                        location: raw.location.clone(),
-                        message: format!("step `{}`: `outputs`: {message}", raw.name),
-                    })?,
-                );
-            }
-            steps.push(Step {
-                name: raw.name,
-                location: raw.location,
-                desc: raw.desc,
-                run: raw.run,
-                deps,
-                env: raw.env,
-                dir,
-                timeout: raw.timeout,
-                retries: raw.retries,
-                allow_failure: raw.allow_failure,
-                when: raw.when,
-                inputs: raw.inputs,
-                outputs,
-                depfile: raw.depfile,
-                service: raw.service,
-                requires: raw.requires,
-            });
+        for mut raw in std::mem::take(&mut spec.steps) {
+            functions.push(std::mem::take(&mut raw.functions));
+            steps.push(resolve_step(project, raw, &index, &step_names)?);
         }
         check_step_cycles(&steps)?;
 
         // Pipelines: first their names (members may include later ones).
-        let mut pipeline_index: HashMap<&str, usize> = HashMap::new();
-        for (i, p) in spec.pipelines.iter().enumerate() {
-            if let Some(&first) = pipeline_index.get(p.name.as_str()) {
-                return Err(Error::Duplicate {
-                    kind: "pipeline",
-                    name: p.name.clone(),
-                    first: spec.pipelines[first].location.clone(),
-                    second: p.location.clone(),
-                });
-            }
-            pipeline_index.insert(&p.name, i);
-        }
-        let pipeline_names: Vec<&str> = spec.pipelines.iter().map(|p| p.name.as_str()).collect();
-        for p in &spec.pipelines {
-            for t in &p.triggers {
-                if !pipeline_index.contains_key(t.pipeline.as_str()) {
-                    return Err(Error::UnknownTriggerTarget {
-                        location: t.location.clone(),
-                        pipeline: p.name.clone(),
-                        target: t.pipeline.clone(),
-                        suggestion: suggest::closest(&t.pipeline, pipeline_names.iter().copied()),
-                    });
-                }
-            }
-        }
-
+        let pipeline_index =
+            index_unique("pipeline", &spec.pipelines, |p| &p.name, |p| &p.location)?;
+        let pipeline_index: HashMap<&str, usize> = (pipeline_index.iter())
+            .map(|(name, &i)| (name.as_str(), i))
+            .collect();
+        check_trigger_targets(&spec, &pipeline_index)?;
         let mut pipelines = IndexMap::new();
         for p in &spec.pipelines {
             let mut members = Vec::new();
@@ -245,31 +171,7 @@ impl Graph {
                 &mut members,
                 &mut seen,
             )?;
-            let triggers = p
-                .triggers
-                .iter()
-                .map(|t| Trigger {
-                    on: t.on,
-                    pipeline: t.pipeline.clone(),
-                    env: t.env.clone(),
-                })
-                .collect();
-            pipelines.insert(
-                p.name.clone(),
-                Pipeline {
-                    name: p.name.clone(),
-                    location: p.location.clone(),
-                    desc: p.desc.clone(),
-                    steps: members,
-                    env: p.env.clone(),
-                    triggers,
-                    schedules: p.schedules.clone(),
-                    retry_agent_lost: p.retry_agent_lost,
-                    requires: p.requires.clone(),
-                    default: p.default,
-                    args: p.args.clone(),
-                },
-            );
+            pipelines.insert(p.name.clone(), resolve_pipeline(p, members));
         }
         check_trigger_cycles(&pipelines)?;
         check_one_default(&pipelines)?;
@@ -435,6 +337,126 @@ impl Graph {
             out.push(s);
             stack.extend(self.steps[s].deps.iter().copied());
         }
+    }
+}
+
+/// Each item's index by its name; a name defined twice is an error naming
+/// both places.
+fn index_unique<T>(
+    kind: &'static str,
+    items: &[T],
+    name: impl Fn(&T) -> &String,
+    location: impl Fn(&T) -> &Location,
+) -> Result<HashMap<String, usize>> {
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if let Some(&first) = index.get(name(item)) {
+            return Err(Error::Duplicate {
+                kind,
+                name: name(item).clone(),
+                first: location(&items[first]).clone(),
+                second: location(item).clone(),
+            });
+        }
+        index.insert(name(item).clone(), i);
+    }
+    Ok(index)
+}
+
+/// A step as the graph holds it: dependencies by index (each once), its
+/// directory and outputs resolved under the project's root.
+fn resolve_step(
+    project: &Project,
+    raw: crate::spec::RawStep,
+    index: &HashMap<String, usize>,
+    step_names: &[String],
+) -> Result<Step> {
+    let mut deps = Vec::with_capacity(raw.deps.len());
+    for dep in &raw.deps {
+        let Some(&d) = index.get(dep) else {
+            return Err(Error::UnknownDependency {
+                suggestion: suggest::closest(dep, step_names.iter().map(String::as_str)),
+                location: raw.location,
+                step: raw.name,
+                dependency: dep.clone(),
+            });
+        };
+        if !deps.contains(&d) {
+            deps.push(d);
+        }
+    }
+    let rel_dir = PathBuf::from(raw.dir.as_deref().unwrap_or(""));
+    let dir = project.root.join(&rel_dir);
+    let mut outputs = Vec::with_capacity(raw.outputs.len());
+    for output in &raw.outputs {
+        outputs.push(
+            crate::paths::resolve_in(&rel_dir, output).map_err(|message| Error::Spec {
+                location: raw.location.clone(),
+                message: format!("step `{}`: `outputs`: {message}", raw.name),
+            })?,
+        );
+    }
+    Ok(Step {
+        name: raw.name,
+        location: raw.location,
+        desc: raw.desc,
+        run: raw.run,
+        deps,
+        env: raw.env,
+        dir,
+        timeout: raw.timeout,
+        retries: raw.retries,
+        allow_failure: raw.allow_failure,
+        when: raw.when,
+        inputs: raw.inputs,
+        outputs,
+        depfile: raw.depfile,
+        service: raw.service,
+        requires: raw.requires,
+    })
+}
+
+/// Every trigger names a pipeline that exists.
+fn check_trigger_targets(spec: &RawSpec, pipeline_index: &HashMap<&str, usize>) -> Result<()> {
+    let pipeline_names: Vec<&str> = spec.pipelines.iter().map(|p| p.name.as_str()).collect();
+    for p in &spec.pipelines {
+        for t in &p.triggers {
+            if !pipeline_index.contains_key(t.pipeline.as_str()) {
+                return Err(Error::UnknownTriggerTarget {
+                    location: t.location.clone(),
+                    pipeline: p.name.clone(),
+                    target: t.pipeline.clone(),
+                    suggestion: suggest::closest(&t.pipeline, pipeline_names.iter().copied()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A pipeline as the graph holds it, with its steps (`members`, indexes).
+fn resolve_pipeline(p: &crate::spec::RawPipeline, members: Vec<usize>) -> Pipeline {
+    let triggers = p
+        .triggers
+        .iter()
+        .map(|t| Trigger {
+            on: t.on,
+            pipeline: t.pipeline.clone(),
+            env: t.env.clone(),
+        })
+        .collect();
+    Pipeline {
+        name: p.name.clone(),
+        location: p.location.clone(),
+        desc: p.desc.clone(),
+        steps: members,
+        env: p.env.clone(),
+        triggers,
+        schedules: p.schedules.clone(),
+        retry_agent_lost: p.retry_agent_lost,
+        requires: p.requires.clone(),
+        default: p.default,
+        args: p.args.clone(),
     }
 }
 
