@@ -92,112 +92,129 @@ impl LuaStep {
             "args",
             lua.create_sequence_from(self.args.iter().map(String::as_str))?,
         )?;
-
-        let out = self.out.clone();
-        ctx.set(
-            "print",
-            lua.create_async_function(move |_, args: mlua::Variadic<Value>| {
-                let out = out.clone();
-                let text = args
-                    .iter()
-                    .map(|v| {
-                        v.to_string()
-                            .unwrap_or_else(|_| format!("<{}>", v.type_name()))
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\t");
-                async move {
-                    out.write(format!("{text}\n").into_bytes()).await;
-                    Ok(())
-                }
-            })?,
-        )?;
-
+        ctx.set("print", self.print_function(lua)?)?;
+        let commands = Commands {
+            dir: self.dir.clone(),
+            env: self.env.clone(),
+            args: self.args.clone(),
+            runner: self.runner.clone(),
+            out: self.out.clone(),
+            cancel: self.cancel.clone(),
+            grace: self.grace,
+            last_exit,
+        };
         for (name, shell) in [("sh", true), ("exec", false)] {
-            let out = self.out.clone();
-            let dir = self.dir.clone();
-            let env = self.env.clone();
-            let args = self.args.clone();
-            let runner = self.runner.clone();
-            let cancel = self.cancel.clone();
-            let grace = self.grace;
-            let last_exit = last_exit.clone();
+            let commands = commands.clone();
             let function =
                 lua.create_async_function(move |_, (cmd, opts): (Value, Option<Table>)| {
-                    let out = out.clone();
-                    let dir = dir.clone();
-                    let env = env.clone();
-                    let args = args.clone();
-                    let runner = runner.clone();
-                    let cancel = cancel.clone();
-                    let last_exit = last_exit.clone();
-                    async move {
-                        let command = match (shell, cmd) {
-                            (true, Value::String(s)) => Command::Shell(s.to_string_lossy()),
-                            (false, Value::Table(t)) => Command::Argv(
-                                t.sequence_values::<String>().collect::<mlua::Result<_>>()?,
-                            ),
-                            (true, other) => {
-                                return Ok((
-                                    None,
-                                    Some(format!(
-                                        "ctx.sh: expected a command string, got {}",
-                                        other.type_name()
-                                    )),
-                                ));
-                            }
-                            (false, other) => {
-                                return Ok((
-                                    None,
-                                    Some(format!(
-                                        "ctx.exec: expected an argv table, got {}",
-                                        other.type_name()
-                                    )),
-                                ));
-                            }
-                        };
-                        if let Command::Argv(argv) = &command
-                            && argv.is_empty()
-                        {
-                            return Ok((None, Some("ctx.exec: the argv table is empty".into())));
-                        }
-                        let check = match &opts {
-                            Some(o) => o.get::<Option<bool>>("check")?.unwrap_or(true),
-                            None => true,
-                        };
-                        out.command(command.to_string()).await;
-                        let exit = runner
-                            .run(crate::runner::CommandRun {
-                                command: &command,
-                                args: &args,
-                                dir: &dir,
-                                env: &env,
-                                output: &out,
-                                cancel: &cancel,
-                                grace,
-                            })
-                            .await;
-                        if exit == Exit::Canceled {
-                            return Ok((None, Some("canceled".into())));
-                        }
-                        if let Exit::NotFound(program) = &exit {
-                            out.write(
-                                format!("piper: command not found: {program}\n").into_bytes(),
-                            )
-                            .await;
-                        }
-                        let code = exit.code();
-                        if check && !exit.success() {
-                            *last_exit.lock().unwrap() = code;
-                            let message = format!("`{command}` {}", exit.describe());
-                            return Ok((code, Some(message)));
-                        }
-                        Ok((code, None))
-                    }
+                    commands.clone().run(shell, cmd, opts)
                 })?;
             ctx.set(name, raise_at_caller(lua, function)?)?;
         }
         Ok(ctx)
+    }
+
+    /// `ctx.print(...)`: its values, tab-separated, as a line of output.
+    fn print_function(&self, lua: &Lua) -> mlua::Result<Function> {
+        let out = self.out.clone();
+        lua.create_async_function(move |_, args: mlua::Variadic<Value>| {
+            let out = out.clone();
+            let text = args
+                .iter()
+                .map(|v| {
+                    v.to_string()
+                        .unwrap_or_else(|_| format!("<{}>", v.type_name()))
+                })
+                .collect::<Vec<_>>()
+                .join("\t");
+            async move {
+                out.write(format!("{text}\n").into_bytes()).await;
+                Ok(())
+            }
+        })
+    }
+}
+
+/// What `ctx.sh` and `ctx.exec` run their commands with: the step's.
+#[derive(Clone)]
+struct Commands {
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+    args: std::sync::Arc<[String]>,
+    runner: std::sync::Arc<dyn crate::runner::Runner>,
+    out: OutputSink,
+    cancel: CancellationToken,
+    grace: Duration,
+    /// The exit code of the last failing checked command: the step's.
+    last_exit: Arc<Mutex<Option<i32>>>,
+}
+
+impl Commands {
+    /// Runs `cmd` (a shell string, or an argv table for `ctx.exec`) and
+    /// answers `(exit code, error)`; with `check` (the default) a failure
+    /// is an error, which `raise_at_caller` raises at the Lua caller.
+    async fn run(
+        self,
+        shell: bool,
+        cmd: Value,
+        opts: Option<Table>,
+    ) -> mlua::Result<(Option<i32>, Option<String>)> {
+        let command = match (shell, cmd) {
+            (true, Value::String(s)) => Command::Shell(s.to_string_lossy()),
+            (false, Value::Table(t)) => {
+                Command::Argv(t.sequence_values::<String>().collect::<mlua::Result<_>>()?)
+            }
+            (true, other) => {
+                let message = format!(
+                    "ctx.sh: expected a command string, got {}",
+                    other.type_name()
+                );
+                return Ok((None, Some(message)));
+            }
+            (false, other) => {
+                let message = format!(
+                    "ctx.exec: expected an argv table, got {}",
+                    other.type_name()
+                );
+                return Ok((None, Some(message)));
+            }
+        };
+        if let Command::Argv(argv) = &command
+            && argv.is_empty()
+        {
+            return Ok((None, Some("ctx.exec: the argv table is empty".into())));
+        }
+        let check = match &opts {
+            Some(o) => o.get::<Option<bool>>("check")?.unwrap_or(true),
+            None => true,
+        };
+        self.out.command(command.to_string()).await;
+        let exit = self
+            .runner
+            .run(crate::runner::CommandRun {
+                command: &command,
+                args: &self.args,
+                dir: &self.dir,
+                env: &self.env,
+                output: &self.out,
+                cancel: &self.cancel,
+                grace: self.grace,
+            })
+            .await;
+        if exit == Exit::Canceled {
+            return Ok((None, Some("canceled".into())));
+        }
+        if let Exit::NotFound(program) = &exit {
+            let line = format!("piper: command not found: {program}\n");
+            self.out.write(line.into_bytes()).await;
+        }
+        let code = exit.code();
+        if check && !exit.success() {
+            *self.last_exit.lock().unwrap() = code;
+            let message = format!("`{command}` {}", exit.describe());
+            return Ok((code, Some(message)));
+        }
+        Ok((code, None))
     }
 }
 
