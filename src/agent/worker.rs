@@ -14,15 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::escaped::Escaped;
 use super::fence::Fence;
-use super::git::{GitLimits, git};
 use super::held::Held;
 use super::log_writer::{LogWriter, Redactor, with_retry};
 use super::recorder::{Recorder, end_attempt, release};
 use super::settings::AgentSettings;
 use super::store::{Build, BuildState, Holder, Renewal, Store};
 use crate::executor::Options;
-use crate::graph::Graph;
-use crate::project::{CONFIG_FILE, Project};
+use crate::graph::{Graph, Plan};
 
 pub struct Agent {
     pub store: Store,
@@ -167,22 +165,13 @@ impl Agent {
         }
     }
 
-    fn repo_lock(&self, cache: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn repo_lock(&self, cache: &Path) -> Arc<tokio::sync::Mutex<()>> {
         self.git_locks
             .lock()
             .unwrap()
             .entry(cache.to_path_buf())
             .or_default()
             .clone()
-    }
-
-    /// Limits for git work on behalf of `cancel`'s owner.
-    pub fn git_limits<'a>(&self, cancel: &'a CancellationToken) -> GitLimits<'a> {
-        GitLimits {
-            timeout: self.git_timeout,
-            cancel,
-            protocols: self.git_protocols,
-        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -431,68 +420,26 @@ impl Agent {
         run: u64,
         log: &mut LogWriter,
     ) -> Result<(), String> {
-        // A build that names its commit (a git host's push) builds exactly
-        // that, even if the branch moved on since.
-        let (sha, version) = self
-            .checkout_ref(
-                &build.repo,
-                build.sha.as_deref().unwrap_or(&build.git_ref),
-                workspace,
-                self.git_limits(token),
-            )
-            .await?;
-        let held = with_retry("recording the build's commit", &self.abandon, || {
-            self.store
-                .set_revision(build.id, build.attempt, &sha, version.as_deref())
-        })
-        .await?;
-        if !held {
-            token.cancel();
-            return Err("this agent no longer holds the build (it was rescued or ended)".into());
+        let (sha, version, project) = self.checkout_project(build, workspace, token).await?;
+        // Requirements are known now: an agent without them gives the build
+        // back, and only agents that have them will claim it.
+        let plan = project.graph().plan(std::slice::from_ref(&build.pipeline));
+        if let Ok(plan) = plan
+            && self.lacks_requirements(build, &plan).await?
+        {
+            return Ok(());
         }
         let checked_out = format!(
             "piper: {} at {sha} ({})\n",
             build.repo,
             version.as_deref().unwrap_or("no version")
         );
-        let config = workspace.join(CONFIG_FILE);
-        if !config.is_file() {
-            return Err(format!(
-                "no {CONFIG_FILE} at the root of {} at {sha}",
-                build.repo
-            ));
-        }
-        let project = Project {
-            root: workspace.to_path_buf(),
-            config,
-            host: Default::default(),
-        };
-        // Through the embedding API, as `piper exec` does; evaluated every
-        // time (a workspace is new for each build: nothing to cache).
-        let engine = crate::Engine::new().with_config_cache(false);
-        let project = tokio::task::spawn_blocking(move || engine.load_located(project))
-            .await
-            .map_err(|e| format!("internal: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let graph = project.graph().clone();
-        // Requirements are known now: an agent without them gives the build
-        // back, and only agents that have them will claim it.
-        if let Ok(plan) = graph.plan(std::slice::from_ref(&build.pipeline)) {
-            let missing = Graph::missing_labels(&plan, &self.labels);
-            if !missing.is_empty() {
-                tracing::info!(build = build.id, missing = %Escaped(&missing.join(",")), "build needs labels this agent lacks: back to the queue");
-                with_retry("giving the build back", &self.abandon, || {
-                    self.store.unclaim(build.id, build.attempt, &plan.requires)
-                })
-                .await?;
-                return Ok(());
-            }
-        }
         log.write(build.id, "", checked_out.as_bytes()).await;
         // The pipeline says whether it may run again after an agent died
         // (a deploy may not); until it is read, the answer is no.
-        if let Some(pipeline) = graph.pipelines.get(&build.pipeline) {
-            let max_attempts = i64::from(pipeline.retry_agent_lost) + 1;
+        let retries = (project.graph().pipelines.get(&build.pipeline)).map(|p| p.retry_agent_lost);
+        if let Some(retries) = retries {
+            let max_attempts = i64::from(retries) + 1;
             let _ = with_retry("recording the build's attempts", &self.abandon, || {
                 self.store.set_max_attempts(build.id, max_attempts)
             })
@@ -503,7 +450,49 @@ impl Agent {
             args: build.args.clone().into(),
             ..Options::default()
         };
-        let mut recorder = Recorder {
+        let mut recorder = self.recorder(build, token, run, (sha, version), log);
+        let targets = vec![build.pipeline.clone()];
+        let mut run = project.start_with(targets, options.into(), token.clone());
+        while let Some(event) = run.next_event().await {
+            recorder.on(event).await;
+        }
+        recorder.log.finish_all().await;
+        *log = recorder.log;
+        run.wait().await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Whether this agent lacks labels the plan requires; if so the build
+    /// went back to the queue.
+    async fn lacks_requirements(&self, build: &Build, plan: &Plan) -> Result<bool, String> {
+        let missing = Graph::missing_labels(plan, &self.labels);
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        tracing::info!(build = build.id, missing = %Escaped(&missing.join(",")), "build needs labels this agent lacks: back to the queue");
+        with_retry("giving the build back", &self.abandon, || {
+            self.store.unclaim(build.id, build.attempt, &plan.requires)
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// What records a run of `build`: it takes over `log` (left with a
+    /// fresh writer, given back when the run ends).
+    fn recorder(
+        &self,
+        build: &Build,
+        token: &CancellationToken,
+        run: u64,
+        (sha, version): (String, Option<String>),
+        log: &mut LogWriter,
+    ) -> Recorder {
+        let fresh = LogWriter::new(
+            self.store.clone(),
+            self.abandon.clone(),
+            Redactor::default(),
+            token.clone(),
+        );
+        Recorder {
             store: self.store.clone(),
             abandon: self.abandon.clone(),
             fence: self.fence.clone(),
@@ -518,25 +507,8 @@ impl Agent {
             ids: HashMap::new(),
             positions: HashMap::new(),
             observer: super::metrics::RunObserver::new(self.metrics.clone()),
-            log: std::mem::replace(
-                log,
-                LogWriter::new(
-                    self.store.clone(),
-                    self.abandon.clone(),
-                    Redactor::default(),
-                    token.clone(),
-                ),
-            ),
-        };
-        drop(graph);
-        let targets = vec![build.pipeline.clone()];
-        let mut run = project.start_with(targets, options.into(), token.clone());
-        while let Some(event) = run.next_event().await {
-            recorder.on(event).await;
+            log: std::mem::replace(log, fresh),
         }
-        recorder.log.finish_all().await;
-        *log = recorder.log;
-        run.wait().await.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// What the steps of a build see besides their own variables: the
@@ -549,144 +521,5 @@ impl Agent {
         }
         env.extend(build.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
-    }
-
-    fn cache_dir(&self, repo: &str) -> PathBuf {
-        self.data
-            .join("repos")
-            .join(&blake3::hash(repo.as_bytes()).to_hex()[..16])
-    }
-
-    /// Fetches `repo` into its cache (one mirror per repository) and
-    /// resolves `git_ref` to a commit.
-    pub async fn resolve(
-        &self,
-        repo: &str,
-        git_ref: &str,
-        limits: GitLimits<'_>,
-    ) -> Result<String, String> {
-        let cache = self.cache_dir(repo);
-        let lock = self.repo_lock(&cache);
-        let _guard = tokio::select! {
-            guard = lock.lock() => guard,
-            _ = limits.cancel.cancelled() => return Err("canceled".into()),
-        };
-        // Commits sent over the API: cloned from the bundle, a file of the
-        // agent's own (the one `file` fetch allowed whatever the policy).
-        let (repo, limits) = match super::allow_list::bundle_digest(repo) {
-            Some(digest) => {
-                let file = self.bundle_file(digest).await?;
-                let limits = GitLimits {
-                    protocols: "file",
-                    ..limits
-                };
-                (file.to_string_lossy().into_owned(), limits)
-            }
-            None => (repo.to_string(), limits),
-        };
-        let repo = repo.as_str();
-        if cache.join("HEAD").exists() {
-            git(&cache, &["fetch", "--quiet", "--prune", "origin"], limits)
-                .await
-                .map_err(|e| format!("cannot fetch {repo}: {e}"))?;
-        } else {
-            let parent = cache.parent().unwrap_or(Path::new("."));
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| e.to_string())?;
-            let cache_text = cache.to_string_lossy().into_owned();
-            // `--`: a repository never becomes an option of git.
-            git(
-                parent,
-                &["clone", "--quiet", "--mirror", "--", repo, &cache_text],
-                limits,
-            )
-            .await
-            .map_err(|e| format!("cannot clone {repo}: {e}"))?;
-        }
-        let spec = format!("{git_ref}^{{commit}}");
-        git(
-            &cache,
-            &[
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                "--end-of-options",
-                &spec,
-            ],
-            limits,
-        )
-        .await
-        .map_err(|_| format!("ref `{git_ref}` does not exist in {repo}"))
-    }
-
-    /// The bundle `digest` as a file in the data directory, written from
-    /// the database the first time.
-    async fn bundle_file(&self, digest: &str) -> Result<PathBuf, String> {
-        let file = self.data.join("bundles").join(format!("{digest}.bundle"));
-        if file.is_file() {
-            return Ok(file);
-        }
-        let data = with_retry("reading a bundle", &self.abandon, || {
-            self.store.bundle(digest)
-        })
-        .await?
-        .ok_or_else(|| {
-            format!("the commits sent as bundle {digest} are no longer kept (pruned): submit again")
-        })?;
-        let dir = self.data.join("bundles");
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        crate::fsutil::write_atomic(&file, &data)
-            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-        Ok(file)
-    }
-
-    /// Fetches `repo`, checks `git_ref` out into `workspace`; returns the
-    /// commit and its `git describe`.
-    pub async fn checkout_ref(
-        &self,
-        repo: &str,
-        git_ref: &str,
-        workspace: &Path,
-        limits: GitLimits<'_>,
-    ) -> Result<(String, Option<String>), String> {
-        let sha = self.resolve(repo, git_ref, limits).await?;
-        let cache = self.cache_dir(repo);
-        self.release_workspace(repo, workspace).await;
-        tokio::fs::create_dir_all(workspace.parent().unwrap_or(Path::new(".")))
-            .await
-            .map_err(|e| e.to_string())?;
-        let ws_text = workspace.to_string_lossy().into_owned();
-        // One process for the checkout (a worktree of the mirror, sharing its
-        // objects), and the version computed beside it: pickup latency is
-        // mostly git processes.
-        let add_args = [
-            "worktree", "add", "--quiet", "--detach", "--force", &ws_text, &sha,
-        ];
-        let describe_args = ["describe", "--tags", "--always", &sha];
-        // Adding a worktree and pruning stale ones must not interleave.
-        let (added, version) = {
-            let lock = self.repo_lock(&cache);
-            let _guard = lock.lock().await;
-            tokio::join!(
-                git(&cache, &add_args, limits),
-                git(&cache, &describe_args, limits)
-            )
-        };
-        added.map_err(|e| format!("cannot check out {sha}: {e}"))?;
-        Ok((sha, version.ok()))
-    }
-
-    /// Removes a workspace and forgets it in the repository's cache.
-    pub async fn release_workspace(&self, repo: &str, workspace: &Path) {
-        if tokio::fs::remove_dir_all(workspace).await.is_ok() {
-            let cache = self.cache_dir(repo);
-            let lock = self.repo_lock(&cache);
-            let _guard = lock.lock().await;
-            let never = CancellationToken::new();
-            let _ = git(&cache, &["worktree", "prune"], self.git_limits(&never)).await;
-        }
     }
 }
