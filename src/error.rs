@@ -1,6 +1,7 @@
-//! Every error Piper reports before a build starts (finding, evaluating and
-//! validating `piper.lua`, reading the command line), with one `Display` that
-//! writes the message a person reads and one `exit_code` that scripts read.
+//! Every error the engine reports before a build starts (finding, evaluating
+//! and validating `piper.lua`, a setting, an I/O failure), with one `Display`
+//! that writes the message a person reads and one `exit_code` that scripts
+//! read. The hosts wrap it in errors of their own (`cli/error.rs`).
 //!
 //! Failures *during* a build are not errors in this sense: they are step
 //! results carried by events (see `event.rs`).
@@ -20,10 +21,10 @@ pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit status for an internal or I/O failure of Piper itself.
 pub const EXIT_INTERNAL: i32 = 1;
 
-/// Why Piper could not do what it was asked (before a build starts, or
-/// reaching piperd): its `Display` is the message a person reads, naming
-/// the problem and where (`piper.lua:12: ...`); [`Error::exit_code`] is
-/// what `piper` exits with.
+/// Why the engine could not load or start what it was asked: its
+/// `Display` is the message a person reads, naming the problem and where
+/// (`piper.lua:12: ...`); [`Error::exit_code`] is what `piper` exits with;
+/// an I/O failure keeps its cause as `source()`.
 #[derive(Debug)]
 #[non_exhaustive]
 // The fields are named for what they hold; the message is `Display`.
@@ -95,23 +96,14 @@ pub enum Error {
         suggestion: Option<String>,
         pipelines: Vec<String>,
     },
-    /// `piper init` would overwrite an existing file.
-    InitExists { path: PathBuf },
-    /// `--env` without `=`.
-    BadEnvOverride { value: String },
-    /// An environment variable that configures piper has a bad value.
+    /// An environment variable or flag that configures piper has a bad
+    /// value.
     Setting { name: String, message: String },
+    /// Reading or writing a file (or starting a thread) failed.
     Io {
         context: String,
         source: std::io::Error,
     },
-    /// piperd could not be reached, or refused a request.
-    Remote { message: String },
-    /// `piper submit` without `--repo` outside a git repository.
-    NotARepository { dir: PathBuf },
-    /// `piper exec --from-build`: the build cannot be run here (its commit
-    /// is not in this clone and cannot be fetched, say).
-    CannotReproduce { build: i64, message: String },
 }
 
 impl Error {
@@ -119,7 +111,7 @@ impl Error {
     /// error, 1 for an I/O or internal one.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Io { .. } | Error::Remote { .. } => EXIT_INTERNAL,
+            Error::Io { .. } => EXIT_INTERNAL,
             _ => EXIT_CONFIG,
         }
     }
@@ -249,29 +241,20 @@ impl fmt::Display for Error {
                 did_you_mean(f, suggestion)?;
                 listing(f, "pipelines", pipelines)
             }
-            Error::InitExists { path } => write!(
-                f,
-                "{} already exists; refusing to overwrite it",
-                path.display()
-            ),
-            Error::BadEnvOverride { value } => write!(f, "--env expects KEY=VALUE, got `{value}`"),
             Error::Setting { name, message } => write!(f, "{name}: {message}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
-            Error::Remote { message } => write!(f, "{message}"),
-            Error::NotARepository { dir } => write!(
-                f,
-                "{} is not in a git repository: an agent builds commits of a repository\n  \
-                 commit the project with git first, or name a repository with --repo URL",
-                dir.display()
-            ),
-            Error::CannotReproduce { build, message } => {
-                write!(f, "cannot reproduce build {build}: {message}")
-            }
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// A result whose error is Piper's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -642,3 +642,18 @@ fn what_a_change_asks_of_an_unknown_target_is_an_error() {
     assert!(err.to_string().contains("biuld"), "{err}");
     assert!(project.affected_by(&["build"], &[]).is_ok());
 }
+
+/// Issue 29: the engine's errors are its own (the CLI's usage errors and
+/// piperd's are the hosts'), and one that comes from the system keeps its
+/// cause as `source()`, as a library's errors do: a host can walk the
+/// chain, or match the `io::ErrorKind`.
+#[test]
+fn an_io_error_of_the_engine_keeps_its_cause() {
+    let cause = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+    let error = piper::Error::io("cannot read piper.lua", cause);
+    let source = std::error::Error::source(&error).expect("the cause is kept");
+    let io = source.downcast_ref::<std::io::Error>().unwrap();
+    assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+    assert_eq!(error.to_string(), "cannot read piper.lua: denied");
+    assert_eq!(error.exit_code(), 1);
+}

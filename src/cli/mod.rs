@@ -8,6 +8,7 @@
 
 pub(crate) mod args;
 pub(crate) mod client;
+pub(crate) mod error;
 pub(crate) mod export;
 pub(crate) mod git;
 pub(crate) mod render;
@@ -29,8 +30,9 @@ use self::args::{
 };
 use self::render::{JsonLines, Render, Terminal};
 use self::watch::WatchOptions;
+use crate::cli::error::{Error, Result};
 use crate::config_cache;
-use crate::error::{EXIT_INTERNAL, Error, Result};
+use crate::error::EXIT_INTERNAL;
 use crate::event;
 use crate::executor::{Force, Options};
 use crate::graph::Graph;
@@ -176,7 +178,7 @@ fn exec_options(graph: &Graph, args: &ExecArgs) -> Result<Options> {
         Some(names) => {
             for name in names {
                 if graph.step(name).is_none() {
-                    return Err(Error::UnknownTarget {
+                    return Err(crate::Error::UnknownTarget {
                         name: name.clone(),
                         suggestion: crate::suggest::closest(
                             name,
@@ -184,7 +186,8 @@ fn exec_options(graph: &Graph, args: &ExecArgs) -> Result<Options> {
                         ),
                         pipelines: Vec::new(),
                         steps: graph.step_names(),
-                    });
+                    }
+                    .into());
                 }
             }
             Force::Steps(names.clone())
@@ -194,10 +197,8 @@ fn exec_options(graph: &Graph, args: &ExecArgs) -> Result<Options> {
         options.jobs = jobs as usize;
     }
     if let Ok(grace) = std::env::var("PIPER_KILL_GRACE") {
-        options.kill_grace = crate::duration::parse(&grace).map_err(|message| Error::Setting {
-            name: "PIPER_KILL_GRACE".into(),
-            message,
-        })?;
+        options.kill_grace = crate::duration::parse(&grace)
+            .map_err(|message| Error::setting("PIPER_KILL_GRACE", message))?;
     }
     Ok(options)
 }
@@ -340,10 +341,10 @@ fn exec_project(
 
 fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32> {
     if args.exec.from_build.is_some() {
-        return Err(Error::Setting {
-            name: "--from-build".into(),
-            message: "is for `piper exec`: `piper watch` runs the files in front of you".into(),
-        });
+        return Err(Error::setting(
+            "--from-build",
+            "is for `piper exec`: `piper watch` runs the files in front of you",
+        ));
     }
     let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
     // A config that does not evaluate at start is an error; later broken

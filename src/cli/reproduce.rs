@@ -14,7 +14,7 @@ use indexmap::IndexMap;
 
 use crate::agent::store::{AgentInfo, Build};
 use crate::cli::args::Connection;
-use crate::error::{Error, Result};
+use crate::cli::error::{Error, Result};
 
 /// A build made ready to run here.
 #[derive(Debug)]

@@ -32,7 +32,8 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{EXIT_INTERRUPTED, Error, Result};
+use crate::cli::error::{Error, Result};
+use crate::error::EXIT_INTERRUPTED;
 use crate::event::{Event, EventSender};
 use crate::{Affected, Change, Engine, Outcome, Project, Run, RunOptions};
 
@@ -45,7 +46,7 @@ pub struct WatchOptions {
 }
 
 /// A run in progress: its task (which forwards its events) and how to stop it.
-type Running = (JoinHandle<Result<Outcome>>, CancellationToken);
+type Running = (JoinHandle<crate::Result<Outcome>>, CancellationToken);
 
 /// Watches until interrupted; returns the exit status (130). `project` is
 /// the config as loaded at start, so it is not evaluated twice. Uses only
@@ -250,7 +251,7 @@ impl Services {
 /// The build after `finished` (which may have failed to plan: then the
 /// error is reported and numbering goes on).
 async fn next_build_number(
-    finished: std::result::Result<Result<Outcome>, tokio::task::JoinError>,
+    finished: std::result::Result<crate::Result<Outcome>, tokio::task::JoinError>,
     current: u32,
     events: &EventSender,
 ) -> u32 {

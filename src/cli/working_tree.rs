@@ -13,7 +13,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::cli::error::{Error, Result};
 
 /// Where working-tree commits are kept in the project's repository.
 pub const REF_PREFIX: &str = "refs/piper/working-tree/";

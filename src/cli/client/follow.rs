@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::agent::api::{BuildDetail, BuildList, BuildState, StreamItem, StreamPage};
 
-use crate::error::{EXIT_INTERRUPTED, Result};
+use crate::cli::error::Result;
+use crate::error::EXIT_INTERRUPTED;
 
 use super::http::*;
 

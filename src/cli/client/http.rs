@@ -5,7 +5,7 @@
 use crate::agent::api::ErrorBody;
 
 use crate::cli::args::Connection;
-use crate::error::{Error, Result};
+use crate::cli::error::{Error, Result};
 
 pub(super) struct Client {
     pub(super) http: reqwest::Client,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::agent::api::{AgentList, Build, BuildDetail, BuildList, BuildRequest, BuildSummary};
 
 use crate::cli::args::{BuildsArgs, Connection, LogsArgs, OneBuildArgs, RemoteArgs, SubmitArgs};
-use crate::error::{Error, Result};
+use crate::cli::error::{Error, Result};
 
 mod follow;
 mod http;

@@ -1,7 +1,7 @@
 //! `--send`: the commit (or the working tree) as a git bundle sent to the
 //! agent, for an agent on another machine.
 
-use crate::error::{Error, Result};
+use crate::cli::error::{Error, Result};
 
 use super::http::*;
 
