@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::file_stamp::{FileStamp, now_ns, stamp_file};
 use crate::graph::Graph;
-use crate::project::Project;
+use crate::project::Located;
 use crate::recording::{ConfigReads, Input};
 use crate::root_dir::RootDir;
 use crate::state::State;
@@ -48,7 +48,7 @@ struct Key {
 }
 
 impl Key {
-    fn of(project: &Project) -> Key {
+    fn of(project: &Located) -> Key {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
         // The embedded stdlib, digested at build time (build.rs).
@@ -145,13 +145,13 @@ pub enum Mode {
 /// The graph of `project`: from the cache when every recorded input is
 /// unchanged, else evaluated (and the cache rewritten).
 #[cfg(feature = "cli")]
-pub fn load(project: &Project, mode: Mode) -> Result<(Graph, Evaluation)> {
+pub fn load(project: &Located, mode: Mode) -> Result<(Graph, Evaluation)> {
     load_with_reads(project, mode).map(|(graph, evaluation, _)| (graph, evaluation))
 }
 
 /// As [`load`], with what the evaluation read (the recorded inputs), for a
 /// host that watches them.
-pub fn load_with_reads(project: &Project, mode: Mode) -> Result<(Graph, Evaluation, ConfigReads)> {
+pub fn load_with_reads(project: &Located, mode: Mode) -> Result<(Graph, Evaluation, ConfigReads)> {
     let path = State::dir(&project.root).join(FILE);
     let key = Key::of(project);
     let mut warning = None;

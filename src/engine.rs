@@ -104,7 +104,7 @@ impl Engine {
     /// recorded. From async code, call it in
     /// [`spawn_blocking`](tokio::task::spawn_blocking), as piperd does.
     pub fn load(&self, dir: impl AsRef<Path>) -> Result<Project> {
-        let project = crate::project::Project::locate(dir.as_ref(), None)?;
+        let project = crate::project::Located::locate(dir.as_ref(), None)?;
         self.load_located(project)
     }
 
@@ -113,12 +113,12 @@ impl Engine {
     pub fn load_file(&self, file: impl AsRef<Path>) -> Result<Project> {
         let cwd = std::env::current_dir()
             .map_err(|e| crate::Error::io("cannot read the current directory", e))?;
-        let project = crate::project::Project::locate(&cwd, Some(file.as_ref()))?;
+        let project = crate::project::Located::locate(&cwd, Some(file.as_ref()))?;
         self.load_located(project)
     }
 
     /// A project found by the CLI's own rules (`-C`, `-f`).
-    pub(crate) fn load_located(&self, mut project: crate::project::Project) -> Result<Project> {
+    pub(crate) fn load_located(&self, mut project: crate::project::Located) -> Result<Project> {
         project.host = self.host.clone();
         let located = project.clone();
         let mode = if self.config_cache {
@@ -153,7 +153,7 @@ pub struct Project {
     reads: Arc<crate::recording::ConfigReads>,
     runner: SharedRunner,
     /// Where it was found, to load it again.
-    located: crate::project::Project,
+    located: crate::project::Located,
 }
 
 /// A pipeline, as `piper list` shows it.

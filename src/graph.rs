@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::lazy_lua::LazyLua;
 use crate::location::Location;
-use crate::project::Project;
+use crate::project::Located;
 use crate::spec::{Condition, Member, RawSpec, Run, TriggerOn};
 use crate::suggest;
 
@@ -123,7 +123,7 @@ pub struct PlannedStep {
 impl Graph {
     /// Evaluates the project's config (no cache; see `config_cache.rs`).
     #[cfg(feature = "cli")]
-    pub fn load(project: &Project) -> Result<Graph> {
+    pub fn load(project: &Located) -> Result<Graph> {
         let (lua, spec) = crate::lua::evaluate(project)?;
         let mut graph = Graph::validate(project, spec, lua)?;
         graph.files.insert(0, project.config.clone());
@@ -131,14 +131,14 @@ impl Graph {
     }
 
     /// As [`Graph::load`], with what the evaluation read.
-    pub fn load_recorded(project: &Project) -> Result<(Graph, crate::recording::Recording)> {
+    pub fn load_recorded(project: &Located) -> Result<(Graph, crate::recording::Recording)> {
         let (lua, spec, recording) = crate::lua::evaluate_recorded(project)?;
         let mut graph = Graph::validate(project, spec, lua)?;
         graph.files.insert(0, project.config.clone());
         Ok((graph, recording))
     }
 
-    pub fn validate(project: &Project, mut spec: RawSpec, lua: Lua) -> Result<Graph> {
+    pub fn validate(project: &Located, mut spec: RawSpec, lua: Lua) -> Result<Graph> {
         let index = index_unique("step", &spec.steps, |s| &s.name, |s| &s.location)?;
         let step_names: Vec<String> = spec.steps.iter().map(|s| s.name.clone()).collect();
         let mut steps = Vec::with_capacity(spec.steps.len());
@@ -192,7 +192,7 @@ impl Graph {
 
     /// A graph read back from the configuration cache: the name index is
     /// rebuilt, and the Lua state is created from `project` on first need.
-    pub fn revive(mut self, project: &Project) -> Graph {
+    pub fn revive(mut self, project: &Located) -> Graph {
         self.index = (self.steps.iter().enumerate())
             .map(|(i, s)| (s.name.clone(), i))
             .collect();
@@ -366,7 +366,7 @@ fn index_unique<T>(
 /// A step as the graph holds it: dependencies by index (each once), its
 /// directory and outputs resolved under the project's root.
 fn resolve_step(
-    project: &Project,
+    project: &Located,
     raw: crate::spec::RawStep,
     index: &HashMap<String, usize>,
     step_names: &[String],

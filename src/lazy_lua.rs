@@ -9,12 +9,12 @@ use std::sync::OnceLock;
 
 use mlua::{Function, Lua};
 
-use crate::project::Project;
+use crate::project::Located;
 use crate::spec::StepFunctions;
 
 pub struct LazyLua {
     /// The project to evaluate on first need (a cached graph), else None.
-    project: Option<Project>,
+    project: Option<Located>,
     /// Step names in graph order: a deferred evaluation must define the
     /// same steps, or the cached graph no longer describes the config.
     names: Vec<String>,
@@ -47,7 +47,7 @@ impl LazyLua {
     }
 
     /// A state created from `project` when a function is first asked for.
-    pub fn deferred(project: Project, names: Vec<String>) -> LazyLua {
+    pub fn deferred(project: Located, names: Vec<String>) -> LazyLua {
         LazyLua {
             project: Some(project),
             names,

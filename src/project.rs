@@ -10,8 +10,11 @@ use crate::error::{Error, Result};
 
 pub const CONFIG_FILE: &str = "piper.lua";
 
+/// Where a project is: its root, its config file and the host's Lua
+/// modules; found, not loaded (the engine's [`crate::Project`] is a loaded
+/// one).
 #[derive(Debug, Clone)]
-pub struct Project {
+pub struct Located {
     /// Directory holding the config; steps run here unless they set `dir`.
     pub root: PathBuf,
     /// The config file itself.
@@ -20,10 +23,10 @@ pub struct Project {
     pub host: crate::host::HostModules,
 }
 
-impl Project {
+impl Located {
     /// `-f FILE` wins; otherwise walk up from `start` (the `-C DIR` or the
     /// current directory) until a `piper.lua` is found.
-    pub fn locate(start: &Path, file: Option<&Path>) -> Result<Project> {
+    pub fn locate(start: &Path, file: Option<&Path>) -> Result<Located> {
         if let Some(file) = file {
             let config = if file.is_absolute() {
                 file.to_path_buf()
@@ -38,7 +41,7 @@ impl Project {
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from("/"));
-            return Ok(Project {
+            return Ok(Located {
                 root,
                 config,
                 host: Default::default(),
@@ -50,7 +53,7 @@ impl Project {
             let candidate = dir.join(CONFIG_FILE);
             searched.push(dir.to_path_buf());
             if candidate.is_file() {
-                return Ok(Project {
+                return Ok(Located {
                     root: dir.to_path_buf(),
                     config: candidate,
                     host: Default::default(),
@@ -85,7 +88,7 @@ mod tests {
         std::fs::write(root.join(CONFIG_FILE), "").unwrap();
         let deep = root.join("a/b");
         std::fs::create_dir_all(&deep).unwrap();
-        let project = Project::locate(&deep, None).unwrap();
+        let project = Located::locate(&deep, None).unwrap();
         assert_eq!(project.root, root);
         assert_eq!(project.config_display_name(), "piper.lua");
     }
@@ -93,7 +96,7 @@ mod tests {
     #[test]
     fn says_where_it_looked() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = Project::locate(tmp.path(), None).unwrap_err().to_string();
+        let err = Located::locate(tmp.path(), None).unwrap_err().to_string();
         assert!(err.contains("no piper.lua found"), "{err}");
         assert!(err.contains("piper init"), "{err}");
     }

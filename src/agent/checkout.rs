@@ -12,7 +12,7 @@ use super::git::{GitLimits, git};
 use super::log_writer::with_retry;
 use super::store::Build;
 use super::worker::Agent;
-use crate::project::{CONFIG_FILE, Project};
+use crate::project::{CONFIG_FILE, Located};
 
 impl Agent {
     /// Limits for git work on behalf of `cancel`'s owner.
@@ -208,7 +208,7 @@ impl Agent {
         if !config.is_file() {
             return Err(format!("no {CONFIG_FILE} at the root of {repo} at {sha}"));
         }
-        let project = Project {
+        let project = Located {
             root: workspace.to_path_buf(),
             config,
             host: Default::default(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::store::{BuildState, NewBuild};
 use super::worker::Agent;
 use crate::cron::{Schedule, UnixMinute, this_minute};
-use crate::project::{CONFIG_FILE, Project};
+use crate::project::{CONFIG_FILE, Located};
 
 /// A repository's scheduled pipelines, as of one commit.
 struct Known {
@@ -171,7 +171,7 @@ async fn refresh(
         .join(&blake3::hash(repo.as_bytes()).to_hex()[..16]);
     let result = async {
         agent.checkout_ref(repo, &sha, &workspace, limits).await?;
-        let project = Project {
+        let project = Located {
             root: workspace.clone(),
             config: workspace.join(CONFIG_FILE),
             host: Default::default(),

@@ -427,7 +427,7 @@ fn argument_candidates() -> Vec<CompletionCandidate> {
 /// cache: a key press should not evaluate the config.
 fn completion_graph() -> Option<crate::graph::Graph> {
     let cwd = std::env::current_dir().ok()?;
-    let project = crate::project::Project::locate(&cwd, None).ok()?;
+    let project = crate::project::Located::locate(&cwd, None).ok()?;
     let mode = crate::config_cache::Mode::Use;
     crate::config_cache::load(&project, mode)
         .ok()

@@ -36,7 +36,7 @@ use crate::error::EXIT_INTERNAL;
 use crate::event;
 use crate::executor::{Force, Options};
 use crate::graph::Graph;
-use crate::project::{CONFIG_FILE, Project};
+use crate::project::{CONFIG_FILE, Located};
 
 /// The starter config written by `piper init`.
 const INIT_TEMPLATE: &str = include_str!("../../examples/hello/piper.lua");
@@ -114,7 +114,7 @@ fn start_dir(cli: &Cli) -> Result<PathBuf> {
 
 /// The graph, from the configuration cache unless `--no-config-cache`.
 fn load(cli: &Cli) -> Result<Graph> {
-    let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
+    let project = Located::locate(&start_dir(cli)?, cli.file.as_deref())?;
     Ok(config_cache::load(&project, config_mode(cli))?.0)
 }
 
@@ -235,7 +235,7 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<i32> {
     if let Some(id) = args.from_build {
         return exec_from_build(cli, args, id);
     }
-    let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
+    let project = Located::locate(&start_dir(cli)?, cli.file.as_deref())?;
     exec_project(cli, args, &project, IndexMap::new())
 }
 
@@ -253,7 +253,7 @@ fn exec_from_build(cli: &Cli, args: &ExecArgs, id: i64) -> Result<i32> {
     for line in &build.differences {
         eprintln!("piper: not as on the agent: {line}");
     }
-    let project = Project::locate(&build.dir, None)?;
+    let project = Located::locate(&build.dir, None)?;
     let mut args = args.clone();
     if args.targets.is_empty() {
         args.targets = vec![build.pipeline.clone()];
@@ -270,7 +270,7 @@ fn exec_from_build(cli: &Cli, args: &ExecArgs, id: i64) -> Result<i32> {
 fn exec_project(
     cli: &Cli,
     args: &ExecArgs,
-    project: &Project,
+    project: &Located,
     base_env: IndexMap<String, String>,
 ) -> Result<i32> {
     let loaded = engine(cli).load_located(project.clone())?;
@@ -346,7 +346,7 @@ fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32> {
             "is for `piper exec`: `piper watch` runs the files in front of you",
         ));
     }
-    let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
+    let project = Located::locate(&start_dir(cli)?, cli.file.as_deref())?;
     // A config that does not evaluate at start is an error; later broken
     // edits are reported and watched past.
     let engine = engine(cli);
@@ -529,7 +529,7 @@ fn completions(shell: &str) -> Result<i32> {
 
 /// `piper explain`, a host of the embedding API.
 fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
-    let located = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
+    let located = Located::locate(&start_dir(cli)?, cli.file.as_deref())?;
     let project = engine(cli).load_located(located)?;
     warnings::show_loaded(&project);
     let options = Options {
@@ -568,7 +568,7 @@ fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
 }
 
 fn clean(cli: &Cli, args: &CleanArgs) -> Result<i32> {
-    let project = Project::locate(&start_dir(cli)?, cli.file.as_deref())?;
+    let project = Located::locate(&start_dir(cli)?, cli.file.as_deref())?;
     if args.outputs {
         let graph = Graph::load(&project)?;
         for step in &graph.steps {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use mlua::{Lua, Table};
 
 use crate::error::{Error, Result};
-use crate::project::Project;
+use crate::project::Located;
 use crate::recording::Recording;
 use crate::spec::RawSpec;
 
@@ -54,20 +54,20 @@ pub fn new_state(root: PathBuf) -> mlua::Result<Lua> {
 
 /// Evaluates the project's config and returns the Lua state with what it
 /// defined. Errors carry the `file:line` Lua reported.
-pub fn evaluate(project: &Project) -> Result<(Lua, RawSpec)> {
+pub fn evaluate(project: &Located) -> Result<(Lua, RawSpec)> {
     let (lua, spec, _) = evaluate_with(project, None)?;
     Ok((lua, spec))
 }
 
 /// As [`evaluate`], recording what the evaluation read for the
 /// configuration cache.
-pub fn evaluate_recorded(project: &Project) -> Result<(Lua, RawSpec, Recording)> {
+pub fn evaluate_recorded(project: &Located) -> Result<(Lua, RawSpec, Recording)> {
     let (lua, spec, recording) = evaluate_with(project, Some(Recording::default()))?;
     Ok((lua, spec, recording.unwrap_or_default()))
 }
 
 fn evaluate_with(
-    project: &Project,
+    project: &Located,
     recording: Option<Recording>,
 ) -> Result<(Lua, RawSpec, Option<Recording>)> {
     let cannot_read = |e| Error::io(format!("cannot read {}", project.config.display()), e);

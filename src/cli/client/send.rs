@@ -66,7 +66,7 @@ pub(super) fn local_repository(
 ) -> Result<(std::path::PathBuf, String)> {
     let cwd =
         std::env::current_dir().map_err(|e| Error::io("cannot read the current directory", e))?;
-    let root = crate::project::Project::locate(&cwd, None)?.root;
+    let root = crate::project::Located::locate(&cwd, None)?.root;
     let git = |args: &[&str]| crate::cli::git::run(&root, args, &[]).ok();
     if git(&["rev-parse", "--is-inside-work-tree"]).as_deref() != Some("true") {
         return Err(Error::NotARepository { dir: root });
