@@ -9,9 +9,10 @@ use crate::spec::Run;
 
 /// A step as `piper graph --format json` and `piper list --json` show it;
 /// borrowed from the graph, so 10 000 steps are written without copying
-/// their strings.
+/// their strings. Not the engine's `StepInfo` (owned, for embedders): this
+/// is the CLI's JSON, with the commands as a list and the location.
 #[derive(Serialize)]
-pub struct StepInfo<'a> {
+pub struct StepJson<'a> {
     pub name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub desc: Option<&'a str>,
@@ -64,25 +65,27 @@ impl<T: std::fmt::Display> Serialize for Text<'_, T> {
     }
 }
 
+/// A pipeline as `piper list --json` shows it: the engine's
+/// `PipelineInfo` with each trigger's condition and the location.
 #[derive(Serialize)]
-pub struct PipelineInfo {
+pub struct PipelineJson {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub desc: Option<String>,
     pub steps: Vec<String>,
-    pub triggers: Vec<TriggerInfo>,
+    pub triggers: Vec<TriggerJson>,
     pub location: String,
 }
 
 #[derive(Serialize)]
-pub struct TriggerInfo {
+pub struct TriggerJson {
     pub on: crate::spec::TriggerOn,
     pub pipeline: String,
 }
 
-pub fn step_info(graph: &Graph, index: usize) -> StepInfo<'_> {
+pub fn step_info(graph: &Graph, index: usize) -> StepJson<'_> {
     let step = &graph.steps[index];
-    StepInfo {
+    StepJson {
         name: &step.name,
         desc: step.desc.as_deref(),
         deps: (step.deps.iter())
@@ -93,9 +96,9 @@ pub fn step_info(graph: &Graph, index: usize) -> StepInfo<'_> {
     }
 }
 
-pub fn pipeline_info(graph: &Graph, name: &str) -> Option<PipelineInfo> {
+pub fn pipeline_info(graph: &Graph, name: &str) -> Option<PipelineJson> {
     let p = graph.pipelines.get(name)?;
-    Some(PipelineInfo {
+    Some(PipelineJson {
         name: p.name.clone(),
         desc: p.desc.clone(),
         steps: p
@@ -106,7 +109,7 @@ pub fn pipeline_info(graph: &Graph, name: &str) -> Option<PipelineInfo> {
         triggers: p
             .triggers
             .iter()
-            .map(|t| TriggerInfo {
+            .map(|t| TriggerJson {
                 on: t.on,
                 pipeline: t.pipeline.clone(),
             })
@@ -165,9 +168,9 @@ pub fn mermaid(graph: &Graph, plan: &Plan) -> String {
 #[derive(Serialize)]
 struct GraphJson<'a> {
     name: &'a str,
-    steps: Vec<StepInfo<'a>>,
+    steps: Vec<StepJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pipeline: Option<PipelineInfo>,
+    pipeline: Option<PipelineJson>,
 }
 
 /// Written straight to `out`: 10 000 steps are 1.7 MB of JSON, which as

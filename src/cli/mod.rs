@@ -405,8 +405,8 @@ fn list(cli: &Cli, args: &ListArgs) -> Result<i32> {
     if args.json {
         #[derive(serde::Serialize)]
         struct Listing<'a> {
-            pipelines: Vec<export::PipelineInfo>,
-            steps: Vec<export::StepInfo<'a>>,
+            pipelines: Vec<export::PipelineJson>,
+            steps: Vec<export::StepJson<'a>>,
         }
         let listing = Listing {
             pipelines: graph
