@@ -272,8 +272,8 @@ impl Project {
     }
 
     /// What [`run`](Project::run) with these targets and options would run,
-    /// and why, without running anything.
-    pub fn explain(&self, targets: &[&str], options: &RunOptions) -> Result<Vec<Explanation>> {
+    /// and why, without running anything. Takes the options as `run` does.
+    pub fn explain(&self, targets: &[&str], options: RunOptions) -> Result<Vec<Explanation>> {
         let plan = self.graph.plan(&owned(targets))?;
         let options = options.with_runner(&self.runner);
         Ok(crate::explain::explain(&self.graph, &plan, &options)
@@ -373,10 +373,10 @@ pub struct RunOptions {
     options: Options,
 }
 
-impl From<Options> for RunOptions {
-    /// The executor's options as the CLI computed them (`PIPER_KILL_GRACE`
-    /// and the rest).
-    fn from(options: Options) -> RunOptions {
+impl RunOptions {
+    /// The executor's options as the hosts compute them (`PIPER_KILL_GRACE`
+    /// and the rest); not public: `Options` is the executor's.
+    pub(crate) fn from_options(options: Options) -> RunOptions {
         RunOptions { options }
     }
 }

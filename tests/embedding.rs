@@ -95,11 +95,11 @@ fn a_host_loads_inspects_explains_and_runs_a_project() {
     // variables nothing runs; other ones, or forcing, make it run.
     let project = engine.load(dir.path()).unwrap();
     let same = RunOptions::default().env("MODE", "fast");
-    let verdicts = project.explain(&["build"], &same).unwrap();
+    let verdicts = project.explain(&["build"], same.clone()).unwrap();
     assert!(!verdicts[0].will_run, "{verdicts:?}");
-    let other = project.explain(&["build"], &RunOptions::default()).unwrap();
+    let other = project.explain(&["build"], RunOptions::default()).unwrap();
     assert_eq!(other[0].reasons, ["env var MODE was unset"]);
-    let forced = project.explain(&["build"], &same.force("build")).unwrap();
+    let forced = project.explain(&["build"], same.force("build")).unwrap();
     assert!(forced[0].will_run);
     assert!(project.run(&["nope"], RunOptions::default()).is_err());
     // Outside a tokio runtime: an error that says so, not a panic.

@@ -452,7 +452,11 @@ impl Agent {
         };
         let mut recorder = self.recorder(build, token, run, (sha, version), log);
         let targets = vec![build.pipeline.clone()];
-        let mut run = project.start_with(targets, options.into(), token.clone());
+        let mut run = project.start_with(
+            targets,
+            crate::RunOptions::from_options(options),
+            token.clone(),
+        );
         while let Some(event) = run.next_event().await {
             recorder.on(event).await;
         }

@@ -330,7 +330,10 @@ fn exec_project(
     // left to the OS rather than freed one allocation at a time.
     options.exiting = true;
     let code = runtime()?.block_on(async {
-        let mut run = loaded.start(args.targets.clone(), options.into());
+        let mut run = loaded.start(
+            args.targets.clone(),
+            crate::RunOptions::from_options(options),
+        );
         tokio::spawn(forward_signals(run.cancel_token()));
         render::drive_run(&mut run, renderer).await;
         Ok(run.wait().await?.exit_code)
@@ -370,7 +373,7 @@ fn watch(cli: &Cli, args: &WatchArgs) -> Result<i32> {
             engine,
             loaded,
             args.exec.targets.clone(),
-            options.into(),
+            crate::RunOptions::from_options(options),
             watch_options,
             tx,
             interrupt,
@@ -537,7 +540,7 @@ fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
         ..Options::default()
     };
     let targets: Vec<&str> = args.targets.iter().map(String::as_str).collect();
-    let verdicts = project.explain(&targets, &options.into())?;
+    let verdicts = project.explain(&targets, crate::RunOptions::from_options(options))?;
     let code = i32::from(args.check && verdicts.iter().any(|v| v.will_run));
     let mut out = std::io::stdout().lock();
     if args.json {
