@@ -376,6 +376,7 @@ pub struct RunOptions {
 impl RunOptions {
     /// The executor's options as the hosts compute them (`PIPER_KILL_GRACE`
     /// and the rest); not public: `Options` is the executor's.
+    #[cfg(any(feature = "cli", feature = "agent"))]
     pub(crate) fn from_options(options: Options) -> RunOptions {
         RunOptions { options }
     }

@@ -22,18 +22,35 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{Event, EventSender};
 use crate::spec::Command;
 
-/// Where a step's output goes: the event stream, tagged with the step.
+/// Where a step's output goes: the run's event stream, tagged with the
+/// step. A runner writes to it; how events travel (a bounded channel that
+/// slows a step down when the host reads slowly) is the engine's.
 #[derive(Clone)]
 pub struct OutputSink {
-    /// The run's event channel.
-    pub events: EventSender,
-    /// The build of the step (as in its events).
-    pub build: u32,
-    /// The step's name.
-    pub step: String,
+    events: EventSender,
+    build: u32,
+    step: String,
 }
 
 impl OutputSink {
+    pub(crate) fn new(events: EventSender, build: u32, step: String) -> OutputSink {
+        OutputSink {
+            events,
+            build,
+            step,
+        }
+    }
+
+    /// The step whose output this is.
+    pub fn step(&self) -> &str {
+        &self.step
+    }
+
+    /// The build it is part of (as in its events).
+    pub fn build(&self) -> u32 {
+        self.build
+    }
+
     /// Sends `data` as the step's output (a `StepOutput` event).
     pub async fn write(&self, data: Vec<u8>) {
         let event = Event::StepOutput {

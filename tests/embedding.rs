@@ -445,7 +445,8 @@ fn the_embed_example_runs_its_project() {
 /// The public surface, as the source declares it: the crate root's
 /// re-exports and every `pub` item of the API's own modules (a
 /// declaration read up to its `{`, `;` or trailing `,`, whitespace
-/// collapsed).
+/// collapsed), and of the types re-exported from other modules, their
+/// declarations with fields or variants and their impls' `pub` items.
 fn public_surface() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut items = Vec::new();
@@ -504,7 +505,71 @@ fn public_surface() -> String {
             }
         }
     }
+    // Types re-exported from modules that are not API themselves: their
+    // declarations and the `pub` items of their impls, nothing else there.
+    for (file, names) in [
+        ("src/process.rs", &["Exit", "OutputSink"][..]),
+        ("src/spec/types.rs", &["TriggerOn", "Command"][..]),
+        (
+            "src/executor/options.rs",
+            &["RunOutcome", "BuildOutcome"][..],
+        ),
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        items.extend(
+            reexported(&text, names)
+                .into_iter()
+                .map(|i| format!("{file}: {i}")),
+        );
+    }
     items.join("\n") + "\n"
+}
+
+/// In `text`, the blocks that declare or implement one of `names` (a
+/// `pub struct`/`pub enum` with its fields or variants, an `impl` with its
+/// `pub` functions), one line each, whitespace collapsed.
+fn reexported(text: &str, names: &[&str]) -> Vec<String> {
+    let header =
+        regex::Regex::new(r"^(pub (struct|enum) (\w+)|impl(<[^>]*>)? (\w+ for )?(\w+))").unwrap();
+    let mut items = Vec::new();
+    // The block's name, what it is (`struct`, `enum`, `impl`), its depth.
+    let mut block: Option<(String, &str, i32)> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("//") || line.starts_with("#[") || line.is_empty() {
+            continue;
+        }
+        if let Some((name, kind, depth)) = block.as_mut() {
+            *depth += line.matches('{').count() as i32 - line.matches('}').count() as i32;
+            // An enum's variants; a struct's and an impl's `pub` items.
+            let shown = match *kind {
+                "enum" => *depth >= 1,
+                "impl" => line.starts_with("pub ") && *depth == 2,
+                _ => line.starts_with("pub "),
+            };
+            if shown {
+                items.push(format!(
+                    "{name}:: {}",
+                    line.split_whitespace().collect::<Vec<_>>().join(" ")
+                ));
+            }
+            if *depth <= 0 {
+                block = None;
+            }
+            continue;
+        }
+        let Some(found) = header.captures(line) else {
+            continue;
+        };
+        let name = found.get(3).or(found.get(6)).unwrap().as_str();
+        if !names.contains(&name) || !line.ends_with('{') {
+            continue;
+        }
+        items.push(line.split_whitespace().collect::<Vec<_>>().join(" "));
+        let kind = found.get(2).map_or("impl", |k| k.as_str());
+        block = Some((name.to_string(), kind, 1));
+    }
+    items
 }
 
 #[test]

@@ -156,11 +156,7 @@ impl StepJob {
                 vec!["it declares no inputs, so it always runs".to_string()],
             ),
         };
-        let out = OutputSink {
-            events: self.events.clone(),
-            build: self.build,
-            step: step.name.clone(),
-        };
+        let out = OutputSink::new(self.events.clone(), self.build, step.name.clone());
         let (last, attempts) = self.attempts(&out, reasons).await;
         self.finish_run(&out, record, last, attempts, started).await
     }
