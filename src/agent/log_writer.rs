@@ -65,8 +65,11 @@ where
 /// Masks secret values in a stream of chunks.
 #[derive(Default)]
 pub struct Redactor {
-    /// Longest first, so a secret containing another is masked whole.
     secrets: Vec<Vec<u8>>,
+    /// All secrets at once, leftmost-longest: a secret containing another
+    /// is masked whole. None without secrets.
+    matcher: Option<aho_corasick::AhoCorasick>,
+    longest: usize,
 }
 
 impl Redactor {
@@ -76,44 +79,59 @@ impl Redactor {
             .filter(|v| v.len() >= SECRET_MIN_LEN)
             .map(|v| v.as_bytes().to_vec())
             .collect();
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.sort();
         secrets.dedup();
-        Redactor { secrets }
+        let matcher = (!secrets.is_empty()).then(|| {
+            aho_corasick::AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                .build(&secrets)
+                .expect("literal patterns build")
+        });
+        let longest = secrets.iter().map(Vec::len).max().unwrap_or(0);
+        Redactor {
+            secrets,
+            matcher,
+            longest,
+        }
     }
 
     /// `pending` (held back last time) and `data`, masked; what could
     /// still be the start of a secret stays in `pending` unless `last`.
     pub fn redact(&self, pending: &mut Vec<u8>, data: &[u8], last: bool) -> Vec<u8> {
-        if self.secrets.is_empty() {
-            let mut out = std::mem::take(pending);
-            out.extend_from_slice(data);
-            return out;
-        }
         let mut buf = std::mem::take(pending);
         buf.extend_from_slice(data);
-        let mut out = Vec::with_capacity(buf.len());
-        let mut i = 0;
-        'scan: while i < buf.len() {
-            let rest = &buf[i..];
-            for secret in &self.secrets {
-                if rest.starts_with(secret) {
-                    out.extend_from_slice(MASK);
-                    i += secret.len();
-                    continue 'scan;
-                }
+        let Some(matcher) = &self.matcher else {
+            return buf;
+        };
+        // Where the bytes that may begin a secret (one the next chunk could
+        // complete) start, from `at` on: they wait, unless this is the end.
+        let hold = |at: usize| -> usize {
+            if last {
+                return buf.len();
             }
-            if !last
-                && self
-                    .secrets
-                    .iter()
-                    .any(|s| s.len() > rest.len() && s.starts_with(rest))
-            {
-                *pending = rest.to_vec();
+            let from = at.max(buf.len().saturating_sub(self.longest - 1));
+            (from..buf.len())
+                .find(|&p| {
+                    let rest = &buf[p..];
+                    (self.secrets.iter()).any(|s| s.len() > rest.len() && s.starts_with(rest))
+                })
+                .unwrap_or(buf.len())
+        };
+        let mut out = Vec::with_capacity(buf.len());
+        let mut at = 0;
+        for m in matcher.find_iter(&buf) {
+            // A secret that only the next chunk can complete, begun before
+            // this match, wins over it (it may contain it).
+            if m.start() > hold(at) {
                 break;
             }
-            out.push(buf[i]);
-            i += 1;
+            out.extend_from_slice(&buf[at..m.start()]);
+            out.extend_from_slice(MASK);
+            at = m.end();
         }
+        let keep = hold(at);
+        out.extend_from_slice(&buf[at..keep]);
+        *pending = buf[keep..].to_vec();
         out
     }
 }
@@ -439,5 +457,17 @@ mod tests {
         // Too short to mask; a prefix at the very end is flushed as is.
         assert_eq!(redact_in_chunks(&r, &["abc s3cr"]), "abc s3cr");
         assert_eq!(redact_in_chunks(&Redactor::default(), &["a", "b"]), "ab");
+        // A secret that contains another, cut by a chunk's edge after the
+        // inner one: masked whole, the inner one not shown on its own.
+        let nested = ["alpha-inner-omega".to_string(), "inner".to_string()];
+        let r = Redactor::new(&nested);
+        assert_eq!(
+            redact_in_chunks(&r, &["say alpha-inner-om", "ega done; inner"]),
+            "say *** done; ***"
+        );
+        assert_eq!(
+            redact_in_chunks(&r, &["alpha-inner-", "x and inner-"]),
+            "alpha-***-x and ***-"
+        );
     }
 }

@@ -12,5 +12,5 @@ pub(crate) fn random_hex(bytes: usize) -> Result<String> {
             std::io::Error::other(e.to_string()),
         )
     })?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(buf))
 }

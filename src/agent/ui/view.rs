@@ -195,14 +195,24 @@ pub struct Excerpt {
     pub text: String,
 }
 
+/// Bytes a path segment or query value keeps as they are: letters,
+/// digits and `-_.~/` (a step named `a/b` links as `a/b`, as before).
+const KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
 pub(crate) fn urlencode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
+    percent_encoding::utf8_percent_encode(text, KEPT).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urlencode_keeps_a_path_and_escapes_the_rest() {
+        assert_eq!(super::urlencode("a b/c%ü-_.~"), "a%20b/c%25%C3%BC-_.~");
+        assert_eq!(super::urlencode("x&y=z?#"), "x%26y%3Dz%3F%23");
     }
-    out
 }
