@@ -2,7 +2,8 @@
 //! in stdlib/ has a `---@meta` definition in lua/ and a section in
 //! docs/reference/lua.md (and nothing is documented that does not exist);
 //! every command and flag of the CLI appears in docs/reference/cli.md;
-//! every event kind appears in docs/reference/events.md.
+//! every event kind appears in docs/reference/events.md; the files and Rust
+//! names the architecture and embedding docs mention exist.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -218,4 +219,87 @@ fn lua_definitions_are_generated_from_the_stdlib() {
             "lua/{module} is stale: run `cargo run -- meta lua`"
         );
     }
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// Issue 29: a name in the docs that the code no longer has is a bug. In
+/// the docs about the code (architecture, embedding), every `code span`
+/// that names a source file (`agent/daemon.rs`, `log/viewer.js`,
+/// `tests/docs.rs`, a folder `executor/`) must be a file or folder of the
+/// repository (under `src/` or from its root), and every Rust path or type
+/// (`Engine::load`, `RunOptions`, `embedding::the_public_api_changes_only_on_purpose`)
+/// must appear as a word in the sources or the tests.
+#[test]
+fn code_names_in_the_docs_exist() {
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "stdlib", "migrations", "examples", "bench"] {
+        files_under(&root().join(dir), &mut files);
+    }
+    let relative: Vec<String> = files
+        .iter()
+        .map(|p| {
+            p.strip_prefix(root())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let text: String = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let words: BTreeSet<&str> = text
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let span = regex::Regex::new(r"`([^`\n]+)`").unwrap();
+    let file = regex::Regex::new(r"^[\w.-][\w./-]*\.(rs|js|css|sql)$|^[a-z_]+/$").unwrap();
+    let rust_path =
+        regex::Regex::new(r"^([A-Z][a-z]\w*|[a-z_]+::[A-Za-z_][\w:]*|[A-Z]\w*::\w[\w:]*)$")
+            .unwrap();
+    let mut missing = Vec::new();
+    for doc in ["docs/architecture.md", "docs/embedding.md"] {
+        for found in span.captures_iter(&read(doc)) {
+            let name = &found[1];
+            if file.is_match(name) {
+                let dir = name.trim_end_matches('/');
+                let exists = relative.iter().any(|f| {
+                    let under_src = f.strip_prefix("src/").unwrap_or(f);
+                    f == name
+                        || under_src == name
+                        || f.ends_with(&format!("/{name}"))
+                        || f.starts_with(&format!("{dir}/"))
+                        || under_src.starts_with(&format!("{dir}/"))
+                        || f.contains(&format!("/{dir}/"))
+                });
+                if !exists {
+                    missing.push(format!("{doc}: file `{name}`"));
+                }
+            } else if rust_path.is_match(name) {
+                for segment in name.split("::").filter(|s| !s.is_empty()) {
+                    if !words.contains(segment) {
+                        missing.push(format!("{doc}: `{name}` ({segment})"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "names the code no longer has:\n{}",
+        missing.join("\n")
+    );
 }
