@@ -37,6 +37,8 @@ pub enum Error {
     },
     /// `-f FILE` names a file that does not exist.
     ConfigNotFound { path: PathBuf },
+    /// `-f FILE` names a directory.
+    ConfigIsADirectory { path: PathBuf },
     /// Lua raised an error while evaluating the config (syntax or runtime);
     /// the message already carries `file:line`.
     Lua { message: String },
@@ -157,6 +159,12 @@ impl fmt::Display for Error {
             Error::ConfigNotFound { path } => {
                 write!(f, "config file {} does not exist", path.display())
             }
+            Error::ConfigIsADirectory { path } => write!(
+                f,
+                "{} is a directory, not a config file\n  to use the piper.lua in it: piper -C {}",
+                path.display(),
+                path.display()
+            ),
             Error::Lua { message } => write!(f, "{message}"),
             Error::Spec { location, message } => write!(f, "{location}: {message}"),
             Error::UnknownField {

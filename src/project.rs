@@ -34,7 +34,10 @@ impl Located {
                 start.join(file)
             };
             if !config.is_file() {
-                return Err(Error::ConfigNotFound { path: config });
+                return Err(match config.is_dir() {
+                    true => Error::ConfigIsADirectory { path: config },
+                    false => Error::ConfigNotFound { path: config },
+                });
             }
             let config = absolute(&config)?;
             let root = config

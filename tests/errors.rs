@@ -22,6 +22,19 @@ fn missing_file_flag_names_the_file() {
         .run();
 }
 
+/// `-f` naming a directory said the file "does not exist", which sends a
+/// person looking for a typo in a path that is there.
+#[test]
+fn a_file_flag_naming_a_directory_says_so() {
+    Test::new()
+        .file("conf/piper.lua/README", "a directory named piper.lua")
+        .args(["-f", "conf/piper.lua", "list"])
+        .status(2)
+        .stderr_contains("conf/piper.lua is a directory, not a config file")
+        .stderr_lacks("does not exist")
+        .run();
+}
+
 #[test]
 fn syntax_error_has_file_and_line() {
     Test::new()
