@@ -37,6 +37,7 @@
 ---@field inputs? string|string[] globs of the files it reads; with them it can be up to date
 ---@field outputs? string|string[] paths or globs it writes, relative to `dir`
 ---@field service? boolean a long-running process: `piper watch` keeps it running beside the builds
+---@field cache? boolean false: never fetch its results from a cache or store them (it reads what its inputs do not say)
 ---@field depfile? string a Makefile-style depfile it writes (cc -MD); the files listed become inputs
 ---@field requires? table<string, string|number|boolean> labels a build agent must have to run it, e.g. { gpu = "1" }
 

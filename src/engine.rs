@@ -439,6 +439,15 @@ impl RunOptions {
         self
     }
 
+    /// Fetches the results of steps that ran before (anywhere that uses
+    /// `cache`) instead of running them, and stores what runs (see
+    /// `cache::DiskCache`; a step opts out with `cache = false`).
+    #[cfg(feature = "cache")]
+    pub fn cache(mut self, cache: crate::DiskCache) -> Self {
+        self.options.cache = Some(cache);
+        self
+    }
+
     /// Leaves `service = true` steps out of the run (reported skipped), for
     /// a host that runs them beside it, each with [`only`](RunOptions::only)
     /// (see [`Project::services`]).

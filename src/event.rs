@@ -186,6 +186,7 @@ pub struct TriggeredBy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "agent", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 /// How a step ended.
 pub enum StepStatus {
     /// It ran and succeeded.
@@ -208,6 +209,9 @@ pub enum StepStatus {
     /// Its inputs, command, variables and dependencies are as at its last
     /// successful run, and its outputs exist: not run.
     UpToDate,
+    /// Not run here: the same work ran before, and its outputs and output
+    /// were fetched from the cache.
+    Fetched,
 }
 
 impl StepStatus {
@@ -220,6 +224,7 @@ impl StepStatus {
                 | StepStatus::Skipped
                 | StepStatus::DryRun
                 | StepStatus::UpToDate
+                | StepStatus::Fetched
         )
     }
 
@@ -240,6 +245,7 @@ impl StepStatus {
             StepStatus::Canceled => "canceled",
             StepStatus::DryRun => "dry run",
             StepStatus::UpToDate => "up to date",
+            StepStatus::Fetched => "fetched",
         }
     }
 }

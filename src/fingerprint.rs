@@ -390,10 +390,9 @@ pub fn seen_by_dependents(record: &StepRecord) -> Digest {
     record.outputs.unwrap_or(record.fingerprint)
 }
 
-/// blake3 over the declared outputs' contents (files under an output
-/// directory included), in path order; None when a step declares none or
-/// one is missing or unreadable (dependents then see that it ran).
-pub fn outputs_digest(root: &Path, outputs: &[String]) -> Option<Digest> {
+/// The files of the declared outputs (those under an output directory
+/// included), sorted; None when a step declares none or one is missing.
+pub fn output_files(root: &Path, outputs: &[String]) -> Option<Vec<std::path::PathBuf>> {
     if outputs.is_empty() {
         return None;
     }
@@ -410,6 +409,14 @@ pub fn outputs_digest(root: &Path, outputs: &[String]) -> Option<Digest> {
     }
     files.sort();
     files.dedup();
+    Some(files)
+}
+
+/// blake3 over the declared outputs' contents (files under an output
+/// directory included), in path order; None when a step declares none or
+/// one is missing or unreadable (dependents then see that it ran).
+pub fn outputs_digest(root: &Path, outputs: &[String]) -> Option<Digest> {
+    let files = output_files(root, outputs)?;
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"piper-outputs-v1\0");
     let mut buffer = Vec::new();

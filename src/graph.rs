@@ -64,6 +64,8 @@ pub struct Step {
     pub outputs: Vec<String>,
     pub depfile: Option<String>,
     pub service: bool,
+    /// Whether a cache may hold its results.
+    pub cache: bool,
     /// Labels an agent must have to run it.
     pub requires: IndexMap<String, String>,
 }
@@ -412,6 +414,7 @@ fn resolve_step(
         outputs,
         depfile: raw.depfile,
         service: raw.service,
+        cache: raw.cache,
         requires: raw.requires,
     })
 }

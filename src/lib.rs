@@ -59,11 +59,16 @@ pub use event::{BuildStatus, Event, PlannedStepInfo, StepStatus, TriggeredBy};
 pub use runner::{Command, CommandRun, Exit, LocalRunner, OutputSink, RunFuture, Runner};
 pub use spec::TriggerOn;
 
+#[cfg(feature = "cache")]
+pub use cache::DiskCache;
+
 /// The Lua bindings host modules are written with
 /// ([`Engine::with_module`]): the same `mlua` Piper uses.
 pub use mlua;
 
 // The engine: private to the crate, reached through the API above.
+#[cfg(feature = "cache")]
+pub(crate) mod cache;
 pub(crate) mod changes;
 pub(crate) mod config_cache;
 #[cfg(any(feature = "cli", feature = "agent"))]

@@ -30,6 +30,18 @@ pub struct OutputSink {
     events: EventSender,
     build: u32,
     step: String,
+    /// What the step printed, kept for the cache (up to `CAPTURE_MAX`).
+    capture: Option<std::sync::Arc<std::sync::Mutex<Capture>>>,
+}
+
+/// The most output kept for the cache: a step that prints more is not
+/// stored (its log could not be replayed whole).
+const CAPTURE_MAX: usize = 16 << 20;
+
+#[derive(Default)]
+struct Capture {
+    bytes: Vec<u8>,
+    overflowed: bool,
 }
 
 impl OutputSink {
@@ -38,7 +50,23 @@ impl OutputSink {
             events,
             build,
             step,
+            capture: None,
         }
+    }
+
+    /// The same sink, keeping what is written when `on` (for the cache).
+    #[cfg(feature = "cache")]
+    pub(crate) fn capturing(&self, on: bool) -> OutputSink {
+        let mut sink = self.clone();
+        sink.capture = on.then(Default::default);
+        sink
+    }
+
+    /// What was written, if kept whole.
+    #[cfg(feature = "cache")]
+    pub(crate) fn captured(&self) -> Option<Vec<u8>> {
+        let capture = self.capture.as_ref()?.lock().ok()?;
+        (!capture.overflowed).then(|| capture.bytes.clone())
     }
 
     /// The step whose output this is.
@@ -53,6 +81,16 @@ impl OutputSink {
 
     /// Sends `data` as the step's output (a `StepOutput` event).
     pub async fn write(&self, data: Vec<u8>) {
+        if let Some(capture) = &self.capture
+            && let Ok(mut capture) = capture.lock()
+        {
+            if capture.bytes.len() + data.len() > CAPTURE_MAX {
+                capture.overflowed = true;
+                capture.bytes = Vec::new();
+            } else if !capture.overflowed {
+                capture.bytes.extend_from_slice(&data);
+            }
+        }
         let event = Event::StepOutput {
             build: self.build,
             step: self.step.clone(),

@@ -514,6 +514,7 @@ fn public_surface() -> String {
             "src/executor/options.rs",
             &["RunOutcome", "BuildOutcome"][..],
         ),
+        ("src/cache/disk.rs", &["DiskCache"][..]),
     ] {
         let text = std::fs::read_to_string(root.join(file)).unwrap();
         items.extend(

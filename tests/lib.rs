@@ -9,6 +9,7 @@ mod agent_faults;
 mod agent_leases;
 mod agent_security;
 mod bench_gen;
+mod cache;
 mod chaining;
 mod cli;
 mod cluster;

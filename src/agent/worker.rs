@@ -74,7 +74,15 @@ fn next_run() -> u64 {
 /// `CI=true`, the build's id and number, the agent, and the submit's `env`.
 /// `piper exec --from-build` gives the same ones.
 pub fn build_vars(build: &Build, agent: &str) -> indexmap::IndexMap<String, String> {
-    let mut env: indexmap::IndexMap<String, String> = [
+    let mut env = identity_vars(build, agent);
+    env.extend(build.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+/// The variables that say which build and agent run a step (not what it
+/// does): a build's steps get them, no fingerprint covers them.
+fn identity_vars(build: &Build, agent: &str) -> indexmap::IndexMap<String, String> {
+    [
         ("CI".to_string(), "true".to_string()),
         ("PIPER_BUILD_ID".to_string(), build.id.to_string()),
         ("PIPER_BUILD_NUMBER".to_string(), build.number.to_string()),
@@ -85,9 +93,7 @@ pub fn build_vars(build: &Build, agent: &str) -> indexmap::IndexMap<String, Stri
         ),
     ]
     .into_iter()
-    .collect();
-    env.extend(build.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env
+    .collect()
 }
 
 impl Agent {
@@ -447,7 +453,11 @@ impl Agent {
         }
         let options = Options {
             env_overrides: self.build_env(build),
+            run_vars: self.run_vars(build),
             args: build.args.clone().into(),
+            // Every build's workspace is new: the results of earlier
+            // builds (any repository, any commit) come from the cache.
+            cache: Some(crate::DiskCache::new(self.data.join("cache"))),
             ..Options::default()
         };
         let mut recorder = self.recorder(build, token, run, (sha, version), log);
@@ -518,12 +528,21 @@ impl Agent {
     /// What the steps of a build see besides their own variables: the
     /// submit's `env` and `secret_env`, and who runs them (as Buildkite and
     /// Woodpecker do: `CI=true`, the build's id and number, the agent).
+    /// The submit's `env` and `secret_env`: part of what its steps do.
     fn build_env(&self, build: &Build) -> indexmap::IndexMap<String, String> {
-        let mut env = build_vars(build, &self.name);
-        if let Some(token) = build.fencing_token {
-            env.insert("PIPER_FENCING_TOKEN".into(), token.to_string());
-        }
+        let mut env: indexmap::IndexMap<String, String> = build.env.clone().into_iter().collect();
         env.extend(build.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
+    }
+
+    /// Who runs it (`CI`, `PIPER_BUILD_ID`, `PIPER_AGENT`, the attempt, the
+    /// fencing token): every step gets them, no fingerprint covers them, so
+    /// a later build of the same work is fetched, not run again.
+    fn run_vars(&self, build: &Build) -> std::sync::Arc<[(String, String)]> {
+        let mut vars = identity_vars(build, &self.name);
+        if let Some(token) = build.fencing_token {
+            vars.insert("PIPER_FENCING_TOKEN".into(), token.to_string());
+        }
+        vars.into_iter().collect()
     }
 }

@@ -173,6 +173,12 @@ pub struct ExecArgs {
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
 
+    /// Share step results through a cache directory: a step that declares
+    /// inputs and outputs is fetched from it when the same work ran before
+    /// (in any checkout on this machine), and stored after it succeeds
+    #[arg(long, value_name = "DIR", env = "PIPER_DISK_CACHE")]
+    pub disk_cache: Option<PathBuf>,
+
     /// Arguments for the pipeline, after `--`: `$1`.. and `"$@"` in its shell
     /// commands, `ctx.args` in its Lua functions, `PIPER_ARGS` in the environment
     #[arg(last = true, value_name = "ARGS", add = ArgValueCandidates::new(argument_candidates))]

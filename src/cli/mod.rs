@@ -170,6 +170,7 @@ fn exec_options(graph: &Graph, args: &ExecArgs) -> Result<Options> {
         dry_run: args.dry_run,
         env_overrides: parse_env_overrides(&args.env)?,
         args: args.args.clone().into(),
+        cache: args.disk_cache.as_ref().map(crate::DiskCache::new),
         ..Options::default()
     };
     options.force = match &args.force {

@@ -20,6 +20,12 @@ pub struct Options {
     pub dry_run: bool,
     /// `--env K=V`: override every other source.
     pub env_overrides: IndexMap<String, String>,
+    /// Variables every step's processes get that say who runs the build,
+    /// not what a step does (piperd's `PIPER_BUILD_ID`, `PIPER_AGENT`,
+    /// ...), unless the work's own variables set the name; in no
+    /// fingerprint, so the same work in another build is up to date, or
+    /// fetched from a cache.
+    pub run_vars: Arc<[(String, String)]>,
     /// `piper exec PIPELINE -- ARGS`: `"$@"` in the shell commands and
     /// `ctx.args` in the Lua functions of the requested build's steps, and
     /// `PIPER_ARGS` (shell-quoted) in their environment.
@@ -43,6 +49,9 @@ pub struct Options {
     /// piece (a fifth of a cached no-op's work at 1000 steps). Never set
     /// by a host that lives on (watch, piperd, the API).
     pub exiting: bool,
+    /// Where step results are fetched from and stored (`--disk-cache`).
+    #[cfg(feature = "cache")]
+    pub cache: Option<crate::cache::DiskCache>,
 }
 
 /// The runner of a run, shared by its steps.
@@ -91,6 +100,7 @@ impl Default for Options {
             keep_going: false,
             dry_run: false,
             env_overrides: IndexMap::new(),
+            run_vars: Arc::from([]),
             args: Arc::from([]),
             kill_grace: Duration::from_secs(5),
             force: Force::Nothing,
@@ -99,6 +109,8 @@ impl Default for Options {
             services_apart: false,
             runner: SharedRunner::default(),
             exiting: false,
+            #[cfg(feature = "cache")]
+            cache: None,
         }
     }
 }

@@ -229,6 +229,7 @@ impl<'a> Scheduler<'a> {
             step: planned.step,
             env,
             args: self.options.args.clone(),
+            run_vars: self.options.run_vars.clone(),
             runner: self.options.runner.0.clone(),
             events: self.events.clone(),
             build: self.build,
@@ -248,6 +249,8 @@ impl<'a> Scheduler<'a> {
             stamps: self.stamps.clone(),
             root: self.root.clone(),
             checked,
+            #[cfg(feature = "cache")]
+            cache: self.options.cache.clone(),
         }
     }
 

@@ -485,6 +485,7 @@ fn read_step(name: String, location: Location, spec: &Table) -> Result<RawStep> 
         outputs: f.patterns("outputs")?,
         depfile: f.string("depfile")?,
         service: f.bool("service")?.unwrap_or(false),
+        cache: f.bool("cache")?.unwrap_or(true),
         requires: f.env("requires")?,
         // Moved in once `f`, which borrows them for its errors, is done.
         name: String::new(),

@@ -48,6 +48,9 @@ pub struct RawStep {
     /// A long-running process (a dev server): `piper watch` keeps it running
     /// beside the builds and restarts it only when a change affects it.
     pub service: bool,
+    /// Whether a cache may hold its results (`cache = false`: it reads
+    /// something its inputs do not say).
+    pub cache: bool,
     /// Labels an agent must have to run it (`requires = { gpu = "1" }`).
     pub requires: IndexMap<String, String>,
     pub functions: StepFunctions,
@@ -216,6 +219,7 @@ pub const STEP_FIELDS: &[&str] = &[
     "outputs",
     "depfile",
     "service",
+    "cache",
     "requires",
 ];
 pub(super) const PIPELINE_FIELDS: &[&str] = &[

@@ -208,6 +208,11 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
         if let Some(v) = self.steps.get_mut(step) {
             v.started = None;
         }
+        if status == StepStatus::Fetched
+            && let Some(message) = message
+        {
+            self.step_note(step, style::CYAN, message);
+        }
         let unchanged = crate::executor::OUTPUTS_UNCHANGED;
         if self.explain && status == StepStatus::Success && message == Some(unchanged) {
             self.step_note(step, style::CYAN, unchanged);
@@ -410,7 +415,10 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
 
     fn status_text(&self, status: StepStatus) -> String {
         let code = match status {
-            StepStatus::Success | StepStatus::DryRun | StepStatus::UpToDate => style::GREEN,
+            StepStatus::Success
+            | StepStatus::DryRun
+            | StepStatus::UpToDate
+            | StepStatus::Fetched => style::GREEN,
             StepStatus::Failed | StepStatus::TimedOut => style::RED,
             StepStatus::AllowedFailure | StepStatus::Skipped => style::YELLOW,
             StepStatus::Blocked | StepStatus::Canceled => style::DIM,
@@ -434,7 +442,12 @@ impl<O: Write + Send, E: Write + Send> Terminal<O, E> {
             rows.iter().collect()
         } else {
             rows.iter()
-                .filter(|r| !matches!(r.status, StepStatus::Success | StepStatus::UpToDate))
+                .filter(|r| {
+                    !matches!(
+                        r.status,
+                        StepStatus::Success | StepStatus::UpToDate | StepStatus::Fetched
+                    )
+                })
                 .collect()
         };
         let width = shown
@@ -619,7 +632,10 @@ impl<O: Write + Send, E: Write + Send> Render for Terminal<O, E> {
                 self.flush_step(step);
                 self.explain_finished(step, *status, message.as_deref());
                 // The summary reads the message of a failure or a skip only.
-                let done = matches!(status, StepStatus::Success | StepStatus::UpToDate);
+                let done = matches!(
+                    status,
+                    StepStatus::Success | StepStatus::UpToDate | StepStatus::Fetched
+                );
                 self.rows.entry(*build).or_default().push(Row {
                     step: step.clone(),
                     status: *status,

@@ -1,0 +1,41 @@
+//! Step results shared between checkouts: a step that would run (stale)
+//! and that the up-to-date check can judge (declared inputs and outputs,
+//! not a service) has an **action key**; before it runs, the cache is asked
+//! for the key, and on a hit its outputs and its output log are fetched
+//! instead of running it. After it succeeds, its outputs and log are
+//! stored under the key.
+//!
+//! The key is SHA-256 over what the up-to-date check already hashes (the
+//! step's fingerprint: its command, its variables, its inputs' contents,
+//! what its dependencies made), plus what makes the same fingerprint
+//! different work elsewhere: the step's directory and outputs relative to
+//! the root, the platform (os, arch, `requires`) and Piper's key version.
+//! Nothing in it depends on where the checkout
+//! is, so every checkout of a machine (piperd's build workspaces, a second
+//! clone) shares results. Blobs are addressed by SHA-256, in the layout of
+//! Bazel's disk cache (`ac/`, `cas/`), so a remote cache can serve the same
+//! entries.
+//!
+//! The cache never breaks a build: an entry that cannot be read, or a blob
+//! whose digest does not match, is a miss (reported as a warning); outputs
+//! are written to a temporary file beside their place and renamed, so a
+//! failed fetch leaves nothing half-written.
+//!
+//! Sits beside the executor, below it: `executor/job.rs` asks and stores.
+
+mod disk;
+mod key;
+
+pub use disk::DiskCache;
+pub(crate) use disk::Fetched;
+pub(crate) use key::{ActionKey, cacheable};
+
+/// `bytes` for a person: `812 B`, `3.4 KB`, `1.2 MB`.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        0..1000 => format!("{bytes} B"),
+        1000..1_000_000 => format!("{:.1} KB", bytes as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", bytes as f64 / 1e6),
+        _ => format!("{:.1} GB", bytes as f64 / 1e9),
+    }
+}

@@ -1,0 +1,189 @@
+//! Issue 30, the local disk cache: step results shared between checkouts
+//! of a project on one machine (`piper exec --disk-cache DIR`), with real
+//! processes, real files and two checkouts in temp dirs.
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+
+use crate::harness::{PIPER, unindent};
+
+/// A project whose `build` step concatenates its sources (and says so),
+/// and whose `count` step, with `cache = false`, reads them again.
+fn project(dir: &Path) {
+    let config = unindent(
+        r#"
+        local build = step "build" {
+          inputs = "src/*.txt", outputs = "out/all.txt",
+          run = "mkdir -p out && cat src/*.txt > out/all.txt && echo built it",
+        }
+        step "count" {
+          deps = { build }, inputs = "out/all.txt", outputs = "out/count.txt",
+          cache = false,
+          run = "wc -l < out/all.txt > out/count.txt",
+        }
+        pipeline "ci" { "count" }
+        "#,
+    );
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("piper.lua"), config).unwrap();
+    std::fs::write(dir.join("src/a.txt"), "hello\n").unwrap();
+    std::fs::write(dir.join("src/b.txt"), "world\n").unwrap();
+}
+
+fn exec(dir: &Path, cache: &Path) -> Output {
+    let out = std::process::Command::new(PIPER)
+        .args(["exec", "ci", "--json", "--disk-cache"])
+        .arg(cache)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Each step's final status, and the output the events carried for it.
+fn steps(out: &Output) -> Vec<(String, String, String)> {
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut steps = Vec::new();
+    for e in events.iter().filter(|e| e["event"] == "step_finished") {
+        let name = e["step"].as_str().unwrap().to_string();
+        let printed: String = (events.iter())
+            .filter(|o| o["event"] == "step_output" && o["step"] == name.as_str())
+            .map(|o| o["data"].as_str().unwrap().to_string())
+            .collect();
+        let status = e["status"].as_str().unwrap().to_string();
+        steps.push((name, status, printed));
+    }
+    steps
+}
+
+fn status_of<'a>(
+    steps: &'a [(String, String, String)],
+    name: &str,
+) -> &'a (String, String, String) {
+    steps.iter().find(|s| s.0 == name).unwrap()
+}
+
+#[test]
+fn a_second_checkout_fetches_what_the_first_built() {
+    let cache = tempfile::tempdir().unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    project(a.path());
+    project(b.path());
+
+    let first = steps(&exec(a.path(), cache.path()));
+    assert_eq!(status_of(&first, "build").1, "success", "{first:?}");
+
+    // Another checkout, nothing built: `build` is fetched (its output
+    // file, and what it printed), `count` (cache = false) runs.
+    let second = exec(b.path(), cache.path());
+    let seen = steps(&second);
+    let build = status_of(&seen, "build");
+    assert_eq!(build.1, "fetched", "{seen:?}");
+    assert!(
+        build.2.contains("built it"),
+        "the log is replayed: {seen:?}"
+    );
+    assert_eq!(status_of(&seen, "count").1, "success", "{seen:?}");
+    assert_eq!(
+        std::fs::read_to_string(b.path().join("out/all.txt")).unwrap(),
+        "hello\nworld\n"
+    );
+    let finished = String::from_utf8_lossy(&second.stdout);
+    assert!(finished.contains("fetched from cache"), "{finished}");
+
+    // Fetched is as good as built: the next run finds it up to date.
+    let third = steps(&exec(b.path(), cache.path()));
+    assert_eq!(status_of(&third, "build").1, "up_to_date", "{third:?}");
+
+    // Other sources are other work: it runs, and is stored for the next.
+    std::fs::write(b.path().join("src/b.txt"), "there\n").unwrap();
+    let changed = steps(&exec(b.path(), cache.path()));
+    assert_eq!(status_of(&changed, "build").1, "success", "{changed:?}");
+    std::fs::write(a.path().join("src/b.txt"), "there\n").unwrap();
+    let again = steps(&exec(a.path(), cache.path()));
+    assert_eq!(status_of(&again, "build").1, "fetched", "{again:?}");
+    assert_eq!(
+        std::fs::read_to_string(a.path().join("out/all.txt")).unwrap(),
+        "hello\nthere\n"
+    );
+}
+
+/// A blob that does not match its digest is a miss, said in a warning:
+/// the step runs, and nothing damaged is written into the tree.
+#[test]
+fn a_damaged_cache_is_a_warning_and_the_step_runs() {
+    let cache = tempfile::tempdir().unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    project(a.path());
+    project(b.path());
+    exec(a.path(), cache.path());
+    let mut blobs = Vec::new();
+    for shard in std::fs::read_dir(cache.path().join("cas"))
+        .unwrap()
+        .flatten()
+    {
+        blobs.extend(
+            std::fs::read_dir(shard.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path()),
+        );
+    }
+    assert!(!blobs.is_empty());
+    for blob in &blobs {
+        std::fs::write(blob, "damaged\n").unwrap();
+    }
+    let out = exec(b.path(), cache.path());
+    let seen = steps(&out);
+    assert_eq!(status_of(&seen, "build").1, "success", "{seen:?}");
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(events.contains("does not match its digest"), "{events}");
+    assert_eq!(
+        std::fs::read_to_string(b.path().join("out/all.txt")).unwrap(),
+        "hello\nworld\n"
+    );
+}
+
+/// piperd keeps a cache in its data directory: every build has a new
+/// workspace, and the second build of a commit fetches what the first
+/// built (its log says so, and it ran nothing: the marker file it appends
+/// to gets one line).
+#[test]
+fn piperd_builds_reuse_what_earlier_builds_made() {
+    use crate::agent::Daemon;
+    let daemon = Daemon::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    let config = unindent(
+        r#"
+        pipeline "ci" {
+          step "build" {
+            inputs = "src/*.txt", outputs = "out/all.txt",
+            run = 'mkdir -p out && cat src/*.txt > out/all.txt && echo ran >> "$MARKER"',
+          },
+        }
+        "#,
+    );
+    let repo = crate::agent::repo(&[("piper.lua", config.as_bytes()), ("src/a.txt", b"hello\n")]);
+    let body = serde_json::json!({
+        "repo": repo.path(), "pipeline": "ci",
+        "env": { "MARKER": marker.to_str().unwrap() },
+    });
+    let first = daemon.queue(&body);
+    assert_eq!(daemon.wait_finished(first)["status"], "success");
+    let second = daemon.queue(&body);
+    let build = daemon.wait_finished(second);
+    assert_eq!(build["status"], "success");
+    assert_eq!(build["steps"][0]["status"], "fetched", "{build}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
+}
