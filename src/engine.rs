@@ -443,7 +443,7 @@ impl RunOptions {
     /// `cache`) instead of running them, and stores what runs (see
     /// `cache::DiskCache`; a step opts out with `cache = false`).
     #[cfg(feature = "cache")]
-    pub fn cache(mut self, cache: crate::DiskCache) -> Self {
+    pub fn cache(mut self, cache: crate::Cache) -> Self {
         self.options.cache = Some(cache);
         self
     }

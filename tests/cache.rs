@@ -187,3 +187,182 @@ fn piperd_builds_reuse_what_earlier_builds_made() {
     assert_eq!(build["steps"][0]["status"], "fetched", "{build}");
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
 }
+
+/// A private nginx serving Bazel's HTTP cache protocol (WebDAV PUT) on a
+/// free port, stopped when dropped. None (the test skips) without nginx.
+struct Nginx {
+    dir: tempfile::TempDir,
+    url: String,
+    _process: crate::harness::KillOnDrop,
+}
+
+impl Nginx {
+    fn start(test: &str) -> Option<Nginx> {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let Some(nginx) = nginx else {
+            crate::harness::skip(test, "nginx is not installed (Debian nginx-light)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("store/.tmp")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = format!(
+            "user root; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{}}\n\
+             http {{ access_log off; client_body_temp_path {d}/store/.tmp; client_max_body_size 0;\n\
+               server {{ listen 127.0.0.1:{port}; root {d}/store;\n\
+                 location / {{ dav_methods PUT; create_full_put_path on; }} }} }}\n",
+            d = dir.path().display()
+        );
+        std::fs::write(dir.path().join("nginx.conf"), config).unwrap();
+        let child = std::process::Command::new(nginx)
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-p")
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let process = crate::harness::KillOnDrop(child);
+        // Serving once it accepts a connection.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Some(Nginx {
+            url: format!("http://127.0.0.1:{port}/piper"),
+            dir,
+            _process: process,
+        })
+    }
+
+    /// The files the server holds, under `ac` or `cas`.
+    fn files(&self, kind: &str) -> Vec<std::path::PathBuf> {
+        let dir = self.dir.path().join("store/piper").join(kind);
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    /// SIGTERM, so that the master stops its workers too (SIGKILL, which
+    /// `KillOnDrop` falls back to, would leave them running).
+    fn drop(&mut self) {
+        // SAFETY: a signal to a child this test started and still owns.
+        unsafe { libc::kill(self._process.0.id() as i32, libc::SIGTERM) };
+        let _ = self._process.0.wait();
+    }
+}
+
+fn exec_remote(dir: &Path, disk: &Path, remote: &str, extra: &[&str]) -> Output {
+    let out = std::process::Command::new(PIPER)
+        .args(["exec", "ci", "--json", "--disk-cache"])
+        .arg(disk)
+        .args(["--remote-cache", remote])
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Two machines, as far as the cache can tell (two checkouts, two disk
+/// caches), share results through a real HTTP cache server.
+#[test]
+fn checkouts_with_their_own_disk_caches_share_through_an_http_cache() {
+    let test = "cache::checkouts_with_their_own_disk_caches_share_through_an_http_cache";
+    let Some(server) = Nginx::start(test) else {
+        return;
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (disk_a, disk_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    project(a.path());
+    project(b.path());
+    // A reader (upload off) leaves the server as it was.
+    exec_remote(
+        a.path(),
+        disk_a.path(),
+        &server.url,
+        &["--remote-upload", "off"],
+    );
+    assert!(server.files("ac").is_empty(), "nothing uploaded");
+    // A writer uploads what runs: the entry, and its blobs (output, log).
+    // (A hit in its own disk cache would run nothing, so: a new one.)
+    std::fs::remove_dir_all(a.path().join(".piper")).unwrap();
+    let disk_a2 = tempfile::tempdir().unwrap();
+    exec_remote(a.path(), disk_a2.path(), &server.url, &[]);
+    assert_eq!(server.files("ac").len(), 1);
+    assert_eq!(server.files("cas").len(), 2);
+
+    let out = exec_remote(b.path(), disk_b.path(), &server.url, &[]);
+    let seen = steps(&out);
+    assert_eq!(status_of(&seen, "build").1, "fetched", "{seen:?}");
+    assert!(status_of(&seen, "build").2.contains("built it"), "{seen:?}");
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        events.contains(&format!("fetched from remote cache {}", server.url)),
+        "{events}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.path().join("out/all.txt")).unwrap(),
+        "hello\nworld\n"
+    );
+}
+
+/// A server that answers with damaged blobs, then none at all: warnings,
+/// the steps run, nothing damaged lands in the tree or the disk cache.
+#[test]
+fn a_remote_cache_that_lies_or_is_gone_never_breaks_a_build() {
+    let test = "cache::a_remote_cache_that_lies_or_is_gone_never_breaks_a_build";
+    let Some(server) = Nginx::start(test) else {
+        return;
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (disk_a, disk_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    project(a.path());
+    project(b.path());
+    exec_remote(a.path(), disk_a.path(), &server.url, &[]);
+    for blob in server.files("cas") {
+        std::fs::write(blob, "damaged\n").unwrap();
+    }
+    let out = exec_remote(
+        b.path(),
+        disk_b.path(),
+        &server.url,
+        &["--remote-upload", "off"],
+    );
+    let seen = steps(&out);
+    assert_eq!(status_of(&seen, "build").1, "success", "{seen:?}");
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(events.contains("does not match its digest"), "{events}");
+    assert_eq!(
+        std::fs::read_to_string(b.path().join("out/all.txt")).unwrap(),
+        "hello\nworld\n"
+    );
+
+    // Gone: connection refused is a warning, and the build goes on.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::remove_dir_all(b.path().join(".piper")).unwrap();
+    let other_disk = tempfile::tempdir().unwrap();
+    let out = exec_remote(b.path(), other_disk.path(), &format!("http://{gone}"), &[]);
+    let seen = steps(&out);
+    assert_eq!(status_of(&seen, "build").1, "success", "{seen:?}");
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(events.contains("remote cache:"), "{events}");
+}

@@ -515,6 +515,8 @@ fn public_surface() -> String {
             &["RunOutcome", "BuildOutcome"][..],
         ),
         ("src/cache/disk.rs", &["DiskCache"][..]),
+        ("src/cache/http.rs", &["RemoteCache"][..]),
+        ("src/cache/tiered.rs", &["Cache"][..]),
     ] {
         let text = std::fs::read_to_string(root.join(file)).unwrap();
         items.extend(

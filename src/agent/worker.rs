@@ -457,7 +457,9 @@ impl Agent {
             args: build.args.clone().into(),
             // Every build's workspace is new: the results of earlier
             // builds (any repository, any commit) come from the cache.
-            cache: Some(crate::DiskCache::new(self.data.join("cache"))),
+            cache: Some(crate::Cache::new(crate::DiskCache::new(
+                self.data.join("cache"),
+            ))),
             ..Options::default()
         };
         let mut recorder = self.recorder(build, token, run, (sha, version), log);

@@ -54,6 +54,8 @@ struct Blob {
 
 /// A fetch: what was written, and the log to replay.
 pub(crate) struct Fetched {
+    /// Where from, for people: `cache DIR`, or the remote's URL.
+    pub(crate) from: String,
     pub(crate) files: usize,
     pub(crate) bytes: u64,
     pub(crate) log: Vec<u8>,
@@ -61,6 +63,20 @@ pub(crate) struct Fetched {
 }
 
 const ENTRY_VERSION: u32 = 1;
+
+#[cfg(feature = "remote-cache")]
+impl Entry {
+    /// The blobs it names: `(sha256, size)`.
+    pub(crate) fn blobs(&self) -> impl Iterator<Item = (&str, u64)> {
+        (self.outputs.iter().map(|o| &o.blob))
+            .chain(self.log.as_ref())
+            .map(|b| (b.sha256.as_str(), b.size))
+    }
+
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Entry, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("a damaged entry: {e}"))
+    }
+}
 
 impl DiskCache {
     /// A cache at `dir` (created when first written), of at most 5 GiB.
@@ -133,6 +149,7 @@ impl DiskCache {
             None => Vec::new(),
         };
         Ok(Fetched {
+            from: format!("cache {}", self.dir.display()),
             files: entry.outputs.len(),
             bytes,
             log,
@@ -277,6 +294,55 @@ impl DiskCache {
                 total -= size;
             }
         }
+    }
+}
+
+/// What a remote cache (`http.rs`) reads and writes here.
+#[cfg(feature = "remote-cache")]
+impl DiskCache {
+    /// An entry as stored (for a remote cache), if there is one.
+    pub(crate) fn entry_bytes(&self, key: &ActionKey) -> Option<Vec<u8>> {
+        std::fs::read(self.ac(key)).ok()
+    }
+
+    /// Stores an entry fetched from elsewhere, once it parses: its blobs
+    /// must be here first (`blob_path`).
+    pub(crate) fn put_entry_bytes(&self, key: &ActionKey, bytes: &[u8]) -> Result<(), String> {
+        let entry: Entry =
+            serde_json::from_slice(bytes).map_err(|e| format!("a damaged entry: {e}"))?;
+        if entry.version != ENTRY_VERSION {
+            return Err(format!("an entry of another version ({})", entry.version));
+        }
+        write_atomically(&self.ac(key), bytes)
+    }
+
+    /// Where the blob `sha256` is (or would be) kept.
+    pub(crate) fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.cas(sha256)
+    }
+
+    /// A temporary file among the blobs, for one being downloaded.
+    pub(crate) fn blob_temp(&self) -> Result<tempfile::NamedTempFile, String> {
+        let cas = self.dir.join("cas");
+        std::fs::create_dir_all(&cas)
+            .map_err(|e| format!("cannot create {}: {e}", cas.display()))?;
+        tempfile::NamedTempFile::new_in(&cas)
+            .map_err(|e| format!("cannot write in {}: {e}", cas.display()))
+    }
+
+    /// Keeps a downloaded blob (already checked against `sha256`).
+    pub(crate) fn keep_blob(
+        &self,
+        temp: tempfile::NamedTempFile,
+        sha256: &str,
+    ) -> Result<(), String> {
+        let target = self.cas(sha256);
+        let parent = target.parent().unwrap_or(&self.dir);
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        temp.persist(&target)
+            .map(|_| ())
+            .map_err(|e| format!("cannot write {}: {e}", target.display()))
     }
 }
 

@@ -24,11 +24,17 @@
 //! Sits beside the executor, below it: `executor/job.rs` asks and stores.
 
 mod disk;
+#[cfg(feature = "remote-cache")]
+mod http;
 mod key;
+mod tiered;
 
 pub use disk::DiskCache;
 pub(crate) use disk::Fetched;
+#[cfg(feature = "remote-cache")]
+pub use http::RemoteCache;
 pub(crate) use key::{ActionKey, cacheable};
+pub use tiered::Cache;
 
 /// `bytes` for a person: `812 B`, `3.4 KB`, `1.2 MB`.
 pub(crate) fn human_bytes(bytes: u64) -> String {

@@ -179,6 +179,18 @@ pub struct ExecArgs {
     #[arg(long, value_name = "DIR", env = "PIPER_DISK_CACHE")]
     pub disk_cache: Option<PathBuf>,
 
+    /// A remote cache behind the disk cache, over Bazel's HTTP cache
+    /// protocol (http(s)://HOST/PREFIX: GET/PUT of ac/ and cas/): asked when
+    /// the disk cache misses, sent what runs [disk cache default:
+    /// $XDG_CACHE_HOME/piper or ~/.cache/piper]
+    #[arg(long, value_name = "URL", env = "PIPER_REMOTE_CACHE")]
+    pub remote_cache: Option<String>,
+
+    /// Whether results are uploaded to the remote cache (off: read only, as
+    /// a laptop usually is while CI writes)
+    #[arg(long, value_name = "on|off", env = "PIPER_REMOTE_UPLOAD", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub remote_upload: bool,
+
     /// Arguments for the pipeline, after `--`: `$1`.. and `"$@"` in its shell
     /// commands, `ctx.args` in its Lua functions, `PIPER_ARGS` in the environment
     #[arg(last = true, value_name = "ARGS", add = ArgValueCandidates::new(argument_candidates))]
@@ -315,6 +327,14 @@ pub struct WatchArgs {
     /// Clear the screen before each rerun
     #[arg(long)]
     pub clear: bool,
+}
+
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        other => Err(format!("expected on or off, got `{other}`")),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

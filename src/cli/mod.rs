@@ -164,13 +164,39 @@ fn parse_env_overrides(values: &[String]) -> Result<IndexMap<String, String>> {
 }
 
 /// The executor options an `exec` (or `watch`) command line asks for.
+/// The disk cache (`--disk-cache`), with the remote one behind it
+/// (`--remote-cache`; then the disk cache is the user's cache directory
+/// unless one is given).
+fn caches(args: &ExecArgs) -> Result<Option<crate::Cache>> {
+    let dir = match (&args.disk_cache, &args.remote_cache) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(_)) => user_cache_dir(),
+        (None, None) => return Ok(None),
+    };
+    let mut cache = crate::Cache::new(crate::DiskCache::new(dir));
+    if let Some(url) = &args.remote_cache {
+        let remote =
+            crate::RemoteCache::http(url).map_err(|e| Error::setting("--remote-cache", e))?;
+        cache = cache.with_remote(remote.upload(args.remote_upload));
+    }
+    Ok(Some(cache))
+}
+
+/// `$XDG_CACHE_HOME/piper`, else `~/.cache/piper`.
+fn user_cache_dir() -> PathBuf {
+    match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("piper"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/piper"),
+    }
+}
+
 fn exec_options(graph: &Graph, args: &ExecArgs) -> Result<Options> {
     let mut options = Options {
         keep_going: args.keep_going,
         dry_run: args.dry_run,
         env_overrides: parse_env_overrides(&args.env)?,
         args: args.args.clone().into(),
-        cache: args.disk_cache.as_ref().map(crate::DiskCache::new),
+        cache: caches(args)?,
         ..Options::default()
     };
     options.force = match &args.force {

@@ -62,7 +62,7 @@ pub(super) struct StepJob {
     pub(super) checked: Option<std::result::Result<Freshness, String>>,
     /// Where its results may be fetched from, and go.
     #[cfg(feature = "cache")]
-    pub(super) cache: Option<crate::cache::DiskCache>,
+    pub(super) cache: Option<crate::cache::Cache>,
 }
 
 /// How one attempt ended.
@@ -163,12 +163,9 @@ impl StepJob {
         };
         let out = OutputSink::new(self.events.clone(), self.build, step.name.clone());
         #[cfg(feature = "cache")]
-        let (out, key) = match self.cached(record.as_ref()).await {
-            Cached::Fetched(hit) => {
-                let (record, fetched) = *hit;
-                return self.fetched(&out, record, fetched, started).await;
-            }
-            Cached::Miss(key) => (out.capturing(key.is_some()), key),
+        let (out, key) = match self.look_in_cache(out, record.as_ref(), started).await {
+            Ok(fetched) => return fetched,
+            Err(miss) => miss,
         };
         let (last, attempts) = self.attempts(&out, reasons).await;
         #[cfg(feature = "cache")]
@@ -565,112 +562,4 @@ pub(super) async fn finish_without_running(
             message,
         })
         .await;
-}
-
-/// What the cache had for a step that would run.
-#[cfg(feature = "cache")]
-enum Cached {
-    /// Its outputs are written and its log read: it need not run.
-    Fetched(Box<(crate::state::StepRecord, crate::cache::Fetched)>),
-    /// It runs; with a key, what it makes is stored after a success.
-    Miss(Option<crate::cache::ActionKey>),
-}
-
-#[cfg(feature = "cache")]
-impl StepJob {
-    /// Before a stale step runs: its results from the cache, when it has
-    /// an action key and they are there. Anything wrong with the cache is
-    /// a warning and a miss: the cache never fails a build.
-    async fn cached(&self, record: Option<&crate::state::StepRecord>) -> Cached {
-        let step = &self.graph.steps[self.step];
-        let (Some(cache), Some(record)) = (&self.cache, record) else {
-            return Cached::Miss(None);
-        };
-        if !crate::cache::cacheable(step) || self.dry_run {
-            return Cached::Miss(None);
-        }
-        let key = crate::cache::ActionKey::new(step, &self.graph.root, &record.fingerprint);
-        if self.forced {
-            return Cached::Miss(Some(key));
-        }
-        let (cache, root, lookup) = (cache.clone(), self.graph.root.clone(), key.clone());
-        let found = tokio::task::spawn_blocking(move || {
-            let entry = cache.get(&lookup)?;
-            entry.map(|entry| cache.fetch(&entry, &root)).transpose()
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("internal: {e}")));
-        match found {
-            Ok(Some(fetched)) => Cached::Fetched(Box::new((record.clone(), fetched))),
-            Ok(None) => Cached::Miss(Some(key)),
-            Err(e) => {
-                self.warn(format!("cache: {e}; running it")).await;
-                Cached::Miss(Some(key))
-            }
-        }
-    }
-
-    /// A step whose results came from the cache: its output replayed, its
-    /// record kept (it is up to date next time), `fetched` with where from.
-    async fn fetched(
-        &self,
-        out: &OutputSink,
-        record: crate::state::StepRecord,
-        fetched: crate::cache::Fetched,
-        started: Instant,
-    ) -> StepResult {
-        if !fetched.log.is_empty() {
-            out.write(fetched.log).await;
-        }
-        let dir = self.cache.as_ref().map(|c| c.dir().display().to_string());
-        let message = format!(
-            "fetched from cache {}: {} file{}, {}, {} ms",
-            dir.unwrap_or_default(),
-            fetched.files,
-            if fetched.files == 1 { "" } else { "s" },
-            crate::cache::human_bytes(fetched.bytes),
-            fetched.took.as_millis()
-        );
-        let attempt = Attempt {
-            status: StepStatus::Fetched,
-            exit_code: Some(0),
-            message: Some(message),
-        };
-        self.finish_run(out, Some(record), attempt, 0, started)
-            .await
-    }
-
-    /// After a success: its outputs and what it printed, under its key.
-    async fn store(&self, out: &OutputSink, key: &crate::cache::ActionKey) {
-        let step = &self.graph.steps[self.step];
-        let Some(cache) = self.cache.clone() else {
-            return;
-        };
-        let Some(files) = fingerprint::output_files(&self.graph.root, &step.outputs) else {
-            return; // a missing output: finish_run warns about it
-        };
-        let Some(log) = out.captured() else {
-            return; // too much output to keep
-        };
-        let (root, key) = (self.graph.root.clone(), key.clone());
-        let stored = tokio::task::spawn_blocking(move || cache.put(&key, &root, &files, &log))
-            .await
-            .unwrap_or_else(|e| Err(format!("internal: {e}")));
-        if let Err(e) = stored {
-            self.warn(format!("cache: cannot store its results: {e}"))
-                .await;
-        }
-    }
-
-    async fn warn(&self, message: String) {
-        let step = &self.graph.steps[self.step];
-        let _ = self
-            .events
-            .send(Event::StepWarning {
-                build: self.build,
-                step: step.name.clone(),
-                message,
-            })
-            .await;
-    }
 }

@@ -10,6 +10,8 @@
 //! When a build ends, the target pipelines' triggers start chained builds.
 
 mod build;
+#[cfg(feature = "cache")]
+mod cached;
 mod env;
 mod job;
 mod options;

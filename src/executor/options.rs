@@ -51,7 +51,7 @@ pub struct Options {
     pub exiting: bool,
     /// Where step results are fetched from and stored (`--disk-cache`).
     #[cfg(feature = "cache")]
-    pub cache: Option<crate::cache::DiskCache>,
+    pub cache: Option<crate::cache::Cache>,
 }
 
 /// The runner of a run, shared by its steps.

@@ -1,0 +1,47 @@
+//! The caches a run uses: the disk cache, and a remote one behind it
+//! (local first: the remote is asked when the disk cache misses, and what
+//! it has is downloaded into the disk cache; what runs goes to both).
+
+#[cfg(feature = "remote-cache")]
+use std::sync::Arc;
+
+use super::disk::DiskCache;
+#[cfg(feature = "remote-cache")]
+use super::http::RemoteCache;
+
+/// Where a run fetches step results from and stores them: a disk cache,
+/// with a remote cache behind it if one is given.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    disk: DiskCache,
+    #[cfg(feature = "remote-cache")]
+    remote: Option<Arc<RemoteCache>>,
+}
+
+impl Cache {
+    /// The disk cache alone.
+    pub fn new(disk: DiskCache) -> Cache {
+        Cache {
+            disk,
+            #[cfg(feature = "remote-cache")]
+            remote: None,
+        }
+    }
+
+    /// A remote cache behind the disk cache.
+    #[cfg(feature = "remote-cache")]
+    pub fn with_remote(mut self, remote: RemoteCache) -> Cache {
+        self.remote = Some(Arc::new(remote));
+        self
+    }
+
+    /// The disk cache.
+    pub fn disk(&self) -> &DiskCache {
+        &self.disk
+    }
+
+    #[cfg(feature = "remote-cache")]
+    pub(crate) fn remote(&self) -> Option<&RemoteCache> {
+        self.remote.as_deref()
+    }
+}

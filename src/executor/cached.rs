@@ -1,0 +1,190 @@
+//! A step and the cache (feature `cache`): before a stale step runs its
+//! results are looked for (the disk cache, then the remote one behind it)
+//! and fetched instead; after it succeeds they are stored. Anything wrong
+//! with a cache is a warning, never a failed step. Part of the job
+//! (`job.rs` calls `from_cache` and `store`).
+
+use std::time::Instant;
+
+#[cfg(feature = "remote-cache")]
+use crate::cache::Cache;
+use crate::cache::{ActionKey, Fetched};
+use crate::event::{Event, StepStatus};
+use crate::fingerprint;
+use crate::process::OutputSink;
+use crate::state::StepRecord;
+
+use super::job::{Attempt, StepJob, StepResult};
+
+/// What the cache had for a step that would run.
+enum Cached {
+    /// Its outputs are written and its log read: it need not run.
+    Fetched(Box<(StepRecord, Fetched)>),
+    /// It runs; with a key, what it makes is stored after a success.
+    Miss(Option<ActionKey>),
+}
+
+impl StepJob {
+    /// Before a stale step runs: the step's result when the cache had its
+    /// results; otherwise the sink to run it with (keeping what it prints
+    /// when it has a key) and the key to store its results under.
+    pub(super) async fn look_in_cache(
+        &self,
+        out: OutputSink,
+        record: Option<&StepRecord>,
+        started: Instant,
+    ) -> Result<StepResult, (OutputSink, Option<ActionKey>)> {
+        match self.cached(record).await {
+            Cached::Fetched(hit) => {
+                let (record, fetched) = *hit;
+                Ok(self.fetched(&out, record, fetched, started).await)
+            }
+            Cached::Miss(key) => Err((out.capturing(key.is_some()), key)),
+        }
+    }
+
+    /// Before a stale step runs: its results from the cache, when it has
+    /// an action key and they are there. Anything wrong with the cache is
+    /// a warning and a miss: the cache never fails a build.
+    async fn cached(&self, record: Option<&StepRecord>) -> Cached {
+        let step = &self.graph.steps[self.step];
+        let (Some(cache), Some(record)) = (&self.cache, record) else {
+            return Cached::Miss(None);
+        };
+        if !crate::cache::cacheable(step) || self.dry_run {
+            return Cached::Miss(None);
+        }
+        let key = ActionKey::new(step, &self.graph.root, &record.fingerprint);
+        if self.forced {
+            return Cached::Miss(Some(key));
+        }
+        #[cfg(feature = "remote-cache")]
+        let downloaded = self.ask_remote(cache, &key).await;
+        let (disk, root, lookup) = (cache.disk().clone(), self.graph.root.clone(), key.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            let entry = disk.get(&lookup)?;
+            entry.map(|entry| disk.fetch(&entry, &root)).transpose()
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("internal: {e}")));
+        match found {
+            #[allow(unused_mut)] // written with a remote cache only
+            Ok(Some(mut fetched)) => {
+                #[cfg(feature = "remote-cache")]
+                if let Some(from) = downloaded {
+                    fetched.from = from;
+                }
+                Cached::Fetched(Box::new((record.clone(), fetched)))
+            }
+            Ok(None) => Cached::Miss(Some(key)),
+            Err(e) => {
+                self.warn(format!("cache: {e}; running it")).await;
+                Cached::Miss(Some(key))
+            }
+        }
+    }
+
+    /// A step whose results came from the cache: its output replayed, its
+    /// record kept (it is up to date next time), `fetched` with where from.
+    async fn fetched(
+        &self,
+        out: &OutputSink,
+        record: StepRecord,
+        fetched: Fetched,
+        started: Instant,
+    ) -> StepResult {
+        if !fetched.log.is_empty() {
+            out.write(fetched.log).await;
+        }
+        let message = format!(
+            "fetched from {}: {} file{}, {}, {} ms",
+            fetched.from,
+            fetched.files,
+            if fetched.files == 1 { "" } else { "s" },
+            crate::cache::human_bytes(fetched.bytes),
+            fetched.took.as_millis()
+        );
+        let attempt = Attempt {
+            status: StepStatus::Fetched,
+            exit_code: Some(0),
+            message: Some(message),
+        };
+        self.finish_run(out, Some(record), attempt, 0, started)
+            .await
+    }
+
+    /// After a success: its outputs and what it printed, under its key.
+    pub(super) async fn store(&self, out: &OutputSink, key: &ActionKey) {
+        let step = &self.graph.steps[self.step];
+        let Some(cache) = self.cache.clone() else {
+            return;
+        };
+        let Some(files) = fingerprint::output_files(&self.graph.root, &step.outputs) else {
+            return; // a missing output: finish_run warns about it
+        };
+        let Some(log) = out.captured() else {
+            return; // too much output to keep
+        };
+        let (root, stored_key, disk) = (self.graph.root.clone(), key.clone(), cache.disk().clone());
+        let stored =
+            tokio::task::spawn_blocking(move || disk.put(&stored_key, &root, &files, &log))
+                .await
+                .unwrap_or_else(|e| Err(format!("internal: {e}")));
+        match stored {
+            Err(e) => {
+                self.warn(format!("cache: cannot store its results: {e}"))
+                    .await
+            }
+            #[cfg(feature = "remote-cache")]
+            Ok(()) => self.upload(&cache, key).await,
+            #[cfg(not(feature = "remote-cache"))]
+            Ok(()) => {}
+        }
+    }
+
+    /// Sends what was stored to the remote cache, when it takes uploads.
+    #[cfg(feature = "remote-cache")]
+    async fn upload(&self, cache: &Cache, key: &ActionKey) {
+        if let Some(remote) = cache.remote().filter(|r| r.uploads() && r.usable())
+            && let Err(e) = remote.upload_entry(key, cache.disk()).await
+        {
+            self.warn(format!("remote cache: cannot upload its results: {e}"))
+                .await;
+        }
+    }
+
+    /// A local miss asks the remote cache, if there is one: what it has is
+    /// downloaded into the disk cache, which then answers. Says where from
+    /// when it came from there.
+    #[cfg(feature = "remote-cache")]
+    async fn ask_remote(&self, cache: &Cache, key: &ActionKey) -> Option<String> {
+        let remote = cache.remote().filter(|r| r.usable())?;
+        let (disk, local) = (cache.disk().clone(), key.clone());
+        let here = tokio::task::spawn_blocking(move || disk.entry_bytes(&local).is_some())
+            .await
+            .unwrap_or(false);
+        if here {
+            return None;
+        }
+        match remote.download(key, cache.disk()).await {
+            Ok(true) => Some(format!("remote cache {}", remote.url())),
+            Ok(false) => None,
+            Err(e) => {
+                self.warn(format!("remote cache: {e}; running it")).await;
+                None
+            }
+        }
+    }
+
+    async fn warn(&self, message: String) {
+        let step = &self.graph.steps[self.step];
+        let _ = self
+            .events
+            .send(Event::StepWarning {
+                build: self.build,
+                step: step.name.clone(),
+                message,
+            })
+            .await;
+    }
+}
