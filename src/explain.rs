@@ -21,6 +21,37 @@ pub struct Verdict {
 /// A marker no recorded fingerprint can equal.
 const WILL_RUN: Digest = Digest([0xee; 32]);
 
+/// What a cache would do for a stale step: the disk cache holds its
+/// results (it would be fetched), or a remote cache would be asked.
+#[cfg(feature = "cache")]
+fn from_cache(
+    graph: &Graph,
+    step: &crate::graph::Step,
+    record: &crate::state::StepRecord,
+    options: &Options,
+    forced: bool,
+) -> Option<String> {
+    let cache = options.cache.as_ref()?;
+    if forced || !crate::cache::cacheable(step) {
+        return None;
+    }
+    let key = crate::cache::ActionKey::new(step, &graph.root, &record.fingerprint);
+    if cache.disk().has(&key) {
+        return Some(format!(
+            "it ran before with the same inputs: it would be fetched from cache {}",
+            cache.disk().dir().display()
+        ));
+    }
+    #[cfg(feature = "remote-cache")]
+    if let Some(remote) = cache.remote() {
+        return Some(format!(
+            "it would be looked up in remote cache {}",
+            remote.url()
+        ));
+    }
+    None
+}
+
 pub fn explain(graph: &Graph, plan: &Plan, options: &Options) -> Vec<Verdict> {
     let state = State::load(&graph.root);
     let root = crate::root_dir::RootDir::open(&graph.root);
@@ -57,7 +88,17 @@ pub fn explain(graph: &Graph, plan: &Plan, options: &Options) -> Vec<Verdict> {
             Ok(Freshness::UpToDate(record)) => {
                 (false, Vec::new(), fingerprint::seen_by_dependents(&record))
             }
-            Ok(Freshness::Stale(_, reasons)) => (true, reasons, WILL_RUN),
+            Ok(Freshness::Stale(record, reasons)) => {
+                #[cfg(feature = "cache")]
+                let reasons = {
+                    let mut reasons = reasons;
+                    reasons.extend(from_cache(graph, step, &record, options, forced));
+                    reasons
+                };
+                #[cfg(not(feature = "cache"))]
+                let _ = record;
+                (true, reasons, WILL_RUN)
+            }
             Ok(Freshness::Untracked) => (
                 true,
                 vec!["it declares no inputs, so it always runs".into()],

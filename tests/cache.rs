@@ -85,6 +85,16 @@ fn a_second_checkout_fetches_what_the_first_built() {
 
     // Another checkout, nothing built: `build` is fetched (its output
     // file, and what it printed), `count` (cache = false) runs.
+    // Before it runs, explain says so.
+    let explained = std::process::Command::new(PIPER)
+        .args(["explain", "ci", "--disk-cache"])
+        .arg(cache.path())
+        .current_dir(b.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&explained.stdout);
+    assert!(said.contains("it would be fetched from cache"), "{said}");
+
     let second = exec(b.path(), cache.path());
     let seen = steps(&second);
     let build = status_of(&seen, "build");
@@ -365,4 +375,96 @@ fn a_remote_cache_that_lies_or_is_gone_never_breaks_a_build() {
     assert_eq!(status_of(&seen, "build").1, "success", "{seen:?}");
     let events = String::from_utf8_lossy(&out.stdout);
     assert!(events.contains("remote cache:"), "{events}");
+}
+
+/// Two agents with their own data directories (and so their own disk
+/// caches) share step results through `--remote-cache`.
+#[test]
+fn agents_share_results_through_a_remote_cache() {
+    use crate::agent::Daemon;
+    let test = "cache::agents_share_results_through_a_remote_cache";
+    let Some(server) = Nginx::start(test) else {
+        return;
+    };
+    let first = Daemon::start_with(None, &["--remote-cache", &server.url], None);
+    let second = Daemon::start_with(None, &["--remote-cache", &server.url], None);
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    let config = unindent(
+        r#"
+        pipeline "ci" {
+          step "build" {
+            inputs = "src/*.txt", outputs = "out/all.txt",
+            run = 'mkdir -p out && cat src/*.txt > out/all.txt && echo ran >> "$MARKER"',
+          },
+        }
+        "#,
+    );
+    let repo = crate::agent::repo(&[("piper.lua", config.as_bytes()), ("src/a.txt", b"hello\n")]);
+    let body = serde_json::json!({
+        "repo": repo.path(), "pipeline": "ci",
+        "env": { "MARKER": marker.to_str().unwrap() },
+    });
+    let id = first.queue(&body);
+    assert_eq!(first.wait_finished(id)["status"], "success");
+    assert_eq!(server.files("ac").len(), 1, "the first agent uploaded");
+    let id = second.queue(&body);
+    let build = second.wait_finished(id);
+    assert_eq!(build["steps"][0]["status"], "fetched", "{build}");
+    assert!(
+        build["steps"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("remote cache"),
+        "{build}"
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
+}
+
+/// `--cache-verify` finds a step whose inputs are incomplete: it reads a
+/// file it does not declare, so two checkouts with the same declared
+/// inputs make different outputs; run anyway, the difference is a warning.
+#[test]
+fn cache_verify_finds_a_step_that_reads_an_undeclared_file() {
+    let cache = tempfile::tempdir().unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = unindent(
+        r#"
+        step "build" {
+          inputs = "src/*.txt", outputs = "out/all.txt",
+          run = "mkdir -p out && cat src/*.txt extra.cfg > out/all.txt",
+        }
+        pipeline "ci" { "build" }
+        "#,
+    );
+    for (dir, extra) in [(a.path(), "one\n"), (b.path(), "two\n")] {
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("piper.lua"), &config).unwrap();
+        std::fs::write(dir.join("src/a.txt"), "hello\n").unwrap();
+        std::fs::write(dir.join("extra.cfg"), extra).unwrap();
+    }
+    exec(a.path(), cache.path());
+    let out = std::process::Command::new(PIPER)
+        .args(["exec", "ci", "--json", "--cache-verify", "--disk-cache"])
+        .arg(cache.path())
+        .current_dir(b.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = steps(&out);
+    assert_eq!(status_of(&seen, "build").1, "success", "it ran: {seen:?}");
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        events.contains("cache verify: out/all.txt differs"),
+        "{events}"
+    );
+    // What it made stays, and the cache keeps what it held.
+    assert_eq!(
+        std::fs::read_to_string(b.path().join("out/all.txt")).unwrap(),
+        "hello\ntwo\n"
+    );
 }

@@ -50,6 +50,7 @@ pub(super) async fn serve(
             lease: args.lease,
             heartbeat: args.heartbeat,
             guard: Some(guard),
+            remote_cache: args.remote_cache.clone(),
         },
     ));
     let (listener, address) = listen_on(&args, &data, &mut lock).await?;

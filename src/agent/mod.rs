@@ -62,6 +62,8 @@ pub struct DaemonCli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of `Start` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum DaemonCommand {
     /// Start the agent: serve the API and run builds
     Start(StartArgs),

@@ -79,6 +79,12 @@ pub struct StartArgs {
     /// [default: the agent's addresses and localhost only]
     #[arg(long = "public-url", value_name = "URL")]
     pub public_urls: Vec<String>,
+
+    /// A remote cache behind the agent's disk cache (Bazel's HTTP cache
+    /// protocol, http(s)://HOST/PREFIX): builds fetch what ran anywhere
+    /// that uses it, and upload what they run [default: none]
+    #[arg(long, value_name = "URL", env = "PIPERD_REMOTE_CACHE")]
+    pub remote_cache: Option<String>,
 }
 
 /// `piperd.toml`: the same settings as the flags (which win over it).
@@ -99,6 +105,7 @@ pub struct FileSettings {
     pub public_read: Option<bool>,
     pub repositories: Option<Vec<String>>,
     pub public_urls: Option<Vec<String>>,
+    pub remote_cache: Option<String>,
     /// Git hosts' webhooks, one table per repository.
     #[serde(default)]
     pub webhooks: Vec<hooks::HookSettings>,
@@ -121,6 +128,7 @@ pub struct Settings {
     pub public_read: bool,
     pub repositories: Option<Vec<String>>,
     pub public_urls: Vec<String>,
+    pub remote_cache: Option<String>,
     pub webhooks: Vec<hooks::HookSettings>,
 }
 
@@ -190,8 +198,16 @@ impl Settings {
             } else {
                 args.public_urls
             },
+            remote_cache: args.remote_cache.or(file.remote_cache),
             webhooks: file.webhooks,
         };
+        if let Some(url) = &settings.remote_cache {
+            // Checked now: a typo is a start-up error, not a warning per build.
+            crate::RemoteCache::http(url).map_err(|message| Error::Setting {
+                name: "--remote-cache".into(),
+                message,
+            })?;
+        }
         fence::check_timing(settings.lease, settings.heartbeat).map_err(|message| {
             Error::Setting {
                 name: "--heartbeat / --lease".into(),
@@ -248,6 +264,8 @@ pub struct AgentSettings {
     pub heartbeat: std::time::Duration,
     /// The guard process that ends the steps when piperd cannot.
     pub guard: Option<super::guard::Guard>,
+    /// A remote cache behind the disk cache (`--remote-cache`).
+    pub remote_cache: Option<String>,
 }
 
 /// What an agent advertises: the facts it detects about its machine

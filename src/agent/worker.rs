@@ -56,6 +56,8 @@ pub struct Agent {
     git_locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
     /// Longest one git command may take.
     pub git_timeout: Duration,
+    /// A remote cache behind the disk cache (`--remote-cache`).
+    pub remote_cache: Option<String>,
     /// The transports git may use (`GIT_ALLOW_PROTOCOL`).
     pub git_protocols: &'static str,
     /// The durations of what it ran, for `/metrics`.
@@ -114,6 +116,7 @@ impl Agent {
             abandon: CancellationToken::new(),
             git_locks: Mutex::new(HashMap::new()),
             git_timeout: settings.git_timeout,
+            remote_cache: settings.remote_cache,
             git_protocols: if settings.local_repositories {
                 "file:git:http:https:ssh"
             } else {
@@ -457,9 +460,7 @@ impl Agent {
             args: build.args.clone().into(),
             // Every build's workspace is new: the results of earlier
             // builds (any repository, any commit) come from the cache.
-            cache: Some(crate::Cache::new(crate::DiskCache::new(
-                self.data.join("cache"),
-            ))),
+            cache: Some(self.cache()),
             ..Options::default()
         };
         let mut recorder = self.recorder(build, token, run, (sha, version), log);
@@ -530,6 +531,21 @@ impl Agent {
     /// What the steps of a build see besides their own variables: the
     /// submit's `env` and `secret_env`, and who runs them (as Buildkite and
     /// Woodpecker do: `CI=true`, the build's id and number, the agent).
+    /// The caches of one build: the agent's disk cache, and the remote one
+    /// behind it (new for each build: one build's failures to reach it do
+    /// not keep the next from asking).
+    fn cache(&self) -> crate::Cache {
+        let cache = crate::Cache::new(crate::DiskCache::new(self.data.join("cache")));
+        match self.remote_cache.as_deref().map(crate::RemoteCache::http) {
+            Some(Ok(remote)) => cache.with_remote(remote),
+            Some(Err(e)) => {
+                tracing::warn!("remote cache: {e}");
+                cache
+            }
+            None => cache,
+        }
+    }
+
     /// The submit's `env` and `secret_env`: part of what its steps do.
     fn build_env(&self, build: &Build) -> indexmap::IndexMap<String, String> {
         let mut env: indexmap::IndexMap<String, String> = build.env.clone().into_iter().collect();

@@ -110,6 +110,11 @@ impl DiskCache {
             .join(sha256)
     }
 
+    /// Whether it holds an entry for `key` (not read: `piper explain`).
+    pub(crate) fn has(&self, key: &ActionKey) -> bool {
+        self.ac(key).is_file()
+    }
+
     /// The entry of `key`, if there is a whole one (a damaged one is a
     /// miss, and says why).
     pub(crate) fn get(&self, key: &ActionKey) -> Result<Option<Entry>, String> {
@@ -181,6 +186,25 @@ impl DiskCache {
         // Used now, as its entry: eviction keeps them together.
         touch(&source);
         Ok(())
+    }
+
+    /// How the outputs under `root` differ from `entry`'s: each a path and
+    /// what differs ("out/a differs", "out/b is missing").
+    pub(crate) fn differences(&self, entry: &Entry, root: &Path) -> Vec<String> {
+        let mut differences = Vec::new();
+        for output in &entry.outputs {
+            let path = root.join(&output.path);
+            let made = std::fs::File::open(&path)
+                .and_then(|mut f| copy_hashing(&mut f, &mut std::io::sink()));
+            match made {
+                Err(_) => differences.push(format!("{} is missing", output.path)),
+                Ok((sha256, _)) if sha256 != output.blob.sha256 => {
+                    differences.push(format!("{} differs", output.path))
+                }
+                Ok(_) => {}
+            }
+        }
+        differences
     }
 
     fn read_blob(&self, blob: &Blob) -> Result<Vec<u8>, String> {

@@ -30,7 +30,7 @@ mod key;
 mod tiered;
 
 pub use disk::DiskCache;
-pub(crate) use disk::Fetched;
+pub(crate) use disk::{Entry, Fetched};
 #[cfg(feature = "remote-cache")]
 pub use http::RemoteCache;
 pub(crate) use key::{ActionKey, cacheable};

@@ -14,6 +14,7 @@ use super::http::RemoteCache;
 #[derive(Debug, Clone)]
 pub struct Cache {
     disk: DiskCache,
+    verify: bool,
     #[cfg(feature = "remote-cache")]
     remote: Option<Arc<RemoteCache>>,
 }
@@ -23,9 +24,23 @@ impl Cache {
     pub fn new(disk: DiskCache) -> Cache {
         Cache {
             disk,
+            verify: false,
             #[cfg(feature = "remote-cache")]
             remote: None,
         }
+    }
+
+    /// `--cache-verify`: a step the cache holds runs anyway, and what it
+    /// makes is compared with what the cache holds; each difference is a
+    /// warning (the step reads something its inputs do not name). Nothing
+    /// is fetched or stored.
+    pub fn verify(mut self, verify: bool) -> Cache {
+        self.verify = verify;
+        self
+    }
+
+    pub(crate) fn verifies(&self) -> bool {
+        self.verify
     }
 
     /// A remote cache behind the disk cache.

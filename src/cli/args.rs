@@ -191,6 +191,11 @@ pub struct ExecArgs {
     #[arg(long, value_name = "on|off", env = "PIPER_REMOTE_UPLOAD", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub remote_upload: bool,
 
+    /// Run steps the cache holds anyway and compare what they make with it:
+    /// a difference means a step reads something its inputs do not name
+    #[arg(long)]
+    pub cache_verify: bool,
+
     /// Arguments for the pipeline, after `--`: `$1`.. and `"$@"` in its shell
     /// commands, `ctx.args` in its Lua functions, `PIPER_ARGS` in the environment
     #[arg(last = true, value_name = "ARGS", add = ArgValueCandidates::new(argument_candidates))]
@@ -359,6 +364,15 @@ pub struct ExplainArgs {
     /// Set a variable for every step, as `piper exec --env` would (repeatable)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+
+    /// The cache `piper exec --disk-cache` would use: a step it holds would
+    /// be fetched, and says so
+    #[arg(long, value_name = "DIR", env = "PIPER_DISK_CACHE")]
+    pub disk_cache: Option<PathBuf>,
+
+    /// The remote cache `piper exec --remote-cache` would ask
+    #[arg(long, value_name = "URL", env = "PIPER_REMOTE_CACHE")]
+    pub remote_cache: Option<String>,
 }
 
 #[derive(Debug, Args)]

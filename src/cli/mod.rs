@@ -167,17 +167,21 @@ fn parse_env_overrides(values: &[String]) -> Result<IndexMap<String, String>> {
 /// The disk cache (`--disk-cache`), with the remote one behind it
 /// (`--remote-cache`; then the disk cache is the user's cache directory
 /// unless one is given).
-fn caches(args: &ExecArgs) -> Result<Option<crate::Cache>> {
-    let dir = match (&args.disk_cache, &args.remote_cache) {
+fn caches(
+    disk_cache: &Option<PathBuf>,
+    remote_cache: &Option<String>,
+    upload: bool,
+) -> Result<Option<crate::Cache>> {
+    let dir = match (disk_cache, remote_cache) {
         (Some(dir), _) => dir.clone(),
         (None, Some(_)) => user_cache_dir(),
         (None, None) => return Ok(None),
     };
     let mut cache = crate::Cache::new(crate::DiskCache::new(dir));
-    if let Some(url) = &args.remote_cache {
+    if let Some(url) = remote_cache {
         let remote =
             crate::RemoteCache::http(url).map_err(|e| Error::setting("--remote-cache", e))?;
-        cache = cache.with_remote(remote.upload(args.remote_upload));
+        cache = cache.with_remote(remote.upload(upload));
     }
     Ok(Some(cache))
 }
@@ -196,7 +200,8 @@ fn exec_options(graph: &Graph, args: &ExecArgs) -> Result<Options> {
         dry_run: args.dry_run,
         env_overrides: parse_env_overrides(&args.env)?,
         args: args.args.clone().into(),
-        cache: caches(args)?,
+        cache: caches(&args.disk_cache, &args.remote_cache, args.remote_upload)?
+            .map(|cache| cache.verify(args.cache_verify)),
         ..Options::default()
     };
     options.force = match &args.force {
@@ -564,6 +569,7 @@ fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
     warnings::show_loaded(&project);
     let options = Options {
         env_overrides: parse_env_overrides(&args.env)?,
+        cache: caches(&args.disk_cache, &args.remote_cache, false)?,
         ..Options::default()
     };
     let targets: Vec<&str> = args.targets.iter().map(String::as_str).collect();

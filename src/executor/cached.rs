@@ -8,7 +8,7 @@ use std::time::Instant;
 
 #[cfg(feature = "remote-cache")]
 use crate::cache::Cache;
-use crate::cache::{ActionKey, Fetched};
+use crate::cache::{ActionKey, Entry, Fetched};
 use crate::event::{Event, StepStatus};
 use crate::fingerprint;
 use crate::process::OutputSink;
@@ -22,6 +22,19 @@ enum Cached {
     Fetched(Box<(StepRecord, Fetched)>),
     /// It runs; with a key, what it makes is stored after a success.
     Miss(Option<ActionKey>),
+    /// `--cache-verify`: the cache has its results, and it runs anyway to
+    /// compare what it makes with them.
+    Verify(ActionKey, Box<Entry>),
+}
+
+/// A step the cache did not spare: what it runs with, and what to do
+/// after it succeeds.
+pub(super) struct Missed {
+    /// Its output, kept when there is something to store.
+    pub(super) out: OutputSink,
+    key: Option<ActionKey>,
+    /// The cached results to compare with (`--cache-verify`).
+    verify: Option<Box<Entry>>,
 }
 
 impl StepJob {
@@ -33,13 +46,43 @@ impl StepJob {
         out: OutputSink,
         record: Option<&StepRecord>,
         started: Instant,
-    ) -> Result<StepResult, (OutputSink, Option<ActionKey>)> {
+    ) -> Result<StepResult, Missed> {
         match self.cached(record).await {
             Cached::Fetched(hit) => {
                 let (record, fetched) = *hit;
                 Ok(self.fetched(&out, record, fetched, started).await)
             }
-            Cached::Miss(key) => Err((out.capturing(key.is_some()), key)),
+            Cached::Miss(key) => Err(Missed {
+                out: out.capturing(key.is_some()),
+                key,
+                verify: None,
+            }),
+            Cached::Verify(key, entry) => Err(Missed {
+                out,
+                key: Some(key),
+                verify: Some(entry),
+            }),
+        }
+    }
+
+    /// After the step succeeded: its results stored, or (`--cache-verify`)
+    /// compared with the cached ones, each difference a warning.
+    pub(super) async fn after_success(&self, missed: Missed) {
+        let Some(key) = &missed.key else { return };
+        let Some(entry) = missed.verify else {
+            return self.store(&missed.out, key).await;
+        };
+        let Some(cache) = &self.cache else { return };
+        let (disk, root) = (cache.disk().clone(), self.graph.root.clone());
+        let differences = tokio::task::spawn_blocking(move || disk.differences(&entry, &root))
+            .await
+            .unwrap_or_default();
+        for difference in differences {
+            self.warn(format!(
+                "cache verify: {difference}: what the cache holds for the same inputs differs, \
+                 so the step reads something its inputs do not name (or is not deterministic)"
+            ))
+            .await;
         }
     }
 
@@ -60,6 +103,14 @@ impl StepJob {
         }
         #[cfg(feature = "remote-cache")]
         let downloaded = self.ask_remote(cache, &key).await;
+        if cache.verifies() {
+            let (disk, lookup) = (cache.disk().clone(), key.clone());
+            let entry = tokio::task::spawn_blocking(move || disk.get(&lookup)).await;
+            return match entry {
+                Ok(Ok(Some(entry))) => Cached::Verify(key, Box::new(entry)),
+                _ => Cached::Miss(Some(key)),
+            };
+        }
         let (disk, root, lookup) = (cache.disk().clone(), self.graph.root.clone(), key.clone());
         let found = tokio::task::spawn_blocking(move || {
             let entry = disk.get(&lookup)?;
@@ -114,7 +165,7 @@ impl StepJob {
     }
 
     /// After a success: its outputs and what it printed, under its key.
-    pub(super) async fn store(&self, out: &OutputSink, key: &ActionKey) {
+    async fn store(&self, out: &OutputSink, key: &ActionKey) {
         let step = &self.graph.steps[self.step];
         let Some(cache) = self.cache.clone() else {
             return;

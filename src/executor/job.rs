@@ -163,16 +163,14 @@ impl StepJob {
         };
         let out = OutputSink::new(self.events.clone(), self.build, step.name.clone());
         #[cfg(feature = "cache")]
-        let (out, key) = match self.look_in_cache(out, record.as_ref(), started).await {
+        let (out, missed) = match self.look_in_cache(out, record.as_ref(), started).await {
             Ok(fetched) => return fetched,
-            Err(miss) => miss,
+            Err(missed) => (missed.out.clone(), missed),
         };
         let (last, attempts) = self.attempts(&out, reasons).await;
         #[cfg(feature = "cache")]
-        if let Some(key) = key
-            && last.status == StepStatus::Success
-        {
-            self.store(&out, &key).await;
+        if last.status == StepStatus::Success {
+            self.after_success(missed).await;
         }
         self.finish_run(&out, record, last, attempts, started).await
     }
