@@ -56,6 +56,78 @@ def peak_rss_mb(cwd, argv):
     return usage.ru_maxrss / 1024.0
 
 
+def measure_cache(d, piper, rounds):
+    """Issue 30: 1,000 steps that copy a file each (the cached-1000 work),
+    built in a fresh checkout (empty .piper/ and outputs): without a
+    cache, with a warm disk cache, and with a warm remote HTTP cache (a
+    private nginx on loopback) and an empty disk cache. Medians, seconds."""
+    import shutil as sh
+    import socket
+    import time
+    work = tempfile.mkdtemp()
+    nginx_proc = None
+    try:
+        src = os.path.join(work, "src")
+        sh.copytree(d, src, ignore=sh.ignore_patterns(".piper", "out", ".ninja*"))
+        os.makedirs(os.path.join(src, "out"), exist_ok=True)
+        disk = os.path.join(work, "disk")
+        # Warm the disk cache from one checkout.
+        first = os.path.join(work, "first")
+        sh.copytree(src, first)
+        subprocess.run([piper, "exec", "all", "-j2", "--disk-cache", disk], cwd=first, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        remote = None
+        nginx = sh.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        if nginx:
+            store = os.path.join(work, "nginx")
+            os.makedirs(os.path.join(store, "store", ".tmp"))
+            with socket.socket() as s_:
+                s_.bind(("127.0.0.1", 0))
+                port = s_.getsockname()[1]
+            conf = (f"user root; daemon off; pid {store}/nginx.pid; error_log {store}/error.log;\n"
+                    f"events {{}}\nhttp {{ access_log off; client_body_temp_path {store}/store/.tmp; "
+                    f"client_max_body_size 0; server {{ listen 127.0.0.1:{port}; root {store}/store; "
+                    f"location / {{ dav_methods PUT; create_full_put_path on; }} }} }}\n")
+            open(os.path.join(store, "nginx.conf"), "w").write(conf)
+            nginx_proc = subprocess.Popen([nginx, "-c", os.path.join(store, "nginx.conf"), "-p", store],
+                                          stderr=subprocess.DEVNULL)
+            for _ in range(500):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                    break
+                except OSError:
+                    time.sleep(0.01)
+            remote = f"http://127.0.0.1:{port}/piper"
+            up = os.path.join(work, "up")
+            sh.copytree(src, up)
+            subprocess.run([piper, "exec", "all", "-j2", "--disk-cache", os.path.join(work, "up-disk"),
+                            "--remote-cache", remote], cwd=up, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times = {"no cache": [], "warm disk cache": [], "warm remote, empty disk": []}
+        for r in range(rounds):
+            for k, name in enumerate(times):
+                if name.startswith("warm remote") and not remote:
+                    continue
+                checkout = os.path.join(work, f"c{r}-{k}")
+                sh.copytree(src, checkout)
+                argv = [piper, "exec", "all", "-j2"]
+                if name == "warm disk cache":
+                    argv += ["--disk-cache", disk]
+                elif name.startswith("warm remote"):
+                    argv += ["--disk-cache", os.path.join(work, f"empty-{r}"), "--remote-cache", remote,
+                             "--remote-upload", "off"]
+                t = time.perf_counter()
+                subprocess.run(argv, cwd=checkout, check=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+                times[name].append(time.perf_counter() - t)
+        return {name: statistics.median(v) for name, v in times.items() if v}
+    finally:
+        if nginx_proc:
+            nginx_proc.terminate()
+            nginx_proc.wait()
+        sh.rmtree(work, ignore_errors=True)
+
+
 def measure_watch_latency(d, piper, debounce_ms, rounds):
     """Median and p90 milliseconds from writing a watched input to the
     triggered step's own clock reading, with `piper watch` running."""
@@ -635,6 +707,11 @@ def main():
 
     # 6. Watch latency: file write -> the step's process has started.
     watch_latency = measure_watch_latency(os.path.join(args.work, "watch"), piper, 50, 8 if q else 20)
+    cache = None
+    try:
+        cache = measure_cache(os.path.join(args.work, "cached-1000"), piper, 3 if q else 7)
+    except Exception as e:  # reported, not hidden
+        notes.append(f"cache benchmark failed: {e!r}")
     agent = None
     try:
         agent = measure_agent(os.path.join(os.path.dirname(piper), "piperd"), 5 if q else 30)
@@ -702,6 +779,13 @@ def main():
         lines.append(f"- evaluation, in process (Lua state + evaluate + validate, 10 000 steps): "
                      f"median {inproc['median_ms']:.1f} ms over {inproc['runs']} runs of {inproc['steps']} steps (target < 100 ms: "
                      f"{'met' if inproc['median_ms'] < 100 else 'missed'})")
+    if cache:
+        cold = cache["no cache"]
+        parts = [f"{name} {t * 1000:.0f} ms ({t / cold:.2f}×)" for name, t in cache.items()]
+        worst = max(cache.values())
+        lines.append("- cache, 1,000 steps copying a file each, a fresh checkout (empty `.piper/` and outputs), "
+                     "`piper exec all -j2`: " + ", ".join(parts) + " (target: fetching never slower than "
+                     f"running them: {'met' if worst <= cold else 'missed'})")
     if watch_latency:
         med, p90 = watch_latency
         lines.append(f"- watch latency, file write → step process started (debounce 50 ms, includes starting "
