@@ -164,6 +164,44 @@ fn a_damaged_cache_is_a_warning_and_the_step_runs() {
     );
 }
 
+/// A repository whose one step (with inputs and outputs) appends a line
+/// to a marker file each time it runs, and the submit that builds it.
+struct Marked {
+    body: Value,
+    marker: std::path::PathBuf,
+    _work: tempfile::TempDir,
+    _repo: tempfile::TempDir,
+}
+
+impl Marked {
+    fn new() -> Marked {
+        let work = tempfile::tempdir().unwrap();
+        let marker = work.path().join("ran");
+        let config = unindent(
+            r#"
+            pipeline "ci" {
+              step "build" {
+                inputs = "src/*.txt", outputs = "out/all.txt",
+                run = 'mkdir -p out && cat src/*.txt > out/all.txt && echo ran >> "$MARKER"',
+              },
+            }
+            "#,
+        );
+        let repo =
+            crate::agent::repo(&[("piper.lua", config.as_bytes()), ("src/a.txt", b"hello\n")]);
+        let body = serde_json::json!({
+            "repo": repo.path(), "pipeline": "ci",
+            "env": { "MARKER": marker.to_str().unwrap() },
+        });
+        Marked {
+            body,
+            marker,
+            _work: work,
+            _repo: repo,
+        }
+    }
+}
+
 /// piperd keeps a cache in its data directory: every build has a new
 /// workspace, and the second build of a commit fetches what the first
 /// built (its log says so, and it ran nothing: the marker file it appends
@@ -172,30 +210,15 @@ fn a_damaged_cache_is_a_warning_and_the_step_runs() {
 fn piperd_builds_reuse_what_earlier_builds_made() {
     use crate::agent::Daemon;
     let daemon = Daemon::start(None);
-    let work = tempfile::tempdir().unwrap();
-    let marker = work.path().join("ran");
-    let config = unindent(
-        r#"
-        pipeline "ci" {
-          step "build" {
-            inputs = "src/*.txt", outputs = "out/all.txt",
-            run = 'mkdir -p out && cat src/*.txt > out/all.txt && echo ran >> "$MARKER"',
-          },
-        }
-        "#,
-    );
-    let repo = crate::agent::repo(&[("piper.lua", config.as_bytes()), ("src/a.txt", b"hello\n")]);
-    let body = serde_json::json!({
-        "repo": repo.path(), "pipeline": "ci",
-        "env": { "MARKER": marker.to_str().unwrap() },
-    });
-    let first = daemon.queue(&body);
+    let marked = Marked::new();
+    let (body, marker) = (&marked.body, &marked.marker);
+    let first = daemon.queue(body);
     assert_eq!(daemon.wait_finished(first)["status"], "success");
-    let second = daemon.queue(&body);
+    let second = daemon.queue(body);
     let build = daemon.wait_finished(second);
     assert_eq!(build["status"], "success");
     assert_eq!(build["steps"][0]["status"], "fetched", "{build}");
-    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
+    assert_eq!(std::fs::read_to_string(marker).unwrap(), "ran\n");
 }
 
 /// A private nginx serving Bazel's HTTP cache protocol (WebDAV PUT) on a
@@ -388,27 +411,12 @@ fn agents_share_results_through_a_remote_cache() {
     };
     let first = Daemon::start_with(None, &["--remote-cache", &server.url], None);
     let second = Daemon::start_with(None, &["--remote-cache", &server.url], None);
-    let work = tempfile::tempdir().unwrap();
-    let marker = work.path().join("ran");
-    let config = unindent(
-        r#"
-        pipeline "ci" {
-          step "build" {
-            inputs = "src/*.txt", outputs = "out/all.txt",
-            run = 'mkdir -p out && cat src/*.txt > out/all.txt && echo ran >> "$MARKER"',
-          },
-        }
-        "#,
-    );
-    let repo = crate::agent::repo(&[("piper.lua", config.as_bytes()), ("src/a.txt", b"hello\n")]);
-    let body = serde_json::json!({
-        "repo": repo.path(), "pipeline": "ci",
-        "env": { "MARKER": marker.to_str().unwrap() },
-    });
-    let id = first.queue(&body);
+    let marked = Marked::new();
+    let (body, marker) = (&marked.body, &marked.marker);
+    let id = first.queue(body);
     assert_eq!(first.wait_finished(id)["status"], "success");
     assert_eq!(server.files("ac").len(), 1, "the first agent uploaded");
-    let id = second.queue(&body);
+    let id = second.queue(body);
     let build = second.wait_finished(id);
     assert_eq!(build["steps"][0]["status"], "fetched", "{build}");
     assert!(
@@ -418,7 +426,7 @@ fn agents_share_results_through_a_remote_cache() {
             .contains("remote cache"),
         "{build}"
     );
-    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
+    assert_eq!(std::fs::read_to_string(marker).unwrap(), "ran\n");
 }
 
 /// `--cache-verify` finds a step whose inputs are incomplete: it reads a
