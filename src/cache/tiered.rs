@@ -33,7 +33,7 @@ impl Cache {
     /// `--cache-verify`: a step the cache holds runs anyway, and what it
     /// makes is compared with what the cache holds; each difference is a
     /// warning (the step reads something its inputs do not name). Nothing
-    /// is fetched or stored.
+    /// is fetched; a step the cache does not hold is stored as usual.
     pub fn verify(mut self, verify: bool) -> Cache {
         self.verify = verify;
         self
