@@ -725,3 +725,33 @@ fn an_io_error_of_the_engine_keeps_its_cause() {
     assert_eq!(error.to_string(), "cannot read piper.lua: denied");
     assert_eq!(error.exit_code(), 1);
 }
+
+/// An embedded engine leaves the host's children alone: it does not make
+/// the host's process a child subreaper (so the host's orphans are not
+/// re-parented to it) nor reap children it did not spawn. It did: a run
+/// started the reaper in the host, which then took the exit status of a
+/// child the host waited for (`Command::output` failed with ECHILD in the
+/// test process, where in-process runs and spawned `piper`s meet).
+#[test]
+fn an_embedded_run_leaves_the_hosts_children_alone() {
+    let dir = project(r#"pipeline "p" { step "a" { run = "true" } }"#);
+    let project = Engine::new().load(dir.path()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let run = project.run(&["p"], RunOptions::default()).unwrap();
+        run.wait().await.unwrap();
+    });
+    let mut subreaper: libc::c_int = 0;
+    // SAFETY: prctl writes one int to the pointer given, which is ours.
+    let read = unsafe {
+        libc::prctl(
+            libc::PR_GET_CHILD_SUBREAPER,
+            &mut subreaper as *mut libc::c_int,
+        )
+    };
+    assert_eq!(read, 0);
+    assert_eq!(
+        subreaper, 0,
+        "an embedded run made the host a child subreaper"
+    );
+}

@@ -457,6 +457,7 @@ impl Agent {
         let options = Options {
             env_overrides: self.build_env(build),
             run_vars: self.run_vars(build),
+            reap_orphans: true,
             args: build.args.clone().into(),
             // Every build's workspace is new: the results of earlier
             // builds (any repository, any commit) come from the cache.

@@ -202,6 +202,8 @@ fn exec_options(graph: &Graph, args: &ExecArgs) -> Result<Options> {
         args: args.args.clone().into(),
         cache: caches(&args.disk_cache, &args.remote_cache, args.remote_upload)?
             .map(|cache| cache.verify(args.cache_verify)),
+        // This process owns every child it has: orphans are reaped.
+        reap_orphans: true,
         ..Options::default()
     };
     options.force = match &args.force {

@@ -55,7 +55,9 @@ pub async fn run(
     interrupt: &CancellationToken,
 ) -> Result<RunOutcome> {
     let first = graph.plan(targets)?;
-    crate::reaper::start();
+    if options.reap_orphans {
+        crate::reaper::start();
+    }
     let mut queue: VecDeque<(Plan, Option<TriggeredBy>)> = VecDeque::from([(first, None)]);
     let mut builds = Vec::new();
     let mut next_id = options.first_build;

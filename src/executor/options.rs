@@ -42,6 +42,12 @@ pub struct Options {
     /// Watch: `service` steps are not run in the build (reported skipped);
     /// watch runs them beside it.
     pub services_apart: bool,
+    /// Make the process a child subreaper and reap every orphan that is
+    /// not Piper's own child (`reaper.rs`): what the `piper` and `piperd`
+    /// processes, which own all their children, do. Never for an embedder
+    /// (the default): the reaper would take the exit status of the host's
+    /// own children from under it.
+    pub reap_orphans: bool,
     /// How each command runs (local processes unless a host says else).
     pub runner: SharedRunner,
     /// The process exits once this run ends (`piper exec`): what the run
@@ -107,6 +113,7 @@ impl Default for Options {
             restrict: None,
             first_build: 1,
             services_apart: false,
+            reap_orphans: false,
             runner: SharedRunner::default(),
             exiting: false,
             #[cfg(feature = "cache")]
