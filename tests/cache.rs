@@ -33,9 +33,16 @@ fn project(dir: &Path) {
 }
 
 fn exec(dir: &Path, cache: &Path) -> Output {
+    exec_with(dir, cache, &[])
+}
+
+/// `piper exec ci --json --disk-cache CACHE` and `extra` flags, in `dir`;
+/// it must succeed.
+fn exec_with(dir: &Path, cache: &Path, extra: &[&str]) -> Output {
     let out = std::process::Command::new(PIPER)
         .args(["exec", "ci", "--json", "--disk-cache"])
         .arg(cache)
+        .args(extra)
         .current_dir(dir)
         .output()
         .unwrap();
@@ -296,20 +303,7 @@ impl Drop for Nginx {
 }
 
 fn exec_remote(dir: &Path, disk: &Path, remote: &str, extra: &[&str]) -> Output {
-    let out = std::process::Command::new(PIPER)
-        .args(["exec", "ci", "--json", "--disk-cache"])
-        .arg(disk)
-        .args(["--remote-cache", remote])
-        .args(extra)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    exec_with(dir, disk, &[&["--remote-cache", remote], extra].concat())
 }
 
 /// Two machines, as far as the cache can tell (two checkouts, two disk
@@ -452,17 +446,7 @@ fn cache_verify_finds_a_step_that_reads_an_undeclared_file() {
         std::fs::write(dir.join("extra.cfg"), extra).unwrap();
     }
     exec(a.path(), cache.path());
-    let out = std::process::Command::new(PIPER)
-        .args(["exec", "ci", "--json", "--cache-verify", "--disk-cache"])
-        .arg(cache.path())
-        .current_dir(b.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = exec_with(b.path(), cache.path(), &["--cache-verify"]);
     let seen = steps(&out);
     assert_eq!(status_of(&seen, "build").1, "success", "it ran: {seen:?}");
     let events = String::from_utf8_lossy(&out.stdout);
