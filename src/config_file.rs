@@ -1,5 +1,5 @@
 //! Optional TOML config files: `piperd.toml` for the agent and
-//! `config.toml` for the CLI's remote commands, in `$XDG_CONFIG_HOME/piper`
+//! `config.toml` for the CLI's remote commands and caches, in `$XDG_CONFIG_HOME/piper`
 //! (or `~/.config/piper`). Precedence everywhere: command-line flag, then
 //! environment variable, then config file, then default.
 
@@ -58,4 +58,14 @@ pub struct ClientConfig {
     pub server: Option<String>,
     /// The API token.
     pub token: Option<String>,
+    /// `piper exec --disk-cache`.
+    pub disk_cache: Option<PathBuf>,
+    /// `piper exec --remote-cache`.
+    pub remote_cache: Option<String>,
+    /// `piper exec --remote-instance`.
+    pub remote_instance: Option<String>,
+    /// `piper exec --remote-header`, each `NAME=VALUE`.
+    pub remote_headers: Option<Vec<String>>,
+    /// `piper exec --remote-upload`.
+    pub remote_upload: Option<bool>,
 }

@@ -26,16 +26,19 @@ const WILL_RUN: Digest = Digest([0xee; 32]);
 #[cfg(feature = "cache")]
 fn from_cache(
     graph: &Graph,
-    step: &crate::graph::Step,
+    index: usize,
     record: &crate::state::StepRecord,
+    env: &[(String, String)],
     options: &Options,
     forced: bool,
 ) -> Option<String> {
     let cache = options.cache.as_ref()?;
-    if forced || !crate::cache::cacheable(step) {
+    // A dependency that would run first remakes what the key covers.
+    let waiting = record.deps.values().any(|fp| *fp == WILL_RUN);
+    if forced || waiting || !crate::cache::cacheable(&graph.steps[index]) {
         return None;
     }
-    let key = crate::cache::ActionKey::new(step, &graph.root, &record.fingerprint);
+    let key = crate::cache::ActionKey::new(graph, index, record, env).ok()?;
     if cache.disk().has(&key) {
         return Some(format!(
             "it ran before with the same inputs: it would be fetched from cache {}",
@@ -92,7 +95,14 @@ pub fn explain(graph: &Graph, plan: &Plan, options: &Options) -> Vec<Verdict> {
                 #[cfg(feature = "cache")]
                 let reasons = {
                     let mut reasons = reasons;
-                    reasons.extend(from_cache(graph, step, &record, options, forced));
+                    reasons.extend(from_cache(
+                        graph,
+                        plan.steps[i].step,
+                        &record,
+                        &env,
+                        options,
+                        forced,
+                    ));
                     reasons
                 };
                 #[cfg(not(feature = "cache"))]

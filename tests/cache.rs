@@ -38,7 +38,7 @@ fn exec(dir: &Path, cache: &Path) -> Output {
 
 /// `piper exec ci --json --disk-cache CACHE` and `extra` flags, in `dir`;
 /// it must succeed.
-fn exec_with(dir: &Path, cache: &Path, extra: &[&str]) -> Output {
+pub(crate) fn exec_with(dir: &Path, cache: &Path, extra: &[&str]) -> Output {
     let out = std::process::Command::new(PIPER)
         .args(["exec", "ci", "--json", "--disk-cache"])
         .arg(cache)
@@ -55,7 +55,7 @@ fn exec_with(dir: &Path, cache: &Path, extra: &[&str]) -> Output {
 }
 
 /// Each step's final status, and the output the events carried for it.
-fn steps(out: &Output) -> Vec<(String, String, String)> {
+pub(crate) fn steps(out: &Output) -> Vec<(String, String, String)> {
     let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -73,7 +73,7 @@ fn steps(out: &Output) -> Vec<(String, String, String)> {
     steps
 }
 
-fn status_of<'a>(
+pub(crate) fn status_of<'a>(
     steps: &'a [(String, String, String)],
     name: &str,
 ) -> &'a (String, String, String) {

@@ -515,7 +515,7 @@ fn public_surface() -> String {
             &["RunOutcome", "BuildOutcome"][..],
         ),
         ("src/cache/disk.rs", &["DiskCache"][..]),
-        ("src/cache/http.rs", &["RemoteCache"][..]),
+        ("src/cache/remote.rs", &["RemoteCache"][..]),
         ("src/cache/tiered.rs", &["Cache"][..]),
     ] {
         let text = std::fs::read_to_string(root.join(file)).unwrap();

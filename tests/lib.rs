@@ -27,6 +27,7 @@ mod luacats;
 mod monitoring;
 mod pg;
 mod proxy;
+mod reapi;
 mod regressions;
 mod store;
 mod supervision;

@@ -80,11 +80,22 @@ pub struct StartArgs {
     #[arg(long = "public-url", value_name = "URL")]
     pub public_urls: Vec<String>,
 
-    /// A remote cache behind the agent's disk cache (Bazel's HTTP cache
-    /// protocol, http(s)://HOST/PREFIX): builds fetch what ran anywhere
-    /// that uses it, and upload what they run [default: none]
+    /// A remote cache behind the agent's disk cache: the Remote Execution
+    /// API (grpc://HOST:PORT, grpcs://) or Bazel's HTTP cache protocol
+    /// (http(s)://HOST/PREFIX). Builds fetch what ran anywhere that uses
+    /// it, and upload what they run [default: none]
     #[arg(long, value_name = "URL", env = "PIPERD_REMOTE_CACHE")]
     pub remote_cache: Option<String>,
+
+    /// The remote cache's REAPI instance name (gRPC only)
+    #[arg(long, value_name = "NAME", env = "PIPERD_REMOTE_INSTANCE")]
+    pub remote_instance: Option<String>,
+
+    /// A header sent with every remote cache request (repeatable):
+    /// NAME=VALUE, NAME=@FILE (the file's contents) or NAME=env:VARIABLE.
+    /// Values are never logged
+    #[arg(long = "remote-header", value_name = "NAME=VALUE")]
+    pub remote_headers: Vec<String>,
 }
 
 /// `piperd.toml`: the same settings as the flags (which win over it).
@@ -106,6 +117,8 @@ pub struct FileSettings {
     pub repositories: Option<Vec<String>>,
     pub public_urls: Option<Vec<String>>,
     pub remote_cache: Option<String>,
+    pub remote_instance: Option<String>,
+    pub remote_headers: Option<Vec<String>>,
     /// Git hosts' webhooks, one table per repository.
     #[serde(default)]
     pub webhooks: Vec<hooks::HookSettings>,
@@ -128,8 +141,37 @@ pub struct Settings {
     pub public_read: bool,
     pub repositories: Option<Vec<String>>,
     pub public_urls: Vec<String>,
-    pub remote_cache: Option<String>,
+    pub remote_cache: Option<RemoteCacheSettings>,
     pub webhooks: Vec<hooks::HookSettings>,
+}
+
+/// A remote cache as piperd's settings give it; made anew for each build.
+#[derive(Clone)]
+pub struct RemoteCacheSettings {
+    pub url: String,
+    pub instance: Option<String>,
+    /// `NAME=VALUE` arguments (see `RemoteCache::header_arg`).
+    pub headers: Vec<String>,
+}
+
+impl RemoteCacheSettings {
+    pub fn cache(&self) -> Result<crate::RemoteCache, String> {
+        crate::RemoteCache::with_settings(&self.url, self.instance.as_deref(), &self.headers)
+    }
+}
+
+impl std::fmt::Debug for RemoteCacheSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The headers' names only: their values are credentials.
+        let names: Vec<&str> = (self.headers.iter())
+            .map(|h| h.split_once('=').map_or(h.as_str(), |(name, _)| name))
+            .collect();
+        f.debug_struct("RemoteCacheSettings")
+            .field("url", &self.url)
+            .field("instance", &self.instance)
+            .field("headers", &names)
+            .finish()
+    }
 }
 
 impl Settings {
@@ -198,12 +240,22 @@ impl Settings {
             } else {
                 args.public_urls
             },
-            remote_cache: args.remote_cache.or(file.remote_cache),
+            remote_cache: (args.remote_cache.or(file.remote_cache)).map(|url| {
+                RemoteCacheSettings {
+                    url,
+                    instance: args.remote_instance.or(file.remote_instance),
+                    headers: if args.remote_headers.is_empty() {
+                        file.remote_headers.unwrap_or_default()
+                    } else {
+                        args.remote_headers
+                    },
+                }
+            }),
             webhooks: file.webhooks,
         };
-        if let Some(url) = &settings.remote_cache {
+        if let Some(remote) = &settings.remote_cache {
             // Checked now: a typo is a start-up error, not a warning per build.
-            crate::RemoteCache::http(url).map_err(|message| Error::Setting {
+            remote.cache().map_err(|message| Error::Setting {
                 name: "--remote-cache".into(),
                 message,
             })?;
@@ -265,7 +317,7 @@ pub struct AgentSettings {
     /// The guard process that ends the steps when piperd cannot.
     pub guard: Option<super::guard::Guard>,
     /// A remote cache behind the disk cache (`--remote-cache`).
-    pub remote_cache: Option<String>,
+    pub remote_cache: Option<RemoteCacheSettings>,
 }
 
 /// What an agent advertises: the facts it detects about its machine

@@ -57,7 +57,7 @@ pub struct Agent {
     /// Longest one git command may take.
     pub git_timeout: Duration,
     /// A remote cache behind the disk cache (`--remote-cache`).
-    pub remote_cache: Option<String>,
+    pub remote_cache: Option<super::settings::RemoteCacheSettings>,
     /// The transports git may use (`GIT_ALLOW_PROTOCOL`).
     pub git_protocols: &'static str,
     /// The durations of what it ran, for `/metrics`.
@@ -537,7 +537,7 @@ impl Agent {
     /// not keep the next from asking).
     fn cache(&self) -> crate::Cache {
         let cache = crate::Cache::new(crate::DiskCache::new(self.data.join("cache")));
-        match self.remote_cache.as_deref().map(crate::RemoteCache::http) {
+        match self.remote_cache.as_ref().map(|remote| remote.cache()) {
             Some(Ok(remote)) => cache.with_remote(remote),
             Some(Err(e)) => {
                 tracing::warn!("remote cache: {e}");

@@ -64,8 +64,54 @@ pub(crate) struct Fetched {
 
 const ENTRY_VERSION: u32 = 1;
 
+/// One output of an entry, as a remote cache's result names it.
+#[cfg(feature = "remote-cache")]
+pub(crate) struct EntryFile<'a> {
+    /// Relative to the project root.
+    pub(crate) path: &'a str,
+    pub(crate) sha256: &'a str,
+    pub(crate) size: u64,
+    pub(crate) executable: bool,
+}
+
 #[cfg(feature = "remote-cache")]
 impl Entry {
+    /// An entry of `files` (`(root-relative path, sha256, size,
+    /// executable)`) and the log blob `(sha256, size)`.
+    pub(crate) fn of(files: Vec<(String, String, u64, bool)>, log: Option<(String, u64)>) -> Entry {
+        let outputs = (files.into_iter())
+            .map(|(path, sha256, size, executable)| OutputFile {
+                path,
+                blob: Blob { sha256, size },
+                executable,
+            })
+            .collect();
+        Entry {
+            version: ENTRY_VERSION,
+            outputs,
+            log: log.map(|(sha256, size)| Blob { sha256, size }),
+        }
+    }
+
+    /// Its output files.
+    pub(crate) fn files(&self) -> impl Iterator<Item = EntryFile<'_>> {
+        self.outputs.iter().map(|o| EntryFile {
+            path: &o.path,
+            sha256: &o.blob.sha256,
+            size: o.blob.size,
+            executable: o.executable,
+        })
+    }
+
+    /// Its log blob: `(sha256, size)`.
+    pub(crate) fn log(&self) -> Option<(&str, u64)> {
+        self.log.as_ref().map(|b| (b.sha256.as_str(), b.size))
+    }
+
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
     /// The blobs it names: `(sha256, size)`.
     pub(crate) fn blobs(&self) -> impl Iterator<Item = (&str, u64)> {
         (self.outputs.iter().map(|o| &o.blob))
@@ -100,7 +146,7 @@ impl DiskCache {
     }
 
     fn ac(&self, key: &ActionKey) -> PathBuf {
-        self.dir.join("ac").join(&key.0[..2]).join(&key.0)
+        self.dir.join("ac").join(&key.hash[..2]).join(&key.hash)
     }
 
     fn cas(&self, sha256: &str) -> PathBuf {
@@ -354,6 +400,19 @@ impl DiskCache {
             .map_err(|e| format!("cannot write in {}: {e}", cas.display()))
     }
 
+    /// Keeps a blob received whole (a batch read), once it matches
+    /// `sha256`.
+    pub(crate) fn keep_blob_bytes(&self, sha256: &str, data: &[u8]) -> Result<(), String> {
+        let got = sha256_hex(data);
+        if got != sha256 {
+            return Err(format!(
+                "blob {sha256} does not match its digest (it holds {got}, {} bytes)",
+                data.len()
+            ));
+        }
+        self.put_bytes(data).map(|_| ())
+    }
+
     /// Keeps a downloaded blob (already checked against `sha256`).
     pub(crate) fn keep_blob(
         &self,
@@ -446,7 +505,11 @@ mod tests {
     use super::*;
 
     fn key(n: u8) -> ActionKey {
-        ActionKey(hex::encode([n; 32]))
+        ActionKey {
+            hash: hex::encode([n; 32]),
+            size: 140,
+            workdir: String::new(),
+        }
     }
 
     /// Past its size the least recently used entries go, the ones asked for

@@ -1,19 +1,11 @@
-//! A remote cache over Bazel's HTTP cache protocol: `GET`/`PUT` of
+//! Bazel's HTTP cache protocol (see `remote.rs`): `GET`/`PUT` of
 //! `<base>/ac/<key>` (an action's entry) and `<base>/cas/<sha256>` (a
 //! blob), which nginx's WebDAV module, bazel-remote and object-store
-//! proxies serve. It sits behind the local disk cache (local first): a
-//! local miss asks the remote, whose blobs are downloaded into the disk
-//! cache (streamed to a temporary file, hashed on the way, kept only when
-//! the digest matches) and its entry last; then the fetch is the disk
-//! cache's. After a step succeeds, what the remote lacks (`HEAD`) is
-//! uploaded, blobs first, the entry last, streamed from the disk cache.
-//!
-//! A remote that is down, slow or answering errors never fails a build:
-//! each failure is a warning and the step runs (or its results stay
-//! local); after three failures in a row the remote is not asked again in
-//! this process.
+//! proxies serve. Piper's entry (the disk cache's JSON) is what `ac/`
+//! holds; blobs are downloaded streamed into the disk cache, checked
+//! against their digest, and uploaded streamed from it when `HEAD` says
+//! the server lacks them.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
@@ -22,89 +14,50 @@ use tokio::io::AsyncWriteExt;
 use super::disk::{DiskCache, Entry};
 use super::key::ActionKey;
 
-/// Failures in a row after which the remote is left alone.
-const GIVE_UP_AFTER: u32 = 3;
-
-/// A remote cache speaking Bazel's HTTP protocol.
-#[derive(Debug)]
-pub struct RemoteCache {
+/// A cache server speaking Bazel's HTTP protocol.
+pub(super) struct HttpCache {
     base: String,
     client: reqwest::Client,
-    upload: bool,
-    failures: AtomicU32,
 }
 
-impl RemoteCache {
-    /// The cache at `url` (`http://` or `https://`, its path the prefix of
-    /// `ac/` and `cas/`); it is written to unless `upload(false)`.
-    pub fn http(url: &str) -> Result<RemoteCache, String> {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!(
-                "{url}: a remote cache URL starts with http:// or https://"
-            ));
-        }
+impl HttpCache {
+    pub(super) fn new(url: &str) -> Result<HttpCache, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .read_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| format!("cannot set up a client for {url}: {e}"))?;
-        Ok(RemoteCache {
+        Ok(HttpCache {
             base: url.trim_end_matches('/').to_string(),
             client,
-            upload: true,
-            failures: AtomicU32::new(0),
         })
     }
 
-    /// Whether results are uploaded (`--remote-upload=off`: read only, as
-    /// a laptop usually is while CI writes).
-    pub fn upload(mut self, upload: bool) -> RemoteCache {
-        self.upload = upload;
-        self
-    }
-
-    /// Where it is, as given.
-    pub fn url(&self) -> &str {
-        &self.base
-    }
-
-    pub(crate) fn uploads(&self) -> bool {
-        self.upload
-    }
-
-    /// Whether it is still asked (fewer than three failures in a row).
-    pub(crate) fn usable(&self) -> bool {
-        self.failures.load(Ordering::Relaxed) < GIVE_UP_AFTER
-    }
-
-    fn outcome<T>(&self, result: Result<T, String>) -> Result<T, String> {
-        match &result {
-            Ok(_) => self.failures.store(0, Ordering::Relaxed),
-            Err(_) => {
-                let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if n == GIVE_UP_AFTER {
-                    return result.map_err(|e| {
-                        format!("{e}; the remote cache is not asked again in this run")
-                    });
-                }
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> reqwest::RequestBuilder {
+        let mut request = self.client.request(method, url);
+        for (name, value) in headers {
+            if let Ok(mut value) = reqwest::header::HeaderValue::from_str(value) {
+                value.set_sensitive(true);
+                request = request.header(name.as_str(), value);
             }
         }
-        result
+        request
     }
 
-    /// Looks `key` up; on a hit its blobs and entry are put into `disk`.
-    /// Ok(false) on a miss.
-    pub(crate) async fn download(&self, key: &ActionKey, disk: &DiskCache) -> Result<bool, String> {
-        let result = self.try_download(key, disk).await;
-        self.outcome(result)
-    }
-
-    async fn try_download(&self, key: &ActionKey, disk: &DiskCache) -> Result<bool, String> {
-        let url = format!("{}/ac/{}", self.base, key.0);
-        let response = self
-            .client
-            .get(&url)
+    pub(super) async fn download(
+        &self,
+        key: &ActionKey,
+        disk: &DiskCache,
+        headers: &[(String, String)],
+    ) -> Result<bool, String> {
+        let url = format!("{}/ac/{}", self.base, key.hash);
+        let response = (self.request(reqwest::Method::GET, &url, headers))
             .send()
             .await
             .map_err(|e| cause(&url, &e))?;
@@ -117,18 +70,22 @@ impl RemoteCache {
         let entry = Entry::parse(&bytes).map_err(|e| format!("{url}: {e}"))?;
         for (sha256, size) in entry.blobs() {
             if !disk.blob_path(sha256).exists() {
-                self.download_blob(sha256, size, disk).await?;
+                self.download_blob(sha256, size, disk, headers).await?;
             }
         }
         disk.put_entry_bytes(key, &bytes)?;
         Ok(true)
     }
 
-    async fn download_blob(&self, sha256: &str, size: u64, disk: &DiskCache) -> Result<(), String> {
+    async fn download_blob(
+        &self,
+        sha256: &str,
+        size: u64,
+        disk: &DiskCache,
+        headers: &[(String, String)],
+    ) -> Result<(), String> {
         let url = format!("{}/cas/{sha256}", self.base);
-        let mut response = self
-            .client
-            .get(&url)
+        let mut response = (self.request(reqwest::Method::GET, &url, headers))
             .send()
             .await
             .map_err(|e| cause(&url, &e))?;
@@ -155,28 +112,18 @@ impl RemoteCache {
         disk.keep_blob(temp, sha256)
     }
 
-    /// Uploads what the remote lacks of `key`'s entry in `disk`: blobs
-    /// first (each checked with `HEAD`), the entry last, so a reader never
-    /// finds an entry whose blobs are not there yet.
-    pub(crate) async fn upload_entry(
+    /// Blobs first (each checked with `HEAD`), the entry last.
+    pub(super) async fn upload(
         &self,
         key: &ActionKey,
         disk: &DiskCache,
+        bytes: Vec<u8>,
+        headers: &[(String, String)],
     ) -> Result<(), String> {
-        let result = self.try_upload(key, disk).await;
-        self.outcome(result)
-    }
-
-    async fn try_upload(&self, key: &ActionKey, disk: &DiskCache) -> Result<(), String> {
-        let Some(bytes) = disk.entry_bytes(key) else {
-            return Ok(());
-        };
         let entry = Entry::parse(&bytes)?;
         for (sha256, _) in entry.blobs() {
             let url = format!("{}/cas/{sha256}", self.base);
-            let head = self
-                .client
-                .head(&url)
+            let head = (self.request(reqwest::Method::HEAD, &url, headers))
                 .send()
                 .await
                 .map_err(|e| cause(&url, &e))?;
@@ -188,15 +135,22 @@ impl RemoteCache {
                 .map_err(|e| format!("cannot read blob {sha256}: {e}"))?;
             let length = file.metadata().await.map_err(|e| e.to_string())?.len();
             let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
-            self.put(&url, body, length).await?;
+            self.put(&url, body, length, headers).await?;
         }
-        let url = format!("{}/ac/{}", self.base, key.0);
+        let url = format!("{}/ac/{}", self.base, key.hash);
         let length = bytes.len() as u64;
-        self.put(&url, reqwest::Body::from(bytes), length).await
+        self.put(&url, reqwest::Body::from(bytes), length, headers)
+            .await
     }
 
-    async fn put(&self, url: &str, body: reqwest::Body, length: u64) -> Result<(), String> {
-        let response = (self.client.put(url))
+    async fn put(
+        &self,
+        url: &str,
+        body: reqwest::Body,
+        length: u64,
+        headers: &[(String, String)],
+    ) -> Result<(), String> {
+        let response = (self.request(reqwest::Method::PUT, url, headers))
             .header(reqwest::header::CONTENT_LENGTH, length)
             .body(body)
             .send()

@@ -5,16 +5,16 @@
 //! instead of running it. After it succeeds, its outputs and log are
 //! stored under the key.
 //!
-//! The key is SHA-256 over what the up-to-date check already hashes (the
-//! step's fingerprint: its command, its variables, its inputs' contents,
-//! what its dependencies made), plus what makes the same fingerprint
-//! different work elsewhere: the step's directory and outputs relative to
-//! the root, the platform (os, arch, `requires`) and Piper's key version.
-//! Nothing in it depends on where the checkout
-//! is, so every checkout of a machine (piperd's build workspaces, a second
-//! clone) shares results. Blobs are addressed by SHA-256, in the layout of
-//! Bazel's disk cache (`ac/`, `cas/`), so a remote cache can serve the same
-//! entries.
+//! The key is the digest of the step's Remote Execution API `Action`
+//! (`key.rs`): its command line, variables, outputs and working directory,
+//! the platform (os, arch, `requires`), and the Merkle tree of what it
+//! reads (its declared inputs and the files its dependencies made,
+//! `tree.rs`). Nothing in it depends on where the checkout is, so every
+//! checkout of a machine (piperd's build workspaces, a second clone) and
+//! every machine sharing a remote cache shares results. Blobs are
+//! addressed by SHA-256, in the layout of Bazel's disk cache (`ac/`,
+//! `cas/`); a remote cache (`remote.rs`) speaks Bazel's HTTP protocol
+//! (`http.rs`) or REAPI over gRPC (`grpc.rs`).
 //!
 //! The cache never breaks a build: an entry that cannot be read, or a blob
 //! whose digest does not match, is a miss (reported as a warning); outputs
@@ -25,15 +25,21 @@
 
 mod disk;
 #[cfg(feature = "remote-cache")]
+mod grpc;
+#[cfg(feature = "remote-cache")]
 mod http;
 mod key;
+mod proto;
+#[cfg(feature = "remote-cache")]
+mod remote;
 mod tiered;
+mod tree;
 
 pub use disk::DiskCache;
 pub(crate) use disk::{Entry, Fetched};
-#[cfg(feature = "remote-cache")]
-pub use http::RemoteCache;
 pub(crate) use key::{ActionKey, cacheable};
+#[cfg(feature = "remote-cache")]
+pub use remote::RemoteCache;
 pub use tiered::Cache;
 
 /// `bytes` for a person: `812 B`, `3.4 KB`, `1.2 MB`.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::disk::DiskCache;
 #[cfg(feature = "remote-cache")]
-use super::http::RemoteCache;
+use super::remote::RemoteCache;
 
 /// Where a run fetches step results from and stores them: a disk cache,
 /// with a remote cache behind it if one is given.

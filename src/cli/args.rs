@@ -179,17 +179,30 @@ pub struct ExecArgs {
     #[arg(long, value_name = "DIR", env = "PIPER_DISK_CACHE")]
     pub disk_cache: Option<PathBuf>,
 
-    /// A remote cache behind the disk cache, over Bazel's HTTP cache
-    /// protocol (http(s)://HOST/PREFIX: GET/PUT of ac/ and cas/): asked when
-    /// the disk cache misses, sent what runs [disk cache default:
+    /// A remote cache behind the disk cache: the Remote Execution API
+    /// (grpc://HOST:PORT, grpcs:// for TLS: BuildGrid, Buildbarn,
+    /// bazel-remote, BuildBuddy...) or Bazel's HTTP cache protocol
+    /// (http(s)://HOST/PREFIX: GET/PUT of ac/ and cas/). Asked when the disk
+    /// cache misses, sent what runs [disk cache default:
     /// $XDG_CACHE_HOME/piper or ~/.cache/piper]
     #[arg(long, value_name = "URL", env = "PIPER_REMOTE_CACHE")]
     pub remote_cache: Option<String>,
 
+    /// The remote cache's REAPI instance name (gRPC only)
+    #[arg(long, value_name = "NAME", env = "PIPER_REMOTE_INSTANCE")]
+    pub remote_instance: Option<String>,
+
+    /// A header sent with every remote cache request (repeatable):
+    /// NAME=VALUE, NAME=@FILE (the file's contents, as for a token kept out
+    /// of the shell's history) or NAME=env:VARIABLE. Values are never shown
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub remote_header: Vec<String>,
+
     /// Whether results are uploaded to the remote cache (off: read only, as
     /// a laptop usually is while CI writes)
-    #[arg(long, value_name = "on|off", env = "PIPER_REMOTE_UPLOAD", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-    pub remote_upload: bool,
+    /// [default: on]
+    #[arg(long, value_name = "on|off", env = "PIPER_REMOTE_UPLOAD", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub remote_upload: Option<bool>,
 
     /// Run steps the cache holds anyway and compare what they make with it:
     /// a difference means a step reads something its inputs do not name
@@ -373,6 +386,19 @@ pub struct ExplainArgs {
     /// The remote cache `piper exec --remote-cache` would ask
     #[arg(long, value_name = "URL", env = "PIPER_REMOTE_CACHE")]
     pub remote_cache: Option<String>,
+}
+
+impl ExecArgs {
+    /// The cache settings the flags and environment give.
+    pub fn cache_settings(&self) -> crate::cli::caches::CacheSettings {
+        crate::cli::caches::CacheSettings {
+            disk: self.disk_cache.clone(),
+            remote: self.remote_cache.clone(),
+            instance: self.remote_instance.clone(),
+            headers: self.remote_header.clone(),
+            upload: self.remote_upload,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 //! completions and docs/reference/cli.md.
 
 pub(crate) mod args;
+pub(crate) mod caches;
 pub(crate) mod client;
 pub(crate) mod error;
 pub(crate) mod export;
@@ -28,6 +29,7 @@ use self::args::{
     CleanArgs, Cli, ColorChoice, Command, ExecArgs, ExplainArgs, GraphArgs, GraphFormat, ListArgs,
     WatchArgs,
 };
+use self::caches::{CacheSettings, caches};
 use self::render::{JsonLines, Render, Terminal};
 use self::watch::WatchOptions;
 use crate::cli::error::{Error, Result};
@@ -164,44 +166,13 @@ fn parse_env_overrides(values: &[String]) -> Result<IndexMap<String, String>> {
 }
 
 /// The executor options an `exec` (or `watch`) command line asks for.
-/// The disk cache (`--disk-cache`), with the remote one behind it
-/// (`--remote-cache`; then the disk cache is the user's cache directory
-/// unless one is given).
-fn caches(
-    disk_cache: &Option<PathBuf>,
-    remote_cache: &Option<String>,
-    upload: bool,
-) -> Result<Option<crate::Cache>> {
-    let dir = match (disk_cache, remote_cache) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(_)) => user_cache_dir(),
-        (None, None) => return Ok(None),
-    };
-    let mut cache = crate::Cache::new(crate::DiskCache::new(dir));
-    if let Some(url) = remote_cache {
-        let remote =
-            crate::RemoteCache::http(url).map_err(|e| Error::setting("--remote-cache", e))?;
-        cache = cache.with_remote(remote.upload(upload));
-    }
-    Ok(Some(cache))
-}
-
-/// `$XDG_CACHE_HOME/piper`, else `~/.cache/piper`.
-fn user_cache_dir() -> PathBuf {
-    match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("piper"),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/piper"),
-    }
-}
-
 fn exec_options(graph: &Graph, args: &ExecArgs) -> Result<Options> {
     let mut options = Options {
         keep_going: args.keep_going,
         dry_run: args.dry_run,
         env_overrides: parse_env_overrides(&args.env)?,
         args: args.args.clone().into(),
-        cache: caches(&args.disk_cache, &args.remote_cache, args.remote_upload)?
-            .map(|cache| cache.verify(args.cache_verify)),
+        cache: caches(args.cache_settings())?.map(|cache| cache.verify(args.cache_verify)),
         // This process owns every child it has: orphans are reaped.
         reap_orphans: true,
         ..Options::default()
@@ -571,7 +542,12 @@ fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
     warnings::show_loaded(&project);
     let options = Options {
         env_overrides: parse_env_overrides(&args.env)?,
-        cache: caches(&args.disk_cache, &args.remote_cache, false)?,
+        cache: caches(CacheSettings {
+            disk: args.disk_cache.clone(),
+            remote: args.remote_cache.clone(),
+            upload: Some(false),
+            ..CacheSettings::default()
+        })?,
         ..Options::default()
     };
     let targets: Vec<&str> = args.targets.iter().map(String::as_str).collect();

@@ -97,7 +97,9 @@ impl StepJob {
         if !crate::cache::cacheable(step) || self.dry_run {
             return Cached::Miss(None);
         }
-        let key = ActionKey::new(step, &self.graph.root, &record.fingerprint);
+        let Some(key) = self.key(record).await else {
+            return Cached::Miss(None);
+        };
         if self.forced {
             return Cached::Miss(Some(key));
         }
@@ -131,6 +133,24 @@ impl StepJob {
             Err(e) => {
                 self.warn(format!("cache: {e}; running it")).await;
                 Cached::Miss(Some(key))
+            }
+        }
+    }
+
+    /// The step's action key: its inputs and its dependencies' outputs are
+    /// read and hashed. One that cannot be read is a warning, and no key.
+    async fn key(&self, record: &StepRecord) -> Option<ActionKey> {
+        let (graph, step, env) = (self.graph.clone(), self.step, self.env.clone());
+        let record = record.clone();
+        let key = tokio::task::spawn_blocking(move || ActionKey::new(&graph, step, &record, &env))
+            .await
+            .unwrap_or_else(|e| Err(format!("internal: {e}")));
+        match key {
+            Ok(key) => Some(key),
+            Err(e) => {
+                self.warn(format!("cache: no action key: {e}; running it"))
+                    .await;
+                None
             }
         }
     }

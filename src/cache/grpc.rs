@@ -1,0 +1,608 @@
+//! The Remote Execution API's caches over gRPC (see `remote.rs`):
+//! `Capabilities` once (SHA-256 taken? how large may a batch be?),
+//! `ActionCache` for results, `ContentAddressableStorage` and `ByteStream`
+//! for blobs. A result is a REAPI `ActionResult` (output paths relative to
+//! the step's working directory, the log as stdout), so any REAPI client
+//! reads what Piper wrote, and Piper reads theirs when it is files only.
+//!
+//! Blobs move at most [`CONCURRENT`] requests at a time: small ones in
+//! batches (`BatchReadBlobs`, `BatchUpdateBlobs`, up to the server's batch
+//! size), large ones through `ByteStream`, in pieces, streamed between the
+//! network and the disk cache — never a whole large file in memory. A
+//! downloaded blob is checked against its digest before it is kept.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use bazel_remote_apis::google::bytestream as bs;
+use futures_util::{StreamExt as _, TryStreamExt as _, stream};
+use re::action_cache_client::ActionCacheClient;
+use re::capabilities_client::CapabilitiesClient;
+use re::content_addressable_storage_client::ContentAddressableStorageClient;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::disk::{DiskCache, Entry};
+use super::key::{ActionKey, from_workdir, to_root};
+
+/// Requests moving blobs at once.
+const CONCURRENT: usize = 8;
+/// A `ByteStream` piece.
+const CHUNK: usize = 64 * 1024;
+/// gRPC's usual message limit: batches stay under it.
+const MAX_MESSAGE: u64 = 4 << 20;
+/// How long a call that moves no large blob may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const SHA256: i32 = re::digest_function::Value::Sha256 as i32;
+
+/// A REAPI server's caches.
+pub(super) struct GrpcCache {
+    url: String,
+    endpoint: Endpoint,
+    pub(super) instance: String,
+    conn: tokio::sync::OnceCell<Conn>,
+}
+
+/// A connection whose server said what it takes.
+struct Conn {
+    channel: Channel,
+    /// The most blob bytes in one batch.
+    max_batch: u64,
+}
+
+type Headers<'a> = &'a [(String, String)];
+
+impl GrpcCache {
+    pub(super) fn new(url: &str) -> Result<GrpcCache, String> {
+        let (tls, address) = match url.strip_prefix("grpcs://") {
+            Some(rest) => (true, rest),
+            None => (false, url.trim_start_matches("grpc://")),
+        };
+        let address = address.trim_end_matches('/');
+        if address.is_empty() || address.contains('/') {
+            return Err(format!(
+                "{url}: a gRPC cache is grpc://HOST:PORT or grpcs://HOST:PORT \
+                 (an instance name is --remote-instance)"
+            ));
+        }
+        let scheme = if tls { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| format!("{url}: {e}"))?
+            .connect_timeout(Duration::from_secs(3));
+        if tls {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().with_native_roots())
+                .map_err(|e| format!("{url}: {e}"))?;
+        }
+        Ok(GrpcCache {
+            url: url.trim_end_matches('/').to_string(),
+            endpoint,
+            instance: String::new(),
+            conn: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The connection, made (and the server's capabilities read) once.
+    async fn conn(&self, headers: Headers<'_>) -> Result<&Conn, String> {
+        self.conn
+            .get_or_try_init(|| async {
+                let channel = (self.endpoint.connect().await)
+                    .map_err(|e| format!("{}: {}", self.url, chain(&e)))?;
+                let request = re::GetCapabilitiesRequest {
+                    instance_name: self.instance.clone(),
+                };
+                let reply = CapabilitiesClient::new(channel.clone())
+                    .get_capabilities(self.request(request, headers))
+                    .await
+                    .map_err(|s| self.failed("GetCapabilities", &s))?;
+                let cache = reply.into_inner().cache_capabilities.unwrap_or_default();
+                let functions = &cache.digest_functions;
+                if !functions.is_empty() && !functions.contains(&SHA256) {
+                    return Err(format!(
+                        "{}: the server does not take SHA-256 digests",
+                        self.url
+                    ));
+                }
+                let max = match cache.max_batch_total_size_bytes {
+                    n if n > 0 => (n as u64).min(MAX_MESSAGE),
+                    _ => MAX_MESSAGE,
+                };
+                Ok(Conn {
+                    channel,
+                    // Room for the messages around the blobs.
+                    max_batch: max.saturating_sub(64 << 10).max(1),
+                })
+            })
+            .await
+    }
+
+    /// `message` with the headers and a deadline.
+    fn request<T>(&self, message: T, headers: Headers<'_>) -> tonic::Request<T> {
+        let mut request = self.streaming(message, headers);
+        request.set_timeout(CALL_TIMEOUT);
+        request
+    }
+
+    /// `message` with the headers, no deadline (a large blob's stream).
+    fn streaming<T>(&self, message: T, headers: Headers<'_>) -> tonic::Request<T> {
+        use tonic::metadata::{MetadataKey, MetadataValue};
+        let mut request = tonic::Request::new(message);
+        for (name, value) in headers {
+            if let (Ok(name), Ok(value)) = (
+                MetadataKey::from_bytes(name.as_bytes()),
+                MetadataValue::try_from(value.as_str()),
+            ) {
+                request.metadata_mut().insert(name, value);
+            }
+        }
+        request
+    }
+
+    fn failed(&self, call: &str, status: &tonic::Status) -> String {
+        let mut text = format!(
+            "{}: {call}: {:?}: {}",
+            self.url,
+            status.code(),
+            status.message()
+        );
+        if let Some(source) = std::error::Error::source(status) {
+            text.push_str(": ");
+            text.push_str(&chain(source));
+        }
+        text
+    }
+
+    fn prefix(&self) -> String {
+        match self.instance.as_str() {
+            "" => String::new(),
+            name => format!("{name}/"),
+        }
+    }
+
+    /// Looks `key` up; on a hit its blobs and entry are put into `disk`.
+    pub(super) async fn download(
+        &self,
+        key: &ActionKey,
+        disk: &DiskCache,
+        headers: Headers<'_>,
+    ) -> Result<bool, String> {
+        let conn = self.conn(headers).await?;
+        let request = re::GetActionResultRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(digest(&key.hash, key.size as u64)),
+            inline_stdout: true,
+            inline_stderr: true,
+            inline_output_files: Vec::new(),
+            digest_function: SHA256,
+        };
+        let mut client = ActionCacheClient::new(conn.channel.clone());
+        let result = match client
+            .get_action_result(self.request(request, headers))
+            .await
+        {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(false),
+            Err(status) => return Err(self.failed("GetActionResult", &status)),
+        };
+        // Piper keeps output files; a result with directories, symlinks
+        // or a failure is another client's, and not one to replay. (The
+        // deprecated symlink lists: older clients still fill them.)
+        #[allow(deprecated)]
+        let files_only = result.output_directories.is_empty()
+            && result.output_symlinks.is_empty()
+            && result.output_file_symlinks.is_empty()
+            && result.output_directory_symlinks.is_empty();
+        if result.exit_code != 0 || !files_only {
+            return Ok(false);
+        }
+        let log = self.log(conn, &result, disk, headers).await?;
+        let mut files = Vec::new();
+        let mut wanted = Vec::new();
+        for file in &result.output_files {
+            let blob = file.digest.clone().unwrap_or_default();
+            let path = to_root(&key.workdir, &file.path).ok_or_else(|| {
+                format!("{}: output {} is outside the project", self.url, file.path)
+            })?;
+            if !file.contents.is_empty() {
+                disk.keep_blob_bytes(&blob.hash, &file.contents)?;
+            } else if !disk.blob_path(&blob.hash).exists() && !wanted.contains(&blob) {
+                wanted.push(blob.clone());
+            }
+            files.push((path, blob.hash, blob.size_bytes as u64, file.is_executable));
+        }
+        self.fetch_blobs(conn, wanted, disk, headers).await?;
+        let entry = Entry::of(files, log);
+        disk.put_entry_bytes(key, &entry.to_bytes())?;
+        Ok(true)
+    }
+
+    /// The result's log (stdout, then stderr) kept as one blob.
+    async fn log(
+        &self,
+        conn: &Conn,
+        result: &re::ActionResult,
+        disk: &DiskCache,
+        headers: Headers<'_>,
+    ) -> Result<Option<(String, u64)>, String> {
+        let mut log = Vec::new();
+        for (raw, blob) in [
+            (&result.stdout_raw, &result.stdout_digest),
+            (&result.stderr_raw, &result.stderr_digest),
+        ] {
+            match blob {
+                Some(blob) if blob.size_bytes > 0 && raw.is_empty() => {
+                    if !disk.blob_path(&blob.hash).exists() {
+                        self.fetch_blobs(conn, vec![blob.clone()], disk, headers)
+                            .await?;
+                    }
+                    let path = disk.blob_path(&blob.hash);
+                    let data = std::fs::read(&path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    log.extend_from_slice(&data);
+                }
+                _ => log.extend_from_slice(raw),
+            }
+        }
+        if log.is_empty() {
+            return Ok(None);
+        }
+        let sha256 = hex::encode(Sha256::digest(&log));
+        disk.keep_blob_bytes(&sha256, &log)?;
+        Ok(Some((sha256, log.len() as u64)))
+    }
+
+    /// Downloads `blobs` into `disk`: small ones in batches, large ones
+    /// streamed, a few requests at a time.
+    async fn fetch_blobs(
+        &self,
+        conn: &Conn,
+        blobs: Vec<re::Digest>,
+        disk: &DiskCache,
+        headers: Headers<'_>,
+    ) -> Result<(), String> {
+        let transfers = plan(blobs, conn.max_batch);
+        stream::iter(transfers)
+            .map(|transfer| async move {
+                match transfer {
+                    Transfer::Batch(batch) => self.read_batch(conn, batch, disk, headers).await,
+                    Transfer::Stream(blob) => self.read_stream(conn, blob, disk, headers).await,
+                }
+            })
+            .buffer_unordered(CONCURRENT)
+            .try_collect()
+            .await
+    }
+
+    async fn read_batch(
+        &self,
+        conn: &Conn,
+        digests: Vec<re::Digest>,
+        disk: &DiskCache,
+        headers: Headers<'_>,
+    ) -> Result<(), String> {
+        let request = re::BatchReadBlobsRequest {
+            instance_name: self.instance.clone(),
+            digests,
+            acceptable_compressors: Vec::new(),
+            digest_function: SHA256,
+        };
+        let reply = ContentAddressableStorageClient::new(conn.channel.clone())
+            .batch_read_blobs(self.request(request, headers))
+            .await
+            .map_err(|s| self.failed("BatchReadBlobs", &s))?;
+        for blob in reply.into_inner().responses {
+            let hash = blob.digest.map(|d| d.hash).unwrap_or_default();
+            if let Some(status) = blob.status.filter(|s| s.code != 0) {
+                return Err(format!("{}: blob {hash}: {}", self.url, status.message));
+            }
+            disk.keep_blob_bytes(&hash, &blob.data)
+                .map_err(|e| format!("{}: {e}", self.url))?;
+        }
+        Ok(())
+    }
+
+    /// One large blob, read in pieces into a temporary file, hashed on
+    /// the way, kept when its digest matches.
+    async fn read_stream(
+        &self,
+        conn: &Conn,
+        blob: re::Digest,
+        disk: &DiskCache,
+        headers: Headers<'_>,
+    ) -> Result<(), String> {
+        let request = bs::ReadRequest {
+            resource_name: format!("{}blobs/{}/{}", self.prefix(), blob.hash, blob.size_bytes),
+            read_offset: 0,
+            read_limit: 0,
+        };
+        let mut pieces = bs::byte_stream_client::ByteStreamClient::new(conn.channel.clone())
+            .read(self.streaming(request, headers))
+            .await
+            .map_err(|s| self.failed("ByteStream.Read", &s))?
+            .into_inner();
+        let temp = disk.blob_temp()?;
+        let mut file = tokio::fs::File::from_std(temp.reopen().map_err(|e| e.to_string())?);
+        let mut hasher = Sha256::new();
+        let mut got = 0u64;
+        while let Some(piece) =
+            (pieces.message().await).map_err(|s| self.failed("ByteStream.Read", &s))?
+        {
+            hasher.update(&piece.data);
+            got += piece.data.len() as u64;
+            file.write_all(&piece.data)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        file.flush().await.map_err(|e| e.to_string())?;
+        let sha256 = hex::encode(hasher.finalize());
+        if sha256 != blob.hash || got != blob.size_bytes as u64 {
+            // `temp` is removed when dropped: nothing damaged is kept.
+            return Err(format!(
+                "{}: blob {} does not match its digest (it holds {sha256}, {got} bytes)",
+                self.url, blob.hash
+            ));
+        }
+        disk.keep_blob(temp, &blob.hash)
+    }
+
+    /// Uploads the blobs the server lacks, then the action's result.
+    pub(super) async fn upload(
+        &self,
+        key: &ActionKey,
+        disk: &DiskCache,
+        bytes: &[u8],
+        headers: Headers<'_>,
+    ) -> Result<(), String> {
+        let entry = Entry::parse(bytes)?;
+        let conn = self.conn(headers).await?;
+        let mut blobs: Vec<re::Digest> = entry.blobs().map(|(h, s)| digest(h, s)).collect();
+        blobs.sort_by(|a, b| a.hash.cmp(&b.hash));
+        blobs.dedup();
+        let request = re::FindMissingBlobsRequest {
+            instance_name: self.instance.clone(),
+            blob_digests: blobs,
+            digest_function: SHA256,
+        };
+        let missing = ContentAddressableStorageClient::new(conn.channel.clone())
+            .find_missing_blobs(self.request(request, headers))
+            .await
+            .map_err(|s| self.failed("FindMissingBlobs", &s))?
+            .into_inner()
+            .missing_blob_digests;
+        stream::iter(plan(missing, conn.max_batch))
+            .map(|transfer| async move {
+                match transfer {
+                    Transfer::Batch(batch) => self.write_batch(conn, batch, disk, headers).await,
+                    Transfer::Stream(blob) => {
+                        let path = disk.blob_path(&blob.hash);
+                        self.write_stream(conn, blob, path, headers).await
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENT)
+            .try_collect::<()>()
+            .await?;
+        let result = re::ActionResult {
+            output_files: (entry.files())
+                .map(|file| re::OutputFile {
+                    path: from_workdir(&key.workdir, file.path),
+                    digest: Some(digest(file.sha256, file.size)),
+                    is_executable: file.executable,
+                    ..Default::default()
+                })
+                .collect(),
+            stdout_digest: entry.log().map(|(hash, size)| digest(hash, size)),
+            exit_code: 0,
+            ..Default::default()
+        };
+        let request = re::UpdateActionResultRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(digest(&key.hash, key.size as u64)),
+            action_result: Some(result),
+            results_cache_policy: None,
+            digest_function: SHA256,
+        };
+        ActionCacheClient::new(conn.channel.clone())
+            .update_action_result(self.request(request, headers))
+            .await
+            .map_err(|s| self.failed("UpdateActionResult", &s))?;
+        Ok(())
+    }
+
+    async fn write_batch(
+        &self,
+        conn: &Conn,
+        digests: Vec<re::Digest>,
+        disk: &DiskCache,
+        headers: Headers<'_>,
+    ) -> Result<(), String> {
+        let mut requests = Vec::with_capacity(digests.len());
+        for blob in digests {
+            let path = disk.blob_path(&blob.hash);
+            let data = tokio::fs::read(&path)
+                .await
+                .map_err(|e| format!("cannot read blob {}: {e}", blob.hash))?;
+            requests.push(re::batch_update_blobs_request::Request {
+                digest: Some(blob),
+                data,
+                compressor: 0,
+            });
+        }
+        let request = re::BatchUpdateBlobsRequest {
+            instance_name: self.instance.clone(),
+            requests,
+            digest_function: SHA256,
+        };
+        let reply = ContentAddressableStorageClient::new(conn.channel.clone())
+            .batch_update_blobs(self.request(request, headers))
+            .await
+            .map_err(|s| self.failed("BatchUpdateBlobs", &s))?;
+        for blob in reply.into_inner().responses {
+            if let Some(status) = blob.status.filter(|s| s.code != 0) {
+                let hash = blob.digest.map(|d| d.hash).unwrap_or_default();
+                return Err(format!("{}: blob {hash}: {}", self.url, status.message));
+            }
+        }
+        Ok(())
+    }
+
+    /// One large blob, streamed from the disk cache in pieces.
+    async fn write_stream(
+        &self,
+        conn: &Conn,
+        blob: re::Digest,
+        path: PathBuf,
+        headers: Headers<'_>,
+    ) -> Result<(), String> {
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| format!("cannot read blob {}: {e}", blob.hash))?;
+        let name = format!(
+            "{}uploads/{}/blobs/{}/{}",
+            self.prefix(),
+            upload_id(),
+            blob.hash,
+            blob.size_bytes
+        );
+        let (size, last_name) = (blob.size_bytes, name.clone());
+        // A read error ends the pieces early: the server then refuses the
+        // write (its size is short), and nothing half-written is kept.
+        let pieces = tokio_util::io::ReaderStream::with_capacity(file, CHUNK)
+            .scan(0i64, move |offset, piece| {
+                let request = piece.ok().map(|data| bs::WriteRequest {
+                    resource_name: name.clone(),
+                    write_offset: *offset,
+                    finish_write: false,
+                    data: data.to_vec(),
+                });
+                *offset += request.as_ref().map_or(0, |r| r.data.len() as i64);
+                std::future::ready(request)
+            })
+            .chain(stream::once(std::future::ready(bs::WriteRequest {
+                resource_name: last_name,
+                write_offset: size,
+                finish_write: true,
+                data: Vec::new(),
+            })));
+        let reply = bs::byte_stream_client::ByteStreamClient::new(conn.channel.clone())
+            .write(self.streaming(pieces, headers))
+            .await
+            .map_err(|s| self.failed("ByteStream.Write", &s))?;
+        let committed = reply.into_inner().committed_size;
+        if committed != size {
+            return Err(format!(
+                "{}: blob {}: the server kept {committed} of {size} bytes",
+                self.url, blob.hash
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How blobs move: small ones together, large ones alone.
+#[derive(Debug, PartialEq)]
+enum Transfer {
+    Batch(Vec<re::Digest>),
+    Stream(re::Digest),
+}
+
+/// Groups `blobs` into batches of at most `max_batch` bytes; a blob over
+/// half of it is streamed (those first: the longest transfers start
+/// soonest).
+fn plan(mut blobs: Vec<re::Digest>, max_batch: u64) -> Vec<Transfer> {
+    blobs.sort_by_key(|b| b.size_bytes);
+    let mut transfers = Vec::new();
+    let mut streams = Vec::new();
+    let mut batch = Vec::new();
+    let mut total = 0u64;
+    for blob in blobs {
+        let size = blob.size_bytes.max(0) as u64;
+        if size > max_batch / 2 {
+            streams.push(Transfer::Stream(blob));
+            continue;
+        }
+        if total + size > max_batch && !batch.is_empty() {
+            transfers.push(Transfer::Batch(std::mem::take(&mut batch)));
+            total = 0;
+        }
+        total += size;
+        batch.push(blob);
+    }
+    if !batch.is_empty() {
+        transfers.push(Transfer::Batch(batch));
+    }
+    streams.reverse();
+    streams.extend(transfers);
+    streams
+}
+
+fn digest(hash: &str, size: u64) -> re::Digest {
+    re::Digest {
+        hash: hash.to_string(),
+        size_bytes: size as i64,
+    }
+}
+
+/// A UUID (version 4 form) naming one upload.
+fn upload_id() -> String {
+    let seed = crate::digest::Digest::unique();
+    let bytes = Sha256::digest(seed.0);
+    let hex = hex::encode(&bytes[..16]);
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
+/// An error with its causes ("transport error: connection refused").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_blobs_go_in_batches_large_ones_stream() {
+        let blob = |size: i64| digest(&format!("{size:064}"), size as u64);
+        let transfers = plan(vec![blob(600), blob(10), blob(300), blob(400)], 1000);
+        assert_eq!(
+            transfers,
+            vec![
+                Transfer::Stream(blob(600)),
+                Transfer::Batch(vec![blob(10), blob(300), blob(400)]),
+            ]
+        );
+        assert_eq!(plan(Vec::new(), 1000), Vec::new());
+    }
+
+    #[test]
+    fn an_upload_id_is_shaped_like_a_uuid() {
+        let id = upload_id();
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!(id.matches('-').count(), 4, "{id}");
+        assert_ne!(id, upload_id());
+    }
+
+    #[test]
+    fn a_grpc_url_names_a_server_not_a_path() {
+        assert!(GrpcCache::new("grpc://127.0.0.1:8980").is_ok());
+        let e = GrpcCache::new("grpc://host:1/instance").err().unwrap();
+        assert!(e.contains("--remote-instance"), "{e}");
+    }
+}
