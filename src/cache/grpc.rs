@@ -178,12 +178,14 @@ impl GrpcCache {
             inline_output_files: Vec::new(),
             digest_function: SHA256,
         };
-        let mut client = ActionCacheClient::new(conn.channel.clone());
-        let result = match client
-            .get_action_result(self.request(request, headers))
-            .await
-        {
-            Ok(reply) => reply.into_inner(),
+        let reply = patiently(|| {
+            let mut client = ActionCacheClient::new(conn.channel.clone());
+            let request = self.request(request.clone(), headers);
+            async move { client.get_action_result(request).await }
+        })
+        .await;
+        let result = match reply {
+            Ok(result) => result,
             Err(status) if status.code() == tonic::Code::NotFound => return Ok(false),
             Err(status) => return Err(self.failed("GetActionResult", &status)),
         };
@@ -198,60 +200,40 @@ impl GrpcCache {
         if result.exit_code != 0 || !files_only {
             return Ok(false);
         }
-        let log = self.log(conn, &result, disk, headers).await?;
         let mut files = Vec::new();
         let mut wanted = Vec::new();
+        let mut want = |blob: &re::Digest| {
+            if blob.size_bytes > 0 && !disk.blob_path(&blob.hash).exists() && !wanted.contains(blob)
+            {
+                wanted.push(blob.clone());
+            }
+        };
         for file in &result.output_files {
             let blob = file.digest.clone().unwrap_or_default();
             let path = to_root(&key.workdir, &file.path).ok_or_else(|| {
                 format!("{}: output {} is outside the project", self.url, file.path)
             })?;
-            if !file.contents.is_empty() {
+            if file.contents.is_empty() {
+                want(&blob);
+            } else {
                 disk.keep_blob_bytes(&blob.hash, &file.contents)?;
-            } else if !disk.blob_path(&blob.hash).exists() && !wanted.contains(&blob) {
-                wanted.push(blob.clone());
             }
             files.push((path, blob.hash, blob.size_bytes as u64, file.is_executable));
         }
-        self.fetch_blobs(conn, wanted, disk, headers).await?;
-        let entry = Entry::of(files, log);
-        disk.put_entry_bytes(key, &entry.to_bytes())?;
-        Ok(true)
-    }
-
-    /// The result's log (stdout, then stderr) kept as one blob.
-    async fn log(
-        &self,
-        conn: &Conn,
-        result: &re::ActionResult,
-        disk: &DiskCache,
-        headers: Headers<'_>,
-    ) -> Result<Option<(String, u64)>, String> {
-        let mut log = Vec::new();
         for (raw, blob) in [
             (&result.stdout_raw, &result.stdout_digest),
             (&result.stderr_raw, &result.stderr_digest),
         ] {
-            match blob {
-                Some(blob) if blob.size_bytes > 0 && raw.is_empty() => {
-                    if !disk.blob_path(&blob.hash).exists() {
-                        self.fetch_blobs(conn, vec![blob.clone()], disk, headers)
-                            .await?;
-                    }
-                    let path = disk.blob_path(&blob.hash);
-                    let data = std::fs::read(&path)
-                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                    log.extend_from_slice(&data);
-                }
-                _ => log.extend_from_slice(raw),
+            if let Some(blob) = blob.as_ref().filter(|_| raw.is_empty()) {
+                want(blob);
             }
         }
-        if log.is_empty() {
-            return Ok(None);
-        }
-        let sha256 = hex::encode(Sha256::digest(&log));
-        disk.keep_blob_bytes(&sha256, &log)?;
-        Ok(Some((sha256, log.len() as u64)))
+        // Every blob in one go: a few requests at once, not one per blob.
+        self.fetch_blobs(conn, wanted, disk, headers).await?;
+        let log = log(&result, disk)?;
+        let entry = Entry::of(files, log);
+        disk.put_entry_bytes(key, &entry.to_bytes())?;
+        Ok(true)
     }
 
     /// Downloads `blobs` into `disk`: small ones in batches, large ones
@@ -289,11 +271,14 @@ impl GrpcCache {
             acceptable_compressors: Vec::new(),
             digest_function: SHA256,
         };
-        let reply = ContentAddressableStorageClient::new(conn.channel.clone())
-            .batch_read_blobs(self.request(request, headers))
-            .await
-            .map_err(|s| self.failed("BatchReadBlobs", &s))?;
-        for blob in reply.into_inner().responses {
+        let reply = patiently(|| {
+            let mut client = ContentAddressableStorageClient::new(conn.channel.clone());
+            let request = self.request(request.clone(), headers);
+            async move { client.batch_read_blobs(request).await }
+        })
+        .await
+        .map_err(|s| self.failed("BatchReadBlobs", &s))?;
+        for blob in reply.responses {
             let hash = blob.digest.map(|d| d.hash).unwrap_or_default();
             if let Some(status) = blob.status.filter(|s| s.code != 0) {
                 return Err(format!("{}: blob {hash}: {}", self.url, status.message));
@@ -366,12 +351,14 @@ impl GrpcCache {
             blob_digests: blobs,
             digest_function: SHA256,
         };
-        let missing = ContentAddressableStorageClient::new(conn.channel.clone())
-            .find_missing_blobs(self.request(request, headers))
-            .await
-            .map_err(|s| self.failed("FindMissingBlobs", &s))?
-            .into_inner()
-            .missing_blob_digests;
+        let missing = patiently(|| {
+            let mut client = ContentAddressableStorageClient::new(conn.channel.clone());
+            let request = self.request(request.clone(), headers);
+            async move { client.find_missing_blobs(request).await }
+        })
+        .await
+        .map_err(|s| self.failed("FindMissingBlobs", &s))?
+        .missing_blob_digests;
         stream::iter(plan(missing, conn.max_batch))
             .map(|transfer| async move {
                 match transfer {
@@ -405,10 +392,13 @@ impl GrpcCache {
             results_cache_policy: None,
             digest_function: SHA256,
         };
-        ActionCacheClient::new(conn.channel.clone())
-            .update_action_result(self.request(request, headers))
-            .await
-            .map_err(|s| self.failed("UpdateActionResult", &s))?;
+        patiently(|| {
+            let mut client = ActionCacheClient::new(conn.channel.clone());
+            let request = self.request(request.clone(), headers);
+            async move { client.update_action_result(request).await }
+        })
+        .await
+        .map_err(|s| self.failed("UpdateActionResult", &s))?;
         Ok(())
     }
 
@@ -436,11 +426,14 @@ impl GrpcCache {
             requests,
             digest_function: SHA256,
         };
-        let reply = ContentAddressableStorageClient::new(conn.channel.clone())
-            .batch_update_blobs(self.request(request, headers))
-            .await
-            .map_err(|s| self.failed("BatchUpdateBlobs", &s))?;
-        for blob in reply.into_inner().responses {
+        let reply = patiently(|| {
+            let mut client = ContentAddressableStorageClient::new(conn.channel.clone());
+            let request = self.request(request.clone(), headers);
+            async move { client.batch_update_blobs(request).await }
+        })
+        .await
+        .map_err(|s| self.failed("BatchUpdateBlobs", &s))?;
+        for blob in reply.responses {
             if let Some(status) = blob.status.filter(|s| s.code != 0) {
                 let hash = blob.digest.map(|d| d.hash).unwrap_or_default();
                 return Err(format!("{}: blob {hash}: {}", self.url, status.message));
@@ -500,6 +493,59 @@ impl GrpcCache {
         }
         Ok(())
     }
+}
+
+/// Calls `call` again while the server says it is busy or unavailable
+/// (`RESOURCE_EXHAUSTED`, `UNAVAILABLE`: retryable, says REAPI): four
+/// tries, waiting 20, 80, then 320 ms between them.
+async fn patiently<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T, tonic::Status>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut wait = Duration::from_millis(20);
+    let mut tries = 1;
+    loop {
+        match call().await {
+            Err(status)
+                if tries < 4
+                    && matches!(
+                        status.code(),
+                        tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                    ) =>
+            {
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+                tries += 1;
+            }
+            other => return other.map(tonic::Response::into_inner),
+        }
+    }
+}
+
+/// The result's log (stdout, then stderr; their blobs already in `disk`)
+/// kept as one blob.
+fn log(result: &re::ActionResult, disk: &DiskCache) -> Result<Option<(String, u64)>, String> {
+    let mut log = Vec::new();
+    for (raw, blob) in [
+        (&result.stdout_raw, &result.stdout_digest),
+        (&result.stderr_raw, &result.stderr_digest),
+    ] {
+        match blob {
+            Some(blob) if blob.size_bytes > 0 && raw.is_empty() => {
+                let path = disk.blob_path(&blob.hash);
+                let data = std::fs::read(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                log.extend_from_slice(&data);
+            }
+            _ => log.extend_from_slice(raw),
+        }
+    }
+    if log.is_empty() {
+        return Ok(None);
+    }
+    let sha256 = hex::encode(Sha256::digest(&log));
+    disk.keep_blob_bytes(&sha256, &log)?;
+    Ok(Some((sha256, log.len() as u64)))
 }
 
 /// How blobs move: small ones together, large ones alone.

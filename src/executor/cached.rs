@@ -139,13 +139,10 @@ impl StepJob {
 
     /// The step's action key: its inputs and its dependencies' outputs are
     /// read and hashed. One that cannot be read is a warning, and no key.
+    /// Made here, as the up-to-date check reads its inputs here: a hop to
+    /// a blocking thread per step costs more than hashing a few files.
     async fn key(&self, record: &StepRecord) -> Option<ActionKey> {
-        let (graph, step, env) = (self.graph.clone(), self.step, self.env.clone());
-        let record = record.clone();
-        let key = tokio::task::spawn_blocking(move || ActionKey::new(&graph, step, &record, &env))
-            .await
-            .unwrap_or_else(|e| Err(format!("internal: {e}")));
-        match key {
+        match ActionKey::new(&self.graph, self.step, record, &self.env) {
             Ok(key) => Some(key),
             Err(e) => {
                 self.warn(format!("cache: no action key: {e}; running it"))

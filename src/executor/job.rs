@@ -63,6 +63,9 @@ pub(super) struct StepJob {
     /// Where its results may be fetched from, and go.
     #[cfg(feature = "cache")]
     pub(super) cache: Option<crate::cache::Cache>,
+    /// The job slots a step takes to run, when it may be in flight
+    /// without one (`Scheduler::slots`).
+    pub(super) slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// How one attempt ended.
@@ -167,7 +170,14 @@ impl StepJob {
             Ok(fetched) => return fetched,
             Err(missed) => (missed.out.clone(), missed),
         };
+        // Its slot, for as long as it runs (a cache's upload after it is
+        // network, not CPU).
+        let slot = match &self.slots {
+            Some(slots) => slots.clone().acquire_owned().await.ok(),
+            None => None,
+        };
         let (last, attempts) = self.attempts(&out, reasons).await;
+        drop(slot);
         #[cfg(feature = "cache")]
         if last.status == StepStatus::Success {
             self.after_success(missed).await;

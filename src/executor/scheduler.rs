@@ -47,7 +47,16 @@ pub(super) struct Scheduler<'a> {
     pub(super) stop: bool,
     pub(super) first_failure: Option<(StepStatus, Option<i32>)>,
     pub(super) cancel: CancellationToken,
+    /// With a remote cache: the `jobs` slots a step takes to run, so that
+    /// more steps than that can be in flight asking the cache (waiting on
+    /// the network, not a CPU); None when a job holds its slot throughout.
+    pub(super) slots: Option<Arc<tokio::sync::Semaphore>>,
 }
+
+/// Steps that may be asking a remote cache beyond the running ones: a
+/// lookup is a round trip or two on the network, and a build of many
+/// cached steps would otherwise wait on them `-j` at a time.
+const REMOTE_LOOKUPS: usize = 16;
 
 impl<'a> Scheduler<'a> {
     pub(super) fn new(
@@ -84,6 +93,26 @@ impl<'a> Scheduler<'a> {
             stop: false,
             first_failure: None,
             cancel: interrupt.child_token(),
+            slots: None,
+        }
+        .with_slots()
+    }
+
+    /// Job slots apart from the jobs, when a remote cache is asked.
+    fn with_slots(mut self) -> Scheduler<'a> {
+        #[cfg(feature = "remote-cache")]
+        if (self.options.cache.as_ref()).is_some_and(|c| c.remote().is_some()) {
+            self.slots = Some(Arc::new(tokio::sync::Semaphore::new(self.jobs())));
+        }
+        self
+    }
+
+    /// How many steps may be in flight: the jobs, and with a remote cache
+    /// the steps asking it.
+    fn in_flight(&self) -> usize {
+        match self.slots {
+            Some(_) => self.jobs() + REMOTE_LOOKUPS,
+            None => self.jobs(),
         }
     }
 
@@ -251,6 +280,7 @@ impl<'a> Scheduler<'a> {
             checked,
             #[cfg(feature = "cache")]
             cache: self.options.cache.clone(),
+            slots: self.slots.clone(),
         }
     }
 
@@ -270,7 +300,7 @@ impl<'a> Scheduler<'a> {
         // the cgroup files behind it).
         while !self.stop
             && !self.ready.is_empty()
-            && (self.running.is_empty() || self.running.len() < self.jobs())
+            && (self.running.is_empty() || self.running.len() < self.in_flight())
         {
             let Some(i) = self.ready.pop_first() else {
                 break;
