@@ -99,11 +99,17 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Job slots apart from the jobs, when a remote cache is asked.
+    #[cfg(feature = "remote-cache")]
     fn with_slots(mut self) -> Scheduler<'a> {
-        #[cfg(feature = "remote-cache")]
         if (self.options.cache.as_ref()).is_some_and(|c| c.remote().is_some()) {
             self.slots = Some(Arc::new(tokio::sync::Semaphore::new(self.jobs())));
         }
+        self
+    }
+
+    /// No remote cache without the feature: a job holds its slot.
+    #[cfg(not(feature = "remote-cache"))]
+    fn with_slots(self) -> Scheduler<'a> {
         self
     }
 
