@@ -60,7 +60,6 @@ def start_buildgrid(work):
     """A private BuildGrid (cache only) from $PIPER_TEST_BUILDGRID (a venv),
     or None: its process and grpc:// URL."""
     import socket
-    import time
     venv = os.environ.get("PIPER_TEST_BUILDGRID")
     if not venv or not os.path.exists(os.path.join(venv, "bin", "bgd")):
         return None, None
@@ -75,13 +74,20 @@ def start_buildgrid(work):
     open(path, "w").write(config.replace("@PORT@", str(port)).replace("@DIR@", store))
     proc = subprocess.Popen([os.path.join(venv, "bin", "bgd"), "server", "start", path],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(3000):
+    wait_for_port(port, 3000)
+    return proc, f"grpc://127.0.0.1:{port}"
+
+
+def wait_for_port(port, tries):
+    """Until 127.0.0.1:port accepts a connection (or `tries` have failed)."""
+    import socket
+    import time
+    for _ in range(tries):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
+            return
         except OSError:
-            time.sleep(0.02)
-    return proc, f"grpc://127.0.0.1:{port}"
+            time.sleep(0.01)
 
 
 def measure_cache(d, piper, rounds):
@@ -122,12 +128,7 @@ def measure_cache(d, piper, rounds):
             open(os.path.join(store, "nginx.conf"), "w").write(conf)
             nginx_proc = subprocess.Popen([nginx, "-c", os.path.join(store, "nginx.conf"), "-p", store],
                                           stderr=subprocess.DEVNULL)
-            for _ in range(500):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                    break
-                except OSError:
-                    time.sleep(0.01)
+            wait_for_port(port, 500)
             remote = f"http://127.0.0.1:{port}/piper"
             up = os.path.join(work, "up")
             sh.copytree(src, up)

@@ -25,6 +25,7 @@ use tokio::io::AsyncWriteExt;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::disk::{DiskCache, Entry};
+use super::error_chain::chain;
 use super::key::{ActionKey, from_workdir, to_root};
 
 /// Requests moving blobs at once.
@@ -605,18 +606,6 @@ fn upload_id() -> String {
         &hex[17..20],
         &hex[20..32]
     )
-}
-
-/// An error with its causes ("transport error: connection refused").
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -165,12 +165,5 @@ impl HttpCache {
 
 /// A request's error with its causes ("connection refused").
 fn cause(url: &str, error: &reqwest::Error) -> String {
-    let mut text = format!("{url}: {error}");
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
+    format!("{url}: {}", super::error_chain::chain(error))
 }

@@ -25,6 +25,8 @@
 
 mod disk;
 #[cfg(feature = "remote-cache")]
+mod error_chain;
+#[cfg(feature = "remote-cache")]
 mod grpc;
 #[cfg(feature = "remote-cache")]
 mod http;
