@@ -39,6 +39,9 @@ mod tree;
 
 pub use disk::DiskCache;
 pub(crate) use disk::{Entry, Fetched};
+// The remote CLI formats its request errors the same way.
+#[cfg(feature = "cli")]
+pub(crate) use error_chain::chain as error_chain;
 pub(crate) use key::{ActionKey, cacheable};
 #[cfg(feature = "remote-cache")]
 pub use remote::RemoteCache;

@@ -164,22 +164,10 @@ pub fn http_client(base: &str) -> Result<reqwest::Client> {
         remote_error(format!(
             "cannot set up HTTPS for {base}: {}\n\
              hint: install the system's CA certificates, or point SSL_CERT_FILE or SSL_CERT_DIR at them",
-            error_chain(&e)
+            // reqwest's own text for a builder error is only "builder error".
+            crate::cache::error_chain(&e)
         ))
     })
-}
-
-/// An error and its sources, `: `-separated (reqwest's own text for a
-/// builder error is only "builder error").
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A stored string as it may be printed: control characters (an escape
