@@ -38,6 +38,8 @@
 ---@field outputs? string|string[] paths or globs it writes, relative to `dir`
 ---@field service? boolean a long-running process: `piper watch` keeps it running beside the builds
 ---@field cache? boolean false: never fetch its results from a cache or store them (it reads what its inputs do not say)
+---@field remote_cache? boolean false: keep its results off a remote cache (the disk cache still shares them on this machine)
+---@field cache_salt? string mixed into its action key: another salt is other work to every cache
 ---@field depfile? string a Makefile-style depfile it writes (cc -MD); the files listed become inputs
 ---@field requires? table<string, string|number|boolean> labels a build agent must have to run it, e.g. { gpu = "1" }
 
@@ -52,6 +54,7 @@
 ---@field requires? table<string, string|number|boolean> labels a build agent must have to run it, e.g. { os = "linux" }
 ---@field default? boolean what a bare `piper exec` runs (at most one pipeline; without one, the only pipeline there is)
 ---@field args? string|string[] the arguments it takes after `--`, offered by completion (not enforced)
+---@field remote_cache? boolean false: when it is run, none of its steps uses a remote cache
 ---@field retry_agent_lost? integer how many times piperd may run it again on another agent when its agent died (0-10, default 0: the build ends `lost`)
 
 ---What a Lua function step receives.

@@ -22,11 +22,12 @@ pub struct Verdict {
 const WILL_RUN: Digest = Digest([0xee; 32]);
 
 /// What a cache would do for a stale step: the disk cache holds its
-/// results (it would be fetched), or a remote cache would be asked.
+/// results (it would be fetched), or a remote cache would be asked
+/// (unless the step or its pipeline says `remote_cache = false`).
 #[cfg(feature = "cache")]
 fn from_cache(
     graph: &Graph,
-    index: usize,
+    planned: &crate::graph::PlannedStep,
     record: &crate::state::StepRecord,
     env: &[(String, String)],
     options: &Options,
@@ -35,10 +36,11 @@ fn from_cache(
     let cache = options.cache.as_ref()?;
     // A dependency that would run first remakes what the key covers.
     let waiting = record.deps.values().any(|fp| *fp == WILL_RUN);
-    if forced || waiting || !crate::cache::cacheable(&graph.steps[index]) {
+    let step = &graph.steps[planned.step];
+    if forced || waiting || !crate::cache::cacheable(step) {
         return None;
     }
-    let key = crate::cache::ActionKey::new(graph, index, record, env).ok()?;
+    let key = crate::cache::ActionKey::new(graph, planned.step, record, env).ok()?;
     if cache.disk().has(&key) {
         return Some(format!(
             "it ran before with the same inputs: it would be fetched from cache {}",
@@ -46,7 +48,10 @@ fn from_cache(
         ));
     }
     #[cfg(feature = "remote-cache")]
-    if let Some(remote) = cache.remote() {
+    if let Some(remote) = cache.remote()
+        && planned.remote_cache
+        && step.remote_cache
+    {
         return Some(format!(
             "it would be looked up in remote cache {}",
             remote.url()
@@ -97,7 +102,7 @@ pub fn explain(graph: &Graph, plan: &Plan, options: &Options) -> Vec<Verdict> {
                     let mut reasons = reasons;
                     reasons.extend(from_cache(
                         graph,
-                        plan.steps[i].step,
+                        &plan.steps[i],
                         &record,
                         &env,
                         options,

@@ -66,6 +66,11 @@ pub struct Step {
     pub service: bool,
     /// Whether a cache may hold its results.
     pub cache: bool,
+    /// Whether a remote cache may (`remote_cache = false`: the disk cache
+    /// alone).
+    pub remote_cache: bool,
+    /// The user's part of its action key's salt (`cache_salt`).
+    pub cache_salt: Option<String>,
     /// Labels an agent must have to run it.
     pub requires: IndexMap<String, String>,
 }
@@ -85,6 +90,9 @@ pub struct Pipeline {
     pub retry_agent_lost: u32,
     /// Labels an agent must have to run it.
     pub requires: IndexMap<String, String>,
+    /// `remote_cache = false`: its steps keep to the disk cache when it is
+    /// run.
+    pub remote_cache: bool,
     /// What a bare `piper exec` runs (`default = true`; at most one).
     pub default: bool,
     /// The arguments it takes after `--` (`args = { "prod", "staging" }`):
@@ -120,6 +128,9 @@ pub struct PlannedStep {
     pub deps: Vec<usize>,
     /// Variables of the target pipeline(s) the step runs for.
     pub pipeline_env: IndexMap<String, String>,
+    /// False when a target pipeline it runs for says `remote_cache = false`.
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))] // read by the cache only
+    pub remote_cache: bool,
 }
 
 impl Graph {
@@ -241,15 +252,16 @@ impl Graph {
         let mut included = vec![false; self.steps.len()];
         let mut pipeline_env: Vec<IndexMap<String, String>> =
             vec![IndexMap::new(); self.steps.len()];
+        let mut remote_cache = vec![true; self.steps.len()];
         let mut triggers = Vec::new();
         let mut requires: Vec<(&IndexMap<String, String>, &Location, String)> = Vec::new();
         for target in targets {
-            let (roots, env) = if let Some(p) = self.pipelines.get(target) {
+            let (roots, env, remote) = if let Some(p) = self.pipelines.get(target) {
                 triggers.extend(p.triggers.iter().cloned());
                 requires.push((&p.requires, &p.location, format!("pipeline `{}`", p.name)));
-                (p.steps.clone(), Some(&p.env))
+                (p.steps.clone(), Some(&p.env), p.remote_cache)
             } else if let Some(s) = self.step(target) {
-                (vec![s], None)
+                (vec![s], None, true)
             } else {
                 let candidates = self
                     .pipelines
@@ -267,6 +279,7 @@ impl Graph {
             self.closure(&roots, &mut closure);
             for s in closure {
                 included[s] = true;
+                remote_cache[s] &= remote;
                 if let Some(env) = env {
                     pipeline_env[s].extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
@@ -282,6 +295,7 @@ impl Graph {
                 step: i,
                 deps: Vec::new(),
                 pipeline_env: env,
+                remote_cache: remote_cache[i],
             });
         }
         // Only steps that require something: the label is a string made
@@ -415,6 +429,8 @@ fn resolve_step(
         depfile: raw.depfile,
         service: raw.service,
         cache: raw.cache,
+        remote_cache: raw.remote_cache,
+        cache_salt: raw.cache_salt,
         requires: raw.requires,
     })
 }
@@ -458,6 +474,7 @@ fn resolve_pipeline(p: &crate::spec::RawPipeline, members: Vec<usize>) -> Pipeli
         schedules: p.schedules.clone(),
         retry_agent_lost: p.retry_agent_lost,
         requires: p.requires.clone(),
+        remote_cache: p.remote_cache,
         default: p.default,
         args: p.args.clone(),
     }

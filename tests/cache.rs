@@ -460,3 +460,110 @@ fn cache_verify_finds_a_step_that_reads_an_undeclared_file() {
         "hello\ntwo\n"
     );
 }
+
+/// A project of two cacheable steps, `shared` and `private`, where
+/// `private` says `remote_cache = false` and `build` has the salt `salt`;
+/// pipeline `ci` runs both, `quiet` (also `remote_cache = false`) `shared`.
+fn opt_out_project(dir: &Path, salt: &str) {
+    let config = unindent(&format!(
+        r#"
+        step "shared" {{
+          inputs = "src/*.txt", outputs = "out/shared.txt", cache_salt = "{salt}",
+          run = "mkdir -p out && cat src/*.txt > out/shared.txt",
+        }}
+        step "private" {{
+          inputs = "src/*.txt", outputs = "out/private.txt", remote_cache = false,
+          run = "mkdir -p out && cat src/*.txt > out/private.txt",
+        }}
+        pipeline "ci" {{ "shared", "private" }}
+        pipeline "quiet" {{ "shared", remote_cache = false }}
+        "#
+    ));
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("piper.lua"), config).unwrap();
+    std::fs::write(dir.join("src/a.txt"), "hello\n").unwrap();
+}
+
+/// `cache_salt` is part of the key: the same salt is the same work (a
+/// second checkout fetches it), another salt is other work (it runs).
+#[test]
+fn a_cache_salt_makes_other_work_of_the_same_step() {
+    let cache = tempfile::tempdir().unwrap();
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    opt_out_project(dirs[0].path(), "1");
+    opt_out_project(dirs[1].path(), "1");
+    opt_out_project(dirs[2].path(), "2");
+    exec(dirs[0].path(), cache.path());
+    let same = steps(&exec(dirs[1].path(), cache.path()));
+    assert_eq!(status_of(&same, "shared").1, "fetched", "{same:?}");
+    let other = steps(&exec(dirs[2].path(), cache.path()));
+    assert_eq!(status_of(&other, "shared").1, "success", "{other:?}");
+    // The salt is about the cache, not the step: `private` has none, and
+    // is fetched in every checkout.
+    assert_eq!(status_of(&other, "private").1, "fetched", "{other:?}");
+}
+
+/// `remote_cache = false` on a step keeps its results on this machine
+/// (its disk cache), and on a pipeline keeps that pipeline's run from the
+/// remote cache altogether: nothing fetched from it, nothing sent.
+#[test]
+fn remote_cache_false_keeps_a_step_or_a_pipeline_off_the_remote_cache() {
+    let test = "cache::remote_cache_false_keeps_a_step_or_a_pipeline_off_the_remote_cache";
+    let Some(server) = Nginx::start(test) else {
+        return;
+    };
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let disks = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    for dir in &dirs {
+        opt_out_project(dir.path(), "1");
+    }
+    // Only `shared` is uploaded: one entry, one blob (its output; neither
+    // step prints anything).
+    exec_remote(dirs[0].path(), disks[0].path(), &server.url, &[]);
+    assert_eq!(server.files("ac").len(), 1);
+    assert_eq!(server.files("cas").len(), 1);
+
+    // Another machine fetches `shared`, runs `private`.
+    let seen = steps(&exec_remote(
+        dirs[1].path(),
+        disks[1].path(),
+        &server.url,
+        &[],
+    ));
+    assert_eq!(status_of(&seen, "shared").1, "fetched", "{seen:?}");
+    assert_eq!(status_of(&seen, "private").1, "success", "{seen:?}");
+    assert_eq!(server.files("ac").len(), 1, "`private` was not sent");
+
+    // A run of `quiet` does not ask the remote cache: explain says so too
+    // (where a run of `ci` would).
+    let explain = |pipeline: &str| {
+        let out = std::process::Command::new(PIPER)
+            .args(["explain", pipeline, "--remote-cache", &server.url])
+            .arg("--disk-cache")
+            .arg(disks[2].path())
+            .current_dir(dirs[2].path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = explain("ci");
+    assert!(said.contains("looked up in remote cache"), "{said}");
+    let said = explain("quiet");
+    assert!(!said.contains("remote cache"), "{said}");
+    let out = std::process::Command::new(PIPER)
+        .args([
+            "exec",
+            "quiet",
+            "--json",
+            "--remote-cache",
+            &server.url,
+            "--disk-cache",
+        ])
+        .arg(disks[2].path())
+        .current_dir(dirs[2].path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let seen = steps(&out);
+    assert_eq!(status_of(&seen, "shared").1, "success", "{seen:?}");
+}

@@ -12,8 +12,9 @@
 //!   the root, and the platform (`OSFamily`, `ISA`, the step's `requires`);
 //! - an `Action`: the command's digest, the input root's (`tree.rs`: the
 //!   declared inputs and the files the dependencies made), the platform,
-//!   and a salt: Piper's key version, plus what a dependency without
-//!   declared outputs showed (that it ran, or its fingerprint).
+//!   and a salt: Piper's key version, the step's `cache_salt`, and what
+//!   a dependency without declared outputs showed (that it ran, or its
+//!   fingerprint).
 
 use std::path::{Component, Path};
 
@@ -66,6 +67,9 @@ impl ActionKey {
         let (command_digest, _) = proto::digest_of(&command);
         let mut salt = Sha256::new();
         salt.update(KEY_VERSION);
+        if let Some(user) = &step.cache_salt {
+            salt.update(format!("\0cache_salt\0{user}"));
+        }
         let mut files = Vec::new();
         for path in record.inputs.keys() {
             add_file(root, path, &mut files, &mut salt)?;

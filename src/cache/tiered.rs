@@ -50,6 +50,17 @@ impl Cache {
         self
     }
 
+    /// The same caches without the remote one: for a step (or a run of a
+    /// pipeline) that says `remote_cache = false`.
+    #[allow(unused_mut)] // written with a remote cache only
+    pub(crate) fn local_only(mut self) -> Cache {
+        #[cfg(feature = "remote-cache")]
+        {
+            self.remote = None;
+        }
+        self
+    }
+
     /// The disk cache.
     pub fn disk(&self) -> &DiskCache {
         &self.disk

@@ -285,7 +285,12 @@ impl<'a> Scheduler<'a> {
             root: self.root.clone(),
             checked,
             #[cfg(feature = "cache")]
-            cache: self.options.cache.clone(),
+            cache: (self.options.cache.clone()).map(|cache| {
+                match planned.remote_cache && step.remote_cache {
+                    true => cache,
+                    false => cache.local_only(),
+                }
+            }),
             slots: self.slots.clone(),
         }
     }

@@ -486,6 +486,8 @@ fn read_step(name: String, location: Location, spec: &Table) -> Result<RawStep> 
         depfile: f.string("depfile")?,
         service: f.bool("service")?.unwrap_or(false),
         cache: f.bool("cache")?.unwrap_or(true),
+        remote_cache: f.bool("remote_cache")?.unwrap_or(true),
+        cache_salt: f.string("cache_salt")?,
         requires: f.env("requires")?,
         // Moved in once `f`, which borrows them for its errors, is done.
         name: String::new(),
@@ -614,6 +616,7 @@ fn read_pipeline(record: &Table) -> Result<RawPipeline> {
         schedules,
         retry_agent_lost,
         requires: f.env("requires")?,
+        remote_cache: f.bool("remote_cache")?.unwrap_or(true),
         default: f.bool("default")?.unwrap_or(false),
         args: f.strings("args", "a string")?,
     };

@@ -51,6 +51,13 @@ pub struct RawStep {
     /// Whether a cache may hold its results (`cache = false`: it reads
     /// something its inputs do not say).
     pub cache: bool,
+    /// Whether a remote cache may hold its results (`remote_cache = false`:
+    /// it reads something of this machine, so only this machine's disk
+    /// cache may share them).
+    pub remote_cache: bool,
+    /// Mixed into its action key (`cache_salt = "2"`): changing it makes
+    /// every cache miss for the step once.
+    pub cache_salt: Option<String>,
     /// Labels an agent must have to run it (`requires = { gpu = "1" }`).
     pub requires: IndexMap<String, String>,
     pub functions: StepFunctions,
@@ -131,6 +138,9 @@ pub struct RawPipeline {
     pub retry_agent_lost: u32,
     /// Labels an agent must have to run it.
     pub requires: IndexMap<String, String>,
+    /// `remote_cache = false`: its steps neither fetch from nor upload to
+    /// a remote cache when it is run.
+    pub remote_cache: bool,
     /// What a bare `piper exec` runs.
     pub default: bool,
     /// The arguments it takes after `--`, offered by completion.
@@ -220,6 +230,8 @@ pub const STEP_FIELDS: &[&str] = &[
     "depfile",
     "service",
     "cache",
+    "remote_cache",
+    "cache_salt",
     "requires",
 ];
 pub(super) const PIPELINE_FIELDS: &[&str] = &[
@@ -233,4 +245,5 @@ pub(super) const PIPELINE_FIELDS: &[&str] = &[
     "schedule",
     "retry_agent_lost",
     "requires",
+    "remote_cache",
 ];
