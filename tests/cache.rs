@@ -567,3 +567,40 @@ fn remote_cache_false_keeps_a_step_or_a_pipeline_off_the_remote_cache() {
     let seen = steps(&out);
     assert_eq!(status_of(&seen, "shared").1, "success", "{seen:?}");
 }
+
+/// A step whose outputs are a file and a symbolic link to it, as a
+/// shared library's `libfoo.so` -> `libfoo.so.1`.
+pub(crate) fn symlink_project(dir: &Path) {
+    let config = unindent(
+        r#"
+        step "lib" {
+          inputs = "src/*.txt", outputs = { "out/libfoo.so.1", "out/libfoo.so" },
+          run = "mkdir -p out && cp src/lib.txt out/libfoo.so.1 && ln -sf libfoo.so.1 out/libfoo.so",
+        }
+        pipeline "ci" { "lib" }
+        "#,
+    );
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("piper.lua"), config).unwrap();
+    std::fs::write(dir.join("src/lib.txt"), "the library\n").unwrap();
+}
+
+/// A symlink among the outputs is fetched as the same link, not as a copy
+/// of what it points at.
+#[test]
+fn a_symlink_output_is_fetched_as_a_link() {
+    let cache = tempfile::tempdir().unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    symlink_project(a.path());
+    symlink_project(b.path());
+    exec(a.path(), cache.path());
+    let out = exec(b.path(), cache.path());
+    let seen = steps(&out);
+    assert_eq!(status_of(&seen, "lib").1, "fetched", "{seen:?}");
+    let link = b.path().join("out/libfoo.so");
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("libfoo.so.1"));
+    assert_eq!(std::fs::read_to_string(link).unwrap(), "the library\n");
+    // Fetched is as good as built.
+    let again = steps(&exec(b.path(), cache.path()));
+    assert_eq!(status_of(&again, "lib").1, "up_to_date", "{again:?}");
+}

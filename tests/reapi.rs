@@ -239,3 +239,72 @@ fn the_cli_config_file_sets_the_remote_cache() {
         "{events}"
     );
 }
+
+/// What a remote executor or another client writes: a result whose output
+/// is a directory (a `Tree`, with a nested directory and a symlink). A
+/// checkout that never built it fetches it whole.
+#[test]
+fn an_output_directory_another_client_wrote_is_fetched_whole() {
+    let test = "reapi::an_output_directory_another_client_wrote_is_fetched_whole";
+    let Some(server) = BuildGrid::start(test) else {
+        return;
+    };
+    let (dir, disk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let script = "mkdir -p out && cp src/a.txt out/a.txt";
+    let config = format!(
+        "step \"gen\" {{ inputs = \"src/*.txt\", outputs = \"out\", run = \"{script}\" }}\n\
+         pipeline \"ci\" {{ \"gen\" }}\n"
+    );
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("piper.lua"), config).unwrap();
+    std::fs::write(dir.path().join("src/a.txt"), "hello\n").unwrap();
+    let wrote = std::process::Command::new(&server.python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reapi_read.py"))
+        .args([
+            "--write-tree",
+            &server.address,
+            dir.path().to_str().unwrap(),
+        ])
+        .args([script, "out", "--", "src/a.txt"])
+        .output()
+        .unwrap();
+    assert!(
+        wrote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
+
+    let seen = steps(&exec_grpc(dir.path(), disk.path(), &server, &[]));
+    let made = status_of(&seen, "gen");
+    assert_eq!(made.1, "fetched", "{seen:?}");
+    assert!(made.2.contains("made elsewhere"), "{seen:?}");
+    let out = dir.path().join("out");
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert_eq!(read("a.txt"), "from another client\n");
+    assert_eq!(read("sub/b.txt"), "nested\n");
+    assert_eq!(
+        std::fs::read_link(out.join("link")).unwrap(),
+        Path::new("a.txt")
+    );
+}
+
+/// A symlink among the outputs travels as a link, through the server and
+/// back into another checkout.
+#[test]
+fn a_symlink_output_is_shared_as_a_link() {
+    let test = "reapi::a_symlink_output_is_shared_as_a_link";
+    let Some(server) = BuildGrid::start(test) else {
+        return;
+    };
+    let dirs = [(); 2].map(|_| tempfile::tempdir().unwrap());
+    let disks = [(); 2].map(|_| tempfile::tempdir().unwrap());
+    for dir in &dirs {
+        crate::cache::symlink_project(dir.path());
+    }
+    exec_grpc(dirs[0].path(), disks[0].path(), &server, &[]);
+    let seen = steps(&exec_grpc(dirs[1].path(), disks[1].path(), &server, &[]));
+    assert_eq!(status_of(&seen, "lib").1, "fetched", "{seen:?}");
+    let link = dirs[1].path().join("out/libfoo.so");
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("libfoo.so.1"));
+    assert_eq!(std::fs::read_to_string(link).unwrap(), "the library\n");
+}

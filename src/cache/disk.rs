@@ -37,6 +37,17 @@ pub(crate) struct Entry {
     outputs: Vec<OutputFile>,
     /// What it printed (stdout and stderr, as the log shows them).
     log: Option<Blob>,
+    /// Its outputs that are symbolic links (`symlink.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    symlinks: Vec<OutputSymlink>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct OutputSymlink {
+    /// Relative to the project root.
+    pub(crate) path: String,
+    /// As the link says it (relative to where the link is).
+    pub(crate) target: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,7 +73,8 @@ pub(crate) struct Fetched {
     pub(crate) took: Duration,
 }
 
-const ENTRY_VERSION: u32 = 1;
+// 2: symbolic links kept as links (a version 1 reader would drop them).
+const ENTRY_VERSION: u32 = 2;
 
 /// One output of an entry, as a remote cache's result names it.
 #[cfg(feature = "remote-cache")]
@@ -77,8 +89,12 @@ pub(crate) struct EntryFile<'a> {
 #[cfg(feature = "remote-cache")]
 impl Entry {
     /// An entry of `files` (`(root-relative path, sha256, size,
-    /// executable)`) and the log blob `(sha256, size)`.
-    pub(crate) fn of(files: Vec<(String, String, u64, bool)>, log: Option<(String, u64)>) -> Entry {
+    /// executable)`), `symlinks` and the log blob `(sha256, size)`.
+    pub(crate) fn of(
+        files: Vec<(String, String, u64, bool)>,
+        symlinks: Vec<OutputSymlink>,
+        log: Option<(String, u64)>,
+    ) -> Entry {
         let outputs = (files.into_iter())
             .map(|(path, sha256, size, executable)| OutputFile {
                 path,
@@ -90,7 +106,13 @@ impl Entry {
             version: ENTRY_VERSION,
             outputs,
             log: log.map(|(sha256, size)| Blob { sha256, size }),
+            symlinks,
         }
+    }
+
+    /// Its outputs that are symbolic links.
+    pub(crate) fn symlinks(&self) -> &[OutputSymlink] {
+        &self.symlinks
     }
 
     /// Its output files.
@@ -195,13 +217,24 @@ impl DiskCache {
             self.copy_out(&output.blob, &target, output.executable)?;
             bytes += output.blob.size;
         }
+        for link in &entry.symlinks {
+            if !super::symlink::stays_inside(&link.path, &link.target)
+                || link.path.split('/').any(|p| p == "..")
+            {
+                return Err(format!(
+                    "output {} links to {}, outside the project",
+                    link.path, link.target
+                ));
+            }
+            super::symlink::place(&root.join(&link.path), &link.target)?;
+        }
         let log = match &entry.log {
             Some(blob) => self.read_blob(blob)?,
             None => Vec::new(),
         };
         Ok(Fetched {
             from: format!("cache {}", self.dir.display()),
-            files: entry.outputs.len(),
+            files: entry.outputs.len() + entry.symlinks.len(),
             bytes,
             log,
             took: started.elapsed(),
@@ -250,6 +283,13 @@ impl DiskCache {
                 Ok(_) => {}
             }
         }
+        for link in &entry.symlinks {
+            match super::symlink::target_of(&root.join(&link.path)) {
+                Some(target) if target == link.target => {}
+                Some(_) => differences.push(format!("{} differs", link.path)),
+                None => differences.push(format!("{} is missing", link.path)),
+            }
+        }
         differences
     }
 
@@ -273,8 +313,14 @@ impl DiskCache {
         log: &[u8],
     ) -> Result<(), String> {
         let mut files = Vec::with_capacity(outputs.len());
+        let mut symlinks = Vec::new();
         for file in outputs {
             let path = file.strip_prefix(root).unwrap_or(file);
+            if let Some(target) = super::symlink::target_of(file) {
+                let path = path.to_string_lossy().into_owned();
+                symlinks.push(OutputSymlink { path, target });
+                continue;
+            }
             let blob = self.put_file(file)?;
             files.push(OutputFile {
                 path: path.to_string_lossy().into_owned(),
@@ -287,6 +333,7 @@ impl DiskCache {
             version: ENTRY_VERSION,
             outputs: files,
             log,
+            symlinks,
         };
         let text = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
         write_atomically(&self.ac(key), &text)?;

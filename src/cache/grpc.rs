@@ -2,8 +2,8 @@
 //! `Capabilities` once (SHA-256 taken? how large may a batch be?),
 //! `ActionCache` for results, `ContentAddressableStorage` and `ByteStream`
 //! for blobs. A result is a REAPI `ActionResult` (output paths relative to
-//! the step's working directory, the log as stdout), so any REAPI client
-//! reads what Piper wrote, and Piper reads theirs when it is files only.
+//! the step's working directory, the log as stdout: `action_result.rs`),
+//! so any REAPI client reads what Piper wrote, and Piper reads theirs.
 //!
 //! Blobs move at most [`CONCURRENT`] requests at a time: small ones in
 //! batches (`BatchReadBlobs`, `BatchUpdateBlobs`, up to the server's batch
@@ -24,9 +24,10 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use super::action_result::{self, digest};
 use super::disk::{DiskCache, Entry};
 use super::error_chain::chain;
-use super::key::{ActionKey, from_workdir, to_root};
+use super::key::ActionKey;
 
 /// Requests moving blobs at once.
 const CONCURRENT: usize = 8;
@@ -190,49 +191,35 @@ impl GrpcCache {
             Err(status) if status.code() == tonic::Code::NotFound => return Ok(false),
             Err(status) => return Err(self.failed("GetActionResult", &status)),
         };
-        // Piper keeps output files; a result with directories, symlinks
-        // or a failure is another client's, and not one to replay. (The
-        // deprecated symlink lists: older clients still fill them.)
-        #[allow(deprecated)]
-        let files_only = result.output_directories.is_empty()
-            && result.output_symlinks.is_empty()
-            && result.output_file_symlinks.is_empty()
-            && result.output_directory_symlinks.is_empty();
-        if result.exit_code != 0 || !files_only {
+        let Some(mut reading) =
+            action_result::read(&result, key, disk).map_err(|e| format!("{}: {e}", self.url))?
+        else {
             return Ok(false);
-        }
-        let mut files = Vec::new();
-        let mut wanted = Vec::new();
-        let mut want = |blob: &re::Digest| {
-            if blob.size_bytes > 0 && !disk.blob_path(&blob.hash).exists() && !wanted.contains(blob)
-            {
-                wanted.push(blob.clone());
-            }
         };
-        for file in &result.output_files {
-            let blob = file.digest.clone().unwrap_or_default();
-            let path = to_root(&key.workdir, &file.path).ok_or_else(|| {
-                format!("{}: output {} is outside the project", self.url, file.path)
-            })?;
-            if file.contents.is_empty() {
-                want(&blob);
-            } else {
-                disk.keep_blob_bytes(&blob.hash, &file.contents)?;
-            }
-            files.push((path, blob.hash, blob.size_bytes as u64, file.is_executable));
-        }
-        for (raw, blob) in [
-            (&result.stdout_raw, &result.stdout_digest),
-            (&result.stderr_raw, &result.stderr_digest),
-        ] {
-            if let Some(blob) = blob.as_ref().filter(|_| raw.is_empty()) {
-                want(blob);
-            }
-        }
-        // Every blob in one go: a few requests at once, not one per blob.
+        // Every blob in one go (a few requests at once, not one per blob);
+        // the files of output directories once their trees are here.
+        let mut wanted = action_result::missing(&reading.files, disk);
+        let others =
+            (action_result::log_blobs(&result)).chain(reading.trees.iter().map(|(_, tree)| tree));
+        wanted.extend(
+            others
+                .filter(|b| !disk.blob_path(&b.hash).exists())
+                .cloned(),
+        );
+        wanted.sort_by(|a, b| a.hash.cmp(&b.hash));
+        wanted.dedup();
         self.fetch_blobs(conn, wanted, disk, headers).await?;
-        let log = log(&result, disk)?;
-        let entry = Entry::of(files, log);
+        if !reading.trees.is_empty() {
+            let known = reading.files.len();
+            for (dir, tree) in std::mem::take(&mut reading.trees) {
+                action_result::expand_tree(disk, &dir, &tree, &mut reading)
+                    .map_err(|e| format!("{}: {e}", self.url))?;
+            }
+            let wanted = action_result::missing(&reading.files[known..], disk);
+            self.fetch_blobs(conn, wanted, disk, headers).await?;
+        }
+        let log = action_result::log(&result, disk)?;
+        let entry = Entry::of(reading.files, reading.symlinks, log);
         disk.put_entry_bytes(key, &entry.to_bytes())?;
         Ok(true)
     }
@@ -373,19 +360,7 @@ impl GrpcCache {
             .buffer_unordered(CONCURRENT)
             .try_collect::<()>()
             .await?;
-        let result = re::ActionResult {
-            output_files: (entry.files())
-                .map(|file| re::OutputFile {
-                    path: from_workdir(&key.workdir, file.path),
-                    digest: Some(digest(file.sha256, file.size)),
-                    is_executable: file.executable,
-                    ..Default::default()
-                })
-                .collect(),
-            stdout_digest: entry.log().map(|(hash, size)| digest(hash, size)),
-            exit_code: 0,
-            ..Default::default()
-        };
+        let result = action_result::of_entry(&entry, key);
         let request = re::UpdateActionResultRequest {
             instance_name: self.instance.clone(),
             action_digest: Some(digest(&key.hash, key.size as u64)),
@@ -523,32 +498,6 @@ where
     }
 }
 
-/// The result's log (stdout, then stderr; their blobs already in `disk`)
-/// kept as one blob.
-fn log(result: &re::ActionResult, disk: &DiskCache) -> Result<Option<(String, u64)>, String> {
-    let mut log = Vec::new();
-    for (raw, blob) in [
-        (&result.stdout_raw, &result.stdout_digest),
-        (&result.stderr_raw, &result.stderr_digest),
-    ] {
-        match blob {
-            Some(blob) if blob.size_bytes > 0 && raw.is_empty() => {
-                let path = disk.blob_path(&blob.hash);
-                let data = std::fs::read(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                log.extend_from_slice(&data);
-            }
-            _ => log.extend_from_slice(raw),
-        }
-    }
-    if log.is_empty() {
-        return Ok(None);
-    }
-    let sha256 = hex::encode(Sha256::digest(&log));
-    disk.keep_blob_bytes(&sha256, &log)?;
-    Ok(Some((sha256, log.len() as u64)))
-}
-
 /// How blobs move: small ones together, large ones alone.
 #[derive(Debug, PartialEq)]
 enum Transfer {
@@ -584,13 +533,6 @@ fn plan(mut blobs: Vec<re::Digest>, max_batch: u64) -> Vec<Transfer> {
     streams.reverse();
     streams.extend(transfers);
     streams
-}
-
-fn digest(hash: &str, size: u64) -> re::Digest {
-    re::Digest {
-        hash: hash.to_string(),
-        size_bytes: size as i64,
-    }
 }
 
 /// A UUID (version 4 form) naming one upload.

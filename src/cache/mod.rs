@@ -23,6 +23,8 @@
 //!
 //! Sits beside the executor, below it: `executor/job.rs` asks and stores.
 
+#[cfg(feature = "remote-cache")]
+mod action_result;
 mod disk;
 #[cfg(feature = "remote-cache")]
 mod error_chain;
@@ -34,6 +36,7 @@ mod key;
 mod proto;
 #[cfg(feature = "remote-cache")]
 mod remote;
+mod symlink;
 mod tiered;
 mod tree;
 
