@@ -149,6 +149,53 @@ liblua.a: $(OBJS)
     write(d, ".gitignore", "*.o\n*.d\nliblua.a\n")
 
 
+def gen_c_shared(out, src):
+    """The same C library made for a shared cache: every compile declares
+    the headers as inputs instead of a depfile (a step with a depfile has
+    no action key: what it includes is known only after it ran here), as
+    Bazel's rules declare `hdrs`. With a BUILD file of the same compiles
+    as Bazel genrules, for Bazel against the same cache server."""
+    d = os.path.join(out, "clib-shared")
+    os.makedirs(d, exist_ok=True)
+    names = []
+    for name in sorted(os.listdir(src)):
+        if name.endswith((".c", ".h")) and name not in ("lua.c", "luac.c", "onelua.c"):
+            shutil.copy(os.path.join(src, name), os.path.join(d, name))
+            if name.endswith(".c"):
+                names.append(name[:-2])
+    cflags = "-O2 -std=gnu99 -DLUA_USE_LINUX"
+    write(d, "piper.lua", f"""local fs = require "piper.fs"
+local objects, outs = {{}}, {{}}
+for _, c in ipairs(fs.glob "*.c") do
+  local o = "build/" .. c:gsub("%.c$", ".o")
+  outs[#outs + 1] = o
+  objects[#objects + 1] = step("cc " .. c) {{
+    inputs = {{ c, "*.h" }}, outputs = o,
+    run = "mkdir -p build && cc {cflags} -c " .. c .. " -o " .. o,
+  }}
+end
+step "liblua.a" {{ deps = objects, inputs = outs, outputs = "build/liblua.a",
+                   run = "ar rcs build/liblua.a " .. table.concat(outs, " ") }}
+pipeline "all" {{ "liblua.a" }}
+""")
+    write(d, "WORKSPACE", "")
+    write(d, "BUILD", f"""NAMES = {names!r}
+[genrule(
+    name = "cc_" + n,
+    srcs = [n + ".c"] + glob(["*.h"]),
+    outs = ["build/%s.o" % n],
+    cmd = "cc {cflags} -I$$(dirname $(location %s.c)) -c $(location %s.c) -o $@" % (n, n),
+) for n in NAMES]
+genrule(
+    name = "liblua",
+    srcs = [":cc_" + n for n in NAMES],
+    outs = ["build/liblua.a"],
+    cmd = "ar rcs $@ $(SRCS)",
+)
+""")
+    write(d, ".gitignore", "build/\n.piper/\nbazel-*\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -163,6 +210,7 @@ def main():
     gen_watch(args.out)
     if args.c_library:
         gen_c_library(args.out, args.c_library)
+        gen_c_shared(args.out, args.c_library)
     line = "piper output benchmark line: the quick brown fox jumps over the lazy dog"
     gen_single(args.out, "output", f"yes '{line}' | head -c {args.output_mb * 1000 * 1000}")
 

@@ -56,6 +56,29 @@ def peak_rss_mb(cwd, argv):
     return usage.ru_maxrss / 1024.0
 
 
+def start_nginx(work):
+    """A private nginx serving Bazel's HTTP cache protocol (WebDAV PUT) on
+    a free port: its process and base URL, or (None, None) without nginx."""
+    import socket
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not nginx:
+        return None, None
+    store = os.path.join(work, "nginx")
+    os.makedirs(os.path.join(store, "store", ".tmp"))
+    with socket.socket() as s_:
+        s_.bind(("127.0.0.1", 0))
+        port = s_.getsockname()[1]
+    conf = (f"user root; daemon off; pid {store}/nginx.pid; error_log {store}/error.log;\n"
+            f"events {{}}\nhttp {{ access_log off; client_body_temp_path {store}/store/.tmp; "
+            f"client_max_body_size 0; server {{ listen 127.0.0.1:{port}; root {store}/store; "
+            f"location / {{ dav_methods PUT; create_full_put_path on; }} }} }}\n")
+    open(os.path.join(store, "nginx.conf"), "w").write(conf)
+    proc = subprocess.Popen([nginx, "-c", os.path.join(store, "nginx.conf"), "-p", store],
+                            stderr=subprocess.DEVNULL)
+    wait_for_port(port, 500)
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def start_buildgrid(work):
     """A private BuildGrid (cache only) from $PIPER_TEST_BUILDGRID (a venv),
     or None: its process and grpc:// URL."""
@@ -98,7 +121,6 @@ def measure_cache(d, piper, rounds):
     Execution API (a private BuildGrid, when $PIPER_TEST_BUILDGRID names
     its venv). Medians, seconds."""
     import shutil as sh
-    import socket
     import time
     work = tempfile.mkdtemp()
     nginx_proc = None
@@ -114,22 +136,9 @@ def measure_cache(d, piper, rounds):
         subprocess.run([piper, "exec", "all", "-j2", "--disk-cache", disk], cwd=first, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         remote = None
-        nginx = sh.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-        if nginx:
-            store = os.path.join(work, "nginx")
-            os.makedirs(os.path.join(store, "store", ".tmp"))
-            with socket.socket() as s_:
-                s_.bind(("127.0.0.1", 0))
-                port = s_.getsockname()[1]
-            conf = (f"user root; daemon off; pid {store}/nginx.pid; error_log {store}/error.log;\n"
-                    f"events {{}}\nhttp {{ access_log off; client_body_temp_path {store}/store/.tmp; "
-                    f"client_max_body_size 0; server {{ listen 127.0.0.1:{port}; root {store}/store; "
-                    f"location / {{ dav_methods PUT; create_full_put_path on; }} }} }}\n")
-            open(os.path.join(store, "nginx.conf"), "w").write(conf)
-            nginx_proc = subprocess.Popen([nginx, "-c", os.path.join(store, "nginx.conf"), "-p", store],
-                                          stderr=subprocess.DEVNULL)
-            wait_for_port(port, 500)
-            remote = f"http://127.0.0.1:{port}/piper"
+        nginx_proc, http = start_nginx(work)
+        if http:
+            remote = f"{http}/piper"
             up = os.path.join(work, "up")
             sh.copytree(src, up)
             subprocess.run([piper, "exec", "all", "-j2", "--disk-cache", os.path.join(work, "up-disk"),
@@ -758,6 +767,16 @@ def main():
         cache = measure_cache(os.path.join(args.work, "cached-1000"), piper, 3 if q else 7)
     except Exception as e:  # reported, not hidden
         notes.append(f"cache benchmark failed: {e!r}")
+    shared_c = agent_c = None
+    clib = os.path.join(args.work, "clib-shared")
+    if os.path.isdir(clib):
+        import cache_c
+        try:
+            shared_c = cache_c.measure_shared_c(clib, piper, 2 if q else 5)
+            agent_c = cache_c.measure_piperd_c(clib, piper, os.path.join(os.path.dirname(piper), "piperd"),
+                                               2 if q else 5)
+        except Exception as e:  # reported, not hidden
+            notes.append(f"shared-cache C benchmark failed: {e!r}")
     agent = None
     try:
         agent = measure_agent(os.path.join(os.path.dirname(piper), "piperd"), 5 if q else 30)
@@ -835,6 +854,9 @@ def main():
         lines.append("- cache, 1,000 steps copying a file each, a fresh checkout (empty `.piper/` and outputs), "
                      "`piper exec all -j2`: " + ", ".join(parts) + " (targets: fetching never slower than "
                      f"running them: {'met' if worst <= cold else 'missed'}{goal})")
+    if shared_c or agent_c:
+        import cache_c
+        lines.extend(cache_c.lines(shared_c, agent_c))
     if watch_latency:
         med, p90 = watch_latency
         lines.append(f"- watch latency, file write → step process started (debounce 50 ms, includes starting "
