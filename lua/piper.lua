@@ -39,6 +39,7 @@
 ---@field service? boolean a long-running process: `piper watch` keeps it running beside the builds
 ---@field cache? boolean false: never fetch its results from a cache or store them (it reads what its inputs do not say)
 ---@field remote_cache? boolean false: keep its results off a remote cache (the disk cache still shares them on this machine)
+---@field remote? boolean false: never run it on a remote executor (`--remote-exec`): it needs this machine
 ---@field cache_salt? string mixed into its action key: another salt is other work to every cache
 ---@field depfile? string a Makefile-style depfile it writes (cc -MD); the files listed become inputs
 ---@field requires? table<string, string|number|boolean> labels a build agent must have to run it, e.g. { gpu = "1" }

@@ -68,4 +68,10 @@ pub struct ClientConfig {
     pub remote_headers: Option<Vec<String>>,
     /// `piper exec --remote-upload`.
     pub remote_upload: Option<bool>,
+    /// `piper exec --remote-exec`.
+    pub remote_exec: Option<String>,
+    /// `piper exec --remote-jobs`.
+    pub remote_jobs: Option<usize>,
+    /// `piper exec --remote-exec-fallback`.
+    pub remote_exec_fallback: Option<bool>,
 }

@@ -48,14 +48,22 @@ fn from_cache(
         ));
     }
     #[cfg(feature = "remote-cache")]
-    if let Some(remote) = cache.remote()
-        && planned.remote_cache
-        && step.remote_cache
-    {
-        return Some(format!(
-            "it would be looked up in remote cache {}",
-            remote.url()
-        ));
+    if planned.remote_cache && step.remote_cache {
+        let command = matches!(step.run, crate::spec::Run::Commands(_));
+        let executor = cache.executor().filter(|_| step.remote && command);
+        let there = executor.map(|e| format!("run remotely on {}", e.url()));
+        return match (cache.remote(), there) {
+            (Some(remote), Some(there)) => Some(format!(
+                "it would be looked up in remote cache {}, else {there}",
+                remote.url()
+            )),
+            (Some(remote), None) => Some(format!(
+                "it would be looked up in remote cache {}",
+                remote.url()
+            )),
+            (None, Some(there)) => Some(format!("it would {there}")),
+            (None, None) => None,
+        };
     }
     None
 }

@@ -69,6 +69,8 @@ pub struct Step {
     /// Whether a remote cache may (`remote_cache = false`: the disk cache
     /// alone).
     pub remote_cache: bool,
+    /// Whether a remote executor may run it (`remote = false`: here).
+    pub remote: bool,
     /// The user's part of its action key's salt (`cache_salt`).
     pub cache_salt: Option<String>,
     /// Labels an agent must have to run it.
@@ -430,6 +432,7 @@ fn resolve_step(
         service: raw.service,
         cache: raw.cache,
         remote_cache: raw.remote_cache,
+        remote: raw.remote,
         cache_salt: raw.cache_salt,
         requires: raw.requires,
     })

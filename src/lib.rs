@@ -59,10 +59,10 @@ pub use event::{BuildStatus, Event, PlannedStepInfo, StepStatus, TriggeredBy};
 pub use runner::{Command, CommandRun, Exit, LocalRunner, OutputSink, RunFuture, Runner};
 pub use spec::TriggerOn;
 
-#[cfg(feature = "remote-cache")]
-pub use cache::RemoteCache;
 #[cfg(feature = "cache")]
 pub use cache::{Cache, DiskCache};
+#[cfg(feature = "remote-cache")]
+pub use cache::{RemoteCache, RemoteExecutor};
 
 /// The Lua bindings host modules are written with
 /// ([`Engine::with_module`]): the same `mlua` Piper uses.

@@ -10,10 +10,10 @@ use crate::cache::{exec_with, status_of, steps};
 use crate::harness::unindent;
 
 /// A BuildGrid server of this test's own.
-struct BuildGrid {
-    address: String,
-    python: PathBuf,
-    _dir: tempfile::TempDir,
+pub(crate) struct BuildGrid {
+    pub(crate) address: String,
+    pub(crate) python: PathBuf,
+    pub(crate) dir: tempfile::TempDir,
     _process: crate::harness::KillOnDrop,
 }
 
@@ -21,6 +21,14 @@ impl BuildGrid {
     /// BuildGrid from `$PIPER_TEST_BUILDGRID` (a virtualenv with
     /// `buildgrid` installed: `.ci/run` makes one), else `bgd` on PATH.
     fn start(test: &str) -> Option<BuildGrid> {
+        BuildGrid::start_with(test, "buildgrid-cache.yml", &[])
+    }
+
+    /// As [`BuildGrid::start`] with the configuration `config` (under
+    /// tests/fixtures), its `@NAME@` placeholders replaced as `vars` say
+    /// (`@PORT@` and `@DIR@` always). A `DATABASE_URL` (the scheduler's
+    /// PostgreSQL database) is migrated first, as BuildGrid requires.
+    pub(crate) fn start_with(test: &str, config: &str, vars: &[(&str, &str)]) -> Option<BuildGrid> {
         let venv = std::env::var_os("PIPER_TEST_BUILDGRID").map(PathBuf::from);
         let bin = venv.map(|v| v.join("bin")).or_else(|| {
             let path = std::env::var_os("PATH")?;
@@ -39,13 +47,29 @@ impl BuildGrid {
             .local_addr()
             .unwrap()
             .port();
-        let config = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/buildgrid-cache.yml"),
+        let mut config = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(config),
         )
         .unwrap()
         .replace("@PORT@", &port.to_string())
         .replace("@DIR@", dir.path().to_str().unwrap());
+        for (name, value) in vars {
+            config = config.replace(&format!("@{name}@"), value);
+        }
         std::fs::write(dir.path().join("buildgrid.yml"), config).unwrap();
+        if let Some((_, url)) = vars.iter().find(|(name, _)| *name == "DATABASE_URL") {
+            let migrated = std::process::Command::new(bin.join("bgd"))
+                .args(["migrate", "apply", url])
+                .output()
+                .unwrap();
+            assert!(
+                migrated.status.success(),
+                "bgd migrate: {}",
+                String::from_utf8_lossy(&migrated.stderr)
+            );
+        }
         let log = std::fs::File::create(dir.path().join("bgd.log")).unwrap();
         let child = std::process::Command::new(bin.join("bgd"))
             .args(["server", "start"])
@@ -69,12 +93,12 @@ impl BuildGrid {
         Some(BuildGrid {
             address: format!("127.0.0.1:{port}"),
             python: bin.join("python"),
-            _dir: dir,
+            dir,
             _process: process,
         })
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("grpc://{}", self.address)
     }
 }

@@ -169,6 +169,17 @@ pub(super) fn log(
     result: &re::ActionResult,
     disk: &DiskCache,
 ) -> Result<Option<(String, u64)>, String> {
+    let log = log_bytes(result, disk)?;
+    if log.is_empty() {
+        return Ok(None);
+    }
+    let sha256 = hex::encode(Sha256::digest(&log));
+    disk.keep_blob_bytes(&sha256, &log)?;
+    Ok(Some((sha256, log.len() as u64)))
+}
+
+/// The result's stdout, then its stderr (their blobs already in `disk`).
+pub(super) fn log_bytes(result: &re::ActionResult, disk: &DiskCache) -> Result<Vec<u8>, String> {
     let mut log = Vec::new();
     for (raw, blob) in [
         (&result.stdout_raw, &result.stdout_digest),
@@ -184,12 +195,7 @@ pub(super) fn log(
             _ => log.extend_from_slice(raw),
         }
     }
-    if log.is_empty() {
-        return Ok(None);
-    }
-    let sha256 = hex::encode(Sha256::digest(&log));
-    disk.keep_blob_bytes(&sha256, &log)?;
-    Ok(Some((sha256, log.len() as u64)))
+    Ok(log)
 }
 
 /// The log blobs of `result` not sent inline.

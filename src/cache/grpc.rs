@@ -37,7 +37,7 @@ const CHUNK: usize = 64 * 1024;
 const MAX_MESSAGE: u64 = 4 << 20;
 /// How long a call that moves no large blob may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-const SHA256: i32 = re::digest_function::Value::Sha256 as i32;
+pub(super) const SHA256: i32 = re::digest_function::Value::Sha256 as i32;
 
 /// A REAPI server's caches.
 pub(super) struct GrpcCache {
@@ -48,13 +48,13 @@ pub(super) struct GrpcCache {
 }
 
 /// A connection whose server said what it takes.
-struct Conn {
-    channel: Channel,
+pub(super) struct Conn {
+    pub(super) channel: Channel,
     /// The most blob bytes in one batch.
     max_batch: u64,
 }
 
-type Headers<'a> = &'a [(String, String)];
+pub(super) type Headers<'a> = &'a [(String, String)];
 
 impl GrpcCache {
     pub(super) fn new(url: &str) -> Result<GrpcCache, String> {
@@ -88,7 +88,7 @@ impl GrpcCache {
     }
 
     /// The connection, made (and the server's capabilities read) once.
-    async fn conn(&self, headers: Headers<'_>) -> Result<&Conn, String> {
+    pub(super) async fn conn(&self, headers: Headers<'_>) -> Result<&Conn, String> {
         self.conn
             .get_or_try_init(|| async {
                 let channel = (self.endpoint.connect().await)
@@ -122,7 +122,7 @@ impl GrpcCache {
     }
 
     /// `message` with the headers and a deadline.
-    fn request<T>(&self, message: T, headers: Headers<'_>) -> tonic::Request<T> {
+    pub(super) fn request<T>(&self, message: T, headers: Headers<'_>) -> tonic::Request<T> {
         let mut request = self.streaming(message, headers);
         request.set_timeout(CALL_TIMEOUT);
         request
@@ -143,7 +143,12 @@ impl GrpcCache {
         request
     }
 
-    fn failed(&self, call: &str, status: &tonic::Status) -> String {
+    /// Where it is, as given.
+    pub(super) fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(super) fn failed(&self, call: &str, status: &tonic::Status) -> String {
         let mut text = format!(
             "{}: {call}: {:?}: {}",
             self.url,
@@ -191,16 +196,29 @@ impl GrpcCache {
             Err(status) if status.code() == tonic::Code::NotFound => return Ok(false),
             Err(status) => return Err(self.failed("GetActionResult", &status)),
         };
+        self.keep_result(conn, key, &result, disk, headers).await
+    }
+
+    /// Puts a successful `result` of `key` into `disk`: its blobs (those
+    /// of its output directories once their trees are here), then the
+    /// entry. Ok(false) for a failed action, which is not kept.
+    pub(super) async fn keep_result(
+        &self,
+        conn: &Conn,
+        key: &ActionKey,
+        result: &re::ActionResult,
+        disk: &DiskCache,
+        headers: Headers<'_>,
+    ) -> Result<bool, String> {
         let Some(mut reading) =
-            action_result::read(&result, key, disk).map_err(|e| format!("{}: {e}", self.url))?
+            action_result::read(result, key, disk).map_err(|e| format!("{}: {e}", self.url))?
         else {
             return Ok(false);
         };
-        // Every blob in one go (a few requests at once, not one per blob);
-        // the files of output directories once their trees are here.
+        // Every blob in one go: a few requests at once, not one per blob.
         let mut wanted = action_result::missing(&reading.files, disk);
         let others =
-            (action_result::log_blobs(&result)).chain(reading.trees.iter().map(|(_, tree)| tree));
+            (action_result::log_blobs(result)).chain(reading.trees.iter().map(|(_, tree)| tree));
         wanted.extend(
             others
                 .filter(|b| !disk.blob_path(&b.hash).exists())
@@ -218,7 +236,7 @@ impl GrpcCache {
             let wanted = action_result::missing(&reading.files[known..], disk);
             self.fetch_blobs(conn, wanted, disk, headers).await?;
         }
-        let log = action_result::log(&result, disk)?;
+        let log = action_result::log(result, disk)?;
         let entry = Entry::of(reading.files, reading.symlinks, log);
         disk.put_entry_bytes(key, &entry.to_bytes())?;
         Ok(true)
@@ -226,7 +244,7 @@ impl GrpcCache {
 
     /// Downloads `blobs` into `disk`: small ones in batches, large ones
     /// streamed, a few requests at a time.
-    async fn fetch_blobs(
+    pub(super) async fn fetch_blobs(
         &self,
         conn: &Conn,
         blobs: Vec<re::Digest>,
@@ -331,34 +349,8 @@ impl GrpcCache {
     ) -> Result<(), String> {
         let entry = Entry::parse(bytes)?;
         let conn = self.conn(headers).await?;
-        let mut blobs: Vec<re::Digest> = entry.blobs().map(|(h, s)| digest(h, s)).collect();
-        blobs.sort_by(|a, b| a.hash.cmp(&b.hash));
-        blobs.dedup();
-        let request = re::FindMissingBlobsRequest {
-            instance_name: self.instance.clone(),
-            blob_digests: blobs,
-            digest_function: SHA256,
-        };
-        let missing = patiently(|| {
-            let mut client = ContentAddressableStorageClient::new(conn.channel.clone());
-            let request = self.request(request.clone(), headers);
-            async move { client.find_missing_blobs(request).await }
-        })
-        .await
-        .map_err(|s| self.failed("FindMissingBlobs", &s))?
-        .missing_blob_digests;
-        stream::iter(plan(missing, conn.max_batch))
-            .map(|transfer| async move {
-                match transfer {
-                    Transfer::Batch(batch) => self.write_batch(conn, batch, disk, headers).await,
-                    Transfer::Stream(blob) => {
-                        let path = disk.blob_path(&blob.hash);
-                        self.write_stream(conn, blob, path, headers).await
-                    }
-                }
-            })
-            .buffer_unordered(CONCURRENT)
-            .try_collect::<()>()
+        let blobs = entry.blobs().map(|(h, s)| digest(h, s)).collect();
+        self.send_missing(conn, blobs, &|hash| disk.blob_path(hash), headers)
             .await?;
         let result = action_result::of_entry(&entry, key);
         let request = re::UpdateActionResultRequest {
@@ -378,16 +370,55 @@ impl GrpcCache {
         Ok(())
     }
 
+    /// Uploads what the server lacks of `blobs`, each read from where
+    /// `locate` says it is: small ones in batches, large ones streamed.
+    pub(super) async fn send_missing(
+        &self,
+        conn: &Conn,
+        mut blobs: Vec<re::Digest>,
+        locate: &(dyn Fn(&str) -> PathBuf + Sync),
+        headers: Headers<'_>,
+    ) -> Result<(), String> {
+        blobs.sort_by(|a, b| a.hash.cmp(&b.hash));
+        blobs.dedup();
+        let request = re::FindMissingBlobsRequest {
+            instance_name: self.instance.clone(),
+            blob_digests: blobs,
+            digest_function: SHA256,
+        };
+        let missing = patiently(|| {
+            let mut client = ContentAddressableStorageClient::new(conn.channel.clone());
+            let request = self.request(request.clone(), headers);
+            async move { client.find_missing_blobs(request).await }
+        })
+        .await
+        .map_err(|s| self.failed("FindMissingBlobs", &s))?
+        .missing_blob_digests;
+        stream::iter(plan(missing, conn.max_batch))
+            .map(|transfer| async move {
+                match transfer {
+                    Transfer::Batch(batch) => self.write_batch(conn, batch, locate, headers).await,
+                    Transfer::Stream(blob) => {
+                        let path = locate(&blob.hash);
+                        self.write_stream(conn, blob, path, headers).await
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENT)
+            .try_collect::<()>()
+            .await
+    }
+
     async fn write_batch(
         &self,
         conn: &Conn,
         digests: Vec<re::Digest>,
-        disk: &DiskCache,
+        locate: &(dyn Fn(&str) -> PathBuf + Sync),
         headers: Headers<'_>,
     ) -> Result<(), String> {
         let mut requests = Vec::with_capacity(digests.len());
         for blob in digests {
-            let path = disk.blob_path(&blob.hash);
+            let path = locate(&blob.hash);
             let data = tokio::fs::read(&path)
                 .await
                 .map_err(|e| format!("cannot read blob {}: {e}", blob.hash))?;
@@ -418,7 +449,7 @@ impl GrpcCache {
         Ok(())
     }
 
-    /// One large blob, streamed from the disk cache in pieces.
+    /// One large blob, streamed from its file in pieces.
     async fn write_stream(
         &self,
         conn: &Conn,
@@ -474,7 +505,7 @@ impl GrpcCache {
 /// Calls `call` again while the server says it is busy or unavailable
 /// (`RESOURCE_EXHAUSTED`, `UNAVAILABLE`: retryable, says REAPI): four
 /// tries, waiting 20, 80, then 320 ms between them.
-async fn patiently<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T, tonic::Status>
+pub(super) async fn patiently<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T, tonic::Status>
 where
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {

@@ -42,6 +42,17 @@ pub(crate) struct ActionKey {
     pub(crate) workdir: String,
 }
 
+/// What an action is made of, for a remote executor to run it: the
+/// encoded `Command` and `Action`, the input root's `Directory` messages,
+/// and the input files (root-relative) they name.
+#[cfg_attr(not(feature = "remote-cache"), allow(dead_code))]
+pub(crate) struct ActionParts {
+    pub(crate) command: Vec<u8>,
+    pub(crate) action: Vec<u8>,
+    pub(crate) tree: InputTree,
+    pub(crate) files: Vec<InputFile>,
+}
+
 impl ActionKey {
     /// The key of step `index` of `graph` about to run with `env` (its
     /// variables, `executor::work_env`), whose would-be record is
@@ -53,6 +64,17 @@ impl ActionKey {
         record: &StepRecord,
         env: &[(String, String)],
     ) -> Result<ActionKey, String> {
+        Ok(ActionKey::with_parts(graph, index, record, env)?.0)
+    }
+
+    /// As [`ActionKey::new`], with what a remote executor needs to run
+    /// the action: the encoded messages and the input files.
+    pub(crate) fn with_parts(
+        graph: &Graph,
+        index: usize,
+        record: &StepRecord,
+        env: &[(String, String)],
+    ) -> Result<(ActionKey, ActionParts), String> {
         let step = &graph.steps[index];
         let root = graph.root.as_path();
         let workdir = relative(root, &step.dir);
@@ -64,7 +86,7 @@ impl ActionKey {
             working_directory: workdir.clone(),
             output_paths: output_paths(step, &workdir),
         };
-        let (command_digest, _) = proto::digest_of(&command);
+        let (command_digest, command_bytes) = proto::digest_of(&command);
         let mut salt = Sha256::new();
         salt.update(KEY_VERSION);
         if let Some(user) = &step.cache_salt {
@@ -92,16 +114,23 @@ impl ActionKey {
         let tree = InputTree::build(&files);
         let action = Action {
             command_digest: Some(command_digest),
-            input_root_digest: Some(tree.root),
+            input_root_digest: Some(tree.root.clone()),
             salt: salt.finalize().to_vec(),
             platform: Some(platform),
         };
-        let (digest, _) = proto::digest_of(&action);
-        Ok(ActionKey {
+        let (digest, action_bytes) = proto::digest_of(&action);
+        let key = ActionKey {
             hash: digest.hash,
             size: digest.size_bytes,
             workdir,
-        })
+        };
+        let parts = ActionParts {
+            command: command_bytes,
+            action: action_bytes,
+            tree,
+            files,
+        };
+        Ok((key, parts))
     }
 }
 

@@ -29,6 +29,8 @@ mod disk;
 #[cfg(feature = "remote-cache")]
 mod error_chain;
 #[cfg(feature = "remote-cache")]
+mod execute;
+#[cfg(feature = "remote-cache")]
 mod grpc;
 #[cfg(feature = "remote-cache")]
 mod http;
@@ -45,6 +47,12 @@ pub(crate) use disk::{Entry, Fetched};
 // The remote CLI formats its request errors the same way.
 #[cfg(feature = "cli")]
 pub(crate) use error_chain::chain as error_chain;
+#[cfg(feature = "remote-cache")]
+pub(crate) use execute::ExecError;
+#[cfg(feature = "remote-cache")]
+pub use execute::RemoteExecutor;
+#[cfg(feature = "remote-cache")]
+pub(crate) use key::ActionParts;
 pub(crate) use key::{ActionKey, cacheable};
 #[cfg(feature = "remote-cache")]
 pub use remote::RemoteCache;

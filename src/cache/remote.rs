@@ -159,6 +159,15 @@ impl RemoteCache {
         &self.url
     }
 
+    /// Its REAPI connection (None for an HTTP cache) and the headers to
+    /// send: what a remote executor at the same address speaks through.
+    pub(super) fn grpc(&self) -> Option<(&GrpcCache, &[(String, String)])> {
+        match &self.protocol {
+            Protocol::Grpc(grpc) => Some((grpc, &self.headers)),
+            Protocol::Http(_) => None,
+        }
+    }
+
     pub(crate) fn uploads(&self) -> bool {
         self.upload
     }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use super::disk::DiskCache;
 #[cfg(feature = "remote-cache")]
+use super::execute::RemoteExecutor;
+#[cfg(feature = "remote-cache")]
 use super::remote::RemoteCache;
 
 /// Where a run fetches step results from and stores them: a disk cache,
@@ -17,6 +19,8 @@ pub struct Cache {
     verify: bool,
     #[cfg(feature = "remote-cache")]
     remote: Option<Arc<RemoteCache>>,
+    #[cfg(feature = "remote-cache")]
+    executor: Option<Arc<RemoteExecutor>>,
 }
 
 impl Cache {
@@ -27,6 +31,8 @@ impl Cache {
             verify: false,
             #[cfg(feature = "remote-cache")]
             remote: None,
+            #[cfg(feature = "remote-cache")]
+            executor: None,
         }
     }
 
@@ -50,15 +56,43 @@ impl Cache {
         self
     }
 
-    /// The same caches without the remote one: for a step (or a run of a
-    /// pipeline) that says `remote_cache = false`.
-    #[allow(unused_mut)] // written with a remote cache only
-    pub(crate) fn local_only(mut self) -> Cache {
+    /// The same caches without the remote one (nor the executor, whose
+    /// results the cluster caches): for a step (or a run of a pipeline)
+    /// that says `remote_cache = false`.
+    pub(crate) fn local_only(self) -> Cache {
+        self.without_remote(true)
+    }
+
+    /// A remote executor: steps with an action key run on its cluster.
+    #[cfg(feature = "remote-cache")]
+    pub fn with_executor(mut self, executor: RemoteExecutor) -> Cache {
+        self.executor = Some(Arc::new(executor));
+        self
+    }
+
+    /// The same caches without the remote executor: for a step that says
+    /// `remote = false`.
+    pub(crate) fn here_only(self) -> Cache {
+        self.without_remote(false)
+    }
+
+    /// Without the remote executor, and without the remote cache too when
+    /// `cache` says so.
+    #[allow(unused_mut, unused_variables)] // without feature remote-cache
+    fn without_remote(mut self, cache: bool) -> Cache {
         #[cfg(feature = "remote-cache")]
         {
-            self.remote = None;
+            self.executor = None;
+            if cache {
+                self.remote = None;
+            }
         }
         self
+    }
+
+    #[cfg(feature = "remote-cache")]
+    pub(crate) fn executor(&self) -> Option<&RemoteExecutor> {
+        self.executor.as_deref()
     }
 
     /// The disk cache.

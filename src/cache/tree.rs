@@ -20,7 +20,7 @@ pub(crate) struct InputFile {
 #[derive(Debug, Clone)]
 pub(crate) struct InputTree {
     pub(crate) root: Digest,
-    #[allow(dead_code)] // uploaded by remote execution (issue 31)
+    #[cfg_attr(not(feature = "remote-cache"), allow(dead_code))] // uploaded by remote execution
     pub(crate) directories: Vec<(Digest, Vec<u8>)>,
 }
 

@@ -204,6 +204,24 @@ pub struct ExecArgs {
     #[arg(long, value_name = "on|off", env = "PIPER_REMOTE_UPLOAD", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub remote_upload: Option<bool>,
 
+    /// Run steps on a Remote Execution API cluster (grpc://HOST:PORT,
+    /// grpcs:// for TLS: BuildGrid, Buildbarn, NativeLink, BuildBuddy): each
+    /// step with declared inputs and outputs is uploaded, executed there and
+    /// its outputs fetched; the rest run here. The cluster is also the
+    /// remote cache unless --remote-cache names another
+    #[arg(long, value_name = "URL", env = "PIPER_REMOTE_EXEC")]
+    pub remote_exec: Option<String>,
+
+    /// Steps in flight on the remote cluster besides the -j running here
+    /// [default: 32]
+    #[arg(long, value_name = "N", env = "PIPER_REMOTE_JOBS")]
+    pub remote_jobs: Option<usize>,
+
+    /// Run a step here when the remote cluster cannot be reached (a step it
+    /// refuses or that fails there still fails)
+    #[arg(long, env = "PIPER_REMOTE_EXEC_FALLBACK")]
+    pub remote_exec_fallback: bool,
+
     /// Run steps the cache holds anyway and compare what they make with it:
     /// a difference means a step reads something its inputs do not name
     #[arg(long)]
@@ -386,6 +404,10 @@ pub struct ExplainArgs {
     /// The remote cache `piper exec --remote-cache` would ask
     #[arg(long, value_name = "URL", env = "PIPER_REMOTE_CACHE")]
     pub remote_cache: Option<String>,
+
+    /// The cluster `piper exec --remote-exec` would run steps on
+    #[arg(long, value_name = "URL", env = "PIPER_REMOTE_EXEC")]
+    pub remote_exec: Option<String>,
 }
 
 impl ExecArgs {
@@ -397,6 +419,9 @@ impl ExecArgs {
             instance: self.remote_instance.clone(),
             headers: self.remote_header.clone(),
             upload: self.remote_upload,
+            exec: self.remote_exec.clone(),
+            jobs: self.remote_jobs,
+            fallback: self.remote_exec_fallback.then_some(true),
         }
     }
 }

@@ -12,17 +12,30 @@ use super::error::{Error, Result};
 /// unless one is given).
 pub(crate) fn caches(settings: CacheSettings) -> Result<Option<crate::Cache>> {
     let settings = settings.with_config_file()?;
-    let dir = match (&settings.disk, &settings.remote) {
+    // A cluster is also the remote cache, unless another is named.
+    let remote_url = settings.remote.as_ref().or(settings.exec.as_ref());
+    let dir = match (&settings.disk, remote_url) {
         (Some(dir), _) => dir.clone(),
         (None, Some(_)) => user_cache_dir(),
         (None, None) => return Ok(None),
     };
     let mut cache = crate::Cache::new(crate::DiskCache::new(dir));
-    if let Some(url) = &settings.remote {
-        let remote =
-            crate::RemoteCache::with_settings(url, settings.instance.as_deref(), &settings.headers)
-                .map_err(|e| Error::setting("--remote-cache", e))?;
-        cache = cache.with_remote(remote.upload(settings.upload.unwrap_or(true)));
+    let remote = |url: &str, flag: &'static str| {
+        crate::RemoteCache::with_settings(url, settings.instance.as_deref(), &settings.headers)
+            .map_err(|e| Error::setting(flag, e))
+    };
+    if let Some(url) = remote_url {
+        let upload = settings.upload.unwrap_or(true);
+        cache = cache.with_remote(remote(url, "--remote-cache")?.upload(upload));
+    }
+    if let Some(url) = &settings.exec {
+        let mut executor = crate::RemoteExecutor::new(remote(url, "--remote-exec")?)
+            .map_err(|e| Error::setting("--remote-exec", e))?
+            .fallback(settings.fallback.unwrap_or(false));
+        if let Some(jobs) = settings.jobs {
+            executor = executor.jobs(jobs);
+        }
+        cache = cache.with_executor(executor);
     }
     Ok(Some(cache))
 }
@@ -36,6 +49,9 @@ pub struct CacheSettings {
     pub instance: Option<String>,
     pub headers: Vec<String>,
     pub upload: Option<bool>,
+    pub exec: Option<String>,
+    pub jobs: Option<usize>,
+    pub fallback: Option<bool>,
 }
 
 impl CacheSettings {
@@ -52,6 +68,9 @@ impl CacheSettings {
             self.headers = file.remote_headers.unwrap_or_default();
         }
         self.upload = self.upload.or(file.remote_upload);
+        self.exec = self.exec.or(file.remote_exec);
+        self.jobs = self.jobs.or(file.remote_jobs);
+        self.fallback = self.fallback.or(file.remote_exec_fallback);
         Ok(self)
     }
 }

@@ -545,6 +545,7 @@ fn explain(cli: &Cli, args: &ExplainArgs) -> Result<i32> {
         cache: caches(CacheSettings {
             disk: args.disk_cache.clone(),
             remote: args.remote_cache.clone(),
+            exec: args.remote_exec.clone(),
             upload: Some(false),
             ..CacheSettings::default()
         })?,

@@ -16,6 +16,12 @@ use crate::state::StepRecord;
 
 use super::job::{Attempt, StepJob, StepResult};
 
+/// What a remote executor needs to run a step.
+#[cfg(feature = "remote-cache")]
+type Parts = crate::cache::ActionParts;
+#[cfg(not(feature = "remote-cache"))]
+type Parts = ();
+
 /// What the cache had for a step that would run.
 enum Cached {
     /// Its outputs are written and its log read: it need not run.
@@ -25,6 +31,9 @@ enum Cached {
     /// `--cache-verify`: the cache has its results, and it runs anyway to
     /// compare what it makes with them.
     Verify(ActionKey, Box<Entry>),
+    /// No cache has them: it runs on the remote executor.
+    #[cfg(feature = "remote-cache")]
+    Remote(Box<(ActionKey, crate::cache::ActionParts)>),
 }
 
 /// A step the cache did not spare: what it runs with, and what to do
@@ -35,6 +44,9 @@ pub(super) struct Missed {
     key: Option<ActionKey>,
     /// The cached results to compare with (`--cache-verify`).
     verify: Option<Box<Entry>>,
+    /// The action to run on the remote executor.
+    #[cfg(feature = "remote-cache")]
+    pub(super) remote: Option<Box<(ActionKey, crate::cache::ActionParts)>>,
 }
 
 impl StepJob {
@@ -56,11 +68,24 @@ impl StepJob {
                 out: out.capturing(key.is_some()),
                 key,
                 verify: None,
+                #[cfg(feature = "remote-cache")]
+                remote: None,
             }),
             Cached::Verify(key, entry) => Err(Missed {
                 out,
                 key: Some(key),
                 verify: Some(entry),
+                #[cfg(feature = "remote-cache")]
+                remote: None,
+            }),
+            // Kept: if the cluster cannot be reached, it runs here and is
+            // stored as usual.
+            #[cfg(feature = "remote-cache")]
+            Cached::Remote(action) => Err(Missed {
+                out: out.capturing(true),
+                key: Some(action.0.clone()),
+                verify: None,
+                remote: Some(action),
             }),
         }
     }
@@ -69,6 +94,11 @@ impl StepJob {
     /// compared with the cached ones, each difference a warning.
     pub(super) async fn after_success(&self, missed: Missed) {
         let Some(key) = &missed.key else { return };
+        // The cluster stored what it ran.
+        #[cfg(feature = "remote-cache")]
+        if self.ran_remotely.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let Some(entry) = missed.verify else {
             return self.store(&missed.out, key).await;
         };
@@ -97,8 +127,19 @@ impl StepJob {
         if !crate::cache::cacheable(step) || self.dry_run {
             return Cached::Miss(None);
         }
-        let Some(key) = self.key(record).await else {
+        let Some((key, parts)) = self.key(record).await else {
             return Cached::Miss(None);
+        };
+        // Where it runs when no cache has it: the cluster, or here.
+        #[cfg(feature = "remote-cache")]
+        let (missed, key) = match parts {
+            Some(parts) => (Cached::Remote(Box::new((key.clone(), parts))), key),
+            None => (Cached::Miss(Some(key.clone())), key),
+        };
+        #[cfg(not(feature = "remote-cache"))]
+        let missed = {
+            let _: Option<Parts> = parts;
+            Cached::Miss(Some(key.clone()))
         };
         if self.forced {
             return Cached::Miss(Some(key));
@@ -129,10 +170,10 @@ impl StepJob {
                 }
                 Cached::Fetched(Box::new((record.clone(), fetched)))
             }
-            Ok(None) => Cached::Miss(Some(key)),
+            Ok(None) => missed,
             Err(e) => {
                 self.warn(format!("cache: {e}; running it")).await;
-                Cached::Miss(Some(key))
+                missed
             }
         }
     }
@@ -141,9 +182,19 @@ impl StepJob {
     /// read and hashed. One that cannot be read is a warning, and no key.
     /// Made here, as the up-to-date check reads its inputs here: a hop to
     /// a blocking thread per step costs more than hashing a few files.
-    async fn key(&self, record: &StepRecord) -> Option<ActionKey> {
-        match ActionKey::new(&self.graph, self.step, record, &self.env) {
-            Ok(key) => Some(key),
+    /// With a remote executor that may run the step, also what the
+    /// cluster needs to run it.
+    async fn key(&self, record: &StepRecord) -> Option<(ActionKey, Option<Parts>)> {
+        #[cfg(feature = "remote-cache")]
+        let made = match self.may_run_remotely() {
+            true => ActionKey::with_parts(&self.graph, self.step, record, &self.env)
+                .map(|(key, parts)| (key, Some(parts))),
+            false => ActionKey::new(&self.graph, self.step, record, &self.env).map(|k| (k, None)),
+        };
+        #[cfg(not(feature = "remote-cache"))]
+        let made = ActionKey::new(&self.graph, self.step, record, &self.env).map(|k| (k, None));
+        match made {
+            Ok(made) => Some(made),
             Err(e) => {
                 self.warn(format!("cache: no action key: {e}; running it"))
                     .await;
@@ -244,7 +295,7 @@ impl StepJob {
         }
     }
 
-    async fn warn(&self, message: String) {
+    pub(super) async fn warn(&self, message: String) {
         let step = &self.graph.steps[self.step];
         let _ = self
             .events

@@ -66,6 +66,12 @@ pub(super) struct StepJob {
     /// The job slots a step takes to run, when it may be in flight
     /// without one (`Scheduler::slots`).
     pub(super) slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// The action it runs on the remote executor, when it runs there.
+    #[cfg(feature = "remote-cache")]
+    pub(super) remote: Option<Box<(crate::cache::ActionKey, crate::cache::ActionParts)>>,
+    /// It ran on the remote executor: its results are stored already.
+    #[cfg(feature = "remote-cache")]
+    pub(super) ran_remotely: AtomicBool,
 }
 
 /// How one attempt ended.
@@ -166,15 +172,20 @@ impl StepJob {
         };
         let out = OutputSink::new(self.events.clone(), self.build, step.name.clone());
         #[cfg(feature = "cache")]
-        let (out, missed) = match self.look_in_cache(out, record.as_ref(), started).await {
+        #[allow(unused_mut)] // its action moves out with a remote executor
+        let (out, mut missed) = match self.look_in_cache(out, record.as_ref(), started).await {
             Ok(fetched) => return fetched,
             Err(missed) => (missed.out.clone(), missed),
         };
-        // Its slot, for as long as it runs (a cache's upload after it is
-        // network, not CPU).
-        let slot = match &self.slots {
-            Some(slots) => slots.clone().acquire_owned().await.ok(),
-            None => None,
+        #[cfg(feature = "remote-cache")]
+        {
+            self.remote = missed.remote.take();
+        }
+        // Its slot, for as long as it runs here (a cache's upload after it
+        // is network, not CPU; a remote executor's work is not ours).
+        let slot = match self.runs_remotely() {
+            true => None,
+            false => self.slot().await,
         };
         let (last, attempts) = self.attempts(&out, reasons).await;
         drop(slot);
@@ -183,6 +194,14 @@ impl StepJob {
             self.after_success(missed).await;
         }
         self.finish_run(&out, record, last, attempts, started).await
+    }
+
+    /// A job slot, when the scheduler hands them out (`Scheduler::slots`).
+    pub(super) async fn slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match &self.slots {
+            Some(slots) => slots.clone().acquire_owned().await.ok(),
+            None => None,
+        }
     }
 
     /// Ends the step without running it: one event, its result.
@@ -467,8 +486,16 @@ impl StepJob {
                 token.cancel();
             })
         });
-        let mut attempt = match &step.run {
-            Run::Commands(commands) => {
+        let remote = self.remote_attempt(out, &token).await;
+        // A step meant for the cluster that runs here after all takes a
+        // slot first (`--remote-exec-fallback`).
+        let _slot = match remote.is_none() && self.runs_remotely() {
+            true => self.slot().await,
+            false => None,
+        };
+        let mut attempt = match (remote, &step.run) {
+            (Some(attempt), _) => attempt,
+            (None, Run::Commands(commands)) => {
                 let mut result = Attempt {
                     status: StepStatus::Success,
                     exit_code: Some(0),
@@ -520,7 +547,7 @@ impl StepJob {
                 }
                 result
             }
-            Run::Lua(_) if self.dry_run => {
+            (None, Run::Lua(_)) if self.dry_run => {
                 out.command("<lua function>".into()).await;
                 Attempt {
                     status: StepStatus::DryRun,
@@ -528,7 +555,7 @@ impl StepJob {
                     message: None,
                 }
             }
-            Run::Lua(_) => self.run_lua(out, env, &token).await,
+            (None, Run::Lua(_)) => self.run_lua(out, env, &token).await,
         };
         if let Some(timer) = timer {
             timer.abort();

@@ -15,6 +15,7 @@ mod cached;
 mod env;
 mod job;
 mod options;
+mod remote;
 mod scheduler;
 
 pub use build::run;

@@ -101,7 +101,8 @@ impl<'a> Scheduler<'a> {
     /// Job slots apart from the jobs, when a remote cache is asked.
     #[cfg(feature = "remote-cache")]
     fn with_slots(mut self) -> Scheduler<'a> {
-        if (self.options.cache.as_ref()).is_some_and(|c| c.remote().is_some()) {
+        let cache = self.options.cache.as_ref();
+        if cache.is_some_and(|c| c.remote().is_some() || c.executor().is_some()) {
             self.slots = Some(Arc::new(tokio::sync::Semaphore::new(self.jobs())));
         }
         self
@@ -114,12 +115,24 @@ impl<'a> Scheduler<'a> {
     }
 
     /// How many steps may be in flight: the jobs, and with a remote cache
-    /// the steps asking it.
+    /// the steps asking it, and with a remote executor the steps running
+    /// there.
     fn in_flight(&self) -> usize {
         match self.slots {
-            Some(_) => self.jobs() + REMOTE_LOOKUPS,
+            Some(_) => self.jobs() + REMOTE_LOOKUPS + self.remote_jobs(),
             None => self.jobs(),
         }
+    }
+
+    #[cfg(feature = "remote-cache")]
+    fn remote_jobs(&self) -> usize {
+        let executor = self.options.cache.as_ref().and_then(|c| c.executor());
+        executor.map_or(0, |e| e.remote_jobs())
+    }
+
+    #[cfg(not(feature = "remote-cache"))]
+    fn remote_jobs(&self) -> usize {
+        0
     }
 
     pub(super) fn name_of(&self, i: usize) -> String {
@@ -286,11 +299,16 @@ impl<'a> Scheduler<'a> {
             checked,
             #[cfg(feature = "cache")]
             cache: (self.options.cache.clone()).map(|cache| {
-                match planned.remote_cache && step.remote_cache {
-                    true => cache,
-                    false => cache.local_only(),
+                match (planned.remote_cache && step.remote_cache, step.remote) {
+                    (true, true) => cache,
+                    (true, false) => cache.here_only(),
+                    (false, _) => cache.local_only(),
                 }
             }),
+            #[cfg(feature = "remote-cache")]
+            remote: None,
+            #[cfg(feature = "remote-cache")]
+            ran_remotely: Default::default(),
             slots: self.slots.clone(),
         }
     }

@@ -487,6 +487,7 @@ fn read_step(name: String, location: Location, spec: &Table) -> Result<RawStep> 
         service: f.bool("service")?.unwrap_or(false),
         cache: f.bool("cache")?.unwrap_or(true),
         remote_cache: f.bool("remote_cache")?.unwrap_or(true),
+        remote: f.bool("remote")?.unwrap_or(true),
         cache_salt: f.string("cache_salt")?,
         requires: f.env("requires")?,
         // Moved in once `f`, which borrows them for its errors, is done.

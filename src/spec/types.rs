@@ -55,6 +55,9 @@ pub struct RawStep {
     /// it reads something of this machine, so only this machine's disk
     /// cache may share them).
     pub remote_cache: bool,
+    /// Whether a remote executor may run it (`remote = false`: always
+    /// here, as a step that needs this machine).
+    pub remote: bool,
     /// Mixed into its action key (`cache_salt = "2"`): changing it makes
     /// every cache miss for the step once.
     pub cache_salt: Option<String>,
@@ -231,6 +234,7 @@ pub const STEP_FIELDS: &[&str] = &[
     "service",
     "cache",
     "remote_cache",
+    "remote",
     "cache_salt",
     "requires",
 ];

@@ -1,0 +1,326 @@
+//! Remote execution (feature `remote-cache`): a step with an action key
+//! runs on a Remote Execution API cluster (BuildGrid, Buildbarn,
+//! NativeLink, BuildBuddy, EngFlow) instead of here. The `Action` sent is
+//! the step's action key itself (`key.rs`), so what the cluster runs is
+//! cached under the key every Piper looks results up by.
+//!
+//! One execution: the messages and input files the server lacks are
+//! uploaded (`FindMissingBlobs`, then batches or `ByteStream`, through
+//! `grpc.rs`); `Execute` is called and its operation followed until it is
+//! done — a stream that breaks is picked up again with `WaitExecution`,
+//! never by running the action twice; a cancel (Ctrl-C, fail-fast, the
+//! step's timeout) sends `CancelOperation`. A success's outputs and log
+//! go into the disk cache as a cache hit's would, and the step fetches
+//! them from there (`executor/cached.rs`); a failure's log comes back to
+//! be replayed. Where it ran (the worker, queue and run times) comes from
+//! the result's execution metadata.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use bazel_remote_apis::google::longrunning::{self as lro, operation};
+use prost::Message as _;
+use re::execution_client::ExecutionClient;
+use tokio_util::sync::CancellationToken;
+
+use super::action_result::{self, digest};
+use super::disk::DiskCache;
+use super::grpc::{Conn, GrpcCache, Headers, SHA256, patiently};
+use super::key::{ActionKey, ActionParts};
+use super::remote::RemoteCache;
+
+/// How many times a broken operation stream is picked up again.
+const RESUMES: u32 = 5;
+
+/// Steps in flight on the cluster besides the `-j` running here, unless
+/// `--remote-jobs` says otherwise.
+const DEFAULT_REMOTE_JOBS: usize = 32;
+
+/// A Remote Execution API cluster that runs steps.
+#[derive(Debug)]
+pub struct RemoteExecutor {
+    remote: RemoteCache,
+    fallback: bool,
+    jobs: usize,
+}
+
+/// How a remote execution ended, when it ended with a result.
+pub(crate) struct Executed {
+    pub(crate) exit_code: i32,
+    /// What it printed, for a failure (a success's is in its entry).
+    pub(crate) log: Vec<u8>,
+    pub(crate) worker: String,
+    pub(crate) queued: Duration,
+    pub(crate) ran: Duration,
+    /// The server had the result already (no worker ran it).
+    pub(crate) cached: bool,
+}
+
+/// Why a remote execution gave no result.
+pub(crate) enum ExecError {
+    /// The cluster could not be reached (`--remote-exec-fallback` runs
+    /// the step here instead).
+    Unreachable(String),
+    /// The cluster refused or failed it: the server's reason.
+    Failed(String),
+    /// The step was canceled; the operation was canceled too.
+    Canceled,
+}
+
+impl RemoteExecutor {
+    /// The cluster behind `remote` (a `grpc://` or `grpcs://` remote:
+    /// its address, instance name and headers).
+    pub fn new(remote: RemoteCache) -> Result<RemoteExecutor, String> {
+        if remote.grpc().is_none() {
+            return Err(format!(
+                "{}: remote execution speaks the Remote Execution API: the URL starts with grpc:// or grpcs://",
+                remote.url()
+            ));
+        }
+        Ok(RemoteExecutor {
+            remote,
+            fallback: false,
+            jobs: DEFAULT_REMOTE_JOBS,
+        })
+    }
+
+    /// `--remote-exec-fallback`: a step runs here when the cluster cannot
+    /// be reached (not when it refuses the step or the step fails).
+    pub fn fallback(mut self, fallback: bool) -> RemoteExecutor {
+        self.fallback = fallback;
+        self
+    }
+
+    /// `--remote-jobs`: steps in flight on the cluster besides `-j`.
+    pub fn jobs(mut self, jobs: usize) -> RemoteExecutor {
+        self.jobs = jobs.max(1);
+        self
+    }
+
+    /// Where it is, as given.
+    pub fn url(&self) -> &str {
+        self.remote.url()
+    }
+
+    pub(crate) fn falls_back(&self) -> bool {
+        self.fallback
+    }
+
+    pub(crate) fn remote_jobs(&self) -> usize {
+        self.jobs
+    }
+
+    /// Runs the action of `key` on the cluster: uploads what it lacks,
+    /// executes, and keeps a success's outputs and log in `disk`.
+    pub(crate) async fn execute(
+        &self,
+        key: &ActionKey,
+        parts: &ActionParts,
+        root: &Path,
+        disk: &DiskCache,
+        cancel: &CancellationToken,
+    ) -> Result<Executed, ExecError> {
+        let (grpc, headers) = self.remote.grpc().expect("checked in new");
+        let conn = (grpc.conn(headers).await).map_err(ExecError::Unreachable)?;
+        let upload = upload(grpc, conn, parts, root, disk, headers);
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(ExecError::Canceled),
+            sent = upload => sent.map_err(ExecError::Failed)?,
+        }
+        let response = follow(grpc, conn, key, headers, cancel).await?;
+        let result = response.result.unwrap_or_default();
+        let meta = result.execution_metadata.clone().unwrap_or_default();
+        let log = if result.exit_code == 0 {
+            let kept = grpc.keep_result(conn, key, &result, disk, headers).await;
+            kept.map_err(ExecError::Failed)?;
+            Vec::new()
+        } else {
+            let missing: Vec<re::Digest> = (action_result::log_blobs(&result))
+                .filter(|b| !disk.blob_path(&b.hash).exists())
+                .cloned()
+                .collect();
+            let fetched = grpc.fetch_blobs(conn, missing, disk, headers).await;
+            fetched.map_err(ExecError::Failed)?;
+            action_result::log_bytes(&result, disk).map_err(ExecError::Failed)?
+        };
+        Ok(Executed {
+            exit_code: result.exit_code,
+            log,
+            worker: meta.worker.clone(),
+            queued: between(&meta.queued_timestamp, &meta.worker_start_timestamp),
+            ran: between(
+                &meta.worker_start_timestamp,
+                &meta.worker_completed_timestamp,
+            ),
+            cached: response.cached_result,
+        })
+    }
+}
+
+/// Sends what the server lacks of the action: its messages (kept in the
+/// disk cache first, which is where blobs are read from) and input files
+/// (read from the tree).
+async fn upload(
+    grpc: &GrpcCache,
+    conn: &Conn,
+    parts: &ActionParts,
+    root: &Path,
+    disk: &DiskCache,
+    headers: Headers<'_>,
+) -> Result<(), String> {
+    let mut blobs = Vec::new();
+    let messages = [&parts.command, &parts.action].into_iter().cloned();
+    let directories = parts
+        .tree
+        .directories
+        .iter()
+        .map(|(_, bytes)| bytes.clone());
+    for bytes in messages.chain(directories) {
+        let blob = super::proto::digest_of_bytes(&bytes);
+        disk.keep_blob_bytes(&blob.hash, &bytes)?;
+        blobs.push(digest(&blob.hash, blob.size_bytes as u64));
+    }
+    let mut files: HashMap<&str, PathBuf> = HashMap::new();
+    for file in &parts.files {
+        files.insert(&file.digest.hash, root.join(&file.path));
+        blobs.push(digest(&file.digest.hash, file.digest.size_bytes as u64));
+    }
+    let locate = |hash: &str| match files.get(hash) {
+        Some(path) => path.clone(),
+        None => disk.blob_path(hash),
+    };
+    grpc.send_missing(conn, blobs, &locate, headers).await
+}
+
+/// Executes `key`'s action and follows its operation to its end.
+async fn follow(
+    grpc: &GrpcCache,
+    conn: &Conn,
+    key: &ActionKey,
+    headers: Headers<'_>,
+    cancel: &CancellationToken,
+) -> Result<re::ExecuteResponse, ExecError> {
+    let request = re::ExecuteRequest {
+        instance_name: grpc.instance.clone(),
+        skip_cache_lookup: false,
+        action_digest: Some(digest(&key.hash, key.size as u64)),
+        execution_policy: None,
+        results_cache_policy: None,
+        digest_function: SHA256,
+        inline_stdout: false,
+        inline_stderr: false,
+        inline_output_files: Vec::new(),
+    };
+    let started = patiently(|| {
+        let mut client = ExecutionClient::new(conn.channel.clone());
+        let request = grpc.request(request.clone(), headers);
+        async move { client.execute(request).await }
+    })
+    .await;
+    let mut stream = started.map_err(|s| refused(grpc, "Execute", &s))?;
+    let (mut name, mut resumed) = (String::new(), 0);
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => {
+                cancel_operation(grpc, conn, &name, headers).await;
+                return Err(ExecError::Canceled);
+            }
+            next = stream.message() => next,
+        };
+        match next {
+            Ok(Some(op)) => {
+                name.clone_from(&op.name);
+                if op.done {
+                    return finished(grpc, op);
+                }
+            }
+            // A stream that broke or ended early: the operation goes on
+            // on the server; wait for it under its name.
+            Ok(None) | Err(_) if !name.is_empty() && resumed < RESUMES => {
+                resumed += 1;
+                let wait = re::WaitExecutionRequest { name: name.clone() };
+                let again = patiently(|| {
+                    let mut client = ExecutionClient::new(conn.channel.clone());
+                    let request = grpc.request(wait.clone(), headers);
+                    async move { client.wait_execution(request).await }
+                })
+                .await;
+                stream = again.map_err(|s| refused(grpc, "WaitExecution", &s))?;
+            }
+            Ok(None) => {
+                return Err(ExecError::Failed(format!(
+                    "{}: the execution ended without a result",
+                    grpc.url()
+                )));
+            }
+            Err(status) => return Err(refused(grpc, "Execute", &status)),
+        }
+    }
+}
+
+/// The response of a finished operation, or why it has none.
+fn finished(grpc: &GrpcCache, op: lro::Operation) -> Result<re::ExecuteResponse, ExecError> {
+    let any = match op.result {
+        Some(operation::Result::Response(any)) => any,
+        Some(operation::Result::Error(status)) => {
+            return Err(ExecError::Failed(format!(
+                "{}: {}",
+                grpc.url(),
+                status.message
+            )));
+        }
+        None => return Err(ExecError::Failed(format!("{}: no result", grpc.url()))),
+    };
+    let response = re::ExecuteResponse::decode(any.value.as_slice())
+        .map_err(|e| ExecError::Failed(format!("{}: a damaged response: {e}", grpc.url())))?;
+    match &response.status {
+        Some(status) if status.code != 0 => Err(ExecError::Failed(format!(
+            "{}: {}",
+            grpc.url(),
+            status.message
+        ))),
+        _ => Ok(response),
+    }
+}
+
+/// A call that failed: unreachable (connection refused, the server gone)
+/// or refused with the server's reason.
+fn refused(grpc: &GrpcCache, call: &str, status: &tonic::Status) -> ExecError {
+    let message = grpc.failed(call, status);
+    match status.code() {
+        tonic::Code::Unavailable => ExecError::Unreachable(message),
+        _ => ExecError::Failed(message),
+    }
+}
+
+/// Asks the server to stop the operation `name`; best effort (the step
+/// is canceled either way).
+async fn cancel_operation(grpc: &GrpcCache, conn: &Conn, name: &str, headers: Headers<'_>) {
+    if name.is_empty() {
+        return;
+    }
+    let request = lro::CancelOperationRequest {
+        name: name.to_string(),
+    };
+    let mut client = lro::operations_client::OperationsClient::new(conn.channel.clone());
+    let call = client.cancel_operation(grpc.request(request, headers));
+    let _ = tokio::time::timeout(Duration::from_secs(5), call).await;
+}
+
+fn between(
+    from: &Option<bazel_remote_apis::google::protobuf::Timestamp>,
+    to: &Option<bazel_remote_apis::google::protobuf::Timestamp>,
+) -> Duration {
+    let nanos = |t: &bazel_remote_apis::google::protobuf::Timestamp| {
+        t.seconds as i128 * 1_000_000_000 + t.nanos as i128
+    };
+    match (from, to) {
+        (Some(from), Some(to)) => {
+            let ns = (nanos(to) - nanos(from)).max(0);
+            Duration::from_nanos(ns.min(u64::MAX as i128) as u64)
+        }
+        _ => Duration::ZERO,
+    }
+}

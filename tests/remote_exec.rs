@@ -1,0 +1,249 @@
+//! Issue 31, remote execution: steps run on a real BuildGrid (Execution
+//! and Bots services, its scheduler in a PostgreSQL database of the
+//! test's own) by workers the test starts (tests/fixtures/reapi_worker.py,
+//! speaking BuildGrid's Bots API: no REAPI worker can be installed here),
+//! and the same project is built here to compare.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use crate::cache::{status_of, steps};
+use crate::harness::{KillOnDrop, PIPER, unindent};
+use crate::reapi::BuildGrid;
+
+/// BuildGrid with workers: dropped in this order (workers, server, then
+/// its database).
+struct Cluster {
+    _workers: Vec<KillOnDrop>,
+    grid: BuildGrid,
+    _database: crate::pg::Database,
+    /// Each command a worker started: its pid, then its argv.
+    log: PathBuf,
+}
+
+impl Cluster {
+    /// None (after a loud skip) without BuildGrid or PostgreSQL.
+    fn start(test: &str, workers: usize) -> Option<Cluster> {
+        let database = crate::pg::Database::create(test)?;
+        // SQLAlchemy's name for the scheme.
+        let url = database.url.replacen("postgres://", "postgresql://", 1);
+        let config = "buildgrid-execution.yml";
+        let grid = BuildGrid::start_with(test, config, &[("DATABASE_URL", &url)])?;
+        let log = grid.dir.path().join("worker.log");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reapi_worker.py");
+        let mut started = Vec::new();
+        for i in 0..workers {
+            let mut child = std::process::Command::new(&grid.python)
+                .arg(&script)
+                .args([&grid.address, &format!("worker-{i}")])
+                .env("PIPER_TEST_WORKER_LOG", &log)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Its session is open once it says so.
+            let mut line = String::new();
+            let stdout = child.stdout.take().unwrap();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line.trim(), "ready", "the worker did not start");
+            started.push(KillOnDrop(child));
+        }
+        Some(Cluster {
+            _workers: started,
+            grid,
+            _database: database,
+            log,
+        })
+    }
+
+    /// The commands the workers ran.
+    fn ran(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split_once(' ').map_or(l, |(_, argv)| argv).to_string())
+            .collect()
+    }
+}
+
+/// Two compiles (one printing a warning) and a link that needs both, plus
+/// a Lua function step, which always runs here.
+fn project(dir: &Path) {
+    let config = unindent(
+        r#"
+        local a = step "cc a" {
+          inputs = "src/a.c", outputs = "out/a.o",
+          run = "mkdir -p out && tr a-z A-Z < src/a.c > out/a.o && echo 'warning: a is shouting' >&2",
+        }
+        local b = step "cc b" {
+          inputs = "src/b.c", outputs = "out/b.o",
+          run = "mkdir -p out && tr a-z A-Z < src/b.c > out/b.o",
+        }
+        local link = step "link" {
+          deps = { a, b }, inputs = { "out/a.o", "out/b.o" }, outputs = "out/app",
+          run = "cat out/a.o out/b.o > out/app && chmod +x out/app",
+        }
+        step "note" { deps = { link }, run = function(ctx) ctx.print("linked") end }
+        pipeline "ci" { "note" }
+        "#,
+    );
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("piper.lua"), config).unwrap();
+    std::fs::write(dir.join("src/a.c"), "int a;\n").unwrap();
+    std::fs::write(dir.join("src/b.c"), "int b;\n").unwrap();
+}
+
+/// `piper exec PIPELINE --json` in `dir`, with `extra` flags and a disk
+/// cache of its own.
+fn exec(dir: &Path, pipeline: &str, extra: &[&str]) -> Output {
+    std::process::Command::new(PIPER)
+        .args(["exec", pipeline, "--json", "--disk-cache"])
+        .arg(dir.join(".disk-cache"))
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn events(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The same project built remotely and here: the same outputs, statuses,
+/// output and exit code; each command step ran on a worker, the Lua step
+/// here; where each ran is in the events.
+#[test]
+fn remote_and_local_builds_make_the_same_outputs_and_events() {
+    let test = "remote_exec::remote_and_local_builds_make_the_same_outputs_and_events";
+    let Some(cluster) = Cluster::start(test, 2) else {
+        return;
+    };
+    let (remote, local) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    project(remote.path());
+    project(local.path());
+    let url = cluster.grid.url();
+    let there = exec(remote.path(), "ci", &["--remote-exec", &url]);
+    let here = exec(local.path(), "ci", &[]);
+    assert!(there.status.success(), "{}", events(&there));
+    assert!(here.status.success(), "{}", events(&here));
+
+    let (seen_there, seen_here) = (steps(&there), steps(&here));
+    for step in ["cc a", "cc b", "link", "note"] {
+        let (a, b) = (status_of(&seen_there, step), status_of(&seen_here, step));
+        assert_eq!((&a.1, &a.2), (&b.1, &b.2), "{step}");
+    }
+    for output in ["out/a.o", "out/b.o", "out/app"] {
+        assert_eq!(
+            std::fs::read(remote.path().join(output)).unwrap(),
+            std::fs::read(local.path().join(output)).unwrap(),
+            "{output}"
+        );
+    }
+    let mode = |dir: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(dir.join("out/app"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o111
+    };
+    assert_eq!(mode(remote.path()), mode(local.path()));
+
+    let ran = cluster.ran();
+    assert_eq!(ran.len(), 3, "{ran:?}");
+    assert!(
+        ran.iter().any(|argv| argv.contains("tr a-z A-Z < src/a.c")),
+        "{ran:?}"
+    );
+    let said = events(&there);
+    assert!(said.contains("ran on worker-"), "{said}");
+    assert!(said.contains(&format!("({url}): queued")), "{said}");
+
+    // Ran there is as good as built here: up to date next time.
+    let again = steps(&exec(remote.path(), "ci", &["--remote-exec", &url]));
+    assert_eq!(status_of(&again, "link").1, "up_to_date", "{again:?}");
+    assert_eq!(cluster.ran().len(), 3);
+}
+
+/// A step that fails on the cluster fails here the same way: its exit
+/// code, its output, the build's exit code; a step the cluster cannot
+/// place fails with the server's reason.
+#[test]
+fn a_step_that_fails_remotely_fails_as_it_would_here() {
+    let test = "remote_exec::a_step_that_fails_remotely_fails_as_it_would_here";
+    let Some(cluster) = Cluster::start(test, 1) else {
+        return;
+    };
+    let config = unindent(
+        r#"
+        step "broken" {
+          inputs = "src/*.c", outputs = "out/x.o",
+          run = "echo 'src/x.c:1: error: expected ;' >&2; exit 3",
+        }
+        step "gpu" {
+          inputs = "src/*.c", outputs = "out/y.o", requires = { gpu = "1" },
+          run = "mkdir -p out && touch out/y.o",
+        }
+        "#,
+    );
+    let (remote, local) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for dir in [remote.path(), local.path()] {
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("piper.lua"), &config).unwrap();
+        std::fs::write(dir.join("src/x.c"), "int x\n").unwrap();
+    }
+    let url = cluster.grid.url();
+    let there = exec(remote.path(), "broken", &["--remote-exec", &url]);
+    let here = exec(local.path(), "broken", &[]);
+    assert_eq!(there.status.code(), here.status.code());
+    let (a, b) = (steps(&there), steps(&here));
+    assert_eq!(status_of(&a, "broken").1, "failed");
+    assert_eq!(status_of(&a, "broken").2, status_of(&b, "broken").2);
+    assert!(
+        events(&there).contains("\"exit_code\":3"),
+        "{}",
+        events(&there)
+    );
+
+    let refused = exec(remote.path(), "gpu", &["--remote-exec", &url]);
+    assert!(!refused.status.success());
+    let said = events(&refused);
+    assert!(said.contains("remote execution: "), "{said}");
+    assert!(
+        said.contains("gpu"),
+        "the server's reason names the property: {said}"
+    );
+}
+
+/// A cluster that cannot be reached: the step fails saying so, or with
+/// `--remote-exec-fallback` runs here after one warning.
+#[test]
+fn an_unreachable_cluster_fails_the_step_or_falls_back_to_here() {
+    let dir = tempfile::tempdir().unwrap();
+    project(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("grpc://127.0.0.1:{port}");
+    let failed = exec(dir.path(), "ci", &["--remote-exec", &url]);
+    assert!(!failed.status.success());
+    let said = events(&failed);
+    assert!(said.contains("remote execution: "), "{said}");
+
+    let fell_back = exec(
+        dir.path(),
+        "ci",
+        &["--remote-exec", &url, "--remote-exec-fallback"],
+    );
+    let said = events(&fell_back);
+    assert!(fell_back.status.success(), "{said}");
+    assert!(said.contains("running it here"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/app")).unwrap(),
+        "INT A;\nINT B;\n"
+    );
+}
