@@ -58,13 +58,35 @@ impl Cluster {
         })
     }
 
-    /// The commands the workers ran.
+    /// The commands the workers started.
     fn ran(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| l.split_once(' ').map_or(l, |(_, argv)| argv).to_string())
+        let lines = self.lines();
+        (lines.iter())
+            .filter(|(_, what)| what != "canceled")
+            .map(|(_, argv)| argv.clone())
             .collect()
+    }
+
+    /// The worker log: (pid, argv or "canceled").
+    fn lines(&self) -> Vec<(i32, String)> {
+        (std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines())
+        .filter_map(|l| l.split_once(' '))
+        .map(|(pid, what)| (pid.parse().unwrap(), what.to_string()))
+        .collect()
+    }
+
+    /// Until a worker log line satisfies `want` (or a minute passed).
+    fn wait_for(&self, want: impl Fn(&(i32, String)) -> bool) -> (i32, String) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(line) = self.lines().into_iter().find(|l| want(l)) {
+                return line;
+            }
+            assert!(std::time::Instant::now() < deadline, "{:?}", self.lines());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
@@ -245,5 +267,81 @@ fn an_unreachable_cluster_fails_the_step_or_falls_back_to_here() {
     assert_eq!(
         std::fs::read_to_string(dir.path().join("out/app")).unwrap(),
         "INT A;\nINT B;\n"
+    );
+}
+
+/// piperd with `--remote-exec`: an agent's build fans its command steps
+/// out to the cluster, runs its Lua step itself, and its API says where
+/// each step ran.
+#[test]
+fn piperd_builds_run_their_steps_on_the_cluster() {
+    let test = "remote_exec::piperd_builds_run_their_steps_on_the_cluster";
+    let Some(cluster) = Cluster::start(test, 1) else {
+        return;
+    };
+    let source = tempfile::tempdir().unwrap();
+    project(source.path());
+    let files: Vec<(String, Vec<u8>)> = ["piper.lua", "src/a.c", "src/b.c"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(source.path().join(f)).unwrap()))
+        .collect();
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(f, b)| (f.as_str(), &b[..])).collect();
+    let repo = crate::agent::repo(&files);
+    let agent =
+        crate::agent::Daemon::start_with(None, &["--remote-exec", &cluster.grid.url()], None);
+    let id = agent.queue(&serde_json::json!({ "repo": repo.path(), "pipeline": "ci" }));
+    let build = agent.wait_finished(id);
+    assert_eq!(build["status"], "success", "{build}");
+    let message = |name: &str| {
+        let steps = build["steps"].as_array().unwrap();
+        let step = steps.iter().find(|s| s["name"] == name).unwrap();
+        step["message"].as_str().unwrap_or_default().to_string()
+    };
+    assert!(message("link").starts_with("ran on worker-0"), "{build}");
+    assert_eq!(cluster.ran().len(), 3, "{:?}", cluster.ran());
+}
+
+/// Ctrl-C reaches the worker: piper cancels the remote operation, and the
+/// process the worker started for the step ends.
+#[test]
+fn ctrl_c_cancels_the_remote_operation_and_its_process() {
+    let test = "remote_exec::ctrl_c_cancels_the_remote_operation_and_its_process";
+    let Some(cluster) = Cluster::start(test, 1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        "step \"slow\" { inputs = \"src/*.c\", outputs = \"out/x\", run = \"sleep 300\" }\n";
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("piper.lua"), config).unwrap();
+    std::fs::write(dir.path().join("src/x.c"), "int x;\n").unwrap();
+    let piper = std::process::Command::new(PIPER)
+        .args([
+            "exec",
+            "slow",
+            "--json",
+            "--remote-exec",
+            &cluster.grid.url(),
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (pid, _) = cluster.wait_for(|(_, what)| what.contains("sleep 300"));
+    // SAFETY: signals to processes this test started.
+    unsafe { libc::kill(piper.id() as i32, libc::SIGINT) };
+    let out = piper.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", events(&out));
+    assert!(
+        events(&out).contains("\"status\":\"canceled\""),
+        "{}",
+        events(&out)
+    );
+    cluster.wait_for(|(p, what)| *p == pid && what == "canceled");
+    // SAFETY: probing a pid; signal 0 sends nothing.
+    assert_ne!(
+        unsafe { libc::kill(pid, 0) },
+        0,
+        "the step's process is gone"
     );
 }

@@ -96,6 +96,22 @@ pub struct StartArgs {
     /// Values are never logged
     #[arg(long = "remote-header", value_name = "NAME=VALUE")]
     pub remote_headers: Vec<String>,
+
+    /// Run builds' steps on a Remote Execution API cluster
+    /// (grpc://HOST:PORT, grpcs://): steps with declared inputs and outputs
+    /// fan out there, the rest run on this agent. Also the remote cache
+    /// unless --remote-cache names another [default: none]
+    #[arg(long, value_name = "URL", env = "PIPERD_REMOTE_EXEC")]
+    pub remote_exec: Option<String>,
+
+    /// Steps of a build in flight on the cluster besides the agent's own
+    /// [default: 32]
+    #[arg(long, value_name = "N", env = "PIPERD_REMOTE_JOBS")]
+    pub remote_jobs: Option<usize>,
+
+    /// Run a step on the agent when the cluster cannot be reached
+    #[arg(long, env = "PIPERD_REMOTE_EXEC_FALLBACK")]
+    pub remote_exec_fallback: bool,
 }
 
 /// `piperd.toml`: the same settings as the flags (which win over it).
@@ -119,6 +135,9 @@ pub struct FileSettings {
     pub remote_cache: Option<String>,
     pub remote_instance: Option<String>,
     pub remote_headers: Option<Vec<String>>,
+    pub remote_exec: Option<String>,
+    pub remote_jobs: Option<usize>,
+    pub remote_exec_fallback: Option<bool>,
     /// Git hosts' webhooks, one table per repository.
     #[serde(default)]
     pub webhooks: Vec<hooks::HookSettings>,
@@ -145,18 +164,38 @@ pub struct Settings {
     pub webhooks: Vec<hooks::HookSettings>,
 }
 
-/// A remote cache as piperd's settings give it; made anew for each build.
+/// A remote cache (and a remote executor) as piperd's settings give
+/// them; made anew for each build.
 #[derive(Clone)]
 pub struct RemoteCacheSettings {
     pub url: String,
     pub instance: Option<String>,
     /// `NAME=VALUE` arguments (see `RemoteCache::header_arg`).
     pub headers: Vec<String>,
+    /// `--remote-exec`: the cluster that runs steps.
+    pub exec: Option<String>,
+    pub jobs: Option<usize>,
+    pub fallback: bool,
 }
 
 impl RemoteCacheSettings {
     pub fn cache(&self) -> Result<crate::RemoteCache, String> {
         crate::RemoteCache::with_settings(&self.url, self.instance.as_deref(), &self.headers)
+    }
+
+    /// The remote executor, when there is one.
+    pub fn executor(&self) -> Option<Result<crate::RemoteExecutor, String>> {
+        let url = self.exec.as_deref()?;
+        let made = crate::RemoteCache::with_settings(url, self.instance.as_deref(), &self.headers)
+            .and_then(crate::RemoteExecutor::new)
+            .map(|executor| {
+                let executor = executor.fallback(self.fallback);
+                match self.jobs {
+                    Some(jobs) => executor.jobs(jobs),
+                    None => executor,
+                }
+            });
+        Some(made)
     }
 }
 
@@ -170,6 +209,9 @@ impl std::fmt::Debug for RemoteCacheSettings {
             .field("url", &self.url)
             .field("instance", &self.instance)
             .field("headers", &names)
+            .field("exec", &self.exec)
+            .field("jobs", &self.jobs)
+            .field("fallback", &self.fallback)
             .finish()
     }
 }
@@ -240,8 +282,11 @@ impl Settings {
             } else {
                 args.public_urls
             },
-            remote_cache: (args.remote_cache.or(file.remote_cache)).map(|url| {
-                RemoteCacheSettings {
+            // A cluster is also the remote cache, unless another is named.
+            remote_cache: {
+                let exec = args.remote_exec.or(file.remote_exec);
+                let url = (args.remote_cache.or(file.remote_cache)).or_else(|| exec.clone());
+                url.map(|url| RemoteCacheSettings {
                     url,
                     instance: args.remote_instance.or(file.remote_instance),
                     headers: if args.remote_headers.is_empty() {
@@ -249,8 +294,12 @@ impl Settings {
                     } else {
                         args.remote_headers
                     },
-                }
-            }),
+                    exec,
+                    jobs: args.remote_jobs.or(file.remote_jobs),
+                    fallback: args.remote_exec_fallback
+                        || file.remote_exec_fallback.unwrap_or(false),
+                })
+            },
             webhooks: file.webhooks,
         };
         if let Some(remote) = &settings.remote_cache {
@@ -259,6 +308,12 @@ impl Settings {
                 name: "--remote-cache".into(),
                 message,
             })?;
+            if let Some(Err(message)) = remote.executor() {
+                return Err(Error::Setting {
+                    name: "--remote-exec".into(),
+                    message,
+                });
+            }
         }
         fence::check_timing(settings.lease, settings.heartbeat).map_err(|message| {
             Error::Setting {

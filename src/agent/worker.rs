@@ -536,11 +536,18 @@ impl Agent {
     /// behind it (new for each build: one build's failures to reach it do
     /// not keep the next from asking).
     fn cache(&self) -> crate::Cache {
-        let cache = crate::Cache::new(crate::DiskCache::new(self.data.join("cache")));
-        match self.remote_cache.as_ref().map(|remote| remote.cache()) {
-            Some(Ok(remote)) => cache.with_remote(remote),
+        let mut cache = crate::Cache::new(crate::DiskCache::new(self.data.join("cache")));
+        let Some(settings) = self.remote_cache.as_ref() else {
+            return cache;
+        };
+        match settings.cache() {
+            Ok(remote) => cache = cache.with_remote(remote),
+            Err(e) => tracing::warn!("remote cache: {e}"),
+        }
+        match settings.executor() {
+            Some(Ok(executor)) => cache.with_executor(executor),
             Some(Err(e)) => {
-                tracing::warn!("remote cache: {e}");
+                tracing::warn!("remote execution: {e}");
                 cache
             }
             None => cache,
