@@ -11,10 +11,12 @@ use crate::harness::unindent;
 
 /// A BuildGrid server of this test's own.
 pub(crate) struct BuildGrid {
+    /// First: the server ends before its directory goes.
+    process: Option<crate::harness::KillOnDrop>,
     pub(crate) address: String,
     pub(crate) python: PathBuf,
     pub(crate) dir: tempfile::TempDir,
-    _process: crate::harness::KillOnDrop,
+    bgd: PathBuf,
 }
 
 impl BuildGrid {
@@ -70,32 +72,47 @@ impl BuildGrid {
                 String::from_utf8_lossy(&migrated.stderr)
             );
         }
-        let log = std::fs::File::create(dir.path().join("bgd.log")).unwrap();
-        let child = std::process::Command::new(bin.join("bgd"))
+        let mut grid = BuildGrid {
+            address: format!("127.0.0.1:{port}"),
+            python: bin.join("python"),
+            bgd: bin.join("bgd"),
+            dir,
+            process: None,
+        };
+        grid.serve();
+        Some(grid)
+    }
+
+    /// Starts `bgd` and waits until it serves: it binds after its services
+    /// are set up, and a start takes seconds (Python imports).
+    fn serve(&mut self) {
+        let log = (std::fs::OpenOptions::new().create(true).append(true))
+            .open(self.dir.path().join("bgd.log"))
+            .unwrap();
+        let child = std::process::Command::new(&self.bgd)
             .args(["server", "start"])
-            .arg(dir.path().join("buildgrid.yml"))
+            .arg(self.dir.path().join("buildgrid.yml"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let process = crate::harness::KillOnDrop(child);
-        // Serving once it accepts a connection (it binds after its services
-        // are set up); a start takes seconds (Python imports).
+        self.process = Some(crate::harness::KillOnDrop(child));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(&self.address).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "BuildGrid did not start: {}",
-                std::fs::read_to_string(dir.path().join("bgd.log")).unwrap_or_default()
+                std::fs::read_to_string(self.dir.path().join("bgd.log")).unwrap_or_default()
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Some(BuildGrid {
-            address: format!("127.0.0.1:{port}"),
-            python: bin.join("python"),
-            dir,
-            _process: process,
-        })
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to anyone) and starts it
+    /// again on the same port, with the same configuration and storage.
+    pub(crate) fn restart(&mut self) {
+        drop(self.process.take());
+        self.serve();
     }
 
     pub(crate) fn url(&self) -> String {

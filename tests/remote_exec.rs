@@ -129,6 +129,25 @@ fn exec(dir: &Path, pipeline: &str, extra: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `piper exec slow --json --remote-exec URL` started in `dir` (its own
+/// disk cache: what an earlier run stored must not spare it), stdout piped.
+fn spawn_slow(dir: &Path, url: &str) -> std::process::Child {
+    std::process::Command::new(PIPER)
+        .args([
+            "exec",
+            "slow",
+            "--json",
+            "--remote-exec",
+            url,
+            "--disk-cache",
+        ])
+        .arg(dir.join(".disk-cache"))
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn events(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -315,18 +334,7 @@ fn ctrl_c_cancels_the_remote_operation_and_its_process() {
     std::fs::create_dir_all(dir.path().join("src")).unwrap();
     std::fs::write(dir.path().join("piper.lua"), config).unwrap();
     std::fs::write(dir.path().join("src/x.c"), "int x;\n").unwrap();
-    let piper = std::process::Command::new(PIPER)
-        .args([
-            "exec",
-            "slow",
-            "--json",
-            "--remote-exec",
-            &cluster.grid.url(),
-        ])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let piper = spawn_slow(dir.path(), &cluster.grid.url());
     let (pid, _) = cluster.wait_for(|(_, what)| what.contains("sleep 300"));
     // SAFETY: signals to processes this test started.
     unsafe { libc::kill(piper.id() as i32, libc::SIGINT) };
@@ -344,4 +352,32 @@ fn ctrl_c_cancels_the_remote_operation_and_its_process() {
         0,
         "the step's process is gone"
     );
+}
+
+/// The server dies (SIGKILL) and comes back while a step runs on a
+/// worker: piper picks the operation up again (`WaitExecution`) instead of
+/// running the step again, and the build succeeds.
+#[test]
+fn a_server_restart_mid_build_is_survived() {
+    let test = "remote_exec::a_server_restart_mid_build_is_survived";
+    let Some(mut cluster) = Cluster::start(test, 1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = "step \"slow\" { inputs = \"src/*.c\", outputs = \"out/x\", \
+                  run = \"sleep 1 && mkdir -p out && cp src/x.c out/x\" }\n";
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("piper.lua"), config).unwrap();
+    std::fs::write(dir.path().join("src/x.c"), "int x;\n").unwrap();
+    let piper = spawn_slow(dir.path(), &cluster.grid.url());
+    cluster.wait_for(|(_, what)| what.contains("sleep 1"));
+    cluster.grid.restart();
+    let out = piper.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", events(&out));
+    assert_eq!(status_of(&steps(&out), "slow").1, "success");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/x")).unwrap(),
+        "int x;\n"
+    );
+    assert_eq!(cluster.ran().len(), 1, "ran once: {:?}", cluster.ran());
 }

@@ -31,8 +31,9 @@ use super::grpc::{Conn, GrpcCache, Headers, SHA256, patiently};
 use super::key::{ActionKey, ActionParts};
 use super::remote::RemoteCache;
 
-/// How many times a broken operation stream is picked up again.
-const RESUMES: u32 = 5;
+/// How many times a broken operation stream is picked up again: with
+/// [`backoff`], over about half a minute (a server's restart).
+const RESUMES: u32 = 20;
 
 /// Steps in flight on the cluster besides the `-j` running here, unless
 /// `--remote-jobs` says otherwise.
@@ -237,17 +238,22 @@ async fn follow(
                 }
             }
             // A stream that broke or ended early: the operation goes on
-            // on the server; wait for it under its name.
+            // on the server (or will, once a restarted server is back);
+            // wait for it under its name, never run it again.
             Ok(None) | Err(_) if !name.is_empty() && resumed < RESUMES => {
                 resumed += 1;
+                tokio::select! {
+                    _ = cancel.cancelled() => continue,
+                    _ = tokio::time::sleep(backoff(resumed)) => {}
+                }
                 let wait = re::WaitExecutionRequest { name: name.clone() };
-                let again = patiently(|| {
-                    let mut client = ExecutionClient::new(conn.channel.clone());
-                    let request = grpc.request(wait.clone(), headers);
-                    async move { client.wait_execution(request).await }
-                })
-                .await;
-                stream = again.map_err(|s| refused(grpc, "WaitExecution", &s))?;
+                let mut client = ExecutionClient::new(conn.channel.clone());
+                match client.wait_execution(grpc.request(wait, headers)).await {
+                    Ok(again) => stream = again.into_inner(),
+                    // Still away: the next turn waits longer.
+                    Err(status) if status.code() == tonic::Code::Unavailable => {}
+                    Err(status) => return Err(refused(grpc, "WaitExecution", &status)),
+                }
             }
             Ok(None) => {
                 return Err(ExecError::Failed(format!(
@@ -307,6 +313,11 @@ async fn cancel_operation(grpc: &GrpcCache, conn: &Conn, name: &str, headers: He
     let mut client = lro::operations_client::OperationsClient::new(conn.channel.clone());
     let call = client.cancel_operation(grpc.request(request, headers));
     let _ = tokio::time::timeout(Duration::from_secs(5), call).await;
+}
+
+/// The wait before the `n`th resume: 50 ms, doubling, at most 2 s.
+fn backoff(n: u32) -> Duration {
+    Duration::from_millis(50 << n.min(6).saturating_sub(1)).min(Duration::from_secs(2))
 }
 
 fn between(
