@@ -165,6 +165,17 @@ fn remote_and_local_builds_make_the_same_outputs_and_events() {
     project(remote.path());
     project(local.path());
     let url = cluster.grid.url();
+    let explained = std::process::Command::new(PIPER)
+        .args(["explain", "ci", "--remote-exec", &url, "--disk-cache"])
+        .arg(remote.path().join(".disk-cache"))
+        .current_dir(remote.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&explained.stdout);
+    assert!(
+        said.contains(&format!("else run remotely on {url}")),
+        "{said}"
+    );
     let there = exec(remote.path(), "ci", &["--remote-exec", &url]);
     let here = exec(local.path(), "ci", &[]);
     assert!(there.status.success(), "{}", events(&there));
@@ -380,4 +391,40 @@ fn a_server_restart_mid_build_is_survived() {
         "int x;\n"
     );
     assert_eq!(cluster.ran().len(), 1, "ran once: {:?}", cluster.ran());
+}
+
+/// More steps in flight than the server takes RPCs at once (BuildGrid
+/// answers RESOURCE_EXHAUSTED past 10, and each execution holds one for
+/// as long as it runs): piper waits its turn, and every step runs.
+#[test]
+fn a_build_wider_than_the_servers_rpc_limit_waits_its_turn() {
+    let test = "remote_exec::a_build_wider_than_the_servers_rpc_limit_waits_its_turn";
+    let Some(cluster) = Cluster::start(test, 2) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = String::new();
+    for i in 0..24 {
+        config.push_str(&format!(
+            "step \"s{i}\" {{ inputs = \"src/x.c\", outputs = \"out/{i}\", \
+             run = \"mkdir -p out && sleep 0.2 && echo {i} > out/{i}\" }}\n"
+        ));
+    }
+    let all: Vec<String> = (0..24).map(|i| format!("\"s{i}\"")).collect();
+    config.push_str(&format!("pipeline \"wide\" {{ {} }}\n", all.join(", ")));
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("piper.lua"), config).unwrap();
+    std::fs::write(dir.path().join("src/x.c"), "int x;\n").unwrap();
+    let url = cluster.grid.url();
+    let out = exec(
+        dir.path(),
+        "wide",
+        &["--remote-exec", &url, "--remote-jobs", "64"],
+    );
+    assert!(out.status.success(), "{}", events(&out));
+    assert_eq!(cluster.ran().len(), 24);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/23")).unwrap(),
+        "23\n"
+    );
 }

@@ -7,9 +7,13 @@
 //! One execution: the messages and input files the server lacks are
 //! uploaded (`FindMissingBlobs`, then batches or `ByteStream`, through
 //! `grpc.rs`); `Execute` is called and its operation followed until it is
-//! done — a stream that breaks is picked up again with `WaitExecution`,
-//! never by running the action twice; a cancel (Ctrl-C, fail-fast, the
-//! step's timeout) sends `CancelOperation`. A success's outputs and log
+//! done: on its stream for the first second, then by asking after it
+//! (`GetOperation`) — a server has few concurrent RPCs (BuildGrid: 10),
+//! and streams held for long actions would leave none for its workers to
+//! report with. A stream that breaks (a server restart) is followed the
+//! same way, never by running the action twice; a server busy with other
+//! executions is waited on; a cancel (Ctrl-C, fail-fast, the step's
+//! timeout) sends `CancelOperation`. A success's outputs and log
 //! go into the disk cache as a cache hit's would, and the step fetches
 //! them from there (`executor/cached.rs`); a failure's log comes back to
 //! be replayed. Where it ran (the worker, queue and run times) comes from
@@ -31,8 +35,12 @@ use super::grpc::{Conn, GrpcCache, Headers, SHA256, patiently};
 use super::key::{ActionKey, ActionParts};
 use super::remote::RemoteCache;
 
-/// How many times a broken operation stream is picked up again: with
-/// [`backoff`], over about half a minute (a server's restart).
+/// How long an execution's stream is held before its operation is asked
+/// after instead.
+const STREAM_FOR: Duration = Duration::from_secs(1);
+
+/// How many asks in a row may find the server away or busy (a restart):
+/// about a quarter of a minute.
 const RESUMES: u32 = 20;
 
 /// Steps in flight on the cluster besides the `-j` running here, unless
@@ -214,54 +222,97 @@ async fn follow(
         inline_stderr: false,
         inline_output_files: Vec::new(),
     };
-    let started = patiently(|| {
-        let mut client = ExecutionClient::new(conn.channel.clone());
-        let request = grpc.request(request.clone(), headers);
-        async move { client.execute(request).await }
-    })
-    .await;
-    let mut stream = started.map_err(|s| refused(grpc, "Execute", &s))?;
-    let (mut name, mut resumed) = (String::new(), 0);
+    // Each execution holds a server RPC while it runs: a server full of
+    // them stays busy as long as they take, so this waits its turn until
+    // the step is canceled, not a fixed while.
+    let mut stream = loop {
+        let started = patiently(|| {
+            let mut client = ExecutionClient::new(conn.channel.clone());
+            let request = grpc.request(request.clone(), headers);
+            async move { client.execute(request).await }
+        })
+        .await;
+        match started {
+            Ok(stream) => break stream,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(ExecError::Canceled),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+            Err(status) => return Err(refused(grpc, "Execute", &status)),
+        }
+    };
+    // Short actions end while the stream is held; a longer one is then
+    // asked after (`GetOperation`, which holds no RPC between asks): a
+    // server has few concurrent RPCs, and its workers need some too.
+    let mut name = String::new();
+    let mut until = tokio::time::Instant::now() + STREAM_FOR;
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => {
                 cancel_operation(grpc, conn, &name, headers).await;
                 return Err(ExecError::Canceled);
             }
-            next = stream.message() => next,
+            next = tokio::time::timeout_at(until, stream.message()) => next,
         };
         match next {
-            Ok(Some(op)) => {
-                name.clone_from(&op.name);
-                if op.done {
-                    return finished(grpc, op);
-                }
+            Ok(Ok(Some(op))) if op.done => return finished(grpc, op),
+            Ok(Ok(Some(op))) => name = op.name,
+            // Not even named yet: keep listening.
+            Err(_) if name.is_empty() => until += STREAM_FOR,
+            // Named, and still running; or the stream broke (a restart):
+            // the operation goes on on the server, never run it again.
+            Err(_) | Ok(Ok(None)) | Ok(Err(_)) if !name.is_empty() => break,
+            Ok(Ok(None)) => {
+                let message = format!("{}: the execution ended without a result", grpc.url());
+                return Err(ExecError::Failed(message));
             }
-            // A stream that broke or ended early: the operation goes on
-            // on the server (or will, once a restarted server is back);
-            // wait for it under its name, never run it again.
-            Ok(None) | Err(_) if !name.is_empty() && resumed < RESUMES => {
-                resumed += 1;
-                tokio::select! {
-                    _ = cancel.cancelled() => continue,
-                    _ = tokio::time::sleep(backoff(resumed)) => {}
-                }
-                let wait = re::WaitExecutionRequest { name: name.clone() };
-                let mut client = ExecutionClient::new(conn.channel.clone());
-                match client.wait_execution(grpc.request(wait, headers)).await {
-                    Ok(again) => stream = again.into_inner(),
-                    // Still away: the next turn waits longer.
-                    Err(status) if status.code() == tonic::Code::Unavailable => {}
-                    Err(status) => return Err(refused(grpc, "WaitExecution", &status)),
-                }
+            Ok(Err(status)) => return Err(refused(grpc, "Execute", &status)),
+            Err(_) => unreachable!("covered above"),
+        }
+    }
+    drop(stream);
+    poll(grpc, conn, &name, headers, cancel).await
+}
+
+/// Asks after operation `name` until it is done: 20 ms after the stream
+/// was let go, doubling to once a second. A server that is away or busy
+/// is asked again, [`RESUMES`] times in a row at most.
+async fn poll(
+    grpc: &GrpcCache,
+    conn: &Conn,
+    name: &str,
+    headers: Headers<'_>,
+    cancel: &CancellationToken,
+) -> Result<re::ExecuteResponse, ExecError> {
+    let (mut gap, mut away) = (Duration::from_millis(20), 0);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                cancel_operation(grpc, conn, name, headers).await;
+                return Err(ExecError::Canceled);
             }
-            Ok(None) => {
-                return Err(ExecError::Failed(format!(
-                    "{}: the execution ended without a result",
-                    grpc.url()
-                )));
+            _ = tokio::time::sleep(gap) => {}
+        }
+        gap = (gap * 2).min(Duration::from_secs(1));
+        let request = lro::GetOperationRequest {
+            name: name.to_string(),
+        };
+        let mut client = lro::operations_client::OperationsClient::new(conn.channel.clone());
+        match client.get_operation(grpc.request(request, headers)).await {
+            Ok(op) if op.get_ref().done => return finished(grpc, op.into_inner()),
+            Ok(_) => away = 0,
+            Err(status)
+                if away < RESUMES
+                    && matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                    ) =>
+            {
+                away += 1
             }
-            Err(status) => return Err(refused(grpc, "Execute", &status)),
+            Err(status) => return Err(refused(grpc, "GetOperation", &status)),
         }
     }
 }
@@ -313,11 +364,6 @@ async fn cancel_operation(grpc: &GrpcCache, conn: &Conn, name: &str, headers: He
     let mut client = lro::operations_client::OperationsClient::new(conn.channel.clone());
     let call = client.cancel_operation(grpc.request(request, headers));
     let _ = tokio::time::timeout(Duration::from_secs(5), call).await;
-}
-
-/// The wait before the `n`th resume: 50 ms, doubling, at most 2 s.
-fn backoff(n: u32) -> Duration {
-    Duration::from_millis(50 << n.min(6).saturating_sub(1)).min(Duration::from_secs(2))
 }
 
 fn between(

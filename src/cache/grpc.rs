@@ -37,6 +37,9 @@ const CHUNK: usize = 64 * 1024;
 const MAX_MESSAGE: u64 = 4 << 20;
 /// How long a call that moves no large blob may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tries of a call while the server says it is busy: 20, 80, 320 ms,
+/// 1.28 s, then 2 s apart, about half a minute in all.
+const BUSY_TRIES: u32 = 18;
 pub(super) const SHA256: i32 = re::digest_function::Value::Sha256 as i32;
 
 /// A REAPI server's caches.
@@ -502,9 +505,11 @@ impl GrpcCache {
     }
 }
 
-/// Calls `call` again while the server says it is busy or unavailable
-/// (`RESOURCE_EXHAUSTED`, `UNAVAILABLE`: retryable, says REAPI): four
-/// tries, waiting 20, 80, then 320 ms between them.
+/// Calls `call`, and again while the server is away or busy: away
+/// (`UNAVAILABLE`) three more times, 20, 80 and 320 ms apart; busy
+/// (`RESOURCE_EXHAUSTED`: BuildGrid past its concurrent RPCs, which remote
+/// executions hold while they run) for about half a minute, at most 2 s
+/// apart.
 pub(super) async fn patiently<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T, tonic::Status>
 where
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -512,20 +517,21 @@ where
     let mut wait = Duration::from_millis(20);
     let mut tries = 1;
     loop {
-        match call().await {
-            Err(status)
-                if tries < 4
-                    && matches!(
-                        status.code(),
-                        tonic::Code::ResourceExhausted | tonic::Code::Unavailable
-                    ) =>
-            {
-                tokio::time::sleep(wait).await;
-                wait *= 4;
-                tries += 1;
-            }
-            other => return other.map(tonic::Response::into_inner),
+        let status = match call().await {
+            Ok(reply) => return Ok(reply.into_inner()),
+            Err(status) => status,
+        };
+        let again = match status.code() {
+            tonic::Code::Unavailable => tries < 4,
+            tonic::Code::ResourceExhausted => tries < BUSY_TRIES,
+            _ => false,
+        };
+        if !again {
+            return Err(status);
         }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 4).min(Duration::from_secs(2));
+        tries += 1;
     }
 }
 
