@@ -366,7 +366,7 @@ fn ctrl_c_cancels_the_remote_operation_and_its_process() {
 }
 
 /// The server dies (SIGKILL) and comes back while a step runs on a
-/// worker: piper picks the operation up again (`WaitExecution`) instead of
+/// worker: piper follows the operation again (`GetOperation`) instead of
 /// running the step again, and the build succeeds.
 #[test]
 fn a_server_restart_mid_build_is_survived() {
