@@ -428,3 +428,29 @@ fn a_build_wider_than_the_servers_rpc_limit_waits_its_turn() {
         "23\n"
     );
 }
+
+/// A flaky step's retry runs again on the cluster: the server keeps
+/// failed results (`cache-failed-actions`), and answering the retry with
+/// the first failure would make every retry fail.
+#[test]
+fn a_retry_runs_again_instead_of_getting_the_cached_failure() {
+    let test = "remote_exec::a_retry_runs_again_instead_of_getting_the_cached_failure";
+    let Some(cluster) = Cluster::start(test, 1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The worker runs on this machine: the mark outside its sandbox tells
+    // the second run from the first.
+    let mark = dir.path().join("failed-once");
+    let config = format!(
+        "step \"flaky\" {{ inputs = \"src/x.c\", outputs = \"out/x\", retries = 1, \
+         run = \"if [ -e {m} ]; then mkdir -p out && echo ok > out/x; else touch {m}; exit 1; fi\" }}\n",
+        m = mark.display()
+    );
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("piper.lua"), config).unwrap();
+    std::fs::write(dir.path().join("src/x.c"), "int x;\n").unwrap();
+    let out = exec(dir.path(), "flaky", &["--remote-exec", &cluster.grid.url()]);
+    assert!(out.status.success(), "{}", events(&out));
+    assert_eq!(cluster.ran().len(), 2);
+}

@@ -213,7 +213,10 @@ async fn follow(
 ) -> Result<re::ExecuteResponse, ExecError> {
     let request = re::ExecuteRequest {
         instance_name: grpc.instance.clone(),
-        skip_cache_lookup: false,
+        // Piper asked the cache before it came to this; and a server that
+        // keeps failed results (BuildGrid's `cache-failed-actions`) would
+        // answer a retry of a flaky step with its last failure.
+        skip_cache_lookup: true,
         action_digest: Some(digest(&key.hash, key.size as u64)),
         execution_policy: None,
         results_cache_policy: None,
