@@ -777,6 +777,22 @@ def main():
                                                2 if q else 5)
         except Exception as e:  # reported, not hidden
             notes.append(f"shared-cache C benchmark failed: {e!r}")
+    remote_exec = None
+    if os.environ.get("PIPER_TEST_BUILDGRID") and os.path.isdir(clib):
+        import remote_exec as rx
+        scratch = tempfile.mkdtemp()
+        try:
+            cluster = rx.Cluster(scratch, 1)
+            try:
+                overhead = rx.measure_overhead(scratch, piper, cluster)
+            finally:
+                cluster.close()
+            remote_exec = (overhead, rx.measure_wide(scratch, piper, 50 if q else 200, [2, 4, 8]),
+                           rx.measure_vs_bazel(scratch, piper, clib))
+        except Exception as e:  # reported, not hidden
+            notes.append(f"remote execution benchmark failed: {e!r}")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     agent = None
     try:
         agent = measure_agent(os.path.join(os.path.dirname(piper), "piperd"), 5 if q else 30)
@@ -857,6 +873,9 @@ def main():
     if shared_c or agent_c:
         import cache_c
         lines.extend(cache_c.lines(shared_c, agent_c))
+    if remote_exec:
+        import remote_exec as rx
+        lines.extend(rx.lines(*remote_exec))
     if watch_latency:
         med, p90 = watch_latency
         lines.append(f"- watch latency, file write → step process started (debounce 50 ms, includes starting "
