@@ -117,6 +117,14 @@ fn project(dir: &Path) {
     std::fs::write(dir.join("src/b.c"), "int b;\n").unwrap();
 }
 
+/// `config` as the piper.lua of `dir`, with the one source its steps read
+/// (`src/x.c`).
+fn x_project(dir: &Path, config: &str) {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("piper.lua"), config).unwrap();
+    std::fs::write(dir.join("src/x.c"), "int x;\n").unwrap();
+}
+
 /// `piper exec PIPELINE --json` in `dir`, with `extra` flags and a disk
 /// cache of its own.
 fn exec(dir: &Path, pipeline: &str, extra: &[&str]) -> Output {
@@ -342,9 +350,7 @@ fn ctrl_c_cancels_the_remote_operation_and_its_process() {
     let dir = tempfile::tempdir().unwrap();
     let config =
         "step \"slow\" { inputs = \"src/*.c\", outputs = \"out/x\", run = \"sleep 300\" }\n";
-    std::fs::create_dir_all(dir.path().join("src")).unwrap();
-    std::fs::write(dir.path().join("piper.lua"), config).unwrap();
-    std::fs::write(dir.path().join("src/x.c"), "int x;\n").unwrap();
+    x_project(dir.path(), config);
     let piper = spawn_slow(dir.path(), &cluster.grid.url());
     let (pid, _) = cluster.wait_for(|(_, what)| what.contains("sleep 300"));
     // SAFETY: signals to processes this test started.
@@ -377,9 +383,7 @@ fn a_server_restart_mid_build_is_survived() {
     let dir = tempfile::tempdir().unwrap();
     let config = "step \"slow\" { inputs = \"src/*.c\", outputs = \"out/x\", \
                   run = \"sleep 1 && mkdir -p out && cp src/x.c out/x\" }\n";
-    std::fs::create_dir_all(dir.path().join("src")).unwrap();
-    std::fs::write(dir.path().join("piper.lua"), config).unwrap();
-    std::fs::write(dir.path().join("src/x.c"), "int x;\n").unwrap();
+    x_project(dir.path(), config);
     let piper = spawn_slow(dir.path(), &cluster.grid.url());
     cluster.wait_for(|(_, what)| what.contains("sleep 1"));
     cluster.grid.restart();
@@ -412,9 +416,7 @@ fn a_build_wider_than_the_servers_rpc_limit_waits_its_turn() {
     }
     let all: Vec<String> = (0..24).map(|i| format!("\"s{i}\"")).collect();
     config.push_str(&format!("pipeline \"wide\" {{ {} }}\n", all.join(", ")));
-    std::fs::create_dir_all(dir.path().join("src")).unwrap();
-    std::fs::write(dir.path().join("piper.lua"), config).unwrap();
-    std::fs::write(dir.path().join("src/x.c"), "int x;\n").unwrap();
+    x_project(dir.path(), &config);
     let url = cluster.grid.url();
     let out = exec(
         dir.path(),
@@ -447,9 +449,7 @@ fn a_retry_runs_again_instead_of_getting_the_cached_failure() {
          run = \"if [ -e {m} ]; then mkdir -p out && echo ok > out/x; else touch {m}; exit 1; fi\" }}\n",
         m = mark.display()
     );
-    std::fs::create_dir_all(dir.path().join("src")).unwrap();
-    std::fs::write(dir.path().join("piper.lua"), config).unwrap();
-    std::fs::write(dir.path().join("src/x.c"), "int x;\n").unwrap();
+    x_project(dir.path(), &config);
     let out = exec(dir.path(), "flaky", &["--remote-exec", &cluster.grid.url()]);
     assert!(out.status.success(), "{}", events(&out));
     assert_eq!(cluster.ran().len(), 2);
