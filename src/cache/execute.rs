@@ -63,8 +63,6 @@ pub(crate) struct Executed {
     pub(crate) worker: String,
     pub(crate) queued: Duration,
     pub(crate) ran: Duration,
-    /// The server had the result already (no worker ran it).
-    pub(crate) cached: bool,
 }
 
 /// Why a remote execution gave no result.
@@ -163,7 +161,6 @@ impl RemoteExecutor {
                 &meta.worker_start_timestamp,
                 &meta.worker_completed_timestamp,
             ),
-            cached: response.cached_result,
         })
     }
 }

@@ -61,10 +61,9 @@ impl StepJob {
                 return Some(attempt(StepStatus::Failed, None, Some(message)));
             }
         };
-        let place = match (done.cached, done.worker.as_str()) {
-            (true, _) => format!("cached on {}", executor.url()),
-            (false, "") => format!("ran on {}", executor.url()),
-            (false, worker) => format!("ran on {worker} ({})", executor.url()),
+        let place = match done.worker.as_str() {
+            "" => format!("ran on {}", executor.url()),
+            worker => format!("ran on {worker} ({})", executor.url()),
         };
         let times = format!(
             "queued {} ms, ran {} ms",
