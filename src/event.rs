@@ -114,6 +114,9 @@ pub enum Event {
         /// Why it failed or was skipped, in words.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
+        /// Where it ran, when not here: a remote executor's worker.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ran_on: Option<RanOn>,
     },
     /// Something to fix that did not fail the step: a declared output the
     /// step did not create (it will run again next time).
@@ -181,6 +184,23 @@ pub struct TriggeredBy {
     pub pipeline: String,
     /// When the trigger fires.
     pub on: TriggerOn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "agent", derive(utoipa::ToSchema))]
+#[non_exhaustive]
+/// Where a step ran that ran on a remote executor (`--remote-exec`), and
+/// where its time went: queued on the cluster, then running on a worker.
+pub struct RanOn {
+    /// The remote executor, as given (`grpc://host:port`).
+    pub executor: String,
+    /// The worker that ran it, as the cluster names it (empty when the
+    /// cluster does not say).
+    pub worker: String,
+    /// From the cluster queueing it to a worker starting it, in milliseconds.
+    pub queued_ms: u64,
+    /// From the worker starting it to the worker finishing it, in milliseconds.
+    pub ran_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -55,7 +55,7 @@ pub use engine::{
     BuildOutcome, Engine, Explanation, Outcome, PipelineInfo, Project, Run, RunOptions, StepInfo,
 };
 pub use error::{Error, Result};
-pub use event::{BuildStatus, Event, PlannedStepInfo, StepStatus, TriggeredBy};
+pub use event::{BuildStatus, Event, PlannedStepInfo, RanOn, StepStatus, TriggeredBy};
 pub use runner::{Command, CommandRun, Exit, LocalRunner, OutputSink, RunFuture, Runner};
 pub use spec::TriggerOn;
 

@@ -62,12 +62,14 @@ impl Cluster {
     fn ran(&self) -> Vec<String> {
         let lines = self.lines();
         (lines.iter())
-            .filter(|(_, what)| what != "canceled")
+            .filter(|(_, what)| what != "canceled" && what != "timed out")
+            .filter(|(_, what)| !what.starts_with("timeout "))
             .map(|(_, argv)| argv.clone())
             .collect()
     }
 
-    /// The worker log: (pid, argv or "canceled").
+    /// The worker log: (pid, argv, "timeout 30s" (the action's), "canceled"
+    /// or "timed out").
     fn lines(&self) -> Vec<(i32, String)> {
         (std::fs::read_to_string(&self.log)
             .unwrap_or_default()
@@ -100,7 +102,7 @@ fn project(dir: &Path) {
           run = "mkdir -p out && tr a-z A-Z < src/a.c > out/a.o && echo 'warning: a is shouting' >&2",
         }
         local b = step "cc b" {
-          inputs = "src/b.c", outputs = "out/b.o",
+          inputs = "src/b.c", outputs = "out/b.o", timeout = "90s",
           run = "mkdir -p out && tr a-z A-Z < src/b.c > out/b.o",
         }
         local link = step "link" {
@@ -217,9 +219,35 @@ fn remote_and_local_builds_make_the_same_outputs_and_events() {
         ran.iter().any(|argv| argv.contains("tr a-z A-Z < src/a.c")),
         "{ran:?}"
     );
+    let timeouts: Vec<_> = (cluster.lines().into_iter())
+        .filter(|(_, what)| what.starts_with("timeout "))
+        .collect();
+    assert_eq!(
+        timeouts.len(),
+        1,
+        "cc b's timeout went with its action: {timeouts:?}"
+    );
+    assert_eq!(timeouts[0].1, "timeout 90s");
     let said = events(&there);
     assert!(said.contains("ran on worker-"), "{said}");
     assert!(said.contains(&format!("({url}): queued")), "{said}");
+    let ran_on = |step: &str| {
+        said.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|e| e["event"] == "step_finished" && e["step"] == step)
+            .map(|e| e["ran_on"].clone())
+            .unwrap()
+    };
+    for step in ["cc a", "cc b", "link"] {
+        let on = ran_on(step);
+        assert_eq!(on["executor"], url.as_str(), "{step}: {on}");
+        assert!(
+            on["worker"].as_str().unwrap().starts_with("worker-"),
+            "{on}"
+        );
+        assert!(on["queued_ms"].is_u64() && on["ran_ms"].is_u64(), "{on}");
+    }
+    assert!(ran_on("note").is_null(), "the Lua step ran here");
 
     // Ran there is as good as built here: up to date next time.
     let again = steps(&exec(remote.path(), "ci", &["--remote-exec", &url]));

@@ -74,6 +74,8 @@ pub(crate) enum ExecError {
     Failed(String),
     /// The step was canceled; the operation was canceled too.
     Canceled,
+    /// The worker ended it at the action's timeout (the step's).
+    TimedOut,
 }
 
 impl RemoteExecutor {
@@ -333,6 +335,9 @@ fn finished(grpc: &GrpcCache, op: lro::Operation) -> Result<re::ExecuteResponse,
     let response = re::ExecuteResponse::decode(any.value.as_slice())
         .map_err(|e| ExecError::Failed(format!("{}: a damaged response: {e}", grpc.url())))?;
     match &response.status {
+        Some(status) if status.code == tonic::Code::DeadlineExceeded as i32 => {
+            Err(ExecError::TimedOut)
+        }
         Some(status) if status.code != 0 => Err(ExecError::Failed(format!(
             "{}: {}",
             grpc.url(),

@@ -12,7 +12,8 @@
 //!   the root, and the platform (`OSFamily`, `ISA`, the step's `requires`);
 //! - an `Action`: the command's digest, the input root's (`tree.rs`: the
 //!   declared inputs and the files the dependencies made), the platform,
-//!   and a salt: Piper's key version, the step's `cache_salt`, and what
+//!   the step's `timeout` (a remote worker ends the action after it), and
+//!   a salt: Piper's key version, the step's `cache_salt`, and what
 //!   a dependency without declared outputs showed (that it ran, or its
 //!   fingerprint).
 
@@ -115,6 +116,9 @@ impl ActionKey {
         let action = Action {
             command_digest: Some(command_digest),
             input_root_digest: Some(tree.root.clone()),
+            // As Bazel does: a worker ends the action at its timeout, and
+            // another timeout is another action.
+            timeout: step.timeout.map(Into::into),
             salt: salt.finalize().to_vec(),
             platform: Some(platform),
         };

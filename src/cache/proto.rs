@@ -64,10 +64,31 @@ pub(crate) struct Action {
     pub(crate) command_digest: Option<Digest>,
     #[prost(message, optional, tag = "2")]
     pub(crate) input_root_digest: Option<Digest>,
+    /// The step's `timeout`: a worker ends the action after it.
+    #[prost(message, optional, tag = "6")]
+    pub(crate) timeout: Option<ProtoDuration>,
     #[prost(bytes = "vec", tag = "9")]
     pub(crate) salt: Vec<u8>,
     #[prost(message, optional, tag = "10")]
     pub(crate) platform: Option<Platform>,
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    pub(crate) seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub(crate) nanos: i32,
+}
+
+impl From<std::time::Duration> for ProtoDuration {
+    fn from(d: std::time::Duration) -> ProtoDuration {
+        ProtoDuration {
+            seconds: d.as_secs() as i64,
+            nanos: d.subsec_nanos() as i32,
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

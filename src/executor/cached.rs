@@ -227,6 +227,7 @@ impl StepJob {
             status: StepStatus::Fetched,
             exit_code: Some(0),
             message: Some(message),
+            ran_on: None,
         };
         self.finish_run(out, Some(record), attempt, 0, started)
             .await

@@ -79,6 +79,8 @@ pub(super) struct Attempt {
     pub(super) status: StepStatus,
     pub(super) exit_code: Option<i32>,
     pub(super) message: Option<String>,
+    /// Where it ran, when on a remote executor.
+    pub(super) ran_on: Option<crate::event::RanOn>,
 }
 
 /// How a step found up to date ends, whether the scheduler settled it
@@ -110,6 +112,7 @@ impl UpToDate<'_> {
                 duration_ms,
                 attempts: 0,
                 message: Some("inputs, command, variables and dependencies unchanged".into()),
+                ran_on: None,
             })
             .await;
         StepResult {
@@ -362,6 +365,7 @@ impl StepJob {
                     None if cutoff => Some(OUTPUTS_UNCHANGED.into()),
                     message => message,
                 },
+                ran_on: last.ran_on,
             })
             .await;
         StepResult {
@@ -439,6 +443,7 @@ impl StepJob {
                     status: StepStatus::Failed,
                     exit_code: None,
                     message: Some(message),
+                    ran_on: None,
                 };
             }
         };
@@ -457,6 +462,7 @@ impl StepJob {
                 status: StepStatus::Success,
                 exit_code: None,
                 message: None,
+                ran_on: None,
             },
             LuaOutcome::Failed { message, exit_code } => {
                 let status = if token.is_cancelled() {
@@ -468,6 +474,7 @@ impl StepJob {
                     status,
                     exit_code,
                     message: Some(message),
+                    ran_on: None,
                 }
             }
         }
@@ -500,6 +507,7 @@ impl StepJob {
                     status: StepStatus::Success,
                     exit_code: Some(0),
                     message: None,
+                    ran_on: None,
                 };
                 if commands.is_empty() {
                     result.exit_code = None;
@@ -542,6 +550,7 @@ impl StepJob {
                             }
                             _ => exit.describe(),
                         }),
+                        ran_on: None,
                     };
                     break;
                 }
@@ -553,6 +562,7 @@ impl StepJob {
                     status: StepStatus::DryRun,
                     exit_code: None,
                     message: None,
+                    ran_on: None,
                 }
             }
             (None, Run::Lua(_)) => self.run_lua(out, env, &token).await,
@@ -573,6 +583,7 @@ impl StepJob {
                 status: StepStatus::TimedOut,
                 exit_code: None,
                 message: Some(format!("timed out after {limit}")),
+                ran_on: None,
             };
         }
         attempt
@@ -595,6 +606,7 @@ pub(super) async fn finish_without_running(
             duration_ms: 0,
             attempts: 0,
             message,
+            ran_on: None,
         })
         .await;
 }

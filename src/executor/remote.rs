@@ -1,7 +1,8 @@
 //! A step on a remote executor (`--remote-exec`, feature `remote-cache`):
 //! a step with an action key that no cache holds runs on the cluster
 //! (`cache/execute.rs`) instead of here, as one attempt: its retries, its
-//! timeout (the attempt's token, which cancels the remote operation), and
+//! timeout (the attempt's token, which cancels the remote operation; the
+//! worker ends it at the action's timeout too), and
 //! fail-fast are the executor's as for any step. Its outputs are written
 //! from the disk cache, where the result went, and what it printed is
 //! replayed; a step that fails there fails here with its exit code. A
@@ -51,6 +52,13 @@ impl StepJob {
         let done = match executor.execute(key, parts, root, disk, token).await {
             Ok(done) => done,
             Err(ExecError::Canceled) => return Some(attempt(StepStatus::Canceled, None, None)),
+            Err(ExecError::TimedOut) => {
+                let limit = (self.graph.steps[self.step].timeout)
+                    .map(crate::duration::format)
+                    .unwrap_or_default();
+                let message = format!("timed out after {limit} on the cluster");
+                return Some(attempt(StepStatus::TimedOut, None, Some(message)));
+            }
             Err(ExecError::Unreachable(why)) if executor.falls_back() => {
                 self.warn(format!("remote execution: {why}; running it here"))
                     .await;
@@ -60,6 +68,12 @@ impl StepJob {
                 let message = format!("remote execution: {why}");
                 return Some(attempt(StepStatus::Failed, None, Some(message)));
             }
+        };
+        let ran_on = crate::event::RanOn {
+            executor: executor.url().to_string(),
+            worker: done.worker.clone(),
+            queued_ms: done.queued.as_millis() as u64,
+            ran_ms: done.ran.as_millis() as u64,
         };
         let place = match done.worker.as_str() {
             "" => format!("ran on {}", executor.url()),
@@ -73,11 +87,11 @@ impl StepJob {
         if done.exit_code != 0 {
             out.write(done.log).await;
             let message = format!("exited with code {} ({place}; {times})", done.exit_code);
-            return Some(attempt(
-                StepStatus::Failed,
-                Some(done.exit_code),
-                Some(message),
-            ));
+            let failed = attempt(StepStatus::Failed, Some(done.exit_code), Some(message));
+            return Some(Attempt {
+                ran_on: Some(ran_on),
+                ..failed
+            });
         }
         self.ran_remotely
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -102,7 +116,11 @@ impl StepJob {
                     crate::cache::human_bytes(fetched.bytes)
                 );
                 let message = format!("{place}: {times}; {what}");
-                Some(attempt(StepStatus::Success, Some(0), Some(message)))
+                let succeeded = attempt(StepStatus::Success, Some(0), Some(message));
+                Some(Attempt {
+                    ran_on: Some(ran_on),
+                    ..succeeded
+                })
             }
             Err(e) => {
                 let message = format!("remote execution: cannot write its outputs: {e}");
@@ -133,5 +151,6 @@ fn attempt(status: StepStatus, exit_code: Option<i32>, message: Option<String>) 
         status,
         exit_code,
         message,
+        ran_on: None,
     }
 }
