@@ -25,11 +25,17 @@ struct Cluster {
 impl Cluster {
     /// None (after a loud skip) without BuildGrid or PostgreSQL.
     fn start(test: &str, workers: usize) -> Option<Cluster> {
+        Cluster::start_with(test, workers, "[execution, operations, bots]")
+    }
+
+    /// As [`Cluster::start`], the Execution service serving `endpoints`.
+    fn start_with(test: &str, workers: usize, endpoints: &str) -> Option<Cluster> {
         let database = crate::pg::Database::create(test)?;
         // SQLAlchemy's name for the scheme.
         let url = database.url.replacen("postgres://", "postgresql://", 1);
         let config = "buildgrid-execution.yml";
-        let grid = BuildGrid::start_with(test, config, &[("DATABASE_URL", &url)])?;
+        let vars = [("DATABASE_URL", url.as_str()), ("ENDPOINTS", endpoints)];
+        let grid = BuildGrid::start_with(test, config, &vars)?;
         let log = grid.dir.path().join("worker.log");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reapi_worker.py");
         let mut started = Vec::new();
@@ -405,7 +411,21 @@ fn ctrl_c_cancels_the_remote_operation_and_its_process() {
 #[test]
 fn a_server_restart_mid_build_is_survived() {
     let test = "remote_exec::a_server_restart_mid_build_is_survived";
-    let Some(mut cluster) = Cluster::start(test, 1) else {
+    survives_a_restart(test, "[execution, operations, bots]");
+}
+
+/// As above, on a server without the Operations service, as Buildbarn
+/// and NativeLink are (`GetOperation` is UNIMPLEMENTED): the operation is
+/// followed with `WaitExecution`, before and after the restart.
+#[test]
+fn a_server_without_the_operations_service_is_followed_with_wait_execution() {
+    let test =
+        "remote_exec::a_server_without_the_operations_service_is_followed_with_wait_execution";
+    survives_a_restart(test, "[execution, bots]");
+}
+
+fn survives_a_restart(test: &str, endpoints: &str) {
+    let Some(mut cluster) = Cluster::start_with(test, 1, endpoints) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -10,8 +10,10 @@
 //! done: on its stream for the first second, then by asking after it
 //! (`GetOperation`) — a server has few concurrent RPCs (BuildGrid: 10),
 //! and streams held for long actions would leave none for its workers to
-//! report with. A stream that breaks (a server restart) is followed the
-//! same way, never by running the action twice; a server busy with other
+//! report with. A server without the Operations service (Buildbarn,
+//! NativeLink) is followed on `WaitExecution` streams instead. A stream
+//! that breaks (a server restart) is followed the same way, never by
+//! running the action twice; a server busy with other
 //! executions is waited on; a cancel (Ctrl-C, fail-fast, the step's
 //! timeout) sends `CancelOperation`. A success's outputs and log
 //! go into the disk cache as a cache hit's would, and the step fetches
@@ -252,10 +254,7 @@ async fn follow(
     let mut until = tokio::time::Instant::now() + STREAM_FOR;
     loop {
         let next = tokio::select! {
-            _ = cancel.cancelled() => {
-                cancel_operation(grpc, conn, &name, headers).await;
-                return Err(ExecError::Canceled);
-            }
+            _ = cancel.cancelled() => return Err(canceled(grpc, conn, &name, headers).await),
             next = tokio::time::timeout_at(until, stream.message()) => next,
         };
         match next {
@@ -291,10 +290,7 @@ async fn poll(
     let (mut gap, mut away) = (Duration::from_millis(20), 0);
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => {
-                cancel_operation(grpc, conn, name, headers).await;
-                return Err(ExecError::Canceled);
-            }
+            _ = cancel.cancelled() => return Err(canceled(grpc, conn, name, headers).await),
             _ = tokio::time::sleep(gap) => {}
         }
         gap = (gap * 2).min(Duration::from_secs(1));
@@ -305,6 +301,11 @@ async fn poll(
         match client.get_operation(grpc.request(request, headers)).await {
             Ok(op) if op.get_ref().done => return finished(grpc, op.into_inner()),
             Ok(_) => away = 0,
+            // No Operations service (Buildbarn, NativeLink): the
+            // Execution service's own way to follow an operation.
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                return wait(grpc, conn, name, headers, cancel).await;
+            }
             Err(status)
                 if away < RESUMES
                     && matches!(
@@ -315,6 +316,63 @@ async fn poll(
                 away += 1
             }
             Err(status) => return Err(refused(grpc, "GetOperation", &status)),
+        }
+    }
+}
+
+/// Follows operation `name` on `WaitExecution` streams until it is done,
+/// for a server that does not answer `GetOperation`. A stream that breaks
+/// (a restart) is opened again after a pause, [`RESUMES`] times in a row
+/// at most; the action is never executed twice.
+async fn wait(
+    grpc: &GrpcCache,
+    conn: &Conn,
+    name: &str,
+    headers: Headers<'_>,
+    cancel: &CancellationToken,
+) -> Result<re::ExecuteResponse, ExecError> {
+    let mut away = 0;
+    loop {
+        let request = re::WaitExecutionRequest {
+            name: name.to_string(),
+        };
+        let mut client = ExecutionClient::new(conn.channel.clone());
+        let opened = tokio::select! {
+            _ = cancel.cancelled() => return Err(canceled(grpc, conn, name, headers).await),
+            opened = client.wait_execution(grpc.request(request, headers)) => opened,
+        };
+        let broke = match opened {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    let next = tokio::select! {
+                        _ = cancel.cancelled() => return Err(canceled(grpc, conn, name, headers).await),
+                        next = stream.message() => next,
+                    };
+                    match next {
+                        Ok(Some(op)) if op.done => return finished(grpc, op),
+                        Ok(Some(_)) => away = 0,
+                        // Ended without its result: opened again.
+                        Ok(None) => break None,
+                        Err(status) => break Some(status),
+                    }
+                }
+            }
+            Err(status) => Some(status),
+        };
+        if let Some(status) = broke {
+            let passing = matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+            );
+            if !passing || away >= RESUMES {
+                return Err(refused(grpc, "WaitExecution", &status));
+            }
+        }
+        away += 1;
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(canceled(grpc, conn, name, headers).await),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
 }
@@ -357,11 +415,11 @@ fn refused(grpc: &GrpcCache, call: &str, status: &tonic::Status) -> ExecError {
     }
 }
 
-/// Asks the server to stop the operation `name`; best effort (the step
-/// is canceled either way).
-async fn cancel_operation(grpc: &GrpcCache, conn: &Conn, name: &str, headers: Headers<'_>) {
+/// Asks the server to stop the operation `name`, best effort: the step
+/// is canceled either way.
+async fn canceled(grpc: &GrpcCache, conn: &Conn, name: &str, headers: Headers<'_>) -> ExecError {
     if name.is_empty() {
-        return;
+        return ExecError::Canceled;
     }
     let request = lro::CancelOperationRequest {
         name: name.to_string(),
@@ -369,6 +427,7 @@ async fn cancel_operation(grpc: &GrpcCache, conn: &Conn, name: &str, headers: He
     let mut client = lro::operations_client::OperationsClient::new(conn.channel.clone());
     let call = client.cancel_operation(grpc.request(request, headers));
     let _ = tokio::time::timeout(Duration::from_secs(5), call).await;
+    ExecError::Canceled
 }
 
 fn between(
