@@ -10,6 +10,8 @@ Workloads:
   overhead      one step running `true`
   dag-N         N no-op steps in layers of W; each step depends on two of the
                 layer before (j and j+1 mod W); `all` depends on the last layer
+  cached-N      the DAG with real files: each step copies in/NAME.txt to
+                out/NAME (--cached-sizes; 1,000 by default)
   output        one step printing ~200 MB of text
 """
 import argparse
@@ -200,13 +202,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--sizes", default="1000,10000", help="DAG sizes (comma-separated)")
+    ap.add_argument("--cached-sizes", default="1000",
+                    help="sizes of the file-backed DAGs (comma-separated): cached-N")
     ap.add_argument("--output-mb", type=int, default=200)
     ap.add_argument("--c-library", help="a directory of C sources (Lua 5.4's)")
     args = ap.parse_args()
     gen_single(args.out, "overhead", "true")
     for n in (int(x) for x in args.sizes.split(",") if x):
         gen_dag(args.out, n, 50 if n <= 1000 else 100)
-    gen_cached(args.out, 1000, 50)
+    for n in (int(x) for x in args.cached_sizes.split(",") if x):
+        gen_cached(args.out, n, 50 if n <= 1000 else 100)
     gen_watch(args.out)
     if args.c_library:
         gen_c_library(args.out, args.c_library)
