@@ -22,6 +22,7 @@ mod examples;
 mod exec;
 mod incremental;
 mod layers;
+mod log_export;
 mod lua_api;
 mod luacats;
 mod monitoring;

@@ -20,6 +20,7 @@ mod guard;
 mod held;
 pub mod hooks;
 pub mod lock;
+mod log_export;
 mod log_lines;
 mod log_writer;
 pub mod metrics;

@@ -333,10 +333,15 @@ pub struct OneBuildArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LogsArgs {
+    #[command(subcommand)]
+    pub command: Option<LogsCommand>,
     #[command(flatten)]
     pub remote: RemoteArgs,
-    pub build: i64,
+    /// The build's id
+    #[arg(required = true)]
+    pub build: Option<i64>,
     /// Only this step's output, raw
     pub step: Option<String>,
     /// Keep printing until the build ends
@@ -345,6 +350,23 @@ pub struct LogsArgs {
     /// The stored log bytes as they are, not rendered
     #[arg(long)]
     pub raw: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogsCommand {
+    /// A build's stored log as NDJSON, one record per line (timestamp, build, pipeline, step, stream, line, message): for Elasticsearch, Loki, Vector
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+    /// The build's id
+    pub build: i64,
+    /// Put an Elasticsearch `_bulk` action line before each record: post the output to /INDEX/_bulk as it is
+    #[arg(long)]
+    pub bulk: bool,
 }
 
 #[derive(Debug, Args)]

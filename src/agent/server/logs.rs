@@ -493,3 +493,85 @@ pub(crate) async fn read_stream(
         status: build.status,
     }))
 }
+
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ExportQuery {
+    /// `ndjson` (the default): one JSON record per line. `bulk`: each
+    /// record after an Elasticsearch `_bulk` action line (`{"create":{}}`),
+    /// to be posted to `/INDEX/_bulk` as it is.
+    pub(crate) format: Option<String>,
+}
+
+/// `GET /api/v1/builds/{id}/log/export`: the build's stored log as NDJSON,
+/// one record per line (`agent/log_export.rs`): `timestamp`, `build`,
+/// `number`, `repo`, `pipeline`, `step`, `stream`, `line`, `message` — what
+/// Elasticsearch's `_bulk`, Loki (through Promtail or Vector) and Vector
+/// ingest. Streamed: a 200 MB log is never held whole. A running build's
+/// export is what is stored so far.
+#[utoipa::path(get, path = "/api/v1/builds/{id}/log/export", tag = "logs", params(("id" = i64, Path, description = "The build's id"), ExportQuery), security(("bearer" = []), ("session" = []), ()),
+    responses((status = 200, description = "NDJSON records, one per log line: `timestamp` (RFC 3339, UTC), `build`, `number`, `repo`, `pipeline`, `step`, `stream` (`output` or `piper`), `line` (from 1 within the step), `message`",
+        content_type = "application/x-ndjson", body = String), (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody), (status = 401, description = "No valid token or session", body = ErrorBody), (status = 404, description = "No such build", body = ErrorBody)))]
+pub(crate) async fn export_log(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    use crate::agent::log_export::{ExportedBuild, Exporter, Layout};
+    authorize_read(&state, &headers).await?;
+    let id = parse_id(&id)?;
+    let Query(query) = query.map_err(|e| ApiError::bad("format", e.body_text()))?;
+    let layout = match query.format.as_deref() {
+        None | Some("ndjson") => Layout::Ndjson,
+        Some("bulk") => Layout::Bulk,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "format",
+                format!("`format` is `ndjson` or `bulk`, not `{other}`"),
+            ));
+        }
+    };
+    let build = find_build(&state, id).await?;
+    let exporter = Exporter::new(
+        ExportedBuild {
+            id,
+            number: build.number,
+            repo: build.repo.clone(),
+            pipeline: build.pipeline.clone(),
+            started_at: build.started_at.unwrap_or(build.requested_at),
+        },
+        layout,
+    );
+    const PAGE: i64 = 64;
+    let store = state.agent.store.clone();
+    let pages = futures_util::stream::unfold(Some((-1i64, exporter)), move |position| {
+        let store = store.clone();
+        async move {
+            let (after, mut exporter) = position?;
+            match store.log_records(id, after, PAGE).await {
+                Ok(chunks) if chunks.is_empty() => Some((Ok(exporter.finish()), None)),
+                Ok(chunks) => {
+                    let mut out = Vec::new();
+                    let last = chunks.last().map_or(after, |c| c.seq);
+                    for c in &chunks {
+                        out.extend(exporter.push(&c.step, c.annotation, c.written_at, &c.data));
+                    }
+                    Some((Ok::<_, std::io::Error>(out), Some((last, exporter))))
+                }
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+            }
+        }
+    });
+    let mut response = axum::body::Body::from_stream(pages).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    headers.insert(
+        "x-piper-build-status",
+        HeaderValue::from_static(build.status.as_str()),
+    );
+    Ok(response)
+}

@@ -84,6 +84,7 @@ pub(crate) fn api_routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(show_build))
         .routes(routes!(read_log))
         .routes(routes!(locate_in_log))
+        .routes(routes!(export_log))
         .routes(routes!(follow_log))
         .routes(routes!(read_stream))
         .routes(routes!(cancel))

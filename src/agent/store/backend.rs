@@ -35,6 +35,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = migrations!("sqlite":
     12 => "0012_fencing.sql",
     13 => "0013_log_lines.sql",
     14 => "0014_log_errors.sql",
+    15 => "0015_log_times.sql",
 );
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     1 => "0001_builds.sql",
@@ -51,6 +52,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     12 => "0012_fencing.sql",
     13 => "0013_log_lines.sql",
     14 => "0014_log_errors.sql",
+    15 => "0015_log_times.sql",
 );
 
 #[derive(Clone)]

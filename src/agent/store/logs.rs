@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
-use super::backend::{Backend, Store, StoreResult};
+use super::backend::{Backend, Store, StoreResult, now_ms};
 use super::model::*;
 
 impl Store {
@@ -51,8 +51,8 @@ impl Store {
     pub async fn append_log(&self, chunk: NewChunk<'_>) -> StoreResult<bool> {
         on_backend!(self, pool => {
             sqlx::query(
-                "INSERT INTO log_chunks (build_id, seq, step, build_offset, step_offset, data, annotation, lines, has_error) \
-                 SELECT $1, $2, $3, $4, $5, $6, $8, $9, $10 \
+                "INSERT INTO log_chunks (build_id, seq, step, build_offset, step_offset, data, annotation, lines, has_error, written_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $8, $9, $10, $11 \
                  WHERE EXISTS (SELECT 1 FROM builds WHERE id = $1 AND attempt = $7 AND status = 'running')",
             )
             .bind(chunk.build_id)
@@ -65,6 +65,7 @@ impl Store {
             .bind(chunk.annotation)
             .bind(memchr::memchr_iter(b'\n', chunk.data).count() as i64)
             .bind(chunk.has_error)
+            .bind(now_ms())
             .execute(pool)
             .await
             .map(|r| r.rows_affected() == 1)
@@ -237,6 +238,39 @@ impl Store {
         Ok(LogSlice {
             data,
             next_offset: next,
+        })
+    }
+
+    /// Up to `limit` chunks of the build's log after sequence number
+    /// `after`, in order, with what a log export needs of each: its step,
+    /// whether it is Piper's own line, when it was stored.
+    pub async fn log_records(
+        &self,
+        build_id: i64,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<ExportChunk>> {
+        on_backend!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT seq, step, annotation, written_at, data FROM log_chunks \
+                 WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(build_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(ExportChunk {
+                        seq: row.try_get("seq")?,
+                        step: row.try_get("step")?,
+                        annotation: row.try_get("annotation")?,
+                        written_at: row.try_get("written_at")?,
+                        data: row.try_get("data")?,
+                    })
+                })
+                .collect::<StoreResult<Vec<_>>>()
         })
     }
 

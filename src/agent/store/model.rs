@@ -251,6 +251,18 @@ pub struct ChunkLines {
     pub has_error: Option<bool>,
 }
 
+/// A stored log chunk as a log export reads it (`Store::log_records`).
+#[derive(Debug, Clone)]
+pub struct ExportChunk {
+    pub seq: i64,
+    pub step: String,
+    /// Piper's own line (`$ command`), not the step's output.
+    pub annotation: bool,
+    /// When it was stored, in Unix milliseconds (None: before migration 15).
+    pub written_at: Option<i64>,
+    pub data: Vec<u8>,
+}
+
 /// A chunk of a build's log, as its writer appends it.
 #[derive(Debug, Clone, Copy)]
 pub struct NewChunk<'a> {

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use crate::agent::api::{AgentList, Build, BuildDetail, BuildList, BuildRequest, BuildSummary};
 
-use crate::cli::args::{BuildsArgs, Connection, LogsArgs, OneBuildArgs, RemoteArgs, SubmitArgs};
+use crate::cli::args::{
+    BuildsArgs, Connection, ExportArgs, LogsArgs, LogsCommand, OneBuildArgs, RemoteArgs, SubmitArgs,
+};
 use crate::cli::error::{Error, Result};
 
 mod follow;
@@ -209,7 +211,14 @@ pub fn show(args: &OneBuildArgs) -> Result<i32> {
 pub fn logs(args: &LogsArgs) -> Result<i32> {
     block_on(async {
         let client = Client::new(&args.remote.connection)?;
-        let (build, step) = (args.build, args.step.as_deref());
+        if let Some(LogsCommand::Export(export)) = &args.command {
+            return export_log(export).await;
+        }
+        // Required by clap unless there is a subcommand.
+        let Some(build) = args.build else {
+            return Err(remote_error("name the build: piper logs BUILD"));
+        };
+        let step = args.step.as_deref();
         if !args.raw && step.is_none() {
             return follow_rendered(&client, build, args.follow).await;
         }
@@ -226,6 +235,31 @@ pub fn logs(args: &LogsArgs) -> Result<i32> {
             offset = next;
         }
     })
+}
+
+/// `piper logs export`: the build's log as NDJSON records on stdout, as
+/// piperd streams them (`GET /builds/{id}/log/export`).
+async fn export_log(args: &ExportArgs) -> Result<i32> {
+    let client = Client::new(&args.connection)?;
+    let format = if args.bulk { "bulk" } else { "ndjson" };
+    let request = (client.http)
+        .get(client.url(&format!("/builds/{}/log/export", args.build)))
+        .query(&[("format", format)]);
+    let mut response = client.send(request).await?;
+    let mut stdout = std::io::stdout().lock();
+    while let Some(bytes) =
+        (response.chunk().await).map_err(|e| remote_error(format!("the export broke off: {e}")))?
+    {
+        if let Err(e) = stdout.write_all(&bytes) {
+            // A closed pipe (`| head`) ends the export quietly.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(0);
+            }
+            return Err(remote_error(format!("cannot write the export: {e}")));
+        }
+    }
+    let _ = stdout.flush();
+    Ok(0)
 }
 
 /// `piper cancel`.
