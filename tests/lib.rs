@@ -23,6 +23,7 @@ mod exec;
 mod incremental;
 mod layers;
 mod log_export;
+mod log_search;
 mod lua_api;
 mod luacats;
 mod monitoring;

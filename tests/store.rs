@@ -366,7 +366,7 @@ async fn bridge_story(url: &str, backend: &str) {
         }
     };
     run("DROP TABLE _sqlx_migrations").await;
-    // The old runner knew migrations 1 to 10; later ones (to 13) come new.
+    // The old runner knew migrations 1 to 10; later ones (to 16) come new.
     run("DROP TABLE sessions").await;
     if backend == "sqlite" {
         run("DROP INDEX builds_fence").await;
@@ -381,6 +381,11 @@ async fn bridge_story(url: &str, backend: &str) {
     run("DROP TABLE bundles").await;
     run("ALTER TABLE log_chunks DROP COLUMN lines").await;
     run("ALTER TABLE log_chunks DROP COLUMN has_error").await;
+    run("ALTER TABLE log_chunks DROP COLUMN written_at").await;
+    run("DROP TABLE log_search").await;
+    run("DROP INDEX builds_log_indexed").await;
+    run("ALTER TABLE builds DROP COLUMN log_indexed").await;
+    run("ALTER TABLE builds DROP COLUMN log_index_claimed_at").await;
     run("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)").await;
     run("INSERT INTO schema_migrations (version) VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)")
         .await;

@@ -1069,3 +1069,62 @@ fn a_followed_log_that_outgrows_the_window_keeps_its_tail() {
         browser.client.clone().close().await.unwrap();
     });
 }
+
+/// Issue 33: the search page finds a line in every stored log, marks the
+/// text, and its link opens the step's log at that line.
+#[test]
+fn the_search_page_finds_a_line_and_opens_the_log_there() {
+    let test = "web_ui::the_search_page_finds_a_line_and_opens_the_log_there";
+    runtime().block_on(async {
+        let Some(browser) = Browser::start(test).await else {
+            return;
+        };
+        let daemon = Daemon::start(None);
+        let script = "echo 'Compiling app'\necho 'error[E0308]: mismatched types'\nexit 1\n";
+        let project = repo(&[
+            (
+                "piper.lua",
+                b"step \"compile\" { run = \"sh compile.sh\" }\n",
+            ),
+            ("compile.sh", script.as_bytes()),
+        ]);
+        let body = json!({ "repo": project.path().to_str().unwrap(), "pipeline": "compile" });
+        let id = off_runtime(|| daemon.queue(&body));
+        assert_eq!(off_runtime(|| daemon.wait_finished(id))["status"], "failed");
+        browser.log_in(&daemon).await;
+        // Indexed moments after the build ended: the page is asked again
+        // until it shows the line (the evidence), never after a sleep.
+        let url = format!("{}/search?q=e0308", daemon.url);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            browser.goto(&url).await;
+            if browser.exists("li.hit").await || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        browser
+            .wait_text("li.hit pre.hit-text", "error[E0308]: mismatched types")
+            .await;
+        assert_eq!(browser.text("li.hit mark").await, "E0308");
+        assert_eq!(browser.text("li.hit .hit-line").await, "compile:3");
+        browser.screenshot("search").await;
+        // The form: a text too short is named, not searched.
+        browser.goto(&format!("{}/search", daemon.url)).await;
+        browser.fill("#search input[name=q]", "mismatched").await;
+        browser.click("#search button[type=submit]").await;
+        browser.wait_text("li.hit .hit-line", "compile:3").await;
+        browser.click("li.hit .hit-line").await;
+        let at = browser
+            .wait_url(
+                |u| u.contains(&format!("/builds/{id}/steps/compile#L3")),
+                "the line's link",
+            )
+            .await;
+        assert!(at.ends_with("#L3"), "{at}");
+        browser
+            .wait_text("#log", "error[E0308]: mismatched types")
+            .await;
+        browser.client.clone().close().await.unwrap();
+    });
+}

@@ -139,6 +139,41 @@ pub struct BuildList {
     pub next_before: Option<i64>,
 }
 
+/// `GET /api/v1/search`: lines of stored logs holding a text, newest
+/// build first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SearchResults {
+    pub hits: Vec<SearchHit>,
+    /// More lines match than `limit`: narrow the search.
+    pub truncated: bool,
+}
+
+/// One line of a stored log that holds the text searched for.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SearchHit {
+    /// The build's id.
+    pub build: i64,
+    /// Per repository: 1, 2, 3, ...
+    pub number: i64,
+    pub repo: String,
+    pub pipeline: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The build's status.
+    pub status: String,
+    /// When the build was requested (Unix ms).
+    pub requested_at: i64,
+    pub step: String,
+    /// The line's number, from 1 within the step's log.
+    pub line: i64,
+    /// The line (at most 4 KiB of it; invalid UTF-8 replaced).
+    pub text: String,
+    /// Where the text is in `text`: `[start, end)` in characters.
+    pub matches: Vec<[usize; 2]>,
+    /// The line in the web UI: `/builds/{id}?step=STEP#L{line}`.
+    pub url: String,
+}
+
 /// `GET /api/v1/agents`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentList {

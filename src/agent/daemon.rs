@@ -185,6 +185,7 @@ struct Tasks {
     fenced: tokio::task::JoinHandle<()>,
     notifications: tokio::task::JoinHandle<()>,
     scheduler: tokio::task::JoinHandle<()>,
+    indexer: tokio::task::JoinHandle<()>,
     workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -207,6 +208,7 @@ impl Tasks {
             fenced: tokio::spawn(agent.clone().keep_fenced()),
             notifications: tokio::spawn(listen(agent.clone())),
             scheduler: tokio::spawn(scheduler::run(agent.clone(), args.schedule_check)),
+            indexer: tokio::spawn(super::search_index::run(agent.clone())),
             workers: (0..args.workers)
                 .map(|_| tokio::spawn(agent.clone().work()))
                 .collect(),
@@ -225,6 +227,7 @@ impl Tasks {
         self.leases.abort();
         self.fenced.abort();
         self.notifications.abort();
+        self.indexer.abort();
         let _ = self.scheduler.await;
     }
 }

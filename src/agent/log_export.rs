@@ -15,9 +15,9 @@
 //! the agent stored the chunk that ended the line (chunks stored before
 //! this was kept: the build's start).
 
-use std::collections::HashMap;
-
 use serde::Serialize;
+
+use super::log_split::{Line, LineSplitter};
 
 /// Which build the records are of.
 pub(crate) struct ExportedBuild {
@@ -44,17 +44,7 @@ pub(crate) enum Layout {
 pub(crate) struct Exporter {
     build: ExportedBuild,
     layout: Layout,
-    /// Per step: the open line, its stream, and how many lines came before.
-    steps: HashMap<String, Open>,
-}
-
-#[derive(Default)]
-struct Open {
-    partial: Vec<u8>,
-    piper: bool,
-    lines: u64,
-    /// When the open line's last bytes were stored.
-    at: i64,
+    lines: LineSplitter,
 }
 
 #[derive(Serialize)]
@@ -75,7 +65,7 @@ impl Exporter {
         Exporter {
             build,
             layout,
-            steps: HashMap::new(),
+            lines: LineSplitter::default(),
         }
     }
 
@@ -89,83 +79,35 @@ impl Exporter {
     ) -> Vec<u8> {
         let at = written_at.unwrap_or(self.build.started_at);
         let mut out = Vec::new();
-        let open = self.steps.entry(step.to_string()).or_default();
-        let mut rest = data;
-        while let Some(end) = memchr::memchr(b'\n', rest) {
-            open.partial.extend_from_slice(&rest[..end]);
-            open.piper |= annotation;
-            open.lines += 1;
-            let line = std::mem::take(&mut open.partial);
-            let piper = std::mem::take(&mut open.piper);
-            write_record(
-                &mut out,
-                &self.build,
-                self.layout,
-                step,
-                piper,
-                open.lines,
-                at,
-                &line,
-            );
-            rest = &rest[end + 1..];
-        }
-        if !rest.is_empty() {
-            open.partial.extend_from_slice(rest);
-            open.piper |= annotation;
-            open.at = at;
-        }
+        let (build, layout) = (&self.build, self.layout);
+        (self.lines).push(step, annotation, at, data, |line| {
+            write_record(&mut out, build, layout, &line)
+        });
         out
     }
 
     /// The open lines, each a record of its own (a log that does not end
-    /// with a newline) timed when its last bytes were stored, in order of
-    /// step name.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
+    /// with a newline).
+    pub(crate) fn finish(self) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut steps: Vec<_> = self.steps.drain().collect();
-        steps.sort_by(|a, b| a.0.cmp(&b.0));
-        for (step, open) in steps {
-            if open.partial.is_empty() {
-                continue;
-            }
-            let (layout, line, at) = (self.layout, open.lines + 1, open.at);
-            write_record(
-                &mut out,
-                &self.build,
-                layout,
-                &step,
-                open.piper,
-                line,
-                at,
-                &open.partial,
-            );
-        }
+        let (build, layout) = (&self.build, self.layout);
+        self.lines
+            .finish(|line| write_record(&mut out, build, layout, &line));
         out
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_record(
-    out: &mut Vec<u8>,
-    build: &ExportedBuild,
-    layout: Layout,
-    step: &str,
-    piper: bool,
-    line: u64,
-    at_ms: i64,
-    text: &[u8],
-) {
-    let text = text.strip_suffix(b"\r").unwrap_or(text);
-    let message = String::from_utf8_lossy(text);
+fn write_record(out: &mut Vec<u8>, build: &ExportedBuild, layout: Layout, line: &Line<'_>) {
+    let message = String::from_utf8_lossy(line.text);
     let record = Record {
-        timestamp: rfc3339_ms(at_ms),
+        timestamp: rfc3339_ms(line.at),
         build: build.id,
         number: build.number,
         repo: &build.repo,
         pipeline: &build.pipeline,
-        step,
-        stream: if piper { "piper" } else { "output" },
-        line,
+        step: line.step,
+        stream: if line.piper { "piper" } else { "output" },
+        line: line.number,
         message: &message,
     };
     if layout == Layout::Bulk {

@@ -356,6 +356,37 @@ pub struct LogsArgs {
 pub enum LogsCommand {
     /// A build's stored log as NDJSON, one record per line (timestamp, build, pipeline, step, stream, line, message): for Elasticsearch, Loki, Vector
     Export(ExportArgs),
+    /// Lines of every stored log holding a text (3 characters or more, case aside), newest build first
+    Search(SearchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// The text to find anywhere in a line: an error code, a path, a symbol
+    pub text: String,
+    /// Only builds of this repository (as submitted)
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// Only builds of this pipeline
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// Only this step's lines
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Only builds that ended so (success, failed, canceled, lost)
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only builds of this ref, as submitted (main)
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Only builds requested in this last while (7d, 12h, 30m)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<std::time::Duration>,
+    /// At most this many lines
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
 }
 
 #[derive(Debug, Args)]

@@ -14,12 +14,14 @@ use super::api::{AgentList, BuildRequest, ErrorBody, Health, LogChunk};
 mod auth;
 mod builds;
 mod logs;
+mod search;
 mod shared;
 mod webhooks;
 
 pub(crate) use auth::*;
 pub(crate) use builds::*;
 pub(crate) use logs::*;
+pub(crate) use search::*;
 pub(crate) use shared::*;
 pub(crate) use webhooks::*;
 
@@ -85,6 +87,7 @@ pub(crate) fn api_routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(read_log))
         .routes(routes!(locate_in_log))
         .routes(routes!(export_log))
+        .routes(routes!(search_logs))
         .routes(routes!(follow_log))
         .routes(routes!(read_stream))
         .routes(routes!(cancel))

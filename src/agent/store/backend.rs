@@ -36,6 +36,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = migrations!("sqlite":
     13 => "0013_log_lines.sql",
     14 => "0014_log_errors.sql",
     15 => "0015_log_times.sql",
+    16 => "0016_log_search.sql",
 );
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     1 => "0001_builds.sql",
@@ -53,6 +54,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = migrations!("postgres":
     13 => "0013_log_lines.sql",
     14 => "0014_log_errors.sql",
     15 => "0015_log_times.sql",
+    16 => "0016_log_search.sql",
 );
 
 #[derive(Clone)]

@@ -31,7 +31,9 @@ mod cluster;
 mod logs;
 mod model;
 mod queue;
+mod search;
 mod steps;
 
 pub use backend::{Store, StoreResult, now_ms};
 pub use model::*;
+pub use search::{SearchFilter, SearchHit};

@@ -32,6 +32,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/builds/{id}", get(build_page))
         .route("/builds/{id}/steps/{step}", get(step_page))
         .route("/agents", get(agents_page))
+        .route("/search", get(search_page))
         .route("/submit", get(submit_page))
         .route("/login", get(login_page))
         .route("/assets/app.css", get(css))
@@ -325,6 +326,58 @@ async fn agents_page(State(state): State<ApiState>, headers: HeaderMap) -> Respo
             pages::agents(&chrome, &agents.agents, view::now_ms()),
         ),
         Err(e) => api_failure(e, "/agents", &chrome),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct SearchPageQuery {
+    q: Option<String>,
+    pipeline: Option<String>,
+    step: Option<String>,
+    status: Option<String>,
+}
+
+/// `/search`: lines of every stored log holding a text (`GET /api/v1/search`).
+async fn search_page(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<SearchPageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let chrome = chrome(&state, &headers).await;
+    if let Err(e) = server::authorize_read(&state, &headers).await {
+        return api_failure(e, "/search", &chrome);
+    }
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let given = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+    let form = pages::SearchForm {
+        q: query.q.clone().unwrap_or_default(),
+        pipeline: query.pipeline.clone().unwrap_or_default(),
+        step: query.step.clone().unwrap_or_default(),
+        status: query.status.clone().unwrap_or_default(),
+    };
+    if form.q.is_empty() {
+        return page(StatusCode::OK, pages::search(&chrome, &form, None));
+    }
+    let asked = server::SearchQuery {
+        q: query.q,
+        pipeline: given(query.pipeline),
+        step: given(query.step),
+        status: given(query.status),
+        ..Default::default()
+    };
+    let found = match server::filter(asked) {
+        Ok(filter) => server::search(&state, &filter).await,
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok(found) => page(
+            StatusCode::OK,
+            pages::search(&chrome, &form, Some(Ok(&found))),
+        ),
+        Err(e) => page(
+            StatusCode::BAD_REQUEST,
+            pages::search(&chrome, &form, Some(Err(e.message))),
+        ),
     }
 }
 

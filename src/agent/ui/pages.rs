@@ -43,7 +43,7 @@ fn layout(chrome: &Chrome, title: &str, current: &str, body: Markup) -> Markup {
                 header class="top" {
                     nav aria-label="Main" {
                         a class="brand" href="/" { "Piper" }
-                        @for (href, label) in [("/", "Builds"), ("/agents", "Agents"), ("/submit", "Submit")] {
+                        @for (href, label) in [("/", "Builds"), ("/search", "Search"), ("/agents", "Agents"), ("/submit", "Submit")] {
                             @if current == label {
                                 a href=(href) aria-current="page" { (label) }
                             } @else {
@@ -373,6 +373,81 @@ pub fn agents(chrome: &Chrome, agents: &[AgentView], now: i64) -> Markup {
         }
     };
     layout(chrome, "Agents", "Agents", body)
+}
+
+/// What the search page was asked: the form's values.
+#[derive(Default)]
+pub struct SearchForm {
+    pub q: String,
+    pub pipeline: String,
+    pub step: String,
+    pub status: String,
+}
+
+/// `/search`: the form, then the lines found (each linked to its place in
+/// its step's log, the text marked), or why there are none.
+pub fn search(
+    chrome: &Chrome,
+    form: &SearchForm,
+    found: Option<Result<&crate::agent::api::SearchResults, String>>,
+) -> Markup {
+    let body = html! {
+        h1 { "Search logs" }
+        form id="search" class="filters" method="get" action="/search" role="search" {
+            label { "Text " input name="q" type="search" value=(form.q) required minlength="3"
+                placeholder="E0308, src/main.rs, undefined reference" autofocus; }
+            label { "Pipeline " input name="pipeline" value=(form.pipeline); }
+            label { "Step " input name="step" value=(form.step); }
+            label { "Status "
+                select name="status" {
+                    option value="" { "any" }
+                    @for status in STATUSES {
+                        option value=(status) selected[form.status == *status] { (status) }
+                    }
+                }
+            }
+            button type="submit" { "Search" }
+        }
+        @match found {
+            None => p class="muted" { "Every finished build's log is searchable: a text of 3 characters or more, case aside." },
+            Some(Err(why)) => p class="empty" role="status" { (why) },
+            Some(Ok(found)) if found.hits.is_empty() => p class="empty" role="status" { "No stored log holds “" (form.q) "”." },
+            Some(Ok(found)) => {
+                p class="muted" role="status" {
+                    (found.hits.len()) " line" @if found.hits.len() != 1 { "s" }
+                    @if found.truncated { ", and more: narrow the search" }
+                }
+                ol class="hits" {
+                    @for hit in &found.hits {
+                        li class="hit" {
+                            div class="hit-where" {
+                                a href=(format!("/builds/{}", hit.build)) { "#" (hit.number) " " (hit.pipeline) } " "
+                                (badge(&hit.status)) " "
+                                a class="hit-line" href=(hit.url) { (hit.step) ":" (hit.line) }
+                            }
+                            pre class="hit-text" { (marked(&hit.text, &hit.matches)) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout(chrome, "Search", "Search", body)
+}
+
+/// `text` with its `[start, end)` character ranges in `mark`.
+fn marked(text: &str, ranges: &[[usize; 2]]) -> Markup {
+    let chars: Vec<char> = text.chars().collect();
+    let mut at = 0;
+    html! {
+        @for [start, end] in ranges {
+            @let (start, end) = ((*start).min(chars.len()), (*end).min(chars.len()));
+            (chars[at.min(start)..start].iter().collect::<String>())
+            mark { (chars[start..end].iter().collect::<String>()) }
+            ({ at = end; "" })
+        }
+        (chars[at.min(chars.len())..].iter().collect::<String>())
+    }
 }
 
 pub fn submit(chrome: &Chrome, repo: &str, git_ref: &str, pipeline: &str) -> Markup {

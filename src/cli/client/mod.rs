@@ -5,10 +5,13 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crate::agent::api::{AgentList, Build, BuildDetail, BuildList, BuildRequest, BuildSummary};
+use crate::agent::api::{
+    AgentList, Build, BuildDetail, BuildList, BuildRequest, BuildSummary, SearchResults,
+};
 
 use crate::cli::args::{
-    BuildsArgs, Connection, ExportArgs, LogsArgs, LogsCommand, OneBuildArgs, RemoteArgs, SubmitArgs,
+    BuildsArgs, Connection, ExportArgs, LogsArgs, LogsCommand, OneBuildArgs, RemoteArgs,
+    SearchArgs, SubmitArgs,
 };
 use crate::cli::error::{Error, Result};
 
@@ -211,8 +214,10 @@ pub fn show(args: &OneBuildArgs) -> Result<i32> {
 pub fn logs(args: &LogsArgs) -> Result<i32> {
     block_on(async {
         let client = Client::new(&args.remote.connection)?;
-        if let Some(LogsCommand::Export(export)) = &args.command {
-            return export_log(export).await;
+        match &args.command {
+            Some(LogsCommand::Export(export)) => return export_log(export).await,
+            Some(LogsCommand::Search(search)) => return search_logs(search).await,
+            None => {}
         }
         // Required by clap unless there is a subcommand.
         let Some(build) = args.build else {
@@ -259,6 +264,61 @@ async fn export_log(args: &ExportArgs) -> Result<i32> {
         }
     }
     let _ = stdout.flush();
+    Ok(0)
+}
+
+/// `piper logs search`: the matching lines, one per line as
+/// `build 12 #3 ci failed  test:42: the line`, or the API's JSON.
+async fn search_logs(args: &SearchArgs) -> Result<i32> {
+    let client = Client::new(&args.remote.connection)?;
+    let mut query: Vec<(&str, String)> =
+        vec![("q", args.text.clone()), ("limit", args.limit.to_string())];
+    let filters = [
+        ("repo", &args.repo),
+        ("pipeline", &args.pipeline),
+        ("step", &args.step),
+        ("status", &args.status),
+        ("branch", &args.branch),
+    ];
+    for (name, value) in filters {
+        if let Some(value) = value {
+            query.push((name, value.clone()));
+        }
+    }
+    if let Some(since) = args.since {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        query.push(("since", now.saturating_sub(since).as_millis().to_string()));
+    }
+    let request = client.http.get(client.url("/search")).query(&query);
+    let found: SearchResults = client.get(request).await?;
+    if args.remote.json {
+        println!("{}", serde_json::to_string(&found).unwrap_or_default());
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    for hit in &found.hits {
+        let _ = writeln!(
+            out,
+            "build {} #{} {} {}  {}:{}: {}",
+            hit.build,
+            hit.number,
+            hit.pipeline,
+            hit.status,
+            hit.step,
+            hit.line,
+            clean(&hit.text)
+        );
+    }
+    if found.truncated {
+        eprintln!(
+            "piper: more lines match than --limit {}: narrow the search",
+            args.limit
+        );
+    } else if found.hits.is_empty() {
+        eprintln!("piper: no stored log holds `{}`", args.text);
+    }
     Ok(0)
 }
 
