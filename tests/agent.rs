@@ -1516,7 +1516,15 @@ fn locate_story(database: Option<&str>, sqlite: bool) {
         crate::harness::block_on(async {
             use sqlx::{Connection, Row};
             if sqlite {
-                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                // The agent writes meanwhile (its search indexer): wait
+                // for its lock as its own connections do.
+                use std::str::FromStr;
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+                    .unwrap()
+                    .busy_timeout(std::time::Duration::from_secs(30));
+                let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                    .await
+                    .unwrap();
                 let row = sqlx::query(statement)
                     .fetch_optional(&mut conn)
                     .await
