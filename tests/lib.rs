@@ -2,6 +2,7 @@
 //! all built on the `Test` builder in `harness.rs`.
 
 mod harness;
+mod history;
 mod hooks;
 
 mod agent;

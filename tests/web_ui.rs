@@ -1128,3 +1128,46 @@ fn the_search_page_finds_a_line_and_opens_the_log_there() {
         browser.client.clone().close().await.unwrap();
     });
 }
+
+/// Issue 33: a pipeline's history page charts each step's runs (a bar per
+/// build, coloured by how it ended) and lists the flaky steps; the build
+/// page links to it.
+#[test]
+fn the_history_page_charts_step_times_and_lists_flaky_steps() {
+    let test = "web_ui::the_history_page_charts_step_times_and_lists_flaky_steps";
+    runtime().block_on(async {
+        let Some(browser) = Browser::start(test).await else {
+            return;
+        };
+        let daemon = Daemon::start(None);
+        let project = repo(&[("piper.lua", crate::history::FLAKY)]);
+        let marks = tempfile::tempdir().unwrap();
+        let body = json!({
+            "repo": project.path().to_str().unwrap(), "pipeline": "ci",
+            "env": { "MARKS": marks.path().to_str().unwrap() },
+        });
+        let first = off_runtime(|| daemon.queue(&body));
+        assert_eq!(off_runtime(|| daemon.wait_finished(first))["status"], "failed");
+        let (status, answer) = off_runtime(|| {
+            daemon.http("POST", &format!("/api/v1/builds/{first}/retrigger"), Some(&daemon.token), None)
+        });
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+        let second = serde_json::from_slice::<Value>(&answer).unwrap()["id"].as_i64().unwrap();
+        assert_eq!(off_runtime(|| daemon.wait_finished(second))["status"], "success");
+
+        browser.log_in(&daemon).await;
+        browser.goto(&format!("{}/builds/{second}", daemon.url)).await;
+        browser.click("#history-link").await;
+        browser.wait_text("h1", "History of ci").await;
+        let bars = browser
+            .js("return [...document.querySelectorAll('tr[data-step=flaky] svg.durations rect')].map(r => r.getAttribute('class'))")
+            .await;
+        assert_eq!(bars, json!(["bar status-failed", "bar status-success"]), "a bar per run, oldest first");
+        assert_eq!(browser.text("tr[data-step=flaky] td:last-child").await, "1 (50%)");
+        let flaky = browser.text("#flaky li").await;
+        assert!(flaky.starts_with("flaky on "), "{flaky}");
+        assert!(flaky.contains(&format!("failed in build {first}, passed in build {second}")), "{flaky}");
+        browser.screenshot("history").await;
+        browser.client.clone().close().await.unwrap();
+    });
+}

@@ -174,6 +174,67 @@ pub struct SearchHit {
     pub url: String,
 }
 
+/// `GET /api/v1/history`: each step of a repository's pipeline over its
+/// last builds, and its flaky steps.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct History {
+    pub repo: String,
+    /// The pipeline asked for (absent: all of the repository's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    /// How many finished builds were read.
+    pub builds: usize,
+    /// Each step, in the order it first appears.
+    pub steps: Vec<StepHistory>,
+    /// Steps that failed and passed on the same commit, latest first.
+    pub flaky: Vec<FlakyStep>,
+}
+
+/// One step over the builds read.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StepHistory {
+    pub step: String,
+    /// Each build's run of it, oldest first.
+    pub runs: Vec<StepRunPoint>,
+    /// Median and 95th percentile of the runs that ran (not up to date,
+    /// fetched, skipped or blocked), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_ms: Option<u64>,
+    /// The newer half's median over the older half's (1.4: 40% slower);
+    /// absent with fewer than 4 timed runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trend: Option<f64>,
+    /// Runs that failed or timed out.
+    pub failures: u64,
+    /// `failures` over the runs that ran (0 to 1).
+    pub failure_rate: f64,
+}
+
+/// A step in one build.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StepRunPoint {
+    /// The build's id.
+    pub build: i64,
+    /// Per repository: 1, 2, 3, ...
+    pub number: i64,
+    pub status: String,
+    /// How long it ran (absent when it did not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// A step that failed and passed on the same commit.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FlakyStep {
+    pub step: String,
+    pub sha: String,
+    /// The builds (ids) where it failed, and where it passed.
+    pub failed: Vec<i64>,
+    pub passed: Vec<i64>,
+}
+
 /// `GET /api/v1/agents`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentList {

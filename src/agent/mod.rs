@@ -18,6 +18,7 @@ mod fence;
 pub mod git;
 mod guard;
 mod held;
+mod history;
 pub mod hooks;
 pub mod lock;
 mod log_export;

@@ -91,6 +91,8 @@ pub enum Command {
     Submit(SubmitArgs),
     /// List builds on piperd, newest first
     Builds(BuildsArgs),
+    /// Each step over a pipeline's last builds on piperd: p50/p95 time, trend, failures; and flaky steps
+    History(HistoryArgs),
     /// Show a build on piperd with its steps
     Show(OneBuildArgs),
     /// Print a build from piperd as `piper exec` shows it (or its raw log)
@@ -350,6 +352,20 @@ pub struct LogsArgs {
     /// The stored log bytes as they are, not rendered
     #[arg(long)]
     pub raw: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Only this pipeline's builds [default: all of the repository's]
+    pub pipeline: Option<String>,
+    /// Repository, as submitted [default: this project's root]
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// How many of the last finished builds to read
+    #[arg(long, default_value_t = 50)]
+    pub builds: i64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -145,6 +145,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Watch(args) => watch(&cli, args),
         Command::Submit(args) => self::client::submit(args),
         Command::Builds(args) => self::client::builds(args),
+        Command::History(args) => self::client::history(args),
         Command::Show(args) => self::client::show(args),
         Command::Logs(args) => self::client::logs(args),
         Command::Cancel(args) => self::client::cancel(args),

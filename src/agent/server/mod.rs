@@ -13,6 +13,7 @@ use super::api::{AgentList, BuildRequest, ErrorBody, Health, LogChunk};
 
 mod auth;
 mod builds;
+mod history;
 mod logs;
 mod search;
 mod shared;
@@ -20,6 +21,7 @@ mod webhooks;
 
 pub(crate) use auth::*;
 pub(crate) use builds::*;
+pub(crate) use history::*;
 pub(crate) use logs::*;
 pub(crate) use search::*;
 pub(crate) use shared::*;
@@ -88,6 +90,7 @@ pub(crate) fn api_routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(locate_in_log))
         .routes(routes!(export_log))
         .routes(routes!(search_logs))
+        .routes(routes!(step_history))
         .routes(routes!(follow_log))
         .routes(routes!(read_stream))
         .routes(routes!(cancel))

@@ -28,6 +28,7 @@ macro_rules! on_backend {
 mod access;
 mod backend;
 mod cluster;
+mod history;
 mod logs;
 mod model;
 mod queue;
@@ -35,5 +36,6 @@ mod search;
 mod steps;
 
 pub use backend::{Store, StoreResult, now_ms};
+pub use history::StepRun;
 pub use model::*;
 pub use search::{SearchFilter, SearchHit};

@@ -33,6 +33,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/builds/{id}/steps/{step}", get(step_page))
         .route("/agents", get(agents_page))
         .route("/search", get(search_page))
+        .route("/history", get(history_page))
         .route("/submit", get(submit_page))
         .route("/login", get(login_page))
         .route("/assets/app.css", get(css))
@@ -326,6 +327,23 @@ async fn agents_page(State(state): State<ApiState>, headers: HeaderMap) -> Respo
             pages::agents(&chrome, &agents.agents, view::now_ms()),
         ),
         Err(e) => api_failure(e, "/agents", &chrome),
+    }
+}
+
+/// `/history?repo=R&pipeline=P`: a pipeline's steps over its last builds.
+async fn history_page(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<server::HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let chrome = chrome(&state, &headers).await;
+    if let Err(e) = server::authorize_read(&state, &headers).await {
+        return api_failure(e, "/history", &chrome);
+    }
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    match server::history(&state, query).await {
+        Ok(history) => page(StatusCode::OK, pages::history(&chrome, &history)),
+        Err(e) => api_failure(e, "/history", &chrome),
     }
 }
 

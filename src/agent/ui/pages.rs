@@ -212,6 +212,7 @@ pub fn build(
             }
             dl class="meta" {
                 dt { "Repository" } dd { (build.repo) " " span class="muted" { "(its build " (build.number) ")" } }
+                dt { "Pipeline" } dd { (build.pipeline) " · " a id="history-link" href=(format!("/history?repo={}&pipeline={}", super::view::urlencode(&build.repo), super::view::urlencode(&build.pipeline))) { "its history" } }
                 dt { "Ref" } dd { code { (build.git_ref) } }
                 dt { "Commit" } dd { code { (build.sha.as_deref().unwrap_or("not resolved yet")) } }
                 @if let Some(v) = &build.version { dt { "Version" } dd { (v) } }
@@ -373,6 +374,86 @@ pub fn agents(chrome: &Chrome, agents: &[AgentView], now: i64) -> Markup {
         }
     };
     layout(chrome, "Agents", "Agents", body)
+}
+
+/// `/history`: each step over a pipeline's last builds — a chart of how
+/// long each run took (a bar per build, coloured by how it ended), p50,
+/// p95, trend and failures — then the flaky steps.
+pub fn history(chrome: &Chrome, history: &crate::agent::api::History) -> Markup {
+    let title = match &history.pipeline {
+        Some(p) => format!("History of {p}"),
+        None => "History".to_string(),
+    };
+    let body = html! {
+        h1 { (title) }
+        p class="muted" { (history.repo) " · the last " (history.builds) " finished builds" }
+        @if history.steps.is_empty() { p class="empty" { "No finished builds yet." } } @else {
+            div class="table-wrap" {
+                table class="history" {
+                    thead { tr { th scope="col" { "Step" } th scope="col" { "Runs (oldest first)" } th scope="col" { "p50" }
+                        th scope="col" { "p95" } th scope="col" { "Trend" } th scope="col" { "Failures" } } }
+                    tbody {
+                        @for step in &history.steps {
+                            tr data-step=(step.step) {
+                                th scope="row" { (step.step) }
+                                td { (durations_chart(step)) }
+                                td { (ms_text(step.p50_ms)) }
+                                td { (ms_text(step.p95_ms)) }
+                                td { @if let Some(t) = step.trend { (format!("{t:.2}×")) } @else { "–" } }
+                                td { (step.failures) " (" (format!("{:.0}", step.failure_rate * 100.0)) "%)" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Flaky steps" }
+        @if history.flaky.is_empty() { p class="empty" id="no-flaky" { "None: no step failed and passed on the same commit." } } @else {
+            ul id="flaky" {
+                @for flaky in &history.flaky {
+                    li {
+                        strong { (flaky.step) } " on " code { (&flaky.sha[..flaky.sha.len().min(10)]) } ": failed in "
+                        @for (i, id) in flaky.failed.iter().enumerate() { @if i > 0 { ", " } a href=(format!("/builds/{id}")) { "build " (id) } }
+                        ", passed in "
+                        @for (i, id) in flaky.passed.iter().enumerate() { @if i > 0 { ", " } a href=(format!("/builds/{id}")) { "build " (id) } }
+                    }
+                }
+            }
+        }
+    };
+    layout(chrome, "History", "", body)
+}
+
+fn ms_text(ms: Option<u64>) -> String {
+    ms.map_or("–".into(), |ms| {
+        crate::duration::format(std::time::Duration::from_millis(ms))
+    })
+}
+
+/// A bar per run, as tall as it took against the longest, coloured by
+/// how it ended; drawn here as SVG (no script), each bar titled.
+fn durations_chart(step: &crate::agent::api::StepHistory) -> Markup {
+    const W: usize = 6;
+    const H: u64 = 32;
+    let longest = step
+        .runs
+        .iter()
+        .filter_map(|r| r.duration_ms)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let width = (step.runs.len() * W).max(W);
+    html! {
+        svg class="durations" width=(width) height=(H) viewBox=(format!("0 0 {width} {H}")) role="img"
+            aria-label=(format!("{}: how long each of {} runs took", step.step, step.runs.len())) {
+            @for (i, run) in step.runs.iter().enumerate() {
+                @let h = run.duration_ms.map_or(2, |ms| (ms * (H - 2) / longest).max(2));
+                rect class=(format!("bar status-{}", run.status)) x=(i * W) y=(H - h) width=(W - 1) height=(h) {
+                    title { "#" (run.number) " " (run.status) @if let Some(ms) = run.duration_ms { " " (ms_text(Some(ms))) } }
+                }
+            }
+        }
+    }
 }
 
 /// What the search page was asked: the form's values.

@@ -6,12 +6,12 @@ use std::io::Write;
 use std::time::Duration;
 
 use crate::agent::api::{
-    AgentList, Build, BuildDetail, BuildList, BuildRequest, BuildSummary, SearchResults,
+    AgentList, Build, BuildDetail, BuildList, BuildRequest, BuildSummary, History, SearchResults,
 };
 
 use crate::cli::args::{
-    BuildsArgs, Connection, ExportArgs, LogsArgs, LogsCommand, OneBuildArgs, RemoteArgs,
-    SearchArgs, SubmitArgs,
+    BuildsArgs, Connection, ExportArgs, HistoryArgs, LogsArgs, LogsCommand, OneBuildArgs,
+    RemoteArgs, SearchArgs, SubmitArgs,
 };
 use crate::cli::error::{Error, Result};
 
@@ -320,6 +320,81 @@ async fn search_logs(args: &SearchArgs) -> Result<i32> {
         eprintln!("piper: no stored log holds `{}`", args.text);
     }
     Ok(0)
+}
+
+/// `piper history`: a table of the steps over the last builds, then the
+/// flaky ones; or the API's JSON.
+pub fn history(args: &HistoryArgs) -> Result<i32> {
+    block_on(async {
+        let client = Client::new(&args.remote.connection)?;
+        let repo = match &args.repo {
+            Some(repo) => repo.clone(),
+            None => local_repository("HEAD", false)?
+                .0
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let mut query = vec![("repo", repo), ("builds", args.builds.to_string())];
+        if let Some(pipeline) = &args.pipeline {
+            query.push(("pipeline", pipeline.clone()));
+        }
+        let request = client.http.get(client.url("/history")).query(&query);
+        let history: History = client.get(request).await?;
+        if args.remote.json {
+            println!("{}", serde_json::to_string(&history).unwrap_or_default());
+        } else {
+            print!("{}", history_table(&history));
+        }
+        Ok(0)
+    })
+}
+
+/// `piper history` as text.
+fn history_table(history: &History) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let ms = |v: Option<u64>| {
+        v.map_or("-".to_string(), |ms| {
+            crate::duration::format(Duration::from_millis(ms))
+        })
+    };
+    let width = (history.steps.iter().map(|s| s.step.len()).max())
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        out,
+        "{:width$}  {:>4}  {:>8}  {:>8}  {:>6}  failures",
+        "step", "runs", "p50", "p95", "trend"
+    );
+    for step in &history.steps {
+        let trend = step.trend.map_or("-".to_string(), |t| format!("{t:.2}x"));
+        let _ = writeln!(
+            out,
+            "{:width$}  {:>4}  {:>8}  {:>8}  {:>6}  {} ({:.0}%)",
+            clean(&step.step),
+            step.runs.len(),
+            ms(step.p50_ms),
+            ms(step.p95_ms),
+            trend,
+            step.failures,
+            step.failure_rate * 100.0
+        );
+    }
+    if history.steps.is_empty() {
+        let _ = writeln!(out, "(no finished builds of {})", clean(&history.repo));
+    }
+    for flaky in &history.flaky {
+        let short = &flaky.sha[..flaky.sha.len().min(10)];
+        let ids = |v: &[i64]| v.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            out,
+            "flaky: {} on {short}: failed in build {}, passed in build {}",
+            clean(&flaky.step),
+            ids(&flaky.failed),
+            ids(&flaky.passed)
+        );
+    }
+    out
 }
 
 /// `piper cancel`.
