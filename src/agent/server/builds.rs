@@ -374,21 +374,8 @@ pub(crate) async fn list_builds(
 ) -> ApiResult<axum::Json<BuildList>> {
     authorize_read(&state, &headers).await?;
     let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    let status = match query.status.as_deref() {
-        None => None,
-        Some(s) => Some(BuildState::parse(s).ok_or_else(|| {
-            ApiError::bad(
-                "status",
-                format!(
-                    "unknown status `{s}`; one of queued, running, success, failed, canceled, lost"
-                ),
-            )
-        })?),
-    };
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad("limit", "`limit` must be from 1 to 500"));
-    }
+    let status = status_filter(query.status.as_deref())?;
+    let limit = limit_filter(query.limit)?;
     let filter = BuildFilter {
         repo: query.repo.filter(|r| !r.is_empty()),
         status,

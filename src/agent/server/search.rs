@@ -67,21 +67,8 @@ pub(crate) fn filter(query: SearchQuery) -> ApiResult<SearchFilter> {
             format!("`q` is the text to find: {TEXT_MIN} characters or more"),
         ));
     }
-    let status = match query.status.as_deref() {
-        None => None,
-        Some(s) => Some(BuildState::parse(s).ok_or_else(|| {
-            ApiError::bad(
-                "status",
-                format!(
-                    "`status` is queued, running, success, failed, canceled or lost, not `{s}`"
-                ),
-            )
-        })?),
-    };
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad("limit", "`limit` must be from 1 to 500"));
-    }
+    let status = status_filter(query.status.as_deref())?;
+    let limit = limit_filter(query.limit)?;
     Ok(SearchFilter {
         text,
         repo: query.repo,

@@ -186,3 +186,28 @@ pub(crate) fn parse_id(text: &str) -> ApiResult<i64> {
     text.parse()
         .map_err(|_| ApiError::bad("id", format!("build id must be a number, got `{text}`")))
 }
+
+/// A `?status=` filter: a build state, or a 400 naming the field.
+pub(crate) fn status_filter(
+    status: Option<&str>,
+) -> ApiResult<Option<crate::agent::store::BuildState>> {
+    let Some(s) = status else { return Ok(None) };
+    match crate::agent::store::BuildState::parse(s) {
+        Some(state) => Ok(Some(state)),
+        None => Err(ApiError::bad(
+            "status",
+            format!(
+                "unknown status `{s}`; one of queued, running, success, failed, canceled, lost"
+            ),
+        )),
+    }
+}
+
+/// A `?limit=` of a list: 1 to 500, 50 when not given; else a 400.
+pub(crate) fn limit_filter(limit: Option<i64>) -> ApiResult<i64> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad("limit", "`limit` must be from 1 to 500"));
+    }
+    Ok(limit)
+}
