@@ -6,6 +6,11 @@
 //! elsewhere, or before an upgrade are all indexed. It does not listen to
 //! the agent's `written` announcements: those are counted as live log
 //! followers (`piper_live_followers`).
+//!
+//! On SQLite, which has one writer at a time, it indexes only while this
+//! agent runs no build: its batches would otherwise take the write lock
+//! from a running build's log writer. PostgreSQL writes rows side by
+//! side, so there it indexes whenever there is work.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +21,18 @@ use super::worker::Agent;
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 
 pub(crate) async fn run(agent: Arc<Agent>) {
+    let one_writer = agent.store.backend_name() == "sqlite";
     loop {
+        if one_writer && agent.busy() {
+            tokio::time::sleep(LOOK_EVERY).await;
+            continue;
+        }
         match agent.store.unindexed_builds(16).await {
             Ok(ids) if !ids.is_empty() => {
                 for id in ids {
+                    if one_writer && agent.busy() {
+                        break;
+                    }
                     match agent.store.index_log(id).await {
                         Ok(true) => tracing::debug!(build = id, "log indexed for search"),
                         Ok(false) => {}
