@@ -172,19 +172,28 @@ impl Store {
     /// The lines holding `filter.text`, newest build first, then by step
     /// and line; at most `filter.limit`.
     pub async fn search_logs(&self, filter: &SearchFilter) -> StoreResult<Vec<SearchHit>> {
-        let like = if matches!(self.backend, Backend::Postgres(_)) {
-            "ILIKE"
-        } else {
-            "LIKE"
+        // Each backend's index answers its own form: pg_trgm's GIN index
+        // an ILIKE; FTS5's trigram index a MATCH of a quoted phrase, which
+        // is a substring search (a LIKE with ESCAPE is not offered to
+        // FTS5's index and would read every line).
+        let (condition, pattern) = match self.backend {
+            Backend::Postgres(_) => (
+                "s.text ILIKE $1 ESCAPE '\\'",
+                format!("%{}%", escape_like(&filter.text)),
+            ),
+            Backend::Sqlite(_) => (
+                "s.text MATCH $1",
+                format!("\"{}\"", filter.text.replace('"', "\"\"")),
+            ),
         };
         let mut sql = format!(
             "SELECT s.build_id AS build_id, s.step AS step, s.line AS line, s.text AS text, \
              b.number AS number, b.repo AS repo, b.pipeline AS pipeline, b.git_ref AS git_ref, \
              b.status AS status, b.requested_at AS requested_at \
              FROM log_search s JOIN builds b ON b.id = s.build_id \
-             WHERE s.text {like} $1 ESCAPE '\\'"
+             WHERE {condition}"
         );
-        let mut texts: Vec<String> = vec![format!("%{}%", escape_like(&filter.text))];
+        let mut texts: Vec<String> = vec![pattern];
         let mut numbers: Vec<i64> = Vec::new();
         let text_filters = [
             ("b.repo", &filter.repo),
@@ -255,7 +264,7 @@ fn indexed_text(text: &[u8]) -> String {
     text
 }
 
-/// `text` matched literally by LIKE / ILIKE with `ESCAPE '\'`.
+/// `text` matched literally by ILIKE with `ESCAPE '\'`.
 fn escape_like(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
